@@ -1,0 +1,303 @@
+"""The PopKit wire contract: the one place that says what travels over MQTT.
+
+Agent, fleet and simulators import these models; the firmware side gets the
+JSON Schema exported from them (``python -m kits.contract export docs/protocol``).
+
+Topic tree: ``popkit/v1/<kit>/<device>/<channel>``, one tree per device so the
+broker's ACL can pin a device to its own tree.
+
+Delivery rules that shape the fields below:
+
+* Every device message carries ``boot`` (random id per boot), ``seq`` (per
+  boot, starting at 1) and ``ts`` (milliseconds since the Unix epoch, the time
+  the thing happened, not the send time). The fleet deduplicates by
+  (device, boot, seq) and detects gaps in ``seq``.
+* ``state`` is retained and latest-wins, so it is not part of the sequence:
+  its ``seq`` is 0 and its ``ts`` is the time the MQTT session began (the same
+  for the birth and the Last Will, so the fleet can tell an old session's Will
+  from the current session's birth).
+* ``receipt`` is the fleet's end-to-end acknowledgement: a producer removes a
+  message from its outbox only when a receipt names it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+ROOT = "popkit/v1"
+CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt")
+# Channels a device publishes; the fleet subscribes to exactly these.
+DEVICE_CHANNELS = ("state", "telemetry", "event", "ack")
+# Channels that carry a sequence number and go through a producer's outbox.
+LEDGER_CHANNELS = ("telemetry", "event", "ack")
+
+MAX_DEVICE_PAYLOAD = 4096  # bytes; an ESP32 builds these in a few hundred
+MAX_CONFIG_PAYLOAD = 65536  # compiled lighting timelines are the largest
+
+# Kit and device ids go into topics and ACL patterns: no '/', '+', '#' or '$'.
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_ID_RE = re.compile(ID_PATTERN)
+BOOT_PATTERN = r"^[0-9a-f]{4,32}$"
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+BootId = Annotated[str, Field(pattern=BOOT_PATTERN)]
+EpochMs = Annotated[int, Field(ge=0, lt=2**53)]
+Seq = Annotated[int, Field(ge=0, lt=2**53)]
+
+Role = Literal["agent", "scanner", "lighting", "powerbank", "printer", "light", "panel"]
+
+
+class ContractError(ValueError):
+    """A message that does not fit the contract. ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- topics
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))
+
+
+def topic(kit: str, device: str, channel: str) -> str:
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    if not (is_valid_id(kit) and is_valid_id(device)):
+        raise ValueError(f"invalid kit or device id: {kit!r}, {device!r}")
+    return f"{ROOT}/{kit}/{device}/{channel}"
+
+
+def parse_topic(name: str) -> tuple[str, str, str]:
+    """Split a topic into (kit, device, channel) or raise ContractError('unknown_topic')."""
+    parts = name.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != ROOT:
+        raise ContractError("unknown_topic", f"not under {ROOT}/<kit>/<device>/<channel>: {name[:120]!r}")
+    kit, device, channel = parts[2], parts[3], parts[4]
+    if channel not in CHANNELS:
+        raise ContractError("unknown_topic", f"unknown channel {channel!r} in {name[:120]!r}")
+    if not (is_valid_id(kit) and is_valid_id(device)):
+        raise ContractError("unknown_topic", f"invalid kit or device id in {name[:120]!r}")
+    return kit, device, channel
+
+
+def subscription(channel: str, kit: str = "+", device: str = "+") -> str:
+    return f"{ROOT}/{kit}/{device}/{channel}"
+
+
+# ---------------------------------------------------------------- payloads
+
+class _Model(BaseModel):
+    # Unknown fields are refused: a typo on a device must show up, not vanish.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Envelope(_Model):
+    boot: BootId
+    seq: Seq
+    ts: EpochMs
+
+
+class State(Envelope):
+    """Retained device state: birth on connect, death as the Last Will."""
+
+    online: bool
+    role: Role
+    fw: str | None = Field(default=None, max_length=40)
+    reason: Literal["birth", "lwt", "shutdown"] = "birth"
+    config_version: int | None = Field(default=None, ge=0)
+
+
+class BatteryTelemetry(Envelope):
+    kind: Literal["battery"] = "battery"
+    source: Literal["vedirect", "jbd", "sim"]
+    v: float = Field(description="battery voltage, V")
+    i: float = Field(description="battery current, A; negative = discharging")
+    p: float | None = Field(default=None, description="power, W")
+    soc: float | None = Field(default=None, ge=0, le=100, description="state of charge, %")
+    ttg: int | None = Field(default=None, description="device's time-to-go estimate, minutes; -1 = infinite")
+    alarm: str | None = Field(default=None, max_length=40)
+
+
+class PrinterTelemetry(Envelope):
+    kind: Literal["printer"] = "printer"
+    online: bool
+    paper: Literal["ok", "near_end", "out", "unknown"]
+    cover_open: bool = False
+    error: bool = False
+
+
+class DeviceTelemetry(Envelope):
+    """Health of the device itself (agent, scanner, lighting controller)."""
+
+    kind: Literal["device"] = "device"
+    uptime_s: int = Field(ge=0)
+    heap_free: int | None = Field(default=None, ge=0)
+    rssi: int | None = None
+    outbox: int | None = Field(default=None, ge=0, description="messages waiting for a receipt")
+    dropped: int | None = Field(default=None, ge=0, description="telemetry dropped oldest-first since boot")
+    scene: str | None = Field(default=None, max_length=40)
+    scans: int | None = Field(default=None, ge=0)
+
+
+Telemetry = Annotated[Union[BatteryTelemetry, PrinterTelemetry, DeviceTelemetry], Field(discriminator="kind")]
+
+
+Verdict = Literal[
+    "admitted", "already_admitted", "wrong_event", "not_yet_valid", "expired", "bad_signature", "revoked", "malformed"
+]
+
+
+# Ticket fields are upper case: QR alphanumeric mode has no lower case (docs/tickets.md).
+EVENT_ID_RE = r"[A-Z0-9][A-Z0-9-]{0,15}"
+TICKET_ID_RE = r"[A-Z0-9]{1,16}"
+TIER_RE = r"[A-Z0-9]{1,8}"
+EventId = Annotated[str, Field(pattern=f"^{EVENT_ID_RE}$")]
+
+
+class Checkin(_Model):
+    """``data`` of a ``checkin`` event: one scan at the door and the scanner's verdict."""
+
+    event: EventId | None = Field(default=None, description="the ticket's event; null when the payload could not be read")
+    ticket: Annotated[str, Field(pattern=f"^{TICKET_ID_RE}$")] | None = None
+    tier: Annotated[str, Field(pattern=f"^{TIER_RE}$")] | None = None
+    verdict: Verdict
+    # False: the kit's hub was unreachable, so another scanner may have admitted the same
+    # ticket; the fleet's attendance reconciles and flags it.
+    hub_checked: bool = True
+
+
+class Event(Envelope):
+    """A discrete happening: check-in, print done, fault. ``checkin`` data follows :class:`Checkin`."""
+
+    kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _typed_data(self) -> "Event":
+        if self.kind == "checkin":
+            Checkin.model_validate(self.data)
+        return self
+
+
+class Command(_Model):
+    """Fleet to device. Never executed past ``expires``; never retained."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    ts: EpochMs
+    expires: EpochMs
+    action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Ack(Envelope):
+    """The device's answer to a command."""
+
+    cmd_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    status: Literal["ok", "error", "expired", "rejected"]
+    detail: str | None = Field(default=None, max_length=200)
+
+
+class Config(_Model):
+    """Retained desired config; the device reports the version it applied in its state."""
+
+    version: int = Field(ge=0)
+    ts: EpochMs
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Receipt(_Model):
+    """Fleet to producer: these (boot, seq) ranges are committed; drop them from the outbox."""
+
+    boot: BootId
+    seqs: list[tuple[Seq, Seq]] = Field(description="inclusive [first, last] ranges")
+    ts: EpochMs
+
+
+CHANNEL_MODELS: dict[str, Any] = {
+    "state": State,
+    "telemetry": Telemetry,
+    "event": Event,
+    "cmd": Command,
+    "ack": Ack,
+    "config": Config,
+    "receipt": Receipt,
+}
+_ADAPTERS = {ch: TypeAdapter(m) for ch, m in CHANNEL_MODELS.items()}
+# Typed payloads inside a channel, exported for the firmware too (event data by kind).
+DATA_MODELS: dict[str, Any] = {"event.checkin": Checkin}
+
+
+def max_payload(channel: str) -> int:
+    return MAX_CONFIG_PAYLOAD if channel == "config" else MAX_DEVICE_PAYLOAD
+
+
+def decode(channel: str, payload: bytes) -> Any:
+    """Validate one payload for ``channel``; raise ContractError with a metric reason."""
+    if len(payload) > max_payload(channel):
+        raise ContractError("oversize", f"{len(payload)} bytes > {max_payload(channel)} for {channel}")
+    try:
+        return _ADAPTERS[channel].validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise ContractError("bad_json", first["msg"]) from None
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise ContractError("invalid", f"{where}: {first['msg']}") from None
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Compress sequence numbers into sorted inclusive ranges: [1,2,3,7] -> [(1,3),(7,7)]."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(set(seqs)):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+# ---------------------------------------------------------------- JSON Schema export
+
+def json_schemas() -> dict[str, dict]:
+    schemas = {}
+    for channel, adapter in _ADAPTERS.items():
+        schema = adapter.json_schema()
+        schema["$id"] = f"https://popkit.invalid/schema/{ROOT}/{channel}.json"
+        schema.setdefault("title", channel)
+        schema["x-topic"] = f"{ROOT}/<kit>/<device>/{channel}"
+        schemas[channel] = schema
+    for name, model in DATA_MODELS.items():
+        schema = model.model_json_schema()
+        schema["$id"] = f"https://popkit.invalid/schema/{ROOT}/{name}.json"
+        schemas[name] = schema
+    return schemas
+
+
+def export(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for channel, schema in json_schemas().items():
+        path = directory / f"{channel}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":  # python -m kits.contract export docs/protocol
+    if len(sys.argv) != 3 or sys.argv[1] != "export":
+        sys.exit("usage: python -m kits.contract export DIR")
+    for p in export(Path(sys.argv[2])):
+        print(p)

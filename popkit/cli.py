@@ -1,0 +1,181 @@
+"""``popkit``: one command, a subcommand per job. Flags override POPKIT_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _fleet_serve(args: argparse.Namespace) -> int:
+    from fleet.service import serve
+    from fleet.settings import FleetSettings
+
+    overrides = {k: v for k, v in dict(mqtt_url=args.mqtt, db_url=args.db, http=args.http, client_id=args.client_id,
+                                       share_group=args.share_group).items() if v is not None}
+    if args.kit:
+        overrides["kits"] = args.kit
+    serve(FleetSettings(**overrides))
+    return 0
+
+
+def _agent_run(args: argparse.Namespace) -> int:
+    from agent.daemon import run_agent
+    from agent.settings import AgentSettings
+
+    overrides = {k: v for k, v in dict(mqtt_url=args.mqtt, agent_data=args.data).items() if v is not None}
+    return run_agent(args.kit, AgentSettings(**overrides), simulate=args.simulate)
+
+
+def _sim_devices(args: argparse.Namespace) -> int:
+    from simulators.devices import run_devices
+
+    return run_devices(args.kit, args.mqtt, Path(args.data))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from popkit.demo import run_demo
+
+    return run_demo(mqtt_url=args.mqtt, http=args.http, data_dir=Path(args.data), kit=args.kit)
+
+
+def _contract_export(args: argparse.Namespace) -> int:
+    from kits.contract import export
+
+    for path in export(Path(args.dir)):
+        print(path)
+    return 0
+
+
+def _tickets_issue(args: argparse.Namespace) -> int:
+    from kits.tickets import issue_batch
+
+    b = issue_batch(args.event, args.count, Path(args.out), tier=args.tier, valid_from=args.valid_from,
+                    valid_until=args.valid_until, key_file=Path(args.key_file) if args.key_file else None,
+                    sheet=Path(args.qr_sheet) if args.qr_sheet else None)
+    print(f"{b.count} {args.tier} tickets for {args.event} -> {b.out}" + (f" (QR sheet {b.sheet})" if b.sheet else ""))
+    print(f"valid from {b.not_before} until {b.not_after}")
+    print(f"event key {'created in' if b.key_created else 'reused from'} {b.key_file}: keep it out of git")
+    return 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    from popkit import firmware
+
+    try:
+        if args.device_command == "build":
+            failed = 0
+            for role in args.role or firmware.ROLES:
+                for port in args.port or firmware.PORTS:
+                    try:
+                        print(f"{role} ({port}): {firmware.build(role, port)}")
+                    except firmware.FirmwareError as exc:
+                        print(f"popkit device: {exc}", file=sys.stderr)
+                        failed += 1
+            return 2 if failed else 0
+        if args.device_command == "run":
+            return firmware.run(args.role, Path(args.config), heap=args.heap)
+        wifi = Path(args.wifi) if args.wifi else None
+        return firmware.flash(args.role, args.port, Path(args.config), wifi=wifi, dry_run=args.dry_run)
+    except firmware.FirmwareError as exc:
+        print(f"popkit device: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="popkit", description="PopKit: the edge stack for pop-up event kits.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a whole simulated kit, a broker and the fleet on this machine")
+    demo.add_argument("--mqtt", help="use this broker instead of starting one (mqtt://host:port)")
+    demo.add_argument("--http", default="127.0.0.1:8000", help="where the fleet's page and API listen")
+    demo.add_argument("--data", default="var/demo", help="folder for the demo's database and outboxes")
+    demo.add_argument("--kit", default=str(Path(__file__).resolve().parent.parent / "kits/examples/demo.toml"))
+    demo.set_defaults(func=_demo)
+
+    fleet = sub.add_parser("fleet", help="the fleet service").add_subparsers(dest="fleet_command", required=True)
+    serve = fleet.add_parser("serve", help="ingest from the broker, store, and serve the API")
+    serve.add_argument("--mqtt", help="broker URL (POPKIT_MQTT_URL)")
+    serve.add_argument("--db", help="SQLAlchemy database URL (POPKIT_DB_URL)")
+    serve.add_argument("--http", help="HOST:PORT to listen on (POPKIT_HTTP)")
+    serve.add_argument("--client-id", help="MQTT client id of this worker (POPKIT_CLIENT_ID)")
+    serve.add_argument("--share-group", help="MQTT shared-subscription group for several workers")
+    serve.add_argument("--kit", action="append", help="register this kit manifest at start (repeatable)")
+    serve.set_defaults(func=_fleet_serve)
+
+    agent = sub.add_parser("agent", help="the kit's Pi agent").add_subparsers(dest="agent_command", required=True)
+    run = agent.add_parser("run", help="drive the kit's hardware and report to the fleet")
+    run.add_argument("--kit", required=True, help="kit manifest (TOML)")
+    run.add_argument("--mqtt", help="broker URL (POPKIT_MQTT_URL, default mqtt://127.0.0.1:1883)")
+    run.add_argument("--data", help="folder for the outbox (POPKIT_AGENT_DATA, default var/agent)")
+    run.add_argument("--simulate", action="store_true", help="start simulators for the manifest's hardware")
+    run.set_defaults(func=_agent_run)
+
+    sim = sub.add_parser("sim", help="simulated hardware").add_subparsers(dest="sim_command", required=True)
+    devices = sim.add_parser("devices", help="simulated ESP32 scanners and lighting controllers of a kit")
+    devices.add_argument("--kit", required=True)
+    devices.add_argument("--mqtt", default="mqtt://127.0.0.1:1883")
+    devices.add_argument("--data", default="var/sim")
+    devices.set_defaults(func=_sim_devices)
+
+    contract = sub.add_parser("contract", help="the wire contract").add_subparsers(dest="contract_command", required=True)
+    exp = contract.add_parser("export", help="write the JSON Schemas")
+    exp.add_argument("dir", nargs="?", default="docs/protocol")
+    exp.set_defaults(func=_contract_export)
+
+    device = sub.add_parser("device", help="the ESP32 firmware").add_subparsers(dest="device_command", required=True)
+    bld = device.add_parser("build", help="cross-compile every role's firmware (mpy-cross)")
+    bld.add_argument("--role", action="append", choices=("scanner", "lighting"), help="only this role (repeatable)")
+    bld.add_argument("--port", action="append", choices=("unix", "esp32"), help="only this port (repeatable)")
+    bld.set_defaults(func=_device)
+    drun = device.add_parser("run", help="run a role in the unix-port micropython against the simulators")
+    drun.add_argument("--role", required=True, choices=("scanner", "lighting"))
+    drun.add_argument("--config", required=True, help="the role's JSON config (kit, device, broker, ...)")
+    drun.add_argument("--heap", default="160k", help="micropython heap (the unix port keeps code in it)")
+    drun.set_defaults(func=_device)
+    fl = device.add_parser("flash", help="deploy a role and its config to a board through mpremote")
+    fl.add_argument("--role", required=True, choices=("scanner", "lighting"))
+    fl.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    fl.add_argument("--config", required=True, help="the role's JSON config, copied as <role>.json")
+    fl.add_argument("--wifi", help="JSON with the kit Wi-Fi's ssid and password, copied as wifi.json")
+    fl.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
+    fl.set_defaults(func=_device)
+
+    tickets = sub.add_parser("tickets", help="signed event tickets").add_subparsers(dest="tickets_command", required=True)
+    iss = tickets.add_parser("issue", help="issue a batch of tickets into a CSV (ticket_id, tier, payload)")
+    iss.add_argument("--event", required=True, type=str.upper, help="event id, e.g. FEST25")
+    iss.add_argument("--count", required=True, type=int)
+    iss.add_argument("--out", required=True, help="CSV to write (never overwritten)")
+    iss.add_argument("--tier", default="GA", type=str.upper)
+    iss.add_argument("--valid-from", help="ISO 8601 with a UTC offset (default: now)")
+    iss.add_argument("--valid-until", help="ISO 8601 with a UTC offset (default: 30 days after --valid-from)")
+    iss.add_argument("--key-file", help="the event key (default var/keys/EVENT.key, created 0600)")
+    iss.add_argument("--qr-sheet", help="also write a PNG sheet of the QR codes (needs the qr extra)")
+    iss.set_defaults(func=_tickets_issue)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for the operator; -v shows the traceback
+        from kits.manifest import ManifestError
+
+        if isinstance(exc, (ManifestError, ValueError, FileNotFoundError)) and not args.verbose:
+            print(f"popkit: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

