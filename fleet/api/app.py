@@ -1,0 +1,18 @@
+"""The FastAPI application: routers by resource, the store and ingest worker on app.state."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from fleet.api.routes import dead_letters, devices, events, health, kits, pages
+from fleet.ingest import Ingest
+from fleet.store import Store
+
+
+def create_app(store: Store, ingest: Ingest | None = None) -> FastAPI:
+    app = FastAPI(title="PopKit fleet", version="0.1.0", description="Kits, devices, telemetry and health of the PopKit fleet.")
+    app.state.store = store
+    app.state.ingest = ingest
+    for module in (kits, devices, events, dead_letters, health, pages):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from fleet.api.deps import IngestDep, StoreDep
+from fleet.metrics import IngestMetrics, render_prometheus
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def get_health(store: StoreDep, ingest: IngestDep):
+    """Liveness and readiness: the database answers and ingest is connected to the broker."""
+    online, total = store.online_counts()
+    broker = ingest is None or ingest.connected.is_set()
+    body = {"status": "ok" if broker else "degraded", "broker_connected": broker, "devices_online": online, "devices": total}
+    return JSONResponse(body, status_code=200 if broker else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def get_metrics(store: StoreDep, ingest: IngestDep):
+    """Prometheus text: messages ingested, rejected by reason, duplicates, devices online."""
+    online, total = store.online_counts()
+    metrics = ingest.metrics if ingest else IngestMetrics()
+    depth = ingest.queue_depth if ingest else 0
+    return PlainTextResponse(render_prometheus(metrics, online, total, depth), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,167 @@
+"""The fleet's tables and engine: SQLite (WAL) by default, PostgreSQL in production.
+
+Plain SQLAlchemy Core: ingest writes in batches of hundreds of rows, where the
+ORM's per-object bookkeeping would cost more than the write itself.
+Timestamps are integer milliseconds since the Unix epoch, as on the wire.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+
+metadata = MetaData()
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for big tables.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+kits = Table(
+    "kits",
+    metadata,
+    Column("id", String(63), primary_key=True),
+    Column("name", String(120), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(63), primary_key=True),
+    Column("kit_id", String(63), ForeignKey("kits.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("role", String(20), nullable=False),
+    Column("model", String(60), nullable=False),
+    # The agent device that drives this one over serial/BLE/GPIO; it is offline when its host is.
+    Column("host_id", String(63), nullable=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("boot", String(32)),
+    Column("fw", String(40)),
+    Column("config_version", Integer),
+    Column("state_ms", BigInteger),  # session start of the state last applied (latest wins)
+    Column("last_seen_ms", BigInteger),
+    Column("received", BigInteger, nullable=False, default=0),
+    Column("duplicates", BigInteger, nullable=False, default=0),
+)
+
+# One row per (device, boot): how far the sequence got and how many arrived, so gaps = max_seq - received.
+streams = Table(
+    "streams",
+    metadata,
+    Column("device_id", String(63), primary_key=True),
+    Column("boot", String(32), primary_key=True),
+    Column("max_seq", BigInteger, nullable=False),
+    Column("received", BigInteger, nullable=False),
+    Column("first_ms", BigInteger, nullable=False),
+    Column("last_ms", BigInteger, nullable=False),
+)
+
+
+def _ledger_table(name: str, *extra: Column) -> Table:
+    """A table of sequenced device messages, unique by (device, boot, seq): the dedup key."""
+    return Table(
+        name,
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("device_id", String(63), nullable=False),
+        Column("boot", String(32), nullable=False),
+        Column("seq", BigInteger, nullable=False),
+        Column("ts_ms", BigInteger, nullable=False),
+        *extra,
+        # The validated payload exactly as the device sent it: storing it as text
+        # costs nothing on the hot path, where re-serialising a dict per row would.
+        Column("body", Text, nullable=False),
+        UniqueConstraint("device_id", "boot", "seq", name=f"uq_{name}_message"),
+        Index(f"ix_{name}_device_ts", "device_id", "ts_ms"),
+    )
+
+
+telemetry = _ledger_table("telemetry", Column("kind", String(20), nullable=False))
+events = _ledger_table(
+    "events",
+    Column("channel", String(10), nullable=False),  # event | ack
+    Column("kind", String(64), nullable=False),
+)
+
+# Door scans, one row per checkin event, for attendance and double-entry reconciliation.
+checkins = Table(
+    "checkins",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", String(63)),
+    Column("ticket", String(40)),
+    Column("tier", String(20)),
+    Column("verdict", String(20), nullable=False),
+    Column("hub_checked", Boolean, nullable=False),
+    Column("device_id", String(63), nullable=False),
+    Column("boot", String(32), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("scan_ms", BigInteger, nullable=False),  # when the ticket was scanned, not when it arrived
+    UniqueConstraint("device_id", "boot", "seq", name="uq_checkins_message"),
+    Index("ix_checkins_event_ticket", "event_id", "ticket"),
+)
+
+# The latest reading of each kind per device: what the overview shows without scanning history.
+device_latest = Table(
+    "device_latest",
+    metadata,
+    Column("device_id", String(63), primary_key=True),
+    Column("kind", String(20), primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_ms", BigInteger, nullable=False),
+    Column("reason", String(30), nullable=False),
+    Column("topic", String(300), nullable=False),
+    Column("payload_head", LargeBinary, nullable=False),
+    Column("payload_size", Integer, nullable=False),
+    Column("detail", String(300), nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a receipt promises the message is on disk, so the commit must be too.
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def create_schema(engine: Engine) -> None:
+    metadata.create_all(engine)

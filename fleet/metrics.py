@@ -1,0 +1,74 @@
+"""Ingest counters, rendered as Prometheus text. Only the ingest writer thread mutates them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger("popkit.fleet.ingest")
+
+
+@dataclass
+class IngestMetrics:
+    received: int = 0
+    ingested: int = 0
+    duplicates: int = 0
+    states: int = 0
+    batches: int = 0
+    receipts: int = 0
+    store_errors: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    last_batch_size: int = 0
+    last_commit_s: float = 0.0
+    _last_logged: dict = field(default_factory=dict)
+
+    def reject(self, reason: str, topic: str, detail: str, every_s: float = 60.0) -> None:
+        """Count a rejected message; log the first of each reason once a minute, with a count of the rest."""
+        self.rejected[reason] += 1
+        now = time.monotonic()
+        last = self._last_logged.get(reason)
+        if last is None or now - last[0] >= every_s:
+            since = self.rejected[reason] - (last[1] if last else 0)
+            log.warning("rejected %s (%d since last report): %s: %s", reason, since, topic[:120], detail)
+            self._last_logged[reason] = (now, self.rejected[reason])
+
+
+def render_prometheus(m: IngestMetrics, devices_online: int, devices_total: int, queue_depth: int) -> str:
+    lines = [
+        "# HELP popkit_messages_received_total MQTT messages taken from the broker by this worker.",
+        "# TYPE popkit_messages_received_total counter",
+        f"popkit_messages_received_total {m.received}",
+        "# HELP popkit_messages_ingested_total Ledger messages (telemetry, event, ack) newly stored.",
+        "# TYPE popkit_messages_ingested_total counter",
+        f"popkit_messages_ingested_total {m.ingested}",
+        "# HELP popkit_messages_duplicate_total Ledger messages already stored (same device, boot, seq).",
+        "# TYPE popkit_messages_duplicate_total counter",
+        f"popkit_messages_duplicate_total {m.duplicates}",
+        "# HELP popkit_state_messages_total Birth, death and state messages applied.",
+        "# TYPE popkit_state_messages_total counter",
+        f"popkit_state_messages_total {m.states}",
+        "# HELP popkit_messages_rejected_total Messages refused, by reason; kept in the dead-letter table.",
+        "# TYPE popkit_messages_rejected_total counter",
+    ]
+    for reason in sorted(set(m.rejected) | {"bad_json", "invalid", "oversize", "unknown_topic", "unknown_device"}):
+        lines.append(f'popkit_messages_rejected_total{{reason="{reason}"}} {m.rejected.get(reason, 0)}')
+    lines += [
+        "# HELP popkit_receipts_published_total Receipts sent to producers after commit.",
+        "# TYPE popkit_receipts_published_total counter",
+        f"popkit_receipts_published_total {m.receipts}",
+        "# HELP popkit_store_errors_total Batches whose commit failed and was retried.",
+        "# TYPE popkit_store_errors_total counter",
+        f"popkit_store_errors_total {m.store_errors}",
+        "# HELP popkit_ingest_queue_depth Messages received but not yet committed.",
+        "# TYPE popkit_ingest_queue_depth gauge",
+        f"popkit_ingest_queue_depth {queue_depth}",
+        "# HELP popkit_devices_online Devices whose last state is online.",
+        "# TYPE popkit_devices_online gauge",
+        f"popkit_devices_online {devices_online}",
+        "# HELP popkit_devices Devices registered.",
+        "# TYPE popkit_devices gauge",
+        f"popkit_devices {devices_total}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,441 @@
+"""Everything the fleet writes and reads, over one SQLAlchemy engine (SQLite or PostgreSQL).
+
+Ingest hands ``write_batch`` a few hundred validated messages; they are written
+in one transaction whose commit is what the fleet's acknowledgements promise.
+Deduplication is the database's unique key on (device, boot, seq), so several
+ingest workers can share one database without sharing memory.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+import json
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, case, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from fleet import db
+from kits.contract import State
+from kits.manifest import KitManifest
+
+DEAD_LETTER_HEAD = 256  # bytes of a rejected payload kept for diagnosis
+
+
+@dataclass(frozen=True)
+class DeviceRef:
+    id: str
+    kit_id: str
+    role: str
+
+
+@dataclass
+class LedgerMessage:
+    """A validated telemetry/event/ack message addressed to a known device."""
+
+    device_id: str
+    channel: str
+    msg: Any  # a contract model with boot, seq, ts
+    body: str  # the payload as received (already validated)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.device_id, self.msg.boot, self.msg.seq)
+
+
+@dataclass
+class RejectedMessage:
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+
+
+@dataclass
+class Batch:
+    ledger: list[LedgerMessage] = field(default_factory=list)
+    states: list[tuple[str, State]] = field(default_factory=list)
+    rejected: list[RejectedMessage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ledger) + len(self.states) + len(self.rejected)
+
+
+@dataclass
+class BatchResult:
+    inserted: int
+    duplicates: int
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+class Store:
+    def __init__(self, engine: Engine, dead_letter_cap: int = 10_000):
+        self.engine = engine
+        self.dead_letter_cap = dead_letter_cap
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    @classmethod
+    def open(cls, url: str, **kwargs) -> "Store":
+        engine = db.make_engine(url)
+        db.create_schema(engine)
+        return cls(engine, **kwargs)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ registry
+
+    def register_kit(self, manifest: KitManifest) -> None:
+        """Create or update a kit and its devices from its manifest."""
+        with self.engine.begin() as conn:
+            stmt = self._insert(db.kits).values(id=manifest.id, name=manifest.name, created_ms=now_ms())
+            conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"name": manifest.name}))
+            for spec in manifest.all_devices():
+                host = manifest.agent if spec.hosted else None
+                row = dict(id=spec.id, kit_id=manifest.id, role=spec.role, model=spec.model, host_id=host)
+                stmt = self._insert(db.devices).values(**row, online=False, received=0, duplicates=0)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["id"],
+                        set_={k: row[k] for k in ("kit_id", "role", "model", "host_id")},
+                    )
+                )
+
+    def device_refs(self) -> dict[str, DeviceRef]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.devices.c.id, db.devices.c.kit_id, db.devices.c.role))
+            return {r.id: DeviceRef(r.id, r.kit_id, r.role) for r in rows}
+
+    def device_ref(self, device_id: str) -> DeviceRef | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                select(db.devices.c.id, db.devices.c.kit_id, db.devices.c.role).where(db.devices.c.id == device_id)
+            ).first()
+        return DeviceRef(r.id, r.kit_id, r.role) if r else None
+
+    # ------------------------------------------------------------ ingest
+
+    def write_batch(self, batch: Batch, received_ms: int | None = None) -> BatchResult:
+        received_ms = received_ms or now_ms()
+        # A producer that resent before its receipt arrived can put both copies in one batch.
+        unique: dict[tuple[str, str, int], LedgerMessage] = {}
+        for m in batch.ledger:
+            unique.setdefault(m.key, m)
+        ledger = list(unique.values())
+        with self.engine.begin() as conn:
+            inserted = self._insert_ledger(conn, ledger)
+            new = [m for key, m in unique.items() if key in inserted]
+            self._update_streams(conn, new)
+            self._record_checkins(conn, new)
+            self._update_latest(conn, new)
+            dup_by_device = self._update_devices(conn, batch, new, received_ms)
+            for device_id, state in batch.states:
+                self._apply_state(conn, device_id, state)
+            self._dead_letter(conn, batch.rejected, received_ms)
+        return BatchResult(inserted=len(inserted), duplicates=sum(dup_by_device.values()))
+
+    def _insert_ledger(self, conn, ledger: list[LedgerMessage]) -> set[tuple[str, str, int]]:
+        tel_rows, ev_rows = [], []
+        for m in ledger:
+            msg = m.msg
+            if m.channel == "telemetry":
+                tel_rows.append((m.device_id, msg.boot, msg.seq, msg.ts, msg.kind, m.body))
+            else:
+                kind = msg.kind if m.channel == "event" else "ack"
+                ev_rows.append((m.device_id, msg.boot, msg.seq, msg.ts, m.channel, kind, m.body))
+        inserted: set[tuple[str, str, int]] = set()
+        for table, columns, rows in ((db.telemetry, _TELEMETRY_COLUMNS, tel_rows), (db.events, _EVENT_COLUMNS, ev_rows)):
+            if rows:
+                inserted.update(_insert_new_keys(conn, table.name, columns, rows))
+        return inserted
+
+    def _update_streams(self, conn, new: list[LedgerMessage]) -> None:
+        agg: dict[tuple[str, str], list[int]] = {}
+        for m in new:
+            msg = m.msg
+            key = (m.device_id, msg.boot)
+            seq, ts = msg.seq, msg.ts
+            a = agg.get(key)
+            if a is None:
+                agg[key] = [seq, 1, ts, ts]
+            else:
+                if seq > a[0]:
+                    a[0] = seq
+                a[1] += 1
+                if ts < a[2]:
+                    a[2] = ts
+                elif ts > a[3]:
+                    a[3] = ts
+        if not agg:
+            return
+        rows = [
+            dict(device_id=d, boot=b, max_seq=a[0], received=a[1], first_ms=a[2], last_ms=a[3]) for (d, b), a in agg.items()
+        ]
+        s = db.streams.c
+        stmt = self._insert(db.streams)
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device_id", "boot"],
+            set_={
+                "max_seq": case((ex.max_seq > s.max_seq, ex.max_seq), else_=s.max_seq),
+                "received": s.received + ex.received,
+                "first_ms": case((ex.first_ms < s.first_ms, ex.first_ms), else_=s.first_ms),
+                "last_ms": case((ex.last_ms > s.last_ms, ex.last_ms), else_=s.last_ms),
+            },
+        )
+        conn.execute(stmt, rows)
+
+    def _record_checkins(self, conn, new: list[LedgerMessage]) -> None:
+        rows = []
+        for m in new:
+            if m.channel == "event" and m.msg.kind == "checkin":
+                d = m.msg.data  # validated against kits.contract.Checkin at decode
+                rows.append(dict(event_id=d.get("event"), ticket=d.get("ticket"), tier=d.get("tier"),
+                                 verdict=d["verdict"], hub_checked=d.get("hub_checked", True),
+                                 device_id=m.device_id, boot=m.msg.boot, seq=m.msg.seq, scan_ms=m.msg.ts))
+        if rows:
+            conn.execute(db.checkins.insert(), rows)
+
+    def _update_latest(self, conn, new: list[LedgerMessage]) -> None:
+        latest: dict[tuple[str, str], LedgerMessage] = {}
+        for m in new:
+            if m.channel != "telemetry":
+                continue
+            key = (m.device_id, m.msg.kind)
+            if key not in latest or m.msg.ts >= latest[key].msg.ts:
+                latest[key] = m
+        if not latest:
+            return
+        rows = [dict(device_id=d, kind=k, ts_ms=m.msg.ts, body=m.body) for (d, k), m in latest.items()]
+        c = db.device_latest.c
+        stmt = self._insert(db.device_latest)
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device_id", "kind"],
+            set_={"ts_ms": ex.ts_ms, "body": ex.body},
+            where=ex.ts_ms >= c.ts_ms,
+        )
+        conn.execute(stmt, rows)
+
+    def _update_devices(self, conn, batch: Batch, new: list[LedgerMessage], received_ms: int) -> dict[str, int]:
+        new_by_device: dict[str, int] = defaultdict(int)
+        dup_by_device: dict[str, int] = defaultdict(int)
+        for m in new:
+            new_by_device[m.device_id] += 1
+        for m in batch.ledger:
+            dup_by_device[m.device_id] += 1
+        for device_id, n in new_by_device.items():
+            dup_by_device[device_id] -= n
+        dup_by_device = defaultdict(int, {k: v for k, v in dup_by_device.items() if v})
+        seen = set(new_by_device) | set(dup_by_device) | {d for d, _ in batch.states}
+        if not seen:
+            return dup_by_device
+        d = db.devices.c
+        stmt = (
+            update(db.devices)
+            .where(d.id == bindparam("b_id"))
+            .values(
+                received=d.received + bindparam("b_new"),
+                duplicates=d.duplicates + bindparam("b_dup"),
+                last_seen_ms=bindparam("b_seen"),
+            )
+        )
+        conn.execute(
+            stmt,
+            [dict(b_id=i, b_new=new_by_device.get(i, 0), b_dup=dup_by_device.get(i, 0), b_seen=received_ms) for i in sorted(seen)],
+        )
+        return dup_by_device
+
+    def _apply_state(self, conn, device_id: str, state: State) -> None:
+        d = db.devices.c
+        conn.execute(
+            update(db.devices)
+            .where(d.id == device_id, or_(d.state_ms.is_(None), d.state_ms <= state.ts))
+            .values(online=state.online, boot=state.boot, fw=state.fw, config_version=state.config_version, state_ms=state.ts)
+        )
+
+    def _dead_letter(self, conn, rejected: list[RejectedMessage], received_ms: int) -> None:
+        if not rejected:
+            return
+        conn.execute(
+            db.dead_letters.insert(),
+            [
+                dict(
+                    received_ms=received_ms,
+                    reason=r.reason,
+                    topic=r.topic[:300],
+                    payload_head=bytes(r.payload[:DEAD_LETTER_HEAD]),
+                    payload_size=len(r.payload),
+                    detail=r.detail[:300],
+                )
+                for r in rejected
+            ],
+        )
+        # Bounded: keep the newest `dead_letter_cap`. max(id) is an index lookup, so this is cheap,
+        # and it runs only for batches that rejected something.
+        top = conn.execute(select(func.max(db.dead_letters.c.id))).scalar() or 0
+        conn.execute(delete(db.dead_letters).where(db.dead_letters.c.id <= top - self.dead_letter_cap))
+
+    # ------------------------------------------------------------ reads
+
+    def list_kits(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            kit_rows = conn.execute(select(db.kits).order_by(db.kits.c.id)).mappings().all()
+            devs = self._devices(conn)
+        by_kit: dict[str, list[dict]] = defaultdict(list)
+        for dev in devs:
+            by_kit[dev["kit_id"]].append(dev)
+        return [self._kit_view(k, by_kit.get(k["id"], [])) for k in kit_rows]
+
+    def get_kit(self, kit_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            k = conn.execute(select(db.kits).where(db.kits.c.id == kit_id)).mappings().first()
+            if k is None:
+                return None
+            devs = self._devices(conn, db.devices.c.kit_id == kit_id)
+        return self._kit_view(k, devs)
+
+    def get_device(self, device_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            devs = self._devices(conn, db.devices.c.id == device_id)
+            if not devs:
+                return None
+            dev = devs[0]
+            rows = conn.execute(
+                select(db.streams).where(db.streams.c.device_id == device_id).order_by(db.streams.c.first_ms)
+            ).mappings()
+            dev["streams"] = [
+                dict(boot=r["boot"], max_seq=r["max_seq"], received=r["received"], missing=r["max_seq"] - r["received"],
+                     first_ms=r["first_ms"], last_ms=r["last_ms"])
+                for r in rows
+            ]
+        dev["missing"] = sum(s["missing"] for s in dev["streams"])
+        return dev
+
+    def telemetry(self, device_id: str, since_ms: int | None, limit: int, kind: str | None = None) -> list[dict]:
+        t = db.telemetry.c
+        q = select(t.kind, t.body).where(t.device_id == device_id)
+        if since_ms is not None:
+            q = q.where(t.ts_ms >= since_ms)
+        if kind:
+            q = q.where(t.kind == kind)
+        q = q.order_by(t.ts_ms, t.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(_reading(r.body), kind=r.kind) for r in conn.execute(q)]
+
+    def attendance(self, event_id: str) -> dict | None:
+        """Who came in, through which scanner, and which tickets got in twice."""
+        c = db.checkins.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.ticket, c.verdict, c.device_id, c.scan_ms, c.hub_checked)
+                .where(c.event_id == event_id).order_by(c.scan_ms, c.id)
+            ).all()
+        if not rows:
+            return None
+        by_verdict: dict[str, int] = defaultdict(int)
+        by_scanner: dict[str, dict[str, int]] = defaultdict(lambda: {"admitted": 0, "refused": 0})
+        admissions: dict[str, list] = defaultdict(list)
+        for r in rows:
+            by_verdict[r.verdict] += 1
+            admitted = r.verdict == "admitted"
+            by_scanner[r.device_id]["admitted" if admitted else "refused"] += 1
+            if admitted:
+                admissions[r.ticket].append(dict(device_id=r.device_id, scan_ms=r.scan_ms, hub_checked=r.hub_checked))
+        doubles = [dict(ticket=t, scans=scans) for t, scans in admissions.items() if len(scans) > 1]
+        return dict(event_id=event_id, scans=len(rows), admitted=len(admissions), by_verdict=dict(by_verdict),
+                    by_scanner=dict(by_scanner), double_entries=doubles)
+
+    def dead_letters(self, limit: int = 100) -> list[dict]:
+        q = select(db.dead_letters).order_by(db.dead_letters.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def online_counts(self) -> tuple[int, int]:
+        devs = self.list_devices()
+        return sum(1 for d in devs if d["online"]), len(devs)
+
+    def list_devices(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return self._devices(conn)
+
+    def _devices(self, conn, *where) -> list[dict]:
+        d = db.devices.c
+        rows = conn.execute(select(db.devices).where(*where).order_by(d.kit_id, d.id)).mappings().all()
+        ids = [r["id"] for r in rows]
+        latest: dict[str, dict] = defaultdict(dict)
+        if ids:
+            lq = select(db.device_latest).where(db.device_latest.c.device_id.in_(ids))
+            for r in conn.execute(lq).mappings():
+                latest[r["device_id"]][r["kind"]] = _reading(r["body"])
+        # A hosted device (printer, power bank) is only as online as the agent that drives it.
+        online_by_id = {r["id"]: bool(r["online"]) for r in rows}
+        host_ids = {r["host_id"] for r in rows if r["host_id"] and r["host_id"] not in online_by_id}
+        if host_ids:
+            for r in conn.execute(select(d.id, d.online).where(d.id.in_(host_ids))):
+                online_by_id[r.id] = bool(r.online)
+        out = []
+        for r in rows:
+            online = bool(r["online"]) and (r["host_id"] is None or online_by_id.get(r["host_id"], False))
+            out.append(
+                dict(
+                    id=r["id"], kit_id=r["kit_id"], role=r["role"], model=r["model"], host_id=r["host_id"],
+                    online=online, boot=r["boot"], fw=r["fw"], config_version=r["config_version"],
+                    last_seen_ms=r["last_seen_ms"], received=r["received"], duplicates=r["duplicates"],
+                    latest=latest.get(r["id"], {}),
+                )
+            )
+        return out
+
+    @staticmethod
+    def _kit_view(kit, devs: list[dict]) -> dict:
+        battery = next((d["latest"]["battery"] for d in devs if "battery" in d["latest"]), None)
+        return dict(
+            id=kit["id"], name=kit["name"], devices=devs,
+            devices_online=sum(1 for d in devs if d["online"]), devices_total=len(devs),
+            battery=battery,
+        )
+
+
+def _reading(body: str) -> dict:
+    return json.loads(body)
+
+
+# Column -> PostgreSQL array type, for inserting a batch as one array per column.
+_LEDGER_ARRAY_TYPES = {"device_id": "text[]", "boot": "text[]", "seq": "bigint[]", "ts_ms": "bigint[]",
+                       "channel": "text[]", "kind": "text[]", "body": "text[]"}
+_TELEMETRY_COLUMNS = ("device_id", "boot", "seq", "ts_ms", "kind", "body")
+_EVENT_COLUMNS = ("device_id", "boot", "seq", "ts_ms", "channel", "kind", "body")
+_ON_CONFLICT_RETURNING = " ON CONFLICT (device_id, boot, seq) DO NOTHING RETURNING device_id, boot, seq"
+
+
+def _insert_new_keys(conn, table: str, columns: tuple[str, ...], rows: list[tuple]) -> set[tuple[str, str, int]]:
+    """INSERT rows, skipping any whose (device_id, boot, seq) is stored already; return the keys inserted.
+
+    What ``insert().on_conflict_do_nothing().returning()`` does, written out: on the hot path
+    SQLAlchemy's per-row parameter processing cost as much as SQLite's own work, and psycopg
+    parsed the thousands of placeholders of a multi-row VALUES in Python on every batch.
+    PostgreSQL (psycopg 3) gets one array per column (``unnest``): a short statement, one
+    parameter per column. SQLite gets multi-row VALUES, a few thousand parameters per statement.
+    """
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        arrays = ", ".join(f"%b::{_LEDGER_ARRAY_TYPES[c]}" for c in columns)  # %b: binary, no quoting
+        sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})" + _ON_CONFLICT_RETURNING
+        return set(map(tuple, conn.exec_driver_sql(sql, tuple(list(col) for col in zip(*rows))).all()))
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    one = "(" + ", ".join([mark] * len(columns)) + ")"
+    per_statement = max(1, conn.dialect.insertmanyvalues_max_parameters // len(columns))
+    keys: set[tuple[str, str, int]] = set()
+    for i in range(0, len(rows), per_statement):
+        part = rows[i : i + per_statement]
+        sql = f"INSERT INTO {table} ({names}) VALUES " + ", ".join([one] * len(part)) + _ON_CONFLICT_RETURNING
+        keys.update(map(tuple, conn.exec_driver_sql(sql, tuple(value for row in part for value in row)).all()))
+    return keys
