@@ -1,0 +1,1 @@
+"""PopKit edge agent: runs on the kit's Raspberry Pi and drives its serial hardware."""

@@ -1,0 +1,1 @@
+"""Drivers for the kit's serial devices (battery monitor, receipt printer)."""

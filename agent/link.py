@@ -1,0 +1,225 @@
+"""The link from a producer (the Pi agent, or a simulated device) to the fleet over MQTT.
+
+* Birth and death: a retained ``state`` for the producer (and the devices it
+  hosts) on every connect; the Last Will marks the producer offline.
+* Everything owed to the fleet goes through the on-disk :class:`Outbox` and
+  leaves it only on the fleet's receipt; unreceipted messages are sent again
+  after a reconnect or when their receipt is overdue (the fleet deduplicates).
+* Reconnects back off exponentially with full jitter, so a venue's kits do not
+  all hammer the broker in the same second after an outage.
+
+The network loop runs in its own thread; ``emit`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.outbox import Outbox
+from kits.contract import (
+    LEDGER_CHANNELS,
+    ContractError,
+    Role,
+    State,
+    decode,
+    encode,
+    topic,
+)
+from popkit.mqtt import client_for, session_kwargs
+
+log = logging.getLogger("popkit.agent.link")
+
+
+def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Full-jitter exponential backoff: uniform in [base/2, min(cap, base * 2**attempt)]."""
+    return random.uniform(base / 2, min(cap, base * (2 ** min(attempt, 16))))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FleetLink:
+    def __init__(
+        self,
+        kit: str,
+        device: str,
+        role: Role,
+        mqtt_url: str,
+        outbox_path: str | Path,
+        hosted: dict[str, Role] | None = None,
+        fw: str | None = None,
+        resend_after_s: float = 15.0,
+        outbox_cap: int = 50_000,
+        keepalive: int = 10,
+    ):
+        self.kit, self.device, self.role, self.fw = kit, device, role, fw
+        self.hosted = dict(hosted or {})
+        self.mqtt_url = mqtt_url
+        self.resend_after_s = resend_after_s
+        self.keepalive = keepalive
+        self.boot = secrets.token_hex(4)
+        self.started_ms = now_ms()  # state.ts for every birth and the Will of this boot
+        self.outbox = Outbox(outbox_path, cap=outbox_cap)
+        self.connected = threading.Event()
+        self.receipts = 0
+        self._seq: dict[str, int] = {}
+        self._seq_lock = threading.Lock()
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._client, self._target = client_for(mqtt_url, f"{kit}-{device}-{self.boot}")
+        self._client.max_inflight_messages_set(100)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.will_set(
+            topic(kit, device, "state"), encode(self._state(device, role, online=False, reason="lwt")), qos=1, retain=True
+        )
+        self._threads = [
+            threading.Thread(target=self._network_loop, name=f"link-net-{device}", daemon=True),
+            threading.Thread(target=self._send_loop, name=f"link-send-{device}", daemon=True),
+        ]
+
+    # ------------------------------------------------------------ public
+
+    def start(self) -> "FleetLink":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def emit(self, device: str, channel: str, model: type, ts: int | None = None, **fields) -> int:
+        """Queue one telemetry/event/ack message for ``device``; returns its seq."""
+        if channel not in LEDGER_CHANNELS:
+            raise ValueError(f"{channel!r} is not a ledger channel")
+        with self._seq_lock:
+            seq = self._seq.get(device, 0) + 1
+            self._seq[device] = seq
+        msg = model(boot=self.boot, seq=seq, ts=ts if ts is not None else now_ms(), **fields)
+        self.outbox.put(device, self.boot, seq, topic(self.kit, device, channel), encode(msg), droppable=channel == "telemetry")
+        self._kick.set()
+        return seq
+
+    def stop(self, flush_s: float = 0.0) -> None:
+        """Wait up to ``flush_s`` for the outbox to drain, then leave gracefully (state: shutdown)."""
+        deadline = time.monotonic() + flush_s
+        while len(self.outbox) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.connected.is_set():
+            info = self._client.publish(
+                topic(self.kit, self.device, "state"),
+                encode(self._state(self.device, self.role, online=False, reason="shutdown")),
+                qos=1,
+                retain=True,
+            )
+            try:
+                info.wait_for_publish(2)
+            except RuntimeError:
+                pass
+        self._stop.set()
+        self._kick.set()
+        self._client.disconnect()
+        for t in self._threads:
+            t.join(5)
+        self.outbox.close()
+
+    # ------------------------------------------------------------ network thread
+
+    def _network_loop(self) -> None:
+        target = self._target
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        attempt = 0
+        first = True
+        while not self._stop.is_set():
+            try:
+                if first:
+                    self._client.connect(target.host, target.port, self.keepalive,
+                                         **session_kwargs(self._client, clean_start=False, properties=props))
+                    first = False
+                else:
+                    self._client.reconnect()
+            except OSError as exc:
+                delay = backoff_delay(attempt)
+                attempt += 1
+                log.info("broker %s unreachable (%s); retrying in %.1fs", self.mqtt_url, exc, delay)
+                self._stop.wait(delay)
+                continue
+            while not self._stop.is_set():
+                rc = self._client.loop(timeout=0.2)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+                if self.connected.is_set():
+                    attempt = 0
+            self.connected.clear()
+            if not self._stop.is_set():
+                delay = backoff_delay(attempt)
+                attempt += 1
+                log.info("link to %s lost; reconnecting in %.1fs", self.mqtt_url, delay)
+                self._stop.wait(delay)
+        # Let the graceful DISCONNECT reach the broker so the Will is not sent.
+        for _ in range(5):
+            if self._client.socket() is None or self._client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused %s: %s", self.device, reason_code)
+            return
+        client.subscribe([(topic(self.kit, d, "receipt"), 1) for d in self._devices()])
+        client.publish(topic(self.kit, self.device, "state"), encode(self._state(self.device, self.role, True)), qos=1, retain=True)
+        for device, role in self.hosted.items():
+            client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
+        # Whatever was in flight when the link dropped may be lost: send all of it again.
+        self.outbox.mark_unsent()
+        self.connected.set()
+        self._kick.set()
+        log.info("%s connected to %s (boot %s, outbox %d)", self.device, self.mqtt_url, self.boot, len(self.outbox))
+
+    def _on_disconnect(self, _client, _userdata, _flags, _reason_code, _props) -> None:
+        self.connected.clear()
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        try:
+            receipt = decode("receipt", msg.payload)
+        except ContractError as exc:
+            log.warning("ignoring malformed receipt on %s: %s", msg.topic, exc)
+            return
+        device = msg.topic.split("/")[3]
+        self.outbox.confirm(device, receipt.boot, receipt.seqs)
+        self.receipts += 1
+        self._kick.set()
+
+    # ------------------------------------------------------------ sender thread
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            self._kick.wait(1.0)
+            self._kick.clear()
+            if not self.connected.is_set():
+                continue
+            entries = self.outbox.due(self.resend_after_s, limit=500)
+            if not entries:
+                continue
+            for e in entries:
+                self._client.publish(e.topic, e.payload, qos=1)
+            self.outbox.mark_sent([e.id for e in entries])
+            if len(entries) == 500:
+                self._kick.set()
+
+    # ------------------------------------------------------------ helpers
+
+    def _devices(self) -> list[str]:
+        return [self.device, *self.hosted]
+
+    def _state(self, device: str, role: Role, online: bool, reason: str = "birth") -> State:
+        return State(boot=self.boot, seq=0, ts=self.started_ms, online=online, role=role,
+                     fw=self.fw, reason=reason if not online else "birth")
