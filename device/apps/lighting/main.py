@@ -1,0 +1,122 @@
+# The lighting controller role: the board's outputs, lighting.Lighting and link.Link wired.
+#
+#   micropython main.py CONFIG.json        (unix port: the config path on the command line)
+#   main.py on the ESP32                    (reads lighting.json from flash)
+#
+# Order at power-up: outputs, then the timeline kept on flash shown at once (what should
+# be on now, no fade), and only then the network: lights never wait for Wi-Fi or the broker.
+# One asyncio loop: the ticker (fader, timeline, DMX refresh every ~10 ms) never awaits the
+# network; the link's tasks run beside it. `config` -> Lighting.on_config (the version
+# applied goes into `state`), `cmd` -> Lighting.on_cmd -> ack, `device` telemetry every
+# telemetry_s. Config keys (JSON object):
+#   kit, device, broker [host, port], dmx_slots (24), state_dir ("."), telemetry_s (30),
+#   max_config (4096), gamma (2.2), fw; and the board's own (unix: pwm/dmx [host, port];
+#   esp32: pwm_pins, dmx_uart, dmx_tx, dmx_de).
+# Prints, one line each (the UART on a board; the tests read them on the unix port):
+#   SCENE <id> <ms from start to the outputs written> <config version>
+#   CONFIG <version> <ok 0/1> <detail> | CMD <id> <status> | HEAP <live> <peak> <conns>
+import gc
+import sys
+from time import ticks_ms, ticks_diff
+
+t_start = ticks_ms()
+
+import asyncio
+import json
+
+import board
+import lighting_hw
+from lighting import Lighting
+
+TICK_MS = 10
+FW = "lighting-0.1.0"
+
+
+def load_config():
+    path = sys.argv[1] if len(sys.argv) > 1 else "lighting.json"
+    with open(path) as f:
+        return json.load(f)
+
+
+def now_s():
+    return board.epoch_ms() // 1000
+
+
+class App:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.peak = 0
+        slots = cfg.get("dmx_slots", 24)
+        self.state_dir = cfg.get("state_dir", ".")
+        self.light = Lighting(lighting_hw.outputs(cfg), slots, self.state_dir, cfg.get("max_config", 4096))
+        # what should be on now, before anything touches the network
+        self.light.power_up(now_s(), ticks_ms())
+        print("SCENE", self.light.scene, ticks_diff(ticks_ms(), t_start), self.light.version)
+        self.link = None
+
+    def start_link(self):
+        import link  # after power-up: the link's imports and flash outbox come second
+
+        cfg = self.cfg
+        host, port = cfg["broker"]
+        self.link = link.Link(cfg["kit"], cfg["device"], "lighting", lambda: board.connect_tcp(host, port),
+                              board.epoch_ms, self.state_dir + "/outbox", fw=cfg.get("fw", FW),
+                              config_version=self.light.version, on_cmd=self.on_cmd, on_config=self.on_config,
+                              max_msg=cfg.get("max_config", 4096), keepalive=cfg.get("keepalive", 30),
+                              response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
+                              backoff_max_ms=cfg.get("backoff_max_ms", 10000))
+        self.link.start()
+
+    def on_config(self, cfg):
+        # link.py hands over the parsed dict; Lighting keeps the payload's bytes on flash
+        ok, detail = self.light.on_config(json.dumps(cfg))
+        print("CONFIG", cfg.get("version"), 1 if ok else 0, detail)
+        if not ok:
+            self.link.emit("event", "fault", {"data": {"what": "config", "version": cfg.get("version"),
+                                                       "detail": str(detail)[:200]}})
+        return ok
+
+    def on_cmd(self, cmd):
+        r = self.light.on_cmd(json.dumps(cmd), False, board.epoch_ms(), ticks_ms())
+        if r is None:  # ran before (this boot or an earlier one): answered the first time
+            print("CMD", cmd.get("id"), "duplicate")
+            return None
+        print("CMD", r[0], r[1])
+        return r[1], r[2]
+
+    async def ticker(self):
+        light = self.light
+        while True:
+            light.tick(now_s(), ticks_ms())
+            a = gc.mem_alloc()
+            if a > self.peak:
+                self.peak = a
+            await asyncio.sleep_ms(TICK_MS)
+
+    async def telemetry(self):
+        every = self.cfg.get("telemetry_s", 30) * 1000
+        lk = self.link
+        while True:
+            await asyncio.sleep_ms(every)
+            gc.collect()
+            live = gc.mem_alloc()
+            print("HEAP", live, self.peak, lk.mqtt.conns)
+            fields = {"uptime_s": ticks_diff(ticks_ms(), t_start) // 1000, "heap_free": gc.mem_free(),
+                      "outbox": lk.outbox.count, "dropped": lk.outbox.dropped}
+            if self.light.scene is not None:
+                fields["scene"] = self.light.scene
+            lk.emit("telemetry", "device", fields)
+
+    async def run(self):
+        asyncio.create_task(self.ticker())  # the lights first
+        self.start_link()
+        await self.telemetry()
+
+
+def main():
+    gc.threshold(4096)  # collect often and small: the heap is shared with MQTT buffers
+    app = App(load_config())
+    asyncio.run(app.run())
+
+
+main()

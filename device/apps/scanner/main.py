@@ -1,0 +1,265 @@
+# The scanner role: a GM65/GM861 QR module at the door, a verdict for each scan at once.
+#
+#   unix:  micropython -m main CONFIG.json     (board layer: device/boards/unix)
+#   ESP32: main.py, config from <flash>/scanner.json
+#
+# Per scanned line: verdict.Gate.decide() (an admission is on flash before it returns),
+# the check-in into the outbox (link.emit: an append on flash, never the network; sent
+# when the link is up, kept until the fleet's receipt) with the scan time as its ts, then
+# the lamp and the buzzer. A power cut right after the lamp loses neither the admission
+# nor its check-in.
+#
+# hub_checked is false on every check-in: the cross-scanner check through the kit's hub
+# (the agent) is not built yet, so the fleet's attendance reconciles double entries.
+#
+# Config (JSON):
+#   {"kit": "demo", "device": "demo-scanner-1",
+#    "broker": {"host": "192.168.4.1", "port": 1883},   # plus optional keepalive, resend_ms
+#    "uart": ["127.0.0.1", 9601],                      # unix: the simulator; ESP32: "hw" pin overrides
+#    "flash": "flash",                                 # default board.flash_dir()
+#    "telemetry_s": 30,
+#    "gate": {"leeway": 0, "events": [{"event", "key", "expires", "capacity", "revoked"}]}}
+# The retained `config` channel carries revocations: {"version": N, "data": {"revoked": [ids]}}
+# (for every event loaded) or {"revoked": {"EVENT": [ids]}}; added to the file's own lists,
+# kept on flash (config.json) so a reboot without the network still refuses them.
+#
+# Output lines (for tests and the serial console):
+#   BOOT <boot> <started ms> <unreceipted> | CODE <heap bytes after imports> | READY | SCAN <verdict> <ticket|-> <seq> <scan ms>
+#   CONFIG <version> <revoked count> | OUTBOX <count> | CMD <id> <action> | MEM <live> <peak> <free>
+import asyncio
+import gc
+import json
+import os
+import sys
+from time import ticks_diff, ticks_ms
+
+from micropython import const
+
+import atomic
+import board
+import link
+import scanline
+import ticket
+import verdict
+from redemptions import Revocations
+from scanner_hw import ScannerHW
+
+FW = "scanner-0.1.0"
+gc.collect()
+_CODE = gc.mem_alloc()  # the heap the modules took (0 on the ESP32, where they are frozen into flash)
+_POLL_MS = const(5)  # UART poll while idle: 9600 baud fills ~5 bytes in that time
+_QUIET_MS = const(300)  # a line unfinished this long is dropped (the module went quiet mid-code)
+_LAMP_MS = const(1500)  # how long the verdict lamp stays lit
+_GREEN_HZ = const(2700)
+_RED_HZ = const(600)
+
+# verdict -> (lamp, beeps, tone Hz, beep ms): one short high beep in, a long low one out,
+# two short low ones for "scan again".
+_SIGNALS = {
+    ticket.ADMITTED: ("green", 1, _GREEN_HZ, 120),
+    ticket.MALFORMED: ("red", 2, _RED_HZ, 120),
+}
+_REFUSED = ("red", 1, _RED_HZ, 500)
+
+
+def _mkdir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+
+
+def _config_path():
+    if len(sys.argv) > 1:
+        return sys.argv[1]
+    return board.flash_dir() + "/scanner.json"
+
+
+class Scanner:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        flash = cfg.get("flash") or board.flash_dir()
+        _mkdir(flash)
+        _mkdir(flash + "/gate")
+        self._saved = flash + "/config.json"
+        self.gate = verdict.Gate(cfg["gate"], flash + "/gate")
+        self._base = {}  # event -> revoked ids from the config file
+        for spec in cfg["gate"].get("events", ()):
+            self._base[spec["event"]] = list(spec.get("revoked", ()))
+        self.hw = ScannerHW(**({"uart": cfg["uart"]} if "uart" in cfg else cfg.get("hw", {})))
+        self.lines = scanline.LineAssembler()
+        self.scans = 0
+        self.t0 = ticks_ms()
+        self._lamp_off = None  # ticks when the lamp goes dark
+        self._beeps = 0  # beeps still to sound
+        self._beep = None  # (freq, ms) of the current pattern
+        self._beep_at = 0
+        self._beep_on = False
+        br = cfg["broker"]
+        host, port = br["host"], br.get("port", 1883)
+        version = None
+        saved = atomic.read(self._saved)
+        if saved:  # the last revocations from the fleet, applied before the link is up
+            try:
+                got = json.loads(saved)
+                if self._apply(got):
+                    version = got["version"]
+            except Exception as e:
+                print("CONFIG bad saved config", repr(e))
+        self.link = link.Link(cfg["kit"], cfg["device"], "scanner", lambda: board.connect_tcp(host, port),
+                              board.epoch_ms, flash + "/outbox", fw=FW, config_version=version,
+                              on_cmd=self._on_cmd, on_config=self._on_config,
+                              resend_ms=br.get("resend_ms", 15000), keepalive=br.get("keepalive", 30),
+                              response_ms=br.get("response_ms", 5000), backoff_ms=br.get("backoff_ms", 500),
+                              backoff_max_ms=br.get("backoff_max_ms", 10000))
+
+    # ------------------------------------------------------------ one scan
+
+    def scan(self, line):
+        scan_ms = board.epoch_ms()
+        v, f = self.gate.decide(line, scan_ms // 1000)  # an admission is on flash when this returns
+        self.scans += 1
+        if f is None and v == ticket.BAD_SIGNATURE:
+            fields = ticket.parse(line)  # what the ticket claims, unverified (as for wrong_event)
+            f = ticket.as_dict(fields) if fields is not None else None
+        data = {"verdict": v, "hub_checked": False}
+        if f is not None:
+            data["event"] = f["event"]
+            data["ticket"] = f["ticket"]
+            data["tier"] = f["tier"]
+        try:  # into the outbox on flash (no network here): a power cut after the lamp loses nothing
+            seq = self.link.emit("event", "checkin", {"data": data}, scan_ms)
+        except Exception as e:  # the flash is full or failing: the door still works
+            print("EMIT failed", repr(e))
+            seq = 0
+        print("SCAN", v, data.get("ticket", "-"), seq, scan_ms)
+        self.signal(v)
+
+    def signal(self, v):
+        lamp, beeps, freq, ms = _SIGNALS.get(v, _REFUSED)
+        hw = self.hw
+        hw.led(lamp)
+        hw.buzz(freq, ms)
+        now = ticks_ms()
+        self._lamp_off = now
+        self._beep = (freq, ms)
+        self._beeps = beeps - 1
+        self._beep_on = True
+        self._beep_at = now
+
+    def _timers(self, now):
+        if self._beep is not None and ticks_diff(now, self._beep_at) >= self._beep[1]:
+            self._beep_at = now
+            if self._beep_on:
+                self.hw.buzz(0, 0)
+                self._beep_on = False
+                if not self._beeps:
+                    self._beep = None
+            else:
+                self._beeps -= 1
+                self._beep_on = True
+                self.hw.buzz(self._beep[0], self._beep[1])
+        if self._lamp_off is not None and ticks_diff(now, self._lamp_off) >= _LAMP_MS:
+            self._lamp_off = None
+            self.hw.led(None)
+
+    async def uart_loop(self):
+        buf = bytearray(64)
+        hw = self.hw
+        asm = self.lines
+        last_rx = ticks_ms()
+        while True:
+            n = hw.readinto(buf)
+            now = ticks_ms()
+            if n:
+                last_rx = now
+                for line in asm.feed(buf, n):
+                    self.scan(line)
+            else:
+                if ticks_diff(now, last_rx) >= _QUIET_MS:
+                    asm.drop_partial()
+                    last_rx = now
+                self._timers(now)
+                await asyncio.sleep_ms(_POLL_MS)
+
+    # ------------------------------------------------------------ fleet
+
+    def _apply(self, cfg):
+        """Revocations from the fleet's config, on top of the config file's; True when applied."""
+        revoked = (cfg.get("data") or {}).get("revoked")
+        if revoked is None:
+            revoked = ()
+        events = self.gate._events
+        total = 0
+        for name, ev in events.items():
+            name = name.decode()
+            ids = revoked.get(name, ()) if isinstance(revoked, dict) else revoked
+            ev.revoked = Revocations(self._base.get(name, []) + list(ids))
+            total += len(ev.revoked)
+        print("CONFIG", cfg["version"], total)
+        return True
+
+    def _on_config(self, cfg):
+        if not self._apply(cfg):
+            return False
+        try:
+            atomic.write(self._saved, json.dumps(cfg).encode())
+        except OSError as e:
+            print("CONFIG not saved", repr(e))
+        return True
+
+    def _on_cmd(self, cmd):
+        print("CMD", cmd["id"], cmd["action"])
+        if cmd["action"] == "identify":
+            self.signal(ticket.MALFORMED)  # red and two beeps: "this one"
+            return "ok"
+        return ("rejected", "unknown action")
+
+    async def telemetry_loop(self):
+        every = self.cfg.get("telemetry_s", 30) * 1000
+        while True:
+            await asyncio.sleep_ms(every)
+            gc.collect()
+            lk = self.link
+            try:
+                lk.emit("telemetry", "device", {"uptime_s": ticks_diff(ticks_ms(), self.t0) // 1000,
+                                                "heap_free": gc.mem_free(), "outbox": lk.outbox.count,
+                                                "dropped": lk.outbox.dropped, "scans": self.scans})
+            except Exception as e:
+                print("TELEMETRY failed", repr(e))
+
+    async def monitor_loop(self):
+        shown = -1
+        peak = 0
+        i = 0
+        while True:
+            n = self.link.outbox.count
+            if n != shown:
+                shown = n
+                print("OUTBOX", n)
+            i += 1
+            if i % 10 == 1:  # every 2 s: the live heap after a collection, and its high-water mark
+                gc.collect()
+                a = gc.mem_alloc()
+                peak = max(peak, a)
+                print("MEM", a, peak, gc.mem_free())
+            await asyncio.sleep_ms(200)
+
+    async def run(self):
+        lk = self.link
+        print("BOOT", lk.boot.decode(), lk.started, lk.outbox.count)
+        print("CODE", _CODE)
+        lk.start()
+        asyncio.create_task(self.telemetry_loop())
+        asyncio.create_task(self.monitor_loop())
+        print("READY")
+        await self.uart_loop()
+
+
+def main():
+    with open(_config_path()) as f:
+        cfg = json.load(f)
+    asyncio.run(Scanner(cfg).run())
+
+
+main()

@@ -1,0 +1,261 @@
+# link.py: the device's link to the fleet, as agent/link.py is the Pi's.
+#
+# * Identity per boot: `boot` is random hex, new at every boot; `seq` counts
+#   from 1 within the boot across telemetry, events and acks; `ts` is epoch ms
+#   from the board's clock, the time the thing happened.
+# * Topic tree popkit/v1/<kit>/<device>/<channel> (docs/protocol.md).
+# * Birth and death: a retained `state` (seq 0, ts = boot start) on every
+#   connect; the same with online false, reason "lwt", is the Will; "shutdown"
+#   on a graceful stop.
+# * Nothing is lost: emit() writes to the FlashLog first, then the sender
+#   publishes. An entry leaves the log only when the fleet's receipt names it.
+#   After every (re)connect everything unreceipted is published again, and so
+#   is everything from the oldest entry on when its receipt is overdue.
+#   Entries from earlier boots go out with their original boot, seq and ts.
+# * Commands: never executed when retained or past `expires` (answered
+#   "expired"); a redelivered id is not executed twice. Config: handed to the
+#   app when its version is new; the version applied is reported in `state`.
+#
+# The transport is pkmqtt (QoS 1, persistent session); the app sees emit(),
+# ack(), callbacks and counters, nothing of MQTT.
+
+import asyncio
+import json
+import os
+from binascii import hexlify
+from time import ticks_ms, ticks_diff
+
+from micropython import const
+
+from flashlog import FlashLog, CHANNELS
+from log import log
+from pkmqtt import Client, MQTTError
+
+_BATCH = const(4)  # records read from flash per step: the most payloads the sender holds
+_CHECK_MS = const(1000)  # how often the sender looks for an overdue receipt
+_MAX_PAYLOAD = const(4096)  # docs/protocol.md: device payloads are at most 4 KiB
+_RECENT_CMDS = const(8)
+_ERROR = const(1)
+_WARN = const(2)
+_INFO = const(3)
+
+
+class Link:
+    def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
+                 on_cmd=None, on_config=None, resend_ms=15000, cap=2000, seg_records=32, **mqtt):
+        """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
+        on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
+        on_config(config dict) -> true when applied (its version is then reported in state).
+        Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
+        self.role = role
+        self.fw = fw
+        self.config_version = config_version
+        self._clock = clock
+        self._on_cmd = on_cmd
+        self._on_config = on_config
+        self._resend_ms = resend_ms
+        self.boot = hexlify(os.urandom(4))  # 8 hex digits, as bytes (.decode() in payloads)
+        self.started = clock()  # state.ts of this boot's births and of its Will
+        self.seq = 0
+        self.sent = 0  # publishes from the outbox, resends included
+        self.receipts = 0
+        self.rounds = 0  # times everything unreceipted was sent (again): reconnects, overdue receipts
+        self.bad = 0  # malformed incoming messages ignored
+
+        pre = "popkit/v1/%s/%s/" % (kit, device)
+        self._t_state = (pre + "state").encode()
+        self._t_in = ((pre + "receipt").encode(), (pre + "cmd").encode(), (pre + "config").encode())
+        self._t_out = [None]  # by flashlog channel code
+        for c in CHANNELS[1:]:
+            self._t_out.append((pre + c).encode())
+
+        self.outbox = FlashLog(flash_dir, cap=cap, seg_records=seg_records)
+        mqtt.setdefault("clean", False)  # the broker keeps cmds and receipts for us while we are away
+        mqtt.setdefault("max_inflight", 4)  # a scanner emits a few messages a second: 4 cover a slow link
+        mqtt.setdefault("queue_len", 6)
+        self.mqtt = Client(connect, "%s-%s" % (kit, device),
+                           will=(self._t_state, self._state(False, "lwt"), 1, True), **mqtt)
+        self._kick = asyncio.Event()
+        self.mqtt.on_tick = self._kick.set  # the sender looks for overdue receipts at every keepalive tick
+        self._restate = False
+        self._cur = [0, 0, 0]  # the sender's place in the outbox
+        self._first = -1  # the oldest unreceipted entry, and since when it is
+        self._first_t = 0
+        self._checked = 0
+        self._chans = bytearray(_BATCH)
+        self._msgs = [None] * _BATCH
+        self._recent = [None] * _RECENT_CMDS
+        self._recent_i = 0
+        self._tasks = ()
+
+    # ------------------------------------------------------------ public
+
+    def start(self):
+        self.mqtt.start()
+        self._tasks = (asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()))
+        return self
+
+    def emit(self, channel, kind, fields, ts=None):
+        """Write one telemetry/event/ack message to the outbox (on flash) and queue it; returns its
+        seq. `kind` may be None (acks have none); `fields` are the payload's other top-level fields."""
+        if channel not in CHANNELS[1:]:
+            raise ValueError(channel)
+        self.seq += 1
+        head = '{"boot":"%s","seq":%d,"ts":%d' % (self.boot.decode(), self.seq, self._clock() if ts is None else ts)
+        if kind:
+            head += ',"kind":' + json.dumps(kind)
+        body = json.dumps(fields) if fields else "{}"
+        payload = (head + ("," + body[1:] if len(body) > 2 else "}")).encode()
+        if len(payload) > _MAX_PAYLOAD:
+            raise ValueError("payload over 4 KiB")
+        self.outbox.append(self.boot, self.seq, channel, payload, channel == "telemetry")
+        self._kick.set()
+        return self.seq
+
+    def ack(self, cmd_id, status, detail=None):
+        """Answer a command: status ok | error | expired | rejected."""
+        fields = {"cmd_id": cmd_id, "status": status}
+        if detail:
+            fields["detail"] = str(detail)[:200]
+        return self.emit("ack", None, fields)
+
+    def set_config_version(self, version):
+        """Report the config version now applied (the retained state is published again)."""
+        self.config_version = version
+        self._restate = True
+        self._kick.set()
+
+    async def stop(self, flush_ms=0):
+        """Wait up to flush_ms for the outbox to drain, then leave gracefully (state: shutdown)."""
+        t0 = ticks_ms()
+        while self.outbox.count and ticks_diff(ticks_ms(), t0) < flush_ms:
+            await asyncio.sleep_ms(50)
+        c = self.mqtt
+        if c.up.is_set():
+            await c.publish(self._t_state, self._state(False, "shutdown"), True, 1, False)
+            t0 = ticks_ms()
+            while c.inflight() and ticks_diff(ticks_ms(), t0) < 2000:
+                await asyncio.sleep_ms(20)
+        for t in self._tasks:
+            t.cancel()
+        await c.disconnect()
+        self.outbox.close()
+
+    # ------------------------------------------------------------ sending
+
+    async def _send_loop(self):
+        c = self.mqtt
+        seen = 0
+        chans = self._chans
+        msgs = self._msgs
+        while True:
+            try:
+                if not c.up.is_set():
+                    await c.up.wait()
+                if c.conns != seen:  # a new session: subscribe, be born, send all unreceipted
+                    seen = c.conns
+                    for t in self._t_in:
+                        try:
+                            await c.subscribe(t, 1)
+                        except MQTTError as e:
+                            log(_ERROR, "link", "subscription refused: %s", e)
+                    self._restate = True
+                    self._restart()
+                    log(_INFO, "link", "session %d, boot %s: %d unreceipted", seen, self.boot, self.outbox.count)
+                    continue  # the link may have dropped meanwhile: look again
+                if self._restate:
+                    self._restate = False
+                    await c.publish(self._t_state, self._state(True, "birth"), True, 1, False)
+                self._check_overdue()
+                n = self.outbox.read(self._cur, chans, msgs)
+                for i in range(n):
+                    await c.publish(self._t_out[chans[i]], msgs[i], False, 1, False)
+                    msgs[i] = None
+                self.sent += n
+                if not n:
+                    self._kick.clear()
+                    await self._kick.wait()
+            except Exception as e:  # a flash or payload fault must not end the sender
+                log(_ERROR, "link", "sender: %r", e)
+                await asyncio.sleep_ms(_CHECK_MS)
+
+    def _restart(self):
+        """Send everything unreceipted again, from the oldest entry on."""
+        self._cur[0] = self._cur[1] = self._cur[2] = 0
+        self._first = self.outbox.first()
+        self._first_t = ticks_ms()
+        self.rounds += 1
+
+    def _check_overdue(self):
+        """When the oldest unreceipted entry has waited resend_ms since it was (last) sent: restart."""
+        now = ticks_ms()
+        if ticks_diff(now, self._checked) < _CHECK_MS:
+            return
+        self._checked = now
+        first = self.outbox.first()
+        if first != self._first:
+            self._first = first
+            self._first_t = now
+        elif first >= 0 and ticks_diff(now, self._first_t) >= self._resend_ms \
+                and self._cur[0] * 256 + self._cur[1] > first:  # it was sent: its receipt is overdue
+            log(_INFO, "link", "receipts overdue: sending %d again", self.outbox.count)
+            self._restart()
+
+    # ------------------------------------------------------------ receiving
+
+    async def _recv_loop(self):
+        c = self.mqtt
+        t_receipt, t_cmd, t_config = self._t_in
+        while True:
+            t, m, retained = await c.recv()
+            try:
+                if t == t_receipt:
+                    r = json.loads(m)
+                    self.outbox.confirm(r["boot"], r["seqs"])
+                    self.receipts += 1
+                    self._kick.set()
+                elif t == t_cmd:
+                    if retained:  # commands are never retained; one that is must never run (again)
+                        log(_WARN, "link", "ignored a retained command")
+                    else:
+                        self._cmd(json.loads(m))
+                elif t == t_config:
+                    cfg = json.loads(m)
+                    v = cfg["version"]
+                    if v != self.config_version and self._on_config is not None and self._on_config(cfg):
+                        self.set_config_version(v)
+            except Exception as e:  # a malformed message must not stop the link
+                self.bad += 1
+                log(_WARN, "link", "ignored a message on %s: %r", t, e)
+
+    def _cmd(self, cmd):
+        cid = cmd["id"]
+        if cid in self._recent:  # redelivered (QoS 1 is at least once): answered already
+            return
+        self._recent[self._recent_i] = cid
+        self._recent_i = (self._recent_i + 1) % _RECENT_CMDS
+        if cmd["expires"] <= self._clock():
+            self.ack(cid, "expired")
+        elif self._on_cmd is None:
+            self.ack(cid, "rejected", "no command handler")
+        else:
+            try:
+                res = self._on_cmd(cmd)
+            except Exception as e:
+                self.ack(cid, "error", repr(e))
+                return
+            if isinstance(res, str):
+                self.ack(cid, res)
+            elif res is not None:
+                self.ack(cid, res[0], res[1])
+
+    # ------------------------------------------------------------ payloads
+
+    def _state(self, online, reason):
+        s = '{"boot":"%s","seq":0,"ts":%d,"online":%s,"role":"%s","reason":"%s"' % (
+            self.boot.decode(), self.started, "true" if online else "false", self.role, reason)
+        if self.fw:
+            s += ',"fw":' + json.dumps(self.fw)
+        if self.config_version is not None:
+            s += ',"config_version":%d' % self.config_version
+        return (s + "}").encode()

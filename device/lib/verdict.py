@@ -1,0 +1,87 @@
+# The door's decision for one scan: the ticket's own checks (ticket.py), then this
+# scanner's revocation list and redemption log (redemptions.py).
+#
+# Config (the scanner's, as JSON):
+#   {"leeway": 0,                      # seconds of clock skew forgiven at both ends of a window
+#    "events": [{"event": "FEST25",
+#                "key": "<64 hex>",    # the per-event HMAC key (docs/tickets.md: why it expires)
+#                "expires": 1752451200,  # Unix s; from then on the key is dropped, scans say expired
+#                "capacity": 5000,     # tickets expected: presizes the redemption index
+#                "revoked": ["K7QX2MBA"]}]}
+#
+# Order: malformed, wrong_event, bad_signature, not_yet_valid, expired, revoked,
+# already_admitted, admitted. An admission is on flash before decide() returns.
+import time
+
+from binascii import unhexlify
+
+import ticket
+from hmac256 import HMAC256
+from redemptions import Redemptions, Revocations
+from ticket import (ADMITTED, ALREADY_ADMITTED, BAD_SIGNATURE, EXPIRED, MALFORMED, REVOKED,
+                    WRONG_EVENT)
+
+_EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ports whose epoch is 2000
+
+
+def unix_now():
+    """Seconds since 1970 on every port (tickets carry Unix time)."""
+    return time.time() + _EPOCH_OFFSET
+
+
+class _Event:
+    def __init__(self, spec, data_dir):
+        self.name = spec["event"]
+        self.key = HMAC256(unhexlify(spec["key"]))
+        self.expires = spec.get("expires") or 0
+        self.revoked = Revocations(spec.get("revoked", ()))
+        self.store = Redemptions("%s/redeemed-%s.log" % (data_dir, self.name), spec.get("capacity", 0))
+
+
+class Gate:
+    """Decides scans for the events in ``config``; redemption logs live in ``data_dir``."""
+
+    def __init__(self, config, data_dir):
+        self.leeway = config.get("leeway", 0)
+        self._events = {}
+        for spec in config.get("events", ()):
+            ev = _Event(spec, data_dir)
+            self._events[ev.name.encode()] = ev
+        self.counts = {}  # verdict -> scans since start, for telemetry
+
+    def decide(self, payload, now):
+        """(verdict, ticket fields dict or None) for one scanned payload at Unix time ``now``."""
+        verdict, fields = self._decide(payload, now)
+        self.counts[verdict] = self.counts.get(verdict, 0) + 1
+        return verdict, fields
+
+    def _decide(self, payload, now):
+        if isinstance(payload, str):
+            payload = payload.encode()
+        fields = ticket.parse(payload)
+        if fields is None:
+            return MALFORMED, None
+        ev = self._events.get(fields[0])
+        if ev is None:
+            return WRONG_EVENT, ticket.as_dict(fields)  # unverified: what the ticket claims
+        if ev.key is None or (ev.expires and now >= ev.expires):
+            ev.key = None  # the event is over: forget its key
+            return EXPIRED, ticket.as_dict(fields)
+        verdict = ticket.verify(fields, payload, ev.key, now, self.leeway)
+        if verdict == BAD_SIGNATURE:
+            return verdict, None
+        info = ticket.as_dict(fields)
+        if verdict != ADMITTED:
+            return verdict, info
+        if fields[1] in ev.revoked:
+            return REVOKED, info
+        first = ev.store.lookup(fields[1])
+        if first is not None:
+            info["first_scan"] = first
+            return ALREADY_ADMITTED, info
+        ev.store.admit(fields[1], now)
+        return ADMITTED, info
+
+    def close(self):
+        for ev in self._events.values():
+            ev.store.close()

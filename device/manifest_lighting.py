@@ -1,0 +1,24 @@
+# Deploy manifest for the lighting controller role (micropython-lib style: freeze with
+# `manifest_lighting.py` as FROZEN_MANIFEST, or cross-compile the listed modules with mpy-cross).
+# Bump the version by hand on every change to a module below; it is the `fw` the device reports.
+metadata(description="PopKit lighting controller (ESP32: RGBW PWM + DMX512)", version="0.1.0")
+
+# shared libraries (device/lib)
+module("log.py", base_path="lib")
+module("atomic.py", base_path="lib")
+module("commands.py", base_path="lib")
+module("scene.py", base_path="lib")
+module("dmx.py", base_path="lib")
+module("timeline.py", base_path="lib")
+module("lighting.py", base_path="lib")
+module("flashlog.py", base_path="lib")
+module("pkmqtt.py", base_path="lib")
+module("link.py", base_path="lib")
+module("tcp.py", base_path="lib")
+
+# board layer (the unix build uses boards/unix instead)
+module("board.py", base_path="boards/esp32")
+module("lighting_hw.py", base_path="boards/esp32")
+
+# the role's app
+module("main.py", base_path="apps/lighting")
