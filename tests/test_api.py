@@ -1,0 +1,69 @@
+"""The fleet API as ops use it: lists, one kit, one device, history, health, metrics, and clear 404s."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fleet.api.app import create_app
+from fleet.store import Batch, LedgerMessage, Store
+from kits.contract import BatteryTelemetry, State, encode
+from kits.manifest import load_manifest
+from tests.conftest import DEMO_KIT
+
+
+def reading(seq: int, ts: int) -> LedgerMessage:
+    msg = BatteryTelemetry(boot="beef01", seq=seq, ts=ts, source="vedirect", v=12.5, i=-2.0, soc=90.0 - seq / 10)
+    return LedgerMessage("demo-power", "telemetry", msg, encode(msg).decode())
+
+
+@pytest.fixture
+def api(tmp_path):
+    store = Store.open(f"sqlite:///{tmp_path / 'api.db'}")
+    store.register_kit(load_manifest(DEMO_KIT))
+    store.write_batch(Batch(ledger=[reading(s, 1_000_000 + s * 1000) for s in range(1, 26)],
+                            states=[("demo-agent", State(boot="beef01", seq=0, ts=1, online=True, role="agent")),
+                                    ("demo-power", State(boot="beef01", seq=0, ts=1, online=True, role="powerbank"))]))
+    yield TestClient(create_app(store))
+    store.close()
+
+
+def test_list_kits_shows_devices_and_battery(api):
+    kits = api.get("/api/v1/kits").json()
+    assert len(kits) == 1 and kits[0]["id"] == "demo"
+    assert kits[0]["devices_total"] == 5 and kits[0]["devices_online"] == 2
+    assert kits[0]["battery"]["soc"] == pytest.approx(87.5)
+
+
+def test_get_kit_and_device_not_found_say_which(api):
+    r = api.get("/api/v1/kits/nope")
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    r = api.get("/api/v1/devices/nope")
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    assert api.get("/api/v1/devices/nope/telemetry").status_code == 404
+
+
+def test_get_device_telemetry_pages_by_since(api):
+    first = api.get("/api/v1/devices/demo-power/telemetry", params={"limit": 10}).json()
+    assert [i["seq"] for i in first["items"]] == list(range(1, 11))
+    nxt = api.get("/api/v1/devices/demo-power/telemetry", params={"limit": 10, "since": first["next_since"]}).json()
+    assert nxt["items"][0]["seq"] == 10  # since is inclusive: the boundary reading repeats, none is skipped
+    tail = api.get("/api/v1/devices/demo-power/telemetry", params={"since": 1_020_000}).json()
+    assert [i["seq"] for i in tail["items"]] == list(range(20, 26)) and tail["next_since"] is None
+
+
+def test_bad_query_parameters_are_refused_with_the_reason(api):
+    r = api.get("/api/v1/devices/demo-power/telemetry", params={"limit": 0})
+    assert r.status_code == 422 and "limit" in r.text
+    r = api.get("/api/v1/devices/demo-power/telemetry", params={"since": "yesterday"})
+    assert r.status_code == 422 and "since" in r.text
+
+
+def test_health_metrics_page_and_openapi(api):
+    assert api.get("/healthz").json()["devices_online"] == 2
+    metrics = api.get("/metrics").text
+    assert "popkit_devices_online 2" in metrics and "popkit_devices 5" in metrics
+    assert "PopKit fleet" in api.get("/").text
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/api/v1/kits", "/api/v1/kits/{kit_id}", "/api/v1/devices/{device_id}",
+            "/api/v1/devices/{device_id}/telemetry", "/healthz", "/metrics"} <= set(paths)
