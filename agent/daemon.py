@@ -18,6 +18,7 @@ import time
 from agent.drivers.escpos import EscPosPrinter
 from agent.drivers.vedirect import VEDirectReader
 from agent.errors import DriverError
+from agent.hub import DoorHub
 from agent.link import FleetLink
 from agent.settings import AgentSettings
 from kits.contract import BatteryTelemetry, DeviceTelemetry, Event, PrinterTelemetry
@@ -140,6 +141,11 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
                      settings.agent_data / f"{manifest.id}-outbox.db", hosted=hosted, fw=AGENT_FW,
                      resend_after_s=settings.resend_after_s, outbox_cap=settings.outbox_cap).start()
     log.info("agent for kit %s: boot %s, %d messages waiting in the outbox", manifest.id, link.boot, len(link.outbox))
+    # The kit's scanners ask the hub before they admit (agent/hub.py); a kit without doors needs none.
+    hub = None
+    if any(s.role == "scanner" for s in manifest.all_devices()):
+        settings.agent_data.mkdir(parents=True, exist_ok=True)
+        hub = DoorHub(manifest.id, settings.mqtt_url, settings.agent_data / f"{manifest.id}-claims.db").start()
     agent = Agent(manifest, link, ports)
 
     async def main() -> None:
@@ -151,6 +157,8 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
     try:
         asyncio.run(main())
     finally:
+        if hub is not None:
+            hub.stop()
         link.stop(flush_s=2.0)
         for sim in sims:
             sim.stop()

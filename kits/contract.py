@@ -31,9 +31,12 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 ROOT = "popkit/v1"
-CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt")
+CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt", "claim", "claimed")
 # Channels a device publishes; the fleet subscribes to exactly these.
 DEVICE_CHANNELS = ("state", "telemetry", "event", "ack")
+# The door's question to the kit's hub and the hub's answer (QoS 0, never retained, never stored:
+# the check-in event that follows is the record). They stay inside the kit.
+HUB_CHANNELS = ("claim", "claimed")
 # Channels that carry a sequence number and go through a producer's outbox.
 LEDGER_CHANNELS = ("telemetry", "event", "ack")
 
@@ -161,18 +164,21 @@ EVENT_ID_RE = r"[A-Z0-9][A-Z0-9-]{0,15}"
 TICKET_ID_RE = r"[A-Z0-9]{1,16}"
 TIER_RE = r"[A-Z0-9]{1,8}"
 EventId = Annotated[str, Field(pattern=f"^{EVENT_ID_RE}$")]
+TicketId = Annotated[str, Field(pattern=f"^{TICKET_ID_RE}$")]
 
 
 class Checkin(_Model):
     """``data`` of a ``checkin`` event: one scan at the door and the scanner's verdict."""
 
     event: EventId | None = Field(default=None, description="the ticket's event; null when the payload could not be read")
-    ticket: Annotated[str, Field(pattern=f"^{TICKET_ID_RE}$")] | None = None
+    ticket: TicketId | None = None
     tier: Annotated[str, Field(pattern=f"^{TIER_RE}$")] | None = None
     verdict: Verdict
     # False: the kit's hub was unreachable, so another scanner may have admitted the same
     # ticket; the fleet's attendance reconciles and flags it.
     hub_checked: bool = True
+    # already_admitted on the hub's word: the door that admitted the ticket first.
+    first_device: Id | None = None
 
 
 class Event(Envelope):
@@ -222,6 +228,31 @@ class Receipt(_Model):
     ts: EpochMs
 
 
+ClaimId = Annotated[int, Field(ge=0, lt=2**31)]
+
+
+class Claim(_Model):
+    """Scanner to hub: this ticket passed every check here; may I admit it? Asked before the lamp."""
+
+    id: ClaimId = Field(description="the scanner's question number; the answer repeats it")
+    event: EventId
+    ticket: TicketId
+    ts: EpochMs = Field(description="scan time")
+
+
+class FirstScan(_Model):
+    device: Id
+    ts: EpochMs
+
+
+class Claimed(_Model):
+    """Hub to scanner: admit, or refuse because another door (``first``) admitted this ticket."""
+
+    id: ClaimId
+    admit: bool
+    first: FirstScan | None = None
+
+
 CHANNEL_MODELS: dict[str, Any] = {
     "state": State,
     "telemetry": Telemetry,
@@ -230,6 +261,8 @@ CHANNEL_MODELS: dict[str, Any] = {
     "ack": Ack,
     "config": Config,
     "receipt": Receipt,
+    "claim": Claim,
+    "claimed": Claimed,
 }
 _ADAPTERS = {ch: TypeAdapter(m) for ch, m in CHANNEL_MODELS.items()}
 # Typed payloads inside a channel, exported for the firmware too (event data by kind).

@@ -12,6 +12,11 @@
 #   After every (re)connect everything unreceipted is published again, and so
 #   is everything from the oldest entry on when its receipt is overdue.
 #   Entries from earlier boots go out with their original boot, seq and ts.
+# * The kit's hub (the agent, agent/hub.py): ask_hub() puts a scanner's claim on a
+#   ticket to it (QoS 0, a question asked now) and waits at most timeout_ms for
+#   the answer on `claimed`. No answer means "decide alone"; after a miss the
+#   hub is not asked again for _HUB_QUIET_MS, so a kit without a hub costs a
+#   door one wait, not one per guest.
 # * Commands: never executed when retained or past `expires` (answered
 #   "expired"); a redelivered id is not executed twice. Config: handed to the
 #   app when its version is new; the version applied is reported in `state`.
@@ -35,6 +40,7 @@ _BATCH = const(4)  # records read from flash per step: the most payloads the sen
 _CHECK_MS = const(1000)  # how often the sender looks for an overdue receipt
 _MAX_PAYLOAD = const(4096)  # docs/protocol.md: device payloads are at most 4 KiB
 _RECENT_CMDS = const(8)
+_HUB_QUIET_MS = const(5000)
 _ERROR = const(1)
 _WARN = const(2)
 _INFO = const(3)
@@ -42,10 +48,11 @@ _INFO = const(3)
 
 class Link:
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
-                 on_cmd=None, on_config=None, resend_ms=15000, cap=2000, seg_records=32, **mqtt):
+                 on_cmd=None, on_config=None, resend_ms=15000, cap=2000, seg_records=32, hub=False, **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
+        hub: this device asks the kit's hub (ask_hub).
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
         self.fw = fw
@@ -65,6 +72,12 @@ class Link:
         pre = "popkit/v1/%s/%s/" % (kit, device)
         self._t_state = (pre + "state").encode()
         self._t_in = ((pre + "receipt").encode(), (pre + "cmd").encode(), (pre + "config").encode())
+        self._t_claim = (pre + "claim").encode() if hub else None
+        self._t_claimed = (pre + "claimed").encode() if hub else None
+        self._claim_id = 0
+        self._answer = None
+        self._answered = asyncio.Event()
+        self._hub_miss = None  # ticks of the last unanswered claim
         self._t_out = [None]  # by flashlog channel code
         for c in CHANNELS[1:]:
             self._t_out.append((pre + c).encode())
@@ -112,6 +125,31 @@ class Link:
         self._kick.set()
         return self.seq
 
+    async def ask_hub(self, event, ticket, ts, timeout_ms):
+        """The hub's answer to this scanner's claim on a ticket ({"admit": bool, "first": ...}), or None
+        when there is none within timeout_ms (no link, no hub, or the hub was silent just now)."""
+        c = self.mqtt
+        if self._t_claim is None or not c.up.is_set():
+            return None
+        if self._hub_miss is not None and ticks_diff(ticks_ms(), self._hub_miss) < _HUB_QUIET_MS:
+            return None
+        self._claim_id = (self._claim_id + 1) & 0x7FFFFFFF
+        self._answer = None
+        self._answered.clear()
+        msg = ('{"id":%d,"event":"%s","ticket":"%s","ts":%d}' % (self._claim_id, event, ticket, ts)).encode()
+        try:
+            await asyncio.wait_for_ms(self._ask(msg), timeout_ms)
+        except asyncio.TimeoutError:
+            self._hub_miss = ticks_ms()
+            log(_WARN, "link", "no answer from the hub in %d ms", timeout_ms)
+            return None
+        self._hub_miss = None
+        return self._answer
+
+    async def _ask(self, msg):
+        await self.mqtt.publish(self._t_claim, msg, False, 0)
+        await self._answered.wait()
+
     def ack(self, cmd_id, status, detail=None):
         """Answer a command: status ok | error | expired | rejected."""
         fields = {"cmd_id": cmd_id, "status": status}
@@ -154,9 +192,9 @@ class Link:
                     await c.up.wait()
                 if c.conns != seen:  # a new session: subscribe, be born, send all unreceipted
                     seen = c.conns
-                    for t in self._t_in:
+                    for t in self._t_in + ((self._t_claimed,) if self._t_claimed else ()):
                         try:
-                            await c.subscribe(t, 1)
+                            await c.subscribe(t, 0 if t is self._t_claimed else 1)
                         except MQTTError as e:
                             log(_ERROR, "link", "subscription refused: %s", e)
                     self._restate = True
@@ -219,6 +257,11 @@ class Link:
                         log(_WARN, "link", "ignored a retained command")
                     else:
                         self._cmd(json.loads(m))
+                elif t == self._t_claimed:
+                    r = json.loads(m)
+                    if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
+                        self._answer = r
+                        self._answered.set()
                 elif t == t_config:
                     cfg = json.loads(m)
                     v = cfg["version"]

@@ -48,14 +48,33 @@ class Gate:
             ev = _Event(spec, data_dir)
             self._events[ev.name.encode()] = ev
         self.counts = {}  # verdict -> scans since start, for telemetry
+        self._pending = None  # type: tuple | None  # (event, ticket id, now): admissible, not yet admitted
 
-    def decide(self, payload, now):
-        """(verdict, ticket fields dict or None) for one scanned payload at Unix time ``now``."""
-        verdict, fields = self._decide(payload, now)
-        self.counts[verdict] = self.counts.get(verdict, 0) + 1
+    def decide(self, payload, now, admit=True):
+        """(verdict, ticket fields dict or None) for one scanned payload at Unix time ``now``.
+
+        admit=False: an "admitted" verdict is only admissible; admit() then writes it to flash,
+        refuse() drops it (another door got there first, says the kit's hub)."""
+        self._pending = None
+        verdict, fields = self._decide(payload, now, admit)
+        if admit or verdict != ADMITTED:
+            self.counts[verdict] = self.counts.get(verdict, 0) + 1
         return verdict, fields
 
-    def _decide(self, payload, now):
+    def admit(self):
+        p = self._pending
+        if p is None:
+            raise ValueError("no admissible scan to admit")
+        self._pending = None
+        ev, tid, now = p
+        ev.store.admit(tid, now)
+        self.counts[ADMITTED] = self.counts.get(ADMITTED, 0) + 1
+
+    def refuse(self):
+        self._pending = None
+        self.counts[ALREADY_ADMITTED] = self.counts.get(ALREADY_ADMITTED, 0) + 1
+
+    def _decide(self, payload, now, admit):
         if isinstance(payload, str):
             payload = payload.encode()
         fields = ticket.parse(payload)
@@ -79,7 +98,10 @@ class Gate:
         if first is not None:
             info["first_scan"] = first
             return ALREADY_ADMITTED, info
-        ev.store.admit(fields[1], now)
+        if admit:
+            ev.store.admit(fields[1], now)
+        else:
+            self._pending = (ev, fields[1], now)
         return ADMITTED, info
 
     def close(self):

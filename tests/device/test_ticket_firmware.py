@@ -20,6 +20,7 @@ import pytest
 
 from kits.tickets import EventKey, check, issue, parse
 from tests.conftest import wait_until
+from tests.device.firmware import firmware  # noqa: F401 - fixture
 from tests.device.mpy import run_mpy, spawn_mpy
 
 T0 = int(datetime(2025, 7, 12, 16, 0, tzinfo=timezone.utc).timestamp())
@@ -28,14 +29,15 @@ DURING = T0 + 4 * 3600
 KB = 1024
 
 
-def device_json(code: str, cwd: Path, lines: list[str] | None = None, heap: str = "64k") -> list:
+def device_json(code: str, cwd: Path, lines: list[str] | None = None, heap: str = "64k", fw: Path | None = None) -> list:
     """Run ``code`` with ``lines`` readable one by one from in.txt; each line it prints is a JSON value.
 
     Inputs and outputs stream a line at a time: the test harness must not crowd the 64 KB heap it measures.
+    ``fw``: the firmware compiled to .mpy, as a device loads it (else modules compile from source, in the heap).
     """
     if lines is not None:
         (cwd / "in.txt").write_text("".join(f"{line}\n" for line in lines))
-    out = run_mpy(code, cwd=cwd, heap=heap)
+    out = run_mpy(code, *([fw] if fw else []), cwd=cwd, heap=heap)
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -303,7 +305,7 @@ def five_thousand(tmp_path_factory) -> tuple[Path, EventKey, list[str]]:
     return tmp, key, payloads
 
 
-def test_five_thousand_admissions_fit_in_48k_of_heap(five_thousand, capsys):
+def test_five_thousand_admissions_fit_in_48k_of_heap(five_thousand, firmware, capsys):  # noqa: F811
     tmp, _, _ = five_thousand
     got = device_json(f"""
 import gc, json, time
@@ -329,18 +331,18 @@ gc.collect()
 ev = gate._events[b'FEST25']
 print(json.dumps({{'admitted': admitted, 'high': high, 'base': base, 'code': code, 'live': gc.mem_alloc(), 'ms': ms,
                   'table': ev.store.table_bytes, 'count': ev.store.count}}))
-""", tmp)[-1]
+""", tmp, fw=firmware)[-1]
     assert got["admitted"] == 5000 and got["count"] == 5000
     assert got["table"] == 16 * KB
     assert got["high"] <= 48 * KB, f"peak heap {got['high']} bytes"
     with capsys.disabled():
         report(f"5,000 admissions: heap high-water {got['high'] / KB:.1f} KB (live after {got['live'] / KB:.1f} KB:"
                f" interpreter {got['base'] / KB:.1f} KB,"
-               f" firmware modules compiled from source {got['code'] / KB:.1f} KB,"
+               f" firmware modules (.mpy) {got['code'] / KB:.1f} KB,"
                f" index {got['table'] // KB} KB); {got['ms'] / 5:.0f} us/scan incl. flush")
 
 
-def test_five_thousand_admissions_reload_after_reboot_in_a_48k_heap(five_thousand, capsys):
+def test_five_thousand_admissions_reload_after_reboot_in_a_48k_heap(five_thousand, firmware, capsys):  # noqa: F811
     tmp, key, payloads = five_thousand
     if not (tmp / "redeemed-FEST25.log").exists():
         pytest.skip("needs the log written by test_five_thousand_admissions_fit_in_48k_of_heap")
@@ -372,7 +374,7 @@ for i in range(1, n):  # insertion sort in place: no second buffer
 gc.collect()
 print(json.dumps({{'boot_ms': boot_ms, 'p50': times[n // 2], 'p99': times[n * 99 // 100], 'free': gc.mem_free(),
                   'count': gate._events[b'FEST25'].store.count}}))
-""", tmp, heap="48k")
+""", tmp, heap="48k", fw=firmware)
     assert got["count"] == 5000
     assert verdicts == [["already_admitted", DURING]] * len(payloads[::50])
     with capsys.disabled():

@@ -9,8 +9,11 @@
 # the lamp and the buzzer. A power cut right after the lamp loses neither the admission
 # nor its check-in.
 #
-# hub_checked is false on every check-in: the cross-scanner check through the kit's hub
-# (the agent) is not built yet, so the fleet's attendance reconciles double entries.
+# Double entry: this scanner's own log refuses a ticket it admitted, at once. A ticket that
+# passes every check here is claimed at the kit's hub (the agent, agent/hub.py) before the
+# lamp, waiting at most hub_ms: the hub refuses it when another door admitted it first
+# (already_admitted, with first_device). No answer (no link, no hub): admitted here and the
+# check-in says hub_checked false, so the fleet's attendance flags a double entry.
 #
 # Config (JSON):
 #   {"kit": "demo", "device": "demo-scanner-1",
@@ -18,6 +21,7 @@
 #    "uart": ["127.0.0.1", 9601],                      # unix: the simulator; ESP32: "hw" pin overrides
 #    "flash": "flash",                                 # default board.flash_dir()
 #    "telemetry_s": 30,
+#    "hub_ms": 250,                                    # the longest wait for the hub's answer
 #    "gate": {"leeway": 0, "events": [{"event", "key", "expires", "capacity", "revoked"}]}}
 # The retained `config` channel carries revocations: {"version": N, "data": {"revoked": [ids]}}
 # (for every event loaded) or {"revoked": {"EVENT": [ids]}}; added to the file's own lists,
@@ -111,18 +115,31 @@ class Scanner:
                               on_cmd=self._on_cmd, on_config=self._on_config,
                               resend_ms=br.get("resend_ms", 15000), keepalive=br.get("keepalive", 30),
                               response_ms=br.get("response_ms", 5000), backoff_ms=br.get("backoff_ms", 500),
-                              backoff_max_ms=br.get("backoff_max_ms", 10000))
+                              backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True)
+        self._hub_ms = cfg.get("hub_ms", 250)
 
     # ------------------------------------------------------------ one scan
 
-    def scan(self, line):
+    async def scan(self, line):
         scan_ms = board.epoch_ms()
-        v, f = self.gate.decide(line, scan_ms // 1000)  # an admission is on flash when this returns
+        gate = self.gate
+        v, f = gate.decide(line, scan_ms // 1000, False)
         self.scans += 1
+        data = {"verdict": v}
+        if v == ticket.ADMITTED:
+            ans = await self.link.ask_hub(f["event"], f["ticket"], scan_ms, self._hub_ms)
+            if ans is None:
+                data["hub_checked"] = False
+            elif not ans["admit"]:
+                v = data["verdict"] = ticket.ALREADY_ADMITTED
+                data["first_device"] = ans["first"]["device"]
+            if v == ticket.ADMITTED:
+                gate.admit()  # on flash before the lamp
+            else:
+                gate.refuse()
         if f is None and v == ticket.BAD_SIGNATURE:
             fields = ticket.parse(line)  # what the ticket claims, unverified (as for wrong_event)
             f = ticket.as_dict(fields) if fields is not None else None
-        data = {"verdict": v, "hub_checked": False}
         if f is not None:
             data["event"] = f["event"]
             data["ticket"] = f["ticket"]
@@ -174,7 +191,7 @@ class Scanner:
             if n:
                 last_rx = now
                 for line in asm.feed(buf, n):
-                    self.scan(line)
+                    await self.scan(line)
             else:
                 if ticks_diff(now, last_rx) >= _QUIET_MS:
                     asm.drop_partial()
