@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    JSON,
     LargeBinary,
     MetaData,
     String,
@@ -125,6 +126,33 @@ device_latest = Table(
     Column("kind", String(20), primary_key=True),
     Column("ts_ms", BigInteger, nullable=False),
     Column("body", Text, nullable=False),
+)
+
+# Commands pushed to devices (channel `cmd`): what ops asked, and the device's answer (its `ack`).
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("device_id", String(63), ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("args", JSON, nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("status", String(10), nullable=False),  # pending | ok | error | expired | rejected
+    Column("detail", String(200)),
+    Column("acked_ms", BigInteger),  # the ack's ts: when the device answered (device clock)
+    Index("ix_commands_device_ts", "device_id", "ts_ms"),
+)
+
+# The desired config per device (channel `config`, retained). The broker's retained copy is a
+# cache of this row; the device reports the version it applied as `config_version` in its state.
+desired_config = Table(
+    "desired_config",
+    metadata,
+    Column("device_id", String(63), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("version", BigInteger, nullable=False),  # per device, only ever goes up, never reused
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("data", JSON, nullable=False),
 )
 
 dead_letters = Table(

@@ -116,6 +116,11 @@ class Ingest:
         self._devices = self.store.device_refs()
 
     @property
+    def client(self) -> mqtt.Client:
+        """The worker's MQTT client, shared by the fleet's publisher (fleet/commands.py says why)."""
+        return self._client
+
+    @property
     def queue_depth(self) -> int:
         return len(self._queue)
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 import json
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Engine, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fleet import db
-from kits.contract import State
+from kits.contract import MAX_CONFIG_PAYLOAD, Command, Config, State, encode
 from kits.manifest import KitManifest
 
 DEAD_LETTER_HEAD = 256  # bytes of a rejected payload kept for diagnosis
@@ -67,6 +67,10 @@ class Batch:
 class BatchResult:
     inserted: int
     duplicates: int
+
+
+class PayloadTooLarge(ValueError):
+    """What the fleet would publish is over the contract's size limit for its channel."""
 
 
 def now_ms() -> int:
@@ -134,6 +138,7 @@ class Store:
             new = [m for key, m in unique.items() if key in inserted]
             self._update_streams(conn, new)
             self._record_checkins(conn, new)
+            self._record_acks(conn, new)
             self._update_latest(conn, new)
             dup_by_device = self._update_devices(conn, batch, new, received_ms)
             for device_id, state in batch.states:
@@ -202,6 +207,21 @@ class Store:
                                  device_id=m.device_id, boot=m.msg.boot, seq=m.msg.seq, scan_ms=m.msg.ts))
         if rows:
             conn.execute(db.checkins.insert(), rows)
+
+    def _record_acks(self, conn, new: list[LedgerMessage]) -> None:
+        """A device's answer settles its own pending command (the first answer wins; a device
+        cannot settle another device's command)."""
+        rows = [dict(b_id=m.msg.cmd_id, b_dev=m.device_id, b_status=m.msg.status, b_detail=m.msg.detail, b_ms=m.msg.ts)
+                for m in new if m.channel == "ack"]
+        if not rows:
+            return
+        c = db.commands.c
+        conn.execute(
+            update(db.commands)
+            .where(c.id == bindparam("b_id"), c.device_id == bindparam("b_dev"), c.status == "pending")
+            .values(status=bindparam("b_status"), detail=bindparam("b_detail"), acked_ms=bindparam("b_ms")),
+            rows,
+        )
 
     def _update_latest(self, conn, new: list[LedgerMessage]) -> None:
         latest: dict[tuple[str, str], LedgerMessage] = {}
@@ -282,6 +302,92 @@ class Store:
         # and it runs only for batches that rejected something.
         top = conn.execute(select(func.max(db.dead_letters.c.id))).scalar() or 0
         conn.execute(delete(db.dead_letters).where(db.dead_letters.c.id <= top - self.dead_letter_cap))
+
+    # ------------------------------------------------------------ commands and desired config
+
+    def add_command(self, device_id: str, cmd: Command) -> None:
+        """Record a command as pending; call before publishing it, so its ack always finds it."""
+        with self.engine.begin() as conn:
+            conn.execute(db.commands.insert().values(
+                id=cmd.id, device_id=device_id, action=cmd.action, args=cmd.args, ts_ms=cmd.ts,
+                expires_ms=cmd.expires, status="pending"))
+
+    def commands(self, device_id: str, limit: int = 50, now: int | None = None) -> list[dict]:
+        """A device's commands, newest first."""
+        c = db.commands.c
+        q = select(db.commands).where(c.device_id == device_id).order_by(c.ts_ms.desc(), c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_command_view(r, now or now_ms()) for r in conn.execute(q).mappings()]
+
+    def get_command(self, command_id: str, now: int | None = None) -> dict | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(db.commands).where(db.commands.c.id == command_id)).mappings().first()
+        return _command_view(r, now or now_ms()) if r else None
+
+    def desired_config(self, device_id: str) -> dict | None:
+        """The desired config next to the version the device reports applied; None for no such device."""
+        d, dc = db.devices.c, db.desired_config.c
+        q = (select(d.config_version, dc.version, dc.ts_ms, dc.data)
+             .select_from(db.devices.outerjoin(db.desired_config, dc.device_id == d.id))
+             .where(d.id == device_id))
+        with self.engine.connect() as conn:
+            r = conn.execute(q).first()
+        if r is None:
+            return None
+        return dict(device_id=device_id, version=r.version, ts=r.ts_ms, data=r.data, applied_version=r.config_version,
+                    in_sync=r.version is None or r.config_version == r.version)
+
+    def update_configs(self, device_ids: list[str], change: Callable[[dict | None], dict],
+                       ts: int | None = None) -> list[tuple[str, Config]]:
+        """Set each device's desired config to ``change(current data or None)``, in one transaction.
+
+        The new version is one more than both the last desired version and the version the device
+        reports applied, so a version is never reused (not even after the fleet's database was
+        rebuilt, which a device would otherwise take for "already applied"). Rows are locked
+        (PostgreSQL: FOR UPDATE), so concurrent merges serialise instead of losing each other's
+        changes. Raises PayloadTooLarge, writing nothing, if any result is over the contract's
+        64 KiB. Returns (device_id, Config) in device id order, to publish after the commit.
+        """
+        ts = ts or now_ms()
+        ids = sorted(set(device_ids))
+        if not ids:
+            return []
+        d, dc = db.devices.c, db.desired_config.c
+        out: list[tuple[str, Config]] = []
+        with self.engine.begin() as conn:
+            # A row to lock even for a device's first config; version 0 never outlives this transaction.
+            conn.execute(self._insert(db.desired_config)
+                         .values([dict(device_id=i, version=0, ts_ms=ts, data={}) for i in ids])
+                         .on_conflict_do_nothing(index_elements=["device_id"]))
+            rows = conn.execute(
+                select(dc.device_id, dc.version, dc.data, d.config_version)
+                .select_from(db.desired_config.join(db.devices, d.id == dc.device_id))
+                .where(dc.device_id.in_(ids)).order_by(dc.device_id)
+                .with_for_update(of=db.desired_config)
+            ).all()
+            for r in rows:
+                data = change(r.data if r.version else None)
+                version = max(r.version, r.config_version or 0) + 1
+                cfg = Config(version=version, ts=ts, data=data)
+                size = len(encode(cfg))
+                if size > MAX_CONFIG_PAYLOAD:
+                    raise PayloadTooLarge(f"config for {r.device_id} would be {size} bytes; "
+                                          f"the contract allows {MAX_CONFIG_PAYLOAD}")
+                conn.execute(update(db.desired_config).where(dc.device_id == r.device_id)
+                             .values(version=version, ts_ms=ts, data=data))
+                out.append((r.device_id, cfg))
+        return out
+
+    def desired_configs(self) -> list[tuple[str, str, Config]]:
+        """Every desired config as (kit_id, device_id, Config): to publish again after the broker
+        lost its retained messages."""
+        d, dc = db.devices.c, db.desired_config.c
+        q = (select(d.kit_id, dc.device_id, dc.version, dc.ts_ms, dc.data)
+             .select_from(db.desired_config.join(db.devices, d.id == dc.device_id)).where(dc.version > 0)
+             .order_by(dc.device_id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [(r.kit_id, r.device_id, Config(version=r.version, ts=r.ts_ms, data=r.data)) for r in rows]
 
     # ------------------------------------------------------------ reads
 
@@ -402,6 +508,15 @@ class Store:
             devices_online=sum(1 for d in devs if d["online"]), devices_total=len(devs),
             battery=battery,
         )
+
+
+def _command_view(r, now: int) -> dict:
+    status, detail = r["status"], r["detail"]
+    if status == "pending" and now > r["expires_ms"]:
+        # The device will refuse it now (it never runs a command past its expiry).
+        status, detail = "expired", "no answer before it expired"
+    return dict(id=r["id"], device_id=r["device_id"], action=r["action"], args=r["args"], ts=r["ts_ms"],
+                expires=r["expires_ms"], status=status, detail=detail, acked_ms=r["acked_ms"])
 
 
 def _reading(body: str) -> dict:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fleet.api.routes import dead_letters, devices, events, health, kits, pages
+from fleet.api.routes import commands, config, dead_letters, devices, events, health, kits, pages, revocations
+from fleet.commands import Publisher
 from fleet.ingest import Ingest
 from fleet.store import Store
 
 
-def create_app(store: Store, ingest: Ingest | None = None) -> FastAPI:
+def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher | None = None) -> FastAPI:
     app = FastAPI(title="PopKit fleet", version="0.1.0", description="Kits, devices, telemetry and health of the PopKit fleet.")
     app.state.store = store
     app.state.ingest = ingest
-    for module in (kits, devices, events, dead_letters, health, pages):
+    # Pushing to devices goes through the ingest worker's client unless told otherwise.
+    app.state.publisher = publisher or (Publisher.for_ingest(store, ingest) if ingest is not None else None)
+    for module in (kits, devices, commands, config, events, revocations, dead_letters, health, pages):
         app.include_router(module.router)
     return app

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.commands import DEFAULT_TTL_S, MAX_TTL_S
+from kits.contract import TICKET_ID_RE
 
 
 class DeviceOut(BaseModel):
@@ -70,3 +73,66 @@ class AttendanceOut(BaseModel):
     by_verdict: dict[str, int]
     by_scanner: dict[str, dict[str, int]]
     double_entries: list[DoubleEntryOut]
+
+
+# ---------------------------------------------------------------- pushing to devices
+
+class CommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="what the device should do, e.g. identify")
+    args: dict[str, Any] = Field(default_factory=dict)
+    ttl_s: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S,
+                       description="seconds until the command expires; a device never runs it after that")
+
+
+class CommandOut(BaseModel):
+    id: str
+    device_id: str
+    action: str
+    args: dict[str, Any]
+    ts: int = Field(description="when the fleet issued it, ms since the epoch")
+    expires: int = Field(description="ms since the epoch; never executed after this")
+    status: Literal["pending", "ok", "error", "expired", "rejected"] = Field(
+        description="pending until the device's ack; expired also when no ack came before expires")
+    detail: str | None
+    acked_ms: int | None = Field(description="the ack's time (device clock), ms since the epoch")
+
+
+class ConfigIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: dict[str, Any]
+
+
+class ConfigOut(BaseModel):
+    version: int = Field(description="per device, one more than any before it; never reused")
+    ts: int
+    data: dict[str, Any]
+
+
+class DesiredConfigOut(BaseModel):
+    device_id: str
+    version: int | None = Field(description="the desired version; null when none was ever pushed")
+    ts: int | None
+    data: dict[str, Any] | None
+    applied_version: int | None = Field(description="config_version the device reports in its state")
+    in_sync: bool = Field(description="the device reports the desired version (true when nothing is desired)")
+
+
+class RevocationsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tickets: list[Annotated[str, Field(pattern=f"^{TICKET_ID_RE}$")]] = Field(min_length=1, max_length=1000)
+
+
+class PushedOut(BaseModel):
+    device_id: str
+    version: int
+    revoked: list[str] = Field(description="the event's revoked tickets now desired on this scanner")
+
+
+class RevocationsOut(BaseModel):
+    event_id: str
+    tickets: list[str] = Field(description="the tickets this call revoked")
+    pushed: list[PushedOut]

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from fleet.api.deps import PublisherDep, StoreDep
+from fleet.api.schemas import CommandIn, CommandOut
+from fleet.commands import PublishFailed, UnknownDevice
+from fleet.store import PayloadTooLarge
+
+router = APIRouter(prefix="/api/v1/devices", tags=["commands"])
+
+
+@router.post("/{device_id}/commands", response_model=CommandOut, status_code=202)
+def post_command(device_id: str, body: CommandIn, publisher: PublisherDep):
+    """Send a command (QoS 1, never retained). 202: it is on its way; its status follows the device's ack."""
+    try:
+        return publisher.send_command(device_id, body.action, body.args, body.ttl_s)
+    except UnknownDevice:
+        raise HTTPException(status_code=404, detail=f"no device {device_id!r}") from None
+    except PayloadTooLarge as exc:
+        raise HTTPException(status_code=413, detail=str(exc)) from None
+    except PublishFailed as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+
+
+@router.get("/{device_id}/commands", response_model=list[CommandOut])
+def list_commands(device_id: str, store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50):
+    """A device's commands, newest first, with the status its acks gave them."""
+    if store.device_ref(device_id) is None:
+        raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
+    return store.commands(device_id, limit)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from fleet.api.deps import PublisherDep, StoreDep
+from fleet.api.schemas import ConfigIn, ConfigOut, DesiredConfigOut
+from fleet.commands import PublishFailed, UnknownDevice
+from fleet.store import PayloadTooLarge
+
+router = APIRouter(prefix="/api/v1/devices", tags=["config"])
+
+
+@router.get("/{device_id}/config", response_model=DesiredConfigOut)
+def get_config(device_id: str, store: StoreDep):
+    """The desired config, the version the device reports applied, and whether they match."""
+    cfg = store.desired_config(device_id)
+    if cfg is None:
+        raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
+    return cfg
+
+
+@router.put("/{device_id}/config", response_model=ConfigOut)
+def put_config(device_id: str, body: ConfigIn, publisher: PublisherDep):
+    """Replace the desired config: stored under the next version, then published retained (QoS 1)."""
+    try:
+        return publisher.put_config(device_id, body.data)
+    except UnknownDevice:
+        raise HTTPException(status_code=404, detail=f"no device {device_id!r}") from None
+    except PayloadTooLarge as exc:
+        raise HTTPException(status_code=413, detail=str(exc)) from None
+    except PublishFailed as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None

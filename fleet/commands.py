@@ -1,0 +1,135 @@
+"""Pushing to devices: commands (channel ``cmd``) and desired config (channel ``config``).
+
+The database is the record, the broker only carries: a command is stored as ``pending``
+before it is published (so its ``ack`` always finds it, see Store._record_acks), and a
+desired config is committed, with its new version, before it is published retained.
+
+Which MQTT client: the ingest worker's own. It is already connected (and reconnects) with
+the fleet's broker identity, so a deployment provisions no second account or ACL entry and
+the publisher has no lifecycle of its own; paho's publish() is thread-safe, and a publish
+while the link is down is queued by paho (QoS 1) and sent on reconnect. Commands are rare
+next to ingest traffic, so sharing the socket costs nothing measurable. Any paho client
+works (tests and tools may pass their own).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from typing import Any
+
+from fleet.store import PayloadTooLarge, Store, now_ms
+from kits.contract import MAX_DEVICE_PAYLOAD, Command, Config, encode, topic
+
+log = logging.getLogger("popkit.fleet.commands")
+
+DEFAULT_TTL_S = 60
+MAX_TTL_S = 86_400
+
+
+class UnknownDevice(LookupError):
+    pass
+
+
+class NoScanners(LookupError):
+    pass
+
+
+class ConfigConflict(ValueError):
+    """The desired config has a shape the change cannot be merged into."""
+
+
+class PublishFailed(RuntimeError):
+    """paho refused the message (its queue is full): stored, but not on its way."""
+
+
+class Publisher:
+    def __init__(self, store: Store, client):
+        self.store = store
+        self.client = client
+        # Commit-then-publish of configs under one lock: two versions of one device's retained
+        # config reach the broker in version order (within this process; see docs/protocol.md).
+        self._config_lock = threading.Lock()
+
+    @classmethod
+    def for_ingest(cls, store: Store, ingest) -> "Publisher":
+        return cls(store, ingest.client)
+
+    # ------------------------------------------------------------ commands
+
+    def send_command(self, device_id: str, action: str, args: dict[str, Any] | None = None,
+                     ttl_s: int = DEFAULT_TTL_S) -> dict:
+        """Store the command as pending, then publish it (QoS 1, never retained). Returns its view."""
+        ref = self.store.device_ref(device_id)
+        if ref is None:
+            raise UnknownDevice(device_id)
+        ts = now_ms()
+        cmd = Command(id=secrets.token_hex(8), ts=ts, expires=ts + ttl_s * 1000, action=action, args=args or {})
+        payload = encode(cmd)
+        if len(payload) > MAX_DEVICE_PAYLOAD:
+            raise PayloadTooLarge(f"cmd would be {len(payload)} bytes; the contract allows {MAX_DEVICE_PAYLOAD}")
+        self.store.add_command(device_id, cmd)
+        self._publish(topic(ref.kit_id, device_id, "cmd"), payload, retain=False)
+        return self.store.get_command(cmd.id)
+
+    # ------------------------------------------------------------ desired config
+
+    def put_config(self, device_id: str, data: dict[str, Any]) -> Config:
+        """Replace a device's desired config; published retained under the next version."""
+        ref = self.store.device_ref(device_id)
+        if ref is None:
+            raise UnknownDevice(device_id)
+        return self._update({device_id: ref.kit_id}, lambda _old: data)[0][1]
+
+    def revoke(self, event_id: str, tickets: list[str]) -> list[tuple[str, Config]]:
+        """Merge ``tickets`` into ``data.revoked[event_id]`` of every scanner's desired config
+        (other keys and other events' lists kept), in one transaction, and publish each."""
+        scanners = {r.id: r.kit_id for r in self.store.device_refs().values() if r.role == "scanner"}
+        if not scanners:
+            raise NoScanners("no scanner is registered: nothing to push revocations to")
+
+        def merge(old: dict | None) -> dict:
+            data = dict(old or {})
+            revoked = data.get("revoked") or {}
+            if not isinstance(revoked, dict):
+                # A flat list (the scanner reads it as "revoked at every event") cannot take per-event ids.
+                raise ConfigConflict("the desired config's 'revoked' is not per event ({EVENT: [ids]}); "
+                                     "PUT the config to fix it")
+            revoked = dict(revoked)
+            ids = list(revoked.get(event_id) or [])
+            ids += [t for t in dict.fromkeys(tickets) if t not in ids]
+            revoked[event_id] = ids
+            data["revoked"] = revoked
+            return data
+
+        return self._update(scanners, merge)
+
+    def republish_configs(self) -> int:
+        """Publish every desired config again (retained): for a broker that lost its retained store.
+        Harmless otherwise, as a device applies a version only once."""
+        n = 0
+        with self._config_lock:
+            for kit_id, device_id, cfg in self.store.desired_configs():
+                self._publish(topic(kit_id, device_id, "config"), encode(cfg), retain=True)
+                n += 1
+        return n
+
+    def _update(self, kits_by_device: dict[str, str], change) -> list[tuple[str, Config]]:
+        with self._config_lock:
+            configs = self.store.update_configs(list(kits_by_device), change)
+            for device_id, cfg in configs:
+                self._publish(topic(kits_by_device[device_id], device_id, "config"), encode(cfg), retain=True)
+        return configs
+
+    # ------------------------------------------------------------ MQTT
+
+    def _publish(self, name: str, payload: bytes, retain: bool) -> None:
+        import paho.mqtt.client as mqtt
+
+        info = self.client.publish(name, payload, qos=1, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            # paho keeps a QoS 1 message it could not send and sends it on reconnect.
+            log.warning("broker not connected: %s queued until the fleet reconnects", name)
+        elif info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise PublishFailed(f"could not publish to {name}: {mqtt.error_string(info.rc)}")
