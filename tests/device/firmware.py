@@ -10,6 +10,7 @@ and imported from source as before.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -43,6 +44,36 @@ def compile_firmware(out: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def rom_images(tmp_path_factory) -> dict[str, Path]:
+    """Each role's ROMFS image for the unix board (the code a device keeps in flash)."""
+    from popkit.romfs import build_image
+
+    out = tmp_path_factory.mktemp("romfs")
+    return {role: build_image(role, "unix", out / f"{role}.romfs") for role in ("scanner", "lighting")}
+
+
+def rom_names_bytes(role: str, image: Path) -> int:
+    """Heap the role's modules' names (interned qstrs) take when imported from ``image``.
+
+    A frozen ESP32 build keeps these in flash with the bytecode (the firmware's own qstr pool);
+    from ROMFS they are interned into the heap. Measured by importing every module of the role
+    but its main (which would start the app) and reading micropython.qstr_info()."""
+    from popkit.firmware import read_manifest
+    from popkit.romfs import boot_code
+
+    mods = [p.stem for p in read_manifest(role, "unix").sources if p.parent.parent.name != "apps"]
+    code = boot_code(image, "micropython").replace("import micropython\n", "import micropython\n"
+                                                   "micropython.qstr_info()\n"
+                                                   f"import asyncio, json, {', '.join(mods)}\n"
+                                                   "micropython.qstr_info()\n")
+    out = subprocess.run([micropython_binary(), "-X", "heapsize=512k", "-c", code], capture_output=True, text=True,
+                         timeout=30, env=dict(os.environ, MICROPYPATH=".frozen"))
+    sizes = [int(m) for m in re.findall(r"n_total_bytes=(\d+)", out.stdout)]
+    assert len(sizes) == 2, out.stdout + out.stderr
+    return sizes[1] - sizes[0]
+
+
+@pytest.fixture(scope="session")
 def firmware(tmp_path_factory) -> Path:
     """A folder with the compiled firmware (libs + unix board), to put first on MICROPYPATH."""
     return compile_firmware(tmp_path_factory.mktemp("firmware"))
@@ -58,8 +89,23 @@ class Device:
         module = script.removesuffix(".py")
         if not (firmware / f"{module}.mpy").exists():
             pytest.fail(f"{script} does not compile: mpy-cross {SCRIPTS / script}")
-        self.proc = subprocess.Popen([micropython_binary(), "-X", f"heapsize={heap}", "-m", module, *self.args],
-                                     env=mpy_env(firmware), cwd=cwd, stdout=subprocess.PIPE,
+        self._spawn(["-X", f"heapsize={heap}", "-m", module, *self.args], mpy_env(firmware), cwd)
+
+    @classmethod
+    def from_rom(cls, image: Path, *args, budget: int = 64 * 1024, cwd: Path | None = None) -> "Device":
+        """Run a role from its ROMFS image (popkit/romfs.py) in a heap of ``budget`` plus the image."""
+        from popkit.romfs import boot_code, heap_for
+
+        self = cls.__new__(cls)
+        self.script = image.name
+        self.args = [str(a) for a in args]
+        self.image_bytes = image.stat().st_size
+        self._spawn(["-X", f"heapsize={heap_for(budget, image)}", "-c", boot_code(image), *self.args],
+                    dict(os.environ, MICROPYPATH=".frozen"), cwd)
+        return self
+
+    def _spawn(self, argv: list[str], env: dict, cwd: Path | None) -> None:
+        self.proc = subprocess.Popen([micropython_binary(), *argv], env=env, cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: list[str] = []
         self._cond = threading.Condition()

@@ -1,4 +1,4 @@
-"""The scanner role (device/apps/scanner/main.py) as a door runs it: the real MicroPython (heap: see HEAP),
+"""The scanner role (device/apps/scanner/main.py) as a door runs it: the real MicroPython (heap: see BUDGET),
 the QR module simulated on its UART (simulators/scanner.py), a real Mosquitto and the real fleet.
 
 What the crew and ops see: every scan gets its lamp at once, whatever the network does; each kind
@@ -25,30 +25,18 @@ from kits.tickets import EventKey, issue
 from agent.hub import DoorHub
 from simulators.scanner import ScannerSim
 from tests.conftest import publisher, wait_until
-from tests.device.firmware import Device, firmware, mpy_cross  # noqa: F401 - fixture
+from tests.device.firmware import Device, firmware, mpy_cross, rom_images, rom_names_bytes  # noqa: F401 - fixture
 from tests.device.mpy import DEVICE
 
 SCANNER = "demo-scanner-1"
 TREE = f"popkit/v1/demo/{SCANNER}"
 APP = DEVICE / "apps" / "scanner" / "main.py"
 EVENT = "DOOR-1"
-# The heap: 64 KB for what the scanner does, plus what its code takes. In the unix port every
-# imported .mpy module lives in the heap (~50 KB for link + pkmqtt + flashlog + verdict + the app,
-# 64-bit); on the ESP32 the manifest freezes them into flash, where they take none. So the process
-# gets 112 KB and the test holds the scanner's own live heap (peak minus CODE) to RUNTIME_BUDGET.
-HEAP = os.environ.get("POPKIT_SCANNER_HEAP", "112k")
-RUNTIME_BUDGET = 32 * 1024
-
-
-@pytest.fixture(scope="module")
-def app_fw(firmware, tmp_path_factory) -> Path:  # noqa: F811
-    """The compiled firmware plus the scanner app, as module ``scanner_main`` (``main`` on the ESP32)."""
-    out = tmp_path_factory.mktemp("scanner-fw")
-    shutil.copytree(firmware, out, dirs_exist_ok=True)
-    r = subprocess.run([mpy_cross(), "-o", str(out / "scanner_main.mpy"), str(APP)], capture_output=True,
-                       text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return out
+# The heap: the scanner runs from its ROMFS image (popkit/romfs.py: bytecode in place, as frozen
+# code runs from an ESP32's flash) in a process heap of 64 KB plus the image; everything it
+# allocates, its modules' objects included, must fit the 64 KB, and its live peak stay <= 48 KB.
+BUDGET = 64 * 1024
+PEAK_TARGET = 48 * 1024
 
 
 def free_port() -> int:
@@ -69,9 +57,9 @@ def write_config(path: Path, sim: ScannerSim, broker_port: int, flash: Path, key
     return path
 
 
-def start(app_fw: Path, cfg: Path, sim: ScannerSim) -> Device:
+def start(rom_images: dict[str, Path], cfg: Path, sim: ScannerSim) -> Device:
     n = sim.connections
-    dev = Device(app_fw, "scanner_main.py", cfg, heap=HEAP)
+    dev = Device.from_rom(rom_images["scanner"], cfg, budget=BUDGET)
     dev.expect(r"READY", timeout=10)
     sim.wait_connected(n + 1, timeout=10)
     return dev
@@ -116,7 +104,7 @@ def pct(xs: list[float], p: float) -> float:
 
 # ---------------------------------------------------------------- through the fleet
 
-def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, fleet, collect, app_fw, tmp_path):
+def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, fleet, collect, rom_images, tmp_path):  # noqa: F811
     seen = collect(f"{TREE}/+")
     key, other = EventKey.generate(EVENT), EventKey.generate("OTHER-1")
     now = int(time.time())
@@ -150,7 +138,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
     expected: list[tuple[str, str]] = []  # (verdict, ticket or "-") in scan order
     lat: list[float] = []
     try:
-        dev = start(app_fw, cfg, sim)
+        dev = start(rom_images, cfg, sim)
         dev.expect(r"CONFIG 3 2", timeout=10)  # the file's revocation and the fleet's
         boot1 = dev.expect(r"BOOT (\w+)").group(1)
 
@@ -180,7 +168,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
         dev.kill()  # power cut, likely with check-ins not yet receipted
         first_run = scans(dev)
 
-        dev2 = start(app_fw, cfg, sim)
+        dev2 = start(rom_images, cfg, sim)
         boot2 = dev2.expect(r"BOOT (\w+)").group(1)
         assert boot2 != boot1
         for i, p in enumerate(valid[170:], 170):
@@ -233,11 +221,14 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
     states = [json.loads(p) for p in seen.on("/state")]
     assert any(s.get("config_version") == 3 and s["fw"] == "scanner-0.1.0" for s in states)
 
-    code = int(dev2.expect(r"CODE (\d+)").group(1))
-    peak = max(int(m.group(2)) for m in dev.matching(r"MEM (\d+) (\d+)") + dev2.matching(r"MEM (\d+) (\d+)"))
-    print(f"\nscanner heap: modules {code} B (frozen on the ESP32), live peak {peak} B, "
-          f"scanner runtime {peak - code} B")
-    assert peak - code <= RUNTIME_BUDGET, f"the scanner's own heap peaked at {peak - code} B"
+    image = dev2.image_bytes  # the flash stand-in, not heap a device has
+    code = int(dev2.expect(r"CODE (\d+)").group(1)) - image
+    peak = max(int(m.group(1)) for m in dev.matching(r"MEM (\d+)") + dev2.matching(r"MEM (\d+)")) - image
+    names = rom_names_bytes("scanner", rom_images["scanner"])
+    print(f"\nscanner heap ({BUDGET // 1024} KB, code in a {image} B ROMFS image): live peak {peak} B "
+          f"(modules' objects {code} B), {peak - names} B without the {names} B of names a frozen build "
+          f"keeps in flash")
+    assert peak - names <= PEAK_TARGET, f"the scanner's heap peaked at {peak} B"
     p50, p99 = pct(lat, 50) * 1000, pct(lat, 99) * 1000
     print(f"\nscanner verdict latency, scan line (CR sent) to lamp, {len(lat)} scans: "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lat) * 1000:.1f} ms; {n} messages validated")
@@ -247,14 +238,14 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
 
 # ---------------------------------------------------------------- the UART, with no network at all
 
-def test_uart_noise_split_reads_and_long_lines_without_a_network(app_fw, tmp_path):
+def test_uart_noise_split_reads_and_long_lines_without_a_network(rom_images, tmp_path):  # noqa: F811
     key = EventKey.generate(EVENT)
     now = int(time.time())
     t = [issue(key, EVENT, f"U{n}", "GA", now - 60, now + 3600) for n in range(8)]
     sim = ScannerSim(crlf=True)
     cfg = write_config(tmp_path / "scanner.json", sim, free_port(), tmp_path / "flash", [key])
     try:
-        with start(app_fw, cfg, sim) as dev:
+        with start(rom_images, cfg, sim) as dev:
             sim.garbage(8)
             assert door(sim, t[0]) == "green"  # noise before a scan does not cost it
             assert door(sim, t[1], parts=5) == "green"  # split across reads

@@ -19,8 +19,9 @@ from agent.hub import DoorHub
 from kits.tickets import EventKey, issue
 from simulators.scanner import ScannerSim
 from tests.conftest import start_fleet, wait_until
-from tests.device.firmware import Device, firmware, mpy_cross  # noqa: F401 - fixture
-from tests.device.test_scanner_app import HEAP, app_fw, door, scans, write_config  # noqa: F401 - fixture
+from tests.device.firmware import Device
+from tests.device.firmware import rom_images  # noqa: F401 - fixture
+from tests.device.test_scanner_app import BUDGET, door, scans, write_config
 
 KIT = "doors"
 EVENT = "TWO-DOORS"
@@ -51,11 +52,11 @@ def kit_fleet(broker, tmp_path):
     f.store.close()
 
 
-def start_door(app_fw: Path, tmp_path: Path, broker, name: str, key: EventKey) -> tuple[ScannerSim, Device]:
+def start_door(rom_images: dict[str, Path], tmp_path: Path, broker, name: str, key: EventKey) -> tuple[ScannerSim, Device]:
     sim = ScannerSim()
     cfg = write_config(tmp_path / f"{name}.json", sim, broker.port, tmp_path / f"{name}-flash", [key],
                        kit=KIT, device=name)
-    dev = Device(app_fw, "scanner_main.py", cfg, heap=HEAP)
+    dev = Device.from_rom(rom_images["scanner"], cfg, budget=BUDGET)
     dev.expect(r"READY", timeout=10)
     sim.wait_connected(1, timeout=10)
     return sim, dev
@@ -69,15 +70,15 @@ def checkins(fleet, device: str) -> list[dict]:
 
 
 def test_the_second_door_refuses_through_the_hub_and_without_it_the_fleet_flags_both(
-        broker, kit_fleet, app_fw, collect, tmp_path):  # noqa: F811
+        broker, kit_fleet, rom_images, collect, tmp_path):  # noqa: F811
     key = EventKey.generate(EVENT)
     now = int(time.time())
     t = {n: issue(key, EVENT, n, "GA", now - 3600, now + 3600) for n in ("T1", "T2", "T3", "T4")}
     births = collect(f"popkit/v1/{KIT}/+/state")
     hub = DoorHub(KIT, broker.url, tmp_path / "claims.db").start()
     assert hub.ready.wait(10)
-    sim_a, a = start_door(app_fw, tmp_path, broker, "door-a", key)
-    sim_b, b = start_door(app_fw, tmp_path, broker, "door-b", key)
+    sim_a, a = start_door(rom_images, tmp_path, broker, "door-a", key)
+    sim_b, b = start_door(rom_images, tmp_path, broker, "door-b", key)
     try:
         # A door is born once it has subscribed to the hub's answers: both are on the kit's broker.
         wait_until(lambda: len([p for p in births.on("/state") if b'"online":true' in p]) >= 2, 10,

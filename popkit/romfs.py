@@ -1,0 +1,72 @@
+"""A role's firmware as a ROMFS image, and the unix-port line that runs it from there.
+
+Why: a device must not spend its heap on code. On the ESP32 the deploy manifest freezes the
+modules into the firmware image (or puts them in a ROMFS partition, MicroPython >= 1.25), and
+their bytecode runs in place from flash. The unix port loads a plain .mpy into the GC heap,
+which would charge the code to the 64 KB the firmware is budgeted. Mounted from a ROMFS image
+(``vfs.VfsRom``), the bytecode stays in the image and only what a device pays in RAM too
+(module dicts, function and class objects, interned names) lands in the heap.
+
+The unix port has no flash to map, so the image is read into one buffer taken first, and the
+process heap is the budget plus exactly the image's size: ``heap_for(budget, image)``.
+Everything the firmware allocates, code objects included, then has to fit in the budget.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from popkit.firmware import REPO, FirmwareError, read_manifest, tool
+
+MOUNT = "/rom"
+
+
+def build_image(role: str, port: str = "unix", out: Path | None = None, extra: tuple[Path, ...] = ()) -> Path:
+    """The role's modules (its deploy manifest's list; the app as ``main``) in a ROMFS image;
+    ``extra`` modules (a bench's soak script) go in beside them under their own names."""
+    manifest = read_manifest(role, port)
+    missing = [p for p in (*manifest.sources, *extra) if not p.exists()]
+    if missing:
+        raise FirmwareError(f"{role} for {port}: missing " + ", ".join(str(p) for p in missing))
+    out = out or REPO / "build" / "device" / port / f"{role}.romfs"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"romfs-{role}-") as tmp:
+        stage = Path(tmp) / "rom"
+        stage.mkdir()
+        for src in manifest.sources:
+            name = "main.py" if src.parent.parent.name == "apps" else src.name
+            shutil.copyfile(src, stage / name)
+        for src in extra:
+            shutil.copyfile(src, stage / src.name)
+        part = Path(tmp) / "image"
+        # mpremote compiles each module with mpy-cross and lays out the ROMFS image.
+        r = subprocess.run([tool("mpremote"), "romfs", "--output", str(part), "build", str(stage)],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode != 0 or not part.exists():
+            raise FirmwareError(f"ROMFS image for {role} failed: {(r.stderr or r.stdout).strip()[-400:]}")
+        part.replace(out)
+    return out
+
+
+def boot_code(image: Path, module: str = "main") -> str:
+    """``micropython -c`` code that mounts ``image`` and imports ``module`` from it (sys.argv[1:] pass on)."""
+    size = image.stat().st_size
+    return (
+        "import sys, vfs\n"
+        f"b = bytearray({size})\n"  # taken first, in one piece: the stand-in for the flash partition
+        f"f = open({str(image)!r}, 'rb')\n"
+        "f.readinto(b)\n"
+        "f.close()\n"
+        f"vfs.mount(vfs.VfsRom(b), {MOUNT!r})\n"
+        f"sys.path.insert(0, {MOUNT!r})\n"
+        "del b, f\n"
+        f"import {module}\n"
+    )
+
+
+def heap_for(budget_bytes: int, image: Path) -> str:
+    """The unix process heap: the firmware's budget plus the image it holds in place of flash."""
+    return f"{-(-(budget_bytes + image.stat().st_size) // 1024)}k"
