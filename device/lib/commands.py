@@ -77,7 +77,7 @@ class CommandGate:
             return c, DUPLICATE, None
         if now_ms is None or now_ms < CLOCK_VALID_MS:
             return c, "rejected", "clock not set: cannot check expires"
-        if now_ms > c["expires"]:
+        if now_ms >= c["expires"]:  # at its expiry instant it is over (as link.py has it)
             return c, "expired", None
         self.remember(c["id"])
         return c, None, None

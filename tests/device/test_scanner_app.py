@@ -124,11 +124,11 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
         good[:-3]: "malformed",  # cut short
     }
 
-    pub = publisher(broker.url)
-    cfg_msg = {"version": 3, "ts": now * 1000, "data": {"revoked": ["REVOKED2"]}}
-    pub.publish(f"{TREE}/config", json.dumps(cfg_msg), qos=1, retain=True).wait_for_publish(5)
-    pub.disconnect()
-    pub.loop_stop()
+    # Ops revoke a ticket at the fleet before doors open: retained config for every scanner of the kit.
+    r = fleet.api.post(f"/api/v1/events/{EVENT}/revocations", json={"tickets": ["REVOKED2"]})
+    assert r.status_code == 200, r.text
+    [pushed] = r.json()["pushed"]
+    version = pushed["version"]
 
     hub = DoorHub("demo", broker.url, tmp_path / "claims.db").start()  # the agent's, as on a real kit
     assert hub.ready.wait(10)
@@ -139,7 +139,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
     lat: list[float] = []
     try:
         dev = start(rom_images, cfg, sim)
-        dev.expect(r"CONFIG 3 2", timeout=10)  # the file's revocation and the fleet's
+        dev.expect(rf"CONFIG {version} 2", timeout=10)  # the file's revocation and the fleet's
         boot1 = dev.expect(r"BOOT (\w+)").group(1)
 
         def expect(payload, verdict, ticket, parts=1):
@@ -219,7 +219,8 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
             n += 1
     assert kinds[("event", "checkin")] >= 60 and kinds[("telemetry", "device")] >= 1, kinds
     states = [json.loads(p) for p in seen.on("/state")]
-    assert any(s.get("config_version") == 3 and s["fw"] == "scanner-0.1.0" for s in states)
+    assert any(s.get("config_version") == version and s["fw"] == "scanner-0.1.0" for s in states)
+    assert fleet.api.get(f"/api/v1/devices/{SCANNER}/config").json()["in_sync"] is True
 
     image = dev2.image_bytes  # the flash stand-in, not heap a device has
     code = int(dev2.expect(r"CODE (\d+)").group(1)) - image
