@@ -24,7 +24,7 @@ from kits.contract import DEVICE_CHANNELS, decode
 from kits.tickets import EventKey, issue
 from agent.hub import DoorHub
 from simulators.scanner import ScannerSim
-from tests.conftest import publisher, wait_until
+from tests.conftest import wait_until
 from tests.device.firmware import Device, firmware, mpy_cross, rom_images, rom_names_bytes  # noqa: F401 - fixture
 from tests.device.mpy import DEVICE
 
