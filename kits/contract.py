@@ -128,6 +128,13 @@ class BatteryTelemetry(Envelope):
     soc: float | None = Field(default=None, ge=0, le=100, description="state of charge, %")
     ttg: int | None = Field(default=None, description="device's time-to-go estimate, minutes; -1 = infinite")
     alarm: str | None = Field(default=None, max_length=40)
+    # From a BMS (JBD): what a shunt does not know.
+    remaining_ah: float | None = Field(default=None, ge=0, description="remaining capacity, Ah")
+    capacity_ah: float | None = Field(default=None, ge=0, description="full (nominal) capacity, Ah")
+    cycles: int | None = Field(default=None, ge=0)
+    temps_c: list[float] | None = Field(default=None, max_length=8, description="NTC temperatures, °C")
+    protection: list[Annotated[str, Field(max_length=32)]] | None = Field(
+        default=None, max_length=16, description="active protection flags, e.g. cell_overvoltage")
 
 
 class PrinterTelemetry(Envelope):
@@ -136,6 +143,31 @@ class PrinterTelemetry(Envelope):
     paper: Literal["ok", "near_end", "out", "unknown"]
     cover_open: bool = False
     error: bool = False
+
+
+class LightTelemetry(Envelope):
+    """A light the agent drives: a relay channel (on/off) or a BLE lamp (level and colour)."""
+
+    kind: Literal["light"] = "light"
+    reachable: bool = True
+    on: bool
+    level: int | None = Field(default=None, ge=0, le=255)
+    rgb: tuple[int, int, int] | None = None
+
+
+class KitReadiness(_Model):
+    """``data`` of a ``readiness`` event: the verdict of a kit's power-up self-test, for crew and ops."""
+
+    status: Literal["ready", "degraded", "not_ready"]
+    problems: list["ReadinessProblem"] = Field(default_factory=list, max_length=64)
+    took_ms: int | None = Field(default=None, ge=0)
+
+
+class ReadinessProblem(_Model):
+    device: Id
+    severity: Literal["fault", "warning"] = Field(description="fault: not ready; warning: degraded")
+    what: str = Field(max_length=120)
+    fix: str = Field(max_length=160)
 
 
 class DeviceTelemetry(Envelope):
@@ -151,7 +183,8 @@ class DeviceTelemetry(Envelope):
     scans: int | None = Field(default=None, ge=0)
 
 
-Telemetry = Annotated[Union[BatteryTelemetry, PrinterTelemetry, DeviceTelemetry], Field(discriminator="kind")]
+Telemetry = Annotated[Union[BatteryTelemetry, PrinterTelemetry, LightTelemetry, DeviceTelemetry],
+                      Field(discriminator="kind")]
 
 
 Verdict = Literal[
@@ -181,6 +214,9 @@ class Checkin(_Model):
     first_device: Id | None = None
 
 
+EVENT_DATA_MODELS: dict[str, Any] = {"checkin": Checkin, "readiness": KitReadiness}
+
+
 class Event(Envelope):
     """A discrete happening: check-in, print done, fault. ``checkin`` data follows :class:`Checkin`."""
 
@@ -189,8 +225,8 @@ class Event(Envelope):
 
     @model_validator(mode="after")
     def _typed_data(self) -> "Event":
-        if self.kind == "checkin":
-            Checkin.model_validate(self.data)
+        if self.kind in EVENT_DATA_MODELS:
+            EVENT_DATA_MODELS[self.kind].model_validate(self.data)
         return self
 
 
@@ -266,7 +302,7 @@ CHANNEL_MODELS: dict[str, Any] = {
 }
 _ADAPTERS = {ch: TypeAdapter(m) for ch, m in CHANNEL_MODELS.items()}
 # Typed payloads inside a channel, exported for the firmware too (event data by kind).
-DATA_MODELS: dict[str, Any] = {"event.checkin": Checkin}
+DATA_MODELS: dict[str, Any] = {f"event.{k}": m for k, m in EVENT_DATA_MODELS.items()}
 
 
 def max_payload(channel: str) -> int:

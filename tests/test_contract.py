@@ -82,8 +82,33 @@ def test_a_bad_manifest_names_the_file_and_the_field(tmp_path):
     with pytest.raises(ManifestError) as err:
         load_manifest(path)
     text = str(err.value)
-    assert "broken.toml" in text and "id" in text and "devices.0.role" in text
+    assert "broken.toml" in text and "id" in text and "devices[0] ('p1').role" in text
     with pytest.raises(ManifestError, match="not valid TOML"):
         parse_manifest("id = [", "x.toml")
     with pytest.raises(ManifestError, match="used twice"):
-        parse_manifest('id="k"\nname="n"\n[[devices]]\nid="a"\nrole="printer"\n[[devices]]\nid="a"\nrole="printer"\n')
+        parse_manifest('id="k"\nname="n"\n[[devices]]\nid="a"\nrole="scanner"\n[[devices]]\nid="a"\nrole="scanner"\n')
+
+
+@pytest.mark.parametrize("device, expected", [
+    ('id="p"\nrole="printer"\nbus="ble:AA:BB:CC:DD:EE:FF"', "devices[0] ('p'): bus: a printer takes serial:..., not 'ble:AA:BB:CC:DD:EE:FF'"),
+    ('id="p"\nrole="printer"', "devices[0] ('p'): bus: a printer takes serial:..., not None"),
+    ('id="b"\nrole="powerbank"\nbus="ble:12:34"', "bus: ble needs a MAC address"),
+    ('id="r"\nrole="light"\nbus="gpio:40"', "bus: gpio needs a BCM pin number 0..27"),
+    ('id="k"\nrole="panel"\nbus="gpio"\npins={button=27}', "pins: a panel needs button, red, green, blue; missing red, green, blue"),
+    ('id="s"\nrole="scanner"\nbus="serial:/dev/ttyS0"', "a scanner takes no bus"),
+    ('id="p"\nrole="powerbank"\nbus="serial:/dev/ttyUSB0"\nexpect={min_soc=120}', "devices[0] ('p').expect.min_soc"),
+    ('id="p"\nrole="powerbank"\nbus="serial:/dev/ttyUSB0"\nexpect={minsoc=50}', "devices[0] ('p').expect.minsoc: Extra inputs"),
+])
+def test_a_device_on_the_wrong_bus_or_with_bad_expectations_is_named(device, expected):
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(f'id="k"\nname="n"\n[[devices]]\n{device}\n', "kit.toml")
+    assert str(err.value).startswith("kit.toml: ") and expected in str(err.value), str(err.value)
+
+
+def test_event_times_need_an_offset_and_an_order():
+    with pytest.raises(ManifestError, match="ends needs a UTC offset"):
+        parse_manifest('id="k"\nname="n"\n[event]\nends=2026-11-21T23:30:00\n', "kit.toml")
+    with pytest.raises(ManifestError, match="doors_open must be before ends"):
+        parse_manifest('id="k"\nname="n"\n[event]\ndoors_open=2026-11-21T23:30:00Z\nends=2026-11-21T19:00:00Z\n')
+    m = parse_manifest('id="k"\nname="n"\n[event]\ndoors_open=2026-11-21T19:00:00+01:00\nends=2026-11-21T23:30:00+01:00\n')
+    assert (m.event.ends - m.event.doors_open).total_seconds() == 4.5 * 3600
