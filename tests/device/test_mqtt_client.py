@@ -76,6 +76,23 @@ def test_message_larger_than_the_buffer_is_acknowledged_and_skipped(broker, coll
         assert not dev.matching(r"GOT .*/in/big")
 
 
+def test_messages_past_the_receive_buffer_arrive_whole(broker, collect, firmware, prefix):
+    """A payload over the 512-byte receive buffer but within max_msg is read into a buffer of its own
+    size: back to back with small ones (in one TCP read), at QoS 0 and 1, at the limit."""
+    seen = collect(f"{prefix}/echo/#")
+    big1, big2 = bytes(range(256)) * 3 + b"end1", b"z" * 1024
+    with echo_device(firmware, broker.port, prefix) as dev:
+        dev.expect(r"SUBSCRIBED 1")
+        pub = publisher(broker.url)
+        for topic, payload, qos in ((f"{prefix}/in/b1", big1, 1), (f"{prefix}/in/s1", b"small-1", 1),
+                                    (f"{prefix}/in/b2", big2, 0), (f"{prefix}/in/s2", b"small-2", 0)):
+            pub.publish(topic, payload, qos=qos)  # no wait: they leave together
+        dev.expect(r"ECHOED s2")
+        pub.loop_stop()
+        assert seen.on("/echo/b1") == [big1] and seen.on("/echo/b2") == [big2]
+        assert seen.on("/echo/s1") == [b"small-1"] and seen.on("/echo/s2") == [b"small-2"]
+
+
 def test_full_inbox_drops_the_oldest_and_counts(broker, firmware, prefix):
     with echo_device(firmware, broker.port, prefix, queue_len=4) as dev:
         dev.expect(r"SUBSCRIBED 1")
