@@ -18,6 +18,8 @@ import random
 import secrets
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -27,6 +29,8 @@ from paho.mqtt.properties import Properties
 from agent.outbox import Outbox
 from kits.contract import (
     LEDGER_CHANNELS,
+    Ack,
+    Command,
     ContractError,
     Role,
     State,
@@ -61,6 +65,7 @@ class FleetLink:
         resend_after_s: float = 15.0,
         outbox_cap: int = 50_000,
         keepalive: int = 10,
+        on_command: Callable[[str, Command], None] | None = None,
     ):
         self.kit, self.device, self.role, self.fw = kit, device, role, fw
         self.hosted = dict(hosted or {})
@@ -70,6 +75,10 @@ class FleetLink:
         self.boot = secrets.token_hex(4)
         self.started_ms = now_ms()  # state.ts for every birth and the Will of this boot
         self.outbox = Outbox(outbox_path, cap=outbox_cap)
+        # Commands for this producer's devices: handed over (from the network thread) once each,
+        # never when retained, never past their expiry (answered "expired" here).
+        self.on_command = on_command
+        self._recent_cmds: deque[str] = deque(maxlen=256)
         self.connected = threading.Event()
         self.receipts = 0
         self._seq: dict[str, int] = {}
@@ -174,7 +183,10 @@ class FleetLink:
         if reason_code.is_failure:
             log.error("broker refused %s: %s", self.device, reason_code)
             return
-        client.subscribe([(topic(self.kit, d, "receipt"), 1) for d in self._devices()])
+        subs = [(topic(self.kit, d, "receipt"), 1) for d in self._devices()]
+        if self.on_command is not None:
+            subs += [(topic(self.kit, d, "cmd"), 1) for d in self._devices()]
+        client.subscribe(subs)
         client.publish(topic(self.kit, self.device, "state"), encode(self._state(self.device, self.role, True)), qos=1, retain=True)
         for device, role in self.hosted.items():
             client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
@@ -188,6 +200,9 @@ class FleetLink:
         self.connected.clear()
 
     def _on_message(self, _client, _userdata, msg) -> None:
+        if msg.topic.endswith("/cmd"):
+            self._command(msg)
+            return
         try:
             receipt = decode("receipt", msg.payload)
         except ContractError as exc:
@@ -197,6 +212,32 @@ class FleetLink:
         self.outbox.confirm(device, receipt.boot, receipt.seqs)
         self.receipts += 1
         self._kick.set()
+
+    def _command(self, msg) -> None:
+        device = msg.topic.split("/")[3]
+        if msg.retain:  # a retained command would run again at every subscribe: never
+            log.warning("ignoring a retained command on %s", msg.topic)
+            return
+        try:
+            cmd = decode("cmd", msg.payload)
+        except ContractError as exc:
+            log.warning("ignoring a malformed command on %s: %s", msg.topic, exc)
+            return
+        if cmd.id in self._recent_cmds:  # QoS 1 redelivery: answered already
+            return
+        self._recent_cmds.append(cmd.id)
+        if cmd.expires <= now_ms():
+            self.ack(device, cmd.id, "expired")
+            return
+        try:
+            self.on_command(device, cmd)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - a handler bug must be answered, not kill the link
+            log.exception("command %s for %s failed", cmd.id, device)
+            self.ack(device, cmd.id, "error", str(exc)[:200])
+
+    def ack(self, device: str, cmd_id: str, status: str, detail: str | None = None) -> int:
+        """Answer a command (through the outbox, like everything owed to the fleet)."""
+        return self.emit(device, "ack", Ack, cmd_id=cmd_id, status=status, detail=detail)
 
     # ------------------------------------------------------------ sender thread
 
