@@ -1,0 +1,60 @@
+"""Which of the kit's own devices are online: their retained ``state`` on the kit's broker.
+
+Scanners and lighting controllers are not driven by the agent; they are born on the broker
+(a retained ``state``, online with their firmware version) and die by their Will. Subscribing
+to the kit's state topics gives every device's latest state at once, retained, and then live.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+
+from kits.contract import ContractError, State, decode, parse_topic, subscription
+from popkit.mqtt import client_for, session_kwargs
+
+log = logging.getLogger("popkit.agent.statewatch")
+
+
+class StateWatch:
+    def __init__(self, kit: str, mqtt_url: str):
+        self.kit = kit
+        self.states: dict[str, State] = {}
+        self.ready = threading.Event()  # subscribed: the retained states are on their way
+        self._changed = threading.Condition()
+        self._client, self._target = client_for(mqtt_url, f"{kit}-statewatch-{secrets.token_hex(3)}",
+                                                default_protocol="3.1.1")
+        self._client.on_connect = lambda c, *_: c.subscribe(subscription("state", kit=kit), 1)
+        self._client.on_subscribe = lambda *_: self.ready.set()
+        self._client.on_message = self._on_message
+
+    def start(self) -> "StateWatch":
+        self._client.connect_async(self._target.host, self._target.port, keepalive=15,
+                                   **session_kwargs(self._client, clean_start=True))
+        self._client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        if not msg.payload:
+            return  # a cleared retained state
+        try:
+            _kit, device, _channel = parse_topic(msg.topic)
+            state = decode("state", msg.payload)
+        except ContractError as exc:
+            log.warning("ignoring a bad state on %s: %s", msg.topic, exc)
+            return
+        with self._changed:
+            self.states[device] = state
+            self._changed.notify_all()
+
+    def wait_online(self, device: str, timeout: float) -> State | None:
+        """The device's state once it is online, or None if it is not within ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: (s := self.states.get(device)) is not None and s.online, timeout)
+            s = self.states.get(device)
+            return s if s is not None and s.online else None

@@ -1,0 +1,69 @@
+"""The power-up verdict: steps run, stuck or broken steps become faults, the battery is held to the event."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+from agent.powerup import Step, StepResult, battery_problems, run_steps, runtime_hours
+from agent.readiness import fault, warning
+
+NOW = datetime(2026, 11, 21, 18, 0, tzinfo=timezone.utc)
+
+
+def step(device: str, result: StepResult | None = None, delay: float = 0.0, boom: bool = False) -> Step:
+    async def run() -> StepResult:
+        await asyncio.sleep(delay)
+        if boom:
+            raise RuntimeError("driver exploded")
+        return result or StepResult("fine")
+    return Step(device, "thing", run)
+
+
+def test_all_clear_is_ready_a_warning_degrades_a_fault_is_not_ready():
+    ok = asyncio.run(run_steps([step("link")], [step("a"), step("b")]))
+    assert ok.status == "ready" and ok.problems == [] and list(ok.results) == ["link", "a", "b"]
+    warn = asyncio.run(run_steps([], [step("a", StepResult("low", [warning("a", "paper low", "have a spare roll")]))]))
+    assert warn.status == "degraded"
+    bad = asyncio.run(run_steps([], [step("a", StepResult("out", [fault("a", "paper out", "load a roll")])),
+                                     step("b", StepResult("low", [warning("b", "x", "y")]))]))
+    assert bad.status == "not_ready"
+    assert bad.event_data()["problems"][0] == {"device": "a", "severity": "fault", "what": "paper out", "fix": "load a roll"}
+
+
+def test_a_step_that_hangs_or_raises_is_a_fault_and_the_others_still_run():
+    seen = []
+    r = asyncio.run(run_steps([], [step("slow", delay=5), step("broken", boom=True), step("fine")],
+                              progress=lambda s, res: seen.append((s.device, res is None)), timeout_s=0.2))
+    assert r.status == "not_ready"
+    assert "did not answer" in r.results["slow"].problems[0].what
+    assert "driver exploded" in r.results["broken"].problems[0].what
+    assert r.results["fine"].problems == []
+    assert sorted(seen) == sorted([("slow", True), ("broken", True), ("fine", True),
+                                   ("slow", False), ("broken", False), ("fine", False)])
+    assert r.took_s < 2
+
+
+def test_runtime_from_the_shunt_or_from_the_bms():
+    assert runtime_hours(12.8, -6.0, 80, 130, None) == 130 / 60  # VE.Direct's own time-to-go
+    assert runtime_hours(12.8, 2.0, 80, -1, None) is None  # charging: infinite
+    assert runtime_hours(13.1, -10.0, 70, None, 50.0) == 5.0  # JBD: remaining Ah over the load
+    assert runtime_hours(13.1, 0.0, 70, None, 50.0) is None  # no load: cannot run out
+
+
+def test_a_pack_that_will_not_last_to_the_end_is_a_warning_with_the_numbers():
+    ends = NOW + timedelta(hours=4, minutes=30)
+    [p] = battery_problems("pack", 80, 2 + 10 / 60, now=NOW, ends=ends, doors_open=None, min_soc=None, min_runtime_h=None)
+    assert p.severity == "warning"
+    assert "will not last to the event's end" in p.what and "2 h 10" in p.what and "4 h 30" in p.what
+    assert p.fix == "charge or swap the pack, or cut the load"
+    assert battery_problems("pack", 80, 5.0, now=NOW, ends=ends, doors_open=None, min_soc=None, min_runtime_h=None) == []
+
+
+def test_charge_under_the_doors_open_minimum_is_a_warning_and_a_past_end_uses_the_minimum_runtime():
+    doors = NOW + timedelta(hours=1)
+    [p] = battery_problems("pack", 45, None, now=NOW, ends=None, doors_open=doors, min_soc=60, min_runtime_h=None)
+    assert p.what == "charge 45 % is under the 60 % wanted at doors-open"
+    past = NOW - timedelta(hours=1)
+    [q] = battery_problems("pack", 90, 1.0, now=NOW, ends=past, doors_open=None, min_soc=None, min_runtime_h=3)
+    assert "1 h 00 left" in q.what and "3 h 00 needed" in q.what
