@@ -33,6 +33,8 @@ def build_image(role: str, port: str = "unix", out: Path | None = None, extra: t
         raise FirmwareError(f"{role} for {port}: missing " + ", ".join(str(p) for p in missing))
     out = out or REPO / "build" / "device" / port / f"{role}.romfs"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and all(out.stat().st_mtime >= p.stat().st_mtime for p in (*manifest.sources, *extra)):
+        return out  # make's rule: nothing newer than the image
     with tempfile.TemporaryDirectory(prefix=f"romfs-{role}-") as tmp:
         stage = Path(tmp) / "rom"
         stage.mkdir()
@@ -47,7 +49,7 @@ def build_image(role: str, port: str = "unix", out: Path | None = None, extra: t
                            capture_output=True, text=True, timeout=120)
         if r.returncode != 0 or not part.exists():
             raise FirmwareError(f"ROMFS image for {role} failed: {(r.stderr or r.stdout).strip()[-400:]}")
-        part.replace(out)
+        part.replace(out)  # renamed into place: a firmware starting meanwhile never reads half an image
     return out
 
 
