@@ -141,6 +141,11 @@ def test_relay_from_manifest_spec_uses_pin_and_safety(factory):
     with RelayLight.from_spec(spec, factory) as light:
         assert (light.pin, light.safety, light.is_on) == (22, True, True)
         assert factory.pin(22).state == 1
+    low = DeviceSpec(id="lr-lamp", role="light", model="relay", bus="gpio:23", active_high=False)
+    with RelayLight.from_spec(low, factory) as light:  # an active-low module: off is a high pin
+        assert not light.is_on and factory.pin(23).state == 1
+        light.on()
+        assert factory.pin(23).state == 0
 
 
 def test_open_pin_factory_simulate_gives_mock():

@@ -132,11 +132,11 @@ class RelayLight:
         self._on = start_on
 
     @classmethod
-    def from_spec(cls, spec: "DeviceSpec", pin_factory: Any, *, active_high: bool = True) -> "RelayLight":
-        """A relay light from its manifest entry (role ``light``, bus ``gpio:<BCM pin>``)."""
+    def from_spec(cls, spec: "DeviceSpec", pin_factory: Any) -> "RelayLight":
+        """A relay light from its manifest entry (role ``light``, bus ``gpio:<BCM pin>``, ``active_high``)."""
         if spec.role != "light" or spec.bus_kind != "gpio":
             raise ValueError(f"{spec.id}: a relay light needs role light on bus gpio:<pin>, not {spec.role} {spec.bus}")
-        return cls(spec.id, int(spec.address), pin_factory, active_high=active_high, safety=spec.expect.safety)
+        return cls(spec.id, int(spec.address), pin_factory, active_high=spec.active_high, safety=spec.expect.safety)
 
     # ------------------------------------------------------------ switching
 
