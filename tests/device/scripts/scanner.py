@@ -10,12 +10,16 @@
 #   BOOT <boot> <started> <unreceipted> | EMIT <n> <seq> <ts> | DONE <last> | OUTBOX <count>
 #   DRAINED (done, and the outbox is empty)
 #   CMD <id> <action> | CONFIG <version> | MEM <alloc after collect> <peak> <conns> | STOPPED <count>
+#   CODE <heap after imports> (the .mpy modules: frozen into flash on a device)
 import asyncio
 import gc
 import sys
 
 import board
 import link
+
+gc.collect()
+print("CODE", gc.mem_alloc())
 
 host, port, flash = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 first, last, pace = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
