@@ -4,16 +4,36 @@ It answers ``DLE EOT n`` real-time status requests from its current state and
 keeps every other byte it receives in ``received``. The stream is split into
 whole commands first, so a ``10 04 n`` sequence inside a command's data (a
 raster image, a barcode, a parameter byte) is data, not a status request.
-Rendering is a later job: ``EscPosStreamParser`` already yields typed
-``EscPosItem``s for a renderer to consume.
+
+``PaperRoll`` renders what was printed: text lines, QR/PDF417/barcode
+placeholders carrying their data, raster images, cuts; ``to_png()`` draws it
+when Pillow is installed. ``PrinterModel`` is the printer itself (state, status
+bytes, receive buffer, roll) shared by the pty ``PrinterSimulator`` and the
+in-memory ``SimulatedPrinter`` backend of the agent's ``Printer`` interface.
+
+Paper out or cover open: like a TM-T20, the printer goes offline, still answers
+real-time status, and keeps what it receives in its buffer; it prints that when
+paper is loaded / the cover is closed. (So a driver that sent a job into an
+empty printer and then sent it again would see it printed twice: ours doesn't.)
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
+from agent.drivers.escpos import (
+    STATUS_ERROR_CAUSE,
+    STATUS_OFFLINE_CAUSE,
+    STATUS_PAPER_SENSOR,
+    STATUS_PRINTER,
+    status_from_replies,
+    status_request,
+)
+from agent.drivers.printer import CorruptStatus, Printer, PrinterStatus
+from agent.errors import DriverTimeout, PrinterError
 from simulators.pty import PtySimulator
 
 HT, LF, FF, CR, CAN = 0x09, 0x0A, 0x0C, 0x0D, 0x18
@@ -261,31 +281,306 @@ class EscPosStreamParser:
         return EscPosItem("unknown", _name(buf[pos : pos + 2]), buf[pos : pos + 2])
 
 
+# ---------------------------------------------------------------- rendering
+
+# ESC t n -> Python codec, for the Epson tables Python can decode.
+_CODEPAGES = {0: "cp437", 2: "cp850", 3: "cp860", 4: "cp863", 5: "cp865", 13: "cp857", 14: "cp737",
+              15: "iso8859_7", 16: "cp1252", 17: "cp866", 18: "cp852", 19: "cp858", 32: "cp720", 33: "cp775",
+              34: "cp855", 35: "cp861", 36: "cp862", 37: "cp864", 38: "cp869", 39: "iso8859_2",
+              40: "iso8859_15", 45: "cp1250", 46: "cp1251", 47: "cp1253", 48: "cp1254", 49: "cp1255",
+              50: "cp1256", 51: "cp1257", 52: "cp1258", 53: "kz1048"}
+_ALIGNS = {0: "left", 1: "center", 2: "right", 48: "left", 49: "center", 50: "right"}
+_BARCODES = {0: "UPC-A", 1: "UPC-E", 2: "EAN13", 3: "EAN8", 4: "CODE39", 5: "ITF", 6: "CODABAR",
+             65: "UPC-A", 66: "UPC-E", 67: "EAN13", 68: "EAN8", 69: "CODE39", 70: "ITF", 71: "CODABAR",
+             72: "CODE93", 73: "CODE128"}
+_SYMBOLS = {48: "PDF417", 49: "QR"}  # GS ( k cn
+LineKind = Literal["text", "qr", "pdf417", "barcode", "image", "cut"]
+
+
+@dataclass(frozen=True)
+class PrintedLine:
+    """One line (or symbol, image, cut) on the paper roll."""
+
+    kind: LineKind
+    text: str  # what a person reads; placeholders look like "[QR: data]"
+    align: str = "left"
+    bold: bool = False
+    width: int = 1
+    height: int = 1
+    data: str | None = None  # decoded QR / barcode data
+    image: tuple[int, int, bytes] | None = None  # (width dots, height dots, packed rows, 1 = black)
+
+
+def decode_code128(data: bytes) -> str:
+    """Human-readable text of ESC/POS CODE128 data (``{A``/``{B``/``{C`` select code sets)."""
+    out, i, code_set = [], 0, "B"
+    while i < len(data):
+        byte = data[i]
+        if byte == 0x7B and i + 1 < len(data):  # "{"
+            nxt = chr(data[i + 1])
+            if nxt in "ABC":
+                code_set = nxt
+            elif nxt == "{":
+                out.append("{")
+            i += 2
+            continue
+        out.append(f"{byte:02d}" if code_set == "C" else chr(byte))
+        i += 1
+    return "".join(out)
+
+
+class PaperRoll:
+    """What came out of the printer, fed with ``EscPosItem``s in order."""
+
+    columns = 48  # Font A on 80 mm paper
+
+    def __init__(self) -> None:
+        self.lines: list[PrintedLine] = []
+        self.drawer_kicks = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._line = ""
+        self.bold = False
+        self.width = self.height = 1
+        self.align = "left"
+        self.codepage = "cp437"
+        self._symbol_data: dict[int, bytes] = {}
+        self._graphics: tuple[int, int, bytes] | None = None
+
+    @property
+    def text(self) -> str:
+        """Every line's text, joined by newlines (placeholders included)."""
+        return "\n".join(line.text for line in self.lines)
+
+    @property
+    def cuts(self) -> int:
+        return sum(1 for line in self.lines if line.kind == "cut")
+
+    def codes(self, kind: LineKind) -> list[str]:
+        """Data of every printed symbol of ``kind`` ("qr", "barcode", "pdf417")."""
+        return [line.data or "" for line in self.lines if line.kind == kind]
+
+    def _add(self, kind: LineKind, text: str, data: str | None = None,
+             image: tuple[int, int, bytes] | None = None) -> None:
+        self.lines.append(PrintedLine(kind, text, self.align, self.bold, self.width, self.height, data, image))
+
+    def _flush(self) -> None:
+        self._add("text", self._line)
+        self._line = ""
+
+    def feed(self, items: list[EscPosItem]) -> None:
+        for item in items:
+            if item.kind == "text":
+                self._line += item.raw.decode(self.codepage, errors="replace")
+            elif item.kind == "control":
+                self._control(item.name)
+            elif item.kind == "command":
+                handler = _ROLL_COMMANDS.get(item.name)
+                if handler is not None:
+                    handler(self, item.raw)
+
+    def _control(self, name: str) -> None:
+        if name in ("LF", "FF"):
+            self._flush()
+        elif name == "HT":
+            self._line += " " * (8 - len(self._line) % 8)
+        elif name == "CAN":
+            self._line = ""
+
+    # Command handlers get the whole command's bytes.
+    def _init(self, raw: bytes) -> None:
+        self._reset()
+
+    def _print_mode(self, raw: bytes) -> None:  # ESC ! n
+        self.bold = bool(raw[2] & 0x08)
+        self.height = 2 if raw[2] & 0x10 else 1
+        self.width = 2 if raw[2] & 0x20 else 1
+
+    def _emphasis(self, raw: bytes) -> None:  # ESC E n
+        self.bold = bool(raw[2] & 1)
+
+    def _size(self, raw: bytes) -> None:  # GS ! n
+        self.width, self.height = (raw[2] >> 4 & 7) + 1, (raw[2] & 7) + 1
+
+    def _justify(self, raw: bytes) -> None:  # ESC a n
+        self.align = _ALIGNS.get(raw[2], self.align)
+
+    def _codepage(self, raw: bytes) -> None:  # ESC t n
+        self.codepage = _CODEPAGES.get(raw[2], "cp437")
+
+    def _feed_lines(self, raw: bytes) -> None:  # ESC d n
+        if self._line:
+            self._flush()
+        for _ in range(raw[2]):
+            self._add("text", "")
+
+    def _cut(self, raw: bytes) -> None:  # GS V m [n]
+        if self._line:
+            self._flush()
+        self._add("cut", "-" * 14 + " cut " + "-" * 14)
+
+    def _drawer(self, raw: bytes) -> None:  # ESC p
+        self.drawer_kicks += 1
+
+    def _symbol(self, raw: bytes) -> None:  # GS ( k pL pH cn fn m d...
+        cn, fn = raw[5], raw[6] if len(raw) > 6 else 0
+        if cn not in _SYMBOLS:
+            return
+        if fn == 80:  # store
+            self._symbol_data[cn] = raw[8:]
+        elif fn == 81:  # print what was stored
+            data = self._symbol_data.get(cn, b"").decode("utf-8", errors="replace")
+            name = _SYMBOLS[cn]
+            self._add("qr" if cn == 49 else "pdf417", f"[{name}: {data}]", data=data)
+
+    def _barcode(self, raw: bytes) -> None:  # GS k m ...
+        m = raw[2]
+        data = raw[3:-1] if m <= 6 else raw[4:]
+        name = _BARCODES.get(m, f"m={m}")
+        text = decode_code128(data) if name == "CODE128" else data.decode("ascii", errors="replace")
+        self._add("barcode", f"[BARCODE {name}: {text}]", data=text)
+
+    def _raster(self, raw: bytes) -> None:  # GS v 0 m xL xH yL yH d...
+        width_bytes, height = _u16(raw, 4), _u16(raw, 6)
+        self._image(width_bytes * 8, height, raw[8:])
+
+    def _graphics_cmd(self, raw: bytes) -> None:  # GS ( L pL pH m fn ...
+        fn = raw[6]
+        if fn == 112 and raw[7] == 48:  # store monochrome raster: a bx by c xL xH yL yH d...
+            self._graphics = (_u16(raw, 11), _u16(raw, 13), raw[15:])
+        elif fn in (50, 2) and self._graphics is not None:  # print the stored graphics
+            self._image(*self._graphics)
+
+    def _image(self, width: int, height: int, data: bytes) -> None:
+        if self._line:
+            self._flush()
+        self._add("image", f"[IMAGE {width}x{height}]", image=(width, height, data))
+
+    def to_png(self, path: str | Path | None = None, width: int = 576):
+        """Draw the roll (576 dots: 80 mm paper); returns the PIL image, saved to ``path`` if given.
+
+        Needs Pillow (``pip install .[dev]``). Symbols are boxes with their data written in.
+        """
+        from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+        fonts: dict[int, Any] = {}
+
+        def font(height: int):
+            if height not in fonts:
+                try:
+                    fonts[height] = ImageFont.load_default(size=11 * height)
+                except (TypeError, ImportError, OSError):  # old Pillow or no FreeType
+                    fonts[height] = ImageFont.load_default()
+            return fonts[height]
+
+        blocks: list[tuple[PrintedLine, Any]] = []
+        for line in self.lines:
+            if line.kind == "image" and line.image is not None:
+                w, h, data = line.image
+                need = (w + 7) // 8 * h
+                img = Image.frombytes("1", (w, h), data[:need].ljust(need, b"\0"), "raw", "1;I")
+                blocks.append((line, ImageOps.contain(img.convert("L"), (width, max(1, h)))))
+            else:
+                blocks.append((line, None))
+        heights = [(b.height if b is not None else
+                    {"qr": 120, "pdf417": 60, "barcode": 60, "cut": 16}.get(line.kind, 14 * line.height))
+                   for line, b in blocks]
+        page = Image.new("L", (width, sum(heights) + 8), 255)
+        draw = ImageDraw.Draw(page)
+        y = 4
+        for (line, bitmap), h in zip(blocks, heights):
+            if bitmap is not None:
+                page.paste(bitmap, (_x(line.align, bitmap.width, width), y))
+            elif line.kind == "cut":
+                draw.line((0, y + h // 2, width, y + h // 2), fill=0)
+            elif line.kind in ("qr", "pdf417", "barcode"):
+                box_w = h if line.kind == "qr" else width * 2 // 3
+                x = _x(line.align, box_w, width)
+                draw.rectangle((x, y + 2, x + box_w, y + h - 2), outline=0)
+                draw.text((x + 4, y + 6), f"{line.kind.upper()}\n{line.data or ''}"[:80], fill=0, font=font(1))
+            elif line.text:
+                f = font(line.height)
+                text_w = int(draw.textlength(line.text, font=f))
+                draw.text((_x(line.align, text_w, width), y), line.text, fill=0, font=f,
+                          stroke_width=1 if line.bold else 0, stroke_fill=0)
+            y += h
+        if path is not None:
+            page.save(path, "PNG")
+        return page
+
+
+def _x(align: str, item_width: int, page_width: int) -> int:
+    return {"center": (page_width - item_width) // 2, "right": page_width - item_width}.get(align, 0)
+
+
+_ROLL_COMMANDS: dict[str, Callable[[PaperRoll, bytes], None]] = {
+    "ESC @": PaperRoll._init, "ESC !": PaperRoll._print_mode, "ESC E": PaperRoll._emphasis,
+    "GS !": PaperRoll._size, "ESC a": PaperRoll._justify, "ESC t": PaperRoll._codepage,
+    "ESC d": PaperRoll._feed_lines, "GS V": PaperRoll._cut, "ESC p": PaperRoll._drawer,
+    "GS ( k": PaperRoll._symbol, "GS k": PaperRoll._barcode, "GS v 0": PaperRoll._raster,
+    "GS ( L": PaperRoll._graphics_cmd,
+}
+
+
+# ---------------------------------------------------------------- the printer
+
 Paper = Literal["ok", "near_end", "out"]
 ErrorKind = Literal["recoverable", "autocutter", "unrecoverable", "auto_recoverable"]
 _ERROR_BITS: dict[str, int] = {"recoverable": 0x04, "autocutter": 0x08, "unrecoverable": 0x20, "auto_recoverable": 0x40}
 
 
-class PrinterSimulator(PtySimulator):
-    """A TM-T20-like printer: state is ``paper``, ``cover_open``, ``online``,
-    ``error`` and ``powered``. Switched off (``powered=False``) it answers
-    nothing and receives nothing, like a dead serial line.
+class PrinterModel:
+    """A TM-T20-like printer without a wire: state is ``paper``, ``cover_open``,
+    ``online``, ``error`` and ``powered``. Switched off (``powered=False``) it
+    answers nothing and receives nothing, like a dead serial line.
+
+    ``receive(data)`` takes the host's bytes and returns the status replies.
+    Printable items go to ``roll``; while the printer cannot print (paper out,
+    cover open, error) they wait in ``held`` and print once it can.
     """
 
-    name = "printer-simulator"
-
     def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.parser = EscPosStreamParser()
-        self.received = bytearray()
+        self.roll = PaperRoll()
+        self.received = bytearray()  # every non-status byte, in order
         self.items: list[EscPosItem] = []
+        self.held: list[EscPosItem] = []
         self.status_requests: list[int] = []
         self.paper: Paper = "ok"
         self.cover_open = False
         self.online = True  # False: offline for a reason not modelled otherwise
         self.error: ErrorKind | None = None
         self.powered = True
+        self.vanished = False
+        self._corrupt: list[int] = []
+
+    # Verbs a test or demo drives.
+    def paper_out(self) -> None:
+        self.set_state(paper="out")
+
+    def paper_low(self) -> None:
+        self.set_state(paper="near_end")
+
+    def load_paper(self) -> None:
+        self.set_state(paper="ok")
+
+    def open_cover(self) -> None:
+        self.set_state(cover_open=True)
+
+    def close_cover(self) -> None:
+        self.set_state(cover_open=False)
+
+    def corrupt_next_status(self, byte: int = 0x00) -> None:
+        """The next status reply is ``byte`` (default 0x00, which breaks the fixed bits)."""
+        with self._lock:
+            self._corrupt.append(byte)
+
+    def vanish(self) -> None:
+        """Unplugged: no answers, nothing received, and links to it fail."""
+        with self._lock:
+            self.vanished, self.powered = True, False
 
     def set_state(
         self,
@@ -312,6 +607,14 @@ class PrinterSimulator(PtySimulator):
                 self.error = error
             if powered is not None:
                 self.powered = powered
+            if self.can_print and self.held:
+                self.roll.feed(self.held)
+                self.held.clear()
+
+    @property
+    def can_print(self) -> bool:
+        with self._lock:
+            return self.powered and self.online and not self.cover_open and self.paper != "out" and self.error is None
 
     def status_byte(self, n: int) -> int | None:
         """The reply to DLE EOT ``n`` in the current state (None: not supported)."""
@@ -335,21 +638,127 @@ class PrinterSimulator(PtySimulator):
                 return {"ok": 0x12, "near_end": 0x1E, "out": 0x72}[self.paper]
         return None
 
-    def on_receive(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> bytes:
+        """Handle the host's bytes; return the status replies to send back."""
         with self._lock:
             if not self.powered:
-                return
-        replies = bytearray()
-        for item in self.parser.feed(data):
-            if item.kind == "status_request":
-                n = item.raw[2]
-                self.status_requests.append(n)
-                reply = self.status_byte(n)
-                if reply is not None:
-                    replies.append(reply)
-            else:
-                with self._lock:
-                    self.received += item.raw
-                    self.items.append(item)
+                return b""
+            replies = bytearray()
+            for item in self.parser.feed(data):
+                if item.kind == "status_request":
+                    n = item.raw[2]
+                    self.status_requests.append(n)
+                    reply = self.status_byte(n)
+                    if reply is not None:
+                        replies.append(self._corrupt.pop(0) if self._corrupt else reply)
+                    continue
+                self.received += item.raw
+                self.items.append(item)
+                if self.can_print:
+                    self.roll.feed([item])
+                else:
+                    self.held.append(item)
+            return bytes(replies)
+
+
+class PrinterSimulator(PtySimulator):
+    """A ``PrinterModel`` on a pty: the real driver opens ``path`` with pyserial."""
+
+    name = "printer-simulator"
+
+    def __init__(self, model: PrinterModel | None = None) -> None:
+        super().__init__()
+        self.model = model or PrinterModel()
+
+    # The model's record and verbs, on the simulator for convenience.
+    @property
+    def received(self) -> bytearray:
+        return self.model.received
+
+    @property
+    def items(self) -> list[EscPosItem]:
+        return self.model.items
+
+    @property
+    def status_requests(self) -> list[int]:
+        return self.model.status_requests
+
+    @property
+    def roll(self) -> PaperRoll:
+        return self.model.roll
+
+    def set_state(self, **changes) -> None:
+        self.model.set_state(**changes)
+
+    def status_byte(self, n: int) -> int | None:
+        return self.model.status_byte(n)
+
+    def paper_out(self) -> None:
+        self.model.paper_out()
+
+    def paper_low(self) -> None:
+        self.model.paper_low()
+
+    def load_paper(self) -> None:
+        self.model.load_paper()
+
+    def open_cover(self) -> None:
+        self.model.open_cover()
+
+    def close_cover(self) -> None:
+        self.model.close_cover()
+
+    def corrupt_next_status(self, byte: int = 0x00) -> None:
+        self.model.corrupt_next_status(byte)
+
+    def vanish(self) -> None:
+        """Unplug: the pty closes, so an open driver's next read or write fails (EIO)."""
+        self.model.vanish()
+        self.stop()
+
+    def on_receive(self, data: bytes) -> None:
+        replies = self.model.receive(data)
         if replies:
-            self.pty.write(bytes(replies))
+            self.pty.write(replies)
+
+
+class SimulatedPrinter(Printer):
+    """The agent's ``Printer`` interface on an in-memory ``PrinterModel`` (laptop demos, tests).
+
+    Status goes through the real driver's byte parser, so a corrupt reply is
+    rejected exactly as on the wire.
+    """
+
+    def __init__(self, model: PrinterModel | None = None, device_id: str = "printer") -> None:
+        self.model = model or PrinterModel()
+        self.device_id = device_id
+        self.corrupt_replies = 0
+        self._closed = False
+
+    def _exchange(self, data: bytes) -> bytes:
+        if self._closed:
+            raise PrinterError("printer port is closed")
+        if self.model.vanished:
+            raise PrinterError("printer port failed: device vanished")
+        return self.model.receive(data)
+
+    def status(self) -> PrinterStatus:
+        replies: dict[int, int] = {}
+        for n in (STATUS_PRINTER, STATUS_OFFLINE_CAUSE, STATUS_ERROR_CAUSE, STATUS_PAPER_SENSOR):
+            reply = self._exchange(status_request(n))
+            if not reply:
+                if n == STATUS_PAPER_SENSOR:
+                    break
+                raise DriverTimeout(f"printer did not answer DLE EOT {n} (switched off or unplugged?)")
+            replies[n] = reply[0]
+        try:
+            return status_from_replies(replies)
+        except CorruptStatus:
+            self.corrupt_replies += 1
+            raise
+
+    def write(self, data: bytes) -> None:
+        self._exchange(data)
+
+    def close(self) -> None:
+        self._closed = True

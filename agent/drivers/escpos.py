@@ -1,4 +1,7 @@
-"""ESC/POS receipt printer (Epson TM-T20 class): print data and real-time status.
+"""ESC/POS receipt printer (Epson TM-T20 class) over pyserial: real-time status and printing.
+
+What to print is encoded in :mod:`agent.drivers.receipt` (pure); the policy of
+when to send (status first, confirm after) is :class:`agent.drivers.printer.Printer`'s.
 
 Status comes from ``DLE EOT n`` (``10 04 n``), which the printer answers with
 one byte immediately, even while offline or busy printing. Every reply byte has
@@ -10,11 +13,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import serial
 
+from agent.drivers.printer import CorruptStatus, Paper, Printer, PrinterStatus
 from agent.errors import DriverTimeout, PrinterError
+
+# What a port raises when its device is gone: pyserial wraps most of it, but not
+# termios calls (tcflush on an unplugged USB-serial adapter or a closed pty).
+_PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError)
+try:
+    import termios
+
+    _PORT_ERRORS += (termios.error,)
+except ImportError:  # pragma: no cover - not POSIX
+    pass
 
 DLE = 0x10
 EOT = 0x04
@@ -27,8 +41,6 @@ STATUS_PAPER_SENSOR = 4
 _FIXED_SET = 0x12
 _FIXED_CLEAR = 0x81
 
-Paper = Literal["ok", "near_end", "out", "unknown"]
-
 
 def status_request(n: int) -> bytes:
     """The ``DLE EOT n`` bytes asking for status ``n``."""
@@ -37,9 +49,9 @@ def status_request(n: int) -> bytes:
 
 def _check_fixed_bits(byte: int, n: int) -> None:
     if not 0 <= byte <= 0xFF:
-        raise PrinterError(f"DLE EOT {n} reply {byte!r} is not a byte")
+        raise CorruptStatus(f"DLE EOT {n} reply {byte!r} is not a byte")
     if byte & _FIXED_SET != _FIXED_SET or byte & _FIXED_CLEAR:
-        raise PrinterError(
+        raise CorruptStatus(
             f"DLE EOT {n} reply 0x{byte:02X} is not a status byte "
             f"(bits 0x12 must be set and 0x81 clear)"
         )
@@ -124,14 +136,6 @@ def parse_paper_sensor(byte: int) -> PaperSensor:
     return PaperSensor(near_end=bool(byte & 0x0C), out=bool(byte & 0x60))
 
 
-@dataclass(frozen=True)
-class PrinterStatus:
-    online: bool
-    paper: Paper
-    cover_open: bool
-    error: bool
-
-
 def printer_status(
     printer: PrinterStatusByte,
     offline: OfflineCause,
@@ -155,39 +159,54 @@ def printer_status(
     )
 
 
+def status_from_replies(replies: dict[int, int]) -> PrinterStatus:
+    """Parse raw replies to DLE EOT 1, 2, 3 and (if it answered) 4; CorruptStatus on a bad byte."""
+    paper_byte = replies.get(STATUS_PAPER_SENSOR)
+    return printer_status(
+        parse_printer_status(replies[STATUS_PRINTER]),
+        parse_offline_cause(replies[STATUS_OFFLINE_CAUSE]),
+        parse_error_cause(replies[STATUS_ERROR_CAUSE]),
+        parse_paper_sensor(paper_byte) if paper_byte is not None else None,
+    )
+
+
 class _PrinterPort(Protocol):
     def read(self, size: int = 1) -> bytes: ...
 
     def write(self, data: bytes) -> int | None: ...
 
 
-class EscPosPrinter:
+class EscPosPrinter(Printer):
     """An ESC/POS printer on an open serial port (or anything with read/write)."""
 
-    def __init__(self, port: _PrinterPort) -> None:
+    def __init__(self, port: _PrinterPort, device_id: str = "printer", status_timeout: float = 1.0) -> None:
         self.port = port
+        self.device_id = device_id
+        self.status_timeout = status_timeout  # status()'s default deadline for the whole exchange
+        self.corrupt_replies = 0
 
     @classmethod
-    def open(cls, path: str, baudrate: int = 9600) -> EscPosPrinter:
+    def open(cls, path: str, baudrate: int = 9600, device_id: str = "printer",
+             status_timeout: float = 1.0) -> EscPosPrinter:
         # A short read timeout lets status() enforce its own deadline; the
         # write timeout stops a printer that holds flow control forever from
         # hanging the agent.
         try:
             port = serial.serial_for_url(path, baudrate=baudrate, timeout=0.05, write_timeout=5.0)
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise PrinterError(f"cannot open printer port {path}: {exc}") from exc
-        return cls(port)
+        return cls(port, device_id, status_timeout)
 
     def close(self) -> None:
         close = getattr(self.port, "close", None)
         if close is not None:
-            close()
+            try:
+                close()
+            except _PORT_ERRORS:
+                pass  # a vanished device: there is nothing left to release
 
     def __enter__(self) -> EscPosPrinter:
         return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def write(self, data: bytes) -> None:
         try:
@@ -197,7 +216,7 @@ class EscPosPrinter:
                 flush()
         except serial.SerialTimeoutException as exc:
             raise DriverTimeout(f"printer did not accept data: {exc}") from exc
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise PrinterError(f"printer port failed: {exc}") from exc
 
     def _discard_input(self) -> None:
@@ -207,14 +226,14 @@ class EscPosPrinter:
             reset = getattr(self.port, "reset_input_buffer", None)
             if reset is not None:
                 reset()
-        except (serial.SerialException, OSError) as exc:
+        except _PORT_ERRORS as exc:
             raise PrinterError(f"printer port failed: {exc}") from exc
 
     def _read_byte(self, deadline: float) -> int | None:
         while True:
             try:
                 data = self.port.read(1)
-            except (serial.SerialException, OSError) as exc:
+            except _PORT_ERRORS as exc:
                 raise PrinterError(f"printer port failed: {exc}") from exc
             if data:
                 return data[0]
@@ -226,13 +245,14 @@ class EscPosPrinter:
         self.write(status_request(n))
         return self._read_byte(time.monotonic() + timeout)
 
-    def status(self, timeout: float = 1.0) -> PrinterStatus:
+    def status(self, timeout: float | None = None) -> PrinterStatus:
         """Ask the four real-time statuses; ``timeout`` bounds the whole exchange.
 
         No answer to DLE EOT 1..3 raises DriverTimeout: that is what a
         switched-off or unplugged printer looks like. A printer that answers
         those but not DLE EOT 4 has no roll sensor reply, so paper is "unknown".
         """
+        timeout = self.status_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self._discard_input()
         replies: dict[int, int] = {}
@@ -246,10 +266,8 @@ class EscPosPrinter:
                     f"printer did not answer DLE EOT {n} within {timeout:g}s (switched off or unplugged?)"
                 )
             replies[n] = byte
-        paper_byte = replies.get(STATUS_PAPER_SENSOR)
-        return printer_status(
-            parse_printer_status(replies[STATUS_PRINTER]),
-            parse_offline_cause(replies[STATUS_OFFLINE_CAUSE]),
-            parse_error_cause(replies[STATUS_ERROR_CAUSE]),
-            parse_paper_sensor(paper_byte) if paper_byte is not None else None,
-        )
+        try:
+            return status_from_replies(replies)
+        except CorruptStatus:
+            self.corrupt_replies += 1
+            raise
