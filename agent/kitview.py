@@ -28,7 +28,7 @@ class KitView:
     def __init__(self, kit_name: str, console=None):
         from rich.console import Console
 
-        self.console = console or Console(file=sys.stdout, highlight=False)
+        self.console = console or Console(file=sys.stdout, highlight=False, soft_wrap=True)
         self.live = self.console.is_terminal
         self.kit_name = kit_name
         self._rows: dict[str, tuple[Step, StepResult | None]] = {}
@@ -57,7 +57,7 @@ class KitView:
                 self._live.update(self._table())
             elif res is not None:
                 mark = {"ok": "ok   ", "warn": "WARN ", "fault": "FAULT", "run": ""}[_mark(res)]
-                self.console.print(f"  {mark} {step.label:<10} {step.device:<16} {res.detail}", markup=False)
+                self.console.print(f"  {mark} {step.label:<19} {step.device:<16} {res.detail}", markup=False)
 
     def _table(self):
         from rich.table import Table

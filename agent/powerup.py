@@ -115,7 +115,7 @@ def battery_problems(device: str, soc: float | None, runtime_h: float | None, *,
     need_h, until = None, ""
     if ends is not None and ends > now:
         need_h = (ends - now).total_seconds() / 3600
-        until = f" to the event's end ({ends.astimezone().strftime('%H:%M')})"
+        until = f" to the event's end ({ends.strftime('%H:%M')})"  # in the venue's time, as the manifest has it
     elif min_runtime_h is not None:
         need_h = min_runtime_h
     if need_h is not None and runtime_h is not None and runtime_h < need_h:

@@ -28,6 +28,27 @@ def _agent_run(args: argparse.Namespace) -> int:
     return run_agent(args.kit, AgentSettings(**overrides), simulate=args.simulate)
 
 
+def _kit_up(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.backends import Scenario, ScenarioError
+    from agent.kitup import kit_up
+    from kits.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.manifest)
+        scenario = Scenario.parse(args.scenario) if args.simulate else None
+    except (ManifestError, ScenarioError) as exc:
+        print(f"popkit kit up: {exc}", file=sys.stderr)
+        return 3
+    if args.scenario and not args.simulate:
+        print("popkit kit up: --scenario sets a simulated kit's condition; add --simulate", file=sys.stderr)
+        return 3
+    mqtt = args.mqtt or os.environ.get("POPKIT_MQTT_URL") or (None if args.simulate else "mqtt://127.0.0.1:1883")
+    data = Path(args.data or os.environ.get("POPKIT_AGENT_DATA") or "var/agent")
+    return kit_up(manifest, mqtt, data, simulate=args.simulate, scenario=scenario)
+
+
 def _sim_devices(args: argparse.Namespace) -> int:
     from simulators.devices import run_devices
 
@@ -141,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="folder for the outbox (POPKIT_AGENT_DATA, default var/agent)")
     run.add_argument("--simulate", action="store_true", help="start simulators for the manifest's hardware")
     run.set_defaults(func=_agent_run)
+
+    kit = sub.add_parser("kit", help="power a kit up (self-test) or down").add_subparsers(dest="kit_command", required=True)
+    up = kit.add_parser("up", help="self-test every part of the kit: ready, degraded or not ready, and why")
+    up.add_argument("manifest", help="kit manifest (TOML)")
+    up.add_argument("--mqtt", help="the kit's broker (POPKIT_MQTT_URL; with --simulate, one of its own)")
+    up.add_argument("--data", help="folder for the outbox (POPKIT_AGENT_DATA, default var/agent)")
+    up.add_argument("--simulate", action="store_true", help="simulate the whole kit on this machine")
+    up.add_argument("--scenario", help="the simulated kit's condition: paper=out,cover=open,soc=35,load=12,"
+                                       "vanish=ID+ID")
+    up.set_defaults(func=_kit_up)
 
     sim = sub.add_parser("sim", help="simulated hardware").add_subparsers(dest="sim_command", required=True)
     devices = sim.add_parser("devices", help="simulated ESP32 scanners and lighting controllers of a kit")

@@ -466,15 +466,19 @@ class JbdBms:
         it). A state of charge under ``expect.min_soc`` is a warning: the target is for
         doors-open and the self-test usually runs hours earlier, when charging still helps.
         """
+        return (await self.check(device_id, expect))[1]
+
+    async def check(self, device_id: str, expect: Any = None) -> tuple["JbdReading | None", list[Problem]]:
+        """The reading the self-test judged (None when there was none) and its problems; never raises."""
         try:
             reading = await self.read()
         except BleError:
-            return [fault(device_id, "battery monitor not answering over Bluetooth",
-                          "switch the pack on and bring the Pi within range")]
+            return None, [fault(device_id, "battery monitor not answering over Bluetooth",
+                                "switch the pack on and bring the Pi within range")]
         except JbdError as exc:
-            return [fault(device_id, f"battery monitor sent unusable data ({exc})",
-                          "switch the pack off and on again; if it persists, replace its BMS")]
-        return assess(device_id, reading, expect)
+            return None, [fault(device_id, f"battery monitor sent unusable data ({exc})",
+                                "switch the pack off and on again; if it persists, replace its BMS")]
+        return reading, assess(device_id, reading, expect)
 
     async def close(self) -> None:
         await self.link.close()

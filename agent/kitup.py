@@ -1,0 +1,118 @@
+"""``popkit kit up MANIFEST``: power a kit up at the venue, and say whether it is ready.
+
+The link and outbox first, then every part at once (agent/checks.py), live in the terminal;
+then the verdict with each problem's fix, published to the fleet as a ``readiness`` event and
+shown on the kit panel's LED. Exit code 0 only when ready (1 degraded, 2 not ready, 3 when it
+could not run at all).
+
+With ``--simulate`` the whole kit is simulated on this machine, for training and tests: the
+hosted parts through agent/backends.py (each in its real wire protocol; ``--scenario`` sets
+their condition), the scanners and lighting controllers as their real firmware in the unix
+port (``popkit device run``), and, unless ``--mqtt`` names one, a broker of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from agent.backends import Hardware, Scenario, open_hardware
+from agent.checks import device_steps, link_step
+from agent.kitview import KitView
+from agent.link import FleetLink
+from agent.powerup import Report, run_steps
+from agent.statewatch import StateWatch
+from kits.contract import Event
+from kits.manifest import KitManifest
+
+log = logging.getLogger("popkit.agent.kitup")
+
+AGENT_FW = "agent-0.1.0"
+EXIT = {"ready": 0, "degraded": 1, "not_ready": 2}
+FIRMWARE_ROLES = ("scanner", "lighting")
+
+
+def start_firmware(manifest: KitManifest, mqtt_url: str, data_dir: Path, skip: set[str], stack: ExitStack) -> None:
+    """The kit's scanners and lighting controllers as their real firmware, against their simulators."""
+    from popkit.demo import set_up_bench
+
+    esp32s = [d for d in manifest.devices if d.role in FIRMWARE_ROLES and d.id not in skip]
+    if not esp32s:
+        return
+    bench = set_up_bench(manifest, mqtt_url, data_dir, base="")
+    stack.callback(bench.close)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    for spec in esp32s:
+        out = open(data_dir / "logs" / f"{spec.id}.log", "w")
+        stack.callback(out.close)
+        proc = subprocess.Popen([sys.executable, "-m", "popkit.cli", "device", "run", "--role", spec.role,
+                                 "--config", str(bench.configs[spec.id])], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+        def stop(p=proc) -> None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        stack.callback(stop)
+
+
+async def power_up(manifest: KitManifest, hw: Hardware, link: FleetLink, watch: StateWatch, view: KitView,
+                   panel=None) -> Report:
+    if panel is not None:
+        panel.show("booting")
+    with view:
+        report = await run_steps([link_step(link, manifest.agent)], device_steps(manifest, hw, watch), view.progress)
+    view.verdict(report)
+    # Into the outbox: the fleet gets the verdict even if the uplink came back only later.
+    link.emit(manifest.agent, "event", Event, kind="readiness", data=report.event_data())
+    if panel is not None:
+        panel.show(report.status)
+    return report
+
+
+def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate: bool = False,
+           scenario: Scenario | None = None) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        if simulate:
+            scenario = scenario or Scenario()
+            if mqtt_url is None:
+                from popkit.broker import embedded_broker
+
+                broker = embedded_broker(data_dir=data_dir / "broker").start()
+                stack.callback(broker.stop)
+                mqtt_url = broker.url
+            start_firmware(manifest, mqtt_url, data_dir, scenario.vanish, stack)
+        if mqtt_url is None:
+            raise ValueError("no broker: pass --mqtt (or POPKIT_MQTT_URL)")
+        hosted = {s.id: s.role for s in manifest.devices if s.hosted}
+        link = FleetLink(manifest.id, manifest.agent, "agent", mqtt_url, data_dir / f"{manifest.id}-outbox.db",
+                         hosted=hosted, fw=AGENT_FW).start()
+        stack.callback(link.stop, 3.0)  # the verdict reaches the broker before we go
+        watch = StateWatch(manifest.id, mqtt_url).start()
+        stack.callback(watch.stop)
+        view = KitView(manifest.name)
+
+        async def main() -> Report:
+            hw = open_hardware(manifest, scenario if simulate else None)
+            panel = None
+            try:
+                if hw.panel_spec is not None:
+                    from agent.panel import KitPanel
+
+                    panel = KitPanel.from_spec(hw.panel_spec, hw.pin_factory, on_press=lambda: None,
+                                               on_hold=lambda: None)
+                return await power_up(manifest, hw, link, watch, view, panel)
+            finally:
+                if panel is not None and not simulate:
+                    panel.close()  # a real LED keeps its colour only while the pin is held: the daemon takes over
+                await hw.close()
+
+        report = asyncio.run(main())
+        return EXIT[report.status]
