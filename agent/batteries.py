@@ -25,8 +25,13 @@ class VeDirectBattery:
     def __init__(self, device_id: str, path: str):
         self.device_id, self.path = device_id, path
         self._reader = None
+        self._lock = asyncio.Lock()  # telemetry and a self-test may ask at once: one reader of the port
 
     async def read(self, timeout: float = 3.0) -> dict[str, Any]:
+        async with self._lock:
+            return await self._read(timeout)
+
+    async def _read(self, timeout: float) -> dict[str, Any]:
         from agent.drivers.vedirect import VEDirectReader
 
         try:

@@ -34,10 +34,30 @@ def _unopened(spec: DeviceSpec, why: str, label: str) -> Step:
     return Step(spec.id, label, run)
 
 
-def printer_step(spec: DeviceSpec, port: str) -> Step:
+def printer_step(spec: DeviceSpec, port: str, queue: Any = None) -> Step:
+    """The printer's status and a test label: on its own connection, or through the running
+    print queue's (the daemon's: one port must have one reader, or replies cross)."""
     async def run() -> StepResult:
+        if queue is not None:
+            return await asyncio.to_thread(_queued_printer_self_test, spec.id, queue)
         return await asyncio.to_thread(_printer_self_test, spec.id, port)
     return Step(spec.id, "printer", run, fix_if_stuck="check the printer's power and USB cable")
+
+
+def _queued_printer_self_test(device: str, queue: Any) -> StepResult:
+    from agent.drivers.printer import link_problem, status_problems
+    from agent.drivers.receipt import self_test_label
+    from agent.errors import DriverError
+
+    try:
+        status = queue.printer_status()
+    except DriverError as exc:
+        return StepResult("not answering", [link_problem(device, exc)])
+    problems = status_problems(device, status)
+    if not status.can_print:
+        return StepResult(problems[0].what if problems else "cannot print", problems)
+    queue.enqueue(self_test_label(device))
+    return StepResult("status ok, test label queued" + ("; paper low" if problems else ""), problems)
 
 
 def _printer_self_test(device: str, port: str) -> StepResult:
@@ -97,13 +117,13 @@ def firmware_step(spec: DeviceSpec, watch: Any, wait_s: float = DEVICE_WAIT_S) -
     return Step(spec.id, label, run)
 
 
-def device_steps(manifest: KitManifest, hw: Hardware, watch: Any) -> list[Step]:
+def device_steps(manifest: KitManifest, hw: Hardware, watch: Any, queues: dict | None = None) -> list[Step]:
     steps: list[Step] = []
     for spec in manifest.devices:
         if spec.id in hw.problems:
             steps.append(_unopened(spec, hw.problems[spec.id], spec.role))
         elif spec.role == "printer":
-            steps.append(printer_step(spec, hw.printer_ports[spec.id]))
+            steps.append(printer_step(spec, hw.printer_ports[spec.id], (queues or {}).get(spec.id)))
         elif spec.role == "powerbank":
             steps.append(battery_step(spec, hw.batteries[spec.id], manifest))
         elif spec.role == "light" and spec.id in hw.lights:

@@ -1,11 +1,12 @@
-"""``popkit agent run``: the Pi agent's main loop (asyncio).
+"""``popkit agent run --kit MANIFEST``: the kit's hub, for as long as the kit is powered.
 
-For each hosted device in the kit manifest it runs a driver task that keeps the
-latest reading, and a telemetry task that emits it through the link at the
-device's cadence. Blocking serial I/O runs in worker threads so one slow
-device never stalls another. With ``--simulate`` the manifest's serial devices
-are replaced by simulators on pseudo-terminals, and the very same drivers open
-those through pyserial.
+One asyncio loop drives every hosted part of the manifest (agent/backends.py picks real or,
+with ``--simulate``, simulated backends): a telemetry task per part at its own cadence
+(battery, printer status and queue, lights), a print queue per printer, the door hub for the
+scanners (agent/hub.py), the kit panel (press: self-test again; hold: safe shutdown), fleet
+commands for the agent and its parts (print, set, identify, selftest) answered with acks, and
+systemd's watchdog. Everything owed to the fleet goes through the link's on-disk outbox.
+The power-up self-test runs at start and its verdict is published and shown on the panel.
 """
 
 from __future__ import annotations
@@ -13,153 +14,270 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
 import time
+from pathlib import Path
 
-from agent.drivers.escpos import EscPosPrinter
-from agent.drivers.vedirect import VEDirectReader
+from agent import sdnotify
+from agent.backends import Hardware, Scenario, open_hardware
+from agent.energy import EnergyMeter
 from agent.errors import DriverError
 from agent.hub import DoorHub
+from agent.kitup import AGENT_FW, power_up
+from agent.kitview import LogView
 from agent.link import FleetLink
 from agent.settings import AgentSettings
-from kits.contract import BatteryTelemetry, DeviceTelemetry, Event, PrinterTelemetry
+from agent.statewatch import StateWatch
+from kits.contract import BatteryTelemetry, Command, DeviceTelemetry, Event, LightTelemetry, PrinterTelemetry
 from kits.manifest import DeviceSpec, KitManifest, load_manifest
 
 log = logging.getLogger("popkit.agent")
 
-AGENT_FW = "agent-0.1.0"
 HEALTH_PERIOD_S = 10.0
-
-
-def serial_path(spec: DeviceSpec) -> str:
-    if not spec.bus or not spec.bus.startswith("serial:"):
-        raise ValueError(f"device {spec.id}: bus {spec.bus!r} is not serial:<path>")
-    return spec.bus.split(":", 1)[1]
+ENERGY_SAVE_S = 60.0
+POWEROFF = ["systemctl", "poweroff"]
 
 
 class Agent:
-    def __init__(self, manifest: KitManifest, link: FleetLink, ports: dict[str, str]):
-        self.manifest = manifest
-        self.link = link
-        self.ports = ports  # device id -> serial path (real or simulated)
+    def __init__(self, manifest: KitManifest, link: FleetLink, hw: Hardware, watch: StateWatch, data: Path,
+                 simulate: bool = False):
+        self.manifest, self.link, self.hw, self.watch, self.data = manifest, link, hw, watch, data
+        self.simulate = simulate
+        self.specs = {s.id: s for s in manifest.devices}
+        self.queues: dict = {}
+        self.energy = EnergyMeter(data / f"{manifest.id}-energy.json")
+        self.panel = None
         self.started = time.monotonic()
+        self.last_report = None
         self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._selftest_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._health())]
-        for spec in self.manifest.devices:
-            if spec.role == "powerbank" and spec.id in self.ports:
-                tasks.append(asyncio.create_task(self._powerbank(spec)))
-            elif spec.role == "printer" and spec.id in self.ports:
-                tasks.append(asyncio.create_task(self._printer(spec)))
+        self._loop = asyncio.get_running_loop()
+        self.link.on_command = self._command_from_network
+        from agent.drivers.printer import open_printer
+        from agent.printing import PrintQueue
+
+        for dev, port in self.hw.printer_ports.items():
+            self.queues[dev] = PrintQueue(self.data / f"{self.manifest.id}-{dev}-print.db",
+                                          lambda port=port, dev=dev: open_printer(port, device_id=dev)).start()
+        if self.hw.panel_spec is not None:
+            from agent.panel import KitPanel
+
+            self.panel = KitPanel.from_spec(self.hw.panel_spec, self.hw.pin_factory, on_press=self.selftest,
+                                            on_hold=self.shutdown, loop=self._loop)
+        tasks = [asyncio.create_task(self._health()), asyncio.create_task(self._watchdog())]
+        for dev, battery in self.hw.batteries.items():
+            tasks.append(asyncio.create_task(self._battery(self.specs[dev], battery)))
+        for dev in self.queues:
+            tasks.append(asyncio.create_task(self._printer(self.specs[dev])))
+        for dev, light in self.hw.lights.items():
+            tasks.append(asyncio.create_task(self._light(self.specs[dev], light)))
+        sdnotify.ready(f"kit {self.manifest.id}")
+        await self.selftest()
         await self._stop.wait()
+        sdnotify.stopping()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for q in self.queues.values():
+            await asyncio.to_thread(q.stop)
+        if self.panel is not None:
+            self.panel.close()
+        self.energy.save()
 
     def stop(self) -> None:
         self._stop.set()
 
+    async def selftest(self):
+        """The power-up self-test (at start, on a button press, on a fleet command)."""
+        async with self._selftest_lock:  # a second press while one runs waits for it
+            self.last_report = await power_up(self.manifest, self.hw, self.link, self.watch,
+                                              LogView(self.manifest.name, log), self.panel, queues=self.queues)
+            return self.last_report
+
+    async def shutdown(self) -> None:
+        """Button held: flush what the fleet is owed, then power the Pi off (only on real hardware)."""
+        log.warning("panel button held: shutting down")
+        if self.panel is not None:
+            self.panel.show("booting")
+        await asyncio.to_thread(self._flush, 10.0)
+        self.stop()
+        if not self.simulate:
+            await asyncio.to_thread(subprocess.run, POWEROFF, check=False)
+
+    def _flush(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.link.outbox) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    # ------------------------------------------------------------ per-part loops
+
     async def _health(self) -> None:
         while True:
-            self.link.emit(
-                self.link.device, "telemetry", DeviceTelemetry,
-                uptime_s=int(time.monotonic() - self.started), outbox=len(self.link.outbox), dropped=self.link.outbox.dropped,
-            )
+            self.link.emit(self.link.device, "telemetry", DeviceTelemetry, uptime_s=int(time.monotonic() - self.started),
+                           outbox=len(self.link.outbox), dropped=self.link.outbox.dropped)
             await asyncio.sleep(HEALTH_PERIOD_S)
 
-    async def _powerbank(self, spec: DeviceSpec) -> None:
-        reader: VEDirectReader | None = None
-        latest = None
-        next_emit = time.monotonic()
+    async def _watchdog(self) -> None:
+        period = sdnotify.watchdog_period()
+        if period is None:
+            return
+        while True:  # a stuck loop stops the pings: systemd restarts us
+            sdnotify.watchdog()
+            await asyncio.sleep(period)
+
+    async def _battery(self, spec: DeviceSpec, battery) -> None:
+        failing = False
+        saved = time.monotonic()
         while True:
             try:
-                if reader is None:
-                    reader = await asyncio.to_thread(VEDirectReader.open, self.ports[spec.id])
-                latest = await asyncio.to_thread(reader.read_reading, max(2.0, spec.telemetry_s))
+                fields = await battery.read()
             except DriverError as exc:
-                await self._fault(spec, exc)
-                reader = None
-                await asyncio.sleep(2.0)
+                if not failing:  # one fault event per outage, not one per attempt
+                    await self._fault(spec, exc)
+                failing = True
+                await asyncio.sleep(min(10.0, spec.telemetry_s))
                 continue
-            if time.monotonic() >= next_emit:
-                next_emit = time.monotonic() + spec.telemetry_s
-                self.link.emit(
-                    spec.id, "telemetry", BatteryTelemetry, source="vedirect",
-                    v=latest.v, i=latest.i, p=latest.p, soc=latest.soc, ttg=latest.ttg, alarm=latest.alarm,
-                )
+            if failing:
+                log.info("%s: battery monitor back", spec.id)
+            failing = False
+            self.energy.add(spec.id, fields["v"], fields["i"], fields.get("p"))
+            if time.monotonic() - saved > ENERGY_SAVE_S:
+                self.energy.save()
+                saved = time.monotonic()
+            self.link.emit(spec.id, "telemetry", BatteryTelemetry, **{k: v for k, v in fields.items() if v is not None})
+            await asyncio.sleep(spec.telemetry_s)
 
     async def _printer(self, spec: DeviceSpec) -> None:
-        printer: EscPosPrinter | None = None
+        q = self.queues[spec.id]
         while True:
             try:
-                if printer is None:
-                    printer = await asyncio.to_thread(EscPosPrinter.open, self.ports[spec.id])
-                st = await asyncio.to_thread(printer.status)
+                st = await asyncio.to_thread(q.printer_status)
                 self.link.emit(spec.id, "telemetry", PrinterTelemetry, online=st.online, paper=st.paper,
                                cover_open=st.cover_open, error=st.error)
             except DriverError as exc:
                 # A switched-off printer does not answer: that is a reading, not a crash.
                 self.link.emit(spec.id, "telemetry", PrinterTelemetry, online=False, paper="unknown")
-                await self._fault(spec, exc)
-                printer = None
+                log.debug("%s: %s", spec.id, exc)
+            await asyncio.sleep(spec.telemetry_s)
+
+    async def _light(self, spec: DeviceSpec, light) -> None:
+        while True:
+            self.link.emit(spec.id, "telemetry", LightTelemetry, **_light_fields(light))
             await asyncio.sleep(spec.telemetry_s)
 
     async def _fault(self, spec: DeviceSpec, exc: Exception) -> None:
         log.warning("%s: %s", spec.id, exc)
         self.link.emit(spec.id, "event", Event, kind="fault", data={"error": type(exc).__name__, "detail": str(exc)[:160]})
 
+    # ------------------------------------------------------------ fleet commands
 
-def start_simulators(manifest: KitManifest) -> tuple[dict[str, str], list]:
-    """One simulator per serial device of the manifest; returns (device id -> pty path, simulators)."""
-    from simulators.printer import PrinterSimulator
-    from simulators.vedirect import VEDirectSimulator
+    def _command_from_network(self, device: str, cmd: Command) -> None:
+        """From the link's network thread: run on the loop, answer with an ack when done."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._command(device, cmd)))
 
-    ports, sims = {}, []
-    for spec in manifest.devices:
-        if spec.role == "powerbank":
-            sim = VEDirectSimulator(interval=min(1.0, spec.telemetry_s), soc=0.87, load_a=6.0)
-        elif spec.role == "printer":
-            sim = PrinterSimulator()
-        else:
-            continue
-        sim.start()
-        sims.append(sim)
-        ports[spec.id] = sim.path
-        log.info("simulating %s (%s) on %s", spec.id, spec.role, sim.path)
-    return ports, sims
+    async def _command(self, device: str, cmd: Command) -> None:
+        try:
+            status, detail = await self._execute(device, cmd)
+        except (DriverError, ValueError) as exc:
+            status, detail = "error", str(exc)
+        self.link.ack(device, cmd.id, status, detail)
+
+    async def _execute(self, device: str, cmd: Command) -> tuple[str, str | None]:
+        a = cmd.action
+        if device == self.manifest.agent:
+            if a in ("selftest", "identify"):
+                report = await self.selftest()
+                return "ok", report.status
+            return "rejected", f"the agent does not know {a!r} (selftest, identify)"
+        spec = self.specs.get(device)
+        if spec is not None and spec.role == "printer" and device in self.queues:
+            from agent.drivers.printer import InvalidPrintJob
+            from agent.drivers.receipt import Receipt, self_test_label
+
+            if a == "print":  # args: {"receipt": Receipt.to_dict()}
+                try:
+                    job = Receipt.from_dict(cmd.args.get("receipt"))
+                    job.encode()  # content that can never print is refused now, not failed later
+                except InvalidPrintJob as exc:
+                    return "rejected", f"print: {exc}"
+                return "ok", f"job {self.queues[device].enqueue(job)} queued"
+            if a == "identify":
+                return "ok", f"job {self.queues[device].enqueue(self_test_label(device))} queued"
+        if spec is not None and spec.role == "light" and device in self.hw.lights:
+            light = self.hw.lights[device]
+            if a == "identify":
+                await _call(light.flash)
+                return "ok", None
+            if a == "set":
+                await _set_light(light, cmd.args)
+                self.link.emit(device, "telemetry", LightTelemetry, **_light_fields(light))
+                return "ok", None
+        return "rejected", f"{device} does not take {a!r}"
 
 
-def real_ports(manifest: KitManifest) -> dict[str, str]:
-    return {s.id: serial_path(s) for s in manifest.devices if s.role in ("powerbank", "printer") and s.bus}
+async def _call(fn, *args):
+    """A driver method, async (BLE) or blocking (GPIO), from the loop."""
+    if asyncio.iscoroutinefunction(fn):
+        return await fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
-def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = False) -> int:
+async def _set_light(light, args: dict) -> None:
+    if "on" in args and not args["on"]:
+        await _call(light.off)
+        return
+    if hasattr(light, "rgb"):  # a BLE lamp
+        if "rgb" in args:
+            r, g, b = (int(x) for x in args["rgb"])
+            await light.rgb(r, g, b)
+        if "level" in args:
+            await light.level(int(args["level"]))
+    await _call(light.on)
+
+
+def _light_fields(light) -> dict:
+    if hasattr(light, "telemetry_fields"):
+        return light.telemetry_fields()
+    return {"reachable": light.reachable, "on": light.is_on}
+
+
+def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = False, scenario: str | None = None) -> int:
     manifest = load_manifest(manifest_path)
-    ports, sims = start_simulators(manifest) if simulate else (real_ports(manifest), [])
+    data = settings.agent_data
+    data.mkdir(parents=True, exist_ok=True)
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
-    link = FleetLink(manifest.id, manifest.agent, "agent", settings.mqtt_url,
-                     settings.agent_data / f"{manifest.id}-outbox.db", hosted=hosted, fw=AGENT_FW,
-                     resend_after_s=settings.resend_after_s, outbox_cap=settings.outbox_cap).start()
+    link = FleetLink(manifest.id, manifest.agent, "agent", settings.mqtt_url, data / f"{manifest.id}-outbox.db",
+                     hosted=hosted, fw=AGENT_FW, resend_after_s=settings.resend_after_s,
+                     outbox_cap=settings.outbox_cap).start()
     log.info("agent for kit %s: boot %s, %d messages waiting in the outbox", manifest.id, link.boot, len(link.outbox))
     # The kit's scanners ask the hub before they admit (agent/hub.py); a kit without doors needs none.
     hub = None
-    if any(s.role == "scanner" for s in manifest.all_devices()):
-        settings.agent_data.mkdir(parents=True, exist_ok=True)
-        hub = DoorHub(manifest.id, settings.mqtt_url, settings.agent_data / f"{manifest.id}-claims.db").start()
-    agent = Agent(manifest, link, ports)
+    if any(s.role == "scanner" for s in manifest.devices):
+        hub = DoorHub(manifest.id, settings.mqtt_url, data / f"{manifest.id}-claims.db").start()
+    watch = StateWatch(manifest.id, settings.mqtt_url).start()
 
     async def main() -> None:
+        hw = open_hardware(manifest, Scenario.parse(scenario) if simulate else None)
+        agent = Agent(manifest, link, hw, watch, data, simulate=simulate)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
-        await agent.run()
+        try:
+            await agent.run()
+        finally:
+            await hw.close()
 
     try:
         asyncio.run(main())
     finally:
+        watch.stop()
         if hub is not None:
             hub.stop()
         link.stop(flush_s=2.0)
-        for sim in sims:
-            sim.stop()
     return 0

@@ -62,12 +62,14 @@ def start_firmware(manifest: KitManifest, mqtt_url: str, data_dir: Path, skip: s
         stack.callback(stop)
 
 
-async def power_up(manifest: KitManifest, hw: Hardware, link: FleetLink, watch: StateWatch, view: KitView,
-                   panel=None) -> Report:
+async def power_up(manifest: KitManifest, hw: Hardware, link: FleetLink, watch: StateWatch, view,
+                   panel=None, queues: dict | None = None) -> Report:
+    """Run the self-test, publish its verdict, show it on the panel (``view``: KitView or LogView)."""
     if panel is not None:
         panel.show("booting")
     with view:
-        report = await run_steps([link_step(link, manifest.agent)], device_steps(manifest, hw, watch), view.progress)
+        report = await run_steps([link_step(link, manifest.agent)], device_steps(manifest, hw, watch, queues),
+                                 view.progress)
     view.verdict(report)
     # Into the outbox: the fleet gets the verdict even if the uplink came back only later.
     link.emit(manifest.agent, "event", Event, kind="readiness", data=report.event_data())

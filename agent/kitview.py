@@ -76,3 +76,26 @@ class KitView:
         for p in report.problems:
             tag = "fault  " if p.severity == "fault" else "warning"
             c.print(f"  {tag} {p}", markup=False)
+
+
+class LogView:
+    """KitView's interface for the daemon: the same steps and verdict, to the log (journald)."""
+
+    def __init__(self, kit_name: str, logger):
+        self.kit_name, self.log = kit_name, logger
+
+    def __enter__(self) -> "LogView":
+        self.log.info("self-test of %s", self.kit_name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def progress(self, step: Step, res: StepResult | None) -> None:
+        if res is not None:
+            self.log.info("  %-5s %s %s: %s", _mark(res), step.label, step.device, res.detail)
+
+    def verdict(self, report: Report) -> None:
+        self.log.info("%s: %s (%.1f s)", self.kit_name, report.status.upper(), report.took_s)
+        for p in report.problems:
+            (self.log.error if p.severity == "fault" else self.log.warning)("  %s", p)

@@ -183,10 +183,7 @@ class FleetLink:
         if reason_code.is_failure:
             log.error("broker refused %s: %s", self.device, reason_code)
             return
-        subs = [(topic(self.kit, d, "receipt"), 1) for d in self._devices()]
-        if self.on_command is not None:
-            subs += [(topic(self.kit, d, "cmd"), 1) for d in self._devices()]
-        client.subscribe(subs)
+        client.subscribe([(topic(self.kit, d, ch), 1) for d in self._devices() for ch in ("receipt", "cmd")])
         client.publish(topic(self.kit, self.device, "state"), encode(self._state(self.device, self.role, True)), qos=1, retain=True)
         for device, role in self.hosted.items():
             client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
@@ -228,6 +225,9 @@ class FleetLink:
         self._recent_cmds.append(cmd.id)
         if cmd.expires <= now_ms():
             self.ack(device, cmd.id, "expired")
+            return
+        if self.on_command is None:
+            self.ack(device, cmd.id, "rejected", "no command handler here")
             return
         try:
             self.on_command(device, cmd)  # type: ignore[misc]

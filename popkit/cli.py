@@ -25,7 +25,7 @@ def _agent_run(args: argparse.Namespace) -> int:
     from agent.settings import AgentSettings
 
     overrides = {k: v for k, v in dict(mqtt_url=args.mqtt, agent_data=args.data).items() if v is not None}
-    return run_agent(args.kit, AgentSettings(**overrides), simulate=args.simulate)
+    return run_agent(args.kit, AgentSettings(**overrides), simulate=args.simulate, scenario=args.scenario)
 
 
 def _kit_up(args: argparse.Namespace) -> int:
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mqtt", help="broker URL (POPKIT_MQTT_URL, default mqtt://127.0.0.1:1883)")
     run.add_argument("--data", help="folder for the outbox (POPKIT_AGENT_DATA, default var/agent)")
     run.add_argument("--simulate", action="store_true", help="start simulators for the manifest's hardware")
+    run.add_argument("--scenario", help="with --simulate, the simulated parts' condition (see popkit kit up)")
     run.set_defaults(func=_agent_run)
 
     kit = sub.add_parser("kit", help="power a kit up (self-test) or down").add_subparsers(dest="kit_command", required=True)
