@@ -163,6 +163,18 @@ class KitReadiness(_Model):
     took_ms: int | None = Field(default=None, ge=0)
 
 
+class KitSummary(_Model):
+    """``data`` of a ``summary`` event: what a kit did between its last two ``popkit kit down``."""
+
+    since: EpochMs
+    checkins: int = Field(ge=0, description="tickets admitted at the kit's doors")
+    checkins_by_door: dict[str, int] = Field(default_factory=dict)
+    labels_printed: int = Field(ge=0)
+    print_failed: int = Field(default=0, ge=0)
+    print_queued: int = Field(default=0, ge=0, description="still waiting for a printer")
+    energy_wh: dict[str, float] = Field(default_factory=dict, description="Wh drawn, per pack")
+
+
 class ReadinessProblem(_Model):
     device: Id
     severity: Literal["fault", "warning"] = Field(description="fault: not ready; warning: degraded")
@@ -214,7 +226,7 @@ class Checkin(_Model):
     first_device: Id | None = None
 
 
-EVENT_DATA_MODELS: dict[str, Any] = {"checkin": Checkin, "readiness": KitReadiness}
+EVENT_DATA_MODELS: dict[str, Any] = {"checkin": Checkin, "readiness": KitReadiness, "summary": KitSummary}
 
 
 class Event(Envelope):

@@ -49,6 +49,22 @@ def _kit_up(args: argparse.Namespace) -> int:
     return kit_up(manifest, mqtt, data, simulate=args.simulate, scenario=scenario)
 
 
+def _kit_down(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.kitdown import kit_down
+    from kits.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.manifest)
+    except ManifestError as exc:
+        print(f"popkit kit down: {exc}", file=sys.stderr)
+        return 3
+    mqtt = args.mqtt or os.environ.get("POPKIT_MQTT_URL") or "mqtt://127.0.0.1:1883"
+    data = Path(args.data or os.environ.get("POPKIT_AGENT_DATA") or "var/agent")
+    return kit_down(manifest, mqtt, data, wait_s=args.wait)
+
+
 def _sim_devices(args: argparse.Namespace) -> int:
     from simulators.devices import run_devices
 
@@ -173,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--scenario", help="the simulated kit's condition: paper=out,cover=open,soc=35,load=12,"
                                        "vanish=ID+ID")
     up.set_defaults(func=_kit_up)
+    down = kit.add_parser("down", help="end of event: flush the outbox, print and publish what the kit did")
+    down.add_argument("manifest", help="kit manifest (TOML)")
+    down.add_argument("--mqtt", help="the kit's broker (POPKIT_MQTT_URL)")
+    down.add_argument("--data", help="the agent's data folder (POPKIT_AGENT_DATA, default var/agent)")
+    down.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outbox to drain")
+    down.set_defaults(func=_kit_down)
 
     sim = sub.add_parser("sim", help="simulated hardware").add_subparsers(dest="sim_command", required=True)
     devices = sim.add_parser("devices", help="simulated ESP32 scanners and lighting controllers of a kit")

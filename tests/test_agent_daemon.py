@@ -198,3 +198,40 @@ def test_a_retained_command_found_at_connect_never_runs_and_a_redelivered_one_ru
         pub.loop_stop()
         if link is not None:
             link.stop()
+
+
+def test_kit_down_tells_the_crew_and_the_fleet_what_the_kit_did_since_last_time(kit, broker, tmp_path):
+    from agent.hub import ClaimBook
+    from agent.kitdown import kit_down
+
+    fleet, agent, hw = kit
+    receipt = Receipt().text("Thanks for coming").cut().to_dict()
+    for _ in range(2):
+        assert command(fleet, "dk-printer", "print", receipt=receipt)["status"] == "ok"
+    wait_until(lambda: hw.sims["dk-printer"].roll.text.count("Thanks for coming") == 2, 10, what="two receipts")
+    book = ClaimBook(tmp_path / "dk-claims.db")  # what the door hub recorded at the doors
+    for n in range(3):
+        book.claim("NIGHT-1", f"T{n}", "door-a", 1000 + n)
+    book.claim("NIGHT-1", "T9", "door-b", 2000)
+    book.close()
+    wait_until(lambda: agent.energy.wh.get("dk-power", 0) > 0, 10, what="energy drawn from the pack")
+    agent.energy.save()
+
+    lines: list[str] = []
+    assert kit_down(agent.manifest, broker.url, tmp_path, wait_s=15, out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "check-ins   4  (door-a 3)  (door-b 1)" in text and "printed     3 label(s)" in text  # 2 + the self-test's
+    assert "dk-power:" in text and "outbox      empty" in text
+
+    def summaries():
+        with fleet.store.engine.connect() as conn:
+            return [decode("event", b.encode() if isinstance(b, str) else b).data for (b,) in conn.exec_driver_sql(
+                "SELECT body FROM events WHERE kind = 'summary' ORDER BY ts_ms")]
+    wait_until(lambda: summaries(), 10, what="the summary at the fleet")
+    s = summaries()[0]
+    assert (s["checkins"], s["checkins_by_door"], s["labels_printed"]) == (4, {"door-a": 3, "door-b": 1}, 3)
+    assert s["energy_wh"]["dk-power"] >= 0
+
+    lines.clear()  # the next event starts from here
+    assert kit_down(agent.manifest, broker.url, tmp_path, wait_s=15, out=lines.append) == 0
+    assert "check-ins   0" in "\n".join(lines) and "printed     0 label(s)" in "\n".join(lines)
