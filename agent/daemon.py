@@ -67,8 +67,8 @@ class Agent:
         if self.hw.panel_spec is not None:
             from agent.panel import KitPanel
 
-            self.panel = KitPanel.from_spec(self.hw.panel_spec, self.hw.pin_factory, on_press=self.selftest,
-                                            on_hold=self.shutdown, loop=self._loop)
+            self.panel = KitPanel.from_spec(self.hw.panel_spec, self.hw.pin_factory, on_press=self._pressed,
+                                            on_hold=self._held, loop=self._loop)
         tasks = [asyncio.create_task(self._health()), asyncio.create_task(self._watchdog())]
         for dev, battery in self.hw.batteries.items():
             tasks.append(asyncio.create_task(self._battery(self.specs[dev], battery)))
@@ -98,6 +98,20 @@ class Agent:
             self.last_report = await power_up(self.manifest, self.hw, self.link, self.watch,
                                               LogView(self.manifest.name, log), self.panel, queues=self.queues)
             return self.last_report
+
+    async def _pressed(self) -> None:
+        self._panel_event("press")
+        await self.selftest()
+
+    async def _held(self) -> None:
+        self._panel_event("hold")
+        await self.shutdown()
+
+    def _panel_event(self, button: str) -> None:
+        """The crew's hand on the kit, for ops: who re-ran a self-test, or shut a kit down, and when."""
+        spec = self.hw.panel_spec
+        if spec is not None:
+            self.link.emit(spec.id, "event", Event, kind="panel", data={"button": button})
 
     async def shutdown(self) -> None:
         """Button held: flush what the fleet is owed, then power the Pi off (only on real hardware)."""
