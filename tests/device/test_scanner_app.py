@@ -37,6 +37,7 @@ EVENT = "DOOR-1"
 # allocates, its modules' objects included, must fit the 64 KB, and its live peak stay <= 48 KB.
 BUDGET = 64 * 1024
 PEAK_TARGET = 48 * 1024
+OUTAGE_S = 10
 
 
 def free_port() -> int:
@@ -160,7 +161,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
         for i, p in enumerate(valid[80:140], 80):
             expect(p, "admitted", f"T{i + 1:05d}")
         expect(good, "already_admitted", "T00001")
-        time.sleep(max(0.0, 6 - (time.monotonic() - t_down)))
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))  # the issue: the broker gone for 10 s
         broker.start()
         for i, p in enumerate(valid[140:170], 140):
             expect(p, "admitted", f"T{i + 1:05d}")
@@ -196,7 +197,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
     # Before the outage the hub answered every admission; with the broker gone it could not.
     for _b, _s, ts, data in got:
         if data["verdict"] == "admitted":
-            assert data.get("hub_checked", True) is (ts < down_ms) or ts > down_ms + 6000, (ts - down_ms, data)
+            assert data.get("hub_checked", True) is (ts < down_ms) or ts > down_ms + OUTAGE_S * 1000, (ts - down_ms, data)
         for k in ("event", "ticket", "tier"):
             assert data.get(k) is None or data[k] == data[k].upper()
 
