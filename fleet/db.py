@@ -191,5 +191,12 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def create_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
+def migrate(engine: Engine) -> None:
+    """Bring the database's schema up to date (Alembic: fleet/migrations), creating it if empty.
+
+    The tables above are the schema's current shape; every change to them needs a migration
+    (docs/migrations.md), which tests/test_migrations.py checks.
+    """
+    from fleet import migrations
+
+    migrations.upgrade(engine)

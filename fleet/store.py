@@ -88,7 +88,7 @@ class Store:
     @classmethod
     def open(cls, url: str, **kwargs) -> "Store":
         engine = db.make_engine(url)
-        db.create_schema(engine)
+        db.migrate(engine)
         return cls(engine, **kwargs)
 
     def close(self) -> None:
