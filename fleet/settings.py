@@ -27,6 +27,35 @@ class FleetSettings(BaseSettings):
     receive_maximum: int = Field(default=4000, ge=1, le=65535, description="QoS 1 messages in flight to us (MQTT v5)")
     dead_letter_cap: int = Field(default=10_000, ge=100)
     kits: list[str] = Field(default_factory=list, description="kit manifests to register at start")
+    # Health and battery forecast (fleet/health.py, fleet/forecast.py).
+    heartbeat_timeout_s: float = Field(default=90.0, gt=0, description="an online device that sent nothing for this "
+                                       "long (or heartbeat_periods telemetry periods, if longer) is silent")
+    heartbeat_periods: float = Field(default=3.0, gt=0, description="missed telemetry periods (manifest telemetry_s) "
+                                     "before a device is silent")
+    battery_low_soc: float = Field(default=20.0, ge=0, le=100, description="%: a battery below this is degraded")
+    forecast_window_s: float = Field(default=900.0, ge=60, le=86_400, description="battery readings the "
+                                     "time-to-empty forecast is fitted on, back from the latest")
+    rejected_window_s: float = Field(default=3600.0, gt=0, description="rejected messages this recent degrade a device")
+    config_grace_s: float = Field(default=60.0, ge=0, description="time a device has to apply a new desired config")
+    # Alerts (fleet/alerts.py) and their webhook (fleet/notify.py). Low SOC uses battery_low_soc above.
+    alert_eval_interval_s: float = Field(default=15.0, gt=0, le=3600, description="how often the alert rules are "
+                                         "evaluated (also shortly after ingest commits, at most every alert_min_interval_s)")
+    alert_min_interval_s: float = Field(default=2.0, ge=0, description="fewest seconds between two evaluations")
+    alert_offline_grace_s: float = Field(default=300.0, ge=0, description="an offline or silent device alerts after "
+                                         "this long without a message")
+    alert_scanner_errors: int = Field(default=5, ge=1, description="malformed/bad_signature scans from one scanner "
+                                      "within alert_scanner_window_s that raise an alert")
+    alert_scanner_window_s: float = Field(default=600.0, gt=0, description="window of the scanner error count")
+    alert_webhook_url: str | None = Field(default=None, description="JSON POST target for alert notifications; "
+                                          "unset: no notifications")
+    alert_notify_grace_s: float = Field(default=120.0, ge=0, description="an alert open (and unacknowledged) this "
+                                        "long is notified; one resolved sooner never is")
+    alert_notify_repeat_s: float = Field(default=3600.0, gt=0, description="repeat the notification of an alert "
+                                         "still open and unacknowledged this often")
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0, le=120, description="timeout of one webhook POST")
+    alert_webhook_retries: int = Field(default=4, ge=0, le=20, description="retries after a failed POST "
+                                       "(exponential backoff with jitter) before it counts as failed")
+    alert_webhook_backoff_s: float = Field(default=1.0, ge=0, le=300, description="first retry delay, doubled each retry")
 
     @property
     def http_host(self) -> str:

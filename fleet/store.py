@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import json
 from typing import Any, Callable
 
-from sqlalchemy import Engine, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, case, delete, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fleet import db
-from kits.contract import MAX_CONFIG_PAYLOAD, Command, Config, State, encode
+from fleet.forecast import forecast
+from fleet.health import DeviceFacts, HealthConfig, KitInfo, device_health, kit_health, readiness_view
+from kits.contract import MAX_CONFIG_PAYLOAD, ROOT, Command, Config, State, encode
 from kits.manifest import KitManifest
 
 DEAD_LETTER_HEAD = 256  # bytes of a rejected payload kept for diagnosis
@@ -111,6 +113,7 @@ class Store:
                         set_={k: row[k] for k in ("kit_id", "role", "model", "host_id")},
                     )
                 )
+        self.remember_kit(manifest)
 
     def device_refs(self) -> dict[str, DeviceRef]:
         with self.engine.connect() as conn:
@@ -508,6 +511,167 @@ class Store:
             devices_online=sum(1 for d in devs if d["online"]), devices_total=len(devs),
             battery=battery,
         )
+
+    # ------------------------------------------------------------ health and battery forecast (read-only)
+
+    def remember_kit(self, manifest: KitManifest) -> None:
+        """Keep what only the manifest says (event window, telemetry periods) in memory: no table
+        holds it. A process that did not register the kit itself knows neither (the forecast then
+        has no event end, the heartbeat timeout is the setting's)."""
+        self._kit_infos()[manifest.id] = KitInfo.from_manifest(manifest)
+
+    def kit_info(self, kit_id: str) -> KitInfo | None:
+        return self._kit_infos().get(kit_id)
+
+    def _kit_infos(self) -> dict[str, KitInfo]:
+        infos = self.__dict__.get("_kit_info")
+        if infos is None:
+            infos = self.__dict__["_kit_info"] = {}
+        return infos
+
+    def kits_with_health(self, cfg: HealthConfig, kit_id: str | None = None, now: int | None = None) -> list[dict]:
+        """list_kits (or get_kit) with each device's health, the kit's worst status, its last
+        readiness report and a time-to-empty forecast per power bank: three more queries in all,
+        whatever the number of kits."""
+        now = now or now_ms()
+        if kit_id is None:
+            kits = self.list_kits()
+        else:
+            kit = self.get_kit(kit_id)
+            kits = [kit] if kit is not None else []
+        if not kits:
+            return []
+        devs = [d for k in kits for d in k["devices"]]
+        with self.engine.connect() as conn:
+            facts = self._health_facts(conn, devs, now - int(cfg.rejected_window_s * 1000), kit_id=kit_id)
+            readiness = self._latest_readiness(conn, kit_id=kit_id)
+            history = self._battery_history(conn, int(cfg.forecast_window_s * 1000), kit_id=kit_id)
+        for kit in kits:
+            info = self.kit_info(kit["id"])
+            ends = info.ends_ms if info else None
+            batteries = []
+            for dev in kit["devices"]:
+                fc = _battery_view(dev, history.get(dev["id"], ()), ends, now)
+                if fc is not None:
+                    batteries.append(fc)
+                period = info.telemetry_s.get(dev["id"]) if info else None
+                dev["health"] = device_health(dev, facts.get(dev["id"]), cfg, now, period, fc)
+            kit["health"] = kit_health([d["health"] for d in kit["devices"]])
+            kit["readiness"] = readiness.get(kit["id"])
+            kit["event"] = info.event_view() if info else None
+            kit["batteries"] = batteries
+        return kits
+
+    def device_with_health(self, device_id: str, cfg: HealthConfig, now: int | None = None) -> dict | None:
+        """get_device with its health and, for a battery, the time-to-empty forecast."""
+        now = now or now_ms()
+        dev = self.get_device(device_id)
+        if dev is None:
+            return None
+        info = self.kit_info(dev["kit_id"])
+        with self.engine.connect() as conn:
+            facts = self._health_facts(conn, [dev], now - int(cfg.rejected_window_s * 1000), device_id=device_id)
+            history = self._battery_history(conn, int(cfg.forecast_window_s * 1000), device_id=device_id)
+        fc = _battery_view(dev, history.get(device_id, ()), info.ends_ms if info else None, now)
+        period = info.telemetry_s.get(device_id) if info else None
+        dev["battery_forecast"] = fc
+        dev["health"] = device_health(dev, facts.get(device_id), cfg, now, period, fc)
+        return dev
+
+    def _health_facts(self, conn, devs: list[dict], rejected_since_ms: int, kit_id: str | None = None,
+                      device_id: str | None = None) -> dict[str, DeviceFacts]:
+        """Sequence gaps, recent dead letters and desired config per device: three queries."""
+        d, s, dc, dl = db.devices.c, db.streams.c, db.desired_config.c, db.dead_letters.c
+        scope = [d.kit_id == kit_id] if kit_id is not None else []
+        if device_id is not None:
+            scope.append(d.id == device_id)
+        facts: dict[str, DeviceFacts] = defaultdict(DeviceFacts)
+        missing = s.max_seq - s.received
+        q = (select(s.device_id, func.sum(missing).label("gaps"),
+                    func.sum(case((s.boot == d.boot, missing), else_=0)).label("this_boot"))
+             .select_from(db.streams.join(db.devices, d.id == s.device_id)).where(*scope).group_by(s.device_id))
+        for r in conn.execute(q):
+            f = facts[r.device_id]
+            f.gaps, f.gaps_this_boot = int(r.gaps or 0), int(r.this_boot or 0)
+        q = (select(dc.device_id, dc.version, dc.ts_ms)
+             .select_from(db.desired_config.join(db.devices, d.id == dc.device_id)).where(dc.version > 0, *scope))
+        for r in conn.execute(q):
+            f = facts[r.device_id]
+            f.desired_version, f.desired_ts_ms = r.version, r.ts_ms
+        # Dead letters name no device, only a topic: count per topic (the table is capped, and
+        # scoped by topic prefix), then match popkit/v1/<kit>/<device>/... to the devices.
+        q = select(dl.topic, func.count().label("n")).where(dl.received_ms >= rejected_since_ms)
+        if device_id is not None and devs:
+            q = q.where(dl.topic.startswith(f"{ROOT}/{devs[0]['kit_id']}/{device_id}/", autoescape=True))
+        elif kit_id is not None:
+            q = q.where(dl.topic.startswith(f"{ROOT}/{kit_id}/", autoescape=True))
+        by_kit_device: dict[tuple[str, str], int] = defaultdict(int)
+        for r in conn.execute(q.group_by(dl.topic)):
+            parts = r.topic.split("/")
+            if len(parts) >= 4:
+                by_kit_device[(parts[2], parts[3])] += r.n
+        for dev in devs:
+            n = by_kit_device.get((dev["kit_id"], dev["id"]))
+            if n:
+                facts[dev["id"]].rejected = n
+        return facts
+
+    def _latest_readiness(self, conn, kit_id: str | None = None) -> dict[str, dict]:
+        """The newest ``readiness`` event of each kit's agent: one query, one index walk per agent
+        (ix_events_device_ts, newest first, until the first readiness)."""
+        d, e = db.devices.c, db.events.c
+        newest = (select(e.body).where(e.device_id == d.id, e.channel == "event", e.kind == "readiness")
+                  .order_by(e.ts_ms.desc(), e.id.desc()).limit(1).correlate(db.devices).scalar_subquery())
+        q = select(d.kit_id, d.id, newest.label("body")).where(d.role == "agent")
+        if kit_id is not None:
+            q = q.where(d.kit_id == kit_id)
+        out: dict[str, dict] = {}
+        for r in conn.execute(q):
+            if r.body is None:
+                continue
+            view = readiness_view(r.id, _reading(r.body))
+            mine = out.get(r.kit_id)
+            if mine is None or (view["ts"] or 0) > (mine["ts"] or 0):
+                out[r.kit_id] = view
+        return out
+
+    def _battery_history(self, conn, window_ms: int, kit_id: str | None = None,
+                         device_id: str | None = None) -> dict[str, list[dict]]:
+        """Battery readings of the last ``window_ms`` before each battery's latest reading: one
+        query, a range scan of ix_telemetry_device_ts per battery."""
+        l, t, d = db.device_latest.c, db.telemetry.c, db.devices.c
+        in_window = and_(t.ts_ms >= l.ts_ms - window_ms, t.ts_ms <= l.ts_ms, t.kind == "battery")
+        if conn.dialect.name == "postgresql":
+            # LATERAL: an index range scan per battery, never a hash join over all of telemetry.
+            per = select(t.device_id, t.body).where(t.device_id == l.device_id, in_window).lateral()
+            q = select(per.c.device_id, per.c.body).select_from(db.device_latest.join(per, true()))
+        else:
+            # SQLite without ANALYZE statistics would scan telemetry and look device_latest up per
+            # row; `|| ''` keeps it from looking device_latest up, so it drives from it instead.
+            q = select(t.device_id, t.body).select_from(
+                db.device_latest.join(db.telemetry, and_(t.device_id == l.device_id.concat(""), in_window)))
+        q = q.where(l.kind == "battery")
+        if device_id is not None:
+            q = q.where(l.device_id == device_id)
+        elif kit_id is not None:
+            q = q.where(l.device_id.in_(select(d.id).where(d.kit_id == kit_id)))
+        out: dict[str, list[dict]] = defaultdict(list)
+        for r in conn.execute(q):
+            out[r.device_id].append(_reading(r.body))
+        return out
+
+
+def _battery_view(dev: dict, readings, ends_ms: int | None, now: int) -> dict | None:
+    """A power bank's latest reading next to its time-to-empty forecast; None for other devices."""
+    latest = dev["latest"].get("battery")
+    if latest is None and dev["role"] != "powerbank":
+        return None
+    latest = latest or {}
+    v, i, p = latest.get("v"), latest.get("i"), latest.get("p")
+    if p is None and v is not None and i is not None:
+        p = round(v * i, 2)  # a BMS reports no power; the sign follows the current's
+    fc = forecast(readings, ends_ms=ends_ms, now_ms=now)
+    return dict(device_id=dev["id"], ts=latest.get("ts"), soc=latest.get("soc"), v=v, i=i, p=p, **fc.as_dict())
 
 
 def _command_view(r, now: int) -> dict:

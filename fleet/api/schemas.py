@@ -10,6 +10,53 @@ from fleet.commands import DEFAULT_TTL_S, MAX_TTL_S
 from kits.contract import TICKET_ID_RE
 
 
+HealthStatus = Literal["ok", "unknown", "degraded", "silent", "offline"]
+
+
+class ReasonOut(BaseModel):
+    code: str = Field(description="e.g. paper_out, battery_low, bms_protection, sequence_gaps, config_behind")
+    severity: Literal["fault", "warning"]
+    what: str
+
+
+class DeviceHealthOut(BaseModel):
+    status: HealthStatus = Field(description="ok < unknown < degraded < silent < offline (worst last). silent: "
+                                 "online by its state, but nothing arrived within heartbeat_timeout_s")
+    reasons: list[ReasonOut] = Field(description="why degraded (also listed when offline or silent)")
+    last_seen_ms: int | None = Field(description="when the fleet last received anything from it (fleet clock)")
+    since_seen_s: float | None
+    heartbeat_timeout_s: float
+    fw: str | None
+    gaps: int = Field(description="sequence numbers never received, all boots")
+    gaps_this_boot: int
+    rejected: int = Field(description="messages on its topics rejected within rejected_window_s")
+    rejected_window_s: float
+
+
+class BatteryForecastOut(BaseModel):
+    device_id: str
+    ts: int | None = Field(description="time of the latest reading (device clock)")
+    soc: float | None
+    v: float | None
+    i: float | None = Field(description="A; negative = discharging")
+    p: float | None = Field(description="W; v*i when the monitor reports no power")
+    hours_left: float | None = Field(description="time to empty at the recent discharge rate")
+    method: Literal["remaining_ah", "soc_slope"] | None = Field(
+        description="remaining_ah: BMS charge left / average discharge current; soc_slope: fitted SOC trend")
+    reason: str | None = Field(description="why there is no forecast (charging, too few readings, ...)")
+    points: int = Field(description="readings of the latest discharge segment used")
+    span_s: float
+    discharge_a: float | None
+    soc_slope_pct_h: float | None
+    empty_at_ms: int | None
+    device_ttg_min: int | None = Field(description="the device's own time-to-go as sent (-1: infinite)")
+    device_ttg_h: float | None
+    event_ends_ms: int | None = Field(description="the kit's event end (manifest [event].ends)")
+    event_ended: bool
+    lasts_until_end: bool | None
+    margin_min: float | None = Field(description="empty_at - event end, minutes; negative: short by that much")
+
+
 class DeviceOut(BaseModel):
     id: str
     kit_id: str
@@ -24,6 +71,7 @@ class DeviceOut(BaseModel):
     received: int
     duplicates: int
     latest: dict[str, dict[str, Any]] = Field(description="latest telemetry per kind (battery, printer, device)")
+    health: DeviceHealthOut | None = None
 
 
 class StreamOut(BaseModel):
@@ -38,6 +86,32 @@ class StreamOut(BaseModel):
 class DeviceDetailOut(DeviceOut):
     streams: list[StreamOut]
     missing: int
+    battery_forecast: BatteryForecastOut | None = None
+
+
+class KitHealthOut(BaseModel):
+    status: HealthStatus = Field(description="the worst of its devices")
+    counts: dict[str, int] = Field(description="devices per status")
+
+
+class ReadinessProblemOut(BaseModel):
+    device: str
+    severity: str
+    what: str
+    fix: str
+
+
+class ReadinessOut(BaseModel):
+    device_id: str = Field(description="the agent that reported")
+    ts: int | None = Field(description="when the self-test reported (device clock)")
+    status: Literal["ready", "degraded", "not_ready"] | None
+    problems: list[ReadinessProblemOut]
+    took_ms: int | None
+
+
+class EventWindowOut(BaseModel):
+    doors_open_ms: int | None
+    ends_ms: int
 
 
 class KitOut(BaseModel):
@@ -47,6 +121,10 @@ class KitOut(BaseModel):
     devices_total: int
     battery: dict[str, Any] | None = Field(description="latest reading of the kit's power bank")
     devices: list[DeviceOut]
+    health: KitHealthOut | None = None
+    readiness: ReadinessOut | None = Field(default=None, description="the agent's last power-up self-test")
+    event: EventWindowOut | None = Field(default=None, description="from the manifest this fleet process loaded")
+    batteries: list[BatteryForecastOut] = Field(default_factory=list, description="per power bank: reading and forecast")
 
 
 class TelemetryOut(BaseModel):

@@ -2,18 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from fleet.api.deps import StoreDep
+from fleet.api.routes.kits import health_config
 from fleet.api.schemas import DeviceDetailOut, TelemetryOut
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 
 @router.get("/{device_id}", response_model=DeviceDetailOut)
-def get_device(device_id: str, store: StoreDep):
-    """One device: state, latest readings, and its sequence streams with any gaps."""
-    device = store.get_device(device_id)
+def get_device(device_id: str, request: Request, store: StoreDep):
+    """One device: state, latest readings, its sequence streams with any gaps, its health, and
+    for a power bank the time-to-empty forecast."""
+    device = store.device_with_health(device_id, health_config(request))
     if device is None:
         raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
     return device
