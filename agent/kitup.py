@@ -112,8 +112,8 @@ def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate
                                                on_hold=lambda: None)
                 return await power_up(manifest, hw, link, watch, view, panel)
             finally:
-                if panel is not None and not simulate:
-                    panel.close()  # a real LED keeps its colour only while the pin is held: the daemon takes over
+                if panel is not None:  # before its pins go: the LED's blink thread must not outlive them
+                    panel.close()  # (on a Pi the daemon's panel shows the verdict from here on)
                 await hw.close()
 
         report = asyncio.run(main())

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 
 from agent.readiness import Problem, Status, fault, status_of, warning
 
-STEP_TIMEOUT_S = 8.0  # a step that has not answered by then is a fault, not a hang
+STEP_TIMEOUT_S = 8.0
+NEXT_EVENT_H = 12.0  # doors further off than this: the kit is not powered for them yet  # a step that has not answered by then is a fault, not a hang
 
 
 @dataclass
@@ -114,7 +115,12 @@ def battery_problems(device: str, soc: float | None, runtime_h: float | None, *,
                            "charge the pack or bring a spare"))
     need_h, until = None, ""
     if ends is not None and ends > now:
-        need_h = (ends - now).total_seconds() / 3600
+        # Powered up for today's event, the pack runs from now to the end. An event further off than
+        # NEXT_EVENT_H (a rehearsal days before) is judged on its own length, doors to end.
+        start = now
+        if doors_open is not None and (doors_open - now).total_seconds() > NEXT_EVENT_H * 3600:
+            start = doors_open
+        need_h = (ends - start).total_seconds() / 3600
         until = f" to the event's end ({ends.strftime('%H:%M')})"  # in the venue's time, as the manifest has it
     elif min_runtime_h is not None:
         need_h = min_runtime_h

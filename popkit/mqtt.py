@@ -50,8 +50,17 @@ def new_client(client_id: str, *, v5: bool = True, manual_ack: bool = False, cli
     client.reconnect_delay_set(min_delay=1, max_delay=10)
     # A bug in one callback must not kill the network thread and leave the process deaf: log it.
     client.suppress_exceptions = True
-    client.enable_logger(logging.getLogger(f"popkit.mqtt.{client_id}"))
+    logger = logging.getLogger(f"popkit.mqtt.{client_id}")
+    logger.addFilter(_after_our_disconnect)
+    client.enable_logger(logger)
     return client
+
+
+def _after_our_disconnect(record: logging.LogRecord) -> bool:
+    """Drop the ERROR paho's network loop logs once more after *we* disconnected (its state says
+    DISCONNECTED then): every clean stop printed it. A lost broker still logs (state CONNECTING)."""
+    msg = record.getMessage()
+    return not (msg.startswith("Client is not connected") and msg.endswith("MQTT_CS_DISCONNECTED"))
 
 
 def client_for(url: str, client_id: str, *, manual_ack: bool = False, default_protocol: str = "5", client_class=None):

@@ -67,3 +67,10 @@ def test_charge_under_the_doors_open_minimum_is_a_warning_and_a_past_end_uses_th
     past = NOW - timedelta(hours=1)
     [q] = battery_problems("pack", 90, 1.0, now=NOW, ends=past, doors_open=None, min_soc=None, min_runtime_h=3)
     assert "1 h 00 left" in q.what and "3 h 00 needed" in q.what
+
+
+def test_an_event_days_away_is_judged_on_its_own_length_not_the_days_until_it():
+    doors, ends = NOW + timedelta(days=6), NOW + timedelta(days=6, hours=7)
+    assert battery_problems("pack", 90, 14.5, now=NOW, ends=ends, doors_open=doors, min_soc=None, min_runtime_h=None) == []
+    [p] = battery_problems("pack", 90, 5.0, now=NOW, ends=ends, doors_open=doors, min_soc=None, min_runtime_h=None)
+    assert "7 h 00 needed" in p.what
