@@ -1,0 +1,414 @@
+// The fleet dashboard: overview of every kit (#/) and one kit's page (#/kit/<id>).
+// Data comes from the fleet's JSON API; GET /api/v1/stream (server-sent events) says what changed,
+// and the page re-fetches just that. No build step, no dependencies.
+
+const API = "/api/v1";
+const $ = (sel, root = document) => root.querySelector(sel);
+const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const enc = encodeURIComponent;
+
+const state = {
+  kits: new Map(),       // id -> kit JSON as /api/v1/kits gives it
+  commands: new Map(),   // device id -> latest command we sent from this page (with its status)
+  history: new Map(),    // device id -> {window_ms, items}
+  alerts: null,          // kit id -> active alerts; null when this fleet has no alerts API
+  chartWindow: 3600_000, // battery chart span
+  loaded: false,
+};
+
+async function getJSON(path, opts) {
+  const r = await fetch(API + path, opts);
+  if (!r.ok) throw new Error(`${r.status} ${(await r.text()).slice(0, 200)}`);
+  return r.json();
+}
+
+// ------------------------------------------------------------------ formatting
+
+function age(ms) {
+  if (ms == null) return "never";
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 90) return `${s} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return new Date(ms).toLocaleString();
+}
+const ageSpan = ms => `<span data-age="${ms ?? ""}">${age(ms)}</span>`;
+
+function kitState(k) {
+  if (!k.devices_total || k.devices_online === 0) return "offline";
+  return k.devices_online === k.devices_total ? "online" : "degraded";
+}
+
+function battery(b) {
+  if (!b) return "no reading yet";
+  const parts = [];
+  if (b.soc != null) parts.push(`${b.soc.toFixed(1)} %`);
+  if (b.v != null) parts.push(`${b.v.toFixed(2)} V`);
+  if (b.i != null) parts.push(`${b.i.toFixed(2)} A`);
+  if (b.ttg != null && b.ttg >= 0) parts.push(`${b.ttg} min left`);
+  return parts.join(" · ");
+}
+
+// Health, forecast and readiness come with the kit JSON when the fleet computes them; each is
+// shown when present and skipped when not.
+function hours(h) {
+  return h >= 48 ? `${(h / 24).toFixed(1)} days` : h >= 1 ? `${h.toFixed(1)} h` : `${Math.round(h * 60)} min`;
+}
+
+function forecastText(f) {
+  if (!f) return "";
+  if (f.hours_left == null) return f.reason ? `no forecast: ${f.reason}` : "";
+  let t = `${hours(f.hours_left)} left`;
+  if (f.empty_at_ms) t += ` (empty ~${new Date(f.empty_at_ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })})`;
+  if (f.lasts_until_end === true) t += ` · lasts the event` + (f.margin_min != null ? ` (+${Math.round(f.margin_min)} min)` : "");
+  if (f.lasts_until_end === false) t += ` · SHORT by ${Math.round(-(f.margin_min ?? 0))} min before the event ends`;
+  return t;
+}
+
+function forecast(k) {
+  const fs = Array.isArray(k.batteries) ? k.batteries : [];
+  const lines = fs.map(f => [f, forecastText(f)]).filter(([, t]) => t);
+  return lines.map(([f, t]) => `<div class="small${f.lasts_until_end === false ? " warn" : f.hours_left == null ? " muted" : ""}" data-testid="forecast">`
+    + `forecast${fs.length > 1 ? ` ${esc(f.device_id)}` : ""}: ${esc(t)}</div>`).join("");
+}
+
+const QUIET = new Set(["ok", "unknown"]);
+
+// Open alerts: the fleet's alerts (GET /api/v1/alerts, open or acknowledged) when it has them;
+// otherwise what the health checks say is wrong with the kit's devices right now.
+function alertsOf(k) {
+  if (state.alerts) {
+    return (state.alerts.get(k.id) ?? []).map(a => ({ severity: a.severity, device: a.subject,
+      what: a.message + (a.state === "acknowledged" ? ` (acknowledged by ${a.acknowledged_by})` : "") }));
+  }
+  const out = [];
+  for (const d of k.devices) {
+    const h = d.health;
+    if (!h) continue;
+    if (h.status === "offline" || h.status === "silent") {
+      out.push({ severity: "fault", device: d.id, what: h.status === "silent"
+        ? `silent: nothing for ${Math.round(h.since_seen_s ?? 0)} s` : "offline" });
+    }
+    for (const r of h.reasons ?? []) out.push({ severity: r.severity, device: d.id, what: r.what, code: r.code });
+  }
+  for (const f of k.batteries ?? []) {
+    if (f.lasts_until_end === false) out.push({ severity: "warning", device: f.device_id, what: `battery runs out before the event ends` });
+  }
+  return out;
+}
+
+const alertList = alerts => alerts.length ? `<ul class="alerts" data-testid="alerts">${alerts.map(a =>
+  `<li class="${esc(a.severity)}"><strong>${esc(a.device)}</strong>: ${esc(a.what)}</li>`).join("")}</ul>` : "";
+
+function healthBadge(h) {
+  return h && !QUIET.has(h.status) ? ` <span class="badge ${esc(h.status)}" data-testid="health" title="fleet health">${esc(h.status)}</span>` : "";
+}
+
+// ------------------------------------------------------------------ overview
+
+function matches(k, q, st) {
+  if (st && kitState(k) !== st) return false;
+  if (!q) return true;
+  const hay = [k.id, k.name, ...k.devices.flatMap(d => [d.id, d.role, d.model])].join(" ").toLowerCase();
+  return q.toLowerCase().split(/\s+/).every(w => hay.includes(w));
+}
+
+function kitCard(k) {
+  const st = kitState(k);
+  const alerts = alertsOf(k);
+  return `<article class="card kit" data-testid="kit-${esc(k.id)}" data-kit="${esc(k.id)}" data-state="${st}">
+    <h2><a href="#/kit/${enc(k.id)}">${esc(k.name)}</a><span><span class="badge ${st}" data-testid="kit-state">${st}</span>${st === "online" ? healthBadge(k.health) : ""}</span></h2>
+    <div class="muted small">${esc(k.id)} · ${k.devices_online}/${k.devices_total} devices online</div>
+    <div>battery: <span class="battery" data-testid="battery">${esc(battery(k.battery))}</span></div>
+    ${forecast(k)}
+    ${alertList(alerts)}
+    <ul class="chips">${k.devices.map(d => `<li class="chip" data-testid="device-${esc(d.id)}" data-device="${esc(d.id)}"
+      data-online="${d.online}" title="${esc(d.role)} · ${d.online ? "online" : "offline"}"><span class="dot"></span>${esc(d.id)}</li>`).join("")}</ul>
+  </article>`;
+}
+
+function renderOverview() {
+  const q = $("#search").value.trim(), st = $("#state-filter").value;
+  const all = [...state.kits.values()];
+  const shown = all.filter(k => matches(k, q, st));
+  $("#kits").innerHTML = shown.map(kitCard).join("")
+    || `<p>${all.length ? "No kit matches." : state.loaded ? "No kits registered." : ""}</p>`;
+  const offline = all.filter(k => kitState(k) !== "online").length;
+  $("#status").textContent = state.loaded
+    ? `${all.length} kit${all.length === 1 ? "" : "s"}, ${offline} not fully online` + (shown.length !== all.length ? ` · showing ${shown.length}` : "")
+    : "loading…";
+}
+
+// ------------------------------------------------------------------ kit page
+
+function powerDevice(k) {
+  return k.devices.find(d => d.latest && d.latest.battery) || k.devices.find(d => d.role === "powerbank");
+}
+
+function deviceRow(d) {
+  const cmd = state.commands.get(d.id);
+  const printer = d.role === "printer";
+  const extra = [d.model, d.fw ? `fw ${d.fw}` : "", d.config_version != null ? `config v${d.config_version}` : "",
+    d.host_id ? `via ${d.host_id}` : ""].filter(Boolean).join(" · ");
+  const gaps = d.health?.gaps ? ` · ${d.health.gaps} gaps` : "";
+  return `<li class="device" data-testid="device-${esc(d.id)}" data-device="${esc(d.id)}" data-online="${d.online}">
+    <div><span class="dot"></span><strong>${esc(d.id)}</strong> <span class="muted">${esc(d.role)}</span></div>
+    <span><span class="badge ${d.online ? "online" : "offline"}" data-testid="online">${d.online ? "online" : "offline"}</span>${d.health?.status === "offline" ? "" : healthBadge(d.health)}</span>
+    <div class="meta small muted">${esc(extra)} · last seen ${ageSpan(d.last_seen_ms)} · ${d.received} messages${gaps}</div>
+    <div class="actions">
+      <button type="button" data-action="identify" data-target="${esc(d.id)}" data-testid="identify-${esc(d.id)}"
+        title="${printer ? "a printer identifies itself by printing its self-test label" : "flash, beep or self-test, as the device can"}">${printer ? "print test label" : "identify"}</button>
+      <span class="cmd-status" data-testid="cmd-${esc(d.id)}" data-status="${esc(cmd?.status ?? "")}">${cmd ? commandText(cmd) : ""}</span>
+    </div>
+  </li>`;
+}
+
+function commandText(c) {
+  if (c.error) return `<span class="badge error">failed</span> ${esc(c.action)}: ${esc(c.error)}`;
+  return `${esc(c.action)} <span class="badge ${esc(c.status)}">${esc(c.status)}</span>${c.detail ? ` <span class="muted">${esc(c.detail)}</span>` : ""}`;
+}
+
+function readiness(k) {
+  const r = k.readiness;
+  if (!r) return "";
+  const data = r.data ?? r;
+  const problems = Array.isArray(data.problems) ? data.problems : [];
+  const when = r.ts ?? r.ts_ms;
+  return `<section class="card" data-testid="readiness"><h3>Readiness <span class="badge ${esc(data.status)}">${esc(data.status ?? "?")}</span></h3>
+    ${when ? `<div class="small muted">reported ${ageSpan(when)}${data.took_ms != null ? `, self-test took ${data.took_ms} ms` : ""}</div>` : ""}
+    ${problems.length ? `<table><tr><th>device</th><th>severity</th><th>problem</th><th>fix</th></tr>${problems.map(p =>
+      `<tr><td>${esc(p.device)}</td><td><span class="badge ${esc(p.severity)}">${esc(p.severity)}</span></td><td>${esc(p.what)}</td><td>${esc(p.fix)}</td></tr>`).join("")}</table>`
+      : `<div class="small">no problems reported</div>`}
+  </section>`;
+}
+
+function renderKitPage(id) {
+  const page = $("#kit-page");
+  const k = state.kits.get(id);
+  if (!k) {
+    page.innerHTML = state.loaded ? `<p><a href="#/">← all kits</a></p><p>No kit <code>${esc(id)}</code>.</p>` : "<p>loading…</p>";
+    return;
+  }
+  const st = kitState(k);
+  const alerts = alertsOf(k);
+  const power = powerDevice(k);
+  page.innerHTML = `<p><a href="#/" data-testid="back">← all kits</a></p>
+    <article class="card" data-testid="kit-${esc(k.id)}" data-kit="${esc(k.id)}" data-state="${st}">
+      <h2>${esc(k.name)} <span><span class="badge ${st}" data-testid="kit-state">${st}</span>${st === "online" ? healthBadge(k.health) : ""}</span></h2>
+      <div class="muted small">${esc(k.id)} · ${k.devices_online}/${k.devices_total} devices online</div>
+      <div>battery: <span data-testid="battery">${esc(battery(k.battery))}</span></div>
+      ${forecast(k)}
+      ${alertList(alerts)}
+    </article>
+    <div class="grid">
+      <section class="card"><h3>Devices</h3><ul class="devices">${k.devices.map(deviceRow).join("")}</ul></section>
+      <section class="card chart" data-testid="battery-chart">
+        <h3 style="display:flex;justify-content:space-between;gap:.5rem"><span>Battery${power ? ` <span class="muted small">${esc(power.id)}</span>` : ""}</span>
+          <span class="windows">${[[3600_000, "1 h"], [6 * 3600_000, "6 h"]].map(([ms, label]) =>
+            `<button type="button" data-window="${ms}" aria-pressed="${ms === state.chartWindow}">${label}</button>`).join("")}</span></h3>
+        <div id="chart">${power ? chartSVG(state.history.get(power.id)) : "<p class='muted'>This kit has no power bank.</p>"}</div>
+      </section>
+      ${readiness(k)}
+    </div>`;
+}
+
+// A line chart of state of charge (or voltage when the pack gives no SoC), as inline SVG.
+function chartSVG(h) {
+  const items = (h?.items ?? []).filter(i => i.kind === "battery");
+  if (!h) return "<p class='muted'>loading…</p>";
+  if (items.length < 2) return "<p class='muted'>Not enough readings yet.</p>";
+  const useSoc = items.every(i => i.soc != null);
+  const ys = items.map(i => useSoc ? i.soc : i.v), xs = items.map(i => i.ts);
+  let lo = Math.min(...ys), hi = Math.max(...ys);
+  if (useSoc) { lo = Math.max(0, Math.floor(lo / 10) * 10); hi = Math.min(100, Math.ceil(hi / 10) * 10); }
+  if (hi - lo < 1e-6) { lo -= 1; hi += 1; }
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
+  const W = 600, H = 220, L = 40, R = 8, T = 10, B = 24;
+  const px = x => L + (x - x0) / (x1 - x0) * (W - L - R), py = y => T + (1 - (y - lo) / (hi - lo)) * (H - T - B);
+  const step = Math.max(1, Math.floor(items.length / 600)); // at most ~600 points drawn
+  const pts = items.filter((_, n) => n % step === 0 || n === items.length - 1)
+    .map(i => `${px(i.ts).toFixed(1)},${py(useSoc ? i.soc : i.v).toFixed(1)}`).join(" ");
+  const ticks = [lo, (lo + hi) / 2, hi];
+  const t = ms => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const last = items[items.length - 1];
+  return `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="battery ${useSoc ? "state of charge" : "voltage"} over time">
+    ${ticks.map(v => `<line class="grid-line" x1="${L}" x2="${W - R}" y1="${py(v)}" y2="${py(v)}"/><text x="${L - 4}" y="${py(v) + 4}" text-anchor="end">${+v.toFixed(1)}</text>`).join("")}
+    <polyline class="line" points="${pts}"/>
+    <text x="${L}" y="${H - 6}">${t(x0)}</text><text x="${W - R}" y="${H - 6}" text-anchor="end">${t(x1)}</text>
+  </svg><div class="small muted">${useSoc ? "state of charge, %" : "voltage, V"} · ${items.length} readings · last ${esc(battery(last))}</div>`;
+}
+
+async function loadHistory(deviceId, incremental) {
+  const now = Date.now();
+  let h = state.history.get(deviceId);
+  if (!h || h.window_ms !== state.chartWindow || !incremental) h = { window_ms: state.chartWindow, items: [] };
+  let since = h.items.length ? h.items[h.items.length - 1].ts + 1 : now - state.chartWindow;
+  for (let page = 0; page < 10 && since != null; page++) {
+    const r = await getJSON(`/devices/${enc(deviceId)}/telemetry?kind=battery&limit=5000&since=${since}`);
+    h.items.push(...r.items);
+    since = r.next_since != null ? r.next_since + 1 : null;
+  }
+  const cut = now - h.window_ms;
+  h.items = h.items.filter(i => i.ts >= cut);
+  state.history.set(deviceId, h);
+  const k = currentKit();
+  if (k && powerDevice(k)?.id === deviceId) $("#chart").innerHTML = chartSVG(h);
+}
+
+async function loadCommands(deviceId) {
+  const mine = state.commands.get(deviceId);
+  if (!mine || mine.error) return;
+  const list = await getJSON(`/devices/${enc(deviceId)}/commands?limit=20`);
+  const now = list.find(c => c.id === mine.id);
+  if (now) state.commands.set(deviceId, now);
+  const el = document.querySelector(`[data-testid="cmd-${CSS.escape(deviceId)}"]`);
+  if (el && now) { el.innerHTML = commandText(now); el.dataset.status = now.status; }
+  return now;
+}
+
+async function sendCommand(deviceId, action) {
+  const el = document.querySelector(`[data-testid="cmd-${CSS.escape(deviceId)}"]`);
+  if (el) { el.textContent = `${action}: sending…`; el.dataset.status = "sending"; }
+  let cmd;
+  try {
+    cmd = await getJSON(`/devices/${enc(deviceId)}/commands`, {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ action, args: {}, ttl_s: 60 }),
+    });
+  } catch (e) {
+    cmd = { action, status: "error", error: String(e.message || e) };
+  }
+  state.commands.set(deviceId, cmd);
+  if (el) { el.innerHTML = commandText(cmd); el.dataset.status = cmd.status; }
+  // The ack arrives through ingest (the stream says so); poll as well, until the status settles or it expires.
+  for (let n = 0; n < 120 && cmd.status === "pending" && !cmd.error; n++) {
+    await new Promise(r => setTimeout(r, n < 10 ? 500 : 2000));
+    if (state.commands.get(deviceId)?.id !== cmd.id) return;
+    cmd = (await loadCommands(deviceId).catch(() => null)) || cmd;
+  }
+}
+
+// ------------------------------------------------------------------ routing and data flow
+
+function route() {
+  const m = location.hash.match(/^#\/kit\/(.+)$/);
+  return m ? { kit: decodeURIComponent(m[1]) } : {};
+}
+const currentKit = () => { const r = route(); return r.kit ? state.kits.get(r.kit) : null; };
+
+function render() {
+  const r = route();
+  $("#overview").hidden = !!r.kit;
+  $("#kit-page").hidden = !r.kit;
+  if (r.kit) renderKitPage(r.kit); else renderOverview();
+}
+
+async function loadAlerts() {
+  const r = await fetch(`${API}/alerts?state=active&limit=500`);
+  if (r.status === 404) { state.alerts = null; return; }
+  if (!r.ok) return;
+  const byKit = new Map();
+  for (const a of (await r.json()).items) byKit.set(a.kit_id, [...(byKit.get(a.kit_id) ?? []), a]);
+  state.alerts = byKit;
+}
+
+async function loadAll() {
+  try {
+    const [kits] = await Promise.all([getJSON("/kits"), loadAlerts().catch(() => {})]);
+    state.kits = new Map(kits.map(k => [k.id, k]));
+    state.loaded = true;
+    render();
+    onRoute(false);
+  } catch (e) {
+    $("#status").textContent = `fleet unreachable: ${e.message || e}`;
+  }
+}
+
+async function loadKit(id) {
+  try {
+    const k = await getJSON(`/kits/${enc(id)}`);
+    state.kits.set(k.id, k);
+  } catch (e) {
+    if (String(e.message).startsWith("404")) state.kits.delete(id); else throw e;
+  }
+}
+
+// Updates from the stream, coalesced: at most one re-fetch in flight; what arrives meanwhile waits for the next.
+const pending = { kits: new Set(), devices: new Set(), all: false };
+let busy = false;
+async function applyChanges() {
+  if (busy) return;
+  busy = true;
+  try {
+    while (pending.all || pending.kits.size || pending.devices.size) {
+      const all = pending.all, kits = [...pending.kits], devices = [...pending.devices];
+      pending.all = false; pending.kits.clear(); pending.devices.clear();
+      if (all) await loadAll(); else await Promise.all([...kits.map(loadKit), loadAlerts().catch(() => {})]);
+      render();
+      const k = currentKit();
+      if (k) {
+        const power = powerDevice(k);
+        if (power && (all || devices.includes(power.id))) loadHistory(power.id, true).catch(() => {});
+        for (const d of devices) if (state.commands.get(d)?.status === "pending") loadCommands(d).catch(() => {});
+      }
+    }
+  } catch (e) {
+    $("#status").textContent = `update failed: ${e.message || e}`;
+  } finally {
+    busy = false;
+  }
+}
+
+function connect() {
+  const live = $("#live");
+  const es = new EventSource(`${API}/stream`);
+  let opened = false;
+  es.addEventListener("hello", () => {
+    live.dataset.state = "open"; live.textContent = "live";
+    // After a reconnect, events may have been missed: re-fetch everything once.
+    if (opened) { pending.all = true; applyChanges(); }
+    opened = true;
+  });
+  es.addEventListener("change", ev => {
+    const c = JSON.parse(ev.data);
+    if (c.all) pending.all = true;
+    c.kits.forEach(k => pending.kits.add(k));
+    c.devices.forEach(d => pending.devices.add(d));
+    applyChanges();
+  });
+  es.onerror = () => { live.dataset.state = "error"; live.textContent = "reconnecting…"; };
+}
+
+function onRoute(rerender = true) {
+  if (rerender) render();
+  window.scrollTo?.(0, 0);
+  const k = currentKit();
+  const power = k && powerDevice(k);
+  if (power) loadHistory(power.id, false).catch(e => { const c = $("#chart"); if (c) c.textContent = `history unavailable: ${e.message}`; });
+}
+
+document.addEventListener("click", ev => {
+  const b = ev.target.closest("button");
+  if (!b) return;
+  if (b.dataset.action) sendCommand(b.dataset.target, b.dataset.action);
+  if (b.dataset.window) {
+    state.chartWindow = +b.dataset.window;
+    const k = currentKit();
+    document.querySelectorAll("[data-window]").forEach(x => x.setAttribute("aria-pressed", String(+x.dataset.window === state.chartWindow)));
+    const power = k && powerDevice(k);
+    if (power) loadHistory(power.id, false).catch(() => {});
+  }
+});
+$("#search").addEventListener("input", renderOverview);
+$("#state-filter").addEventListener("change", renderOverview);
+window.addEventListener("hashchange", () => onRoute());
+// Ages ("12 s ago") tick without re-fetching.
+setInterval(() => document.querySelectorAll("[data-age]").forEach(el => {
+  el.textContent = age(el.dataset.age ? +el.dataset.age : null);
+}), 5000);
+
+// Alerts are raised by the fleet's evaluator on its own clock, not by ingest: look again now and then.
+setInterval(() => loadAlerts().then(render).catch(() => {}), 15000);
+
+connect();
+loadAll();

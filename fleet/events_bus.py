@@ -1,0 +1,151 @@
+"""How ingest tells the dashboard's live stream (``GET /api/v1/stream``) that something changed.
+
+Ingest's writer thread calls :meth:`EventBus.publish_batch` after each commit. That must never
+wait on a browser: each subscriber is a small *coalescing* mailbox (the set of kits and devices
+changed since the client last read, bounded in size; past the bound it collapses into "everything
+changed"), and waking the subscriber's asyncio task is ``loop.call_soon_threadsafe`` (a write to the
+loop's self-pipe; it does not block). A slow client therefore costs memory bounded by its mailbox,
+and it gets one merged update instead of a backlog. The SSE handler (fleet/api/routes/stream.py)
+drains the mailbox and the page re-fetches what changed from the ordinary API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from fleet.store import Batch, DeviceRef
+
+log = logging.getLogger("popkit.fleet.events")
+
+MAILBOX_MAX = 256  # distinct kits + devices a subscriber may have pending before it collapses into "all"
+
+
+@dataclass
+class Change:
+    """What changed since the subscriber last looked. ``all``: too much to name, re-fetch everything."""
+
+    kits: set[str] = field(default_factory=set)
+    devices: set[str] = field(default_factory=set)
+    all: bool = False
+
+    def as_json(self) -> dict:
+        return {"kits": sorted(self.kits), "devices": sorted(self.devices), "all": self.all}
+
+
+class Subscription:
+    """One SSE client's mailbox. Filled from any thread; read by one asyncio task."""
+
+    def __init__(self, bus: "EventBus", loop: asyncio.AbstractEventLoop, sid: int):
+        self._bus = bus
+        self._loop = loop
+        self.id = sid
+        self._lock = threading.Lock()
+        self._pending = Change()
+        self._has = False
+        self._event = asyncio.Event()  # set on the loop's thread only
+        self.coalesced = 0  # publishes merged into a pending change (for the tests and curiosity)
+
+    def offer(self, kits: set[str], devices: set[str]) -> None:
+        """Merge a change in; wake the reader. Never blocks on the reader."""
+        with self._lock:
+            p = self._pending
+            if self._has:
+                self.coalesced += 1
+            if not p.all:
+                p.kits |= kits
+                p.devices |= devices
+                if len(p.kits) + len(p.devices) > MAILBOX_MAX:
+                    self._pending = Change(all=True)
+            wake = not self._has
+            self._has = True
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._event.set)
+            except RuntimeError:  # the loop is closed: the client is gone, unsubscribe follows
+                pass
+
+    def take(self) -> Change | None:
+        """The pending change (emptying the mailbox), or None."""
+        with self._lock:
+            if not self._has:
+                return None
+            change, self._pending, self._has = self._pending, Change(), False
+        return change
+
+    async def wait(self, timeout: float) -> Change | None:
+        """The next change, or None when ``timeout`` passes without one."""
+        change = self.take()
+        if change is not None:
+            return change
+        self._event.clear()
+        change = self.take()  # one may have landed between take() and clear()
+        if change is not None:
+            return change
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        return self.take()
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    """Fan-out of "kit/device changed" notices from ingest to any number of SSE clients."""
+
+    def __init__(self, device_kits: Callable[[], dict[str, "DeviceRef"]] | None = None):
+        self._subs: dict[int, Subscription] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._device_kits = device_kits  # the store's device registry, to name the kit of a device
+        self._kit_of: dict[str, str] = {}
+        self.published = 0
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop | None = None) -> Subscription:
+        sub = Subscription(self, loop or asyncio.get_running_loop(), next(self._ids))
+        with self._lock:
+            self._subs[sub.id] = sub
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs.pop(sub.id, None)
+
+    def publish(self, kits: set[str], devices: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        if not kits and not devices:
+            return
+        self.published += 1
+        with self._lock:
+            subs = list(self._subs.values())
+        for sub in subs:
+            sub.offer(set(kits), set(devices))
+
+    def publish_batch(self, batch: "Batch") -> None:
+        """Ingest's hook: called on the writer thread after a batch committed."""
+        if not self._subs:
+            return  # nobody is watching: not even the kit lookup
+        try:
+            devices = {d for d, _ in batch.states} | {m.device_id for m in batch.ledger}
+            if devices:
+                self.publish({k for k in map(self._kit, devices) if k}, devices)
+        except Exception:  # noqa: BLE001 - the dashboard must never stop ingest
+            log.exception("could not tell the live stream about a batch")
+
+    def _kit(self, device_id: str) -> str | None:
+        kit = self._kit_of.get(device_id)
+        if kit is None and self._device_kits is not None:
+            # Ingest only commits messages of registered devices, so a miss means a newly registered one.
+            self._kit_of = {d: ref.kit_id for d, ref in self._device_kits().items()}
+            kit = self._kit_of.get(device_id)
+        return kit
