@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import make_url
 
@@ -200,3 +201,48 @@ def migrate(engine: Engine) -> None:
     from fleet import migrations
 
     migrations.upgrade(engine)
+
+
+# ------------------------------------------------------------ alerts (fleet/alerts.py, fleet/notify.py)
+
+# One row per alert: opened when a rule starts firing for a subject (a device or a kit), updated
+# while it fires, resolved by hand or by itself ("auto") when the rule stops firing. At most one
+# non-resolved alert per (subject, rule): the partial unique index below, on both backends.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("subject", String(63), nullable=False),  # a device id or a kit id
+    Column("kit_id", String(63), nullable=False),
+    Column("rule", String(32), nullable=False),
+    Column("severity", String(10), nullable=False),  # warning | critical
+    Column("state", String(12), nullable=False),  # open | acknowledged | resolved
+    Column("first_seen_ms", BigInteger, nullable=False),
+    Column("last_seen_ms", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),  # distinct observations (new evidence) while it fired
+    Column("message", String(300), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("acknowledged_by", String(63)),
+    Column("acknowledged_ms", BigInteger),
+    Column("resolved_ms", BigInteger),
+    Column("resolved_by", String(63)),  # "auto" or who resolved it
+    Column("last_notified_ms", BigInteger),  # last webhook attempt (a claim: one worker sends)
+    Column("notify_count", Integer, nullable=False),  # webhook deliveries that succeeded
+    Index("uq_alerts_active", "subject", "rule", unique=True,
+          sqlite_where=text("state != 'resolved'"), postgresql_where=text("state != 'resolved'")),
+    Index("ix_alerts_state", "state", "id"),
+    Index("ix_alerts_kit", "kit_id", "id"),
+)
+
+# What happened to each alert, oldest first: opened, updated, acknowledged, resolved, notified, notify_failed.
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("alert_id", BigId, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("what", String(16), nullable=False),
+    Column("by", String(63)),
+    Column("detail", String(500)),
+    Index("ix_alert_events_alert", "alert_id", "id"),
+)

@@ -72,3 +72,43 @@ def render_prometheus(m: IngestMetrics, devices_online: int, devices_total: int,
         f"popkit_devices {devices_total}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ alerts (fleet/alerts.py, fleet/notify.py)
+
+
+@dataclass
+class AlertMetrics:
+    """Per process, like the ingest counters; mutated by the evaluator and notifier threads only."""
+
+    evaluations: int = 0
+    evaluation_errors: int = 0
+    notifications_sent: int = 0
+    notifications_failed: int = 0
+
+
+ALERT_METRICS = AlertMetrics()
+
+
+def render_alert_metrics(open_counts: dict[tuple[str, str], int], rules, severities,
+                         m: AlertMetrics = ALERT_METRICS) -> str:
+    """Prometheus text for alerts: ``open_counts`` is Store.alert_open_counts() ((rule, severity) -> n)."""
+    lines = [
+        "# HELP popkit_alerts_open Alerts firing (open or acknowledged, not resolved), by rule and severity.",
+        "# TYPE popkit_alerts_open gauge",
+    ]
+    keys = sorted({(r, s) for r in rules for s in severities} | set(open_counts))
+    for rule, severity in keys:
+        lines.append(f'popkit_alerts_open{{rule="{rule}",severity="{severity}"}} {open_counts.get((rule, severity), 0)}')
+    lines += [
+        "# HELP popkit_notifications_sent_total Alert webhook notifications delivered by this worker.",
+        "# TYPE popkit_notifications_sent_total counter",
+        f"popkit_notifications_sent_total {m.notifications_sent}",
+        "# HELP popkit_notifications_failed_total Alert webhook notifications given up after their retries.",
+        "# TYPE popkit_notifications_failed_total counter",
+        f"popkit_notifications_failed_total {m.notifications_failed}",
+        "# HELP popkit_alert_evaluation_errors_total Alert evaluations that failed (and were retried next round).",
+        "# TYPE popkit_alert_evaluation_errors_total counter",
+        f"popkit_alert_evaluation_errors_total {m.evaluation_errors}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from fleet.alerts import Evaluator
 from fleet.api.app import create_app
 from fleet.ingest import Ingest
+from fleet.metrics import ALERT_METRICS
+from fleet.notify import Notifier
 from fleet.settings import FleetSettings
 from fleet.store import Store
 from kits.manifest import load_manifest
@@ -27,11 +30,22 @@ def serve(settings: FleetSettings) -> None:
 
     store, ingest = build(settings)
     ingest.start()
+    # Alerts: evaluated every alert_eval_interval_s and soon after ingest commits (the evaluator
+    # watches ingest's batch counter, never ingest itself); webhook notifications if a URL is set.
+    notifier = Notifier.from_settings(store, settings)
+    evaluator = Evaluator.from_settings(store, settings, changes=lambda: ingest.metrics.batches,
+                                        on_done=(lambda _r: notifier.wake()) if notifier else None,
+                                        metrics=ALERT_METRICS).start()
+    if notifier:
+        notifier.start()
     app = create_app(store, ingest)
     log.info("fleet API on http://%s/ (OpenAPI at /docs), ingesting from %s, storing in %s",
              settings.http, settings.mqtt_url, settings.db_url.split("@")[-1])
     try:
         uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     finally:
+        evaluator.stop()
+        if notifier:
+            notifier.stop()
         ingest.stop()
         store.close()

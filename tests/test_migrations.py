@@ -52,6 +52,15 @@ def table_names(engine: sa.Engine) -> set[str]:
     return set(sa.inspect(engine).get_table_names())
 
 
+def create_all_as_before_migrations(engine: sa.Engine, skip: tuple[str, ...] = ()) -> None:
+    """What the fleet's create_all made before migrations: the baseline (0001) tables, none added since."""
+    from alembic.script import ScriptDirectory
+
+    baseline = ScriptDirectory.from_config(migrations.config()).get_revision(migrations.BASELINE).module.TABLES
+    db.metadata.create_all(engine, tables=[t for t in db.metadata.sorted_tables
+                                           if t.name in baseline and t.name not in skip])
+
+
 def _seed_rows(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(db.kits.insert().values(id="k1", name="Kit one", created_ms=1))
@@ -105,7 +114,7 @@ def test_store_open_migrates_an_empty_database(db_url):
 def test_create_all_database_is_stamped_not_recreated(db_url, caplog):
     """A database from before migrations (create_all, no alembic_version) keeps its rows and is stamped."""
     engine = db.make_engine(db_url)
-    db.metadata.create_all(engine)
+    create_all_as_before_migrations(engine)
     _seed_rows(engine)
     engine.dispose()
 
@@ -131,8 +140,7 @@ def test_create_all_database_is_stamped_not_recreated(db_url, caplog):
 def test_old_create_all_database_gets_the_tables_it_lacked(db_url):
     """A database from before commands and desired config existed: create_all added tables at start; so do we."""
     engine = db.make_engine(db_url)
-    old = [t for t in db.metadata.sorted_tables if t.name not in ("commands", "desired_config")]
-    db.metadata.create_all(engine, tables=old)
+    create_all_as_before_migrations(engine, skip=("commands", "desired_config"))
     with engine.begin() as conn:
         conn.execute(db.kits.insert().values(id="k1", name="Kit one", created_ms=1))
     migrations.upgrade(engine)

@@ -4,7 +4,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from fleet.api.deps import IngestDep, StoreDep
-from fleet.metrics import IngestMetrics, render_prometheus
+from fleet.alerts import RULES, SEVERITIES
+from fleet.metrics import IngestMetrics, render_alert_metrics, render_prometheus
 
 router = APIRouter(tags=["health"])
 
@@ -20,8 +21,11 @@ def get_health(store: StoreDep, ingest: IngestDep):
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def get_metrics(store: StoreDep, ingest: IngestDep):
-    """Prometheus text: messages ingested, rejected by reason, duplicates, devices online."""
+    """Prometheus text: messages ingested, rejected by reason, duplicates, devices online, alerts
+    firing by rule and severity, webhook notifications failed."""
     online, total = store.online_counts()
     metrics = ingest.metrics if ingest else IngestMetrics()
     depth = ingest.queue_depth if ingest else 0
-    return PlainTextResponse(render_prometheus(metrics, online, total, depth), media_type="text/plain; version=0.0.4")
+    text = render_prometheus(metrics, online, total, depth)
+    text += render_alert_metrics(store.alert_open_counts(), RULES, SEVERITIES)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -1,0 +1,130 @@
+"""Alerts (fleet/alerts.py): list with filters and keyset pagination, one with its history,
+acknowledge and resolve."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fleet.alerts import RULES
+from fleet.api.deps import StoreDep
+
+router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
+
+Rule = Literal["low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
+               "kit_not_ready"]
+assert set(Rule.__args__) == set(RULES)  # noqa: S101 - the API names every rule the evaluator has
+Severity = Literal["warning", "critical"]
+AlertState = Literal["open", "acknowledged", "resolved"]
+
+
+class AlertOut(BaseModel):
+    id: int
+    subject: str = Field(description="the device (or, for kit rules, the kit) the alert is about")
+    kit_id: str
+    rule: Rule
+    severity: Severity
+    state: AlertState
+    first_seen_ms: int = Field(description="when the rule started firing (opened), ms since the epoch")
+    last_seen_ms: int = Field(description="the last evaluation that found it firing")
+    count: int = Field(description="distinct observations while it fired (a new low reading counts, the same one seen again does not)")
+    message: str
+    details: dict[str, Any] = Field(description="the facts behind it, by rule (soc, margin_min, last_seen_ms, ...)")
+    acknowledged_by: str | None = None
+    acknowledged_ms: int | None = None
+    resolved_ms: int | None = None
+    resolved_by: str | None = Field(default=None, description='"auto" when it went back to normal by itself, else who')
+    last_notified_ms: int | None = Field(default=None, description="last webhook attempt")
+    notify_count: int = Field(description="webhook notifications delivered")
+
+
+class AlertEventOut(BaseModel):
+    ts: int
+    what: Literal["opened", "updated", "acknowledged", "resolved", "notified", "notify_failed"]
+    by: str | None = Field(default=None, description='"auto", "webhook" or a person')
+    detail: str | None = None
+
+
+class AlertDetailOut(AlertOut):
+    history: list[AlertEventOut] = Field(description="what happened to it, oldest first")
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut] = Field(description="newest first")
+    next_cursor: int | None = Field(description="pass as ?cursor= for the next page; null when there is no more")
+
+
+class AlertAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(min_length=1, max_length=63, description="who acknowledges or resolves it")
+    note: str | None = Field(default=None, max_length=500)
+
+    @field_validator("by")
+    @classmethod
+    def _not_auto(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("by must name someone")
+        if v == "auto":
+            raise ValueError('"auto" is reserved for alerts that resolve by themselves')
+        return v
+
+
+AlertId = Annotated[int, Path(ge=1, description="the alert's id")]
+
+
+@router.get("", response_model=AlertPage)
+def list_alerts(
+    store: StoreDep,
+    state: Annotated[Literal["open", "acknowledged", "resolved", "active"] | None,
+                     Query(description='"active": open or acknowledged')] = None,
+    kit: Annotated[str | None, Query(max_length=63)] = None,
+    rule: Rule | None = None,
+    severity: Severity | None = None,
+    subject: Annotated[str | None, Query(max_length=63, description="a device or kit id")] = None,
+    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+):
+    """Alerts, newest first, filtered by state, kit, rule, severity and subject."""
+    items = store.list_alerts(state=state, kit_id=kit, rule=rule, severity=severity, subject=subject,
+                              before_id=cursor, limit=limit + 1)
+    more = len(items) > limit
+    items = items[:limit]
+    return {"items": items, "next_cursor": items[-1]["id"] if more else None}
+
+
+@router.get("/{alert_id}", response_model=AlertDetailOut, responses={404: {"description": "no such alert"}})
+def get_alert(alert_id: AlertId, store: StoreDep):
+    """One alert with its history: opened, updated, acknowledged, resolved, notified, notify_failed."""
+    alert = store.get_alert(alert_id)
+    if alert is None:
+        raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
+    return alert
+
+
+def _act(store, alert_id: int, body: AlertAction, action: str):
+    fn = store.acknowledge_alert if action == "acknowledge" else store.resolve_alert
+    outcome = fn(alert_id, body.by, body.note)
+    if outcome == "missing":
+        raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
+    if outcome == "resolved":
+        raise HTTPException(status_code=409, detail=f"alert {alert_id} is resolved already: nothing to {action}")
+    return store.get_alert(alert_id)
+
+
+@router.post("/{alert_id}/acknowledge", response_model=AlertDetailOut,
+             responses={404: {"description": "no such alert"}, 409: {"description": "the alert is resolved"}})
+def acknowledge_alert(alert_id: AlertId, body: AlertAction, store: StoreDep):
+    """Someone is on it: no more repeat notifications. It stays until it resolves (by itself when
+    back to normal, or by hand). Acknowledging it again changes nothing."""
+    return _act(store, alert_id, body, "acknowledge")
+
+
+@router.post("/{alert_id}/resolve", response_model=AlertDetailOut,
+             responses={404: {"description": "no such alert"}, 409: {"description": "the alert is resolved"}})
+def resolve_alert(alert_id: AlertId, body: AlertAction, store: StoreDep):
+    """Close it by hand. If its rule still fires, the next evaluation opens a new alert."""
+    return _act(store, alert_id, body, "resolve")
