@@ -7,6 +7,9 @@ Timestamps are integer milliseconds since the Unix epoch, as on the wire.
 
 from __future__ import annotations
 
+import sqlite3
+import time
+
 from pathlib import Path
 
 from sqlalchemy import (
@@ -171,12 +174,29 @@ dead_letters = Table(
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    _wal(cur)
     # FULL: a receipt promises the message is on disk, so the commit must be too.
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _wal(cur, wait_s: float = 10.0) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs the file to itself, and SQLite answers
+    "locked" at once, without its busy wait, while another connection is in it: two workers opening
+    a new file together hit that. So: nothing to do once it is WAL, else retry for a while."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_engine(url: str) -> Engine:

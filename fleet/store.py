@@ -462,6 +462,21 @@ class Store:
         return dict(event_id=event_id, scans=len(rows), admitted=len(admissions), by_verdict=dict(by_verdict),
                     by_scanner=dict(by_scanner), double_entries=doubles)
 
+    def recent_checkins(self, kit_id: str, limit: int = 20) -> list[dict] | None:
+        """The kit's latest door scans by scan time (a late upload takes its place by when it was
+        scanned), newest first; None for an unknown kit. The (device, boot, seq) key finds the
+        kit's rows; a kit's share of the scans is sorted, not the whole table."""
+        c, d = db.checkins.c, db.devices.c
+        with self.engine.connect() as conn:
+            if conn.execute(select(db.kits.c.id).where(db.kits.c.id == kit_id)).first() is None:
+                return None
+            doors = select(d.id).where(d.kit_id == kit_id)
+            rows = conn.execute(
+                select(c.device_id, c.scan_ms, c.event_id, c.ticket, c.tier, c.verdict, c.hub_checked)
+                .where(c.device_id.in_(doors)).order_by(c.scan_ms.desc(), c.id.desc()).limit(limit)
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
     def dead_letters(self, limit: int = 100) -> list[dict]:
         q = select(db.dead_letters).order_by(db.dead_letters.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:

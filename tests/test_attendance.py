@@ -75,3 +75,23 @@ def test_a_checkin_without_a_verdict_is_rejected_naming_the_field(fleet, broker)
     wait_until(lambda: fleet.ingest.metrics.rejected["invalid"] == 1, what="invalid check-in rejected")
     assert "verdict" in fleet.api.get("/api/v1/dead-letters").json()[0]["detail"]
     pub.loop_stop()
+
+
+def test_a_kits_recent_checkins_newest_scan_first_and_unknown_kit_404(fleet, broker, tmp_path):
+    door = FleetLink("demo", "demo-scanner-1", "scanner", broker.url, tmp_path / "door.db").start()
+    try:
+        for n in range(5):
+            scan(door, f"R{n}", "admitted", SCAN_T0 + n * 1000, event="NIGHT-3")
+        scan(door, "R0", "already_admitted", SCAN_T0 + 9000, event="NIGHT-3")
+        scan(door, "R9", "admitted", SCAN_T0 - 60_000, event="NIGHT-3")  # uploaded late, scanned first
+        wait_until(lambda: len(fleet.api.get("/api/v1/kits/demo/checkins").json()) == 7, what="7 check-ins")
+    finally:
+        door.stop()
+    rows = fleet.api.get("/api/v1/kits/demo/checkins?limit=3").json()
+    assert [(r["ticket"], r["verdict"]) for r in rows] == [("R0", "already_admitted"), ("R4", "admitted"),
+                                                          ("R3", "admitted")]
+    assert rows[0]["scan_ms"] == SCAN_T0 + 9000 and rows[0]["device_id"] == "demo-scanner-1"
+    every = fleet.api.get("/api/v1/kits/demo/checkins").json()
+    assert every[-1]["ticket"] == "R9"  # arrived last, scanned first: its scan time places it
+    assert fleet.api.get("/api/v1/kits/no-such-kit/checkins").status_code == 404
+    assert fleet.api.get("/api/v1/kits/demo/checkins?limit=0").status_code == 422

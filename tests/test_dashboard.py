@@ -396,3 +396,26 @@ def test_identify_shows_the_commands_status_from_the_devices_ack(live, broker, b
         device.close()
         pub.disconnect()
         pub.loop_stop()
+
+
+def test_a_scan_at_the_door_shows_in_the_kits_recent_check_ins_live(live, broker, browser, tmp_path):
+    from agent.link import FleetLink
+    from kits.contract import Event
+
+    pub = bring_up(broker.url)
+    door = FleetLink(KIT, "demo-scanner-1", "scanner", broker.url, tmp_path / "door.db").start()
+    try:
+        wait_until(lambda: live.get(f"/api/v1/kits/{KIT}").json()["devices_online"] == 5, what="the kit online")
+        page = browser.new_page()
+        page.goto(f"{live.base}/#/kit/{KIT}")
+        page.wait_for_selector('[data-testid="checkins"]', timeout=5000)
+        page.wait_for_selector('[data-testid="live"][data-state="open"]', timeout=5000)
+        door.emit("demo-scanner-1", "event", Event, kind="checkin",
+                  data={"event": "DASH-1", "ticket": "WALKIN7", "tier": "GA", "verdict": "admitted"})
+        row = page.locator('[data-testid="checkin"][data-verdict="admitted"]')
+        row.first.wait_for(timeout=5000)
+        assert "WALKIN7" in row.first.inner_text() and "DASH-1" in row.first.inner_text()
+    finally:
+        door.stop()
+        pub.disconnect()
+        pub.loop_stop()

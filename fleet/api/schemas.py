@@ -214,3 +214,13 @@ class RevocationsOut(BaseModel):
     event_id: str
     tickets: list[str] = Field(description="the tickets this call revoked")
     pushed: list[PushedOut]
+
+
+class CheckinOut(BaseModel):
+    device_id: str
+    scan_ms: int = Field(description="when the ticket was scanned (not when the check-in arrived)")
+    event_id: str | None
+    ticket: str | None
+    tier: str | None
+    verdict: str
+    hub_checked: bool

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from fleet.api.deps import StoreDep
-from fleet.api.schemas import KitOut
+from fleet.api.schemas import CheckinOut, KitOut
 from fleet.health import HealthConfig
 from fleet.settings import FleetSettings
 
@@ -35,3 +35,12 @@ def get_kit(kit_id: str, request: Request, store: StoreDep):
     if not kits:
         raise HTTPException(status_code=404, detail=f"no kit {kit_id!r}")
     return kits[0]
+
+
+@router.get("/{kit_id}/checkins", response_model=list[CheckinOut])
+def recent_checkins(kit_id: str, store: StoreDep, limit: int = Query(20, ge=1, le=500)):
+    """The kit's latest door scans (all verdicts), newest scan first, with the time each was scanned."""
+    rows = store.recent_checkins(kit_id, limit)
+    if rows is None:
+        raise HTTPException(status_code=404, detail=f"no kit {kit_id!r}")
+    return rows

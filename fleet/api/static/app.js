@@ -11,6 +11,7 @@ const state = {
   kits: new Map(),       // id -> kit JSON as /api/v1/kits gives it
   commands: new Map(),   // device id -> latest command we sent from this page (with its status)
   history: new Map(),    // device id -> {window_ms, items}
+  checkins: new Map(),   // kit id -> its latest door scans, newest scan first
   alerts: null,          // kit id -> active alerts; null when this fleet has no alerts API
   chartWindow: 3600_000, // battery chart span
   loaded: false,
@@ -209,7 +210,25 @@ function renderKitPage(id) {
         <div id="chart">${power ? chartSVG(state.history.get(power.id)) : "<p class='muted'>This kit has no power bank.</p>"}</div>
       </section>
       ${readiness(k)}
+      ${k.devices.some(d => d.role === "scanner") ? `<section class="card" data-testid="checkins"><h3>Recent check-ins</h3>
+        <div id="checkins">${checkinList(state.checkins.get(k.id))}</div></section>` : ""}
     </div>`;
+}
+
+function checkinList(rows) {
+  if (!rows) return "<p class='muted'>loading…</p>";
+  if (!rows.length) return "<p class='muted'>No scans yet.</p>";
+  const t = ms => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return `<ul class="devices">${rows.map(r => `<li data-testid="checkin" data-verdict="${esc(r.verdict)}">
+    <span class="badge ${r.verdict === "admitted" ? "ok" : "degraded"}">${esc(r.verdict.replaceAll("_", " "))}</span>
+    ${esc(r.ticket ?? "—")} <span class="muted small">${esc(r.event_id ?? "")} · ${esc(r.device_id)} · ${t(r.scan_ms)}${r.hub_checked ? "" : " · not checked with the hub"}</span></li>`).join("")}</ul>`;
+}
+
+async function loadCheckins(kitId) {
+  const rows = await getJSON(`/kits/${enc(kitId)}/checkins?limit=15`);
+  state.checkins.set(kitId, rows);
+  const el = $("#checkins");
+  if (el && currentKit()?.id === kitId) el.innerHTML = checkinList(rows);
 }
 
 // A line chart of state of charge (or voltage when the pack gives no SoC), as inline SVG.
@@ -349,6 +368,7 @@ async function applyChanges() {
       if (k) {
         const power = powerDevice(k);
         if (power && (all || devices.includes(power.id))) loadHistory(power.id, true).catch(() => {});
+        if (k.devices.some(d => d.role === "scanner" && (all || devices.includes(d.id)))) loadCheckins(k.id).catch(() => {});
         for (const d of devices) if (state.commands.get(d)?.status === "pending") loadCommands(d).catch(() => {});
       }
     }
@@ -385,6 +405,7 @@ function onRoute(rerender = true) {
   const k = currentKit();
   const power = k && powerDevice(k);
   if (power) loadHistory(power.id, false).catch(e => { const c = $("#chart"); if (c) c.textContent = `history unavailable: ${e.message}`; });
+  if (k && k.devices.some(d => d.role === "scanner")) loadCheckins(k.id).catch(() => {});
 }
 
 document.addEventListener("click", ev => {
