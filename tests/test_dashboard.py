@@ -419,3 +419,32 @@ def test_a_scan_at_the_door_shows_in_the_kits_recent_check_ins_live(live, broker
         door.stop()
         pub.disconnect()
         pub.loop_stop()
+
+
+def test_an_alert_is_acknowledged_then_resolved_from_the_kit_page(live, broker, browser):
+    from fleet.alerts import AlertConfig, evaluate
+    from kits.contract import PrinterTelemetry
+
+    pub = bring_up(broker.url)
+    try:
+        wait_until(lambda: live.get(f"/api/v1/kits/{KIT}").json()["devices_online"] == 5, what="the kit online")
+        pub.publish(topic(KIT, "demo-printer", "telemetry"),
+                    encode(PrinterTelemetry(boot="d00d01", seq=1, ts=now_ms(), online=True, paper="out")), qos=1)
+        wait_until(lambda: any(d["id"] == "demo-printer" and d["health"]["status"] == "degraded"
+                               for d in live.get(f"/api/v1/kits/{KIT}").json()["devices"]), what="paper out at the fleet")
+        evaluate(live.store, now_ms(), AlertConfig())
+        [alert] = [a for a in live.get("/api/v1/alerts?state=open").json()["items"] if a["rule"] == "paper_out"]
+        page = browser.new_page()
+        page.goto(f"{live.base}/#/kit/{KIT}")
+        row = page.locator(f'[data-testid="alert-{alert["id"]}"]')
+        row.wait_for(timeout=5000)
+        assert row.get_attribute("data-state") == "open"
+        row.locator('[data-alert-action="acknowledge"]').click()
+        page.wait_for_selector(f'[data-testid="alert-{alert["id"]}"][data-state="acknowledged"]', timeout=5000)
+        assert live.get(f"/api/v1/alerts/{alert['id']}").json()["acknowledged_by"] == "dashboard"
+        row.locator('[data-alert-action="resolve"]').click()
+        page.wait_for_selector(f'[data-testid="alert-{alert["id"]}"]', state="detached", timeout=5000)
+        assert live.get(f"/api/v1/alerts/{alert['id']}").json()["state"] == "resolved"
+    finally:
+        pub.disconnect()
+        pub.loop_stop()

@@ -79,7 +79,7 @@ const QUIET = new Set(["ok", "unknown"]);
 // otherwise what the health checks say is wrong with the kit's devices right now.
 function alertsOf(k) {
   if (state.alerts) {
-    return (state.alerts.get(k.id) ?? []).map(a => ({ severity: a.severity, device: a.subject,
+    return (state.alerts.get(k.id) ?? []).map(a => ({ id: a.id, state: a.state, severity: a.severity, device: a.subject,
       what: a.message + (a.state === "acknowledged" ? ` (acknowledged by ${a.acknowledged_by})` : "") }));
   }
   const out = [];
@@ -98,8 +98,19 @@ function alertsOf(k) {
   return out;
 }
 
-const alertList = alerts => alerts.length ? `<ul class="alerts" data-testid="alerts">${alerts.map(a =>
-  `<li class="${esc(a.severity)}"><strong>${esc(a.device)}</strong>: ${esc(a.what)}</li>`).join("")}</ul>` : "";
+// withActions: the kit page offers acknowledge (stops repeat notifications) and resolve on fleet alerts.
+const alertList = (alerts, withActions = false) => alerts.length ? `<ul class="alerts" data-testid="alerts">${alerts.map(a =>
+  `<li class="${esc(a.severity)}" data-testid="alert-${esc(a.id ?? "")}" data-state="${esc(a.state ?? "")}"><strong>${esc(a.device)}</strong>: ${esc(a.what)}${
+    withActions && a.id != null ? `${a.state === "open" ? ` <button type="button" data-alert="${a.id}" data-alert-action="acknowledge">acknowledge</button>` : ""}
+      <button type="button" data-alert="${a.id}" data-alert-action="resolve">resolve</button>` : ""}</li>`).join("")}</ul>` : "";
+
+async function alertAction(id, action) {
+  const r = await fetch(`${API}/alerts/${enc(id)}/${action}`, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ by: "dashboard" }) });
+  if (!r.ok) { $("#status").textContent = `${action} failed: ${r.status}`; return; }
+  await loadAlerts().catch(() => {});
+  render();
+}
 
 function healthBadge(h) {
   return h && !QUIET.has(h.status) ? ` <span class="badge ${esc(h.status)}" data-testid="health" title="fleet health">${esc(h.status)}</span>` : "";
@@ -199,7 +210,7 @@ function renderKitPage(id) {
       <div class="muted small">${esc(k.id)} · ${k.devices_online}/${k.devices_total} devices online</div>
       <div>battery: <span data-testid="battery">${esc(battery(k.battery))}</span></div>
       ${forecast(k)}
-      ${alertList(alerts)}
+      ${alertList(alerts, true)}
     </article>
     <div class="grid">
       <section class="card"><h3>Devices</h3><ul class="devices">${k.devices.map(deviceRow).join("")}</ul></section>
@@ -412,6 +423,7 @@ document.addEventListener("click", ev => {
   const b = ev.target.closest("button");
   if (!b) return;
   if (b.dataset.action) sendCommand(b.dataset.target, b.dataset.action);
+  if (b.dataset.alertAction) alertAction(b.dataset.alert, b.dataset.alertAction);
   if (b.dataset.window) {
     state.chartWindow = +b.dataset.window;
     const k = currentKit();
