@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -265,4 +266,40 @@ alert_events = Table(
     Column("by", String(63)),
     Column("detail", String(500)),
     Index("ix_alert_events_alert", "alert_id", "id"),
+)
+
+
+# ------------------------------------------------------------ telemetry retention (fleet/retention.py)
+
+# One-minute aggregates of raw telemetry, per (device, kind, minute): what history older than the
+# raw retention (telemetry_raw_days) is kept as, for telemetry_rollup_days. Every kind gets a row
+# with its reading count and its minute's last reading (`last`, the payload as received), which is
+# all a printer/light/device chart needs (states, not quantities). Battery readings also get
+# min/avg/max of v, i and soc and the average power (p, or v*i when the device sends none): what
+# the dashboard's battery chart draws. An average is over the readings that carry the field.
+# Recomputed from the raw rows whenever a new raw row lands in its minute (an upsert that never
+# lowers n), so late and resent readings are counted once, and two workers may roll up at once.
+telemetry_1m = Table(
+    "telemetry_1m",
+    metadata,
+    Column("device_id", String(63), primary_key=True),
+    Column("kind", String(20), primary_key=True),
+    Column("minute_ms", BigInteger, primary_key=True),  # start of the minute, UTC, ms since the epoch
+    Column("n", Integer, nullable=False),  # raw readings in the minute
+    Column("last_ts_ms", BigInteger, nullable=False),  # ts of the minute's last reading
+    Column("last", Text, nullable=False),  # the minute's last reading, its payload as received
+    Column("v_min", Float), Column("v_avg", Float), Column("v_max", Float),
+    Column("i_min", Float), Column("i_avg", Float), Column("i_max", Float),
+    Column("p_avg", Float),
+    Column("soc_min", Float), Column("soc_avg", Float), Column("soc_max", Float),
+)
+
+# Small named counters of the maintenance work; "telemetry_rollup_id": every raw telemetry row with
+# an id at or below it has been rolled up into telemetry_1m (so may be deleted once old enough).
+maintenance_state = Table(
+    "maintenance_state",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
 )

@@ -9,6 +9,7 @@ from fleet.api.app import create_app
 from fleet.ingest import Ingest
 from fleet.metrics import ALERT_METRICS
 from fleet.notify import Notifier
+from fleet.retention import Maintenance
 from fleet.settings import FleetSettings
 from fleet.store import Store
 from kits.manifest import load_manifest
@@ -38,6 +39,8 @@ def serve(settings: FleetSettings) -> None:
                                         metrics=ALERT_METRICS).start()
     if notifier:
         notifier.start()
+    # Telemetry retention (fleet/retention.py): rollup into 1-minute aggregates, then old rows go.
+    maintenance = Maintenance.from_settings(store, settings).start()
     app = create_app(store, ingest)
     log.info("fleet API on http://%s/ (OpenAPI at /docs), ingesting from %s, storing in %s",
              settings.http, settings.mqtt_url, settings.db_url.split("@")[-1])
@@ -45,6 +48,7 @@ def serve(settings: FleetSettings) -> None:
         uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     finally:
         evaluator.stop()
+        maintenance.stop()
         if notifier:
             notifier.stop()
         ingest.stop()

@@ -56,6 +56,16 @@ class FleetSettings(BaseSettings):
     alert_webhook_retries: int = Field(default=4, ge=0, le=20, description="retries after a failed POST "
                                        "(exponential backoff with jitter) before it counts as failed")
     alert_webhook_backoff_s: float = Field(default=1.0, ge=0, le=300, description="first retry delay, doubled each retry")
+    # Telemetry retention (fleet/retention.py): raw readings, then one-minute aggregates (telemetry_1m).
+    # Events (check-ins, acks, readiness) are never deleted.
+    retention_interval_s: float = Field(default=300.0, gt=0, le=86_400, description="how often raw telemetry is "
+                                        "rolled up into 1-minute aggregates and old telemetry deleted")
+    telemetry_raw_days: float = Field(default=7.0, ge=1, description="raw telemetry older than this is deleted "
+                                      "(once rolled up)")
+    telemetry_rollup_days: float = Field(default=90.0, ge=1, description="1-minute telemetry aggregates older "
+                                         "than this are deleted")
+    retention_chunk: int = Field(default=5000, ge=100, le=100_000, description="rows per transaction of the "
+                                 "rollup and the deletes, so ingest never waits long")
 
     @property
     def http_host(self) -> str:

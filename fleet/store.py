@@ -855,6 +855,243 @@ class Store:
 
     # ------------------------------------------------------------ end of alerts
 
+    # ------------------------------------------------------------ retention (fleet/retention.py)
+
+    ROLLUP_WATERMARK = "telemetry_rollup_id"
+
+    def rollup_watermark(self) -> int:
+        """Every raw telemetry row with an id at or below this is rolled up into telemetry_1m."""
+        m = db.maintenance_state.c
+        with self.engine.connect() as conn:
+            v = conn.execute(select(m.value).where(m.name == self.ROLLUP_WATERMARK)).scalar()
+        return int(v or 0)
+
+    def _telemetry_top(self) -> int:
+        """The highest raw telemetry id such that every row at or below it is committed (or never will
+        be). PostgreSQL hands ids out in nextval order, not commit order: a SHARE lock waits for the
+        inserts in flight (one ingest batch) and is released at once, so ingest pauses only that long."""
+        t = db.telemetry.c
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+                conn.exec_driver_sql("LOCK TABLE telemetry IN SHARE MODE")
+            return int(conn.execute(select(func.max(t.id))).scalar() or 0)
+
+    def rollup_telemetry(self, now: int | None = None, chunk: int = 5000) -> tuple[int, int]:
+        """Recompute the telemetry_1m row of every (device, kind, minute) that raw rows added since
+        the last pass fall in, ``chunk`` raw rows at a time. Readings of the current minute (up to
+        two minutes ahead: clock skew) wait for a pass after it ends; a reading further ahead is
+        rolled up anyway, and its minute recomputed when more arrive. Idempotent, and safe with
+        several workers at once (see _upsert_rollups). Returns (minutes written, new watermark)."""
+        from fleet.retention import MINUTE_MS, minute_of
+
+        now = now if now is not None else now_ms()
+        t = db.telemetry.c
+        mark = self.rollup_watermark()
+        top = self._telemetry_top()
+        current = minute_of(now)
+        held: int | None = None  # the lowest id left for a later pass
+        after, written = mark, 0
+        while after < top:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(t.id, t.device_id, t.kind, t.ts_ms)
+                                    .where(t.id > after, t.id <= top).order_by(t.id).limit(chunk)).all()
+            if not rows:
+                break
+            touched: dict[tuple[str, str], set[int]] = defaultdict(set)
+            for r in rows:
+                if current <= r.ts_ms < current + 3 * MINUTE_MS:
+                    held = r.id if held is None else held
+                    continue
+                touched[(r.device_id, r.kind)].add(minute_of(r.ts_ms))
+            written += self._rollup_minutes(touched, chunk)
+            after = rows[-1].id
+        new = min(top, held - 1) if held is not None else top
+        if new > mark:
+            m = db.maintenance_state.c
+            stmt = self._insert(db.maintenance_state).values(name=self.ROLLUP_WATERMARK, value=new, updated_ms=now)
+            ex = stmt.excluded
+            with self.engine.begin() as conn:  # only ever goes up (another worker may be ahead)
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=["name"], set_={"value": ex.value, "updated_ms": ex.updated_ms},
+                    where=ex.value > m.value))
+        return written, max(new, mark)
+
+    def _rollup_minutes(self, touched: dict[tuple[str, str], set[int]], chunk: int) -> int:
+        """Aggregate the given minutes from all their raw rows: one range scan of
+        ix_telemetry_device_ts per run of nearby minutes of a (device, kind)."""
+        from fleet.retention import MINUTE_MS, aggregate_minutes
+
+        t = db.telemetry.c
+        out: list[dict] = []
+        with self.engine.connect() as conn:
+            for (device_id, kind), minutes in sorted(touched.items()):
+                ordered = sorted(minutes)
+                runs, lo, hi = [], ordered[0], ordered[0]
+                for mm in ordered[1:]:
+                    if mm - hi > 60 * MINUTE_MS:  # a gap over an hour: two scans, not one long one
+                        runs.append((lo, hi))
+                        lo = mm
+                    hi = mm
+                runs.append((lo, hi))
+                for lo, hi in runs:
+                    q = (select(t.device_id, t.kind, t.ts_ms, t.id, t.body)
+                         .where(t.device_id == device_id, t.ts_ms >= lo, t.ts_ms < hi + MINUTE_MS, t.kind == kind))
+                    aggs = aggregate_minutes(conn.execute(q))
+                    out.extend(row for key, row in aggs.items() if key[2] in minutes)
+        out.sort(key=lambda r: (r["device_id"], r["kind"], r["minute_ms"]))  # one lock order for every worker
+        for i in range(0, len(out), chunk):
+            self._upsert_rollups(out[i : i + chunk])
+        return len(out)
+
+    def _upsert_rollups(self, rows: list[dict]) -> None:
+        """Write telemetry_1m rows in one transaction. A row replaces the stored one only if it counts
+        at least as many readings: a minute's raw rows only grow while they are kept, so a worker
+        that read before a late reading committed never undoes one that read after, and a minute
+        recomputed after its raw rows were deleted (a resend stored again) keeps its aggregate."""
+        if not rows:
+            return
+        c = db.telemetry_1m.c
+        stmt = self._insert(db.telemetry_1m)
+        ex = stmt.excluded
+        cols = [col.name for col in db.telemetry_1m.columns if not col.primary_key]
+        stmt = stmt.on_conflict_do_update(index_elements=["device_id", "kind", "minute_ms"],
+                                          set_={k: ex[k] for k in cols}, where=ex.n >= c.n)
+        with self.engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    def delete_rolled_up_telemetry(self, before_ms: int, chunk: int = 5000) -> int:
+        """Delete raw telemetry taken before ``before_ms`` that is rolled up (id at or below the
+        watermark), per device, ``chunk`` rows per transaction. The newest row (highest id) is always
+        kept: SQLite gives a new row max(id)+1, and an emptied table would hand out ids below the
+        watermark again. Events are never touched."""
+        t, latest = db.telemetry.c, db.device_latest.c
+        safe = self.rollup_watermark()
+        with self.engine.connect() as conn:
+            top = conn.execute(select(func.max(t.id))).scalar() or 0
+            devices = [r[0] for r in conn.execute(select(latest.device_id).distinct().order_by(latest.device_id))]
+        safe = min(safe, top - 1)
+        if safe <= 0:
+            return 0
+        total = 0
+        for device_id in devices:
+            while True:
+                ids = (select(t.id).where(t.device_id == device_id, t.ts_ms < before_ms, t.id <= safe)
+                       .order_by(t.ts_ms).limit(chunk))
+                with self.engine.begin() as conn:
+                    n = conn.execute(delete(db.telemetry).where(t.id.in_(ids))).rowcount
+                total += n
+                if n < chunk:
+                    break
+        return total
+
+    def delete_old_rollups(self, before_ms: int, chunk: int = 5000) -> int:
+        """Delete telemetry_1m rows of minutes before ``before_ms``, per (device, kind), at most
+        ``chunk`` rows per transaction (a primary-key range each)."""
+        c, latest = db.telemetry_1m.c, db.device_latest.c
+        with self.engine.connect() as conn:
+            pairs = conn.execute(select(latest.device_id, latest.kind).order_by(latest.device_id, latest.kind)).all()
+        total = 0
+        for device_id, kind in pairs:
+            mine = and_(c.device_id == device_id, c.kind == kind)
+            while True:
+                with self.engine.begin() as conn:
+                    edge = conn.execute(select(c.minute_ms).where(mine, c.minute_ms < before_ms)
+                                        .order_by(c.minute_ms).offset(chunk - 1).limit(1)).scalar()
+                    upto = c.minute_ms <= edge if edge is not None else c.minute_ms < before_ms
+                    n = conn.execute(delete(db.telemetry_1m).where(mine, upto)).rowcount
+                total += n
+                if edge is None:
+                    break
+        return total
+
+    def telemetry_range(self, device_id: str, since_ms: int | None, until_ms: int | None, limit: int,
+                        kind: str | None = None) -> list[dict]:
+        """Raw readings taken in [since_ms, until_ms), oldest first: telemetry() with an end."""
+        t = db.telemetry.c
+        q = select(t.kind, t.body).where(t.device_id == device_id)
+        if since_ms is not None:
+            q = q.where(t.ts_ms >= since_ms)
+        if until_ms is not None:
+            q = q.where(t.ts_ms < until_ms)
+        if kind:
+            q = q.where(t.kind == kind)
+        q = q.order_by(t.ts_ms, t.seq).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(_reading(r.body), kind=r.kind) for r in conn.execute(q)]
+
+    def count_raw_telemetry(self, device_id: str, since_ms: int, until_ms: int, kind: str | None = None,
+                            cap: int = 5000) -> int:
+        """Raw readings of a device in [since_ms, until_ms), counted up to ``cap`` + 1 (an index range)."""
+        t = db.telemetry.c
+        q = select(t.id).where(t.device_id == device_id, t.ts_ms >= since_ms, t.ts_ms < until_ms)
+        if kind:
+            q = q.where(t.kind == kind)
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(q.limit(cap + 1).subquery())).scalar() or 0)
+
+    def telemetry_buckets(self, device_id: str, since_ms: int | None, until_ms: int | None, bucket_ms: int,
+                          limit: int, kind: str | None = None) -> tuple[list[dict], int | None]:
+        """A device's history in ``bucket_ms`` buckets (a multiple of a minute, aligned to the epoch),
+        oldest first: from telemetry_1m, and after each kind's last aggregate (minutes not rolled up
+        yet) from the raw readings, aggregated the same way. ``since_ms`` is rounded down to its
+        bucket (whole buckets only); None: from the device's first reading. Returns at most ``limit``
+        items and where the next page starts (a bucket start; None: nothing more before ``until_ms``)."""
+        from fleet.retention import MINUTE_MS, aggregate_minutes, bucket_items
+
+        c, t, lt = db.telemetry_1m.c, db.telemetry.c, db.device_latest.c
+        mine_1m = [c.device_id == device_id] + ([c.kind == kind] if kind else [])
+        mine_raw = [t.device_id == device_id] + ([t.kind == kind] if kind else [])
+        with self.engine.connect() as conn:
+            kq = select(lt.kind).where(lt.device_id == device_id)
+            kinds = [r[0] for r in conn.execute(kq.where(lt.kind == kind) if kind else kq)]
+            if not kinds:
+                return [], None
+            if since_ms is None:  # from the first reading: two index lookups
+                firsts = [int(f) for f in (conn.execute(select(func.min(c.minute_ms)).where(*mine_1m)).scalar(),
+                                           conn.execute(select(func.min(t.ts_ms)).where(*mine_raw)).scalar())
+                          if f is not None]
+                if not firsts:
+                    return [], None
+                since_ms = min(firsts)
+            start: int = since_ms
+            start -= start % bucket_ms
+            end = until_ms if until_ms is not None else 2**62
+            next_from: int | None = None
+            # Enough aggregate rows for limit + 1 buckets of every kind; a page ends on a bucket edge.
+            cap = (limit + 1) * (bucket_ms // MINUTE_MS) * len(kinds)
+            minutes = [dict(r) for r in conn.execute(
+                select(db.telemetry_1m).where(*mine_1m, c.minute_ms >= start, c.minute_ms < end)
+                .order_by(c.minute_ms, c.kind).limit(cap)).mappings()]
+            if len(minutes) == cap:
+                edge = minutes[-1]["minute_ms"]
+                end = next_from = max(edge - edge % bucket_ms, start + bucket_ms)
+                minutes = [m for m in minutes if m["minute_ms"] < end]
+            last: dict[str, int] = {}
+            for m in minutes:
+                last[m["kind"]] = m["minute_ms"]
+            froms = {k: last[k] + MINUTE_MS if k in last else start for k in kinds}
+            tail_from = min(froms.values())
+            # The raw tail is read at most limit + 1 buckets long (normally: since the last pass).
+            tail_end = tail_from - tail_from % bucket_ms + (limit + 1) * bucket_ms
+            if tail_end < end:
+                more = conn.execute(select(t.id).where(*mine_raw, t.ts_ms >= tail_end, t.ts_ms < end).limit(1)).first()
+                if more is not None:
+                    end = next_from = tail_end
+                    minutes = [m for m in minutes if m["minute_ms"] < end]
+            raw = [r for r in conn.execute(select(t.device_id, t.kind, t.ts_ms, t.id, t.body)
+                                           .where(*mine_raw, t.ts_ms >= tail_from, t.ts_ms < end))
+                   if r.ts_ms >= froms.get(r.kind, start)]
+        minutes.extend(aggregate_minutes(raw).values())
+        items = bucket_items(minutes, bucket_ms)
+        if len(items) > limit:
+            nxt = items[limit]["ts"]
+            page = [i for i in items[:limit] if i["ts"] < nxt]  # a bucket's kinds stay on one page
+            return (page, nxt) if page else (items[:limit], items[limit]["ts"] + bucket_ms)
+        return items, next_from
+
+    # ------------------------------------------------------------ end of retention
+
 def _evidence(value: Any) -> Any:
     """An alert's evidence as JSON keeps it (so the next evaluation compares like with like)."""
     return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)

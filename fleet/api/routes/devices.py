@@ -1,12 +1,16 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import Field
 
 from fleet.api.deps import StoreDep
 from fleet.api.routes.kits import health_config
 from fleet.api.schemas import DeviceDetailOut, TelemetryOut
+from fleet.retention import MINUTE_MS, pick_bucket_ms
+from fleet.settings import FleetSettings
+from fleet.store import now_ms
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
@@ -21,18 +25,69 @@ def get_device(device_id: str, request: Request, store: StoreDep):
     return device
 
 
-@router.get("/{device_id}/telemetry", response_model=TelemetryOut)
+class TelemetryHistoryOut(TelemetryOut):
+    """TelemetryOut, saying which resolution the items are in."""
+
+    resolution: Literal["raw", "1m"] = Field(
+        default="raw", description="raw: readings as the device sent them; 1m: built from one-minute aggregates")
+    bucket_ms: int | None = Field(default=None, description="1m: each item aggregates this long (from its ts)")
+
+
+DAY_MS = 86_400_000
+
+
+def _raw_days(request: Request) -> float:
+    ingest = getattr(request.app.state, "ingest", None)
+    settings = ingest.settings if ingest is not None else None
+    if settings is None:
+        settings = getattr(request.app.state, "fleet_settings", None) or FleetSettings()
+        request.app.state.fleet_settings = settings
+    return settings.telemetry_raw_days
+
+
+@router.get("/{device_id}/telemetry", response_model=TelemetryHistoryOut)
 def list_telemetry(
     device_id: str,
+    request: Request,
     store: StoreDep,
     since: Annotated[int | None, Query(ge=0, description="only readings taken at or after this time, ms since the epoch")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     kind: Annotated[str | None, Query(pattern="^(battery|printer|device)$")] = None,
+    until: Annotated[int | None, Query(ge=0, description="only readings taken before this time, ms since the epoch")] = None,
+    resolution: Annotated[Literal["raw", "1m", "auto"], Query(description=(
+        "raw (default): the readings; 1m: one-minute aggregates (raw is kept telemetry_raw_days, "
+        "aggregates telemetry_rollup_days); auto: the raw readings if the range is within the raw "
+        "retention and holds at most `points` of them, else aggregates in buckets sized to draw "
+        "the range in at most `points` points (since defaults to 24 h before until)"))] = "raw",
+    points: Annotated[int, Query(ge=10, le=5000, description="auto: most points wanted")] = 300,
 ):
-    """A device's telemetry in time order, oldest first, from ``since``."""
+    """A device's telemetry in time order, oldest first, from ``since``.
+
+    Aggregate items (resolution 1m): ``{ts, kind, n, bucket_ms, last_ts, last}`` (``n`` readings,
+    ``last`` the bucket's last reading), and for a battery also ``v, i, p, soc`` (the averages, so a
+    chart of readings draws them alike), ``v_min, v_avg, v_max, i_min, i_avg, i_max, p_avg, soc_min,
+    soc_avg, soc_max``. Their ``next_since`` is the start of the next bucket."""
     if store.device_ref(device_id) is None:
         raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
-    items = store.telemetry(device_id, since, limit + 1, kind)
+    if resolution == "auto":
+        now = now_ms()
+        end = until if until is not None else now
+        start = since if since is not None else max(0, end - DAY_MS)
+        raw_from = now - int(_raw_days(request) * DAY_MS)
+        if start >= raw_from and store.count_raw_telemetry(device_id, start, end, kind, cap=points) <= points:
+            resolution, since, until = "raw", start, end
+        else:
+            items, nxt = store.telemetry_buckets(device_id, start, end, pick_bucket_ms(end - start, points),
+                                                 limit, kind)
+            return {"device_id": device_id, "items": items, "next_since": nxt, "resolution": "1m",
+                    "bucket_ms": pick_bucket_ms(end - start, points)}
+    if resolution == "1m":
+        items, nxt = store.telemetry_buckets(device_id, since, until, MINUTE_MS, limit, kind)
+        return {"device_id": device_id, "items": items, "next_since": nxt, "resolution": "1m", "bucket_ms": MINUTE_MS}
+    if until is None:
+        items = store.telemetry(device_id, since, limit + 1, kind)
+    else:
+        items = store.telemetry_range(device_id, since, until, limit + 1, kind)
     more = len(items) > limit
     items = items[:limit]
     return {"device_id": device_id, "items": items, "next_since": items[-1]["ts"] if more else None}
