@@ -271,9 +271,14 @@ function chartSVG(h) {
 async function loadHistory(deviceId, incremental) {
   const now = Date.now();
   let h = state.history.get(deviceId);
-  if (!h || h.window_ms !== state.chartWindow || !incremental) h = { window_ms: state.chartWindow, items: [] };
+  if (!h || h.window_ms !== state.chartWindow || !incremental) {
+    // A whole window: ~300 points from the fleet (raw when few, else per-bucket averages of the rollups).
+    const r = await getJSON(`/devices/${enc(deviceId)}/telemetry?kind=battery&resolution=auto&points=300&since=${now - state.chartWindow}`);
+    h = { window_ms: state.chartWindow, items: r.items };
+  }
+  // Then only what came since, raw.
   let since = h.items.length ? h.items[h.items.length - 1].ts + 1 : now - state.chartWindow;
-  for (let page = 0; page < 10 && since != null; page++) {
+  for (let page = 0; page < 10 && since != null && incremental; page++) {
     const r = await getJSON(`/devices/${enc(deviceId)}/telemetry?kind=battery&limit=5000&since=${since}`);
     h.items.push(...r.items);
     since = r.next_since != null ? r.next_since + 1 : null;
