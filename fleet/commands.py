@@ -59,7 +59,7 @@ class Publisher:
     # ------------------------------------------------------------ commands
 
     def send_command(self, device_id: str, action: str, args: dict[str, Any] | None = None,
-                     ttl_s: int = DEFAULT_TTL_S) -> dict:
+                     ttl_s: int = DEFAULT_TTL_S, requested_by: str | None = None) -> dict:
         """Store the command as pending, then publish it (QoS 1, never retained). Returns its view."""
         ref = self.store.device_ref(device_id)
         if ref is None:
@@ -69,7 +69,7 @@ class Publisher:
         payload = encode(cmd)
         if len(payload) > MAX_DEVICE_PAYLOAD:
             raise PayloadTooLarge(f"cmd would be {len(payload)} bytes; the contract allows {MAX_DEVICE_PAYLOAD}")
-        self.store.add_command(device_id, cmd)
+        self.store.add_command(device_id, cmd, requested_by)
         self._publish(topic(ref.kit_id, device_id, "cmd"), payload, retain=False)
         return self.store.get_command(cmd.id)
 

@@ -146,6 +146,7 @@ commands = Table(
     Column("status", String(10), nullable=False),  # pending | ok | error | expired | rejected
     Column("detail", String(200)),
     Column("acked_ms", BigInteger),  # the ack's ts: when the device answered (device clock)
+    Column("requested_by", String(63)),  # who asked (the audit log); null for commands from before 0004
     Index("ix_commands_device_ts", "device_id", "ts_ms"),
 )
 

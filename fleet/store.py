@@ -308,12 +308,31 @@ class Store:
 
     # ------------------------------------------------------------ commands and desired config
 
-    def add_command(self, device_id: str, cmd: Command) -> None:
+    def add_command(self, device_id: str, cmd: Command, requested_by: str | None = None) -> None:
         """Record a command as pending; call before publishing it, so its ack always finds it."""
         with self.engine.begin() as conn:
             conn.execute(db.commands.insert().values(
                 id=cmd.id, device_id=device_id, action=cmd.action, args=cmd.args, ts_ms=cmd.ts,
-                expires_ms=cmd.expires, status="pending"))
+                expires_ms=cmd.expires, status="pending", requested_by=requested_by))
+
+    def audit(self, limit: int = 100, before_ms: int | None = None) -> list[dict]:
+        """Who did what to which device or alert, when, and how it ended: commands and alert
+        acknowledgements/resolutions by people, newest first (``before_ms``: the next page)."""
+        c, e, a = db.commands.c, db.alert_events.c, db.alerts.c
+        cq = select(db.commands).order_by(c.ts_ms.desc()).limit(limit)
+        eq = (select(e.ts_ms, e.what, e.by, e.detail, a.id, a.rule, a.subject)
+              .select_from(db.alert_events.join(db.alerts, a.id == e.alert_id))
+              .where(e.what.in_(("acknowledged", "resolved")), e.by != "auto").order_by(e.ts_ms.desc()).limit(limit))
+        if before_ms is not None:
+            cq, eq = cq.where(c.ts_ms < before_ms), eq.where(e.ts_ms < before_ms)
+        now = now_ms()
+        with self.engine.connect() as conn:
+            out = [dict(ts=r["ts_ms"], by=r["requested_by"], what=f"command {r['action']}", target=r["device_id"],
+                        ref=r["id"], result=v["status"] + (f": {v['detail']}" if v["detail"] else ""))
+                   for r in conn.execute(cq).mappings() for v in (_command_view(r, now),)]
+            out += [dict(ts=r.ts_ms, by=r.by, what=f"alert {r.what}", target=r.subject, ref=str(r.id),
+                         result=f"{r.rule}" + (f": {r.detail}" if r.detail else "")) for r in conn.execute(eq)]
+        return sorted(out, key=lambda x: x["ts"], reverse=True)[:limit]
 
     def commands(self, device_id: str, limit: int = 50, now: int | None = None) -> list[dict]:
         """A device's commands, newest first."""
@@ -1124,7 +1143,8 @@ def _command_view(r, now: int) -> dict:
         # The device will refuse it now (it never runs a command past its expiry).
         status, detail = "expired", "no answer before it expired"
     return dict(id=r["id"], device_id=r["device_id"], action=r["action"], args=r["args"], ts=r["ts_ms"],
-                expires=r["expires_ms"], status=status, detail=detail, acked_ms=r["acked_ms"])
+                expires=r["expires_ms"], status=status, detail=detail, acked_ms=r["acked_ms"],
+                requested_by=r["requested_by"])
 
 
 def _reading(body: str) -> dict:

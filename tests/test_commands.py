@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -326,3 +327,38 @@ def test_republish_sends_every_stored_config_again(fleet, collect):
     wait_until(lambda: len(sub.messages) == 4, what="both configs published again")
     again = {t.split("/")[3]: decode("config", p).version for t, p, _r in sub.messages[2:]}
     assert again == {LIGHTS: 1, SCANNER: 1}
+
+
+def test_the_audit_log_says_who_sent_what_to_which_device_and_how_it_ended(fleet, broker, collect):
+    from fleet.alerts import AlertConfig, evaluate
+
+    seen = collect("popkit/v1/demo/demo-lights-1/cmd")
+    r = fleet.api.post("/api/v1/devices/demo-lights-1/commands", json={"action": "identify", "by": "ops-anna"})
+    assert r.status_code == 202 and r.json()["requested_by"] == "ops-anna"
+    cmd_id = r.json()["id"]
+    wait_until(lambda: seen.on("/cmd"), what="the command at the device")
+    anon = fleet.api.post("/api/v1/devices/demo-printer/commands", json={"action": "identify"}).json()
+    assert anon["requested_by"] == "api"
+    log = fleet.api.get("/api/v1/audit").json()
+    assert {(e["by"], e["what"], e["target"]) for e in log[:2]} == {("api", "command identify", "demo-printer"),
+                                                                    ("ops-anna", "command identify", "demo-lights-1")}
+    [mine] = [e for e in log if e["ref"] == cmd_id]
+    assert mine["result"] == "pending"
+
+    # People's hands on alerts are in the same log; the evaluator's own resolutions ('auto') are not.
+    from kits.contract import PrinterTelemetry, encode
+
+    pub = publisher(broker.url)
+    pub.publish("popkit/v1/demo/demo-printer/telemetry",
+                encode(PrinterTelemetry(boot="ab01", seq=1, ts=int(time.time() * 1000), online=True, paper="out")),
+                qos=1).wait_for_publish(5)
+    pub.loop_stop()
+    wait_until(lambda: evaluate(fleet.store, None, AlertConfig()) and fleet.api.get("/api/v1/alerts?rule=paper_out").json()["items"],
+               what="a paper-out alert")
+    [alert] = fleet.api.get("/api/v1/alerts?rule=paper_out").json()["items"]
+    assert fleet.api.post(f"/api/v1/alerts/{alert['id']}/acknowledge", json={"by": "ops-bo"}).status_code == 200
+    top = fleet.api.get("/api/v1/audit?limit=1").json()[0]
+    assert (top["by"], top["what"], top["target"], top["ref"]) == ("ops-bo", "alert acknowledged", "demo-printer", str(alert["id"]))
+    older = fleet.api.get(f"/api/v1/audit?before={log[0]['ts']}").json()
+    assert all(e["ts"] < log[0]["ts"] for e in older)
+    assert fleet.api.post("/api/v1/devices/demo-printer/commands", json={"action": "identify", "by": ""}).status_code == 422

@@ -54,11 +54,17 @@ def table_names(engine: sa.Engine) -> set[str]:
 
 def create_all_as_before_migrations(engine: sa.Engine, skip: tuple[str, ...] = ()) -> None:
     """What the fleet's create_all made before migrations: the baseline (0001) tables, none added since."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
     from alembic.script import ScriptDirectory
 
+    # 0001's own table definitions, not today's models: a column added since (commands.requested_by,
+    # 0004) must be missing here, as it was in those databases.
     baseline = ScriptDirectory.from_config(migrations.config()).get_revision(migrations.BASELINE).module.TABLES
-    db.metadata.create_all(engine, tables=[t for t in db.metadata.sorted_tables
-                                           if t.name in baseline and t.name not in skip])
+    with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        for name, make in baseline.items():
+            if name not in skip:
+                make()
 
 
 def _seed_rows(engine: sa.Engine) -> None:

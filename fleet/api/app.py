@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fleet.api.routes import commands, config, dead_letters, devices, events, health, kits, pages, revocations, stream
+from fleet.api.routes import audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations, stream
 from fleet.api.routes import alerts as alert_routes
 from fleet.commands import Publisher
 from fleet.ingest import Ingest
@@ -18,6 +18,6 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     # Pushing to devices goes through the ingest worker's client unless told otherwise.
     app.state.publisher = publisher or (Publisher.for_ingest(store, ingest) if ingest is not None else None)
     app.include_router(alert_routes.router)  # fleet/alerts.py: GET /api/v1/alerts, acknowledge, resolve
-    for module in (kits, devices, commands, config, events, revocations, dead_letters, health, stream, pages):
+    for module in (kits, devices, commands, config, events, revocations, dead_letters, health, audit, stream, pages):
         app.include_router(module.router)
     return app

@@ -162,6 +162,8 @@ class CommandIn(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     ttl_s: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S,
                        description="seconds until the command expires; a device never runs it after that")
+    by: str = Field(default="api", min_length=1, max_length=63,
+                    description="who asks, for the audit log (until the API authenticates its callers)")
 
 
 class CommandOut(BaseModel):
@@ -175,6 +177,7 @@ class CommandOut(BaseModel):
         description="pending until the device's ack; expired also when no ack came before expires")
     detail: str | None
     acked_ms: int | None = Field(description="the ack's time (device clock), ms since the epoch")
+    requested_by: str | None = Field(default=None, description="who asked for it")
 
 
 class ConfigIn(BaseModel):
@@ -224,3 +227,12 @@ class CheckinOut(BaseModel):
     tier: str | None
     verdict: str
     hub_checked: bool
+
+
+class AuditOut(BaseModel):
+    ts: int = Field(description="when, ms since the epoch")
+    by: str | None = Field(description="who (null: a command sent before the fleet recorded it)")
+    what: str = Field(description="command <action> | alert acknowledged | alert resolved")
+    target: str = Field(description="the device (or kit) it was about")
+    ref: str = Field(description="the command's or the alert's id")
+    result: str

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v1/devices", tags=["commands"])
 def post_command(device_id: str, body: CommandIn, publisher: PublisherDep):
     """Send a command (QoS 1, never retained). 202: it is on its way; its status follows the device's ack."""
     try:
-        return publisher.send_command(device_id, body.action, body.args, body.ttl_s)
+        return publisher.send_command(device_id, body.action, body.args, body.ttl_s, requested_by=body.by)
     except UnknownDevice:
         raise HTTPException(status_code=404, detail=f"no device {device_id!r}") from None
     except PayloadTooLarge as exc:

@@ -308,7 +308,7 @@ async function sendCommand(deviceId, action) {
   try {
     cmd = await getJSON(`/devices/${enc(deviceId)}/commands`, {
       method: "POST", headers: { "content-type": "application/json" },
-      body: JSON.stringify({ action, args: {}, ttl_s: 60 }),
+      body: JSON.stringify({ action, args: {}, ttl_s: 60, by: "dashboard" }),
     });
   } catch (e) {
     cmd = { action, status: "error", error: String(e.message || e) };
