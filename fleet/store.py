@@ -502,8 +502,15 @@ class Store:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def online_counts(self) -> tuple[int, int]:
-        devs = self.list_devices()
-        return sum(1 for d in devs if d["online"]), len(devs)
+        """(online, total) devices in one COUNT: /healthz must stay cheap with 10,000 devices.
+        A hosted device is online only while its agent is (as in _devices)."""
+        d = db.devices.alias("d")
+        h = db.devices.alias("h")
+        up = and_(d.c.online == true(), or_(d.c.host_id.is_(None), h.c.online == true()))
+        q = select(func.count().filter(up), func.count()).select_from(d.outerjoin(h, h.c.id == d.c.host_id))
+        with self.engine.connect() as conn:
+            online, total = conn.execute(q).one()
+        return int(online or 0), int(total)
 
     def list_devices(self) -> list[dict]:
         with self.engine.connect() as conn:
@@ -677,7 +684,9 @@ class Store:
         in_window = and_(t.ts_ms >= l.ts_ms - window_ms, t.ts_ms <= l.ts_ms, t.kind == "battery")
         if conn.dialect.name == "postgresql":
             # LATERAL: an index range scan per battery, never a hash join over all of telemetry.
-            per = select(t.device_id, t.body).where(t.device_id == l.device_id, in_window).lateral()
+            # OFFSET 0 keeps the planner from flattening it into exactly that hash join once the
+            # table is analysed (bench.api: 176 ms -> 14 ms for 1,000 batteries at 1M rows).
+            per = select(t.device_id, t.body).where(t.device_id == l.device_id, in_window).offset(0).lateral()
             q = select(per.c.device_id, per.c.body).select_from(db.device_latest.join(per, true()))
         else:
             # SQLite without ANALYZE statistics would scan telemetry and look device_latest up per

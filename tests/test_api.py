@@ -67,3 +67,11 @@ def test_health_metrics_page_and_openapi(api):
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/api/v1/kits", "/api/v1/kits/{kit_id}", "/api/v1/devices/{device_id}",
             "/api/v1/devices/{device_id}/telemetry", "/healthz", "/metrics"} <= set(paths)
+
+
+def test_healthz_counts_a_hosted_device_offline_with_its_agent(api):
+    store = api.app.state.store
+    store.write_batch(Batch(states=[("demo-agent", State(boot="beef01", seq=0, ts=2, online=False, role="agent",
+                                                         reason="lwt"))]))
+    assert api.get("/healthz").json()["devices_online"] == 0  # the power bank's agent is gone: so is it
+    assert api.get("/api/v1/kits").json()[0]["devices_online"] == 0
