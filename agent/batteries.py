@@ -11,12 +11,12 @@ import asyncio
 import logging
 from typing import Any
 
+from agent.drivers.jbd import EMPTY_SOC  # % under which a pack is a fault, whatever the crew expects
 from agent.errors import DriverError
 from agent.readiness import Problem, fault, warning
 
 log = logging.getLogger("popkit.agent.batteries")
 
-EMPTY_SOC = 10  # % under which a pack is a fault whatever the crew expects (as agent/drivers/jbd.py)
 
 
 class VeDirectBattery:

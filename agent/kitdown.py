@@ -15,11 +15,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+from agent.kitup import AGENT_FW
 from agent.link import FleetLink
 from kits.contract import Event
 from kits.manifest import KitManifest
 
-AGENT_FW = "agent-0.1.0"
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:

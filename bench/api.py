@@ -43,7 +43,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,9 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+from bench.ingest import cpu_seconds
+from popkit.broker import free_port
 
 QUICK = dict(kits=100, rows=100_000, duration=5.0)
 FULL = dict(kits=1000, rows=1_000_000, duration=20.0)
@@ -64,21 +66,6 @@ def say(text: str) -> None:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the database

@@ -25,7 +25,7 @@ tick (outside the timed call); the high-water with garbage is reported apart (``
 A frozen build keeps the interned names in flash too, so ``*_names_kb`` (measured in the soak with
 ``micropython.qstr_info()`` around the firmware's imports) is reported, and ``*_peak_frozen_kb`` is
 the peak without them. ``*_role_names_kb`` is the same for every module of the role (as
-tests/device/firmware.py's ``rom_names_bytes`` measures it); the soaks import only part of a role.
+popkit.romfs.names_bytes measures it); the soaks import only part of a role.
 
 Progress lines go to stderr; the last stdout line is one JSON object.
 """
@@ -45,6 +45,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from popkit.romfs import qstr_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "firmware_scripts"
@@ -111,32 +113,15 @@ def image_bytes(image: Path) -> int:
     return -(-image.stat().st_size // 16) * 16
 
 
-def qstr_bytes(text: str) -> list[int]:
-    """The n_total_bytes of each ``micropython.qstr_info()`` line in ``text``."""
-    return [int(m) for m in re.findall(r"n_total_bytes=(\d+)", text)]
-
-
 def names_bytes(role: str, image: Path) -> int:
-    """Heap the role's modules' names (interned qstrs) take when imported from ``image``.
+    """popkit.romfs.names_bytes, with the bench's way of failing."""
+    from popkit import romfs
+    from popkit.firmware import FirmwareError
 
-    A frozen ESP32 build keeps these in flash with the bytecode (the firmware's own qstr pool);
-    from ROMFS they are interned into the heap. Measured as tests/device/firmware.py's
-    rom_names_bytes does: every module of the role but its main (which would start the app),
-    with asyncio and json, between two micropython.qstr_info() in a roomy heap."""
-    from popkit.firmware import read_manifest
-    from popkit.romfs import boot_code
-
-    mods = [p.stem for p in read_manifest(role, "unix").sources if p.parent.parent.name != "apps"]
-    code = boot_code(image, "micropython").replace("import micropython\n", "import micropython\n"
-                                                   "micropython.qstr_info()\n"
-                                                   f"import asyncio, json, {', '.join(mods)}\n"
-                                                   "micropython.qstr_info()\n")
-    r = subprocess.run([tool("micropython"), "-X", "heapsize=512k", "-c", code], capture_output=True, text=True,
-                       timeout=60, env=dict(os.environ, MICROPYPATH=".frozen"))
-    sizes = qstr_bytes(r.stdout)
-    if r.returncode != 0 or len(sizes) != 2:
-        raise SystemExit(f"bench.firmware: measuring {role}'s names failed\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return sizes[1] - sizes[0]
+    try:
+        return romfs.names_bytes(role, image)
+    except FirmwareError as exc:
+        raise SystemExit(f"bench.firmware: {exc}") from None
 
 
 def growth(lives: list[tuple[int, int]], n: int) -> float:

@@ -14,6 +14,8 @@ Everything the firmware allocates, code objects included, then has to fit in the
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -72,3 +74,28 @@ def boot_code(image: Path, module: str = "main") -> str:
 def heap_for(budget_bytes: int, image: Path) -> str:
     """The unix process heap: the firmware's budget plus the image it holds in place of flash."""
     return f"{-(-(budget_bytes + image.stat().st_size) // 1024)}k"
+
+
+def qstr_bytes(text: str) -> list[int]:
+    """The n_total_bytes of each ``micropython.qstr_info()`` line in ``text``."""
+    return [int(m) for m in re.findall(r"n_total_bytes=(\d+)", text)]
+
+
+def names_bytes(role: str, image: Path) -> int:
+    """Heap the role's modules' names (interned qstrs) take when imported from ``image``.
+
+    A frozen ESP32 build keeps these in flash with the bytecode (the firmware's own qstr pool);
+    from ROMFS they are interned into the heap. Measured by importing every module of the role
+    but its main (which would start the app), with asyncio and json, between two
+    micropython.qstr_info() in a roomy heap. FirmwareError when the measurement fails."""
+    mods = [p.stem for p in read_manifest(role, "unix").sources if p.parent.parent.name != "apps"]
+    code = boot_code(image, "micropython").replace("import micropython\n", "import micropython\n"
+                                                   "micropython.qstr_info()\n"
+                                                   f"import asyncio, json, {', '.join(mods)}\n"
+                                                   "micropython.qstr_info()\n")
+    r = subprocess.run([tool("micropython"), "-X", "heapsize=512k", "-c", code], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, MICROPYPATH=".frozen"))
+    sizes = qstr_bytes(r.stdout)
+    if r.returncode != 0 or len(sizes) != 2:
+        raise FirmwareError(f"measuring {role}'s names failed\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return sizes[1] - sizes[0]

@@ -53,24 +53,10 @@ def rom_images(tmp_path_factory) -> dict[str, Path]:
 
 
 def rom_names_bytes(role: str, image: Path) -> int:
-    """Heap the role's modules' names (interned qstrs) take when imported from ``image``.
+    """Heap the role's interned names take from its ROMFS image (popkit.romfs.names_bytes)."""
+    from popkit.romfs import names_bytes
 
-    A frozen ESP32 build keeps these in flash with the bytecode (the firmware's own qstr pool);
-    from ROMFS they are interned into the heap. Measured by importing every module of the role
-    but its main (which would start the app) and reading micropython.qstr_info()."""
-    from popkit.firmware import read_manifest
-    from popkit.romfs import boot_code
-
-    mods = [p.stem for p in read_manifest(role, "unix").sources if p.parent.parent.name != "apps"]
-    code = boot_code(image, "micropython").replace("import micropython\n", "import micropython\n"
-                                                   "micropython.qstr_info()\n"
-                                                   f"import asyncio, json, {', '.join(mods)}\n"
-                                                   "micropython.qstr_info()\n")
-    out = subprocess.run([micropython_binary(), "-X", "heapsize=512k", "-c", code], capture_output=True, text=True,
-                         timeout=30, env=dict(os.environ, MICROPYPATH=".frozen"))
-    sizes = [int(m) for m in re.findall(r"n_total_bytes=(\d+)", out.stdout)]
-    assert len(sizes) == 2, out.stdout + out.stderr
-    return sizes[1] - sizes[0]
+    return names_bytes(role, image)
 
 
 @pytest.fixture(scope="session")

@@ -557,7 +557,7 @@ def _mutations(n: int, seed: int = 7) -> list[str]:
     out = []
     for _ in range(n):
         data = venue_timeline()
-        node, path = data, []
+        node = data
         while True:  # walk to a random container, then replace one of its values
             keys = list(node) if isinstance(node, dict) else list(range(len(node)))
             if not keys:

@@ -10,15 +10,12 @@ refused after it; and the fleet's attendance adds up.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from kits.contract import DEVICE_CHANNELS, decode
 from kits.tickets import EventKey, issue
