@@ -1,6 +1,7 @@
-"""How ingest tells the dashboard's live stream (``GET /api/v1/stream``) that something changed.
+"""How the fleet's writes tell the dashboard's live stream (``GET /api/v1/stream``) that something changed.
 
-Ingest's writer thread calls :meth:`EventBus.publish_batch` after each commit. That must never
+The store calls :meth:`EventBus.publish` after each commit (Store.on_change, hooked by create_app),
+on ingest's writer thread for ingest's batches. That must never
 wait on a browser: each subscriber is a small *coalescing* mailbox (the set of kits and devices
 changed since the client last read, bounded in size; past the bound it collapses into "everything
 changed"), and waking the subscriber's asyncio task is ``loop.call_soon_threadsafe`` (a write to the
@@ -16,10 +17,6 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from fleet.store import Batch, DeviceRef
 
 log = logging.getLogger("popkit.fleet.events")
 
@@ -98,14 +95,12 @@ class Subscription:
 
 
 class EventBus:
-    """Fan-out of "kit/device changed" notices from ingest to any number of SSE clients."""
+    """Fan-out of "kit/device changed" notices from the store's writes to any number of SSE clients."""
 
-    def __init__(self, device_kits: Callable[[], dict[str, "DeviceRef"]] | None = None):
+    def __init__(self):
         self._subs: dict[int, Subscription] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._device_kits = device_kits  # the store's device registry, to name the kit of a device
-        self._kit_of: dict[str, str] = {}
         self.published = 0
 
     @property
@@ -130,22 +125,3 @@ class EventBus:
             subs = list(self._subs.values())
         for sub in subs:
             sub.offer(set(kits), set(devices))
-
-    def publish_batch(self, batch: "Batch") -> None:
-        """Ingest's hook: called on the writer thread after a batch committed."""
-        if not self._subs:
-            return  # nobody is watching: not even the kit lookup
-        try:
-            devices = {d for d, _ in batch.states} | {m.device_id for m in batch.ledger}
-            if devices:
-                self.publish({k for k in map(self._kit, devices) if k}, devices)
-        except Exception:  # noqa: BLE001 - the dashboard must never stop ingest
-            log.exception("could not tell the live stream about a batch")
-
-    def _kit(self, device_id: str) -> str | None:
-        kit = self._kit_of.get(device_id)
-        if kit is None and self._device_kits is not None:
-            # Ingest only commits messages of registered devices, so a miss means a newly registered one.
-            self._kit_of = {d: ref.kit_id for d, ref in self._device_kits().items()}
-            kit = self._kit_of.get(device_id)
-        return kit

@@ -87,7 +87,6 @@ class Ingest:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
-        self.on_commit = None  # called with each committed Batch; must not block (fleet/events_bus.py: the dashboard's live stream)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -202,8 +201,6 @@ class Ingest:
         for gen, _t, _p, mid, qos in items:
             if gen == current and qos:
                 self._client.ack(mid, qos)
-        if self.on_commit is not None and (batch.states or batch.ledger):  # tell the live dashboard what changed
-            self.on_commit(batch)
         self.metrics.ingested += result.inserted
         self.metrics.duplicates += result.duplicates
         self.metrics.states += len(batch.states)

@@ -112,3 +112,28 @@ def render_alert_metrics(open_counts: dict[tuple[str, str], int], rules, severit
         f"popkit_alert_evaluation_errors_total {m.evaluation_errors}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------ kit views (fleet/kitviews.py)
+
+
+def render_view_metrics(stats) -> str:
+    """Prometheus text for the overview's kept views: what keeping them fresh costs."""
+    return "\n".join([
+        "# HELP popkit_kit_view_passes_total Recomputations of the kit views: every kit (full) or the changed ones (dirty).",
+        "# TYPE popkit_kit_view_passes_total counter",
+        f'popkit_kit_view_passes_total{{kind="full"}} {stats.full_passes}',
+        f'popkit_kit_view_passes_total{{kind="dirty"}} {stats.dirty_passes}',
+        "# HELP popkit_kit_views_recomputed_total Kit views recomputed, all passes.",
+        "# TYPE popkit_kit_views_recomputed_total counter",
+        f"popkit_kit_views_recomputed_total {stats.kits_recomputed}",
+        "# HELP popkit_kit_view_reads_recomputed_total Reads that recomputed a view first (it had changed, or was too old).",
+        "# TYPE popkit_kit_view_reads_recomputed_total counter",
+        f"popkit_kit_view_reads_recomputed_total {stats.on_read}",
+        "# HELP popkit_kit_view_full_pass_seconds How long the last full pass took.",
+        "# TYPE popkit_kit_view_full_pass_seconds gauge",
+        f"popkit_kit_view_full_pass_seconds {stats.last_full_s:.4f}",
+        "# HELP popkit_kit_view_errors_total Passes that failed (retried; reads recompute meanwhile).",
+        "# TYPE popkit_kit_view_errors_total counter",
+        f"popkit_kit_view_errors_total {stats.errors}",
+    ]) + "\n"

@@ -37,6 +37,12 @@ class FleetSettings(BaseSettings):
                                      "time-to-empty forecast is fitted on, back from the latest")
     rejected_window_s: float = Field(default=3600.0, gt=0, description="rejected messages this recent degrade a device")
     config_grace_s: float = Field(default=60.0, ge=0, description="time a device has to apply a new desired config")
+    # The overview's and kit pages' views (fleet/kitviews.py): recomputed on every change this process
+    # sees, and all of them this often (health also moves with the clock alone).
+    view_refresh_s: float = Field(default=10.0, gt=0, le=3600, description="how often every kit's view is "
+                                  "recomputed (changes seen by this process recompute a kit at once)")
+    view_max_age_s: float = Field(default=60.0, gt=0, description="a view older than this (the refresher stalled) "
+                                  "is recomputed on read")
     # Alerts (fleet/alerts.py) and their webhook (fleet/notify.py). Low SOC uses battery_low_soc above.
     alert_eval_interval_s: float = Field(default=15.0, gt=0, le=3600, description="how often the alert rules are "
                                          "evaluated (also shortly after ingest commits, at most every alert_min_interval_s)")

@@ -29,10 +29,12 @@ def api(tmp_path):
 
 
 def test_list_kits_shows_devices_and_battery(api):
-    kits = api.get("/api/v1/kits").json()
-    assert len(kits) == 1 and kits[0]["id"] == "demo"
-    assert kits[0]["devices_total"] == 5 and kits[0]["devices_online"] == 2
+    page = api.get("/api/v1/kits").json()
+    kits = page["items"]
+    assert len(kits) == 1 and kits[0]["id"] == "demo" and page["total"] == 1 and page["next_offset"] is None
+    assert kits[0]["devices_total"] == 5 and kits[0]["devices_online"] == 2 and kits[0]["state"] == "degraded"
     assert kits[0]["battery"]["soc"] == pytest.approx(87.5)
+    assert {d["id"]: d["online"] for d in kits[0]["devices"]}["demo-power"] is True
 
 
 def test_get_kit_and_device_not_found_say_which(api):
@@ -50,6 +52,45 @@ def test_get_device_telemetry_pages_by_since(api):
     assert nxt["items"][0]["seq"] == 10  # since is inclusive: the boundary reading repeats, none is skipped
     tail = api.get("/api/v1/devices/demo-power/telemetry", params={"since": 1_020_000}).json()
     assert [i["seq"] for i in tail["items"]] == list(range(20, 26)) and tail["next_since"] is None
+
+
+def test_raw_history_is_the_readings_as_sent_in_the_promised_shape(api):
+    from fleet.api.routes.devices import TelemetryHistoryOut
+
+    page = api.get("/api/v1/devices/demo-power/telemetry", params={"limit": 3, "kind": "battery"}).json()
+    TelemetryHistoryOut.model_validate(page)
+    assert page["resolution"] == "raw" and page["next_since"] == 1_003_000
+    assert page["items"][0] == {**reading(1, 1_001_000).msg.model_dump(exclude_none=True), "kind": "battery"}
+    assert api.get("/api/v1/devices/demo-power/telemetry", params={"kind": "printer"}).json()["items"] == []
+
+
+def history_pages_in_time_order(store: Store) -> None:
+    """Readings stored out of time order (ids against ts) come back in time order, page by page,
+    the database joining each page (Store.telemetry_page): every reading once, none skipped."""
+    import json
+    import random
+
+    seqs = list(range(1, 301))
+    random.Random(5).shuffle(seqs)
+    for i in range(0, 300, 50):
+        store.write_batch(Batch(ledger=[reading(s, 5_000_000 + s * 1000) for s in seqs[i : i + 50]]))
+    got, since, pages = [], 5_000_000, 0
+    while since is not None:
+        joined, n, since = store.telemetry_page("demo-power", since, None, 70, "battery")
+        items = json.loads("[" + joined + "]")
+        assert len(items) == n and [i["ts"] for i in items] == sorted(i["ts"] for i in items)
+        got += [i["seq"] for i in items if not got or i["seq"] > got[-1]]  # since is inclusive: the edge repeats
+        pages += 1
+    assert got == list(range(1, 301)) and pages == 5
+
+
+def test_history_pages_come_in_time_order_on_sqlite(tmp_path):
+    store = Store.open(f"sqlite:///{tmp_path / 'order.db'}")
+    try:
+        store.register_kit(load_manifest(DEMO_KIT))
+        history_pages_in_time_order(store)
+    finally:
+        store.close()
 
 
 def test_bad_query_parameters_are_refused_with_the_reason(api):
@@ -74,4 +115,5 @@ def test_healthz_counts_a_hosted_device_offline_with_its_agent(api):
     store.write_batch(Batch(states=[("demo-agent", State(boot="beef01", seq=0, ts=2, online=False, role="agent",
                                                          reason="lwt"))]))
     assert api.get("/healthz").json()["devices_online"] == 0  # the power bank's agent is gone: so is it
-    assert api.get("/api/v1/kits").json()[0]["devices_online"] == 0
+    assert api.get("/api/v1/kits").json()["items"][0]["devices_online"] == 0
+    assert api.get("/api/v1/kits/demo").json()["devices_online"] == 0

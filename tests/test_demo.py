@@ -78,11 +78,14 @@ class Demo:
         return get_json(f"{self.base}/api/v1/{path}")
 
     def wait_up(self) -> dict:
-        kits = wait_until(lambda: (k := self.api("kits")) and k[0]["devices_online"] == k[0]["devices_total"]
-                          and k[0]["battery"] and k, timeout=30, interval=0.3,
-                          what="the demo kit online with a battery reading")
+        def up() -> dict | None:
+            listed = (self.api("kits") or {}).get("items")
+            kit = listed and self.api(f"kits/{listed[0]['id']}")  # the whole view: the devices' details
+            return kit if kit and kit["devices_online"] == kit["devices_total"] and kit["battery"] else None
+
+        kit = wait_until(up, timeout=30, interval=0.3, what="the demo kit online with a battery reading")
         wait_until(lambda: "is up" in self.out, what="the demo telling the crew the kit is up")
-        return kits[0]
+        return kit
 
     def stop(self) -> list[int]:
         """Ctrl-C; returns the demo's children as they were just before."""

@@ -27,7 +27,7 @@ def test_kit_reports_devices_online_and_battery_through_the_api(fleet, broker, t
         online = {d["id"] for d in kit["devices"] if d["online"]}
         assert online == {"demo-agent", "demo-power", "demo-printer"}
         listed = fleet.api.get("/api/v1/kits").json()
-        assert [k["id"] for k in listed] == ["demo"]
+        assert [k["id"] for k in listed["items"]] == ["demo"] and listed["items"][0]["devices_online"] == 3
         wait_until(lambda: len(link.outbox) == 0, what="the receipt emptying the outbox")
     finally:
         link.stop()

@@ -34,6 +34,17 @@ def test_postgres_store_dedups_tracks_gaps_and_orders_state(pg_url):
         store.close()
 
 
+def test_history_pages_come_in_time_order_on_postgres(pg_url):
+    from tests.test_api import history_pages_in_time_order
+
+    store = Store.open(pg_url)
+    try:
+        store.register_kit(load_manifest(DEMO_KIT))
+        history_pages_in_time_order(store)
+    finally:
+        store.close()
+
+
 def test_fleet_ingests_into_postgres_through_the_broker(pg_url, broker):
     fleet = start_fleet(broker.url, pg_url)
     try:

@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from fleet.api.routes import audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations, stream
 from fleet.api.routes import alerts as alert_routes
 from fleet.commands import Publisher
+from fleet.events_bus import EventBus
+from fleet.health import HealthConfig
 from fleet.ingest import Ingest
+from fleet.kitviews import KitViews
+from fleet.settings import FleetSettings
 from fleet.store import Store
 
 
-def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher | None = None) -> FastAPI:
-    app = FastAPI(title="PopKit fleet", version="0.1.0", description="Kits, devices, telemetry and health of the PopKit fleet.")
+def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher | None = None,
+               settings: FleetSettings | None = None) -> FastAPI:
+    settings = settings or (ingest.settings if ingest is not None else FleetSettings())
+    views = KitViews(store, HealthConfig.from_settings(settings), refresh_s=settings.view_refresh_s,
+                     max_age_s=settings.view_max_age_s)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        views.start()  # without the lifespan (a bare TestClient) reads compute what they need
+        try:
+            yield
+        finally:
+            views.stop()
+
+    app = FastAPI(title="PopKit fleet", version="0.1.0", lifespan=lifespan,
+                  description="Kits, devices, telemetry and health of the PopKit fleet.")
     app.state.store = store
     app.state.ingest = ingest
+    app.state.settings = settings
+    app.state.health_config = views.health
+    app.state.views = views
+    # What this process's writes changed (ingest's commits, registrations, pushed configs): the
+    # views recompute it first, then the live stream tells the dashboards (fleet/events_bus.py),
+    # so a dashboard that re-fetches on the news gets the new view.
+    app.state.bus = bus = EventBus()
+    store.on_change.append(lambda kits, _devices: views.invalidate(kits))
+    store.on_change.append(bus.publish)
     # Pushing to devices goes through the ingest worker's client unless told otherwise.
     app.state.publisher = publisher or (Publisher.for_ingest(store, ingest) if ingest is not None else None)
     app.include_router(alert_routes.router)  # fleet/alerts.py: GET /api/v1/alerts, acknowledge, resolve

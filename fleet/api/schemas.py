@@ -125,6 +125,49 @@ class KitOut(BaseModel):
     readiness: ReadinessOut | None = Field(default=None, description="the agent's last power-up self-test")
     event: EventWindowOut | None = Field(default=None, description="from the manifest this fleet process loaded")
     batteries: list[BatteryForecastOut] = Field(default_factory=list, description="per power bank: reading and forecast")
+    computed_ms: int | None = Field(default=None, description="when this view was computed (fleet clock): "
+                                    "at most view_refresh_s ago, or since the last change this process saw")
+
+
+class DeviceChipOut(BaseModel):
+    id: str
+    role: str
+    model: str
+    online: bool
+    status: HealthStatus | None = Field(description="its health")
+    last_seen_ms: int | None
+
+
+class KitSummaryOut(BaseModel):
+    """A kit as the overview lists it: KitOut without the devices' details."""
+
+    id: str
+    name: str
+    state: Literal["online", "degraded", "offline"] = Field(description="every device online, some, or none")
+    devices_online: int
+    devices_total: int
+    battery: dict[str, Any] | None = Field(description="latest reading of the kit's power bank")
+    health: KitHealthOut | None
+    readiness: ReadinessOut | None
+    event: EventWindowOut | None
+    batteries: list[BatteryForecastOut]
+    devices: list[DeviceChipOut]
+    computed_ms: int | None
+
+
+class FleetCountsOut(BaseModel):
+    state: dict[str, int] = Field(description="kits per connectivity state (the whole fleet, before filters)")
+    status: dict[str, int] = Field(description="kits per health status (the whole fleet, before filters)")
+
+
+class KitPageOut(BaseModel):
+    items: list[KitSummaryOut]
+    total: int = Field(description="kits matching the filters")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="pass as ?offset= for the next page; null on the last")
+    fleet: FleetCountsOut
+    computed_ms: int | None = Field(description="the oldest view on this page was computed then (fleet clock)")
 
 
 class TelemetryOut(BaseModel):

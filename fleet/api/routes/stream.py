@@ -10,7 +10,7 @@ Events (``text/event-stream``):
 
 Ingest never waits on a client: see fleet/events_bus.py. A stream ends by itself when uvicorn shuts
 down (see _server_exiting), so Ctrl-C on ``popkit fleet serve`` is not held up by open dashboards.
-The bus is hooked to the app's ingest worker on the first request (``bus_for``).
+The bus is made, and hooked to the app's ingest worker, by create_app (fleet/api/app.py).
 """
 
 from __future__ import annotations
@@ -19,28 +19,15 @@ import json
 import signal
 from typing import Callable
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from fleet.events_bus import EventBus
 
 router = APIRouter(prefix="/api/v1", tags=["stream"])
 
 PING_S = 15.0
 RETRY_MS = 1000  # the browser reconnects this soon after losing the stream
 EXIT_POLL_S = 1.0  # how often a quiet stream checks whether the server is shutting down
-
-
-def bus_for(app: FastAPI) -> EventBus:
-    """The app's bus, made (and hooked to its ingest worker) on first use."""
-    bus = getattr(app.state, "bus", None)
-    if bus is None:
-        store = app.state.store
-        bus = app.state.bus = EventBus(store.device_refs)
-        ingest = getattr(app.state, "ingest", None)
-        if ingest is not None:
-            ingest.on_commit = bus.publish_batch
-    return bus
 
 
 def _server_exiting() -> Callable[[], bool]:
@@ -61,7 +48,7 @@ def _event(name: str, data: dict) -> str:
             responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
 async def get_stream(request: Request):
     """Server-sent events: ``change`` with the kits and devices an ingest commit touched (re-fetch them)."""
-    sub = bus_for(request.app).subscribe()
+    sub = request.app.state.bus.subscribe()
     exiting = _server_exiting()
 
     async def events():

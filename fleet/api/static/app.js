@@ -7,8 +7,12 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
 
+const PAGE = 100;        // kits per overview page (GET /api/v1/kits?limit=)
+
 const state = {
-  kits: new Map(),       // id -> kit JSON as /api/v1/kits gives it
+  kits: new Map(),       // id -> kit JSON: a summary from /api/v1/kits, or the whole view from /api/v1/kits/<id>
+  order: [],             // the overview's kits, in the server's order (filtered and searched by the server)
+  list: null,            // the last overview page's totals: {total, next_offset, fleet: {state, status}}
   commands: new Map(),   // device id -> latest command we sent from this page (with its status)
   history: new Map(),    // device id -> {window_ms, items}
   checkins: new Map(),   // kit id -> its latest door scans, newest scan first
@@ -36,6 +40,7 @@ function age(ms) {
 const ageSpan = ms => `<span data-age="${ms ?? ""}">${age(ms)}</span>`;
 
 function kitState(k) {
+  if (k.state) return k.state;
   if (!k.devices_total || k.devices_online === 0) return "offline";
   return k.devices_online === k.devices_total ? "online" : "degraded";
 }
@@ -118,13 +123,6 @@ function healthBadge(h) {
 
 // ------------------------------------------------------------------ overview
 
-function matches(k, q, st) {
-  if (st && kitState(k) !== st) return false;
-  if (!q) return true;
-  const hay = [k.id, k.name, ...k.devices.flatMap(d => [d.id, d.role, d.model])].join(" ").toLowerCase();
-  return q.toLowerCase().split(/\s+/).every(w => hay.includes(w));
-}
-
 function kitCard(k) {
   const st = kitState(k);
   const alerts = alertsOf(k);
@@ -140,14 +138,18 @@ function kitCard(k) {
 }
 
 function renderOverview() {
-  const q = $("#search").value.trim(), st = $("#state-filter").value;
-  const all = [...state.kits.values()];
-  const shown = all.filter(k => matches(k, q, st));
+  const shown = state.order.map(id => state.kits.get(id)).filter(Boolean);
+  const filtered = !!($("#search").value.trim() || $("#state-filter").value);
+  const fleet = state.list?.fleet?.state ?? {};
+  const all = Object.values(fleet).reduce((a, b) => a + b, 0);
   $("#kits").innerHTML = shown.map(kitCard).join("")
-    || `<p>${all.length ? "No kit matches." : state.loaded ? "No kits registered." : ""}</p>`;
-  const offline = all.filter(k => kitState(k) !== "online").length;
+    || `<p>${all ? "No kit matches." : state.loaded ? "No kits registered." : ""}</p>`;
+  const more = $("#more");
+  more.hidden = state.list?.next_offset == null;
+  more.textContent = `show more (${shown.length} of ${state.list?.total ?? 0})`;
   $("#status").textContent = state.loaded
-    ? `${all.length} kit${all.length === 1 ? "" : "s"}, ${offline} not fully online` + (shown.length !== all.length ? ` · showing ${shown.length}` : "")
+    ? `${all} kit${all === 1 ? "" : "s"}, ${all - (fleet.online ?? 0)} not fully online`
+      + (filtered ? ` · ${state.list.total} match` : shown.length < all ? ` · showing ${shown.length}` : "")
     : "loading…";
 }
 
@@ -156,6 +158,9 @@ function renderOverview() {
 function powerDevice(k) {
   return k.devices.find(d => d.latest && d.latest.battery) || k.devices.find(d => d.role === "powerbank");
 }
+
+// Who can reboot: the ESP32s (a board reset) and the agent (its service restarts); hosted parts cannot.
+const REBOOTS = new Set(["scanner", "lighting", "agent"]);
 
 function deviceRow(d) {
   const cmd = state.commands.get(d.id);
@@ -170,6 +175,8 @@ function deviceRow(d) {
     <div class="actions">
       <button type="button" data-action="identify" data-target="${esc(d.id)}" data-testid="identify-${esc(d.id)}"
         title="${printer ? "a printer identifies itself by printing its self-test label" : "flash, beep or self-test, as the device can"}">${printer ? "print test label" : "identify"}</button>
+      ${REBOOTS.has(d.role) ? `<button type="button" data-action="reboot" data-confirm="Reboot ${esc(d.id)}? It is offline for a few seconds." data-target="${esc(d.id)}" data-testid="reboot-${esc(d.id)}"
+        title="${d.role === "agent" ? "restart the agent (its service starts it again)" : "reset the board; it comes back in its scene or at the door"}">reboot</button>` : ""}
       <span class="cmd-status" data-testid="cmd-${esc(d.id)}" data-status="${esc(cmd?.status ?? "")}">${cmd ? commandText(cmd) : ""}</span>
     </div>
   </li>`;
@@ -197,8 +204,8 @@ function readiness(k) {
 function renderKitPage(id) {
   const page = $("#kit-page");
   const k = state.kits.get(id);
-  if (!k) {
-    page.innerHTML = state.loaded ? `<p><a href="#/">← all kits</a></p><p>No kit <code>${esc(id)}</code>.</p>` : "<p>loading…</p>";
+  if (!k || !isFull(k)) {
+    page.innerHTML = state.loaded && !k ? `<p><a href="#/">← all kits</a></p><p>No kit <code>${esc(id)}</code>.</p>` : "<p>loading…</p>";
     return;
   }
   const st = kitState(k);
@@ -347,10 +354,36 @@ async function loadAlerts() {
   state.alerts = byKit;
 }
 
+// A kit's whole view (GET /api/v1/kits/<id>) has each device's details; the overview's summary has chips.
+const isFull = k => !!k && k.devices.every(d => "latest" in d);
+
+// The overview's kits: filtered, searched and paged by the fleet (it keeps every kit's view ready).
+function listQuery(offset, limit) {
+  const p = new URLSearchParams({ offset, limit });
+  const q = $("#search").value.trim(), st = $("#state-filter").value;
+  if (q) p.set("q", q);
+  if (st) p.set("state", st);
+  return `/kits?${p}`;
+}
+
+async function loadList(more = false) {
+  // A refresh keeps as many kits as are shown; "show more" adds the next page.
+  const offset = more ? state.order.length : 0;
+  const page = await getJSON(listQuery(offset, more ? PAGE : Math.max(PAGE, state.order.length)));
+  for (const k of page.items) {
+    const have = state.kits.get(k.id);
+    // A whole view (from a kit page) stays unless the summary was computed after it.
+    if (!(isFull(have) && (have.computed_ms ?? 0) >= (k.computed_ms ?? 0))) state.kits.set(k.id, k);
+  }
+  state.order = more ? [...state.order, ...page.items.map(k => k.id)] : page.items.map(k => k.id);
+  state.list = page;
+}
+
 async function loadAll() {
   try {
-    const [kits] = await Promise.all([getJSON("/kits"), loadAlerts().catch(() => {})]);
-    state.kits = new Map(kits.map(k => [k.id, k]));
+    await Promise.all([loadList(), loadAlerts().catch(() => {})]);
+    const r = route();
+    if (r.kit) await loadKit(r.kit);
     state.loaded = true;
     render();
     onRoute(false);
@@ -368,6 +401,16 @@ async function loadKit(id) {
   }
 }
 
+// What to fetch for kits the stream says changed: the kit page's kit, and the overview's kits
+// that are on screen (one by one while few, else the list again); others wait for the next list.
+function refetch(kits) {
+  const r = route();
+  if (r.kit) return kits.includes(r.kit) ? [loadKit(r.kit)] : [];
+  const shown = new Set(state.order);
+  const mine = kits.filter(k => shown.has(k));
+  return mine.length > 10 ? [loadList()] : mine.map(loadKit);
+}
+
 // Updates from the stream, coalesced: at most one re-fetch in flight; what arrives meanwhile waits for the next.
 const pending = { kits: new Set(), devices: new Set(), all: false };
 let busy = false;
@@ -378,7 +421,7 @@ async function applyChanges() {
     while (pending.all || pending.kits.size || pending.devices.size) {
       const all = pending.all, kits = [...pending.kits], devices = [...pending.devices];
       pending.all = false; pending.kits.clear(); pending.devices.clear();
-      if (all) await loadAll(); else await Promise.all([...kits.map(loadKit), loadAlerts().catch(() => {})]);
+      if (all) await loadAll(); else await Promise.all([...refetch(kits), loadAlerts().catch(() => {})]);
       render();
       const k = currentKit();
       if (k) {
@@ -416,6 +459,14 @@ function connect() {
 }
 
 function onRoute(rerender = true) {
+  const r = route();
+  if (r.kit && state.loaded && !isFull(state.kits.get(r.kit))) {
+    // From the overview: the kit's summary is there, its whole view is one request away.
+    if (rerender) render();
+    loadKit(r.kit).then(() => { if (route().kit === r.kit) { if (state.kits.has(r.kit)) onRoute(); else render(); } })
+      .catch(e => { $("#kit-page").textContent = `kit unavailable: ${e.message || e}`; });
+    return;
+  }
   if (rerender) render();
   window.scrollTo?.(0, 0);
   const k = currentKit();
@@ -427,7 +478,7 @@ function onRoute(rerender = true) {
 document.addEventListener("click", ev => {
   const b = ev.target.closest("button");
   if (!b) return;
-  if (b.dataset.action) sendCommand(b.dataset.target, b.dataset.action);
+  if (b.dataset.action && (!b.dataset.confirm || window.confirm(b.dataset.confirm))) sendCommand(b.dataset.target, b.dataset.action);
   if (b.dataset.alertAction) alertAction(b.dataset.alert, b.dataset.alertAction);
   if (b.dataset.window) {
     state.chartWindow = +b.dataset.window;
@@ -437,16 +488,20 @@ document.addEventListener("click", ev => {
     if (power) loadHistory(power.id, false).catch(() => {});
   }
 });
-$("#search").addEventListener("input", renderOverview);
-$("#state-filter").addEventListener("change", renderOverview);
+let searchTimer = null;
+const relist = () => loadList().then(render).catch(e => { $("#status").textContent = `fleet unreachable: ${e.message || e}`; });
+$("#search").addEventListener("input", () => { clearTimeout(searchTimer); searchTimer = setTimeout(relist, 200); });
+$("#state-filter").addEventListener("change", relist);
+$("#more").addEventListener("click", () => loadList(true).then(render).catch(() => {}));
 window.addEventListener("hashchange", () => onRoute());
 // Ages ("12 s ago") tick without re-fetching.
 setInterval(() => document.querySelectorAll("[data-age]").forEach(el => {
   el.textContent = age(el.dataset.age ? +el.dataset.age : null);
 }), 5000);
 
-// Alerts are raised by the fleet's evaluator on its own clock, not by ingest: look again now and then.
-setInterval(() => loadAlerts().then(render).catch(() => {}), 15000);
+// Alerts are raised by the fleet's evaluator on its own clock, not by ingest, and health moves with
+// the clock too (a device going silent): look again now and then.
+setInterval(() => Promise.all([loadAlerts(), route().kit ? null : loadList()]).then(render).catch(() => {}), 15000);
 
 connect();
 loadAll();
