@@ -30,6 +30,7 @@ from agent.settings import AgentSettings
 from agent.statewatch import StateWatch
 from kits.contract import BatteryTelemetry, Command, DeviceTelemetry, Event, LightTelemetry, PrinterTelemetry
 from kits.manifest import DeviceSpec, KitManifest, load_manifest
+from popkit import RESTART_EXIT
 
 log = logging.getLogger("popkit.agent")
 
@@ -52,6 +53,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._selftest_lock = asyncio.Lock()
+        self.restart = False  # a reboot command asked for a restart: run_agent exits with RESTART_EXIT
 
     # ------------------------------------------------------------ lifecycle
 
@@ -91,6 +93,17 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _restart(self, cmd: Command) -> tuple[str, str]:
+        """``reboot`` for the agent: answer, stop, and exit with RESTART_EXIT for systemd (or the demo)
+        to start it again. A reboot asked before this process began had its effect already (the
+        broker redelivering it must not restart us again)."""
+        if cmd.ts < self.link.started_ms:
+            return "ok", f"restarted at {self.link.started_ms}"
+        self.restart = True
+        assert self._loop is not None
+        self._loop.call_later(0.2, self.stop)  # after the ack is on its way (run_agent flushes the outbox)
+        return "ok", "restarting"
 
     async def selftest(self):
         """The power-up self-test (at start, on a button press, on a fleet command)."""
@@ -208,7 +221,9 @@ class Agent:
             if a in ("selftest", "identify"):
                 report = await self.selftest()
                 return "ok", report.status
-            return "rejected", f"the agent does not know {a!r} (selftest, identify)"
+            if a == "reboot":
+                return self._restart(cmd)
+            return "rejected", f"the agent does not know {a!r} (selftest, identify, reboot)"
         spec = self.specs.get(device)
         if spec is not None and spec.role == "printer" and device in self.queues:
             from agent.drivers.printer import InvalidPrintJob
@@ -276,7 +291,10 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
         hub = DoorHub(manifest.id, settings.mqtt_url, data / f"{manifest.id}-claims.db").start()
     watch = StateWatch(manifest.id, settings.mqtt_url).start()
 
+    restart = False
+
     async def main() -> None:
+        nonlocal restart
         hw = open_hardware(manifest, Scenario.parse(scenario) if simulate else None)
         agent = Agent(manifest, link, hw, watch, data, simulate=simulate)
         loop = asyncio.get_running_loop()
@@ -285,6 +303,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
         try:
             await agent.run()
         finally:
+            restart = agent.restart
             await hw.close()
 
     try:
@@ -294,4 +313,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
         if hub is not None:
             hub.stop()
         link.stop(flush_s=2.0)
+    if restart:
+        log.info("restarting, as the fleet asked: exit %d", RESTART_EXIT)
+        return RESTART_EXIT
     return 0

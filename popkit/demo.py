@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from popkit import RESTART_EXIT
 from popkit.broker import AmqttBroker, MosquittoBroker, embedded_broker, free_port
 
 READY_TIMEOUT_S = 30
@@ -347,8 +348,21 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
         procs["fleet"] = subprocess.Popen(
             _popkit("fleet", "serve", "--mqtt", mqtt_url, "--db", f"sqlite:///{data_dir / 'fleet.db'}", "--http", http,
                     "--kit", kit, "--client-id", "popkit-demo-fleet"), **spawn)
-        procs["agent"] = subprocess.Popen(
-            _popkit("agent", "run", "--kit", kit, "--mqtt", mqtt_url, "--data", str(data_dir / "agent"), "--simulate"), **spawn)
+        def start_agent() -> subprocess.Popen:
+            return subprocess.Popen(_popkit("agent", "run", "--kit", kit, "--mqtt", mqtt_url, "--data",
+                                            str(data_dir / "agent"), "--simulate"), **spawn)
+
+        def start_firmware(spec) -> subprocess.Popen:
+            proc = subprocess.Popen(
+                _popkit("device", "run", "--role", spec.role, "--config", str(bench.configs[spec.id])),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, **spawn)
+            pump = threading.Thread(target=_pump, args=(spec.id, proc, logs[spec.id]), daemon=True)
+            pump.start()
+            pumps.append(pump)
+            return proc
+
+        restarts = {"agent": start_agent}
+        procs["agent"] = start_agent()
         if esp32s and why_not is None:
             from popkit.firmware import read_manifest
 
@@ -356,13 +370,8 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
             (data_dir / "logs").mkdir(exist_ok=True)
             for spec in esp32s:
                 logs[spec.id] = data_dir / "logs" / f"{spec.id}.log"
-                proc = subprocess.Popen(
-                    _popkit("device", "run", "--role", spec.role, "--config", str(bench.configs[spec.id])),
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, **spawn)
-                procs[spec.id] = proc
-                pump = threading.Thread(target=_pump, args=(spec.id, proc, logs[spec.id]), daemon=True)
-                pump.start()
-                pumps.append(pump)
+                procs[spec.id] = start_firmware(spec)
+                restarts[spec.id] = lambda spec=spec: start_firmware(spec)
                 print(f"device   {spec.id}: firmware {read_manifest(spec.role, 'unix').version} in micropython "
                       f"(unix port), {bench.lines[spec.id]}; console {_shown(logs[spec.id])}")
             if bench.crowd is not None:
@@ -393,8 +402,16 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
                   f"Ctrl-C stops everything.", flush=True)
         else:
             print(f"kit {manifest.id!r} not fully up after {READY_TIMEOUT_S}s; still running, see {base}/", file=sys.stderr)
-        while all(p.poll() is None for p in procs.values()):
+        while True:
             time.sleep(0.5)
+            # The supervisor a kit has (systemd, an ESP32's reset): a part that exits asking for a
+            # restart (a `reboot` command: RESTART_EXIT) starts again; any other exit ends the demo.
+            for name, proc in list(procs.items()):
+                if proc.poll() == RESTART_EXIT and name in restarts:
+                    print(f"restart  {name}: rebooted by a command; starting it again", flush=True)
+                    procs[name] = restarts[name]()
+            if any(p.poll() is not None for p in procs.values()):
+                break
         failed = [n for n, p in procs.items() if p.poll() is not None]
         where = "".join(f"; {n}'s console: {_shown(logs[n])}" for n in failed if n in logs)
         print(f"popkit demo: {', '.join(failed)} stopped unexpectedly{where}; shutting down", file=sys.stderr)

@@ -235,3 +235,21 @@ def test_kit_down_tells_the_crew_and_the_fleet_what_the_kit_did_since_last_time(
     lines.clear()  # the next event starts from here
     assert kit_down(agent.manifest, broker.url, tmp_path, wait_s=15, out=lines.append) == 0
     assert "check-ins   0" in "\n".join(lines) and "printed     0 label(s)" in "\n".join(lines)
+
+
+def test_reboot_restarts_the_agent_once_and_a_redelivery_after_it_does_not(kit):
+    """The kit page's "reboot" on the agent: acked, then the agent stops asking its supervisor for a
+    restart (run_agent exits RESTART_EXIT: systemd or `popkit demo` start it again). The same
+    command reaching the next process (issued before it started) is answered, not obeyed."""
+    from kits.contract import Command
+
+    fleet, agent, _hw = kit
+    done = command(fleet, "dk-agent", "reboot")
+    assert (done["status"], done["detail"]) == ("ok", "restarting")
+    wait_until(lambda: agent._stop.is_set(), 5, what="the agent stopping to restart")
+    assert agent.restart is True
+
+    earlier = Command(id="c-again", ts=agent.link.started_ms - 1, expires=agent.link.started_ms + 60_000,
+                      action="reboot")
+    again = Agent(agent.manifest, agent.link, agent.hw, agent.watch, agent.data)
+    assert again._restart(earlier) == ("ok", f"restarted at {agent.link.started_ms}") and again.restart is False

@@ -163,6 +163,20 @@ class Link:
         self._restate = True
         self._kick.set()
 
+    def reboot(self, cmd, reset, flush_ms=3000):
+        """A `reboot` command -> its answer. The answer goes first: the board resets once the
+        outbox drained (the ack receipted) or flush_ms passed, and the link left (state: shutdown).
+        A reboot asked before this boot began has had its effect: a redelivery after the reset
+        (the ids that ran are in RAM here) is answered so, not obeyed again."""
+        if cmd["ts"] < self.started:
+            return "ok", "restarted at %d" % self.started
+        asyncio.create_task(self._reboot(reset, flush_ms))
+        return "ok", "restarting"
+
+    async def _reboot(self, reset, flush_ms):
+        await self.stop(flush_ms)
+        reset()
+
     async def stop(self, flush_ms=0):
         """Wait up to flush_ms for the outbox to drain, then leave gracefully (state: shutdown)."""
         t0 = ticks_ms()

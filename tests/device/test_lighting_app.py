@@ -255,6 +255,43 @@ def test_offline_it_follows_its_timeline_and_a_restart_mid_window_shows_the_scen
             pub.publish(f"{TREE}/config", b"", qos=1, retain=True).wait_for_publish(5)
 
 
+def test_reboot_from_the_fleet_answers_then_resets_and_a_redelivery_does_not_reset_again(
+        rom_images, broker, fleet, collect, pub, outputs, tmp_path):  # noqa: F811
+    """The dashboard's "reboot": acked first, the link leaves (state shutdown), the board resets (on
+    the unix port the process ends with RESET_EXIT for its supervisor) and the controller comes back
+    with a new boot. The same command again, issued before that boot, is answered, not obeyed."""
+    seen = collect(f"{TREE}/+")
+    cfg = role_config(tmp_path, broker, outputs)
+    dev = controller(rom_images, cfg)
+    try:
+        wait_until(lambda: fleet.api.get(f"/api/v1/devices/{LIGHTS}").json()["online"], 10, what="online")
+        boot1 = fleet.api.get(f"/api/v1/devices/{LIGHTS}").json()["boot"]
+        r = fleet.api.post(f"/api/v1/devices/{LIGHTS}/commands", json={"action": "reboot", "by": "ops-test"})
+        assert r.status_code == 202, r.text
+        sent = r.json()
+        assert dev.wait(15) == 75, "the unix board's reset ends the process with RESET_EXIT"
+        got = wait_until(lambda: (c := fleet.api.get(f"/api/v1/devices/{LIGHTS}/commands").json()[0])["status"] != "pending"
+                         and c, 10, what="the reboot's ack in the fleet")
+        assert (got["id"], got["status"], got["detail"]) == (sent["id"], "ok", "restarting")
+        states = [json.loads(p) for p in seen.on("/state")]
+        assert states[-1]["online"] is False and states[-1]["reason"] == "shutdown", "it left gracefully first"
+
+        dev = controller(rom_images, cfg)  # what the supervisor does on RESET_EXIT
+        wait_until(lambda: (d := fleet.api.get(f"/api/v1/devices/{LIGHTS}").json())["online"] and d["boot"] != boot1,
+                   10, what="back online with a new boot")
+        # The broker redelivering it to the new boot (its ids that ran were in RAM): answered, not obeyed.
+        redelivered = {"id": sent["id"], "ts": sent["ts"], "expires": sent["expires"], "action": "reboot", "args": {}}
+        pub.publish(f"{TREE}/cmd", json.dumps(redelivered), qos=1).wait_for_publish(5)
+        answers = lambda: [json.loads(p) for p in seen.on("/ack") if json.loads(p)["cmd_id"] == sent["id"]]  # noqa: E731
+        wait_until(lambda: len(answers()) == 2, 10, what="the second answer")
+        assert answers()[1]["status"] == "ok" and answers()[1]["detail"].startswith("restarted at ")
+        time.sleep(1.0)
+        assert dev.proc.poll() is None, "a reboot issued before this boot must not reset it again"
+        fits_contract(seen)
+    finally:
+        dev.kill()
+
+
 def test_esp32_board_layer_and_manifest_compile(tmp_path):
     """The ESP32 board layer cannot run here: it must at least compile, and the manifest name real files."""
     src = DEVICE / "boards" / "esp32" / "lighting_hw.py"

@@ -77,6 +77,8 @@ class App:
         return ok
 
     def on_cmd(self, cmd):
+        if cmd.get("action") == "reboot":  # the board's, not the lights': past their gate
+            return self.link.reboot(cmd, board.reset)
         r = self.light.on_cmd(json.dumps(cmd), False, board.epoch_ms(), ticks_ms())
         if r is None:  # ran before (this boot or an earlier one): answered the first time
             print("CMD", cmd.get("id"), "duplicate")

@@ -230,6 +230,8 @@ class Scanner:
         if cmd["action"] == "identify":
             self.signal(ticket.MALFORMED)  # red and two beeps: "this one"
             return "ok"
+        if cmd["action"] == "reboot":
+            return self.link.reboot(cmd, board.reset)
         return ("rejected", "unknown action")
 
     async def telemetry_loop(self):

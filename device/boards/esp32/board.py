@@ -78,3 +78,10 @@ def flash_dir():
     except OSError:
         pass  # already there
     return "/data"
+
+
+def reset():
+    """A hard reset, as the reset button does: the firmware starts again from main.py."""
+    import machine
+
+    machine.reset()
