@@ -572,8 +572,17 @@ class Store:
             ).mappings().all()
         return [dict(r) for r in rows]
 
-    def dead_letters(self, limit: int = 100) -> list[dict]:
-        q = select(db.dead_letters).order_by(db.dead_letters.c.id.desc()).limit(limit)
+    def dead_letters(self, limit: int = 100, reason: str | None = None, topic_prefix: str | None = None,
+                     before_id: int | None = None) -> list[dict]:
+        c = db.dead_letters.c
+        q = select(db.dead_letters)
+        if reason is not None:
+            q = q.where(c.reason == reason)
+        if topic_prefix:
+            q = q.where(c.topic.startswith(topic_prefix, autoescape=True))
+        if before_id is not None:
+            q = q.where(c.id < before_id)
+        q = q.order_by(c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 

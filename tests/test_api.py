@@ -93,6 +93,22 @@ def test_history_pages_come_in_time_order_on_sqlite(tmp_path):
         store.close()
 
 
+def test_dead_letters_filter_by_reason_and_kit_and_page_back(api):
+    from fleet.store import RejectedMessage
+
+    store = api.app.state.store
+    store.write_batch(Batch(rejected=[RejectedMessage(f"popkit/v1/{kit}/d/telemetry", b"x" * n, reason, "why")
+                                      for n, (kit, reason) in enumerate([("demo", "bad_json"), ("other", "bad_json"),
+                                                                         ("demo", "invalid"), ("demo", "bad_json")])]))
+    page = api.get("/api/v1/dead-letters", params={"reason": "bad_json", "topic_prefix": "popkit/v1/demo/", "limit": 1}).json()
+    assert [r["payload_head"] for r in page] == ["xxx"]
+    rest = api.get("/api/v1/dead-letters", params={"reason": "bad_json", "topic_prefix": "popkit/v1/demo/",
+                                                   "before_id": page[-1]["id"]}).json()
+    assert [r["payload_head"] for r in rest] == [""]
+    assert len(api.get("/api/v1/dead-letters").json()) == 4
+    assert api.get("/api/v1/dead-letters", params={"before_id": 0}).status_code == 422
+
+
 def test_bad_query_parameters_are_refused_with_the_reason(api):
     r = api.get("/api/v1/devices/demo-power/telemetry", params={"limit": 0})
     assert r.status_code == 422 and "limit" in r.text

@@ -10,9 +10,17 @@ router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"])
 
 
 @router.get("")
-def list_dead_letters(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
-    """Rejected messages, newest first: reason, topic and the first bytes of the payload."""
-    rows = store.dead_letters(limit)
+def list_dead_letters(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    reason: Annotated[str | None, Query(max_length=32, description="bad_json, invalid, oversize, unknown_topic, "
+                                        "unknown_device, ...")] = None,
+    topic_prefix: Annotated[str | None, Query(max_length=255, description="e.g. popkit/v1/<kit>/ for one kit's")] = None,
+    before_id: Annotated[int | None, Query(ge=1, description="the page after the one whose last id this is")] = None,
+):
+    """Rejected messages, newest first: id, reason, topic and the first bytes of the payload.
+    Continue with ``before_id`` = the last id of a page."""
+    rows = store.dead_letters(limit, reason=reason, topic_prefix=topic_prefix, before_id=before_id)
     for r in rows:
         r["payload_head"] = r["payload_head"].decode("utf-8", errors="replace")
     return rows

@@ -401,14 +401,15 @@ async function loadKit(id) {
   }
 }
 
-// What to fetch for kits the stream says changed: the kit page's kit, and the overview's kits
-// that are on screen (one by one while few, else the list again); others wait for the next list.
+// What to fetch for kits the stream says changed: the kit page's kit; on the overview the list
+// again (its counts, and who now matches the filters) and, while few, the changed kits on screen
+// one by one (the list may still hold a view the fleet is recomputing; the newer one is kept).
 function refetch(kits) {
   const r = route();
   if (r.kit) return kits.includes(r.kit) ? [loadKit(r.kit)] : [];
   const shown = new Set(state.order);
   const mine = kits.filter(k => shown.has(k));
-  return mine.length > 10 ? [loadList()] : mine.map(loadKit);
+  return [loadList(), ...(mine.length > 10 ? [] : mine.map(loadKit))];
 }
 
 // Updates from the stream, coalesced: at most one re-fetch in flight; what arrives meanwhile waits for the next.
