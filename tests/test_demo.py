@@ -169,6 +169,16 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
                             and d["latest"].get("device", {}).get("scene") and d, timeout=15,
                             what="the lighting controller reporting the timeline's scene")
         assert lights["latest"]["device"]["scene"] in ("doors", "set", "interval", "house")
+
+        # A reboot from the fleet: the controller resets (exit RESTART_EXIT) and the demo, its
+        # supervisor, starts it again; it comes back with a new boot.
+        req = urllib.request.Request(f"{demo.base}/api/v1/devices/demo-lights-1/commands", method="POST",
+                                     data=json.dumps({"action": "reboot", "by": "test"}).encode(),
+                                     headers={"content-type": "application/json"})
+        assert urllib.request.urlopen(req, timeout=5).status == 202
+        wait_until(lambda: "restart  demo-lights-1" in demo.out, timeout=15, what="the demo restarting the controller")
+        wait_until(lambda: (d := demo.api("devices/demo-lights-1")) and d["online"] and d["boot"] != lights["boot"],
+                   timeout=20, interval=0.5, what="the controller back online with a new boot")
     finally:
         kids = demo.stop() or kids
     assert_stopped_cleanly(demo, kids)
