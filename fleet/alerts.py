@@ -31,6 +31,8 @@ scanner_errors  device   >= alert_scanner_errors scans with verdict malformed/ba
                          in the last alert_scanner_window_s
 kit_not_ready   kit      at or after doors-open (until the event ends) the kit's last
                          readiness report says not_ready
+config_not_     device   a desired config (a controller's lighting timeline, a scanner's
+applied                  revocations) not reported applied config_grace_s after it was pushed
 ==============  =======  ==================================================================
 """
 
@@ -47,7 +49,7 @@ from fleet.health import EMPTY_SOC, HealthConfig
 log = logging.getLogger("popkit.fleet.alerts")
 
 RULES = ("low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
-         "kit_not_ready")
+         "kit_not_ready", "config_not_applied")
 SEVERITIES = ("warning", "critical")
 STATES = ("open", "acknowledged", "resolved")
 SCANNER_ERROR_VERDICTS = ("malformed", "bad_signature")
@@ -196,7 +198,18 @@ def kit_not_ready(kit: dict, info: Any, cfg: AlertConfig, now_ms: int) -> Firing
                   ready.get("ts"))
 
 
-DEVICE_RULES: tuple[Callable[[dict, AlertConfig, int], Firing | None], ...] = (low_soc, bms_protection, paper_out)
+def config_not_applied(dev: dict, cfg: AlertConfig, now_ms: int) -> Firing | None:
+    """The device's health says a pushed config is still not applied after config_grace_s."""
+    behind = next((r for r in (dev.get("health") or {}).get("reasons") or [] if r["code"] == "config_behind"), None)
+    if behind is None:
+        return None
+    return Firing(dev["id"], dev["kit_id"], "config_not_applied", "warning", f"{dev['id']}: {behind['what']}",
+                  dict(applied_version=dev.get("config_version"), grace_s=cfg.health.config_grace_s),
+                  dev.get("config_version"))
+
+
+DEVICE_RULES: tuple[Callable[[dict, AlertConfig, int], Firing | None], ...] = (low_soc, bms_protection, paper_out,
+                                                                                config_not_applied)
 
 
 def assess(store: Any, cfg: AlertConfig, now_ms: int) -> Assessment:

@@ -207,6 +207,14 @@ def _wal(cur, wait_s: float = 10.0) -> None:
 POOL_SIZE, POOL_OVERFLOW = 16, 32
 
 
+def upsert_for(engine: Engine):
+    """The dialect's insert (with on_conflict_do_update / do_nothing) for ``engine``."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     pool = dict(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
@@ -312,4 +320,21 @@ maintenance_state = Table(
     Column("name", String(40), primary_key=True),
     Column("value", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
+)
+
+# ------------------------------------------------------------ venue lighting (fleet/venues/)
+
+# A venue's lighting as documents: the venue itself (kind "venue", id = the venue's), its zones,
+# scenes, schedules and overrides, each the JSON of its model in fleet/venues/model.py. The venue
+# page reads them all at once and the compiler wants them all at once: one row per thing, no joins.
+venue_docs = Table(
+    "venue_docs",
+    metadata,
+    Column("venue_id", String(63), primary_key=True),
+    Column("kind", String(10), primary_key=True),  # venue | zone | scene | schedule | override
+    Column("id", String(63), primary_key=True),
+    Column("body", JSON, nullable=False),
+    Column("expires_ms", BigInteger, nullable=True),  # overrides: over after this (kept for the record)
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("updated_by", String(63), nullable=True),
 )

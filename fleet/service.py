@@ -12,6 +12,7 @@ from fleet.notify import Notifier
 from fleet.retention import Maintenance
 from fleet.settings import FleetSettings
 from fleet.store import Store
+from fleet.venues.delivery import RePusher
 from kits.manifest import load_manifest
 
 log = logging.getLogger("popkit.fleet")
@@ -42,6 +43,8 @@ def serve(settings: FleetSettings) -> None:
     # Telemetry retention (fleet/retention.py): rollup into 1-minute aggregates, then old rows go.
     maintenance = Maintenance.from_settings(store, settings).start()
     app = create_app(store, ingest)
+    # Venue lighting timelines pushed again before their horizon runs out (fleet/venues/delivery.py).
+    repusher = RePusher(app.state.venue_lighting, settings.venue_repush_interval_s).start()
     log.info("fleet API on http://%s/ (OpenAPI at /docs), ingesting from %s, storing in %s",
              settings.http, settings.mqtt_url, settings.db_url.split("@")[-1])
     try:
@@ -49,6 +52,7 @@ def serve(settings: FleetSettings) -> None:
     finally:
         evaluator.stop()
         maintenance.stop()
+        repusher.stop()
         if notifier:
             notifier.stop()
         ingest.stop()

@@ -43,6 +43,13 @@ class FleetSettings(BaseSettings):
                                   "recomputed (changes seen by this process recompute a kit at once)")
     view_max_age_s: float = Field(default=60.0, gt=0, description="a view older than this (the refresher stalled) "
                                   "is recomputed on read")
+    # Venue lighting (fleet/venues/): compiled per controller for this long, pushed again this long
+    # before it runs out (checked every venue_repush_interval_s); a controller takes at most
+    # lighting_max_config bytes of config (the firmware's default; the horizon shrinks to fit).
+    venue_horizon_h: float = Field(default=48.0, ge=6, le=24 * 14)
+    venue_repush_before_h: float = Field(default=24.0, gt=0)
+    venue_repush_interval_s: float = Field(default=300.0, gt=0, le=86_400)
+    lighting_max_config: int = Field(default=4096, ge=1024, le=65_536)
     # Alerts (fleet/alerts.py) and their webhook (fleet/notify.py). Low SOC uses battery_low_soc above.
     alert_eval_interval_s: float = Field(default=15.0, gt=0, le=3600, description="how often the alert rules are "
                                          "evaluated (also shortly after ingest commits, at most every alert_min_interval_s)")

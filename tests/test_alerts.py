@@ -37,9 +37,9 @@ class SimKit:
         self.pub.publish(f"popkit/v1/{self.kit}/{device}/{channel}", encode(model), qos=1,
                          retain=retain).wait_for_publish(5)
 
-    def state(self, device: str, role: str, online: bool = True, ts: int | None = None) -> None:
+    def state(self, device: str, role: str, online: bool = True, ts: int | None = None, **kw) -> None:
         self._send(device, "state", State(boot=self.boot, seq=0, ts=ts or now_ms(), online=online, role=role,
-                                          reason="birth" if online else "lwt"), retain=True)
+                                          reason="birth" if online else "lwt", **kw), retain=True)
         self.states += 1
         self.settle()
 
@@ -175,6 +175,23 @@ def test_paper_out_and_bms_protection(fleet, sim):
     evaluate(fleet.store, now_ms(), CFG)
     assert alerts(fleet, state="active") == []
     assert {a["resolved_by"] for a in alerts(fleet, state="resolved")} == {"auto"}
+
+
+def test_a_config_not_applied_within_the_grace_period_alerts_until_the_device_reports_it(fleet, sim):
+    """A lighting controller's new timeline (any desired config) pushed and not applied in time."""
+    from fleet.health import HealthConfig
+
+    cfg = AlertConfig(health=HealthConfig(config_grace_s=60))
+    sim.state("demo-lights-1", "lighting")
+    fleet.store.update_configs(["demo-lights-1"], lambda _old: {"format": 1, "scenes": {"a": {"levels": {}}}})
+    assert evaluate(fleet.store, now_ms() + 30_000, cfg).opened == 0  # within the grace period
+    evaluate(fleet.store, now_ms() + 61_000, cfg)
+    [a] = alerts(fleet, state="open")
+    assert (a["subject"], a["rule"], a["severity"]) == ("demo-lights-1", "config_not_applied", "warning")
+    assert "config 1 pushed" in a["message"]
+    sim.state("demo-lights-1", "lighting", config_version=1)
+    evaluate(fleet.store, now_ms() + 62_000, cfg)
+    assert alerts(fleet, state="active") == []
 
 
 def test_repeated_scanner_errors(fleet, sim):

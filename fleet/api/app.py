@@ -6,7 +6,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from fleet.api.routes import audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations, stream
+from fleet.api.routes import (audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations,
+                               stream, venues)
 from fleet.api.routes import alerts as alert_routes
 from fleet.commands import Publisher
 from fleet.events_bus import EventBus
@@ -15,6 +16,7 @@ from fleet.ingest import Ingest
 from fleet.kitviews import KitViews
 from fleet.settings import FleetSettings
 from fleet.store import Store
+from fleet.venues.delivery import VenueLighting
 
 
 def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher | None = None,
@@ -46,7 +48,11 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     store.on_change.append(bus.publish)
     # Pushing to devices goes through the ingest worker's client unless told otherwise.
     app.state.publisher = publisher or (Publisher.for_ingest(store, ingest) if ingest is not None else None)
+    app.state.venue_lighting = VenueLighting(store, lambda: app.state.publisher, horizon_h=settings.venue_horizon_h,
+                                             repush_before_h=settings.venue_repush_before_h,
+                                             max_config=settings.lighting_max_config)
     app.include_router(alert_routes.router)  # fleet/alerts.py: GET /api/v1/alerts, acknowledge, resolve
-    for module in (kits, devices, commands, config, events, revocations, dead_letters, health, audit, stream, pages):
+    for module in (kits, devices, commands, config, events, revocations, dead_letters, health, audit, stream, venues,
+                   pages):
         app.include_router(module.router)
     return app

@@ -27,7 +27,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
-from fleet.venues.model import (DAYS, OVERRIDE_PRIORITY, OnceWindow, OpeningHours, Override, Scene, SunEdge,
+from fleet.venues.model import (DAYS, OVERRIDE_PRIORITY, OnceWindow, Override, Scene, SunEdge,
                                 SunWindow, Venue, WeeklyWindow, Zone, ZoneLevel)
 from fleet.venues.sun import sun_times
 

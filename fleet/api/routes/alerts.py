@@ -14,7 +14,7 @@ from fleet.api.deps import StoreDep
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 
 Rule = Literal["low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
-               "kit_not_ready"]
+               "kit_not_ready", "config_not_applied"]
 assert set(Rule.__args__) == set(RULES)  # noqa: S101 - the API names every rule the evaluator has
 Severity = Literal["warning", "critical"]
 AlertState = Literal["open", "acknowledged", "resolved"]
