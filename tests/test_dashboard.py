@@ -462,3 +462,56 @@ def test_an_alert_is_acknowledged_then_resolved_from_the_kit_page(live, broker, 
     finally:
         pub.disconnect()
         pub.loop_stop()
+
+
+def test_a_venue_page_shows_each_zones_day_and_an_override_from_it_reaches_the_controllers(live, browser):
+    """The venue page: the plan of every zone, an override applied from its form (pushed to the
+    controller as a new timeline), the override listed, the controller's desired vs applied."""
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    import httpx
+
+    def put(path: str, body: dict) -> None:
+        r = httpx.put(live.base + path, json=body, timeout=5)
+        assert r.status_code == 200, r.text
+
+    v = "/api/v1/venues/hall"
+    put(v, {"id": "hall", "name": "The Hall", "tz": "Europe/London", "latitude": 51.5, "longitude": -0.12,
+            "hours": [{"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "open": "08:00", "close": "02:00"}]})
+    put(f"{v}/zones/stage", {"id": "stage", "name": "Stage", "outputs": [
+        {"controller": ACKER, "kind": "pwm", "channel": c} for c in "rgb"]})
+    put(f"{v}/zones/exit", {"id": "exit", "name": "Exit", "safety": True, "floor_level": 40,
+                            "outputs": [{"controller": ACKER, "kind": "pwm", "channel": "w"}]})
+    put(f"{v}/scenes/show", {"id": "show", "levels": {"stage": {"level": 200, "rgb": [255, 40, 200]}}})
+    put(f"{v}/scenes/bright", {"id": "bright", "levels": {"stage": {"level": 255}, "exit": {"level": 255}}})
+    local = datetime.now(timezone.utc).astimezone(ZoneInfo("Europe/London")).replace(tzinfo=None, microsecond=0)
+    put(f"{v}/schedules/tonight", {"id": "tonight", "kind": "once", "scene": "show", "priority": 10,
+                                   "start_at": (local - timedelta(hours=1)).isoformat(),
+                                   "end_at": (local + timedelta(hours=3)).isoformat()})
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live.base + "/")
+    page.click('[data-testid="venues-link"]')
+    page.click('[data-testid="venue-hall"] a')
+    page.wait_for_selector('[data-testid="plan"] [data-testid="zone-stage"] rect', timeout=5000)
+    assert page.locator('[data-testid="zone-exit"] rect[data-layer="floor"]').count() >= 1  # open: the floor
+    assert page.locator(f'[data-testid="controller-{ACKER}"]').get_attribute("data-in-sync") == "false"  # nobody applies
+
+    before = httpx.get(f"{live.base}/api/v1/devices/{ACKER}/config").json()["version"]
+    page.select_option('[data-testid="override-form"] select[name="scene"]', "bright")
+    page.click('[data-testid="override-form"] button[type="submit"]')
+    page.wait_for_selector('[data-testid="override-status"][data-ok="true"]', timeout=5000)
+    page.wait_for_selector('[data-testid^="override-o-"]', timeout=5000)
+    assert httpx.get(f"{live.base}{v}/preview").json()["zones"]["stage"]["layer"] == "override"
+    assert httpx.get(f"{live.base}/api/v1/devices/{ACKER}/config").json()["version"] == before + 1
+    page.wait_for_selector('[data-testid="zone-stage"] rect[data-layer="override"]', timeout=5000)
+    page.click('button[data-span="168"]')
+    page.wait_for_selector('button[data-span="168"][aria-pressed="true"]', timeout=5000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-venue.png"), full_page=True)
+    page.click('[data-end-override]')
+    page.wait_for_selector('[data-testid^="override-o-"]', state="detached", timeout=5000)
+    assert httpx.get(f"{live.base}{v}/preview").json()["zones"]["stage"]["layer"] == "schedule"
+    assert not errors, errors

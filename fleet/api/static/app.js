@@ -2,6 +2,8 @@
 // Data comes from the fleet's JSON API; GET /api/v1/stream (server-sent events) says what changed,
 // and the page re-fetches just that. No build step, no dependencies.
 
+import { renderVenue, renderVenues, venueRoute, wireVenueEvents } from "./venues.js";
+
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -339,6 +341,9 @@ function route() {
 const currentKit = () => { const r = route(); return r.kit ? state.kits.get(r.kit) : null; };
 
 function render() {
+  const v = venueRoute();
+  $("#venue-page").hidden = !v;
+  if (v) { $("#overview").hidden = $("#kit-page").hidden = true; return; }  // rendered by renderVenuePage
   const r = route();
   $("#overview").hidden = !!r.kit;
   $("#kit-page").hidden = !r.kit;
@@ -459,7 +464,14 @@ function connect() {
   es.onerror = () => { live.dataset.state = "error"; live.textContent = "reconnecting…"; };
 }
 
+function renderVenuePage() {
+  const v = venueRoute(), page = $("#venue-page");
+  if (!v) return;
+  (v.list ? renderVenues(page) : renderVenue(page, v.venue)).catch(e => { page.textContent = `venue unavailable: ${e.message || e}`; });
+}
+
 function onRoute(rerender = true) {
+  if (venueRoute()) { render(); renderVenuePage(); window.scrollTo?.(0, 0); return; }
   const r = route();
   if (r.kit && state.loaded && !isFull(state.kits.get(r.kit))) {
     // From the overview: the kit's summary is there, its whole view is one request away.
@@ -499,6 +511,10 @@ window.addEventListener("hashchange", () => onRoute());
 setInterval(() => document.querySelectorAll("[data-age]").forEach(el => {
   el.textContent = age(el.dataset.age ? +el.dataset.age : null);
 }), 5000);
+
+wireVenueEvents(renderVenuePage);
+// A venue page follows its controllers (applied versions, scenes) now and then, unless being edited.
+setInterval(() => { if (venueRoute() && !document.activeElement?.closest("form")) renderVenuePage(); }, 10000);
 
 // Alerts are raised by the fleet's evaluator on its own clock, not by ingest, and health moves with
 // the clock too (a device going silent): look again now and then.
