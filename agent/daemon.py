@@ -5,7 +5,8 @@ with ``--simulate``, simulated backends): a telemetry task per part at its own c
 (battery, printer status and queue, lights), a print queue per printer, the door hub for the
 scanners (agent/hub.py), the kit panel (press: self-test again; hold: safe shutdown), fleet
 commands for the agent and its parts (print, set, identify, selftest) answered with acks, and
-systemd's watchdog. Everything owed to the fleet goes through the link's on-disk outbox.
+systemd's watchdog, and the hosted lights' compiled timelines (agent/lightshow.py, from their
+retained ``config``, kept on disk so they run with no broker). Everything owed to the fleet goes through the link's on-disk outbox.
 The power-up self-test runs at start and its verdict is published and shown on the panel.
 """
 
@@ -25,6 +26,7 @@ from agent.errors import DriverError
 from agent.hub import DoorHub
 from agent.kitup import AGENT_FW, power_up
 from agent.kitview import LogView
+from agent.lightshow import LightShow
 from agent.link import FleetLink
 from agent.settings import AgentSettings
 from agent.statewatch import StateWatch
@@ -54,12 +56,22 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._selftest_lock = asyncio.Lock()
         self.restart = False  # a reboot command asked for a restart: run_agent exits with RESTART_EXIT
+        # The hosted lights follow their compiled timelines (retained `config`), kept on disk: loaded
+        # here, before the link is needed, and shown at the start of run() with or without a broker.
+        self.lightshow = LightShow(manifest.id, dict(hw.lights), data, link,
+                                   safety={d for d in hw.lights if d in self.specs and self.specs[d].expect.safety})
+        self.lightshow.load()
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.link.on_command = self._command_from_network
+        # Each light's first step shows what its kept timeline says is on now, at once, whatever the
+        # broker is doing (one task per light: a lamp out of range delays no other).
+        show = asyncio.create_task(self.lightshow.run())
+        await asyncio.sleep(0)  # the runner has its loop: configs can be handed over
+        self.link.set_config_handler(self.lightshow.on_config_threadsafe)
         from agent.drivers.printer import open_printer
         from agent.printing import PrintQueue
 
@@ -71,7 +83,7 @@ class Agent:
 
             self.panel = KitPanel.from_spec(self.hw.panel_spec, self.hw.pin_factory, on_press=self._pressed,
                                             on_hold=self._held, loop=self._loop)
-        tasks = [asyncio.create_task(self._health()), asyncio.create_task(self._watchdog())]
+        tasks = [show, asyncio.create_task(self._health()), asyncio.create_task(self._watchdog())]
         for dev, battery in self.hw.batteries.items():
             tasks.append(asyncio.create_task(self._battery(self.specs[dev], battery)))
         for dev in self.queues:
@@ -82,6 +94,7 @@ class Agent:
         await self.selftest()
         await self._stop.wait()
         sdnotify.stopping()
+        self.link.set_config_handler(None)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -110,6 +123,7 @@ class Agent:
         async with self._selftest_lock:  # a second press while one runs waits for it
             self.last_report = await power_up(self.manifest, self.hw, self.link, self.watch,
                                               LogView(self.manifest.name, log), self.panel, queues=self.queues)
+            self.lightshow.refresh()  # the self-test blinked the lights: back to what the timelines say
             return self.last_report
 
     async def _pressed(self) -> None:
@@ -241,9 +255,11 @@ class Agent:
         if spec is not None and spec.role == "light" and device in self.hw.lights:
             light = self.hw.lights[device]
             if a == "identify":
+                self.lightshow.hold(device)  # as the firmware: a command holds until the timeline next changes
                 await _call(light.flash)
                 return "ok", None
             if a == "set":
+                self.lightshow.hold(device)
                 await _set_light(light, cmd.args)
                 self.link.emit(device, "telemetry", LightTelemetry, **_light_fields(light))
                 return "ok", None

@@ -31,6 +31,7 @@ from kits.contract import (
     LEDGER_CHANNELS,
     Ack,
     Command,
+    Config,
     ContractError,
     Role,
     State,
@@ -66,6 +67,7 @@ class FleetLink:
         outbox_cap: int = 50_000,
         keepalive: int = 10,
         on_command: Callable[[str, Command], None] | None = None,
+        on_config: Callable[[str, Config], None] | None = None,
     ):
         self.kit, self.device, self.role, self.fw = kit, device, role, fw
         self.hosted = dict(hosted or {})
@@ -79,6 +81,13 @@ class FleetLink:
         # never when retained, never past their expiry (answered "expired" here).
         self.on_command = on_command
         self._recent_cmds: deque[str] = deque(maxlen=256)
+        # Retained `config` of the hosted lights (the compiled lighting timeline): handed over decoded,
+        # at every (re)connect too; the latest per device is kept while no handler is set yet.
+        self._on_config = on_config
+        self._config_lock = threading.Lock()
+        self._pending_configs: dict[str, Config] = {}
+        self.configs_bad = 0
+        self.config_versions: dict[str, int] = {}  # device -> config version applied (goes into its state)
         self.connected = threading.Event()
         self.receipts = 0
         self._seq: dict[str, int] = {}
@@ -116,6 +125,29 @@ class FleetLink:
         self.outbox.put(device, self.boot, seq, topic(self.kit, device, channel), encode(msg), droppable=channel == "telemetry")
         self._kick.set()
         return seq
+
+    def set_config_handler(self, handler: Callable[[str, Config], None] | None) -> None:
+        """Hand every hosted light's `config` to ``handler(device, Config)`` (from the network thread),
+        starting with the latest of each that arrived while there was no handler."""
+        with self._config_lock:  # held while handing over, so a newer config never overtakes an older one
+            self._on_config = handler
+            if handler is None:
+                return
+            pending, self._pending_configs = self._pending_configs, {}
+            for device, cfg in pending.items():
+                handler(device, cfg)
+
+    def set_config_version(self, device: str, version: int | None) -> None:
+        """The config version ``device`` (this producer or a hosted one) now runs: its retained state
+        carries it, published again now if the link is up (else at the next connect)."""
+        if version is None:
+            self.config_versions.pop(device, None)
+        else:
+            self.config_versions[device] = version
+        role = self.role if device == self.device else self.hosted.get(device)
+        if role is None or not self.connected.is_set():
+            return
+        self._client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
 
     def stop(self, flush_s: float = 0.0) -> None:
         """Wait up to ``flush_s`` for the outbox to drain, then leave gracefully (state: shutdown)."""
@@ -183,7 +215,9 @@ class FleetLink:
         if reason_code.is_failure:
             log.error("broker refused %s: %s", self.device, reason_code)
             return
-        client.subscribe([(topic(self.kit, d, ch), 1) for d in self._devices() for ch in ("receipt", "cmd")])
+        subs = [(topic(self.kit, d, ch), 1) for d in self._devices() for ch in ("receipt", "cmd")]
+        subs += [(topic(self.kit, d, "config"), 1) for d, role in self.hosted.items() if role == "light"]
+        client.subscribe(subs)
         client.publish(topic(self.kit, self.device, "state"), encode(self._state(self.device, self.role, True)), qos=1, retain=True)
         for device, role in self.hosted.items():
             client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
@@ -199,6 +233,9 @@ class FleetLink:
     def _on_message(self, _client, _userdata, msg) -> None:
         if msg.topic.endswith("/cmd"):
             self._command(msg)
+            return
+        if msg.topic.endswith("/config"):
+            self._config(msg)
             return
         try:
             receipt = decode("receipt", msg.payload)
@@ -235,6 +272,28 @@ class FleetLink:
             log.exception("command %s for %s failed", cmd.id, device)
             self.ack(device, cmd.id, "error", str(exc)[:200])
 
+    def _config(self, msg) -> None:
+        device = msg.topic.split("/")[3]
+        if not msg.payload:  # the retained config was cleared: nothing to follow, nothing to undo
+            log.info("empty config on %s ignored", msg.topic)
+            return
+        try:
+            cfg = decode("config", msg.payload)
+        except ContractError as exc:
+            self.configs_bad += 1
+            log.warning("ignoring a malformed config on %s: %s", msg.topic, exc)
+            return
+        with self._config_lock:
+            handler = self._on_config
+            if handler is None:
+                self._pending_configs[device] = cfg
+                return
+            try:
+                handler(device, cfg)
+            except Exception:  # noqa: BLE001 - a handler bug must not kill the link
+                self.configs_bad += 1
+                log.exception("config %s for %s failed", cfg.version, device)
+
     def ack(self, device: str, cmd_id: str, status: str, detail: str | None = None) -> int:
         """Answer a command (through the outbox, like everything owed to the fleet)."""
         return self.emit(device, "ack", Ack, cmd_id=cmd_id, status=status, detail=detail)
@@ -263,4 +322,5 @@ class FleetLink:
 
     def _state(self, device: str, role: Role, online: bool, reason: str = "birth") -> State:
         return State(boot=self.boot, seq=0, ts=self.started_ms, online=online, role=role,
-                     fw=self.fw, reason=reason if not online else "birth")
+                     fw=self.fw, reason=reason if not online else "birth",
+                     config_version=self.config_versions.get(device))
