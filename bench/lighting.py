@@ -422,7 +422,8 @@ def measure_override(tmp: Path, image: Path, trials: int) -> dict:
         def until(want: list[int], t0: float, what: str) -> float:
             while pwm.duties() != want:
                 if time.monotonic() - t0 > 5:
-                    raise fail(f"override: {what} not on the outputs within 5 s (PWM {pwm.duties()})")
+                    raise fail(f"override: {what} not on the outputs within 5 s (PWM {pwm.duties()})\n"
+                               + "\n".join(app.lines[-12:]))
                 time.sleep(0.0005)
             return (time.monotonic() - t0) * 1000
 

@@ -109,6 +109,7 @@ class Lighting:
             raw = raw.encode()
         if self.timeline is not None and self._on_flash(raw):
             return True, "version %d already applied" % self.version
+        gc.collect()  # the new timeline is parsed beside the running one: start from a clean heap
         ok, detail = self._take(raw)
         gc.collect()  # the parse's garbage, at once: the heap has room for one parse at a time
         return ok, detail
