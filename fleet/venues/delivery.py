@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from fleet.store import Store, now_ms
-from fleet.venues.compiler import CompileError, compile_timeline, preview, schedule_windows
+from fleet.venues.compiler import CompileError, compile_timeline, opening_spans, preview, schedule_windows
 from fleet.venues.store import VenueDocs, VenueStore
 from kits.contract import Config, encode
 
@@ -169,8 +169,6 @@ class VenueLighting:
             for t in (o.starts, o.expires):
                 if t is not None:
                     edges.add(int(t.timestamp()))
-        from fleet.venues.compiler import opening_spans
-
         for s, e in opening_spans(docs.venue, start, end):
             edges.update((s, e))
         lo, hi = int(start.timestamp()), int(end.timestamp())

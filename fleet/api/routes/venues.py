@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.store import now_ms
-from fleet.venues.compiler import CompileError, ScheduleConflict
+from fleet.venues.compiler import CompileError, preview
 from fleet.venues.delivery import LIGHT_ROLES, VenueLighting
 from fleet.venues.model import Override, Scene, Schedule, Venue, Zone, ZoneLevel
 from fleet.venues.store import VenueDocs
@@ -133,9 +133,7 @@ def _same_id(kind: str, path_id: str, body_id: str) -> None:
 def _compile_or_refuse(lit: VenueLighting, docs: VenueDocs) -> None:
     try:
         lit.check(docs)
-    except ScheduleConflict as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from None
-    except CompileError as exc:
+    except CompileError as exc:  # a ScheduleConflict too: both name what is in the way
         raise HTTPException(status_code=409, detail=str(exc)) from None
 
 
@@ -151,7 +149,7 @@ def _replace(items: list, item, item_id: str | None = None) -> list:
 def _push(lit: VenueLighting, venue_id: str) -> WriteOut:
     try:
         pushed = lit.push(venue_id)
-    except (ScheduleConflict, CompileError) as exc:  # checked before storing: only a race gets here
+    except CompileError as exc:  # checked before storing: only a race gets here
         raise HTTPException(status_code=409, detail=str(exc)) from None
     except RuntimeError as exc:
         raise HTTPException(status_code=503, detail=f"stored, not pushed: {exc}") from None
@@ -328,8 +326,6 @@ def end_override(venue_id: str, override_id: str, request: Request):
 def get_preview(venue_id: str, request: Request,
                 at: Annotated[str | None, Query(description="ms since the epoch or ISO date-time; default now")] = None):
     """What each zone shows at ``at``: schedule < override < safety floor (while open)."""
-    from fleet.venues.compiler import preview
-
     t = _when(at, "at")
     docs = _docs(lighting(request), venue_id, t)
     return PreviewOut(at=t, zones=preview(*docs.args(), datetime.fromtimestamp(t / 1000, UTC)))
