@@ -254,7 +254,7 @@ def build_rom(out: Path) -> Path:
 def spawn(image: Path, cfg: Path, cwd: Path) -> Proc:
     from popkit.romfs import boot_code, heap_for
 
-    cmd = [tool("micropython"), "-X", f"heapsize={heap_for(DATA_HEAP, image)}", "-c", boot_code(image, "main"),
+    cmd = [tool("micropython"), "-X", f"heapsize={heap_for(DATA_HEAP, image, 'lighting')}", "-c", boot_code(image, "main"),
            str(cfg)]
     env = dict(os.environ, MICROPYPATH=".frozen")
     return Proc(subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

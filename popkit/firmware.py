@@ -120,7 +120,7 @@ def run(role: str, config: Path, budget_kb: int = RUN_BUDGET_KB) -> int:
     env = dict(os.environ, MICROPYPATH=".frozen")
     binary = tool("micropython")
     # exec, not a child: signals (Ctrl-C, a supervisor's SIGTERM or SIGKILL) reach the firmware itself.
-    os.execve(binary, [binary, "-X", f"heapsize={heap_for(budget_kb * 1024, image)}", "-c", boot_code(image),
+    os.execve(binary, [binary, "-X", f"heapsize={heap_for(budget_kb * 1024, image, role)}", "-c", boot_code(image),
                        str(config.resolve())], env)
 
 

@@ -7,13 +7,16 @@ which would charge the code to the 64 KB the firmware is budgeted. Mounted from 
 (``vfs.VfsRom``), the bytecode stays in the image and only what a device pays in RAM too
 (module dicts, function and class objects, interned names) lands in the heap.
 
-The unix port has no flash to map, so the image is read into one buffer taken first, and the
-process heap is the budget plus exactly the image's size: ``heap_for(budget, image)``.
-Everything the firmware allocates, code objects included, then has to fit in the budget.
+The unix port has no flash to map, so the image is read into one buffer taken first. The names
+the modules use are interned into the heap when imported from ROMFS; a frozen build keeps them in
+flash, in the firmware's own name pool. So the process heap is the budget plus exactly what a
+frozen ESP32 keeps in flash: the image and the role's names, ``heap_for(budget, image, role)``.
+Everything else the firmware allocates, code objects included, then has to fit in the budget.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -71,9 +74,16 @@ def boot_code(image: Path, module: str = "main") -> str:
     )
 
 
-def heap_for(budget_bytes: int, image: Path) -> str:
-    """The unix process heap: the firmware's budget plus the image it holds in place of flash."""
-    return f"{-(-(budget_bytes + image.stat().st_size) // 1024)}k"
+def heap_for(budget_bytes: int, image: Path, role: str | None = None) -> str:
+    """The unix process heap: the firmware's budget plus the image it holds in place of flash and,
+    given the ``role`` the image holds, the names a frozen build would keep in flash too."""
+    names = _names_cached(role, str(image), image.stat().st_mtime) if role else 0
+    return f"{-(-(budget_bytes + image.stat().st_size + names) // 1024)}k"
+
+
+@functools.lru_cache(maxsize=16)
+def _names_cached(role: str, image: str, mtime: float) -> int:
+    return names_bytes(role, Path(image))
 
 
 def qstr_bytes(text: str) -> list[int]:

@@ -12,13 +12,13 @@
 #     change;
 #   - the safety floor is applied on top of everything, commands included.
 import gc
-import json
 
 from micropython import const
 from time import ticks_diff
 
 import atomic
 from commands import DUPLICATE, CommandGate
+from jscan import JsonScan
 from scene import SceneError, Fader, n_outputs, parse_fade, parse_levels
 from timeline import Timeline, TimelineError
 
@@ -50,6 +50,7 @@ class Lighting:
         self.fader = Fader(n)
         self.timeline = None
         self.version = None  # config version applied (reported in `state`)
+        self.offered = None  # version of the last config offered to on_config (None: unreadable)
         self.scene = None  # id of the scene on now (telemetry)
         self._dir = state_dir
         self._gate = CommandGate(state_dir + "/" + CMDS_FILE)
@@ -103,11 +104,13 @@ class Lighting:
 
         The retained copy of what already runs, arriving again at each reconnect, is recognised
         by comparing it with the file on flash: no parse, no flash write."""
+        self.offered = None
         if len(raw) > self.max_config:
             return False, "config: %d bytes, this controller takes at most %d" % (len(raw), self.max_config)
         if type(raw) is str:
             raw = raw.encode()
         if self.timeline is not None and self._on_flash(raw):
+            self.offered = self.version
             return True, "version %d already applied" % self.version
         gc.collect()  # the new timeline is parsed beside the running one: start from a clean heap
         ok, detail = self._take(raw)
@@ -116,12 +119,9 @@ class Lighting:
 
     def _take(self, raw):
         try:
-            cfg = json.loads(raw)
-            if type(cfg) is not dict or type(cfg.get("version")) is not int or "data" not in cfg:
+            version, tl = self._read(raw)
+            if tl is None:
                 return False, "config: must be {version, ts, data}"
-            version = cfg["version"]
-            tl = Timeline(cfg["data"], self.dmx_slots)
-            cfg = None
             atomic.write(self._dir + "/" + TIMELINE_FILE, raw)
         except TimelineError as e:
             return False, str(e)
@@ -137,6 +137,29 @@ class Lighting:
         self._last_s = _UNSET
         return True, None
 
+    def _read(self, raw):
+        """A config payload -> (version, Timeline); (version or None, None) when it is not
+        {version, ts, data}. The timeline is read from its place in ``raw``, never copied."""
+        js = JsonScan(raw)
+        if js.peek() != 123:  # {
+            js.value()  # not JSON: ValueError
+            return None, None
+        version = data = None
+        for k in js.members():
+            if k == "version":
+                version = js.value()
+            elif k == "data":
+                data = js.skip()
+            else:
+                js.skip()
+        js.end()
+        if type(version) is not int:
+            return None, None
+        self.offered = version
+        if data is None:
+            return version, None
+        return version, Timeline(js.b[data[0]:data[1]], self.dmx_slots)
+
     def _load(self):
         """The timeline kept on flash (none, or one that no longer loads: run without)."""
         self.timeline = None
@@ -145,12 +168,12 @@ class Lighting:
         if not raw:
             return
         try:
-            cfg = json.loads(raw)
-            raw = None
-            self.timeline = Timeline(cfg["data"], self.dmx_slots)
-            self.version = cfg["version"]
-        except (ValueError, KeyError, TypeError, MemoryError):
-            self.timeline = None
+            version, tl = self._read(raw)
+        except (ValueError, MemoryError):
+            return
+        if tl is not None:
+            self.timeline = tl
+            self.version = version
 
     def _on_flash(self, raw):
         """Whether ``raw`` is byte for byte the timeline file (read in small pieces)."""
@@ -161,13 +184,16 @@ class Lighting:
         with f:
             pos = 0
             n = len(raw)
-            while True:
-                piece = f.read(256)
-                if not piece:
-                    return pos == n
-                if raw[pos:pos + len(piece)] != piece:
-                    return False
-                pos += len(piece)
+            try:
+                while True:
+                    piece = f.read(256)
+                    if not piece:
+                        return pos == n
+                    if raw[pos:pos + len(piece)] != piece:
+                        return False
+                    pos += len(piece)
+            except MemoryError:  # a nearly full heap: treat it as new, and the parse says it does not fit
+                return False
 
     # ---------------------------------------------------------------- commands
 

@@ -48,10 +48,14 @@ _INFO = const(3)
 
 class Link:
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
-                 on_cmd=None, on_config=None, resend_ms=15000, cap=2000, seg_records=32, hub=False, **mqtt):
+                 on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
+                 hub=False, **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
+        raw_config: on_config gets the payload's bytes instead, and returns the version it applied
+        (None: not applied). For a config that may be large (a lighting timeline): parsed here too,
+        it would be in the heap twice while the app parses it.
         hub: this device asks the kit's hub (ask_hub).
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
@@ -60,6 +64,7 @@ class Link:
         self._clock = clock
         self._on_cmd = on_cmd
         self._on_config = on_config
+        self._raw_config = raw_config
         self._resend_ms = resend_ms
         self.boot = hexlify(os.urandom(4))  # 8 hex digits, as bytes (.decode() in payloads)
         self.started = clock()  # state.ts of this boot's births and of its Will
@@ -277,6 +282,12 @@ class Link:
                         self._answer = r
                         self._answered.set()
                 elif t == t_config:
+                    if self._raw_config:
+                        if self._on_config is not None:
+                            v = self._on_config(m)
+                            if v is not None and v != self.config_version:
+                                self.set_config_version(v)
+                        continue
                     cfg = json.loads(m)
                     v = cfg["version"]
                     if v != self.config_version and self._on_config is not None and self._on_config(cfg):

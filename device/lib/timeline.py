@@ -3,12 +3,15 @@
 # zones, recurrences, overrides) into flat UTC windows; the controller only has
 # to find which window holds "now".
 #
-# Windows are kept as offsets (s) from the earliest start in compact arrays, so a
-# lookup reads small ints (epoch seconds need a long int on a 32-bit port) and a
-# timeline of a few hundred windows costs a few KB instead of a tuple per window.
+# Windows are kept as offsets (s) from the first window's start in compact arrays,
+# so a lookup reads small ints (epoch seconds need a long int on a 32-bit port) and
+# a timeline of a few hundred windows costs a few KB instead of a tuple per window.
+# The text is read one window at a time (jscan.py): decoding a 4 KB timeline whole
+# would need ~12 KB of heap beside the running one.
 from array import array
 
 from micropython import const
+from jscan import JsonScan
 from scene import N_PWM, Scene, SceneError, parse_levels, parse_scene
 
 FORMAT = const(1)
@@ -56,41 +59,67 @@ def _offsets(rows, col, base):
 
 
 class Timeline:
-    """A validated timeline for a controller with ``dmx_slots`` DMX slots.
+    """A validated timeline for a controller with ``dmx_slots`` DMX slots, read from its JSON
+    text (bytes, bytearray, a memoryview into a bigger payload, or str) one window at a time:
+    the heap holds the compact arrays and one window's objects, never the whole decoded text.
 
-    Raises TimelineError with a message naming the offending field (and both
-    windows when two windows of one priority overlap); never anything else for
-    bad input of the right JSON shape.
+    Raises TimelineError with a message naming the offending field (and both windows when two
+    windows of one priority overlap) for a timeline of the wrong shape; ValueError for text
+    that is not JSON.
     """
 
-    def __init__(self, data, dmx_slots):
+    def __init__(self, text, dmx_slots):
+        if type(text) is str:
+            text = text.encode()
         try:
-            self._parse(data, dmx_slots)
+            self._parse(JsonScan(text), dmx_slots)
         except SceneError as e:
             raise TimelineError(str(e))
 
-    def _parse(self, data, dmx_slots):
-        if type(data) is not dict:
+    def _parse(self, js, dmx_slots):
+        if js.peek() != 123:  # {
+            js.value()  # text that is not JSON is a ValueError, not a wrong shape
             raise TimelineError("timeline: must be an object")
-        for k in data:
+        at = {}  # member -> where its value starts in the text
+        for k in js.members():
             if k not in _KEYS:
                 raise TimelineError("timeline: unknown field %r" % (k,))
-        fmt = data.get("format")
+            at[k] = js.i
+            js.skip()
+            if k == "windows":
+                n = js.items  # counted on the way past: the windows are read once more, not twice
+        js.end()
+
+        def member(k, shape):
+            """Position the scanner at member k's value; true when it is there and has ``shape``
+            (the value's first byte: { or [)."""
+            if k not in at:
+                return False
+            js.i = at[k]
+            return js.peek() == shape
+
+        fmt = None
+        if "format" in at:
+            js.i = at["format"]
+            fmt = js.value()
         if fmt != FORMAT:
             raise TimelineError("format: this controller reads timeline format %d, not %r" % (FORMAT, fmt))
         # scenes
-        scenes = data.get("scenes")
-        if type(scenes) is not dict or not scenes:
+        if not member("scenes", 123):
             raise TimelineError("scenes: must be an object of scene id -> {levels, fade_ms}")
-        if len(scenes) > MAX_SCENES:
-            raise TimelineError("scenes: %d scenes, at most %d" % (len(scenes), MAX_SCENES))
+        js.skip()
+        if not js.items:
+            raise TimelineError("scenes: must be an object of scene id -> {levels, fade_ms}")
+        if js.items > MAX_SCENES:
+            raise TimelineError("scenes: %d scenes, at most %d" % (js.items, MAX_SCENES))
         self.scenes = {}
         self._list = []  # scene objects by index, for the windows' scene column
         index = {}
-        for sid in scenes:
+        js.i = at["scenes"]
+        for sid in js.members():
             if not 1 <= len(sid) <= _MAX_ID:
                 raise TimelineError("scenes: scene id %r must be 1..%d characters" % (sid, _MAX_ID))
-            sc = parse_scene(sid, scenes[sid], dmx_slots)
+            sc = parse_scene(sid, js.value(), dmx_slots)
             index[sid] = len(self._list)
             self._list.append(sc)
             self.scenes[sid] = sc
@@ -99,51 +128,73 @@ class Timeline:
             if len(sc.levels) > longest:
                 longest = len(sc.levels)
         # default: what is on outside every window (all outputs off when absent)
-        d = data.get("default")
+        d = None
+        if "default" in at:
+            js.i = at["default"]
+            d = js.value()
         if d is None:
             self.default = Scene(None, bytearray(N_PWM), 0)
         elif type(d) is str and d in self.scenes:
             self.default = self.scenes[d]
         else:
             raise TimelineError("default: unknown scene %r" % (d,))
-        # windows
-        ws = data.get("windows", [])
-        if type(ws) is not list:
+        # windows, straight into the compact arrays (10 bytes a window), offsets from the first start
+        if "windows" not in at:
+            n = 0
+        elif not member("windows", 91):  # [
             raise TimelineError("windows: must be a list of [start, end, scene, priority]")
-        if len(ws) > MAX_WINDOWS:
-            raise TimelineError("windows: %d windows, at most %d" % (len(ws), MAX_WINDOWS))
-        n = len(ws)
-        base = None  # the earliest start of any window: stored times are offsets from it
-        last = 0
+        if n > MAX_WINDOWS:
+            raise TimelineError("windows: %d windows, at most %d" % (n, MAX_WINDOWS))
+        self.windows = n
+        self._start = st = array("i", bytes(4 * n))
+        self._end = en = array("i", bytes(4 * n))
+        self._prio = pr = bytearray(n)
+        self._scene = bytearray(n)
+        base = None  # the first window's start
+        first = 0  # the earliest start of anything (windows and open windows) ...
+        last = 0  # ... and the latest end: their span must stay below _MAX_SPAN
         prev = None
         latest = {}  # priority -> index of the window with the latest end so far at that priority
-        for i in range(n):
-            w = ws[i]
-            where = "windows[%d]" % i
-            start, end = _span(w, where)
-            if len(w) != 4:
-                raise TimelineError("%s: must be [start, end, scene, priority]" % where)
-            if type(w[2]) is not str or w[2] not in index:
-                raise TimelineError("%s: unknown scene %r" % (where, w[2]))
-            p = _int(w[3], where + " priority")
-            if not 0 <= p <= MAX_PRIORITY:
-                raise TimelineError("%s: priority must be 0..%d, not %d" % (where, MAX_PRIORITY, p))
-            if prev is not None and start < prev:
-                raise TimelineError("windows[%d] (start %d) comes before windows[%d] (start %d): "
-                                    "windows must be sorted by start" % (i, start, i - 1, prev))
-            j = latest.get(p)
-            if j is not None and start < ws[j][1]:
-                raise TimelineError("windows[%d] and windows[%d] overlap at priority %d "
-                                    "(%d ends at %d, %d starts at %d)" % (j, i, p, j, ws[j][1], i, start))
-            if j is None or end > ws[j][1]:
-                latest[p] = i
-            prev = start
-            if base is None:
-                base = start
-            if end > last:
-                last = end
-        # safety floor
-        fl = data.get("floor")
+        i = 0
+        if n:
+            js.i = at["windows"]
+            for _ in js.elements():
+                w = js.value()
+                where = "windows[%d]" % i
+                start, end = _span(w, where)
+                if len(w) != 4:
+                    raise TimelineError("%s: must be [start, end, scene, priority]" % where)
+                if type(w[2]) is not str or w[2] not in index:
+                    raise TimelineError("%s: unknown scene %r" % (where, w[2]))
+                p = _int(w[3], where + " priority")
+                if not 0 <= p <= MAX_PRIORITY:
+                    raise TimelineError("%s: priority must be 0..%d, not %d" % (where, MAX_PRIORITY, p))
+                if prev is not None and start < prev:
+                    raise TimelineError("windows[%d] (start %d) comes before windows[%d] (start %d): "
+                                        "windows must be sorted by start" % (i, start, i - 1, prev))
+                if base is None:
+                    base = first = last = start
+                if end - base > _MAX_SPAN:
+                    raise TimelineError("windows: span more than 34 years (%d..%d)" % (base, end))
+                j = latest.get(p)
+                if j is not None and start < en[j] + base:
+                    raise TimelineError("windows[%d] and windows[%d] overlap at priority %d "
+                                        "(%d ends at %d, %d starts at %d)" % (j, i, p, j, en[j] + base, i, start))
+                st[i] = start - base
+                en[i] = end - base
+                pr[i] = p
+                self._scene[i] = index[w[2]]
+                if j is None or end - base > en[j]:
+                    latest[p] = i
+                prev = start
+                if end > last:
+                    last = end
+                i += 1
+        # safety floor (small: its levels and a few open windows, decoded whole)
+        fl = None
+        if "floor" in at:
+            js.i = at["floor"]
+            fl = js.value()
         self.floor = None
         op = ()
         if fl is not None:
@@ -163,26 +214,20 @@ class Timeline:
                 start, end = _span(op[i], where)
                 if len(op[i]) != 2:
                     raise TimelineError("%s: must be [start, end]" % where)
-                if base is None or start < base:
-                    base = start
+                if base is None:
+                    base = first = last = start
+                if start < first:
+                    first = start
                 if end > last:
                     last = end
             if len(self.floor) > longest:
                 longest = len(self.floor)
         if base is None:
             base = 0
-        elif last - base > _MAX_SPAN:
-            raise TimelineError("windows: span more than 34 years (%d..%d)" % (base, last))
-        # compact storage: 10 bytes a window
+        elif last - first > _MAX_SPAN:
+            raise TimelineError("windows: span more than 34 years (%d..%d)" % (first, last))
         self.base = base
-        self.windows = n
-        self._start = _offsets(ws, 0, base)
-        self._end = _offsets(ws, 1, base)
-        self._prio = bytearray(n)
-        self._scene = bytearray(n)
-        for i in range(n):
-            self._prio[i] = ws[i][3]
-            self._scene[i] = index[ws[i][2]]
+        # open windows may start before the first window: negative offsets, within the span
         self._open_start = _offsets(op, 0, base)
         self._open_end = _offsets(op, 1, base)
         # the floored scene active() hands out: one buffer, refilled on each call

@@ -78,15 +78,17 @@ class Device:
         self._spawn(["-X", f"heapsize={heap}", "-m", module, *self.args], mpy_env(firmware), cwd)
 
     @classmethod
-    def from_rom(cls, image: Path, *args, budget: int = 64 * 1024, cwd: Path | None = None) -> "Device":
-        """Run a role from its ROMFS image (popkit/romfs.py) in a heap of ``budget`` plus the image."""
+    def from_rom(cls, image: Path, *args, budget: int = 64 * 1024, cwd: Path | None = None,
+                 role: str | None = None) -> "Device":
+        """Run a role from its ROMFS image (popkit/romfs.py) in a heap of ``budget`` plus what a frozen
+        build keeps in flash (the image, the role's names; ``role`` defaults to the image's stem)."""
         from popkit.romfs import boot_code, heap_for
 
         self = cls.__new__(cls)
         self.script = image.name
         self.args = [str(a) for a in args]
         self.image_bytes = image.stat().st_size
-        self._spawn(["-X", f"heapsize={heap_for(budget, image)}", "-c", boot_code(image), *self.args],
+        self._spawn(["-X", f"heapsize={heap_for(budget, image, role or image.stem)}", "-c", boot_code(image), *self.args],
                     dict(os.environ, MICROPYPATH=".frozen"), cwd)
         return self
 

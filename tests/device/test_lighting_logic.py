@@ -27,6 +27,23 @@ def mpy(firmware):  # noqa: F811
     return run
 
 
+@pytest.fixture(scope="module")
+def rom_mpy(tmp_path_factory):
+    """Run code as the device does: the lighting role's modules and the fake hardware from a ROMFS
+    image (bytecode in 'flash', popkit/romfs.py), in a heap of 64 KB plus the image."""
+    from popkit.romfs import boot_code, build_image, heap_for
+
+    image = build_image("lighting", "unix", tmp_path_factory.mktemp("romfs") / "lighting-logic.romfs",
+                        extra=(FAKES / "fakehw.py",))
+
+    def run(code: str, cwd: Path) -> str:
+        return run_mpy(boot_code(image, "micropython") + code, heap=heap_for(64 * 1024, image, "lighting"), cwd=cwd,
+                       timeout=30).stdout
+
+    run.image_bytes = image.stat().st_size  # in gc.mem_alloc(): the flash stand-in, not the firmware's RAM
+    return run
+
+
 def results(out: str) -> list:
     """Lines the firmware printed as JSON (one result per line)."""
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -236,6 +253,7 @@ HEAP_RUN = PRELUDE + """
 import gc, micropython
 from array import array
 from time import ticks_us, ticks_diff
+gc.threshold(THRESHOLD)  # the app's gc policy from its first line, as main() sets it
 light, pwms, out, line = rig(24, '.', NullStream())
 light.power_up(T, 0)
 scenes = [light.timeline.scenes[s] for s in ('doors', 'set', 'house', 'dark')]
@@ -281,7 +299,6 @@ def in_ram(cid, ids=light._gate.ids):
     del ids[0]
 to_flash = light._gate.remember
 light._gate.remember = in_ram   # phase 2 keeps the id log in RAM (its flash write is phase 3)
-gc.threshold(THRESHOLD)
 gc.collect()
 live0 = gc.mem_alloc()
 # 1. 10,000 scene changes through the fader and the loop, the timeline crossing window boundaries:
@@ -312,10 +329,12 @@ print(json.dumps(r))
 """
 
 
-def test_ten_thousand_scene_changes_allocate_nothing_and_commands_do_not_grow_the_heap(mpy, tmp_path):
+def test_ten_thousand_scene_changes_allocate_nothing_and_commands_do_not_grow_the_heap(rom_mpy, tmp_path):
     (tmp_path / "timeline.json").write_text(config())
     # The app's gc policy (collect after 4 KB of allocations) in the 64 KB heap: the sampled high-water mark.
-    r = results(mpy(HEAP_RUN.replace("THRESHOLD", "4096"), tmp_path))[0]
+    r = results(rom_mpy(HEAP_RUN.replace("THRESHOLD", "4096"), tmp_path))[0]
+    r["live"] -= rom_mpy.image_bytes
+    r["peak"] -= rom_mpy.image_bytes
     print(f"\nlighting heap/timing, 64 KB heap, gc threshold 4 KB: {r}")
     assert r["peak"] <= 48 * 1024, r
     assert r["warmup"] <= 256 and r["grown"] == 0, r  # 9,900 commands later the live heap has not grown a byte
@@ -331,7 +350,7 @@ def test_timeline_picks_by_window_boundary_and_priority(mpy, tmp_path):
     cfg = config()
     out = mpy(PRELUDE + """
 from timeline import Timeline
-tl = Timeline(json.loads(%r)['data'], 24)
+tl = Timeline(json.dumps(json.loads(%r)['data']), 24)
 for m in (-21, -20, 0, 39, 40, 79, 80, 99, 100, 159, 160, 1000):
     print(json.dumps([m, tl.pick(T + m * 60).id]))
 print(json.dumps(['edge', tl.pick(T + 40 * 60 - 1).id, tl.pick(T + 100 * 60 - 1).id]))
@@ -345,7 +364,7 @@ print(json.dumps(['edge', tl.pick(T + 40 * 60 - 1).id, tl.pick(T + 100 * 60 - 1)
 def test_safety_floor_lifts_a_dark_scene_while_the_venue_is_open(mpy, tmp_path):
     out = mpy(PRELUDE + """
 from timeline import Timeline
-tl = Timeline(json.loads(%r)['data'], 24)
+tl = Timeline(json.dumps(json.loads(%r)['data']), 24)
 def show(t):
     s = tl.active(t)
     print(json.dumps([s.id, s.floored, list(s.levels)[:4], list(s.levels)[4 + 22:4 + 24] if len(s.levels) > 26 else []]))
@@ -465,12 +484,15 @@ offer('v3.json')                                   # the retained copy again
 print(json.dumps(light.on_config(b' ' * 4097)))    # over the size limit: not even parsed
 raw = receive('v4.json')
 gc.collect()
-ballast = []                                       # the heap nearly full: v4 does not fit beside v3
-try:
-    while gc.mem_free() > 8000:
-        ballast.append(bytearray(100))
-except MemoryError:
-    pass
+ballast = None                                     # the heap nearly full (1.5 KB left): v4 cannot fit
+for size in (100, 24, 4):                          # a chain, not a list: a growing list leaves garbage;
+    try:                                           # smaller links fill the holes the bigger ones leave
+        while gc.mem_free() > 1500:
+            ballast = (bytearray(size), ballast)
+    except MemoryError:
+        pass
+    gc.collect()
+print(json.dumps(["free", gc.mem_free()]))
 print(json.dumps(light.on_config(raw)))
 ballast = raw = None
 tl = light.timeline
@@ -481,8 +503,9 @@ print(json.dumps([light.version, tl.windows, tl.pick(T + 13 * 86400 + 2 * 3600 +
     assert r[0] == [True, None] and r[1] == [True, None]
     assert r[2] == [True, "version 3 already applied"]
     assert r[3] == [False, "config: 4097 bytes, this controller takes at most 4096"]
-    assert r[4] == [False, "config: %d bytes do not fit in memory" % len(payloads[4])]
-    version, windows, on_day_14, after_hours, free0, free1 = r[5]
+    assert r[4][0] == "free" and r[4][1] <= 1600, r[4]
+    assert r[5] == [False, "config: %d bytes do not fit in memory" % len(payloads[4])]
+    version, windows, on_day_14, after_hours, free0, free1 = r[6]
     names = list(fortnight(looks=2)["scenes"])
     assert (version, windows, on_day_14, after_hours) == (3, 84, names[(13 + 2) % len(names)], "dark")
     assert json.loads((tmp_path / "timeline.json").read_text())["version"] == 3
@@ -580,7 +603,7 @@ kinds = {}
 with open('bad.txt') as f:
     for raw in f:
         try:
-            Timeline(json.loads(raw)['data'], 24)
+            Timeline(json.dumps(json.loads(raw)['data']), 24)
             k = 'accepted'
         except TimelineError:
             k = 'TimelineError'
@@ -589,6 +612,70 @@ print(json.dumps(kinds))
 """, tmp_path)
     kinds = results(out)[0]
     assert set(kinds) <= {"accepted", "TimelineError"} and kinds["TimelineError"] >= 150, kinds
+
+
+def test_the_timeline_reads_the_same_from_any_json_layout(mpy, tmp_path):
+    """The controller reads its timeline from the text, one window at a time (jscan.py): layout, member
+    order and what a scene id may hold (brackets, quotes, escapes) must not change what it sees."""
+    odd = 'a "]},[{\\ \u00e9'  # every byte the scanner treats specially, inside a string
+    data = venue_timeline()
+    data["scenes"][odd] = data["scenes"].pop("house")
+    data["windows"][2][2] = odd
+    texts = [json.dumps(data, separators=(",", ":")),                      # as the fleet sends it
+             json.dumps(data, indent=2),                                    # pretty, newlines and all
+             json.dumps(dict(reversed(list(data.items())))),                # windows before scenes
+             json.dumps(data, ensure_ascii=False)]                          # UTF-8, not \u escapes
+    (tmp_path / "texts.txt").write_text("\n".join(json.dumps(t) for t in texts) + "\n")
+    out = mpy(PRELUDE + """
+from timeline import Timeline
+with open('texts.txt') as f:
+    for line in f:
+        tl = Timeline(json.loads(line).encode(), 24)
+        print(json.dumps([tl.windows, sorted(tl.scenes), [tl.pick(T + m * 60).id for m in (-20, 0, 40, 85, 120, 400)],
+                          tl.floor_on(T + 180 * 60), tl.floor_on(T + 200 * 60)]))
+""", tmp_path)
+    got = results(out)
+    assert len(got) == len(texts)
+    assert all(g == got[0] for g in got), got
+    assert got[0][2] == ["doors", "doors", "set", odd, "dark", "dark"] and got[0][3:] == [True, False]
+
+
+def test_truncated_or_corrupted_config_text_is_refused_and_the_running_timeline_stays(mpy, tmp_path):
+    """What a broken link or a bad flash page could hand over: every cut of a good payload, and bytes
+    flipped at random. Each is refused with a reason (or, where the damage is harmless, taken); none
+    raises, and what runs afterwards is a timeline that was offered whole."""
+    import random
+
+    good = config(version=8)
+    rng = random.Random(11)
+    bad = [good[:n] for n in range(0, len(good), 7)]
+    for _ in range(300):
+        b = bytearray(good.encode())
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] = rng.choice(b'[]{}",:0123456789 \\x')
+        bad.append(b.decode("latin-1"))
+    (tmp_path / "bad.txt").write_text("\n".join(json.dumps(x) for x in bad) + "\n")
+    out = mpy(PRELUDE + """
+light, pwms, out, line = rig(24, '.')
+print(json.dumps(light.on_config(%r)))
+kinds = {}
+with open('bad.txt') as f:
+    for row in f:
+        raw = json.loads(row)
+        ok, detail = light.on_config(raw)
+        k = 'taken' if ok else detail.split(':')[0]
+        kinds[k] = kinds.get(k, 0) + 1
+        if not ok:
+            light.on_config(%r)  # the good one back, for the next
+print(json.dumps(kinds))
+light.tick(T, 0)
+print(json.dumps([light.version, light.scene]))
+""" % (good, good), tmp_path)
+    r = results(out)
+    assert r[0] == [True, None]
+    kinds = r[1]
+    assert sum(kinds.values()) == len(bad) and kinds.get("config", 0) > 50, kinds  # "config: not JSON", ...
+    assert r[2][1] == "doors"
 
 
 # ---------------------------------------------------------------- commands

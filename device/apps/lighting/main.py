@@ -29,7 +29,7 @@ import lighting_hw
 from lighting import Lighting
 
 TICK_MS = 10
-FW = "lighting-0.1.0"
+FW = "lighting-0.2.0"
 
 
 def load_config():
@@ -62,19 +62,23 @@ class App:
         self.link = link.Link(cfg["kit"], cfg["device"], "lighting", lambda: board.connect_tcp(host, port),
                               board.epoch_ms, self.state_dir + "/outbox", fw=cfg.get("fw", FW),
                               config_version=self.light.version, on_cmd=self.on_cmd, on_config=self.on_config,
+                              raw_config=True,
                               max_msg=cfg.get("max_config", 4096), keepalive=cfg.get("keepalive", 30),
                               response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
                               backoff_max_ms=cfg.get("backoff_max_ms", 10000))
         self.link.start()
 
-    def on_config(self, cfg):
-        # link.py hands over the parsed dict; Lighting keeps the payload's bytes on flash
-        ok, detail = self.light.on_config(json.dumps(cfg))
-        print("CONFIG", cfg.get("version"), 1 if ok else 0, detail)
+    def on_config(self, raw):
+        # the payload's bytes as received (raw_config): a timeline is parsed once, by Lighting,
+        # which keeps these very bytes on flash
+        light = self.light
+        ok, detail = light.on_config(raw)
+        print("CONFIG", light.offered, 1 if ok else 0, detail)
         if not ok:
-            self.link.emit("event", "fault", {"data": {"what": "config", "version": cfg.get("version"),
+            self.link.emit("event", "fault", {"data": {"what": "config", "version": light.offered,
                                                        "detail": str(detail)[:200]}})
-        return ok
+            return None
+        return light.version
 
     def on_cmd(self, cmd):
         if cmd.get("action") == "reboot":  # the board's, not the lights': past their gate
