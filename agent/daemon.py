@@ -26,7 +26,7 @@ from agent.errors import DriverError
 from agent.hub import DoorHub
 from agent.kitup import AGENT_FW, power_up
 from agent.kitview import LogView
-from agent.lightshow import LightShow
+from agent.lightshow import LightShow, light_fields
 from agent.link import FleetLink
 from agent.settings import AgentSettings
 from agent.statewatch import StateWatch
@@ -208,7 +208,8 @@ class Agent:
 
     async def _light(self, spec: DeviceSpec, light) -> None:
         while True:
-            self.link.emit(spec.id, "telemetry", LightTelemetry, **_light_fields(light))
+            self.link.emit(spec.id, "telemetry", LightTelemetry, **light_fields(light),
+                           scene=self.lightshow.showing(spec.id))
             await asyncio.sleep(spec.telemetry_s)
 
     async def _fault(self, spec: DeviceSpec, exc: Exception) -> None:
@@ -261,7 +262,8 @@ class Agent:
             if a == "set":
                 self.lightshow.hold(device)
                 await _set_light(light, cmd.args)
-                self.link.emit(device, "telemetry", LightTelemetry, **_light_fields(light))
+                self.link.emit(device, "telemetry", LightTelemetry, **light_fields(light),
+                               scene=self.lightshow.showing(device))
                 return "ok", None
         return "rejected", f"{device} does not take {a!r}"
 
@@ -284,12 +286,6 @@ async def _set_light(light, args: dict) -> None:
         if "level" in args:
             await light.level(int(args["level"]))
     await _call(light.on)
-
-
-def _light_fields(light) -> dict:
-    if hasattr(light, "telemetry_fields"):
-        return light.telemetry_fields()
-    return {"reachable": light.reachable, "on": light.is_on}
 
 
 def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = False, scenario: str | None = None) -> int:

@@ -45,6 +45,9 @@ DMX_SLOTS = 512  # the agent drives no universe: runs are checked against a full
 CLOCK_VALID = 1704067200  # 2024-01-01 UTC: an epoch clock before this has not been set
 PWM_NAMES = ("r", "g", "b", "w")
 _KEYS = ("format", "scenes", "default", "windows", "floor", "meta")
+# A lamp fades in steps: each is one or two BLE writes, and 4 a second keep well inside what an
+# ELK-BLEDOM takes (the firmware steps its PWM every 10 ms; a relay only switches).
+FADE_STEP_S = 0.25
 OFF = (0, 0, 0, 0)
 RETRY_S = 5.0  # a light whose write failed (BLE lamp out of range) is tried again this often
 
@@ -130,6 +133,7 @@ class Look:
     scene: str | None
     levels: tuple[int, int, int, int]
     floored: bool
+    fade_ms: int = 0  # the scene's: how long a change to this look takes on a lamp
 
 
 class Timeline:
@@ -252,7 +256,7 @@ class Timeline:
     def look(self, now: float | None) -> Look:
         sc = self.pick(now)
         levels, floored = self.apply_floor(sc.levels, now)
-        return Look(sc.id, levels, floored)
+        return Look(sc.id, levels, floored, sc.fade_ms)
 
     def next_edge(self, now: float) -> int | None:
         for t in self.edges:
@@ -305,6 +309,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 # ---------------------------------------------------------------- the runner
 
+def light_fields(light: Any) -> dict:
+    """``LightTelemetry`` fields a light's driver knows (a lamp its level and colour, a relay on/off)."""
+    if hasattr(light, "telemetry_fields"):
+        return light.telemetry_fields()
+    return {"reachable": light.reachable, "on": light.is_on}
+
+
 @dataclass
 class _Show:
     device: str
@@ -317,6 +328,7 @@ class _Show:
     written: Any = None  # what was last written to the light (a LampTarget or bool), None: unknown
     failed_at: float | None = None
     held: bool = False  # a command set the light: leave it until the look changes
+    levels: tuple[int, int, int, int] | None = None  # what a lamp last showed, where a fade starts
 
     @property
     def scene(self) -> str | None:
@@ -413,6 +425,16 @@ class LightShow:
         if show is not None:
             show.held = True
             show.written = None  # the light shows the command's look now, not what was written
+            show.levels = None  # ... and the next look is cut in, not faded from a guess
+            self._kick(device)  # a fade under way stops
+
+    def showing(self, device: str) -> str | None:
+        """The scene ``device`` shows, for its telemetry: "manual" while a command holds it (the
+        firmware's word), else its timeline's; None for a light without a timeline."""
+        show = self.shows.get(device)
+        if show is None:
+            return None
+        return "manual" if show.held else show.scene
 
     def refresh(self) -> None:
         """Something else drove the lights (the self-test's blink): write each one's look again."""
@@ -465,7 +487,10 @@ class LightShow:
         if show.timeline is None:
             return  # no timeline: the light keeps to commands, as before
         look = show.timeline.look(self.clock())
+        start = None  # where a fade starts: a lamp that was showing a look (power-up cuts, as the firmware)
         if look != show.look:
+            if show.look is not None and look.fade_ms and not _is_relay(show.light):
+                start = show.levels
             show.look = look
             show.held = False
         elif show.held:
@@ -477,18 +502,46 @@ class LightShow:
         if show.written is None and show.failed_at is not None and time.monotonic() - show.failed_at < RETRY_S:
             return
         try:
-            await self._write(show, target)
+            if start is not None and start != look.levels:
+                if not await self._fade(show, start, look):
+                    return  # the look changed under the fade: the next step starts from where it got to
+            else:
+                await self._write(show, target)
+                show.levels = look.levels
         except Exception as exc:  # noqa: BLE001 - an unreachable lamp is retried, never stops the show
-            show.written = None
+            show.written = show.levels = None
             show.failed_at = time.monotonic()
             log.warning("%s: cannot show %s: %s", show.device, look.scene, exc)
             return
         show.failed_at = None
-        log.info("%s: scene %s %s", show.device, look.scene, target)
+        log.info("%s: scene %s %s", show.device, look.scene, show.written)
         if self.link is not None:
-            fields = show.light.telemetry_fields() if hasattr(show.light, "telemetry_fields") else \
-                {"reachable": show.light.reachable, "on": show.light.is_on}
-            self.link.emit(show.device, "telemetry", LightTelemetry, **fields)
+            self.link.emit(show.device, "telemetry", LightTelemetry, **light_fields(show.light),
+                           scene=self.showing(show.device))
+
+    async def _fade(self, show: _Show, start: tuple[int, int, int, int], look: Look) -> bool:
+        """Step a lamp from ``start`` to ``look`` over its fade_ms. False when something woke the light
+        meanwhile (a new timeline, a command): the fade stops where it is."""
+        steps = max(1, min(round(look.fade_ms / 1000 / FADE_STEP_S), 4 * 3600))
+        wake = self._wake.get(show.device)
+        for k in range(1, steps + 1):
+            levels = tuple(round(a + (b - a) * k / steps) for a, b in zip(start, look.levels))
+            target = lamp_target(levels)  # type: ignore[arg-type]
+            if target != show.written:
+                await self._write(show, target)
+            if show.held:  # a command took the light meanwhile
+                return False
+            show.levels = levels  # type: ignore[assignment]
+            if k < steps:
+                if wake is None:
+                    await asyncio.sleep(FADE_STEP_S)
+                else:
+                    try:
+                        await asyncio.wait_for(wake.wait(), FADE_STEP_S)
+                        return False
+                    except TimeoutError:
+                        pass
+        return True
 
     async def _write(self, show: _Show, target: Any) -> None:
         light, prev = show.light, show.written

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import from_json
 
 ROOT = "popkit/v1"
 CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt", "claim", "claimed")
@@ -99,8 +100,9 @@ def subscription(channel: str, kit: str = "+", device: str = "+") -> str:
 # ---------------------------------------------------------------- payloads
 
 class _Model(BaseModel):
-    # Unknown fields are refused: a typo on a device must show up, not vanish.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are refused: a typo on a device must show up, not vanish. A number too big for
+    # a float (1e400) would be stored as infinity and re-encoded as null: refused too.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Envelope(_Model):
@@ -153,6 +155,8 @@ class LightTelemetry(Envelope):
     on: bool
     level: int | None = Field(default=None, ge=0, le=255)
     rgb: tuple[int, int, int] | None = None
+    scene: str | None = Field(default=None, max_length=40, description="the scene shown: its venue timeline's, "
+                              "or 'manual' after a command set the light by hand (as a lighting controller's)")
 
 
 class KitReadiness(_Model):
@@ -238,7 +242,12 @@ class Event(Envelope):
     @model_validator(mode="after")
     def _typed_data(self) -> "Event":
         if self.kind in EVENT_DATA_MODELS:
-            EVENT_DATA_MODELS[self.kind].model_validate(self.data)
+            try:
+                EVENT_DATA_MODELS[self.kind].model_validate(self.data)
+            except ValidationError as exc:
+                # Raised as it is, its errors would name "verdict" where the device must fix "data.verdict".
+                raise ValidationError.from_exception_data(exc.title, [
+                    {**e, "loc": ("data", *e["loc"])} for e in exc.errors(include_url=False)]) from None
         return self
 
 
@@ -325,6 +334,13 @@ def decode(channel: str, payload: bytes) -> Any:
     """Validate one payload for ``channel``; raise ContractError with a metric reason."""
     if len(payload) > max_payload(channel):
         raise ContractError("oversize", f"{len(payload)} bytes > {max_payload(channel)} for {channel}")
+    if b"NaN" in payload or b"Infinity" in payload:
+        # The parser below takes these, JSON does not: the fleet stores payloads as sent, for JSON
+        # readers. Strings may hold the words, so only a strict parse can tell.
+        try:
+            from_json(payload, allow_inf_nan=False)
+        except ValueError as exc:
+            raise ContractError("bad_json", f"{exc} (JSON has no NaN or Infinity)") from None
     try:
         return _ADAPTERS[channel].validate_json(payload)
     except ValidationError as exc:

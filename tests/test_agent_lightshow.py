@@ -131,6 +131,7 @@ def test_a_retained_timeline_reaches_lamp_and_relay_the_floor_holds_and_bad_ones
     t = int(time.time())
     states = collect("popkit/v1/lk/+/state")
     events = collect("popkit/v1/lk/lk-lamp/event")
+    lamp_telemetry = collect("popkit/v1/lk/lk-lamp/telemetry")
     pub = publisher(broker.url)
     try:
         # (a) retained before the agent starts, as the fleet leaves it
@@ -142,6 +143,9 @@ def test_a_retained_timeline_reaches_lamp_and_relay_the_floor_holds_and_bad_ones
         wait_until(lambda: config_version(states, "lk-lamp") == 3, 10, what="lk-lamp reporting config_version 3")
         wait_until(lambda: config_version(states, "lk-flood") == 1, 10, what="lk-flood reporting config_version 1")
         assert (a.agent.data / "lk-lk-lamp-timeline.json").exists()
+        # the fleet's controllers view shows the scene each light reports, as for a lighting controller
+        wait_until(lambda: any(getattr(decode("telemetry", p), "scene", None) == "warm" for p in lamp_telemetry.on("/telemetry")), 10,
+                   what="the lamp's telemetry naming scene 'warm'")
 
         # (d) the same dark scene while the venue is open: the floor keeps the safety relay lit
         push(pub, "lk-flood", config(2, default="dark", windows=[[t - 60, t + 3600, "dark", 10]],
@@ -252,7 +256,7 @@ with open(sys.argv[1]) as f:  # a file: JSON with big ints straight from argv cr
     cases = json.load(f)
 out = []
 for data, probes in cases["ok"]:
-    tl = Timeline(data, 512)
+    tl = Timeline(json.dumps(data), 512)
     row = []
     for t in probes:
         sc = tl.active(t)
@@ -265,12 +269,63 @@ for data, probes in cases["ok"]:
 bad = []
 for data in cases["bad"]:
     try:
-        Timeline(data, 512)
+        Timeline(json.dumps(data), 512)
         bad.append(None)
     except ValueError as e:  # TimelineError, SceneError
         bad.append(str(e))
 print(json.dumps({"ok": out, "bad": bad}))
 """
+
+
+def test_a_lamp_fades_into_the_next_window_and_a_command_stops_the_fade(broker, run_agent):
+    """A scene's fade_ms holds on the agent's lamps as on the controller's PWM: in steps, here 4 a
+    second (each a BLE write or two); a relay only switches. A command mid-fade wins at once."""
+    scenes = {**SCENES, "slow": {"levels": {"b": 255}, "fade_ms": 2000}, "slower": {"levels": {"r": 255}, "fade_ms": 4000}}
+
+    def cfg(version, windows):
+        return json.dumps({"version": version, "ts": int(time.time() * 1000),
+                           "data": {"format": 1, "scenes": scenes, "windows": windows}}).encode()
+
+    def watch(lamp, seconds):
+        seen, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            state = (lamp.is_on, lamp.rgb, lamp.brightness_pct)
+            if not seen or seen[-1][1] != state:
+                seen.append((time.monotonic(), state))
+            time.sleep(0.01)
+        return seen
+
+    t = int(time.time())
+    edge = t + 4
+    pub = publisher(broker.url)
+    try:
+        push(pub, "lk-lamp", cfg(1, [[t - 60, edge, "red", 10], [edge, t + 3600, "slow", 10]]))
+        a = run_agent()
+        wait_until(lambda: shows(a.lamp, (255, 0, 0)), 15, what="the lamp red before the edge")
+        seen = watch(a.lamp, edge + 3.5 - time.time())
+        red, blue = (True, (255, 0, 0), 100), (True, (0, 0, 255), 100)
+        states = [s for _, s in seen]
+        assert states[-1] == blue, seen
+        between = states[states.index(red) + 1:-1] if red in states else states[:-1]
+        assert len(between) >= 4, seen  # red -> magenta-ish, dimmer -> blue, not a cut
+        assert any(rgb[0] and rgb[2] for _, rgb, _ in between), seen  # both colours at once mid-way
+        first = next(ts for ts, s in seen if s != red)
+        last = next(ts for ts, s in seen if s == blue)
+        assert last - first >= 1.0, seen  # 2 s of fade in 8 steps: well over a second from first to last
+
+        # a new timeline fades to "slower" (4 s); a crew member's `set` mid-way takes the lamp for good
+        edge2 = int(time.time()) + 2
+        push(pub, "lk-lamp", cfg(2, [[t - 60, edge2, "slow", 10], [edge2, t + 3600, "slower", 10]]))
+        wait_until(lambda: a.lamp.rgb not in ((0, 0, 255), (255, 0, 0)), 10, interval=0.01, what="the fade under way")
+        now = int(time.time() * 1000)
+        cmd = {"id": "c-mid-fade", "ts": now, "expires": now + 30_000, "action": "set", "args": {"rgb": [0, 255, 0]}}
+        pub.publish("popkit/v1/lk/lk-lamp/cmd", json.dumps(cmd), qos=1).wait_for_publish(5)
+        wait_until(lambda: shows(a.lamp, (0, 255, 0)), 10, what="the command's green")
+        after = watch(a.lamp, 2.0)  # the fade would have stepped 8 more times
+        assert all(s[1] == (0, 255, 0) for _, s in after), after
+    finally:
+        push(pub, "lk-lamp", b"")
+        pub.loop_stop()
 
 
 def test_the_timeline_says_what_the_firmware_says(tmp_path):

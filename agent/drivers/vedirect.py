@@ -199,6 +199,10 @@ ALARM_REASONS: dict[int, str] = {
     4096: "short_circuit",
     8192: "bms_lockout",
 }
+# BatteryTelemetry.alarm's max_length in the contract: the agent sends the text as it is.
+MAX_ALARM_CHARS = 40
+# No VE.Direct field comes near this; past it a float (and JSON) would lose digits or overflow.
+MAX_FIELD_INT = 2**53
 
 
 @dataclass(frozen=True)
@@ -225,9 +229,10 @@ def _int_field(block: Mapping[str, str], label: str) -> int | None:
     if raw is None:
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         return None
+    return value if abs(value) < MAX_FIELD_INT else None
 
 
 def _alarm(block: Mapping[str, str]) -> str | None:
@@ -237,10 +242,19 @@ def _alarm(block: Mapping[str, str]) -> str | None:
         unknown = reason & ~sum(ALARM_REASONS)
         if unknown:
             names.append(f"AR_0x{unknown:X}")
-        return ",".join(names)
+        return _join_alarms(names)
     if block.get("Alarm", "").upper() == "ON":
         return "alarm"
     return None
+
+
+def _join_alarms(names: list[str]) -> str:
+    """The reasons, comma-separated, within MAX_ALARM_CHARS: those that do not fit become "+N"."""
+    for keep in range(len(names), 0, -1):
+        text = ",".join(names[:keep] + ([f"+{len(names) - keep}"] if keep < len(names) else []))
+        if len(text) <= MAX_ALARM_CHARS:
+            return text
+    return f"+{len(names)}"
 
 
 def battery_reading(block: Mapping[str, str]) -> BatteryReading | None:
@@ -259,7 +273,8 @@ def battery_reading(block: Mapping[str, str]) -> BatteryReading | None:
         v=millivolts / 1000,
         i=milliamps / 1000,
         p=float(watts) if watts is not None else None,
-        soc=permille / 10 if permille is not None else None,
+        # Outside 0..100 % is no state of charge (the contract refuses it): unknown.
+        soc=permille / 10 if permille is not None and 0 <= permille <= 1000 else None,
         ttg=_int_field(block, "TTG"),
         alarm=_alarm(block),
     )
