@@ -113,13 +113,20 @@ class EventKey:
     def from_json(cls, text: str, where: str = "key file") -> EventKey:
         try:
             data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
             if data.get("format") != KEY_FILE_FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {KEY_FILE_FORMAT!r}")
-            secret = bytes.fromhex(data["key"])
+            event, key = data.get("event"), data.get("key")
+            if not isinstance(event, str) or not re.fullmatch(EVENT_PATTERN, event):
+                raise ValueError(f"event is {event!r}, not an event id")
+            if not isinstance(key, str):
+                raise ValueError("key is missing or not a hex string")  # never echo what may be a secret
+            secret = bytes.fromhex(key)
             if len(secret) != KEY_BYTES:
                 raise ValueError(f"key is {len(secret)} bytes, expected {KEY_BYTES}")
-            return cls(data["event"], secret, data.get("created", ""))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return cls(event, secret, data.get("created", ""))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise KeyFileError(f"{where} is not a PopKit event key: {exc}") from None
 
     def save(self, path: Path) -> None:
@@ -383,7 +390,10 @@ def _iso(t: datetime) -> str:
 
 
 def _iso_s(unix: int) -> str:
-    return _iso(datetime.fromtimestamp(unix, timezone.utc))
+    try:
+        return _iso(datetime.fromtimestamp(unix, timezone.utc))
+    except (OverflowError, ValueError, OSError):  # past the year 9999 (a ticket's window may reach 150000)
+        return f"minute {unix // 60} of the Unix epoch"
 
 
 def _new_ticket_ids(count: int, length: int = 8) -> list[str]:
