@@ -26,8 +26,7 @@ from pathlib import Path
 MOSQUITTO_CONF = """\
 # written by popkit.broker; one private broker per run
 listener {port} 127.0.0.1
-allow_anonymous true
-persistence true
+{auth}persistence true
 persistence_location {data}/
 autosave_interval 1
 max_inflight_messages 0
@@ -78,7 +77,10 @@ class MosquittoBroker:
 
     kind = "mosquitto"
 
-    def __init__(self, port: int | None = None, data_dir: str | Path | None = None, extra_conf: str = ""):
+    def __init__(self, port: int | None = None, data_dir: str | Path | None = None, extra_conf: str = "",
+                 password_file: str | Path | None = None, acl_file: str | Path | None = None):
+        """``password_file`` and ``acl_file`` (popkit.provision writes both): anonymous clients are
+        refused and each account is held to its ACL; without them the broker is open (demo, tests)."""
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -88,7 +90,12 @@ class MosquittoBroker:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="popkit-mosquitto-")).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path = self.data_dir / "mosquitto.conf"
-        conf = MOSQUITTO_CONF.format(port=self.port, data=self.data_dir)
+        auth = "allow_anonymous true\n"
+        if password_file is not None:
+            auth = f"allow_anonymous false\npassword_file {Path(password_file).resolve()}\n"
+            if acl_file is not None:
+                auth += f"acl_file {Path(acl_file).resolve()}\n"
+        conf = MOSQUITTO_CONF.format(port=self.port, data=self.data_dir, auth=auth)
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to the 'mosquitto' user, which cannot write
             # our data folder (often under a 0700 temp dir): no log, no persistence. This
@@ -142,6 +149,11 @@ class MosquittoBroker:
             self.proc.wait()
         if self.proc.stderr:
             self.proc.stderr.close()
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its password file and ACL again (a rotation, a revocation)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def restart(self) -> "MosquittoBroker":
         self.stop()

@@ -49,6 +49,30 @@ def _kit_up(args: argparse.Namespace) -> int:
     return kit_up(manifest, mqtt, data, simulate=args.simulate, scenario=scenario)
 
 
+def _kit_provision(args: argparse.Namespace) -> int:
+    import os
+
+    from kits.manifest import ManifestError, load_manifest
+    from popkit.provision import ProvisionError, provision
+
+    try:
+        manifest = load_manifest(args.manifest)
+        host, _, port = args.broker.rpartition(":")
+        out = Path(args.out or os.environ.get("POPKIT_PROVISION_DIR") or Path.home() / ".popkit" / "provision")
+        done = provision(manifest, out, broker_host=host or args.broker, broker_port=int(port) if host else 1883,
+                         rotate=tuple(args.rotate), revoke=tuple(args.revoke))
+    except (ManifestError, ProvisionError, ValueError) as exc:
+        print(f"popkit kit provision: {exc}", file=sys.stderr)
+        return 3
+    # names only: the passwords stay in the folder's 0600 files, never on a terminal or in a log
+    for what, names in (("new", done.created), ("rotated", done.rotated), ("revoked", done.revoked)):
+        if names:
+            print(f"{what}: {', '.join(names)}")
+    print(f"broker: password_file {done.passwd}, acl_file {done.acl} (send mosquitto SIGHUP to reload)")
+    print(f"device configs: {done.folder / 'devices'}/")
+    return 0
+
+
 def _kit_down(args: argparse.Namespace) -> int:
     import os
 
@@ -195,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--data", help="the agent's data folder (POPKIT_AGENT_DATA, default var/agent)")
     down.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outbox to drain")
     down.set_defaults(func=_kit_down)
+    prov = kit.add_parser("provision", help="each device's own broker credentials, and the broker's password "
+                                            "file and ACL pinning each to its topic tree")
+    prov.add_argument("manifest", help="kit manifest (TOML)")
+    prov.add_argument("--out", help="folder for the secrets, outside git (POPKIT_PROVISION_DIR, "
+                                    "default ~/.popkit/provision)")
+    prov.add_argument("--broker", default="127.0.0.1:1883", help="host:port the devices reach the broker at")
+    prov.add_argument("--rotate", action="append", default=[], metavar="DEVICE", help="new credentials for DEVICE")
+    prov.add_argument("--revoke", action="append", default=[], metavar="DEVICE",
+                      help="remove DEVICE's credentials (a lost scanner)")
+    prov.set_defaults(func=_kit_provision)
 
     sim = sub.add_parser("sim", help="simulated hardware").add_subparsers(dest="sim_command", required=True)
     devices = sim.add_parser("devices", help="simulated ESP32 scanners and lighting controllers of a kit")

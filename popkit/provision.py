@@ -1,0 +1,181 @@
+"""Provisioning a kit for its broker: every device its own credentials, and the broker's password
+file and ACL that pin each one to its own topic tree (docs/security.md).
+
+What ``provision`` writes, into a folder outside the repository (mode 0700, files 0600):
+
+    credentials.json          every account's password, kept so that provisioning again changes
+                              only what it is asked to (a new device, a rotation, a revocation)
+    mosquitto/passwd          Mosquitto's password file: PBKDF2-SHA512 hashes ($7$), no password
+    mosquitto/acl             Mosquitto's ACL file: each account's topics, read or write
+    devices/<device>.json     what a device needs to reach the broker as itself (for flashing)
+
+Accounts: ``<kit>.<device>`` for the kit's agent and each device that speaks MQTT itself (ids
+cannot hold '.', so no device name can pose as another account), and ``popkit-fleet`` for the
+fleet service. There are no patterns (%u/%c) in the ACL: every topic is spelled out, so a username
+or client id of '+' or '#' names nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from kits.contract import DEVICE_CHANNELS, ROOT
+from kits.manifest import KitManifest
+
+FLEET_USER = "popkit-fleet"
+# Mosquitto 2's default for mosquitto_passwd: PBKDF2-HMAC-SHA512, 101 rounds, 12-byte salt. The
+# rounds are few because the broker checks a password at every connect; the passwords are random
+# 32-byte tokens, so the hash protects nothing a dictionary could find.
+_ROUNDS = 101
+_SALT_BYTES = 12
+# What a device reads: commands, its desired config, the fleet's receipts for its outbox.
+_TO_DEVICE = ("cmd", "config", "receipt")
+_FIRMWARE_ROLES = ("scanner", "lighting")  # devices with their own MQTT link (the rest go through the agent)
+
+
+class ProvisionError(ValueError):
+    """Provisioning refused: the message says what and why."""
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None, rounds: int = _ROUNDS) -> str:
+    """``password`` as a Mosquitto 2 password-file hash (``$7$rounds$salt$hash``, base64)."""
+    salt = salt if salt is not None else os.urandom(_SALT_BYTES)
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, rounds, dklen=64)
+    return f"$7${rounds}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+
+
+def account(kit: str, device: str) -> str:
+    return f"{kit}.{device}"
+
+
+def _tree(kit: str, device: str) -> list[str]:
+    """A device's own channels: it writes what it reports, reads what it is sent."""
+    base = f"{ROOT}/{kit}/{device}"
+    return ([f"topic write {base}/{ch}" for ch in DEVICE_CHANNELS]
+            + [f"topic read {base}/{ch}" for ch in _TO_DEVICE])
+
+
+def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
+    """Per account of the kit, its ACL lines (Mosquitto's acl_file syntax)."""
+    kit = manifest.id
+    rules: dict[str, list[str]] = {}
+    agent = _tree(kit, manifest.agent)
+    for spec in manifest.devices:
+        if spec.hosted:  # the agent reports for what it drives, and takes its commands and config
+            agent += _tree(kit, spec.id)
+        elif spec.role in _FIRMWARE_ROLES:
+            lines = _tree(kit, spec.id)
+            if spec.role == "scanner":  # it asks the kit's hub before it admits
+                lines += [f"topic write {ROOT}/{kit}/{spec.id}/claim", f"topic read {ROOT}/{kit}/{spec.id}/claimed"]
+            rules[account(kit, spec.id)] = lines
+    # the hub: every door's claims in, answers out, and the doors' check-ins to learn lone admissions
+    agent += [f"topic read {ROOT}/{kit}/+/claim", f"topic write {ROOT}/{kit}/+/claimed",
+              f"topic read {ROOT}/{kit}/+/event"]
+    rules[account(kit, manifest.agent)] = agent
+    return rules
+
+
+def fleet_rules() -> list[str]:
+    """The fleet ingests what devices report and sends commands, configs and receipts: to every kit."""
+    return ([f"topic read {ROOT}/+/+/{ch}" for ch in DEVICE_CHANNELS]
+            + [f"topic write {ROOT}/+/+/{ch}" for ch in _TO_DEVICE])
+
+
+@dataclass
+class Provisioned:
+    folder: Path
+    accounts: dict[str, str]  # account -> password (for the caller to hand out; never logged)
+    created: list[str]
+    rotated: list[str]
+    revoked: list[str]
+
+    @property
+    def passwd(self) -> Path:
+        return self.folder / "mosquitto" / "passwd"
+
+    @property
+    def acl(self) -> Path:
+        return self.folder / "mosquitto" / "acl"
+
+    def device_file(self, device: str) -> Path:
+        return self.folder / "devices" / f"{device}.json"
+
+
+def _private_write(path: Path, text: str) -> None:
+    """Write a secret file: created 0600 (never world-readable, not even for a moment), then renamed in."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.0.1", broker_port: int = 1883,
+              rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = ()) -> Provisioned:
+    """Credentials for ``manifest``'s kit in ``folder``: new accounts get a random password, ``rotate``
+    (device ids) get a new one, ``revoke`` lose theirs (the broker refuses them once it reloads its
+    files); everyone else keeps theirs. The fleet's account is made once per folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    kit = manifest.id
+    known = {s.id for s in manifest.devices} | {manifest.agent}
+    for d in (*rotate, *revoke):
+        if d not in known:
+            raise ProvisionError(f"{d!r} is not a device of kit {kit!r} (its devices: {', '.join(sorted(known))})")
+    store = folder / "credentials.json"
+    try:
+        kept: dict = json.loads(store.read_text()) if store.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise ProvisionError(f"{store}: cannot read the kept credentials ({exc}); "
+                             "restore it or move the folder away to start afresh") from None
+    accounts: dict[str, dict] = kept.get("accounts", {})
+    rules = acl_rules(manifest)
+    created, rotated, revoked = [], [], []
+    for name in [FLEET_USER, *rules]:
+        device = name.split(".", 1)[1] if "." in name else None
+        if device is not None and device in revoke:
+            if accounts.pop(name, None) is not None:
+                revoked.append(name)
+            continue
+        if name not in accounts:
+            accounts[name] = {"password": secrets.token_urlsafe(32)}
+            created.append(name)
+        elif device is not None and device in rotate:
+            accounts[name] = {"password": secrets.token_urlsafe(32)}
+            rotated.append(name)
+    # accounts of this kit no longer in its manifest go too (a device taken out of the case)
+    for name in [n for n in accounts if n.startswith(kit + ".") and n not in rules]:
+        del accounts[name]
+        revoked.append(name)
+
+    # the broker's files: every account in the folder (several kits may share one broker)
+    acls = {n: ls for n, ls in {**kept.get("acl", {}), **rules}.items() if n in accounts}
+    acl = [f"user {FLEET_USER}", *fleet_rules(), ""]
+    for name in sorted(acls):
+        acl += [f"user {name}", *acls[name], ""]
+    _private_write(store, json.dumps({"accounts": accounts, "acl": acls}, indent=2, sort_keys=True) + "\n")
+    _private_write(folder / "mosquitto" / "passwd",
+                   "".join(f"{n}:{mosquitto_hash(a['password'])}\n" for n, a in sorted(accounts.items())))
+    _private_write(folder / "mosquitto" / "acl", "# written by popkit kit provision: every topic spelled out\n"
+                   + "\n".join(acl))
+
+    # what each device of this kit flashes (or the agent reads): the broker, and itself
+    for name in rules:
+        if name not in accounts:  # revoked
+            continue
+        device = name.split(".", 1)[1]
+        _private_write(folder / "devices" / f"{device}.json", json.dumps({
+            "kit": kit, "device": device, "broker": {"host": broker_host, "port": broker_port,
+                                                     "user": name, "password": accounts[name]["password"]},
+        }, indent=2) + "\n")
+    for name in revoked:  # a revoked device's secret does not stay on disk
+        (folder / "devices" / f"{name.split('.', 1)[1]}.json").unlink(missing_ok=True)
+    return Provisioned(folder, {n: a["password"] for n, a in accounts.items()}, created, rotated, revoked)

@@ -1,0 +1,164 @@
+"""Provisioned credentials against a real Mosquitto: anonymous clients are refused, each device is
+pinned to its own topic tree, a wildcard username gains nothing, a revoked device is refused."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kits.manifest import load_manifest
+from popkit.broker import MosquittoBroker, mosquitto_binary
+from popkit.mqtt import new_client
+from popkit.provision import FLEET_USER, account, mosquitto_hash, provision
+from tests.conftest import REPO, wait_until
+
+KIT = "demo"
+DOOR, LIGHTS, AGENT, PRINTER = "demo-scanner-1", "demo-lights-1", "demo-agent", "demo-printer"
+
+
+class Session:
+    """A paho client logged in (or refused) as one account: what it received, and the CONNACK."""
+
+    def __init__(self, port: int, user: str | None, password: str | None, v5: bool = True):
+        self.got: list[tuple[str, bytes]] = []
+        self.rc = None
+        self.suback: list = []
+        self._connack = threading.Event()
+        self.c = new_client(f"t-{user or 'anon'}-{time.monotonic_ns() % 10**6}", v5=v5)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = lambda _c, _u, m: self.got.append((m.topic, m.payload))
+        self.c.on_subscribe = lambda _c, _u, _mid, codes, _p: self.suback.extend(codes)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self._connack.wait(5)
+
+    def _on_connect(self, _c, _u, _flags, rc, _p):
+        self.rc = rc
+        self._connack.set()
+
+    @property
+    def accepted(self) -> bool:
+        return self.rc is not None and not self.rc.is_failure
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def kit(tmp_path):
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
+    manifest = load_manifest(REPO / "kits" / "examples" / "demo.toml")
+    creds = provision(manifest, tmp_path / "provision")
+    broker = MosquittoBroker(data_dir=tmp_path / "broker", password_file=creds.passwd, acl_file=creds.acl).start()
+    sessions: list[Session] = []
+
+    def login(user, password=None):
+        s = Session(broker.port, user, creds.accounts.get(user) if password is None else password)
+        sessions.append(s)
+        return s
+
+    yield manifest, creds, broker, login
+    for s in sessions:
+        s.close()
+    broker.close()
+
+
+def test_the_password_file_hash_is_mosquittos_own(tmp_path):
+    """The $7$ hash we write is the one mosquitto_passwd writes: same salt, same password, same line."""
+    import base64
+    import shutil
+    import subprocess
+
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        pytest.skip("mosquitto_passwd not installed")
+    f = tmp_path / "pw"
+    subprocess.run([tool, "-c", "-b", str(f), "someone", "s3cret-tok"], check=True, capture_output=True)
+    _, theirs = f.read_text().strip().split(":", 1)
+    salt = base64.b64decode(theirs.split("$")[3])
+    assert mosquitto_hash("s3cret-tok", salt) == theirs
+
+
+def test_anonymous_and_wrong_passwords_and_wildcard_names_are_refused(kit):
+    _manifest, creds, _broker, login = kit
+    assert not login(None).accepted
+    assert not login(account(KIT, DOOR), "not-the-password").accepted
+    for name in ("+", "#", f"{KIT}.+", f"{KIT}.#"):  # no such account, whatever the password
+        assert not login(name, creds.accounts[account(KIT, DOOR)]).accepted
+    assert login(account(KIT, DOOR)).accepted  # and the real one gets in
+
+
+def attempt(login, user: str, topic: str, payload: bytes) -> None:
+    """A publish the ACL should deny, in a session of its own: Mosquitto may answer it by closing the
+    connection (MQTT 3.1.1 allows either that or a silent drop), which must not end the test's sessions."""
+    s = login(user)
+    assert s.accepted
+    s.c.publish(topic, payload, qos=1)
+    time.sleep(0.2)
+
+
+def test_a_device_is_pinned_to_its_own_tree(kit):
+    _manifest, creds, _broker, login = kit
+    fleet = login(FLEET_USER)
+    door = login(account(KIT, DOOR))
+    assert fleet.accepted and door.accepted
+    fleet.c.subscribe(f"popkit/v1/{KIT}/+/+", qos=1)
+    door.c.subscribe("#", qos=1)  # allowed to ask; it only ever gets what its ACL lets it read
+    door.c.subscribe(f"popkit/v1/{KIT}/{LIGHTS}/cmd", qos=1)
+    time.sleep(0.3)
+
+    door.c.publish(f"popkit/v1/{KIT}/{DOOR}/state", b"door-own", qos=1).wait_for_publish(5)
+    attempt(login, account(KIT, DOOR), f"popkit/v1/{KIT}/{LIGHTS}/state", b"door-posing-as-lights")
+    attempt(login, account(KIT, DOOR), f"popkit/v1/{KIT}/{LIGHTS}/cmd", b"door-commanding-lights")
+    attempt(login, account(KIT, DOOR), f"popkit/v1/{KIT}/{DOOR}/cmd", b"door-commanding-itself")
+    attempt(login, account(KIT, DOOR), "popkit/v1/other-kit/x/state", b"door-in-another-kit")
+    fleet.c.publish(f"popkit/v1/{KIT}/{LIGHTS}/cmd", b"fleet-to-lights", qos=1).wait_for_publish(5)
+    fleet.c.publish(f"popkit/v1/{KIT}/{DOOR}/cmd", b"fleet-to-door", qos=1).wait_for_publish(5)
+
+    wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/state", b"door-own") in fleet.got, 5, what="the door's own state")
+    wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/cmd", b"fleet-to-door") in door.got, 5, what="the door's command")
+    time.sleep(0.5)  # what must not arrive has had the time to
+    assert {p for _, p in fleet.got} == {b"door-own"}, fleet.got  # none of the door's attempts got through
+    assert door.got == [(f"popkit/v1/{KIT}/{DOOR}/cmd", b"fleet-to-door")], door.got  # nothing of the lights'
+
+
+def test_the_agent_speaks_for_what_it_hosts_and_answers_the_doors(kit):
+    _manifest, creds, _broker, login = kit
+    fleet, agent, door = login(FLEET_USER), login(account(KIT, AGENT)), login(account(KIT, DOOR))
+    fleet.c.subscribe(f"popkit/v1/{KIT}/+/+", qos=1)
+    agent.c.subscribe(f"popkit/v1/{KIT}/+/claim", qos=0)
+    door.c.subscribe(f"popkit/v1/{KIT}/{DOOR}/claimed", qos=0)
+    time.sleep(0.3)
+    agent.c.publish(f"popkit/v1/{KIT}/{PRINTER}/telemetry", b"printer-ok", qos=1).wait_for_publish(5)
+    attempt(login, account(KIT, AGENT), f"popkit/v1/{KIT}/{LIGHTS}/telemetry", b"agent-posing-as-controller")
+    door.c.publish(f"popkit/v1/{KIT}/{DOOR}/claim", b"may-i", qos=0)
+    wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/claim", b"may-i") in agent.got, 5, what="the claim at the hub")
+    agent.c.publish(f"popkit/v1/{KIT}/{DOOR}/claimed", b"yes", qos=0)
+    wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/claimed", b"yes") in door.got, 5, what="the hub's answer")
+    wait_until(lambda: (f"popkit/v1/{KIT}/{PRINTER}/telemetry", b"printer-ok") in fleet.got, 5, what="printer telemetry")
+    time.sleep(0.5)
+    assert b"agent-posing-as-controller" not in {p for _, p in fleet.got}
+
+
+def test_rotation_changes_one_device_and_a_revoked_one_is_refused(kit, tmp_path):
+    manifest, creds, broker, login = kit
+    old_door, old_lights = creds.accounts[account(KIT, DOOR)], creds.accounts[account(KIT, LIGHTS)]
+    again = provision(manifest, creds.folder, rotate=(LIGHTS,), revoke=(DOOR,))
+    assert again.rotated == [account(KIT, LIGHTS)] and again.revoked == [account(KIT, DOOR)]
+    assert again.accounts[account(KIT, AGENT)] == creds.accounts[account(KIT, AGENT)]  # untouched
+    assert again.accounts[account(KIT, LIGHTS)] != old_lights
+    assert not again.device_file(DOOR).exists()
+    broker.reload()
+    wait_until(lambda: not login(account(KIT, DOOR), old_door).accepted, 5, what="the revoked door refused")
+    assert not login(account(KIT, LIGHTS), old_lights).accepted
+    assert login(account(KIT, LIGHTS), again.accounts[account(KIT, LIGHTS)]).accepted
+    assert login(account(KIT, AGENT), again.accounts[account(KIT, AGENT)]).accepted
+    # nothing secret is readable by others
+    for path in (again.passwd, again.acl, again.folder / "credentials.json", again.device_file(LIGHTS)):
+        assert path.stat().st_mode & 0o077 == 0, path
