@@ -26,7 +26,7 @@ from pathlib import Path
 MOSQUITTO_CONF = """\
 # written by popkit.broker; one private broker per run
 listener {port} 127.0.0.1
-{auth}persistence true
+{tls}{auth}persistence true
 persistence_location {data}/
 autosave_interval 1
 max_inflight_messages 0
@@ -78,9 +78,10 @@ class MosquittoBroker:
     kind = "mosquitto"
 
     def __init__(self, port: int | None = None, data_dir: str | Path | None = None, extra_conf: str = "",
-                 password_file: str | Path | None = None, acl_file: str | Path | None = None):
+                 password_file: str | Path | None = None, acl_file: str | Path | None = None, tls=None):
         """``password_file`` and ``acl_file`` (popkit.provision writes both): anonymous clients are
-        refused and each account is held to its ACL; without them the broker is open (demo, tests)."""
+        refused and each account is held to its ACL; without them the broker is open (demo, tests).
+        ``tls`` (popkit.tls.TlsFiles): the listener speaks only TLS, with the kit's broker certificate."""
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -95,7 +96,12 @@ class MosquittoBroker:
             auth = f"allow_anonymous false\npassword_file {Path(password_file).resolve()}\n"
             if acl_file is not None:
                 auth += f"acl_file {Path(acl_file).resolve()}\n"
-        conf = MOSQUITTO_CONF.format(port=self.port, data=self.data_dir, auth=auth)
+        self.tls = tls
+        tls_conf = ""
+        if tls is not None:
+            tls_conf = (f"cafile {Path(tls.ca).resolve()}\ncertfile {Path(tls.cert).resolve()}\n"
+                        f"keyfile {Path(tls.key).resolve()}\ntls_version tlsv1.2\n")
+        conf = MOSQUITTO_CONF.format(port=self.port, data=self.data_dir, auth=auth, tls=tls_conf)
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to the 'mosquitto' user, which cannot write
             # our data folder (often under a 0700 temp dir): no log, no persistence. This
@@ -106,6 +112,8 @@ class MosquittoBroker:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"mqtts://127.0.0.1:{self.port}?ca={Path(self.tls.ca).resolve()}"
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> "MosquittoBroker":

@@ -59,8 +59,8 @@ def _kit_provision(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.manifest)
         host, _, port = args.broker.rpartition(":")
         out = Path(args.out or os.environ.get("POPKIT_PROVISION_DIR") or Path.home() / ".popkit" / "provision")
-        done = provision(manifest, out, broker_host=host or args.broker, broker_port=int(port) if host else 1883,
-                         rotate=tuple(args.rotate), revoke=tuple(args.revoke))
+        done = provision(manifest, out, broker_host=host or args.broker, broker_port=int(port) if host else None,
+                         rotate=tuple(args.rotate), revoke=tuple(args.revoke), tls=args.tls)
     except (ManifestError, ProvisionError, ValueError) as exc:
         print(f"popkit kit provision: {exc}", file=sys.stderr)
         return 3
@@ -68,8 +68,12 @@ def _kit_provision(args: argparse.Namespace) -> int:
     for what, names in (("new", done.created), ("rotated", done.rotated), ("revoked", done.revoked)):
         if names:
             print(f"{what}: {', '.join(names)}")
-    print(f"broker: password_file {done.passwd}, acl_file {done.acl} (send mosquitto SIGHUP to reload)")
-    print(f"device configs: {done.folder / 'devices'}/")
+    print(f"broker: password_file {done.passwd}, acl_file {done.acl}")
+    if done.tls is not None:
+        print(f"broker TLS: cafile {done.tls.ca}, certfile {done.tls.cert}, keyfile {done.tls.key}")
+    if done.revoked or done.rotated:
+        print("send the broker SIGHUP now: it reloads the files and disconnects what was revoked or rotated")
+    print(f"device configs: {done.folder / 'devices'}/ (the fleet's: {done.fleet_file})")
     return 0
 
 
@@ -224,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("manifest", help="kit manifest (TOML)")
     prov.add_argument("--out", help="folder for the secrets, outside git (POPKIT_PROVISION_DIR, "
                                     "default ~/.popkit/provision)")
-    prov.add_argument("--broker", default="127.0.0.1:1883", help="host:port the devices reach the broker at")
+    prov.add_argument("--broker", default="127.0.0.1:8883", help="host:port the devices reach the broker at")
+    prov.add_argument("--no-tls", dest="tls", action="store_false",
+                      help="plain MQTT (a bench on loopback only: passwords would cross the network in clear)")
     prov.add_argument("--rotate", action="append", default=[], metavar="DEVICE", help="new credentials for DEVICE")
     prov.add_argument("--revoke", action="append", default=[], metavar="DEVICE",
                       help="remove DEVICE's credentials (a lost scanner)")

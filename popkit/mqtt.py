@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -15,6 +16,10 @@ class MqttUrl:
     username: str | None = None
     password: str | None = None
     protocol: str | None = None  # "5" or "3.1.1" when the URL says (?protocol=...), else None
+    ca: str | None = None  # ?ca=FILE: the CA certificate (PEM) the broker's must be signed by
+    # ?account=FILE: a file `popkit kit provision` wrote (devices/<id>.json, fleet.json) holding the
+    # login and the CA, so the password is on no command line, in no URL that gets logged.
+    account: str | None = None
 
     @property
     def v5(self) -> bool:
@@ -28,11 +33,46 @@ def parse_mqtt_url(url: str) -> MqttUrl:
     tls = parts.scheme in ("mqtts", "ssl")
     if not parts.hostname:
         raise ValueError(f"no host in MQTT URL {url!r}")
-    protocol = parse_qs(parts.query).get("protocol", [None])[-1]
+    query = parse_qs(parts.query)
+    protocol = query.get("protocol", [None])[-1]
     if protocol not in (None, "5", "3.1.1", "311"):
         raise ValueError(f"unsupported MQTT protocol {protocol!r} in {url!r} (5 or 3.1.1)")
     return MqttUrl(parts.hostname, parts.port or (8883 if tls else 1883), tls, parts.username, parts.password,
-                   protocol={"311": "3.1.1"}.get(protocol, protocol))
+                   protocol={"311": "3.1.1"}.get(protocol, protocol), ca=query.get("ca", [None])[-1],
+                   account=query.get("account", [None])[-1])
+
+
+def read_account(path: str) -> dict:
+    """The ``broker`` part of a provisioned account file: user, password, and tls/ca when the kit has TLS."""
+    import json
+
+    try:
+        broker = json.loads(Path(path).read_text())["broker"]
+        if not isinstance(broker.get("user"), str) or not isinstance(broker.get("password"), str):
+            raise KeyError("user/password")
+    except OSError as exc:
+        raise ValueError(f"MQTT account file {path}: cannot read: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"MQTT account file {path}: not an account `popkit kit provision` wrote ({exc})") from None
+    return broker
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log: a password in it replaced by ***."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def tls_context(ca_file: str | None = None, ca_pem: str | None = None):
+    """A client TLS context that verifies the broker: against the kit's CA when given, else the system's."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca_file, cadata=ca_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def new_client(client_id: str, *, v5: bool = True, manual_ack: bool = False, client_class=None):
@@ -69,10 +109,14 @@ def client_for(url: str, client_id: str, *, manual_ack: bool = False, default_pr
     target = parse_mqtt_url(url)
     client = new_client(client_id, v5=(target.protocol or default_protocol) == "5", manual_ack=manual_ack,
                         client_class=client_class)
-    if target.username:
-        client.username_pw_set(target.username, target.password)
+    user, password, ca_pem = target.username, target.password, None
+    if target.account:
+        acct = read_account(target.account)
+        user, password, ca_pem = acct["user"], acct["password"], acct.get("ca")
+    if user:
+        client.username_pw_set(user, password)
     if target.tls:
-        client.tls_set()
+        client.tls_set_context(tls_context(target.ca, ca_pem))
     return client, target
 
 

@@ -8,6 +8,9 @@ What ``provision`` writes, into a folder outside the repository (mode 0700, file
     mosquitto/passwd          Mosquitto's password file: PBKDF2-SHA512 hashes ($7$), no password
     mosquitto/acl             Mosquitto's ACL file: each account's topics, read or write
     devices/<device>.json     what a device needs to reach the broker as itself (for flashing)
+    fleet.json                the same for the fleet service (its `?account=` file)
+    tls/ca.crt, ca.key        the kit's own CA (popkit/tls.py); the key never leaves this folder
+    tls/broker.crt, .key      the broker's certificate for the hosts devices reach it at
 
 Accounts: ``<kit>.<device>`` for the kit's agent and each device that speaks MQTT itself (ids
 cannot hold '.', so no device name can pose as another account), and ``popkit-fleet`` for the
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from kits.contract import DEVICE_CHANNELS, ROOT
 from kits.manifest import KitManifest
+from popkit.tls import TlsFiles, ensure_broker_tls
 
 FLEET_USER = "popkit-fleet"
 # Mosquitto 2's default for mosquitto_passwd: PBKDF2-HMAC-SHA512, 101 rounds, 12-byte salt. The
@@ -76,7 +80,8 @@ def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
             rules[account(kit, spec.id)] = lines
     # the hub: every door's claims in, answers out, and the doors' check-ins to learn lone admissions
     agent += [f"topic read {ROOT}/{kit}/+/claim", f"topic write {ROOT}/{kit}/+/claimed",
-              f"topic read {ROOT}/{kit}/+/event"]
+              f"topic read {ROOT}/{kit}/+/event",
+              f"topic read {ROOT}/{kit}/+/state"]  # the panel's ready/not ready (agent/statewatch.py)
     rules[account(kit, manifest.agent)] = agent
     return rules
 
@@ -94,6 +99,7 @@ class Provisioned:
     created: list[str]
     rotated: list[str]
     revoked: list[str]
+    tls: TlsFiles | None = None
 
     @property
     def passwd(self) -> Path:
@@ -106,6 +112,10 @@ class Provisioned:
     def device_file(self, device: str) -> Path:
         return self.folder / "devices" / f"{device}.json"
 
+    @property
+    def fleet_file(self) -> Path:
+        return self.folder / "fleet.json"
+
 
 def _private_write(path: Path, text: str) -> None:
     """Write a secret file: created 0600 (never world-readable, not even for a moment), then renamed in."""
@@ -117,11 +127,13 @@ def _private_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.0.1", broker_port: int = 1883,
-              rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = ()) -> Provisioned:
+def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.0.1", broker_port: int | None = None,
+              rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = (), tls: bool = True) -> Provisioned:
     """Credentials for ``manifest``'s kit in ``folder``: new accounts get a random password, ``rotate``
-    (device ids) get a new one, ``revoke`` lose theirs (the broker refuses them once it reloads its
-    files); everyone else keeps theirs. The fleet's account is made once per folder."""
+    (device ids) get a new one, ``revoke`` lose theirs (the broker disconnects and refuses them once
+    it reloads its files); everyone else keeps theirs. The fleet's account is made once per folder.
+    With ``tls`` (the default) the kit's CA and a broker certificate for ``broker_host`` are made too,
+    and every account file tells its client to verify the broker with that CA."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
@@ -167,15 +179,23 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
     _private_write(folder / "mosquitto" / "acl", "# written by popkit kit provision: every topic spelled out\n"
                    + "\n".join(acl))
 
+    files = ensure_broker_tls(folder / "tls", kit, [broker_host]) if tls else None
+    port = broker_port or (8883 if tls else 1883)
+
+    def login(name: str) -> dict:
+        broker = {"host": broker_host, "port": port, "tls": tls, "user": name, "password": accounts[name]["password"]}
+        if files is not None:
+            broker["ca"] = files.ca.read_text()
+        return broker
+
     # what each device of this kit flashes (or the agent reads): the broker, and itself
     for name in rules:
         if name not in accounts:  # revoked
             continue
         device = name.split(".", 1)[1]
         _private_write(folder / "devices" / f"{device}.json", json.dumps({
-            "kit": kit, "device": device, "broker": {"host": broker_host, "port": broker_port,
-                                                     "user": name, "password": accounts[name]["password"]},
-        }, indent=2) + "\n")
+            "kit": kit, "device": device, "broker": login(name)}, indent=2) + "\n")
+    _private_write(folder / "fleet.json", json.dumps({"broker": login(FLEET_USER)}, indent=2) + "\n")
     for name in revoked:  # a revoked device's secret does not stay on disk
         (folder / "devices" / f"{name.split('.', 1)[1]}.json").unlink(missing_ok=True)
-    return Provisioned(folder, {n: a["password"] for n, a in accounts.items()}, created, rotated, revoked)
+    return Provisioned(folder, {n: a["password"] for n, a in accounts.items()}, created, rotated, revoked, files)

@@ -1,16 +1,19 @@
-"""Provisioned credentials against a real Mosquitto: anonymous clients are refused, each device is
-pinned to its own topic tree, a wildcard username gains nothing, a revoked device is refused."""
+"""Provisioned credentials against a real Mosquitto over TLS: anonymous clients are refused, each
+device is pinned to its own topic tree, a wildcard username gains nothing, a client that does not
+verify the broker with the kit's CA gets nowhere, a revoked device is disconnected and refused."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from kits.manifest import load_manifest
 from popkit.broker import MosquittoBroker, mosquitto_binary
-from popkit.mqtt import new_client
+from popkit.mqtt import client_for, new_client, tls_context
 from popkit.provision import FLEET_USER, account, mosquitto_hash, provision
 from tests.conftest import REPO, wait_until
 
@@ -21,18 +24,27 @@ DOOR, LIGHTS, AGENT, PRINTER = "demo-scanner-1", "demo-lights-1", "demo-agent", 
 class Session:
     """A paho client logged in (or refused) as one account: what it received, and the CONNACK."""
 
-    def __init__(self, port: int, user: str | None, password: str | None, v5: bool = True):
+    def __init__(self, port: int, user: str | None, password: str | None, ca: Path | None, v5: bool = True):
         self.got: list[tuple[str, bytes]] = []
         self.rc = None
         self.suback: list = []
         self._connack = threading.Event()
+        self.gone = threading.Event()
         self.c = new_client(f"t-{user or 'anon'}-{time.monotonic_ns() % 10**6}", v5=v5)
         if user is not None:
             self.c.username_pw_set(user, password)
+        if ca is not None:
+            self.c.tls_set_context(tls_context(str(ca)))
         self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *_a: self.gone.set()
         self.c.on_message = lambda _c, _u, m: self.got.append((m.topic, m.payload))
         self.c.on_subscribe = lambda _c, _u, _mid, codes, _p: self.suback.extend(codes)
-        self.c.connect("127.0.0.1", port)
+        self.error: Exception | None = None
+        try:  # the TLS handshake happens here: a broker the client does not trust fails it
+            self.c.connect("127.0.0.1", port)
+        except (OSError, ssl.SSLError) as exc:
+            self.error = exc
+            return
         self.c.loop_start()
         self._connack.wait(5)
 
@@ -55,11 +67,12 @@ def kit(tmp_path):
         pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
     manifest = load_manifest(REPO / "kits" / "examples" / "demo.toml")
     creds = provision(manifest, tmp_path / "provision")
-    broker = MosquittoBroker(data_dir=tmp_path / "broker", password_file=creds.passwd, acl_file=creds.acl).start()
+    broker = MosquittoBroker(data_dir=tmp_path / "broker", password_file=creds.passwd, acl_file=creds.acl,
+                             tls=creds.tls).start()
     sessions: list[Session] = []
 
     def login(user, password=None):
-        s = Session(broker.port, user, creds.accounts.get(user) if password is None else password)
+        s = Session(broker.port, user, creds.accounts.get(user) if password is None else password, creds.tls.ca)
         sessions.append(s)
         return s
 
@@ -146,15 +159,18 @@ def test_the_agent_speaks_for_what_it_hosts_and_answers_the_doors(kit):
     assert b"agent-posing-as-controller" not in {p for _, p in fleet.got}
 
 
-def test_rotation_changes_one_device_and_a_revoked_one_is_refused(kit, tmp_path):
+def test_rotation_changes_one_device_and_a_revoked_one_is_disconnected_and_refused(kit, tmp_path):
     manifest, creds, broker, login = kit
     old_door, old_lights = creds.accounts[account(KIT, DOOR)], creds.accounts[account(KIT, LIGHTS)]
+    door = login(account(KIT, DOOR))  # connected when the scanner is reported lost
+    assert door.accepted
     again = provision(manifest, creds.folder, rotate=(LIGHTS,), revoke=(DOOR,))
     assert again.rotated == [account(KIT, LIGHTS)] and again.revoked == [account(KIT, DOOR)]
     assert again.accounts[account(KIT, AGENT)] == creds.accounts[account(KIT, AGENT)]  # untouched
     assert again.accounts[account(KIT, LIGHTS)] != old_lights
     assert not again.device_file(DOOR).exists()
     broker.reload()
+    assert door.gone.wait(5), "the revoked door's live session was not ended"
     wait_until(lambda: not login(account(KIT, DOOR), old_door).accepted, 5, what="the revoked door refused")
     assert not login(account(KIT, LIGHTS), old_lights).accepted
     assert login(account(KIT, LIGHTS), again.accounts[account(KIT, LIGHTS)]).accepted
@@ -162,3 +178,53 @@ def test_rotation_changes_one_device_and_a_revoked_one_is_refused(kit, tmp_path)
     # nothing secret is readable by others
     for path in (again.passwd, again.acl, again.folder / "credentials.json", again.device_file(LIGHTS)):
         assert path.stat().st_mode & 0o077 == 0, path
+
+
+def _raw_tls_connect(port: int, ctx: ssl.SSLContext) -> str:
+    """Open a TLS connection to the broker; return 'ok' or why the handshake failed."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        try:
+            with ctx.wrap_socket(sock, server_hostname="127.0.0.1"):
+                return "ok"
+        except ssl.SSLCertVerificationError as exc:
+            return f"verify: {exc.verify_message}"
+
+
+def test_only_a_client_holding_the_kits_ca_gets_through_tls(kit, tmp_path):
+    manifest, creds, broker, login = kit
+    assert _raw_tls_connect(broker.port, tls_context(str(creds.tls.ca))) == "ok"
+    # the system's CAs never signed the kit's broker
+    assert _raw_tls_connect(broker.port, tls_context()).startswith("verify:")
+    # another kit's CA (an attacker's broker would have one like it) is not this kit's
+    other = provision(manifest, tmp_path / "elsewhere")
+    assert other.tls.ca.read_bytes() != creds.tls.ca.read_bytes()
+    assert _raw_tls_connect(broker.port, tls_context(str(other.tls.ca))).startswith("verify:")
+    # plain MQTT on the TLS port: no CONNACK, with the right password or not
+    plain = Session(broker.port, account(KIT, DOOR), creds.accounts[account(KIT, DOOR)], ca=None)
+    assert not plain.accepted
+    plain.close()
+    wrong_ca = Session(broker.port, account(KIT, DOOR), creds.accounts[account(KIT, DOOR)], ca=other.tls.ca)
+    assert not wrong_ca.accepted and isinstance(wrong_ca.error, ssl.SSLCertVerificationError), wrong_ca.error
+    wrong_ca.close()
+    assert login(account(KIT, DOOR)).accepted
+
+
+def test_a_provisioned_account_file_is_all_a_client_needs(kit):
+    """What the agent and the fleet do: an mqtts:// URL naming the account file, no password anywhere."""
+    _manifest, creds, broker, _login = kit
+    got = threading.Event()
+    for who, file in (("agent", creds.device_file(AGENT)), ("fleet", creds.fleet_file)):
+        assert creds.accounts[FLEET_USER if who == "fleet" else account(KIT, AGENT)] not in str(file)
+        url = f"mqtts://127.0.0.1:{broker.port}?account={file}"
+        client, target = client_for(url, f"t-{who}")
+        client.on_connect = lambda c, _u, _f, rc, _p: rc.is_failure or got.set()
+        client.connect(target.host, target.port)
+        client.loop_start()
+        try:
+            assert got.wait(5), f"the {who} did not log in with its account file"
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        got.clear()

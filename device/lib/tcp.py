@@ -22,3 +22,32 @@ def open_tcp(host, port):
             s.close()
             raise
     return s
+
+
+def connector(br, connect_tcp):
+    """The broker part of a device config -> (connect function for pkmqtt, user, password).
+
+    `br`: {"host", "port", "user", "password", "tls", "ca"} as `popkit kit provision` writes it
+    (or [host, port], an open bench broker). With tls the socket is wrapped before its TCP connect
+    has finished: the handshake runs in pkmqtt's Stream reads and writes, so it never blocks the
+    app, and the broker must present a certificate the kit's CA signed."""
+    if isinstance(br, (list, tuple)):
+        host, port = br
+        return (lambda: connect_tcp(host, port)), None, None
+    host = br["host"]
+    port = br.get("port", 8883 if br.get("tls") else 1883)
+    if not br.get("tls"):
+        return (lambda: connect_tcp(host, port)), br.get("user"), br.get("password")
+    import ssl
+    from binascii import a2b_base64
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    # mbedTLS here reads DER: the PEM's base64 lines, decoded
+    ctx.load_verify_locations(cadata=a2b_base64("".join(
+        ln for ln in br["ca"].split("\n") if ln and not ln.startswith("-----"))))
+
+    def connect():
+        return ctx.wrap_socket(connect_tcp(host, port), server_hostname=host, do_handshake_on_connect=False)
+
+    return connect, br.get("user"), br.get("password")

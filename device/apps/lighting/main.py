@@ -9,7 +9,7 @@
 # network; the link's tasks run beside it. `config` -> Lighting.on_config (the version
 # applied goes into `state`), `cmd` -> Lighting.on_cmd -> ack, `device` telemetry every
 # telemetry_s. Config keys (JSON object):
-#   kit, device, broker [host, port], dmx_slots (24), state_dir ("."), telemetry_s (30),
+#   kit, device, broker ({host, port, tls, ca, user, password} as provisioned, or [host, port]), dmx_slots (24), state_dir ("."), telemetry_s (30),
 #   max_config (4096), gamma (2.2), fw; and the board's own (unix: pwm/dmx [host, port];
 #   esp32: pwm_pins, dmx_uart, dmx_tx, dmx_de).
 # Prints, one line each (the UART on a board; the tests read them on the unix port):
@@ -56,16 +56,17 @@ class App:
 
     def start_link(self):
         import link  # after power-up: the link's imports and flash outbox come second
+        import tcp
 
         cfg = self.cfg
-        host, port = cfg["broker"]
-        self.link = link.Link(cfg["kit"], cfg["device"], "lighting", lambda: board.connect_tcp(host, port),
+        connect, user, password = tcp.connector(cfg["broker"], board.connect_tcp)
+        self.link = link.Link(cfg["kit"], cfg["device"], "lighting", connect,
                               board.epoch_ms, self.state_dir + "/outbox", fw=cfg.get("fw", FW),
                               config_version=self.light.version, on_cmd=self.on_cmd, on_config=self.on_config,
                               raw_config=True,
                               max_msg=cfg.get("max_config", 4096), keepalive=cfg.get("keepalive", 30),
                               response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
-                              backoff_max_ms=cfg.get("backoff_max_ms", 10000))
+                              backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password)
         self.link.start()
 
     def on_config(self, raw):

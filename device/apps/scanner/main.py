@@ -17,7 +17,8 @@
 #
 # Config (JSON):
 #   {"kit": "demo", "device": "demo-scanner-1",
-#    "broker": {"host": "192.168.4.1", "port": 1883},   # plus optional keepalive, resend_ms
+#    "broker": {"host": "192.168.4.1", "port": 8883,    # as `popkit kit provision` writes it:
+#               "tls": true, "ca": PEM, "user", "password"},  # plus optional keepalive, resend_ms
 #    "uart": ["127.0.0.1", 9601],                      # unix: the simulator; ESP32: "hw" pin overrides
 #    "flash": "flash",                                 # default board.flash_dir()
 #    "telemetry_s": 30,
@@ -42,6 +43,7 @@ from micropython import const
 import atomic
 import board
 import link
+import tcp
 import scanline
 import ticket
 import verdict
@@ -100,7 +102,6 @@ class Scanner:
         self._beep_at = 0
         self._beep_on = False
         br = cfg["broker"]
-        host, port = br["host"], br.get("port", 1883)
         version = None
         saved = atomic.read(self._saved)
         if saved:  # the last revocations from the fleet, applied before the link is up
@@ -110,12 +111,13 @@ class Scanner:
                     version = got["version"]
             except Exception as e:
                 print("CONFIG bad saved config", repr(e))
-        self.link = link.Link(cfg["kit"], cfg["device"], "scanner", lambda: board.connect_tcp(host, port),
+        connect, user, password = tcp.connector(br, board.connect_tcp)
+        self.link = link.Link(cfg["kit"], cfg["device"], "scanner", connect,
                               board.epoch_ms, flash + "/outbox", fw=FW, config_version=version,
                               on_cmd=self._on_cmd, on_config=self._on_config,
                               resend_ms=br.get("resend_ms", 15000), keepalive=br.get("keepalive", 30),
                               response_ms=br.get("response_ms", 5000), backoff_ms=br.get("backoff_ms", 500),
-                              backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True)
+                              backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True, user=user, password=password)
         self._hub_ms = cfg.get("hub_ms", 250)
 
     # ------------------------------------------------------------ one scan
