@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from popkit import RESTART_EXIT
-from popkit.broker import AmqttBroker, MosquittoBroker, embedded_broker, free_port
+from popkit.broker import AmqttBroker, MosquittoBroker, embedded_broker, free_port, mosquitto_binary
 
 READY_TIMEOUT_S = 30
 FIRMWARE_ROLES = ("scanner", "lighting")
@@ -74,14 +74,47 @@ def _shown(path: Path) -> str:
         return str(path.resolve())
 
 
-def _start_broker(data_dir: Path):
+@dataclass
+class Access:
+    """How each part reaches the demo's broker: the fleet's and the agent's MQTT URLs, and each
+    ESP32's config `broker` block (None: an open broker, host and port only)."""
+    fleet: str
+    agent: str
+    devices: dict[str, dict] = field(default_factory=dict)
+    provisioned: bool = False
+
+    def device_broker(self, device: str) -> dict | None:
+        return self.devices.get(device)
+
+
+def _start_broker(data_dir: Path, manifest, provisioned: bool):
+    """The demo's broker and who reaches it how. Mosquitto with ``provisioned``: the kit is
+    provisioned as a crew would (popkit kit provision: an account per device, the ACL, the kit's
+    CA) into the data folder, and the broker listens on TLS only; amqtt (no mosquitto here) is an
+    open loopback broker, and the demo says so."""
     choice = os.environ.get("POPKIT_DEMO_BROKER", "auto")
-    if choice == "amqtt":
-        return AmqttBroker(port=free_port()).start()
-    if choice == "mosquitto":
-        return MosquittoBroker(data_dir=data_dir / "broker").start()
-    broker = embedded_broker(data_dir=data_dir / "broker")
-    return broker.start()
+    use_mosquitto = choice == "mosquitto" or (choice == "auto" and mosquitto_binary() is not None)
+    if not use_mosquitto:
+        broker = AmqttBroker(port=free_port()).start() if choice == "amqtt" else \
+            embedded_broker(data_dir=data_dir / "broker").start()
+        return broker, Access(broker.url, broker.url)
+    if not provisioned:
+        broker = MosquittoBroker(data_dir=data_dir / "broker").start()
+        return broker, Access(broker.url, broker.url)
+    from popkit.provision import provision
+
+    port = free_port()
+    # again at every start: new devices get accounts, the files learn this run's port; passwords stay
+    creds = provision(manifest, data_dir / "provision", broker_host="127.0.0.1", broker_port=port)
+    broker = MosquittoBroker(port=port, data_dir=data_dir / "broker", password_file=creds.passwd,
+                             acl_file=creds.acl, tls=creds.tls).start()
+    url = f"mqtts://127.0.0.1:{port}?account="
+    devices = {}
+    for spec in manifest.devices:
+        path = creds.device_file(spec.id)
+        if spec.role in FIRMWARE_ROLES and path.exists():
+            devices[spec.id] = json.loads(path.read_text())["broker"]
+    return broker, Access(f"{url}{creds.fleet_file}", f"{url}{creds.device_file(manifest.agent)}", devices, True)
 
 
 def _wait_ready(base: str, kit_id: str, procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> dict | None:
@@ -105,16 +138,17 @@ def _wait_ready(base: str, kit_id: str, procs: dict[str, subprocess.Popen], logs
 
 # ---------------------------------------------------------------- can the firmware run here?
 
-def firmware_unavailable(mqtt_url: str) -> str | None:
+def firmware_unavailable(mqtt_url: str | None) -> str | None:
     """Why the kit's ESP32s cannot run their firmware in this demo (None: they can)."""
     from popkit import firmware
     from popkit.mqtt import parse_mqtt_url
 
     if os.environ.get("POPKIT_DEMO_DEVICES", "firmware") == "python":
         return "POPKIT_DEMO_DEVICES=python asks for them"
-    target = parse_mqtt_url(mqtt_url)
-    if target.tls or target.username:
-        return f"the firmware's MQTT client speaks plain MQTT with no login, and {mqtt_url} needs TLS or a login"
+    target = parse_mqtt_url(mqtt_url) if mqtt_url else None
+    if target is not None and (target.tls or target.username):
+        return (f"{mqtt_url} needs TLS or a login, and the demo has no account for the firmware there "
+                "(give no --mqtt: the demo provisions its own broker)")
     try:
         firmware.tool("micropython")
         for role in FIRMWARE_ROLES:
@@ -244,7 +278,7 @@ class Bench:
                 p.close()
 
 
-def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: str) -> Bench:
+def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: str, access: Access | None = None) -> Bench:
     """Simulators, configs and tickets for the manifest's scanners and lighting controllers."""
     from popkit.mqtt import parse_mqtt_url
     from simulators.dmx import DmxReceiver
@@ -268,7 +302,8 @@ def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: str) -> Bench:
             sim = ScannerSim()
             bench.parts.append(sim)
             cfg = {"kit": manifest.id, "device": spec.id,
-                   "broker": {"host": target.host, "port": target.port, "keepalive": 15},
+                   "broker": {"host": target.host, "port": target.port, "keepalive": 15,
+                              **((access and access.device_broker(spec.id)) or {})},
                    "uart": ["127.0.0.1", sim.port], "flash": str(flash.resolve()), "telemetry_s": telemetry_s,
                    "gate": {"leeway": 60, "events": [{"event": EVENT, "key": t.key.secret.hex(), "capacity": 1000,
                                                       "revoked": []}]}}  # revoked through the fleet
@@ -280,7 +315,8 @@ def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: str) -> Bench:
         else:
             pwm, dmx = PwmReceiver(keep=2000), DmxReceiver(keep=50)
             bench.parts += [pwm, dmx]
-            cfg = {"kit": manifest.id, "device": spec.id, "broker": [target.host, target.port], "dmx_slots": 24,
+            cfg = {"kit": manifest.id, "device": spec.id,
+                   "broker": (access and access.device_broker(spec.id)) or [target.host, target.port], "dmx_slots": 24,
                    "state_dir": str(flash.resolve()), "pwm": ["127.0.0.1", pwm.port],
                    "dmx": ["127.0.0.1", dmx.port], "telemetry_s": telemetry_s, "keepalive": 15}
             lights.append(spec.id)
@@ -324,15 +360,18 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
         return 2
     data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
-    if mqtt_url is None:
-        broker = _start_broker(data_dir)
-        mqtt_url = broker.url
-        print(f"broker   {broker.kind} on {mqtt_url}")
-    else:
-        print(f"broker   {mqtt_url} (given)")
-
     esp32s = [d for d in manifest.devices if d.role in FIRMWARE_ROLES]
     why_not = firmware_unavailable(mqtt_url) if esp32s else None
+    if mqtt_url is None:
+        # provisioned unless the ESP32s fall back to Python stand-ins, which have no accounts
+        broker, access = _start_broker(data_dir, manifest, provisioned=why_not is None)
+        mqtt_url = broker.url
+        print(f"broker   {broker.kind} on {mqtt_url}" + (
+            f" (TLS with the kit's CA; an account per device, ACL: {_shown(data_dir / 'provision')}, outside git)"
+            if access.provisioned else " (open: no accounts, loopback only)"))
+    else:
+        access = Access(mqtt_url, mqtt_url)
+        print(f"broker   {mqtt_url} (given)")
 
     # `kill` or a service manager stops the demo as cleanly as Ctrl-C does; and SIGINT is
     # re-armed because a shell starting us in the background (`popkit demo &`) ignores it.
@@ -346,10 +385,10 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
     logs: dict[str, Path] = {}  # firmware device -> its console log
     try:
         procs["fleet"] = subprocess.Popen(
-            _popkit("fleet", "serve", "--mqtt", mqtt_url, "--db", f"sqlite:///{data_dir / 'fleet.db'}", "--http", http,
+            _popkit("fleet", "serve", "--mqtt", access.fleet, "--db", f"sqlite:///{data_dir / 'fleet.db'}", "--http", http,
                     "--kit", kit, "--client-id", "popkit-demo-fleet"), **spawn)
         def start_agent() -> subprocess.Popen:
-            return subprocess.Popen(_popkit("agent", "run", "--kit", kit, "--mqtt", mqtt_url, "--data",
+            return subprocess.Popen(_popkit("agent", "run", "--kit", kit, "--mqtt", access.agent, "--data",
                                             str(data_dir / "agent"), "--simulate"), **spawn)
 
         def start_firmware(spec) -> subprocess.Popen:
@@ -366,7 +405,7 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
         if esp32s and why_not is None:
             from popkit.firmware import read_manifest
 
-            bench = set_up_bench(manifest, mqtt_url, data_dir, f"http://{http}")
+            bench = set_up_bench(manifest, mqtt_url, data_dir, f"http://{http}", access)
             (data_dir / "logs").mkdir(exist_ok=True)
             for spec in esp32s:
                 logs[spec.id] = data_dir / "logs" / f"{spec.id}.log"

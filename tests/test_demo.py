@@ -125,6 +125,8 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
         firmware = [cmdline(p) for p in kids if "micropython" in cmdline(p)]
         assert len(firmware) == 2 and all("heapsize=" in c and "vfs.VfsRom" in c for c in firmware), firmware
         assert "SIMULATED IN PYTHON" not in demo.out
+        if broker_kind == "mosquitto":
+            assert_provisioned(demo, data, kids)
 
         # What it needs was generated into the data folder: the key (private), the tickets, the configs.
         key_file = data / "keys" / "DEMO-NIGHT.key"
@@ -183,6 +185,35 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
         kids = demo.stop() or kids
     assert_stopped_cleanly(demo, kids)
     assert "stopping" in demo.out
+
+
+def assert_provisioned(demo: Demo, data: Path, kids: list[int]) -> None:
+    """With Mosquitto the demo provisions the kit as a crew would: TLS with the kit's CA, an account
+    per device, the ACL; every part logs in as itself and no password is on a command line."""
+    from popkit.mqtt import new_client, tls_context
+
+    m = re.search(r"broker   mosquitto on mqtts://127\.0\.0\.1:(\d+)\?ca=(\S+) \(TLS with the kit's CA", demo.out)
+    assert m, demo.out[:2000]
+    port, ca = int(m.group(1)), m.group(2)
+    creds = json.loads((data / "provision" / "credentials.json").read_text())
+    assert stat.S_IMODE((data / "provision" / "credentials.json").stat().st_mode) == 0o600
+    passwords = [a["password"] for a in creds["accounts"].values()]
+    assert len(passwords) == 4  # the fleet, the agent, the door, the controller
+    for pid in [demo.proc.pid, *kids]:
+        line = cmdline(pid)
+        assert not any(pw in line for pw in passwords), f"a password on a command line: {line[:80]}"
+    assert any("account=" in cmdline(p) and "fleet" in cmdline(p) for p in kids)
+    got = threading.Event()
+    anon = new_client("demo-test-anonymous")
+    anon.tls_set_context(tls_context(ca))
+    anon.on_connect = lambda _c, _u, _f, rc, _p: rc.is_failure or got.set()
+    anon.connect("127.0.0.1", port)
+    anon.loop_start()
+    try:
+        assert not got.wait(2), "the demo's broker let an anonymous client in"
+    finally:
+        anon.disconnect()
+        anon.loop_stop()
 
 
 def test_without_the_firmware_the_demo_says_loudly_which_devices_are_python_stand_ins(tmp_path):
