@@ -39,7 +39,7 @@ from kits.contract import (
     encode,
     topic,
 )
-from popkit.mqtt import client_for, session_kwargs
+from popkit.mqtt import client_for, redacted, session_kwargs
 
 log = logging.getLogger("popkit.agent.link")
 
@@ -71,7 +71,7 @@ class FleetLink:
     ):
         self.kit, self.device, self.role, self.fw = kit, device, role, fw
         self.hosted = dict(hosted or {})
-        self.mqtt_url = mqtt_url
+        self.mqtt_url = redacted(mqtt_url)  # for the logs: a password in the URL never reaches them
         self.resend_after_s = resend_after_s
         self.keepalive = keepalive
         self.boot = secrets.token_hex(4)

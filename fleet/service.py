@@ -14,6 +14,7 @@ from fleet.settings import FleetSettings
 from fleet.store import Store
 from fleet.venues.delivery import RePusher
 from kits.manifest import load_manifest
+from popkit.mqtt import redacted
 
 log = logging.getLogger("popkit.fleet")
 
@@ -46,7 +47,7 @@ def serve(settings: FleetSettings) -> None:
     # Venue lighting timelines pushed again before their horizon runs out (fleet/venues/delivery.py).
     repusher = RePusher(app.state.venue_lighting, settings.venue_repush_interval_s).start()
     log.info("fleet API on http://%s/ (OpenAPI at /docs), ingesting from %s, storing in %s",
-             settings.http, settings.mqtt_url, settings.db_url.split("@")[-1])
+             settings.http, redacted(settings.mqtt_url), settings.db_url.split("@")[-1])
     try:
         uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
     finally:

@@ -228,3 +228,19 @@ def test_a_provisioned_account_file_is_all_a_client_needs(kit):
             client.disconnect()
             client.loop_stop()
         got.clear()
+
+
+def test_mqtt_urls_name_accounts_and_logs_never_show_a_password(tmp_path):
+    from popkit.mqtt import parse_mqtt_url, read_account, redacted
+
+    t = parse_mqtt_url("mqtts://broker.kit:8883?account=/p/devices/d.json&ca=/p/tls/ca.crt")
+    assert (t.host, t.port, t.tls, t.account, t.ca) == ("broker.kit", 8883, True, "/p/devices/d.json", "/p/tls/ca.crt")
+    assert redacted("mqtts://door:hunter2-long@broker.kit:8883") == "mqtts://door:***@broker.kit:8883"
+    assert redacted("mqtt://broker.kit:1883") == "mqtt://broker.kit:1883"
+    bad = tmp_path / "bad.json"
+    for text, why in (("{", "not an account"), ('{"broker": {"user": "x"}}', "not an account")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=why):
+            read_account(str(bad))
+    with pytest.raises(ValueError, match="cannot read"):
+        read_account(str(tmp_path / "missing.json"))
