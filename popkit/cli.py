@@ -49,6 +49,17 @@ def _kit_up(args: argparse.Namespace) -> int:
     return kit_up(manifest, mqtt, data, simulate=args.simulate, scenario=scenario)
 
 
+def _bridge_target(args: argparse.Namespace):
+    if not args.bridge_to:
+        return None
+    host, _, port = args.bridge_to.rpartition(":")
+    if not host or not port.isdigit() or not args.bridge_ca:
+        raise ValueError("--bridge-to takes HOST:PORT of the fleet broker, and --bridge-ca its CA certificate")
+    if not Path(args.bridge_ca).is_file():
+        raise ValueError(f"--bridge-ca {args.bridge_ca}: no such file")
+    return host, int(port), Path(args.bridge_ca)
+
+
 def _kit_provision(args: argparse.Namespace) -> int:
     import os
 
@@ -60,7 +71,8 @@ def _kit_provision(args: argparse.Namespace) -> int:
         host, _, port = args.broker.rpartition(":")
         out = Path(args.out or os.environ.get("POPKIT_PROVISION_DIR") or Path.home() / ".popkit" / "provision")
         done = provision(manifest, out, broker_host=host or args.broker, broker_port=int(port) if host else None,
-                         rotate=tuple(args.rotate), revoke=tuple(args.revoke), tls=args.tls)
+                         rotate=tuple(args.rotate), revoke=tuple(args.revoke), tls=args.tls,
+                         bridge_to=_bridge_target(args))
     except (ManifestError, ProvisionError, ValueError) as exc:
         print(f"popkit kit provision: {exc}", file=sys.stderr)
         return 3
@@ -74,6 +86,9 @@ def _kit_provision(args: argparse.Namespace) -> int:
     if done.revoked or done.rotated:
         print("send the broker SIGHUP now: it reloads the files and disconnects what was revoked or rotated")
     print(f"device configs: {done.folder / 'devices'}/ (the fleet's: {done.fleet_file})")
+    if args.bridge_to:
+        print(f"bridge to the fleet broker: {done.conf_dir / 'bridge.conf'} (the kit broker's include_dir "
+              f"{done.conf_dir}); the fleet broker needs account popkit-bridge-{manifest.id} from this folder")
     return 0
 
 
@@ -131,9 +146,17 @@ def _tickets_revoke(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    import os
+
+    token = os.environ.get("POPKIT_TOKEN")  # from the environment only: never on a command line (ps, history)
+    if not token:
+        print("popkit tickets revoke: set POPKIT_TOKEN to an API token of a crew or ops user "
+              "(POST /api/v1/auth/token)", file=sys.stderr)
+        return 2
     url = f"{args.fleet.rstrip('/')}/api/v1/events/{args.event}/revocations"
     req = urllib.request.Request(url, data=json.dumps({"tickets": args.tickets}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Accept": "application/json"})
+                                 headers={"Content-Type": "application/json", "Accept": "application/json",
+                                          "Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, timeout=args.timeout) as resp:
             body = json.load(resp)
@@ -231,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--broker", default="127.0.0.1:8883", help="host:port the devices reach the broker at")
     prov.add_argument("--no-tls", dest="tls", action="store_false",
                       help="plain MQTT (a bench on loopback only: passwords would cross the network in clear)")
+    prov.add_argument("--bridge-to", metavar="HOST:PORT", help="the fleet broker the kit broker bridges to (TLS)")
+    prov.add_argument("--bridge-ca", metavar="FILE", help="the fleet broker's CA certificate, for --bridge-to")
     prov.add_argument("--rotate", action="append", default=[], metavar="DEVICE", help="new credentials for DEVICE")
     prov.add_argument("--revoke", action="append", default=[], metavar="DEVICE",
                       help="remove DEVICE's credentials (a lost scanner)")

@@ -86,6 +86,32 @@ def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
     return rules
 
 
+def bridge_account(kit: str) -> str:
+    # no '.': it can never be a `<kit>.<device>` account, whatever the kit and device are called
+    return f"popkit-bridge-{kit}"
+
+
+def bridge_rules(kit: str) -> list[str]:
+    """The kit broker's bridge, at the fleet broker: everything the kit's devices report goes up,
+    what the fleet sends them comes down; the hub's claims stay in the kit."""
+    return ([f"topic write {ROOT}/{kit}/+/{ch}" for ch in DEVICE_CHANNELS]
+            + [f"topic read {ROOT}/{kit}/+/{ch}" for ch in _TO_DEVICE])
+
+
+def bridge_conf(kit: str, password: str, host: str, port: int, ca: Path) -> str:
+    """Mosquitto's bridge section for the kit broker: TLS to the fleet broker, verified against its
+    CA, logged in as the kit's bridge account; a persistent session at QoS 1 both ways, so what
+    the kit owes while the uplink is down is delivered when it returns."""
+    up = "".join(f"topic {ROOT}/{kit}/+/{ch} out 1\n" for ch in DEVICE_CHANNELS)
+    down = "".join(f"topic {ROOT}/{kit}/+/{ch} in 1\n" for ch in _TO_DEVICE)
+    return (f"# written by popkit kit provision: the bridge to the fleet broker (holds a password: 0600)\n"
+            f"connection popkit-{kit}\naddress {host}:{port}\n"
+            f"remote_clientid {bridge_account(kit)}\nremote_username {bridge_account(kit)}\n"
+            f"remote_password {password}\nbridge_cafile {Path(ca).resolve()}\nbridge_insecure false\n"
+            f"bridge_protocol_version mqttv311\ncleansession false\ntry_private true\nnotifications false\n"
+            f"restart_timeout 2 30\n{up}{down}")
+
+
 def fleet_rules() -> list[str]:
     """The fleet ingests what devices report and sends commands, configs and receipts: to every kit."""
     return ([f"topic read {ROOT}/+/+/{ch}" for ch in DEVICE_CHANNELS]
@@ -113,6 +139,11 @@ class Provisioned:
         return self.folder / "devices" / f"{device}.json"
 
     @property
+    def conf_dir(self) -> Path:
+        """The kit broker's include_dir: the bridge's section when there is one."""
+        return self.folder / "mosquitto" / "conf.d"
+
+    @property
     def fleet_file(self) -> Path:
         return self.folder / "fleet.json"
 
@@ -128,12 +159,15 @@ def _private_write(path: Path, text: str) -> None:
 
 
 def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.0.1", broker_port: int | None = None,
-              rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = (), tls: bool = True) -> Provisioned:
+              rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = (), tls: bool = True,
+              bridge_to: tuple[str, int, Path] | None = None) -> Provisioned:
     """Credentials for ``manifest``'s kit in ``folder``: new accounts get a random password, ``rotate``
     (device ids) get a new one, ``revoke`` lose theirs (the broker disconnects and refuses them once
     it reloads its files); everyone else keeps theirs. The fleet's account is made once per folder.
     With ``tls`` (the default) the kit's CA and a broker certificate for ``broker_host`` are made too,
-    and every account file tells its client to verify the broker with that CA."""
+    and every account file tells its client to verify the broker with that CA.
+    ``bridge_to`` (host, port, the fleet broker's CA file): the kit broker's bridge to the fleet
+    broker gets its own account here and its config in ``mosquitto/conf.d/bridge.conf``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
@@ -150,6 +184,8 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
                              "restore it or move the folder away to start afresh") from None
     accounts: dict[str, dict] = kept.get("accounts", {})
     rules = acl_rules(manifest)
+    if bridge_to is not None:
+        rules[bridge_account(kit)] = bridge_rules(kit)
     created, rotated, revoked = [], [], []
     for name in [FLEET_USER, *rules]:
         device = name.split(".", 1)[1] if "." in name else None
@@ -164,7 +200,7 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
             accounts[name] = {"password": secrets.token_urlsafe(32)}
             rotated.append(name)
     # accounts of this kit no longer in its manifest go too (a device taken out of the case)
-    for name in [n for n in accounts if n.startswith(kit + ".") and n not in rules]:
+    for name in [n for n in accounts if n.startswith(kit + ".") and n not in rules]:  # (the bridge stays)
         del accounts[name]
         revoked.append(name)
 
@@ -188,9 +224,14 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
             broker["ca"] = files.ca.read_text()
         return broker
 
+    if bridge_to is not None:
+        host, bport, ca = bridge_to
+        _private_write(folder / "mosquitto" / "conf.d" / "bridge.conf",
+                       bridge_conf(kit, accounts[bridge_account(kit)]["password"], host, bport, ca))
+
     # what each device of this kit flashes (or the agent reads): the broker, and itself
     for name in rules:
-        if name not in accounts:  # revoked
+        if name not in accounts or "." not in name:  # revoked, or the bridge (its conf is above)
             continue
         device = name.split(".", 1)[1]
         _private_write(folder / "devices" / f"{device}.json", json.dumps({
