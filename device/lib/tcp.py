@@ -42,7 +42,7 @@ def connector(br, connect_tcp):
     from binascii import a2b_base64
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]  # (in MicroPython, not its stubs)
     # mbedTLS here reads DER: the PEM's base64 lines, decoded
     ctx.load_verify_locations(cadata=a2b_base64("".join(
         ln for ln in br["ca"].split("\n") if ln and not ln.startswith("-----"))))

@@ -26,7 +26,11 @@ from tests.device.firmware import Device, rom_images  # noqa: F401 - fixture
 from tests.device.test_scanner_app import BUDGET, EVENT, SCANNER, door, stored, write_config
 
 LIGHTS = "demo-lights-1"
-CONNECTED = r"mqtt: connected \(\d+\)"  # device/lib/pkmqtt.py's log line
+
+
+def logged_in(broker, device: str) -> bool:
+    """Mosquitto's connection log names the account of every client it let in."""
+    return any("New client connected" in ln and f"u'demo.{device}'" in ln for ln in broker.log().splitlines())
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def test_provisioned_firmware_speaks_tls_as_itself_end_to_end(kit, rom_images, t
         assert door(sim, tickets[0]) == "red"
         wait_until(lambda: len(stored(fleet)) == 4, 15, what="4 check-ins in the fleet")
         assert all(d.get("hub_checked", True) for _b, _s, _ts, d in stored(fleet)), "the hub answered each claim"
-        assert dev.matching(CONNECTED), "the firmware's own word that it connected"
+        assert logged_in(broker, SCANNER), "the broker's word that the door logged in as itself"
 
         lcfg = tmp_path / "lighting.json"
         lcfg.write_text(json.dumps({"kit": "demo", "device": LIGHTS, "broker": {"keepalive": 5},
@@ -108,7 +112,6 @@ def test_provisioned_firmware_speaks_tls_as_itself_end_to_end(kit, rom_images, t
 def test_a_device_that_cannot_trust_or_be_trusted_stays_out_and_still_decides(
         kit, rom_images, tmp_path, what):  # noqa: F811
     creds, broker = kit
-    seen_online = []
     sim = ScannerSim()
     key = EventKey.generate(EVENT)
     now = int(time.time())
@@ -126,10 +129,7 @@ def test_a_device_that_cannot_trust_or_be_trusted_stays_out_and_still_decides(
         sim.wait_connected(1, timeout=10)
         time.sleep(2.0)  # several connect attempts (backoff 200..1000 ms)
         assert door(sim, issue(key, EVENT, "T1", "GA", now - 60, now + 3600)) == "green"
-        log = broker.log()
-        seen_online = [ln for ln in log.splitlines() if "New client connected" in ln and SCANNER in ln]
-        assert seen_online == [], seen_online
-        assert dev.matching(CONNECTED) == [], "the firmware says it connected"
+        assert not logged_in(broker, SCANNER), "the door got in"
     finally:
         dev.kill()
         sim.close()
