@@ -176,6 +176,11 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
     for d in (*rotate, *revoke):
         if d not in known:
             raise ProvisionError(f"{d!r} is not a device of kit {kit!r} (its devices: {', '.join(sorted(known))})")
+    hosted = {s.id for s in manifest.devices if s.hosted or s.role not in _FIRMWARE_ROLES} - {manifest.agent}
+    for d in (*rotate, *revoke):
+        if d in hosted:  # a printer, a power bank...: the agent speaks for it, with the agent's account
+            raise ProvisionError(f"{d!r} has no broker account of its own: the agent {manifest.agent!r} speaks for "
+                                 f"it (rotate or revoke {manifest.agent!r})")
     store = folder / "credentials.json"
     try:
         kept: dict = json.loads(store.read_text()) if store.exists() else {}

@@ -244,3 +244,12 @@ def test_mqtt_urls_name_accounts_and_logs_never_show_a_password(tmp_path):
             read_account(str(bad))
     with pytest.raises(ValueError, match="cannot read"):
         read_account(str(tmp_path / "missing.json"))
+
+
+def test_rotating_a_device_the_agent_speaks_for_says_why_it_cannot(tmp_path):
+    from popkit.provision import ProvisionError
+
+    manifest = load_manifest(REPO / "kits" / "examples" / "demo.toml")
+    provision(manifest, tmp_path / "p", tls=False)
+    with pytest.raises(ProvisionError, match="no broker account of its own: the agent 'demo-agent' speaks for it"):
+        provision(manifest, tmp_path / "p", rotate=(PRINTER,), tls=False)
