@@ -28,6 +28,8 @@ from kits.contract import Claim, Claimed, ContractError, FirstScan, decode, enco
 from popkit.mqtt import client_for, session_kwargs
 
 log = logging.getLogger("popkit.agent.hub")
+# A check-in is a few hundred bytes; anything far bigger is not one (and is not parsed).
+_MAX_EVENT_BYTES = 16 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -130,9 +132,11 @@ class DoorHub:
 
     def _learn(self, device: str, payload: bytes) -> None:
         """A check-in admitted without the hub (it was unreachable) still claims its ticket."""
+        if len(payload) > _MAX_EVENT_BYTES:
+            return
         try:
             body = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested past Python's limit
             return  # the fleet rejects and counts malformed events; the hub only learns from good ones
         data = body.get("data") if isinstance(body, dict) and body.get("kind") == "checkin" else None
         if not isinstance(data, dict) or data.get("verdict") != "admitted" or data.get("hub_checked", True):
