@@ -43,6 +43,7 @@ import http.client
 import json
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,20 @@ from pathlib import Path
 
 from bench.ingest import cpu_seconds
 from popkit.broker import free_port
+
+# The API wants a signed-in user: the bench signs its requests as an ops user the server creates,
+# with a token the bench signs with the key it hands the server.
+BENCH_USER = "bench-ops"
+HEADERS: dict[str, str] = {}
+
+
+def sign_in(server_cfg: dict) -> dict:
+    """``server_cfg`` with a fresh signing key; HEADERS then carry a token for BENCH_USER signed with it."""
+    from fleet.auth.tokens import issue
+
+    key = secrets.token_urlsafe(32)
+    HEADERS["Authorization"] = f"Bearer {issue(key.encode(), BENCH_USER, 0, 7 * 86_400)}"
+    return dict(server_cfg, secret_key=key)
 
 QUICK = dict(kits=100, rows=100_000, duration=5.0)
 FULL = dict(kits=1000, rows=1_000_000, duration=20.0)
@@ -130,7 +145,9 @@ def serve(argv: list[str]) -> None:
 
         ingest = Ingest(FleetSettings(mqtt_url=cfg["mqtt_url"], db_url=cfg["db"], client_id="bench-api-fleet",
                                       view_refresh_s=cfg["view_refresh_s"]), store).start()
-    app = create_app(store, ingest=ingest, settings=FleetSettings(view_refresh_s=cfg["view_refresh_s"]))
+    app = create_app(store, ingest=ingest, settings=FleetSettings(view_refresh_s=cfg["view_refresh_s"],
+                                                                  secret_key=cfg["secret_key"]))
+    app.state.auth.users.put(BENCH_USER, "ops")  # token generation 0, as sign_in signed it
 
     @app.get("/bench/noop", include_in_schema=False)
     def noop():  # sync, as the real routes: the same threadpool hop
@@ -177,7 +194,7 @@ class Server:
 # ---------------------------------------------------------------- the clients
 
 def request(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
-    conn.request("GET", path)
+    conn.request("GET", path, headers=HEADERS)
     resp = conn.getresponse()
     return resp.status, resp.read()
 
@@ -304,7 +321,7 @@ def lwt_trial(port: int, broker_url: str, kit: str, device: str, timeout: float 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{device} never showed online")
             time.sleep(0.02)
-        stream.request("GET", "/api/v1/stream")
+        stream.request("GET", "/api/v1/stream", headers=HEADERS)
         resp = stream.getresponse()
         while resp.fp.readline().strip() != b"":  # the hello event: the subscription is live
             pass
@@ -411,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. serve (the app alone: no ingest, no broker)
         port = free_port()
-        server_cfg = dict(db=db_url, port=port, kits=args.kits, doors_open_ms=doors_open, ends_ms=ends,
-                          pb_period_s=info["pb_period_s"], mqtt_url=None, view_refresh_s=VIEW_REFRESH_S)
+        server_cfg = sign_in(dict(db=db_url, port=port, kits=args.kits, doors_open_ms=doors_open, ends_ms=ends,
+                                  pb_period_s=info["pb_period_s"], mqtt_url=None, view_refresh_s=VIEW_REFRESH_S))
         server = Server(server_cfg)
         stack.callback(server.stop)
         server.wait_ready()

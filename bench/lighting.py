@@ -360,8 +360,6 @@ def measure_override(tmp: Path, image: Path, trials: int) -> dict:
     straight to the controller (no API, no compile, no config), measured the same way."""
     from datetime import timedelta
 
-    from fastapi.testclient import TestClient
-
     from kits.manifest import parse_manifest
     from popkit.broker import MosquittoBroker, mosquitto_binary
     from simulators.dmx import DmxReceiver
@@ -371,6 +369,7 @@ def measure_override(tmp: Path, image: Path, trials: int) -> dict:
         say("override: no mosquitto binary; not measured")
         return {}
     from fleet.api.app import create_app
+    from fleet.auth.testing import ops_client
     from fleet.ingest import Ingest
     from fleet.settings import FleetSettings
     from fleet.store import Store
@@ -381,8 +380,10 @@ def measure_override(tmp: Path, image: Path, trials: int) -> dict:
     store = Store.open(f"sqlite:///{tmp / 'fleet.db'}")
     store.register_kit(parse_manifest('id = "bench"\nname = "Bench"\nagent = "bench-agent"\n[[devices]]\n'
                                       'id = "bench-lights-1"\nrole = "lighting"\n'))
-    ingest = Ingest(FleetSettings(mqtt_url=broker.url, client_id="bench-lighting-fleet", batch_wait_ms=5), store).start()
-    api = TestClient(create_app(store, ingest))
+    # demo: a bench on this machine, signing its own requests (fleet.auth.testing) with a random key
+    ingest = Ingest(FleetSettings(mqtt_url=broker.url, client_id="bench-lighting-fleet", batch_wait_ms=5, demo=True),
+                    store).start()
+    api = ops_client(create_app(store, ingest))
     flash = tmp / "override-flash"
     flash.mkdir()
     cfg = {"kit": "bench", "device": "bench-lights-1", "broker": ["127.0.0.1", broker.port], "dmx_slots": 24,

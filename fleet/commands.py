@@ -82,12 +82,15 @@ class Publisher:
             raise UnknownDevice(device_id)
         return self._update({device_id: ref.kit_id}, lambda _old: data)[0][1]
 
-    def revoke(self, event_id: str, tickets: list[str]) -> list[tuple[str, Config]]:
+    def revoke(self, event_id: str, tickets: list[str], kits: set[str] | None = None) -> list[tuple[str, Config]]:
         """Merge ``tickets`` into ``data.revoked[event_id]`` of every scanner's desired config
-        (other keys and other events' lists kept), in one transaction, and publish each."""
-        scanners = {r.id: r.kit_id for r in self.store.device_refs().values() if r.role == "scanner"}
+        (other keys and other events' lists kept), in one transaction, and publish each.
+        ``kits``: only the scanners of these kits (a crew user's); None: every scanner."""
+        scanners = {r.id: r.kit_id for r in self.store.device_refs().values()
+                    if r.role == "scanner" and (kits is None or r.kit_id in kits)}
         if not scanners:
-            raise NoScanners("no scanner is registered: nothing to push revocations to")
+            raise NoScanners("no scanner is registered" + (" in your kits" if kits is not None else "")
+                             + ": nothing to push revocations to")
 
         def merge(old: dict | None) -> dict:
             data = dict(old or {})

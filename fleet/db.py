@@ -338,3 +338,40 @@ venue_docs = Table(
     Column("updated_ms", BigInteger, nullable=False),
     Column("updated_by", String(63), nullable=True),
 )
+
+# ------------------------------------------------------------ API users and their audit trail (fleet/auth/)
+
+# Who may use the API: a role (ops | crew | venue) and, for crew and venue users, the kits or venues
+# they see. token_gen is in every token issued to the user: raising it (a new password, disabled)
+# makes every older token invalid at once. password_hash is argon2id (None: no password login).
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("role", String(8), nullable=False),
+    Column("kits", JSON, nullable=False),
+    Column("venues", JSON, nullable=False),
+    Column("password_hash", String(255), nullable=True),
+    Column("disabled", Boolean, nullable=False),
+    Column("token_gen", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# Every successful change made through the API: who, the route (method and template), the concrete
+# path (ids only: never a body), the kit or venue it touched (what crew and venue users may read back)
+# and the HTTP status. Commands and alert actions also have their own richer records.
+api_audit = Table(
+    "api_audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("by", String(63), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("kit_id", String(63), nullable=True),
+    Column("venue_id", String(63), nullable=True),
+    Column("status", Integer, nullable=False),
+    Index("ix_api_audit_ts", "ts_ms"),
+)

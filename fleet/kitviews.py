@@ -155,12 +155,13 @@ class KitViews:
         return e.full if e is not None else None
 
     def page(self, state: str | None = None, status: str | None = None, q: str | None = None,
-             sort: str = "id", offset: int = 0, limit: int = 100) -> bytes:
+             sort: str = "id", offset: int = 0, limit: int = 100, kits: set[str] | None = None) -> bytes:
         """The overview: kit summaries matching the filters, ``limit`` from ``offset``, as one JSON object
-        (KitPageOut) with the number matching, the fleet's counts per state and status, and next_offset."""
+        (KitPageOut) with the number matching, the fleet's counts per state and status, and next_offset.
+        ``kits``: only these (a crew user's), counts included; None: every kit."""
         self._ensure_fresh()
         with self._lock:
-            entries = [self._entries[k] for k in self._ids]
+            entries = [self._entries[k] for k in self._ids if kits is None or k in kits]
         counts = {"state": {"online": 0, "degraded": 0, "offline": 0}, "status": {s: 0 for s in SEVERITY}}
         for e in entries:
             counts["state"][e.state] += 1

@@ -137,3 +137,15 @@ def render_view_metrics(stats) -> str:
         "# TYPE popkit_kit_view_errors_total counter",
         f"popkit_kit_view_errors_total {stats.errors}",
     ]) + "\n"
+
+
+def render_login_metrics(m) -> str:
+    """Prometheus text for the API's logins (fleet/auth/login.py LoginMetrics): failures are guessing, or a
+    crew member who forgot; throttled ones were refused unchecked (fleet/auth/throttle.py)."""
+    return "\n".join([
+        "# HELP popkit_api_logins_total Logins at POST /api/v1/auth/token by outcome.",
+        "# TYPE popkit_api_logins_total counter",
+        f'popkit_api_logins_total{{outcome="ok"}} {m.succeeded}',
+        f'popkit_api_logins_total{{outcome="failed"}} {m.failed}',
+        f'popkit_api_logins_total{{outcome="throttled"}} {m.throttled}',
+    ]) + "\n"

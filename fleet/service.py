@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from pydantic import SecretStr
+
 from fleet.alerts import Evaluator
 from fleet.api.app import create_app
+from fleet.auth.secret import signing_key
 from fleet.ingest import Ingest
 from fleet.metrics import ALERT_METRICS
 from fleet.notify import Notifier
@@ -17,6 +20,13 @@ from kits.manifest import load_manifest
 from popkit.mqtt import redacted
 
 log = logging.getLogger("popkit.fleet")
+
+
+def with_signing_key(settings: FleetSettings) -> FleetSettings:
+    """``settings`` with its signing key checked (fleet/auth/secret.py), and in demo mode made if
+    none is given, so create_app later uses that same key."""
+    key = signing_key(settings)
+    return settings.model_copy(update={"secret_key": SecretStr(key.decode()), "secret_key_file": None})
 
 
 def build(settings: FleetSettings) -> tuple[Store, Ingest]:
@@ -31,6 +41,8 @@ def build(settings: FleetSettings) -> tuple[Store, Ingest]:
 def serve(settings: FleetSettings) -> None:
     import uvicorn
 
+    # The API's signing key first: without a usable one nothing starts (InsecureSecret says why).
+    settings = with_signing_key(settings)
     store, ingest = build(settings)
     ingest.start()
     # Alerts: evaluated every alert_eval_interval_s and soon after ingest commits (the evaluator

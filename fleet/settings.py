@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,13 @@ class FleetSettings(BaseSettings):
                                          "than this are deleted")
     retention_chunk: int = Field(default=5000, ge=100, le=100_000, description="rows per transaction of the "
                                  "rollup and the deletes, so ingest never waits long")
+    # API authentication (fleet/auth/): the key signing bearer tokens, from POPKIT_SECRET_KEY or the
+    # file POPKIT_SECRET_KEY_FILE names; fleet.auth.secret.signing_key refuses a missing or weak one
+    # unless demo is set (then a random one is made per process, and logins end with it).
+    secret_key: SecretStr | None = Field(default=None, description="signs the API's tokens: 32+ random characters")
+    secret_key_file: str | None = Field(default=None, description="a file holding secret_key (e.g. a mounted secret)")
+    demo: bool = Field(default=False, description="local demo: a random signing key if none is given")
+    token_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86_400, description="how long a login lasts")
 
     @property
     def http_host(self) -> str:

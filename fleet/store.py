@@ -354,16 +354,26 @@ class Store:
                 id=cmd.id, device_id=device_id, action=cmd.action, args=cmd.args, ts_ms=cmd.ts,
                 expires_ms=cmd.expires, status="pending", requested_by=requested_by))
 
-    def audit(self, limit: int = 100, before_ms: int | None = None) -> list[dict]:
+    def audit(self, limit: int = 100, before_ms: int | None = None, kits: set[str] | None = None,
+              venues: set[str] | None = None, me: str | None = None) -> list[dict]:
         """Who did what to which device or alert, when, and how it ended: commands and alert
-        acknowledgements/resolutions by people, newest first (``before_ms``: the next page)."""
-        c, e, a = db.commands.c, db.alert_events.c, db.alerts.c
+        acknowledgements/resolutions by people, and every other change made through the API
+        (fleet/auth/audit.py), newest first (``before_ms``: the next page).
+        A crew or venue user's view: ``kits`` and ``venues`` they see (None: all), and ``me``, whose
+        own changes they always see."""
+        c, e, a, r = db.commands.c, db.alert_events.c, db.alerts.c, db.api_audit.c
         cq = select(db.commands).order_by(c.ts_ms.desc()).limit(limit)
         eq = (select(e.ts_ms, e.what, e.by, e.detail, a.id, a.rule, a.subject)
               .select_from(db.alert_events.join(db.alerts, a.id == e.alert_id))
               .where(e.what.in_(("acknowledged", "resolved")), e.by != "auto").order_by(e.ts_ms.desc()).limit(limit))
+        rq = select(db.api_audit).order_by(r.ts_ms.desc(), r.id.desc()).limit(limit)
         if before_ms is not None:
-            cq, eq = cq.where(c.ts_ms < before_ms), eq.where(e.ts_ms < before_ms)
+            cq, eq, rq = cq.where(c.ts_ms < before_ms), eq.where(e.ts_ms < before_ms), rq.where(r.ts_ms < before_ms)
+        if kits is not None or venues is not None:
+            kits, venues = sorted(kits or ()), sorted(venues or ())
+            cq = cq.where(c.device_id.in_(select(db.devices.c.id).where(db.devices.c.kit_id.in_(kits))))
+            eq = eq.where(a.kit_id.in_(kits))
+            rq = rq.where(r.kit_id.in_(kits) | r.venue_id.in_(venues) | (r.by == me))
         now = now_ms()
         with self.engine.connect() as conn:
             out = [dict(ts=r["ts_ms"], by=r["requested_by"], what=f"command {r['action']}", target=r["device_id"],
@@ -371,6 +381,8 @@ class Store:
                    for r in conn.execute(cq).mappings() for v in (_command_view(r, now),)]
             out += [dict(ts=r.ts_ms, by=r.by, what=f"alert {r.what}", target=r.subject, ref=str(r.id),
                          result=f"{r.rule}" + (f": {r.detail}" if r.detail else "")) for r in conn.execute(eq)]
+            out += [dict(ts=r.ts_ms, by=r.by, what=f"{r.method} {r.route}", target=r.path, ref=f"request {r.id}",
+                         result=str(r.status)) for r in conn.execute(rq)]
         return sorted(out, key=lambda x: x["ts"], reverse=True)[:limit]
 
     def commands(self, device_id: str, limit: int = 50, now: int | None = None) -> list[dict]:
@@ -534,14 +546,15 @@ class Store:
             q = q.where(t.kind == kind)
         return q.order_by(t.ts_ms, t.seq)
 
-    def attendance(self, event_id: str) -> dict | None:
-        """Who came in, through which scanner, and which tickets got in twice."""
+    def attendance(self, event_id: str, devices: set[str] | None = None) -> dict | None:
+        """Who came in, through which scanner, and which tickets got in twice; ``devices``: through
+        these scanners only (a crew user's), None: all."""
         c = db.checkins.c
+        q = select(c.ticket, c.verdict, c.device_id, c.scan_ms, c.hub_checked).where(c.event_id == event_id)
+        if devices is not None:
+            q = q.where(c.device_id.in_(sorted(devices)))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(c.ticket, c.verdict, c.device_id, c.scan_ms, c.hub_checked)
-                .where(c.event_id == event_id).order_by(c.scan_ms, c.id)
-            ).all()
+            rows = conn.execute(q.order_by(c.scan_ms, c.id)).all()
         if not rows:
             return None
         by_verdict: dict[str, int] = defaultdict(int)

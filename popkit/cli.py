@@ -20,6 +20,50 @@ def _fleet_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_user(args: argparse.Namespace) -> int:
+    """``popkit fleet user add|disable``: the API's users, straight in the fleet's database (the first
+    ops user has no one to ask through the API)."""
+    import re
+
+    from fleet.auth.passwords import MIN_LENGTH, hash_password, new_password
+    from fleet.auth.users import NAME_PATTERN, RESERVED_NAMES, UserStore
+    from fleet.settings import FleetSettings
+    from fleet.store import Store
+
+    if not re.match(NAME_PATTERN, args.name) or args.name in RESERVED_NAMES:
+        print(f"popkit fleet user: {args.name!r} is not a usable name (lower case letters, digits, . _ @ -; "
+              f"not {', '.join(sorted(RESERVED_NAMES))})", file=sys.stderr)
+        return 3
+    store = Store.open(args.db or FleetSettings().db_url)
+    try:
+        users = UserStore(store.engine)
+        if args.user_command == "disable":
+            if users.set_disabled(args.name) is None:
+                print(f"popkit fleet user: no user {args.name!r}", file=sys.stderr)
+                return 3
+            print(f"{args.name} disabled: every token of theirs stopped working")
+            return 0
+        if (args.kit and args.role != "crew") or (args.role == "crew" and not args.kit):
+            print("popkit fleet user: --kit is for crew users, and a crew user needs at least one", file=sys.stderr)
+            return 3
+        if (args.venue and args.role != "venue") or (args.role == "venue" and not args.venue):
+            print("popkit fleet user: --venue is for venue users, and a venue user needs at least one", file=sys.stderr)
+            return 3
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else new_password()
+        if len(password) < MIN_LENGTH:
+            print(f"popkit fleet user: the password needs at least {MIN_LENGTH} characters", file=sys.stderr)
+            return 3
+        users.put(args.name, args.role, kits=args.kit, venues=args.venue, password_hash=hash_password(password),
+                  disabled=False)
+    finally:
+        store.close()
+    scope = f" (kits {', '.join(args.kit)})" if args.kit else f" (venues {', '.join(args.venue)})" if args.venue else ""
+    print(f"{args.name}: {args.role}{scope}")
+    if not args.password_stdin:  # shown this once: it is stored only as its argon2id hash
+        print(f"password: {password}")
+    return 0
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     from agent.daemon import run_agent
     from agent.settings import AgentSettings
@@ -64,7 +108,7 @@ def _kit_provision(args: argparse.Namespace) -> int:
     import os
 
     from kits.manifest import ManifestError, load_manifest
-    from popkit.provision import ProvisionError, provision
+    from popkit.provision import ProvisionError, provision, register_kit
 
     try:
         manifest = load_manifest(args.manifest)
@@ -73,6 +117,14 @@ def _kit_provision(args: argparse.Namespace) -> int:
         done = provision(manifest, out, broker_host=host or args.broker, broker_port=int(port) if host else None,
                          rotate=tuple(args.rotate), revoke=tuple(args.revoke), tls=args.tls,
                          bridge_to=_bridge_target(args))
+        fleet = args.fleet or os.environ.get("POPKIT_FLEET_URL")
+        registered = None
+        if fleet:
+            token = os.environ.get("POPKIT_TOKEN")
+            if not token:
+                raise ProvisionError("registering with the fleet needs an ops token in POPKIT_TOKEN "
+                                     "(POST /api/v1/auth/token); the credentials are written, the kit is not registered")
+            registered = register_kit(Path(args.manifest).read_text(encoding="utf-8"), manifest.id, fleet, token)
     except (ManifestError, ProvisionError, ValueError) as exc:
         print(f"popkit kit provision: {exc}", file=sys.stderr)
         return 3
@@ -86,6 +138,8 @@ def _kit_provision(args: argparse.Namespace) -> int:
     if done.revoked or done.rotated:
         print("send the broker SIGHUP now: it reloads the files and disconnects what was revoked or rotated")
     print(f"device configs: {done.folder / 'devices'}/ (the fleet's: {done.fleet_file})")
+    if registered is not None:
+        print(f"registered with the fleet at {fleet}: kit {registered['id']!r}, {registered['devices_total']} devices")
     if args.bridge_to:
         print(f"bridge to the fleet broker: {done.conf_dir / 'bridge.conf'} (the kit broker's include_dir "
               f"{done.conf_dir}); the fleet broker needs account popkit-bridge-{manifest.id} from this folder")
@@ -221,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--share-group", help="MQTT shared-subscription group for several workers")
     serve.add_argument("--kit", action="append", help="register this kit manifest at start (repeatable)")
     serve.set_defaults(func=_fleet_serve)
+    user = fleet.add_parser("user", help="the API's users (ops, crew, venue)").add_subparsers(
+        dest="user_command", required=True)
+    uadd = user.add_parser("add", help="create a user, or reset one's role, scope and password")
+    uadd.add_argument("name")
+    uadd.add_argument("--role", required=True, choices=("ops", "crew", "venue"),
+                      help="ops: the whole fleet; crew: their kits; venue: their venues' lighting")
+    uadd.add_argument("--kit", action="append", default=[], help="a crew user's kit (repeatable)")
+    uadd.add_argument("--venue", action="append", default=[], help="a venue user's venue (repeatable)")
+    uadd.add_argument("--password-stdin", action="store_true",
+                      help="read the password from stdin instead of generating one (printed once)")
+    udis = user.add_parser("disable", help="stop a user signing in; their tokens stop working at once")
+    udis.add_argument("name")
+    for p_ in (uadd, udis):
+        p_.add_argument("--db", help="SQLAlchemy database URL of the fleet (POPKIT_DB_URL)")
+        p_.set_defaults(func=_fleet_user)
 
     agent = sub.add_parser("agent", help="the kit's Pi agent").add_subparsers(dest="agent_command", required=True)
     run = agent.add_parser("run", help="drive the kit's hardware and report to the fleet")
@@ -254,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--broker", default="127.0.0.1:8883", help="host:port the devices reach the broker at")
     prov.add_argument("--no-tls", dest="tls", action="store_false",
                       help="plain MQTT (a bench on loopback only: passwords would cross the network in clear)")
+    prov.add_argument("--fleet", metavar="URL", help="register the kit with the fleet API at URL (POPKIT_FLEET_URL); "
+                                                     "an ops token in POPKIT_TOKEN")
     prov.add_argument("--bridge-to", metavar="HOST:PORT", help="the fleet broker the kit broker bridges to (TLS)")
     prov.add_argument("--bridge-ca", metavar="FILE", help="the fleet broker's CA certificate, for --bridge-to")
     prov.add_argument("--rotate", action="append", default=[], metavar="DEVICE", help="new credentials for DEVICE")

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from popkit import RESTART_EXIT
 from popkit.broker import AmqttBroker, MosquittoBroker, embedded_broker, free_port, mosquitto_binary
+from popkit.demo_login import DEMO_USER, LOGIN_FILE, FleetSession, create_login
 
 READY_TIMEOUT_S = 30
 FIRMWARE_ROLES = ("scanner", "lighting")
@@ -117,7 +118,8 @@ def _start_broker(data_dir: Path, manifest, provisioned: bool):
     return broker, Access(f"{url}{creds.fleet_file}", f"{url}{creds.device_file(manifest.agent)}", devices, True)
 
 
-def _wait_ready(base: str, kit_id: str, procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> dict | None:
+def _wait_ready(session: FleetSession, kit_id: str, procs: dict[str, subprocess.Popen],
+                logs: dict[str, Path]) -> dict | None:
     """Poll the API until the kit shows every device online and a battery reading."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -126,8 +128,7 @@ def _wait_ready(base: str, kit_id: str, procs: dict[str, subprocess.Popen], logs
                 where = f"its console {_shown(logs[name])}" if name in logs else "its output above"
                 raise RuntimeError(f"{name} exited with code {proc.returncode}; see {where}")
         try:
-            with urllib.request.urlopen(f"{base}/api/v1/kits/{kit_id}", timeout=2) as r:
-                kit = json.load(r)
+            kit = session.get(f"/api/v1/kits/{kit_id}")
             if kit["devices_online"] == kit["devices_total"] and kit["battery"]:
                 return kit
         except OSError:
@@ -206,17 +207,14 @@ class Operator:
     controller's timeline (the fleet stores it and publishes it retained; renewed before it runs
     out) and revokes one ticket of the CSV at every scanner (POST .../revocations)."""
 
-    def __init__(self, base: str, lights: list[str], revoke: str | None):
-        self.base, self.lights, self.revoke = base, lights, revoke
+    def __init__(self, session: FleetSession, lights: list[str], revoke: str | None):
+        self.session, self.base, self.lights, self.revoke = session, session.base, lights, revoke
         self.versions: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-operator", daemon=True)
 
     def _call(self, method: str, path: str, body: dict) -> dict:
-        req = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.load(r)
+        return self.session.call(method, path, body)  # signed in as the demo's ops user
 
     def push_timelines(self) -> None:
         for dev in self.lights:
@@ -278,7 +276,8 @@ class Bench:
                 p.close()
 
 
-def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: str, access: Access | None = None) -> Bench:
+def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: FleetSession | str = "",
+                 access: Access | None = None) -> Bench:
     """Simulators, configs and tickets for the manifest's scanners and lighting controllers."""
     from popkit.mqtt import parse_mqtt_url
     from simulators.dmx import DmxReceiver
@@ -325,7 +324,9 @@ def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: str, access: Acc
         path = home / f"{spec.role}.json"
         _write_private(path, json.dumps(cfg, indent=1) + "\n")  # a scanner's holds the event key
         bench.configs[spec.id] = path
-    if lights or bench.tickets:
+    # The operator calls the fleet's API as the demo's ops user; without a session (``popkit kit up``
+    # has no fleet of its own) there is none.
+    if isinstance(base, FleetSession) and (lights or bench.tickets):
         bench.operator = Operator(base, lights, bench.tickets.revoked if bench.tickets else None)
     return bench
 
@@ -383,10 +384,16 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
     # Own sessions: Ctrl-C reaches only us, and we stop the parts in order (producers first).
     spawn = dict(start_new_session=True)
     logs: dict[str, Path] = {}  # firmware device -> its console log
+    # The fleet as the demo: a random signing key unless one is given (POPKIT_DEMO), and an ops user
+    # with a fresh password for the dashboard and for the demo's own API calls (popkit/demo_login.py).
+    base = f"http://{http}"
+    db_url = f"sqlite:///{data_dir / 'fleet.db'}"
+    password = create_login(db_url, data_dir)
+    session = FleetSession(base, DEMO_USER, password)
     try:
         procs["fleet"] = subprocess.Popen(
-            _popkit("fleet", "serve", "--mqtt", access.fleet, "--db", f"sqlite:///{data_dir / 'fleet.db'}", "--http", http,
-                    "--kit", kit, "--client-id", "popkit-demo-fleet"), **spawn)
+            _popkit("fleet", "serve", "--mqtt", access.fleet, "--db", db_url, "--http", http,
+                    "--kit", kit, "--client-id", "popkit-demo-fleet"), env=dict(os.environ, POPKIT_DEMO="1"), **spawn)
         def start_agent() -> subprocess.Popen:
             return subprocess.Popen(_popkit("agent", "run", "--kit", kit, "--mqtt", access.agent, "--data",
                                             str(data_dir / "agent"), "--simulate"), **spawn)
@@ -405,7 +412,7 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
         if esp32s and why_not is None:
             from popkit.firmware import read_manifest
 
-            bench = set_up_bench(manifest, mqtt_url, data_dir, f"http://{http}", access)
+            bench = set_up_bench(manifest, mqtt_url, data_dir, session, access)
             (data_dir / "logs").mkdir(exist_ok=True)
             for spec in esp32s:
                 logs[spec.id] = data_dir / "logs" / f"{spec.id}.log"
@@ -423,8 +430,8 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
             names = ", ".join(d.id for d in esp32s)
             print(f"device   {names}: SIMULATED IN PYTHON (simulators/devices.py, fw sim-0.1.0), NOT the firmware,\n"
                   f"         because {why_not}", file=sys.stderr, flush=True)
-        base = f"http://{http}"
         print(f"fleet    {base}/  (API {base}/api/v1/kits, OpenAPI {base}/docs, metrics {base}/metrics)")
+        print(f"sign in  {base}/ as {DEMO_USER}, password {password}  (also in {_shown(data_dir / LOGIN_FILE)})")
         if bench.tickets is not None:
             t = bench.tickets
             here = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
@@ -433,7 +440,7 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
             print(f"tickets  {_shown(t.csv)} ({DEMO_TICKETS}; {t.revoked} gets revoked through the fleet), key {_shown(t.key_file)}; "
                   f"hold one up:\n         {here} -m simulators.scanner 127.0.0.1:{bench.feed.port} '{t.payloads[0]}'")
         print(f"data     {data_dir.resolve()}", flush=True)
-        ready = _wait_ready(base, manifest.id, procs, logs)
+        ready = _wait_ready(session, manifest.id, procs, logs)
         if ready:
             b = ready["battery"]
             print(f"kit {manifest.id!r} is up: {ready['devices_online']}/{ready['devices_total']} devices online, "

@@ -17,6 +17,10 @@ from popkit.broker import MosquittoBroker, mosquitto_binary
 REPO = Path(__file__).resolve().parent.parent
 DEMO_KIT = REPO / "kits" / "examples" / "demo.toml"
 PG_ADMIN_URL = os.environ.get("POPKIT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The fleet refuses to start without a signing key (fleet/auth/secret.py): the tests run it as a
+# deployment would, with a random one (inherited by the `popkit fleet serve` processes they start).
+# tests/test_api_auth.py removes it where it checks the refusal.
+os.environ.setdefault("POPKIT_SECRET_KEY", secrets.token_urlsafe(32))
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
@@ -46,7 +50,7 @@ def broker(tmp_path):
 class Fleet:
     store: object
     ingest: object
-    api: object  # fastapi TestClient
+    api: object  # fastapi TestClient, signed in as an ops user (fleet.auth.testing.ops_client)
     settings: object
 
     def wait_ingested(self, n: int, timeout: float = 20.0) -> None:
@@ -55,9 +59,8 @@ class Fleet:
 
 
 def start_fleet(mqtt_url: str, db_url: str, client_id: str | None = None, kits=(DEMO_KIT,)) -> Fleet:
-    from fastapi.testclient import TestClient
-
     from fleet.api.app import create_app
+    from fleet.auth.testing import ops_client
     from fleet.service import build
     from fleet.settings import FleetSettings
 
@@ -66,7 +69,7 @@ def start_fleet(mqtt_url: str, db_url: str, client_id: str | None = None, kits=(
     store, ingest = build(settings)
     ingest.start()
     assert ingest.connected.wait(10), "fleet did not connect to the broker"
-    return Fleet(store, ingest, TestClient(create_app(store, ingest)), settings)
+    return Fleet(store, ingest, ops_client(create_app(store, ingest)), settings)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from fleet.alerts import AlertConfig, Firing, evaluate
+from fleet.auth.testing import client_as
 from kits.contract import BatteryTelemetry, Event, PrinterTelemetry, State, encode
 from tests.conftest import publisher, start_fleet, wait_until
 
@@ -218,19 +219,21 @@ def test_acknowledge_and_resolve_through_the_api(fleet, sim):
     low = alerts(fleet, rule="low_soc")[0]
     paper = alerts(fleet, rule="paper_out")[0]
 
-    r = fleet.api.post(f"/api/v1/alerts/{low['id']}/acknowledge", json={"by": "ops-anna", "note": "on my way"})
+    # Who acknowledges or resolves is the signed-in user (a "by" in the body is ignored).
+    anna, bob = client_as(fleet.api.app, "ops-anna"), client_as(fleet.api.app, "ops-bob")
+    r = anna.post(f"/api/v1/alerts/{low['id']}/acknowledge", json={"by": "someone-else", "note": "on my way"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["state"] == "acknowledged" and body["acknowledged_by"] == "ops-anna"
     assert body["history"][-1] == {"ts": body["acknowledged_ms"], "what": "acknowledged", "by": "ops-anna",
                                    "detail": "on my way"}
-    again = fleet.api.post(f"/api/v1/alerts/{low['id']}/acknowledge", json={"by": "ops-bob"})
+    again = bob.post(f"/api/v1/alerts/{low['id']}/acknowledge", json={})
     assert again.status_code == 200 and again.json()["acknowledged_by"] == "ops-anna"
     # Still firing: it stays acknowledged (and is updated), it does not reopen.
     evaluate(fleet.store, now_ms(), CFG)
     assert fleet.api.get(f"/api/v1/alerts/{low['id']}").json()["state"] == "acknowledged"
 
-    r = fleet.api.post(f"/api/v1/alerts/{paper['id']}/resolve", json={"by": "ops-anna", "note": "new roll"})
+    r = anna.post(f"/api/v1/alerts/{paper['id']}/resolve", json={"note": "new roll"})
     assert r.status_code == 200 and r.json()["state"] == "resolved" and r.json()["resolved_by"] == "ops-anna"
     r = fleet.api.post(f"/api/v1/alerts/{paper['id']}/resolve", json={"by": "ops-anna"})
     assert r.status_code == 409 and "resolved already" in r.json()["detail"]
@@ -240,7 +243,7 @@ def test_acknowledge_and_resolve_through_the_api(fleet, sim):
     assert fleet.api.get("/api/v1/alerts/999999").status_code == 404
     assert fleet.api.post(f"/api/v1/alerts/{low['id']}/resolve", json={"by": ""}).status_code == 422
     assert fleet.api.post(f"/api/v1/alerts/{low['id']}/resolve", json={"by": "auto"}).status_code == 422
-    assert fleet.api.post(f"/api/v1/alerts/{low['id']}/resolve", json={}).status_code == 422
+    assert fleet.api.post(f"/api/v1/alerts/{low['id']}/resolve", json={"who": "x"}).status_code == 422
     assert fleet.api.get("/api/v1/alerts", params={"state": "sleeping"}).status_code == 422
     assert fleet.api.get("/api/v1/alerts", params={"rule": "nope"}).status_code == 422
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
+from fleet.auth.testing import ops_client
 
 from fleet.api.app import create_app
 from fleet.store import Batch, LedgerMessage, Store
@@ -24,7 +24,7 @@ def api(tmp_path):
     store.write_batch(Batch(ledger=[reading(s, 1_000_000 + s * 1000) for s in range(1, 26)],
                             states=[("demo-agent", State(boot="beef01", seq=0, ts=1, online=True, role="agent")),
                                     ("demo-power", State(boot="beef01", seq=0, ts=1, online=True, role="powerbank"))]))
-    yield TestClient(create_app(store))
+    yield ops_client(create_app(store))
     store.close()
 
 

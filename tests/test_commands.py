@@ -229,14 +229,13 @@ def test_oversize_payloads_are_413_and_change_nothing(fleet, collect):
 
 
 def test_without_a_broker_connection_pushing_is_503(tmp_path):
-    from fastapi.testclient import TestClient
-
     from fleet.api.app import create_app
+    from fleet.auth.testing import ops_client
 
     store = Store.open(f"sqlite:///{tmp_path / 'nobroker.db'}")
     try:
         store.register_kit(load_manifest(DEMO_KIT))
-        api = TestClient(create_app(store))
+        api = ops_client(create_app(store))
         r = api.post(f"/api/v1/devices/{SCANNER}/commands", json={"action": "identify"})
         assert r.status_code == 503 and "broker" in r.json()["detail"]
         assert api.get(f"/api/v1/devices/{SCANNER}/config").json()["in_sync"] is True  # nothing desired
@@ -252,15 +251,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_cli_tickets_revoke_pushes_through_the_api(fleet, collect, capsys):
+def test_cli_tickets_revoke_pushes_through_the_api(fleet, collect, capsys, monkeypatch):
     import uvicorn
 
     from fleet.api.app import create_app
+    from fleet.auth.testing import token_as
     from popkit.cli import main
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(fleet.store, fleet.ingest), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    app = create_app(fleet.store, fleet.ingest)
+    monkeypatch.delenv("POPKIT_TOKEN", raising=False)
+    assert main(["tickets", "revoke", "--event", "evt-1", "a1", "--fleet", "http://127.0.0.1:9"]) == 2
+    assert "POPKIT_TOKEN" in capsys.readouterr().err
+    monkeypatch.setenv("POPKIT_TOKEN", token_as(app, "crew-at-the-door", "crew", kits=["demo"]))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -332,15 +336,19 @@ def test_republish_sends_every_stored_config_again(fleet, collect):
 def test_the_audit_log_says_who_sent_what_to_which_device_and_how_it_ended(fleet, broker, collect):
     from fleet.alerts import AlertConfig, evaluate
 
+    from fleet.auth.testing import client_as
+
     seen = collect("popkit/v1/demo/demo-lights-1/cmd")
-    r = fleet.api.post("/api/v1/devices/demo-lights-1/commands", json={"action": "identify", "by": "ops-anna"})
+    # Who asked is the signed-in user: a "by" in the body is ignored.
+    anna, bo = client_as(fleet.api.app, "ops-anna"), client_as(fleet.api.app, "ops-bo")
+    r = anna.post("/api/v1/devices/demo-lights-1/commands", json={"action": "identify", "by": "ops-bob"})
     assert r.status_code == 202 and r.json()["requested_by"] == "ops-anna"
     cmd_id = r.json()["id"]
     wait_until(lambda: seen.on("/cmd"), what="the command at the device")
-    anon = fleet.api.post("/api/v1/devices/demo-printer/commands", json={"action": "identify"}).json()
-    assert anon["requested_by"] == "api"
+    other = fleet.api.post("/api/v1/devices/demo-printer/commands", json={"action": "identify"}).json()
+    assert other["requested_by"] == "ops-test"
     log = fleet.api.get("/api/v1/audit").json()
-    assert {(e["by"], e["what"], e["target"]) for e in log[:2]} == {("api", "command identify", "demo-printer"),
+    assert {(e["by"], e["what"], e["target"]) for e in log[:2]} == {("ops-test", "command identify", "demo-printer"),
                                                                     ("ops-anna", "command identify", "demo-lights-1")}
     [mine] = [e for e in log if e["ref"] == cmd_id]
     assert mine["result"] == "pending"
@@ -356,7 +364,7 @@ def test_the_audit_log_says_who_sent_what_to_which_device_and_how_it_ended(fleet
     wait_until(lambda: evaluate(fleet.store, None, AlertConfig()) and fleet.api.get("/api/v1/alerts?rule=paper_out").json()["items"],
                what="a paper-out alert")
     [alert] = fleet.api.get("/api/v1/alerts?rule=paper_out").json()["items"]
-    assert fleet.api.post(f"/api/v1/alerts/{alert['id']}/acknowledge", json={"by": "ops-bo"}).status_code == 200
+    assert bo.post(f"/api/v1/alerts/{alert['id']}/acknowledge", json={}).status_code == 200
     top = fleet.api.get("/api/v1/audit?limit=1").json()[0]
     assert (top["by"], top["what"], top["target"], top["ref"]) == ("ops-bo", "alert acknowledged", "demo-printer", str(alert["id"]))
     older = fleet.api.get(f"/api/v1/audit?before={log[0]['ts']}").json()

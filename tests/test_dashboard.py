@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet.auth.passwords import hash_password, new_password
+from fleet.auth.testing import token_as
 from fleet.events_bus import MAILBOX_MAX, EventBus
 from kits.contract import Ack, BatteryTelemetry, State, decode, encode, topic
 from popkit.broker import free_port
@@ -56,6 +58,11 @@ class LiveFleet:
         self.ingest.start()
         assert self.ingest.connected.wait(10), "fleet did not connect to the broker"
         self.app = create_app(self.store, self.ingest)
+        # An ops user with a password, to sign in through the page's form; the token for the rest.
+        self.user, self.password = "dash-ops", new_password()
+        self.app.state.auth.users.put(self.user, "ops", password_hash=hash_password(self.password))
+        self.token = token_as(self.app, self.user)
+        self.auth = {"Authorization": f"Bearer {self.token}"}
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
@@ -67,7 +74,7 @@ class LiveFleet:
     def get(self, path: str):
         import httpx
 
-        return httpx.get(self.base + path, timeout=5)
+        return httpx.get(self.base + path, timeout=5, headers=self.auth)
 
     def close(self) -> None:
         self.server.should_exit = True
@@ -206,7 +213,7 @@ def read_events(lines, until: str, timeout: float, out: list) -> None:
 def test_stream_tells_every_client_which_kit_and_device_changed_and_forgets_them_on_disconnect(live, broker):
     import httpx
 
-    clients = [httpx.Client(base_url=live.base, timeout=10) for _ in range(3)]
+    clients = [httpx.Client(base_url=live.base, timeout=10, headers=live.auth) for _ in range(3)]
     streams = [c.stream("GET", "/api/v1/stream") for c in clients]
     responses = [s.__enter__() for s in streams]
     lines = [r.iter_lines() for r in responses]
@@ -238,7 +245,7 @@ def test_a_quiet_stream_is_pinged(live, monkeypatch):
     from fleet.api.routes import stream
 
     monkeypatch.setattr(stream, "PING_S", 0.3)
-    with httpx.stream("GET", live.base + "/api/v1/stream", timeout=5) as r:
+    with httpx.stream("GET", live.base + "/api/v1/stream", timeout=5, headers=live.auth) as r:
         lines = r.iter_lines()
         read_events(lines, "hello", 5, [])
         t0 = time.monotonic()
@@ -260,8 +267,24 @@ def test_page_and_its_assets_are_served_without_a_cdn(live):
 
 # ---------------------------------------------------------------- in a real browser
 
+class SignedInBrowser:
+    """A browser whose pages carry the fleet's sign-in cookie (as after the form; one test uses the form)."""
+
+    def __init__(self, browser, live: LiveFleet):
+        self.raw, self.live = browser, live
+
+    def new_context(self, **kwargs):
+        ctx = self.raw.new_context(**kwargs)
+        ctx.add_cookies([{"name": "popkit_token", "value": self.live.token, "url": self.live.base, "httpOnly": True,
+                          "sameSite": "Strict"}])
+        return ctx
+
+    def new_page(self, **kwargs):
+        return self.new_context(**kwargs).new_page()
+
+
 @pytest.fixture
-def browser():
+def browser(live):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -272,8 +295,36 @@ def browser():
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        yield b
+        yield SignedInBrowser(b, live)
         b.close()
+
+
+def test_signing_in_through_the_form_shows_the_fleet_and_signing_out_shows_the_form_again(live, browser):
+    """No cookie: the page asks to sign in; a wrong password says so; the right one shows the kits;
+    the token is in an HttpOnly cookie (no script sees it, nothing in localStorage); signing out ends it."""
+    page = browser.raw.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live.base + "/")
+    form = page.locator('[data-testid="login-form"]')
+    form.wait_for(state="visible", timeout=5000)
+    assert page.locator('[data-testid="overview"]').is_hidden()
+    form.locator('input[name="username"]').fill(live.user)
+    form.locator('input[name="password"]').fill("not-the-password")
+    form.locator('button[type="submit"]').click()
+    page.wait_for_selector('[data-testid="login-status"][data-error="true"]', timeout=5000)
+    assert "incorrect" in page.locator('[data-testid="login-status"]').inner_text()
+    form.locator('input[name="password"]').fill(live.password)
+    form.locator('button[type="submit"]').click()
+    page.wait_for_selector(f'[data-testid="kit-{KIT}"]', timeout=5000)
+    assert live.user in page.locator('[data-testid="user-name"]').inner_text()
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "popkit_token"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert page.evaluate("document.cookie") == "" and page.evaluate("localStorage.length") == 0
+    page.click('[data-testid="logout"]')
+    form.wait_for(state="visible", timeout=5000)
+    assert not [c for c in page.context.cookies() if c["name"] == "popkit_token"]
+    assert not errors, errors
 
 
 def dev_sel(device: str, online: bool | None = None, scope: str = "") -> str:
@@ -405,7 +456,7 @@ def test_identify_shows_the_commands_status_from_the_devices_ack(live, broker, b
         page.wait_for_selector(f'[data-testid="cmd-{ACKER}"][data-status="ok"]', timeout=5000)
         assert "reboot" in status.inner_text()
         audit = live.get("/api/v1/audit").json()
-        assert audit[0]["what"] == "command reboot" and audit[0]["by"] == "dashboard" and audit[0]["target"] == ACKER
+        assert audit[0]["what"] == "command reboot" and audit[0]["by"] == live.user and audit[0]["target"] == ACKER
     finally:
         device.close()
         pub.disconnect()
@@ -455,7 +506,7 @@ def test_an_alert_is_acknowledged_then_resolved_from_the_kit_page(live, broker, 
         assert row.get_attribute("data-state") == "open"
         row.locator('[data-alert-action="acknowledge"]').click()
         page.wait_for_selector(f'[data-testid="alert-{alert["id"]}"][data-state="acknowledged"]', timeout=5000)
-        assert live.get(f"/api/v1/alerts/{alert['id']}").json()["acknowledged_by"] == "dashboard"
+        assert live.get(f"/api/v1/alerts/{alert['id']}").json()["acknowledged_by"] == live.user
         row.locator('[data-alert-action="resolve"]').click()
         page.wait_for_selector(f'[data-testid="alert-{alert["id"]}"]', state="detached", timeout=5000)
         assert live.get(f"/api/v1/alerts/{alert['id']}").json()["state"] == "resolved"
@@ -473,7 +524,7 @@ def test_a_venue_page_shows_each_zones_day_and_an_override_from_it_reaches_the_c
     import httpx
 
     def put(path: str, body: dict) -> None:
-        r = httpx.put(live.base + path, json=body, timeout=5)
+        r = httpx.put(live.base + path, json=body, timeout=5, headers=live.auth)
         assert r.status_code == 200, r.text
 
     v = "/api/v1/venues/hall"
@@ -500,18 +551,18 @@ def test_a_venue_page_shows_each_zones_day_and_an_override_from_it_reaches_the_c
     assert page.locator('[data-testid="zone-exit"] rect[data-layer="floor"]').count() >= 1  # open: the floor
     assert page.locator(f'[data-testid="controller-{ACKER}"]').get_attribute("data-in-sync") == "false"  # nobody applies
 
-    before = httpx.get(f"{live.base}/api/v1/devices/{ACKER}/config").json()["version"]
+    before = live.get(f"/api/v1/devices/{ACKER}/config").json()["version"]
     page.select_option('[data-testid="override-form"] select[name="scene"]', "bright")
     page.click('[data-testid="override-form"] button[type="submit"]')
     page.wait_for_selector('[data-testid="override-status"][data-ok="true"]', timeout=5000)
     page.wait_for_selector('[data-testid^="override-o-"]', timeout=5000)
-    assert httpx.get(f"{live.base}{v}/preview").json()["zones"]["stage"]["layer"] == "override"
-    assert httpx.get(f"{live.base}/api/v1/devices/{ACKER}/config").json()["version"] == before + 1
+    assert live.get(f"{v}/preview").json()["zones"]["stage"]["layer"] == "override"
+    assert live.get(f"/api/v1/devices/{ACKER}/config").json()["version"] == before + 1
     page.wait_for_selector('[data-testid="zone-stage"] rect[data-layer="override"]', timeout=5000)
     page.click('button[data-span="168"]')
     page.wait_for_selector('button[data-span="168"][aria-pressed="true"]', timeout=5000)
     page.screenshot(path=str(ARTIFACTS / "dashboard-venue.png"), full_page=True)
     page.click('[data-end-override]')
     page.wait_for_selector('[data-testid^="override-o-"]', state="detached", timeout=5000)
-    assert httpx.get(f"{live.base}{v}/preview").json()["zones"]["stage"]["layer"] == "schedule"
+    assert live.get(f"{v}/preview").json()["zones"]["stage"]["layer"] == "schedule"
     assert not errors, errors

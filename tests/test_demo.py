@@ -13,21 +13,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from popkit.broker import free_port, mosquitto_binary
+from popkit.demo_login import LOGIN_FILE, FleetSession, read_login
 from tests.conftest import wait_until
-
-
-def get_json(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return json.load(r)
-    except OSError:
-        return None
 
 
 def children_of(pid: int) -> list[int]:
@@ -62,6 +56,8 @@ class Demo:
     def __init__(self, data: Path, **env: str):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.data = data
+        self.session: FleetSession | None = None  # signed in as the demo's ops user, once it made one
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "popkit.cli", "demo", "--http", f"127.0.0.1:{self.port}",
                                       "--data", str(data)], env=dict(os.environ, **env), stdout=subprocess.PIPE,
@@ -75,7 +71,12 @@ class Demo:
         return "".join(self.lines)
 
     def api(self, path: str):
-        return get_json(f"{self.base}/api/v1/{path}")
+        try:
+            if self.session is None:
+                self.session = FleetSession(self.base, *read_login(self.data))
+            return self.session.get(f"/api/v1/{path}")
+        except (OSError, KeyError, ValueError):
+            return None
 
     def wait_up(self) -> dict:
         def up() -> dict | None:
@@ -116,6 +117,15 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
         assert 0 < kit["battery"]["soc"] <= 100 and 11 < kit["battery"]["v"] < 14
         page = urllib.request.urlopen(f"{demo.base}/", timeout=2).read().decode()
         assert "PopKit fleet" in page
+        # The dashboard's login: a fresh password, owner-only in the data folder and shown once on the console.
+        login = data / LOGIN_FILE
+        assert stat.S_IMODE(login.stat().st_mode) == 0o600
+        user, password = read_login(data)
+        assert user == "demo-ops" and len(password) >= 20 and demo.out.count(password) == 1
+        assert re.search(rf"sign in .*{demo.base}/ as demo-ops, password ", demo.out)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the API itself wants a signed-in user
+            urllib.request.urlopen(f"{demo.base}/api/v1/kits", timeout=2)
+        assert refused.value.code == 401
 
         # The scanner and the lighting controller are the firmware, in the unix-port micropython.
         devices = {d["id"]: d for d in kit["devices"]}
@@ -174,10 +184,7 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
 
         # A reboot from the fleet: the controller resets (exit RESTART_EXIT) and the demo, its
         # supervisor, starts it again; it comes back with a new boot.
-        req = urllib.request.Request(f"{demo.base}/api/v1/devices/demo-lights-1/commands", method="POST",
-                                     data=json.dumps({"action": "reboot", "by": "test"}).encode(),
-                                     headers={"content-type": "application/json"})
-        assert urllib.request.urlopen(req, timeout=5).status == 202
+        assert demo.session.call("POST", "/api/v1/devices/demo-lights-1/commands", {"action": "reboot"})["action"] == "reboot"
         wait_until(lambda: "restart  demo-lights-1" in demo.out, timeout=15, what="the demo restarting the controller")
         wait_until(lambda: (d := demo.api("devices/demo-lights-1")) and d["online"] and d["boot"] != lights["boot"],
                    timeout=20, interval=0.5, what="the controller back online with a new boot")

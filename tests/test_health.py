@@ -270,7 +270,7 @@ def test_a_device_that_stops_sending_without_a_will_turns_silent_then_offline_by
 
 
 def test_the_kit_list_costs_the_same_few_queries_for_one_kit_or_many(tmp_path):
-    from fastapi.testclient import TestClient
+    from fleet.auth.testing import ops_client
     from sqlalchemy import event
 
     from fleet.api.app import create_app
@@ -278,7 +278,7 @@ def test_the_kit_list_costs_the_same_few_queries_for_one_kit_or_many(tmp_path):
     from kits.manifest import parse_manifest
 
     store = Store.open(f"sqlite:///{tmp_path / 'q.db'}")
-    api = TestClient(create_app(store))
+    api = ops_client(create_app(store))
     seen: list[str] = []
     event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
 

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from fastapi.testclient import TestClient
+from fleet.auth.testing import ops_client
 
 from fleet.api.app import create_app
 from fleet.api.schemas import KitOut, KitPageOut
@@ -60,7 +60,7 @@ def fleet(tmp_path):
 
 
 def test_the_overview_is_paged_filtered_and_searched_by_the_fleet(fleet):
-    api = TestClient(create_app(fleet))
+    api = ops_client(create_app(fleet))
     first = api.get("/api/v1/kits", params={"limit": 5}).json()
     assert [k["id"] for k in first["items"]] == ["k00", "k01", "k02", "k03", "k04"]
     assert (first["total"], first["offset"], first["next_offset"]) == (KITS, 0, 5)
@@ -87,7 +87,7 @@ def test_the_overview_is_paged_filtered_and_searched_by_the_fleet(fleet):
 
 
 def test_bad_list_parameters_are_refused_with_the_reason(fleet):
-    api = TestClient(create_app(fleet))
+    api = ops_client(create_app(fleet))
     for params, word in (({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"offset": -1}, "offset"),
                          ({"state": "sideways"}, "state"), ({"status": "fine"}, "status"), ({"sort": "size"}, "sort")):
         r = api.get("/api/v1/kits", params=params)
@@ -95,7 +95,7 @@ def test_bad_list_parameters_are_refused_with_the_reason(fleet):
 
 
 def test_every_served_view_is_what_the_openapi_promises(fleet):
-    api = TestClient(create_app(fleet))
+    api = ops_client(create_app(fleet))
     page = api.get("/api/v1/kits", params={"limit": 1000}).json()
     KitPageOut.model_validate(page)
     for kit in page["items"]:
@@ -111,7 +111,7 @@ def test_every_served_view_is_what_the_openapi_promises(fleet):
 
 
 def test_a_write_shows_at_once_on_the_kit_page_and_in_the_list(fleet):
-    api = TestClient(create_app(fleet))
+    api = ops_client(create_app(fleet))
     assert api.get("/api/v1/kits/k00").json()["devices_online"] == 3
     assert api.get("/api/v1/kits", params={"state": "online"}).json()["total"] == 4
     fleet.write_batch(Batch(states=[state("k00-door", "scanner", online=False, ts=2)]))
@@ -128,7 +128,7 @@ def test_a_write_shows_at_once_on_the_kit_page_and_in_the_list(fleet):
 
 def test_with_the_refresher_running_the_list_follows_writes_within_moments(fleet):
     app = create_app(fleet)
-    with TestClient(app) as api:  # the lifespan starts the refresher thread
+    with ops_client(app) as api:  # the lifespan starts the refresher thread
         views: KitViews = app.state.views
         wait_until(lambda: views.stats.full_passes >= 1, what="the first full pass")
         assert api.get("/api/v1/kits", params={"state": "offline"}).json()["total"] == 4

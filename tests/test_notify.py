@@ -159,7 +159,7 @@ def test_retries_on_500_then_delivers(store, webhook):
 
 
 def test_giving_up_is_counted_recorded_and_tried_again_a_repeat_interval_later(store, webhook):
-    from fastapi.testclient import TestClient
+    from fleet.auth.testing import ops_client
 
     from fleet.api.app import create_app
 
@@ -174,7 +174,7 @@ def test_giving_up_is_counted_recorded_and_tried_again_a_repeat_interval_later(s
     alert = store.get_alert(alert_id)
     assert alert["history"][-1]["what"] == "notify_failed" and "HTTP 500" in alert["history"][-1]["detail"]
     assert alert["notify_count"] == 0
-    metrics = TestClient(create_app(store)).get("/metrics").text
+    metrics = ops_client(create_app(store)).get("/metrics").text
     assert f"popkit_notifications_failed_total {before + 1}" in metrics
     assert 'popkit_alerts_open{rule="paper_out",severity="critical"} 1' in metrics
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from fastapi.testclient import TestClient
+from fleet.auth.testing import ops_client
 from sqlalchemy import func, select
 
 from fleet import db
@@ -326,7 +326,7 @@ def test_settings_defaults_and_environment(monkeypatch):
 
 @pytest.fixture
 def api(store):
-    return TestClient(create_app(store))
+    return ops_client(create_app(store))
 
 
 URL = f"/api/v1/devices/{POWER}/telemetry"

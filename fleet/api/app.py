@@ -1,4 +1,7 @@
-"""The FastAPI application: routers by resource, the store and ingest worker on app.state."""
+"""The FastAPI application: routers by resource, the store and ingest worker on app.state.
+
+Every route but PUBLIC needs a signed-in user (fleet/auth/): create_app refuses to build an app with
+a route that is not guarded, or with a path parameter that has no scope check."""
 
 from __future__ import annotations
 
@@ -7,8 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from fleet.api.routes import (audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations,
-                               stream, venues)
+                               stream, users, venues)
 from fleet.api.routes import alerts as alert_routes
+from fleet.api.routes import auth as auth_routes
+from fleet.auth.audit import ApiAudit, AuditMiddleware
+from fleet.auth.deps import check_routes
+from fleet.auth.login import Auth
+from fleet.auth.secret import signing_key
+from fleet.auth.users import UserStore
 from fleet.commands import Publisher
 from fleet.events_bus import EventBus
 from fleet.health import HealthConfig
@@ -19,9 +28,16 @@ from fleet.store import Store
 from fleet.venues.delivery import VenueLighting
 
 
+# Open to anyone: liveness (no data but for ops), the dashboard's shell (it signs in through the API),
+# and signing in. (The OpenAPI schema and /docs are Starlette routes, not these, and are public too.)
+PUBLIC = {"/healthz", "/", "/static/{name}", "/api/v1/auth/token"}
+
+
 def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher | None = None,
                settings: FleetSettings | None = None) -> FastAPI:
+    """The app. Raises fleet.auth.secret.InsecureSecret without a usable signing key (outside demo mode)."""
     settings = settings or (ingest.settings if ingest is not None else FleetSettings())
+    key = signing_key(settings)
     views = KitViews(store, HealthConfig.from_settings(settings), refresh_s=settings.view_refresh_s,
                      max_age_s=settings.view_max_age_s)
 
@@ -51,8 +67,11 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     app.state.venue_lighting = VenueLighting(store, lambda: app.state.publisher, horizon_h=settings.venue_horizon_h,
                                              repush_before_h=settings.venue_repush_before_h,
                                              max_config=settings.lighting_max_config)
+    app.state.auth = Auth(key, UserStore(store.engine), ttl_s=settings.token_ttl_s)
+    app.add_middleware(AuditMiddleware, audit=ApiAudit(store.engine), store=store)
     app.include_router(alert_routes.router)  # fleet/alerts.py: GET /api/v1/alerts, acknowledge, resolve
     for module in (kits, devices, commands, config, events, revocations, dead_letters, health, audit, stream, venues,
-                   pages):
+                   auth_routes, users, pages):
         app.include_router(module.router)
+    check_routes(app.routes, PUBLIC)
     return app

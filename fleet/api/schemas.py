@@ -205,8 +205,8 @@ class CommandIn(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     ttl_s: int = Field(default=DEFAULT_TTL_S, ge=1, le=MAX_TTL_S,
                        description="seconds until the command expires; a device never runs it after that")
-    by: str = Field(default="api", min_length=1, max_length=63,
-                    description="who asks, for the audit log (until the API authenticates its callers)")
+    by: str = Field(default="api", min_length=1, max_length=63, deprecated=True,
+                    description="ignored: the audit log records the signed-in user as who asked")
 
 
 class CommandOut(BaseModel):
@@ -275,7 +275,47 @@ class CheckinOut(BaseModel):
 class AuditOut(BaseModel):
     ts: int = Field(description="when, ms since the epoch")
     by: str | None = Field(description="who (null: a command sent before the fleet recorded it)")
-    what: str = Field(description="command <action> | alert acknowledged | alert resolved")
-    target: str = Field(description="the device (or kit) it was about")
-    ref: str = Field(description="the command's or the alert's id")
+    what: str = Field(description="command <action> | alert acknowledged | alert resolved | "
+                      "<METHOD> <route> (any other change made through the API)")
+    target: str = Field(description="the device (or kit) it was about; for another change, the path changed")
+    ref: str = Field(description="the command's or the alert's id; \"request N\" for another change")
     result: str
+
+
+# ---------------------------------------------------------------- refusals
+
+# The largest integer the database holds (SQLite and PostgreSQL BIGINT): ids, cursors and times past it
+# are refused with 422 (they would not even reach the query).
+DB_INT_MAX = 2**63 - 1
+
+
+class ErrorOut(BaseModel):
+    """A refusal: ``detail`` says why."""
+
+    detail: str
+
+
+class FieldErrorOut(BaseModel):
+    loc: list[str | int] = Field(description='where: ["body", "outputs", 0, "controller"], ["query", "at"], ...')
+    msg: str
+    type: str
+
+
+class InvalidOut(BaseModel):
+    """A 422: the request's fields refused, each with where and why (FastAPI's, and the routes' own
+    checks in the same shape), or, from a route that checks what no model can, a message."""
+
+    detail: list[FieldErrorOut] | str
+
+
+def refusals(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for what a route itself refuses with: each status code and what it means. (A 422
+    given here replaces FastAPI's own in the schema: its body may be either shape.)"""
+    return {code: {"model": InvalidOut if code == 422 else ErrorOut, "description": what}
+            for code, what in codes.items()}
+
+
+# Routes with a JSON body: a body that cannot be read at all (not UTF-8) is 400 (FastAPI's).
+BAD_BODY = {400: "the body could not be read (not UTF-8 JSON)"}
+# Routes that publish to devices (fleet/commands.py): no broker connection in this process, or it failed.
+NO_BROKER = {503: "not published: this fleet process has no broker connection, or the publish failed"}

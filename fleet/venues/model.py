@@ -18,11 +18,12 @@ Models refuse unknown fields, and a bad value's error names its field.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from kits.contract import Id
 
@@ -33,6 +34,29 @@ Channel = Literal["r", "g", "b", "w"]
 # 255 is the override layer's: a manual override must beat every schedule.
 SchedulePriority = Annotated[int, Field(ge=0, le=254)]
 OVERRIDE_PRIORITY = 255
+
+# Local wall-clock times, as the venue's clock reads them: no UTC offset. (JSON Schema's "time" and
+# "date-time" formats are RFC 3339's, which require one: the schema says what is accepted and sent.)
+_LOCAL_TIME_RE = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+_LOCAL_DATETIME_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]" + _LOCAL_TIME_RE
+
+
+def _local(kind: type, pattern: str, what: str):
+    regex = re.compile(pattern)
+
+    def check(v):
+        if isinstance(v, kind):
+            return v
+        if not isinstance(v, str) or not regex.fullmatch(v):
+            raise ValueError(f"a local {what} of the venue, without a UTC offset, not {v!r}")
+        return v
+
+    return Annotated[kind, BeforeValidator(check), WithJsonSchema(
+        {"type": "string", "pattern": f"^{pattern}$", "description": f"local {what}, without a UTC offset"})]
+
+
+LocalTime = _local(time, _LOCAL_TIME_RE, "time (HH:MM or HH:MM:SS)")
+LocalDateTime = _local(datetime, _LOCAL_DATETIME_RE, "date-time (YYYY-MM-DDTHH:MM[:SS])")
 
 
 class _Model(BaseModel):
@@ -50,8 +74,8 @@ class OpeningHours(_Model):
     (``close == open``: open round the clock from that day's ``open``)."""
 
     days: list[Day] = Field(min_length=1)
-    open: time
-    close: time
+    open: LocalTime
+    close: LocalTime
 
     _days = field_validator("days")(classmethod(lambda cls, v: _unique_days(v)))
 
@@ -145,10 +169,10 @@ class OnceWindow(_Schedule):
 
     kind: Literal["once"] = "once"
     date: _dt.date | None = None  # (module-qualified: the field's name shadows the type)
-    start: time | None = None
-    end: time | None = None
-    start_at: datetime | None = None
-    end_at: datetime | None = None
+    start: LocalTime | None = None
+    end: LocalTime | None = None
+    start_at: LocalDateTime | None = None
+    end_at: LocalDateTime | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> "OnceWindow":
@@ -195,8 +219,8 @@ class WeeklyWindow(_Recurring):
     """Every ``days`` from ``start`` to ``end`` local time (``end <= start`` ends after midnight)."""
 
     kind: Literal["weekly"] = "weekly"
-    start: time
-    end: time
+    start: LocalTime
+    end: LocalTime
 
 
 class SunEdge(_Model):
@@ -211,7 +235,7 @@ class SunWindow(_Recurring):
 
     kind: Literal["sun"] = "sun"
     start: SunEdge
-    end: SunEdge | time
+    end: SunEdge | LocalTime
 
 
 Schedule = Annotated[Union[OnceWindow, WeeklyWindow, SunWindow], Field(discriminator="kind")]

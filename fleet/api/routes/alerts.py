@@ -10,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.alerts import RULES
 from fleet.api.deps import StoreDep
+from fleet.api.schemas import BAD_BODY, DB_INT_MAX
+from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
+from fleet.auth.scope import visible_kits
 
-router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
+router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], dependencies=guard("ops", "crew"),
+                   responses=AUTH_RESPONSES)
 
 Rule = Literal["low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
                "kit_not_ready", "config_not_applied"]
@@ -59,12 +63,15 @@ class AlertPage(BaseModel):
 class AlertAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: str = Field(min_length=1, max_length=63, description="who acknowledges or resolves it")
+    by: str | None = Field(default=None, min_length=1, max_length=63, deprecated=True,
+                           description="ignored: the signed-in user is who acknowledges or resolves it")
     note: str | None = Field(default=None, max_length=500)
 
     @field_validator("by")
     @classmethod
-    def _not_auto(cls, v: str) -> str:
+    def _not_auto(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         v = v.strip()
         if not v:
             raise ValueError("by must name someone")
@@ -73,24 +80,31 @@ class AlertAction(BaseModel):
         return v
 
 
-AlertId = Annotated[int, Path(ge=1, description="the alert's id")]
+AlertId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="the alert's id")]
 
 
 @router.get("", response_model=AlertPage)
 def list_alerts(
     store: StoreDep,
+    user: UserDep,
     state: Annotated[Literal["open", "acknowledged", "resolved", "active"] | None,
                      Query(description='"active": open or acknowledged')] = None,
     kit: Annotated[str | None, Query(max_length=63)] = None,
     rule: Rule | None = None,
     severity: Severity | None = None,
     subject: Annotated[str | None, Query(max_length=63, description="a device or kit id")] = None,
-    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ):
-    """Alerts, newest first, filtered by state, kit, rule, severity and subject."""
-    items = store.list_alerts(state=state, kit_id=kit, rule=rule, severity=severity, subject=subject,
-                              before_id=cursor, limit=limit + 1)
+    """Alerts, newest first, filtered by state, kit, rule, severity and subject. Crew users: their kits' only."""
+    kits = visible_kits(user)
+    if kits is not None:
+        kits = kits & {kit} if kit is not None else kits
+    # A crew user's page: each of their kits' newest, merged (ids are global, so the merge is exact).
+    items = sorted((a for k in (sorted(kits) if kits is not None else [kit])
+                    for a in store.list_alerts(state=state, kit_id=k, rule=rule, severity=severity, subject=subject,
+                                               before_id=cursor, limit=limit + 1)),
+                   key=lambda a: a["id"], reverse=True)[: limit + 1]
     more = len(items) > limit
     items = items[:limit]
     return {"items": items, "next_cursor": items[-1]["id"] if more else None}
@@ -105,9 +119,9 @@ def get_alert(alert_id: AlertId, store: StoreDep):
     return alert
 
 
-def _act(store, alert_id: int, body: AlertAction, action: str):
+def _act(store, alert_id: int, body: AlertAction, action: str, by: str):
     fn = store.acknowledge_alert if action == "acknowledge" else store.resolve_alert
-    outcome = fn(alert_id, body.by, body.note)
+    outcome = fn(alert_id, by, body.note)
     if outcome == "missing":
         raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
     if outcome == "resolved":
@@ -116,15 +130,17 @@ def _act(store, alert_id: int, body: AlertAction, action: str):
 
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertDetailOut,
-             responses={404: {"description": "no such alert"}, 409: {"description": "the alert is resolved"}})
-def acknowledge_alert(alert_id: AlertId, body: AlertAction, store: StoreDep):
-    """Someone is on it: no more repeat notifications. It stays until it resolves (by itself when
-    back to normal, or by hand). Acknowledging it again changes nothing."""
-    return _act(store, alert_id, body, "acknowledge")
+             responses={400: {"description": BAD_BODY[400]}, 404: {"description": "no such alert"},
+                        409: {"description": "the alert is resolved"}})
+def acknowledge_alert(alert_id: AlertId, body: AlertAction, store: StoreDep, user: UserDep):
+    """Someone (the signed-in user) is on it: no more repeat notifications. It stays until it resolves
+    (by itself when back to normal, or by hand). Acknowledging it again changes nothing."""
+    return _act(store, alert_id, body, "acknowledge", user.name)
 
 
 @router.post("/{alert_id}/resolve", response_model=AlertDetailOut,
-             responses={404: {"description": "no such alert"}, 409: {"description": "the alert is resolved"}})
-def resolve_alert(alert_id: AlertId, body: AlertAction, store: StoreDep):
-    """Close it by hand. If its rule still fires, the next evaluation opens a new alert."""
-    return _act(store, alert_id, body, "resolve")
+             responses={400: {"description": BAD_BODY[400]}, 404: {"description": "no such alert"},
+                        409: {"description": "the alert is resolved"}})
+def resolve_alert(alert_id: AlertId, body: AlertAction, store: StoreDep, user: UserDep):
+    """Close it by hand (the signed-in user). If its rule still fires, the next evaluation opens a new alert."""
+    return _act(store, alert_id, body, "resolve", user.name)

@@ -5,14 +5,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fleet.api.deps import StoreDep
-from fleet.api.schemas import AuditOut
+from fleet.api.schemas import DB_INT_MAX, AuditOut
+from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
+from fleet.auth.scope import visible_kits, visible_venues
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], dependencies=guard("ops", "crew", "venue"),
+                   responses=AUTH_RESPONSES)
 
 
 @router.get("", response_model=list[AuditOut])
-def audit(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-          before: Annotated[int | None, Query(ge=0, description="ms since the epoch: the page before this")] = None):
-    """Every command sent to a device and every alert acknowledged or resolved by someone: who, what,
-    when, and the result, newest first. Page back with ``before`` = the last item's ``ts``."""
-    return store.audit(limit, before)
+def audit(store: StoreDep, user: UserDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+          before: Annotated[int | None, Query(ge=0, le=DB_INT_MAX, description="ms since the epoch: the page before this")] = None):
+    """Every command sent to a device, every alert acknowledged or resolved by someone, and every other
+    change made through the API (``PUT /api/v1/venues/{venue_id}``, ...): who (the signed-in user), what,
+    when, and the result, newest first. Page back with ``before`` = the last item's ``ts``.
+    Crew users see their kits' entries, venue users their venues'; both see their own changes."""
+    return store.audit(limit, before, kits=visible_kits(user), venues=visible_venues(user), me=user.name)

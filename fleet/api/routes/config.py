@@ -3,14 +3,16 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from fleet.api.deps import PublisherDep, StoreDep
-from fleet.api.schemas import ConfigIn, ConfigOut, DesiredConfigOut
+from fleet.api.schemas import BAD_BODY, NO_BROKER, ConfigIn, ConfigOut, DesiredConfigOut, refusals
+from fleet.auth.deps import AUTH_RESPONSES, guard
 from fleet.commands import PublishFailed, UnknownDevice
 from fleet.store import PayloadTooLarge
 
-router = APIRouter(prefix="/api/v1/devices", tags=["config"])
+router = APIRouter(prefix="/api/v1/devices", tags=["config"], dependencies=guard("ops", "crew"),
+                   responses=AUTH_RESPONSES)
 
 
-@router.get("/{device_id}/config", response_model=DesiredConfigOut)
+@router.get("/{device_id}/config", response_model=DesiredConfigOut, responses=refusals({404: "no such device"}))
 def get_config(device_id: str, store: StoreDep):
     """The desired config, the version the device reports applied, and whether they match."""
     cfg = store.desired_config(device_id)
@@ -19,7 +21,8 @@ def get_config(device_id: str, store: StoreDep):
     return cfg
 
 
-@router.put("/{device_id}/config", response_model=ConfigOut)
+@router.put("/{device_id}/config", response_model=ConfigOut, responses=refusals({
+    **BAD_BODY, 404: "no such device", 413: "the config is over the contract's size limit", **NO_BROKER}))
 def put_config(device_id: str, body: ConfigIn, publisher: PublisherDep):
     """Replace the desired config: stored under the next version, then published retained (QoS 1)."""
     try:

@@ -5,8 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from fleet.api.deps import StoreDep
+from fleet.auth.deps import AUTH_RESPONSES, guard
+from fleet.api.schemas import DB_INT_MAX
 
-router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"])
+# ops only: rejected messages come from anywhere (unknown devices too), so they are in no one's scope.
+router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"], dependencies=guard("ops"),
+                   responses=AUTH_RESPONSES)
 
 
 @router.get("")
@@ -16,7 +20,7 @@ def list_dead_letters(
     reason: Annotated[str | None, Query(max_length=32, description="bad_json, invalid, oversize, unknown_topic, "
                                         "unknown_device, ...")] = None,
     topic_prefix: Annotated[str | None, Query(max_length=255, description="e.g. popkit/v1/<kit>/ for one kit's")] = None,
-    before_id: Annotated[int | None, Query(ge=1, description="the page after the one whose last id this is")] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description="the page after the one whose last id this is")] = None,
 ):
     """Rejected messages, newest first: id, reason, topic and the first bytes of the payload.
     Continue with ``before_id`` = the last id of a page."""

@@ -9,14 +9,16 @@ from pydantic import Field
 
 from fleet.api.deps import StoreDep
 from fleet.api.routes.kits import health_config
-from fleet.api.schemas import DeviceDetailOut, TelemetryOut
+from fleet.api.schemas import DB_INT_MAX, DeviceDetailOut, TelemetryOut, refusals
+from fleet.auth.deps import AUTH_RESPONSES, guard
 from fleet.retention import MINUTE_MS, pick_bucket_ms
 from fleet.store import now_ms
 
-router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"], dependencies=guard("ops", "crew"),
+                   responses=AUTH_RESPONSES)
 
 
-@router.get("/{device_id}", response_model=DeviceDetailOut)
+@router.get("/{device_id}", response_model=DeviceDetailOut, responses=refusals({404: "no such device"}))
 def get_device(device_id: str, request: Request, store: StoreDep):
     """One device: state, latest readings, its sequence streams with any gaps, its health, and
     for a power bank the time-to-empty forecast."""
@@ -41,15 +43,15 @@ def _raw_days(request: Request) -> float:
     return request.app.state.settings.telemetry_raw_days
 
 
-@router.get("/{device_id}/telemetry", response_model=TelemetryHistoryOut)
+@router.get("/{device_id}/telemetry", response_model=TelemetryHistoryOut, responses=refusals({404: "no such device"}))
 def list_telemetry(
     device_id: str,
     request: Request,
     store: StoreDep,
-    since: Annotated[int | None, Query(ge=0, description="only readings taken at or after this time, ms since the epoch")] = None,
+    since: Annotated[int | None, Query(ge=0, le=DB_INT_MAX, description="only readings taken at or after this time, ms since the epoch")] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     kind: Annotated[str | None, Query(pattern="^(battery|printer|device)$")] = None,
-    until: Annotated[int | None, Query(ge=0, description="only readings taken before this time, ms since the epoch")] = None,
+    until: Annotated[int | None, Query(ge=0, le=DB_INT_MAX, description="only readings taken before this time, ms since the epoch")] = None,
     resolution: Annotated[Literal["raw", "1m", "auto"], Query(description=(
         "raw (default): the readings; 1m: one-minute aggregates (raw is kept telemetry_raw_days, "
         "aggregates telemetry_rollup_days); auto: the raw readings if the range is within the raw "

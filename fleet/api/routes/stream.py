@@ -19,11 +19,17 @@ import json
 import signal
 from typing import Callable
 
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
+from fleet.auth.scope import visible_kits, visible_venues
+from fleet.auth.users import User
+from fleet.events_bus import Change
 
-router = APIRouter(prefix="/api/v1", tags=["stream"])
+router = APIRouter(prefix="/api/v1", tags=["stream"], dependencies=guard("ops", "crew", "venue"),
+                   responses=AUTH_RESPONSES)
 
 PING_S = 15.0
 RETRY_MS = 1000  # the browser reconnects this soon after losing the stream
@@ -44,12 +50,51 @@ def _event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+class ScopedChanges:
+    """What of a change a user may hear of: ops everything; crew their kits and those kits' devices;
+    venue users their venues' controllers (the kits they belong to are not theirs to see)."""
+
+    def __init__(self, state, user: User):
+        self.state, self.user = state, user
+        self.kits, self.venues = visible_kits(user), visible_venues(user)
+        self._devices: set[str] | None = None
+
+    def _mine(self) -> set[str]:
+        if self.kits is not None and self.kits:
+            return {d for d, ref in self.state.store.device_refs().items() if ref.kit_id in self.kits}
+        found: set[str] = set()
+        for venue_id in self.venues or ():
+            docs = self.state.venue_lighting.docs.load(venue_id)
+            found |= set(docs.controllers()) if docs else set()
+        return found
+
+    def filter(self, change: Change) -> dict | None:
+        """The change as this user sees it; None: nothing of theirs."""
+        if self.kits is None and self.venues is None or change.all:
+            return change.as_json()
+        kits = change.kits & self.kits if self.kits else set()
+        if self._devices is None or kits or (self.venues and change.devices):
+            self._devices = self._mine()  # a kit of theirs changed (maybe a new device), or a venue's zones
+        devices = change.devices & self._devices
+        if not kits and not devices:
+            return None
+        return Change(kits=kits, devices=devices).as_json()
+
+    def still_valid(self) -> bool:
+        """The user is still enabled, with the token generation they signed in with."""
+        now = self.state.auth.users.get(self.user.name)
+        return now is not None and not now.disabled and now.token_gen == self.user.token_gen
+
+
 @router.get("/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
-async def get_stream(request: Request):
-    """Server-sent events: ``change`` with the kits and devices an ingest commit touched (re-fetch them)."""
+async def get_stream(request: Request, user: UserDep):
+    """Server-sent events: ``change`` with the kits and devices an ingest commit touched (re-fetch them).
+    Crew users hear of their kits and devices only, venue users of their venues' controllers; the
+    stream ends when the user is disabled or signs in anew elsewhere with a new password."""
     sub = request.app.state.bus.subscribe()
     exiting = _server_exiting()
+    scoped = ScopedChanges(request.app.state, user)
 
     async def events():
         try:
@@ -59,11 +104,15 @@ async def get_stream(request: Request):
                 change = await sub.wait(min(EXIT_POLL_S, PING_S))
                 if change is not None:
                     quiet = 0.0
-                    yield _event("change", change.as_json())
+                    shown = await to_thread.run_sync(scoped.filter, change)
+                    if shown is not None:
+                        yield _event("change", shown)
                 else:
                     quiet += min(EXIT_POLL_S, PING_S)
                     if quiet >= PING_S:
                         quiet = 0.0
+                        if not await to_thread.run_sync(scoped.still_valid):
+                            return
                         yield ": ping\n\n"
         finally:
             sub.close()  # on disconnect starlette cancels us (or a write fails); the mailbox goes with the client

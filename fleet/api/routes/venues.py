@@ -9,12 +9,18 @@ whose timeline changed, as their retained config.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fleet.api.schemas import BAD_BODY, refusals
+from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard, require_role
+from fleet.auth.scope import visible_venues
 
 from fleet.store import now_ms
 from fleet.venues.compiler import CompileError, preview
@@ -23,7 +29,9 @@ from fleet.venues.model import Override, Scene, Schedule, Venue, Zone, ZoneLevel
 from fleet.venues.store import VenueDocs
 from kits.contract import Id
 
-router = APIRouter(prefix="/api/v1/venues", tags=["venues"])
+# ops: every venue; venue users: their venues (any other is 404, as if it did not exist).
+router = APIRouter(prefix="/api/v1/venues", tags=["venues"], dependencies=guard("ops", "venue"),
+                   responses=AUTH_RESPONSES)
 UTC = timezone.utc
 
 
@@ -78,7 +86,8 @@ class OverrideIn(BaseModel):
     fade_ms: int = Field(default=0, ge=0, le=3_600_000)
     minutes: float | None = Field(default=None, gt=0, le=7 * 24 * 60, description="how long, from now")
     expires: datetime | None = Field(default=None, description="or until when (with a UTC offset)")
-    by: str = Field(default="api", min_length=1, max_length=63)
+    by: str = Field(default="api", min_length=1, max_length=63, deprecated=True,
+                    description="ignored: the signed-in user is recorded as who set it")
 
     @model_validator(mode="after")
     def _one_end(self) -> "OverrideIn":
@@ -116,6 +125,14 @@ class PlanOut(BaseModel):
     zones: list[ZonePlanOut]
 
 
+# What the routes refuse with, besides a bad request (422). A write is compiled for every controller
+# before it is stored (409 when it does not compile), then pushed (503 when it cannot be: it is stored).
+_NO_VENUE = {404: "no such venue"}
+_NO_ITEM = {404: "no such venue, or no such item at it"}
+_WRITE = {409: "refused by the compiler: a conflict, or an item another one still needs (named)",
+          503: "stored, not pushed to the controllers: no broker connection, or the publish failed"}
+
+
 # ---------------------------------------------------------------- helpers
 
 def _docs(lit: VenueLighting, venue_id: str, now: int | None = None) -> VenueDocs:
@@ -125,9 +142,14 @@ def _docs(lit: VenueLighting, venue_id: str, now: int | None = None) -> VenueDoc
     return docs
 
 
+def _invalid(loc: tuple, msg: str, value: Any) -> RequestValidationError:
+    """A 422 in the shape of every other (FastAPI's list of field errors), for what only the route can check."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
 def _same_id(kind: str, path_id: str, body_id: str) -> None:
     if path_id != body_id:
-        raise HTTPException(status_code=422, detail=f"{kind} id {body_id!r} in the body is not {path_id!r} of the path")
+        raise _invalid(("body", "id"), f"{kind} id {body_id!r} in the body is not {path_id!r} of the path", body_id)
 
 
 def _compile_or_refuse(lit: VenueLighting, docs: VenueDocs) -> None:
@@ -156,29 +178,52 @@ def _push(lit: VenueLighting, venue_id: str) -> WriteOut:
     return WriteOut(pushed=[PushOut(**p.__dict__) for p in pushed])
 
 
+_MS = re.compile(r"-?[0-9]{1,20}")  # ASCII digits: str.isdigit() takes "²", which int() refuses
+_MAX_MS = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp() * 1000)  # a plan of up to 14 days still fits
+
+
 def _when(value: str | None, name: str) -> int:
     """ms since the epoch, or an ISO date-time with an offset; None: now."""
     if value is None:
         return now_ms()
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(status_code=422, detail=f"{name}: ms since the epoch or an ISO date-time, not {value!r}") from None
-    if t.tzinfo is None:
-        raise HTTPException(status_code=422, detail=f"{name}: {value!r} needs a UTC offset (e.g. Z)")
-    return int(t.timestamp() * 1000)
+    if _MS.fullmatch(value):
+        ms = int(value)
+    else:
+        try:
+            t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _invalid(("query", name), f"{name}: ms since the epoch or an ISO date-time, not {value!r}",
+                           value) from None
+        if t.tzinfo is None:
+            raise _invalid(("query", name), f"{name}: {value!r} needs a UTC offset (e.g. Z)", value)
+        try:
+            ms = int(t.timestamp() * 1000)
+        except OverflowError:  # year 1 with a positive offset
+            ms = -1
+    if not 0 <= ms < _MAX_MS:
+        raise _invalid(("query", name), f"{name}: {value!r} is not between 1970 and 9999", value)
+    return ms
+
+
+def _who(request: Request) -> str:
+    """The signed-in user (fleet/auth/deps.py current_user): who the venue docs record as changing them."""
+    return request.state.user.name
+
+
+def _controllers_of(request: Request, venue_id: str) -> set[str]:
+    docs = lighting(request).docs.load(venue_id, now_ms())
+    return set(docs.controllers()) if docs else set()
 
 
 # ---------------------------------------------------------------- venues
 
 @router.get("")
-def list_venues(request: Request) -> dict:
-    """Every venue: id, name, zone, how many zones and schedules."""
+def list_venues(request: Request, user: UserDep) -> dict:
+    """Every venue (a venue user's own): id, name, zone, how many zones and schedules."""
     lit = lighting(request)
     items = []
-    for venue_id in lit.docs.venue_ids():
+    mine = visible_venues(user)
+    for venue_id in (v for v in lit.docs.venue_ids() if mine is None or v in mine):
         docs = lit.docs.load(venue_id, now_ms())
         if docs is not None:
             v = docs.venue
@@ -187,7 +232,7 @@ def list_venues(request: Request) -> dict:
     return {"items": items}
 
 
-@router.put("/{venue_id}", response_model=WriteOut)
+@router.put("/{venue_id}", response_model=WriteOut, responses=refusals({**BAD_BODY, **_WRITE}))
 def put_venue(venue_id: str, body: Venue, request: Request):
     """Create or replace a venue (time zone, location, opening hours); its controllers are recompiled."""
     _same_id("venue", venue_id, body.id)
@@ -196,11 +241,11 @@ def put_venue(venue_id: str, body: Venue, request: Request):
     if docs is not None:
         docs.venue = body
         _compile_or_refuse(lit, docs)
-    lit.docs.put(venue_id, "venue", venue_id, body.model_dump(mode="json"), now_ms())
+    lit.docs.put(venue_id, "venue", venue_id, body.model_dump(mode="json"), now_ms(), by=_who(request))
     return _push(lit, venue_id)
 
 
-@router.get("/{venue_id}", response_model=VenueOut)
+@router.get("/{venue_id}", response_model=VenueOut, responses=refusals(_NO_VENUE))
 def get_venue(venue_id: str, request: Request):
     lit = lighting(request)
     docs = _docs(lit, venue_id)
@@ -208,9 +253,10 @@ def get_venue(venue_id: str, request: Request):
                     overrides=docs.overrides, controllers=lit.controllers(venue_id, docs))
 
 
-@router.delete("/{venue_id}", status_code=204)
+@router.delete("/{venue_id}", status_code=204, response_class=Response, responses=refusals(_NO_VENUE),
+               dependencies=[Depends(require_role("ops"))])
 def delete_venue(venue_id: str, request: Request):
-    """Forget the venue (its controllers keep the timeline they have until its horizon runs out)."""
+    """Forget the venue (its controllers keep the timeline they have until its horizon runs out). ops only."""
     if not lighting(request).docs.delete_venue(venue_id):
         raise HTTPException(status_code=404, detail=f"no venue {venue_id!r}")
     return Response(status_code=204)
@@ -225,7 +271,7 @@ def _put_item(request: Request, venue_id: str, kind: str, item_id: str, item) ->
     attr = kind + "s"
     setattr(docs, attr, _replace(getattr(docs, attr), item))
     _compile_or_refuse(lit, docs)
-    lit.docs.put(venue_id, kind, item_id, item.model_dump(mode="json"), now_ms())
+    lit.docs.put(venue_id, kind, item_id, item.model_dump(mode="json"), now_ms(), by=_who(request))
     return _push(lit, venue_id)
 
 
@@ -241,49 +287,53 @@ def _delete_item(request: Request, venue_id: str, kind: str, item_id: str) -> Wr
     return _push(lit, venue_id)
 
 
-@router.put("/{venue_id}/zones/{zone_id}", response_model=WriteOut)
+@router.put("/{venue_id}/zones/{zone_id}", response_model=WriteOut, responses=refusals({**BAD_BODY, **_NO_VENUE, **_WRITE}))
 def put_zone(venue_id: str, zone_id: str, body: Zone, request: Request):
     """A zone and the outputs it lights: PWM channels or DMX slots of a lighting controller, or a
     light the kit's agent drives (a BLE lamp or a relay: its channels r, g, b, w)."""
     store = request.app.state.store
+    # A venue user lights what their venue has (ops give it its controllers): another venue's or a
+    # kit's lights are not theirs, and are refused as if they did not exist.
+    own = None if request.state.user.role == "ops" else _controllers_of(request, venue_id)
     for i, out in enumerate(body.outputs):
         ref = store.device_ref(out.controller)
-        if ref is None or ref.role not in LIGHT_ROLES:
-            raise HTTPException(status_code=422, detail=f"outputs[{i}].controller: {out.controller!r} is not a "
-                                f"registered lighting controller or light")
+        if ref is None or ref.role not in LIGHT_ROLES or (own is not None and out.controller not in own):
+            raise _invalid(("body", "outputs", i, "controller"), f"outputs[{i}].controller: {out.controller!r} "
+                           "is not a registered lighting controller or light", out.controller)
     return _put_item(request, venue_id, "zone", zone_id, body)
 
 
-@router.delete("/{venue_id}/zones/{zone_id}", response_model=WriteOut)
+@router.delete("/{venue_id}/zones/{zone_id}", response_model=WriteOut, responses=refusals({**_NO_ITEM, **_WRITE}))
 def delete_zone(venue_id: str, zone_id: str, request: Request):
     return _delete_item(request, venue_id, "zone", zone_id)
 
 
-@router.put("/{venue_id}/scenes/{scene_id}", response_model=WriteOut)
+@router.put("/{venue_id}/scenes/{scene_id}", response_model=WriteOut, responses=refusals({**BAD_BODY, **_NO_VENUE, **_WRITE}))
 def put_scene(venue_id: str, scene_id: str, body: Scene, request: Request):
     return _put_item(request, venue_id, "scene", scene_id, body)
 
 
-@router.delete("/{venue_id}/scenes/{scene_id}", response_model=WriteOut)
+@router.delete("/{venue_id}/scenes/{scene_id}", response_model=WriteOut, responses=refusals({**_NO_ITEM, **_WRITE}))
 def delete_scene(venue_id: str, scene_id: str, request: Request):
     return _delete_item(request, venue_id, "scene", scene_id)
 
 
-@router.put("/{venue_id}/schedules/{schedule_id}", response_model=WriteOut,
-            responses={409: {"description": "overlaps a schedule of the same priority (both named)"}})
+@router.put("/{venue_id}/schedules/{schedule_id}", response_model=WriteOut, responses=refusals({
+    **BAD_BODY, **_NO_VENUE, **_WRITE, 409: "overlaps a schedule of the same priority (both named), or no such scene"}))
 def put_schedule(venue_id: str, schedule_id: str, body: Annotated[Schedule, Body()], request: Request):
     """A one-off window, a weekly one, or one from sunrise/sunset ± minutes, in the venue's local time."""
     return _put_item(request, venue_id, "schedule", schedule_id, body)
 
 
-@router.delete("/{venue_id}/schedules/{schedule_id}", response_model=WriteOut)
+@router.delete("/{venue_id}/schedules/{schedule_id}", response_model=WriteOut, responses=refusals({**_NO_ITEM, **_WRITE}))
 def delete_schedule(venue_id: str, schedule_id: str, request: Request):
     return _delete_item(request, venue_id, "schedule", schedule_id)
 
 
 # ---------------------------------------------------------------- overrides
 
-@router.post("/{venue_id}/overrides", response_model=OverrideWriteOut, status_code=201)
+@router.post("/{venue_id}/overrides", response_model=OverrideWriteOut, status_code=201,
+             responses=refusals({**BAD_BODY, **_NO_VENUE, **_WRITE}))
 def post_override(venue_id: str, body: OverrideIn, request: Request, response: Response):
     """A manual override above every schedule until it expires (then the schedule resumes by itself,
     on the controller's own clock). The safety floor still holds."""
@@ -294,19 +344,21 @@ def post_override(venue_id: str, body: OverrideIn, request: Request, response: R
     try:
         o = Override(id="o-" + secrets.token_hex(4), scene=body.scene, zone=body.zone, level=body.level,
                      fade_ms=body.fade_ms, expires=expires)
-    except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from None
+    except ValidationError as exc:  # e.g. a scene and a zone both, or an expiry without a UTC offset
+        raise RequestValidationError([{"type": e["type"], "loc": ("body", *e["loc"]), "msg": e["msg"],
+                                       "input": e.get("input")} for e in exc.errors(include_url=False)]) from None
     if o.expires.timestamp() * 1000 <= now:
-        raise HTTPException(status_code=422, detail="expires: already past")
+        raise _invalid(("body", "expires"), "expires: already past", body.expires)
     docs.overrides = docs.overrides + [o]
     _compile_or_refuse(lit, docs)
-    lit.docs.put(venue_id, "override", o.id, o.model_dump(mode="json"), now, by=body.by,
+    lit.docs.put(venue_id, "override", o.id, o.model_dump(mode="json"), now, by=_who(request),
                  expires_ms=int(o.expires.timestamp() * 1000))
     response.headers["Location"] = f"/api/v1/venues/{venue_id}/overrides/{o.id}"
     return OverrideWriteOut(pushed=_push(lit, venue_id).pushed, override=o)
 
 
-@router.delete("/{venue_id}/overrides/{override_id}", response_model=WriteOut)
+@router.delete("/{venue_id}/overrides/{override_id}", response_model=WriteOut,
+               responses=refusals({404: "no such venue, or no active override of that id at it", **_WRITE}))
 def end_override(venue_id: str, override_id: str, request: Request):
     """End an override now (kept, expired, for the record); the schedule resumes."""
     lit = lighting(request)
@@ -316,13 +368,14 @@ def end_override(venue_id: str, override_id: str, request: Request):
     if current is None:
         raise HTTPException(status_code=404, detail=f"no active override {override_id!r} at venue {venue_id!r}")
     ended = current.model_copy(update={"expires": datetime.fromtimestamp(now / 1000, UTC)})
-    lit.docs.put(venue_id, "override", override_id, ended.model_dump(mode="json"), now, expires_ms=now)
+    lit.docs.put(venue_id, "override", override_id, ended.model_dump(mode="json"), now, expires_ms=now,
+                 by=_who(request))
     return _push(lit, venue_id)
 
 
 # ---------------------------------------------------------------- what will be on
 
-@router.get("/{venue_id}/preview", response_model=PreviewOut)
+@router.get("/{venue_id}/preview", response_model=PreviewOut, responses=refusals(_NO_VENUE))
 def get_preview(venue_id: str, request: Request,
                 at: Annotated[str | None, Query(description="ms since the epoch or ISO date-time; default now")] = None):
     """What each zone shows at ``at``: schedule < override < safety floor (while open)."""
@@ -331,7 +384,7 @@ def get_preview(venue_id: str, request: Request,
     return PreviewOut(at=t, zones=preview(*docs.args(), datetime.fromtimestamp(t / 1000, UTC)))
 
 
-@router.get("/{venue_id}/plan", response_model=PlanOut)
+@router.get("/{venue_id}/plan", response_model=PlanOut, responses=refusals(_NO_VENUE))
 def get_plan(venue_id: str, request: Request,
              start: Annotated[str | None, Query(description="ms since the epoch or ISO date-time; default now")] = None,
              hours: Annotated[float, Query(gt=0, le=24 * 14)] = 24.0):
@@ -342,7 +395,7 @@ def get_plan(venue_id: str, request: Request,
     return PlanOut(start=t, end=t + int(hours * 3600_000), tz=docs.venue.tz, zones=lit.plan(docs, t, hours))
 
 
-@router.get("/{venue_id}/controllers", response_model=list[ControllerOut])
+@router.get("/{venue_id}/controllers", response_model=list[ControllerOut], responses=refusals(_NO_VENUE))
 def get_controllers(venue_id: str, request: Request):
     """Each controller of the venue: the timeline version desired vs applied, its horizon, its scene."""
     lit = lighting(request)

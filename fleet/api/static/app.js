@@ -2,6 +2,7 @@
 // Data comes from the fleet's JSON API; GET /api/v1/stream (server-sent events) says what changed,
 // and the page re-fetches just that. No build step, no dependencies.
 
+import { showLogin, whoAmI, wireLogin } from "./login.js";
 import { renderVenue, renderVenues, venueRoute, wireVenueEvents } from "./venues.js";
 
 const API = "/api/v1";
@@ -25,6 +26,7 @@ const state = {
 
 async function getJSON(path, opts) {
   const r = await fetch(API + path, opts);
+  if (r.status === 401) showLogin("your session ended: sign in again");
   if (!r.ok) throw new Error(`${r.status} ${(await r.text()).slice(0, 200)}`);
   return r.json();
 }
@@ -520,5 +522,12 @@ setInterval(() => { if (venueRoute() && !document.activeElement?.closest("form")
 // the clock too (a device going silent): look again now and then.
 setInterval(() => Promise.all([loadAlerts(), route().kit ? null : loadList()]).then(render).catch(() => {}), 15000);
 
-connect();
-loadAll();
+// Signed in (the API's HttpOnly cookie): the page; else the sign-in form (login.js). Venue users
+// see their venues' pages only.
+wireLogin();
+whoAmI().then(me => {
+  if (!me) return;
+  if (me.role === "venue" && !venueRoute()) location.hash = "#/venues";
+  connect();
+  if (me.role !== "venue") loadAll(); else renderVenuePage();
+}).catch(e => { $("#status").textContent = `fleet unreachable: ${e.message || e}`; });

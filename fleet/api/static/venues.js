@@ -3,6 +3,8 @@
 // controllers apply at once, the overrides in force, and each controller's timeline, desired vs
 // applied. Plain DOM, as app.js.
 
+import { showLogin } from "./login.js";
+
 const API = "/api/v1/venues";
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
@@ -17,6 +19,7 @@ const view = { span: 24 };  // hours the plan shows
 
 async function get(path) {
   const r = await fetch(API + path);
+  if (r.status === 401) showLogin("your session ended: sign in again");
   if (!r.ok) throw new Error(`${r.status} ${(await r.text()).slice(0, 200)}`);
   return r.json();
 }
