@@ -245,3 +245,27 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
     for name in revoked:  # a revoked device's secret does not stay on disk
         (folder / "devices" / f"{name.split('.', 1)[1]}.json").unlink(missing_ok=True)
     return Provisioned(folder, {n: a["password"] for n, a in accounts.items()}, created, rotated, revoked, files)
+
+
+def register_kit(manifest_text: str, kit_id: str, fleet_url: str, token: str, timeout: float = 10.0) -> dict:
+    """Register (or update) the kit at the fleet: its manifest to PUT /api/v1/kits/{id}, as ops.
+    Returns the fleet's view of the kit; raises ProvisionError with the fleet's own reason."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{fleet_url.rstrip('/')}/api/v1/kits/{kit_id}", method="PUT",
+                                 data=manifest_text.encode(),
+                                 headers={"Content-Type": "text/plain; charset=utf-8",
+                                          "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.load(exc).get("detail")
+        except ValueError:
+            detail = None
+        raise ProvisionError(f"the fleet at {fleet_url} refused kit {kit_id!r}: HTTP {exc.code}"
+                             + (f": {detail}" if detail else "")) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ProvisionError(f"the fleet at {fleet_url} could not be reached: {getattr(exc, 'reason', exc)}") from None
