@@ -771,3 +771,57 @@ def test_manifest_file_of_any_bytes(raw):
         except ManifestError as exc:
             msg = assert_clear(exc)
             assert msg.startswith(f"{path}: "), msg
+
+
+# ---------------------------------------------------------------- scanner lines (device/lib/scanline.py)
+
+def _scanline():
+    """The firmware's own LineAssembler, loaded in CPython: its only MicroPython import is const()."""
+    import importlib.util
+    import sys
+    import types
+
+    shim = types.ModuleType("micropython")
+    shim.const = lambda x: x
+    spec = importlib.util.spec_from_file_location("fw_scanline", REPO / "device" / "lib" / "scanline.py")
+    mod = importlib.util.module_from_spec(spec)
+    had = sys.modules.get("micropython")
+    sys.modules["micropython"] = shim  # for this import only: nothing else in CPython sees it
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        if had is None:
+            del sys.modules["micropython"]
+        else:
+            sys.modules["micropython"] = had
+    return mod
+
+
+_SCANLINE = _scanline()
+
+
+@props(300)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=12), max_line=st.integers(1, 160))
+def test_scanner_lines_any_uart_bytes_give_printable_lines_no_longer_than_the_buffer(chunks, max_line):
+    asm = _SCANLINE.LineAssembler(max_line)
+    lines = []
+    for c in chunks:
+        lines += asm.feed(c)
+    asm.drop_partial()
+    assert all(0 < len(ln) <= max_line and all(32 <= b <= 126 for b in ln) for ln in lines)
+    assert asm.lines == len(lines)
+
+
+@props(300)
+@given(noise=st.binary(max_size=200), code=st.text(st.characters(min_codepoint=32, max_codepoint=126),
+                                                   min_size=1, max_size=79),
+       cuts=st.lists(st.integers(0, 90), max_size=4), end=st.sampled_from([b"\r", b"\n", b"\r\n"]))
+def test_scanner_lines_a_code_after_any_noise_and_split_anywhere_arrives_whole(noise, code, cuts, end):
+    asm = _SCANLINE.LineAssembler()
+    asm.feed(noise + b"\r")  # whatever was on the line before, ended
+    data = code.encode() + end
+    got, at = [], 0
+    for cut in sorted(set(c for c in cuts if c < len(data))) + [len(data)]:
+        got += asm.feed(data[at:cut])
+        at = cut
+    assert got == [code.encode()]
