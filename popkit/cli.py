@@ -104,10 +104,27 @@ def _bridge_target(args: argparse.Namespace):
     return host, int(port), Path(args.bridge_ca)
 
 
+def _wifi(path: str | None) -> dict | None:
+    """The venue Wi-Fi for the ESP32s, from a JSON file ({"ssid", "password"}): never a flag, so the
+    password is in no shell history."""
+    if path is None:
+        return None
+    import json
+
+    try:
+        wifi = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--wifi {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(wifi, dict):
+        raise ValueError(f"--wifi {path}: must be a JSON object {{\"ssid\": ..., \"password\": ...}}")
+    return wifi
+
+
 def _kit_provision(args: argparse.Namespace) -> int:
     import os
 
     from kits.manifest import ManifestError, load_manifest
+    from kits.tickets import EventKey, KeyFileError
     from popkit.provision import ProvisionError, provision, register_kit
 
     try:
@@ -116,7 +133,8 @@ def _kit_provision(args: argparse.Namespace) -> int:
         out = Path(args.out or os.environ.get("POPKIT_PROVISION_DIR") or Path.home() / ".popkit" / "provision")
         done = provision(manifest, out, broker_host=host or args.broker, broker_port=int(port) if host else None,
                          rotate=tuple(args.rotate), revoke=tuple(args.revoke), tls=args.tls,
-                         bridge_to=_bridge_target(args))
+                         bridge_to=_bridge_target(args), wifi=_wifi(args.wifi),
+                         event_keys=tuple(EventKey.load(Path(f)) for f in args.event_key))
         fleet = args.fleet or os.environ.get("POPKIT_FLEET_URL")
         registered = None
         if fleet:
@@ -125,7 +143,7 @@ def _kit_provision(args: argparse.Namespace) -> int:
                 raise ProvisionError("registering with the fleet needs an ops token in POPKIT_TOKEN "
                                      "(POST /api/v1/auth/token); the credentials are written, the kit is not registered")
             registered = register_kit(Path(args.manifest).read_text(encoding="utf-8"), manifest.id, fleet, token)
-    except (ManifestError, ProvisionError, ValueError) as exc:
+    except (ManifestError, ProvisionError, KeyFileError, ValueError) as exc:
         print(f"popkit kit provision: {exc}", file=sys.stderr)
         return 3
     # names only: the passwords stay in the folder's 0600 files, never on a terminal or in a log
@@ -325,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="plain MQTT (a bench on loopback only: passwords would cross the network in clear)")
     prov.add_argument("--fleet", metavar="URL", help="register the kit with the fleet API at URL (POPKIT_FLEET_URL); "
                                                      "an ops token in POPKIT_TOKEN")
+    prov.add_argument("--wifi", metavar="FILE", help="JSON {ssid, password} of the venue Wi-Fi, for the ESP32s' files")
+    prov.add_argument("--event-key", action="append", default=[], metavar="FILE",
+                      help="an event's key file (popkit tickets): the scanners' files check its tickets")
     prov.add_argument("--bridge-to", metavar="HOST:PORT", help="the fleet broker the kit broker bridges to (TLS)")
     prov.add_argument("--bridge-ca", metavar="FILE", help="the fleet broker's CA certificate, for --bridge-to")
     prov.add_argument("--rotate", action="append", default=[], metavar="DEVICE", help="new credentials for DEVICE")

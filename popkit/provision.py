@@ -160,14 +160,17 @@ def _private_write(path: Path, text: str) -> None:
 
 def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.0.1", broker_port: int | None = None,
               rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = (), tls: bool = True,
-              bridge_to: tuple[str, int, Path] | None = None) -> Provisioned:
+              bridge_to: tuple[str, int, Path] | None = None, wifi: dict | None = None,
+              event_keys: tuple = ()) -> Provisioned:
     """Credentials for ``manifest``'s kit in ``folder``: new accounts get a random password, ``rotate``
     (device ids) get a new one, ``revoke`` lose theirs (the broker disconnects and refuses them once
     it reloads its files); everyone else keeps theirs. The fleet's account is made once per folder.
     With ``tls`` (the default) the kit's CA and a broker certificate for ``broker_host`` are made too,
     and every account file tells its client to verify the broker with that CA.
     ``bridge_to`` (host, port, the fleet broker's CA file): the kit broker's bridge to the fleet
-    broker gets its own account here and its config in ``mosquitto/conf.d/bridge.conf``."""
+    broker gets its own account here and its config in ``mosquitto/conf.d/bridge.conf``.
+    ``wifi`` ({ssid, password}) goes into every ESP32's file, ``event_keys`` (kits.tickets.EventKey)
+    into every scanner's (its `gate`); both are kept, so provisioning again without them keeps them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
@@ -214,7 +217,17 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
     acl = [f"user {FLEET_USER}", *fleet_rules(), ""]
     for name in sorted(acls):
         acl += [f"user {name}", *acls[name], ""]
-    _private_write(store, json.dumps({"accounts": accounts, "acl": acls}, indent=2, sort_keys=True) + "\n")
+    flash = kept.get("flash", {})
+    if wifi is not None:
+        if not (isinstance(wifi.get("ssid"), str) and wifi["ssid"] and isinstance(wifi.get("password"), str)):
+            raise ProvisionError("wifi: needs {\"ssid\": ..., \"password\": ...}")
+        flash["wifi"] = {"ssid": wifi["ssid"], "password": wifi["password"]}
+    if event_keys:
+        events = {e["event"]: e for e in flash.get("events", [])}
+        events.update({k.event: {"event": k.event, "key": k.secret.hex()} for k in event_keys})
+        flash["events"] = sorted(events.values(), key=lambda e: e["event"])
+    _private_write(store, json.dumps({"accounts": accounts, "acl": acls, "flash": flash}, indent=2, sort_keys=True)
+                   + "\n")
     _private_write(folder / "mosquitto" / "passwd",
                    "".join(f"{n}:{mosquitto_hash(a['password'])}\n" for n, a in sorted(accounts.items())))
     _private_write(folder / "mosquitto" / "acl", "# written by popkit kit provision: every topic spelled out\n"
@@ -235,12 +248,17 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
                        bridge_conf(kit, accounts[bridge_account(kit)]["password"], host, bport, ca))
 
     # what each device of this kit flashes (or the agent reads): the broker, and itself
+    scanners = {spec.id for spec in manifest.devices if spec.role == "scanner" and not spec.hosted}
     for name in rules:
         if name not in accounts or "." not in name:  # revoked, or the bridge (its conf is above)
             continue
         device = name.split(".", 1)[1]
-        _private_write(folder / "devices" / f"{device}.json", json.dumps({
-            "kit": kit, "device": device, "broker": login(name)}, indent=2) + "\n")
+        config = {"kit": kit, "device": device, "broker": login(name)}
+        if device != manifest.agent and "wifi" in flash:  # ESP32s: written to /wifi.json when flashed
+            config["wifi"] = flash["wifi"]
+        if device in scanners and flash.get("events"):  # what the door checks tickets with
+            config["gate"] = {"leeway": 60, "events": flash["events"]}
+        _private_write(folder / "devices" / f"{device}.json", json.dumps(config, indent=2) + "\n")
     _private_write(folder / "fleet.json", json.dumps({"broker": login(FLEET_USER)}, indent=2) + "\n")
     for name in revoked:  # a revoked device's secret does not stay on disk
         (folder / "devices" / f"{name.split('.', 1)[1]}.json").unlink(missing_ok=True)

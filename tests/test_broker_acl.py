@@ -253,3 +253,29 @@ def test_rotating_a_device_the_agent_speaks_for_says_why_it_cannot(tmp_path):
     provision(manifest, tmp_path / "p", tls=False)
     with pytest.raises(ProvisionError, match="no broker account of its own: the agent 'demo-agent' speaks for it"):
         provision(manifest, tmp_path / "p", rotate=(PRINTER,), tls=False)
+
+
+def test_device_files_carry_wifi_and_event_keys_and_keep_them_across_rotation(tmp_path):
+    import json
+
+    from kits.tickets import EventKey
+    from popkit.cli import main
+
+    key = EventKey.generate("GIG-1")
+    key_file = tmp_path / "GIG-1.key"
+    key.save(key_file)
+    key_file.chmod(0o600)
+    wifi = tmp_path / "wifi.json"
+    wifi.write_text(json.dumps({"ssid": "venue-crew", "password": "w1f1-pass-phrase"}))
+    out = tmp_path / "p"
+    args = ["kit", "provision", str(REPO / "kits" / "examples" / "demo.toml"), "--out", str(out)]
+    assert main([*args, "--wifi", str(wifi), "--event-key", str(key_file)]) == 0
+    assert main([*args, "--rotate", LIGHTS]) == 0  # no --wifi, no keys this time: both kept
+    door = json.loads((out / "devices" / f"{DOOR}.json").read_text())
+    lights = json.loads((out / "devices" / f"{LIGHTS}.json").read_text())
+    agent = json.loads((out / "devices" / f"{AGENT}.json").read_text())
+    assert door["wifi"] == lights["wifi"] == {"ssid": "venue-crew", "password": "w1f1-pass-phrase"}
+    assert door["gate"]["events"] == [{"event": "GIG-1", "key": key.secret.hex()}]
+    assert "gate" not in lights and "wifi" not in agent and "gate" not in agent
+    wifi.write_text("[1, 2]")
+    assert main([*args, "--wifi", str(wifi)]) == 3
