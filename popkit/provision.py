@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kits.contract import DEVICE_CHANNELS, ROOT
 from kits.manifest import KitManifest
+from popkit.files import write_atomic
 from popkit.tls import TlsFiles, ensure_broker_tls
 
 FLEET_USER = "popkit-fleet"
@@ -148,16 +149,6 @@ class Provisioned:
         return self.folder / "fleet.json"
 
 
-def _private_write(path: Path, text: str) -> None:
-    """Write a secret file: created 0600 (never world-readable, not even for a moment), then renamed in."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.0.1", broker_port: int | None = None,
               rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = (), tls: bool = True,
               bridge_to: tuple[str, int, Path] | None = None, wifi: dict | None = None,
@@ -176,11 +167,10 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
     os.chmod(folder, 0o700)
     kit = manifest.id
     known = {s.id for s in manifest.devices} | {manifest.agent}
+    hosted = {s.id for s in manifest.devices if s.hosted or s.role not in _FIRMWARE_ROLES} - {manifest.agent}
     for d in (*rotate, *revoke):
         if d not in known:
             raise ProvisionError(f"{d!r} is not a device of kit {kit!r} (its devices: {', '.join(sorted(known))})")
-    hosted = {s.id for s in manifest.devices if s.hosted or s.role not in _FIRMWARE_ROLES} - {manifest.agent}
-    for d in (*rotate, *revoke):
         if d in hosted:  # a printer, a power bank...: the agent speaks for it, with the agent's account
             raise ProvisionError(f"{d!r} has no broker account of its own: the agent {manifest.agent!r} speaks for "
                                  f"it (rotate or revoke {manifest.agent!r})")
@@ -226,25 +216,27 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
         events = {e["event"]: e for e in flash.get("events", [])}
         events.update({k.event: {"event": k.event, "key": k.secret.hex()} for k in event_keys})
         flash["events"] = sorted(events.values(), key=lambda e: e["event"])
-    _private_write(store, json.dumps({"accounts": accounts, "acl": acls, "flash": flash}, indent=2, sort_keys=True)
+    write_atomic(store, json.dumps({"accounts": accounts, "acl": acls, "flash": flash}, indent=2, sort_keys=True)
                    + "\n")
-    _private_write(folder / "mosquitto" / "passwd",
+    write_atomic(folder / "mosquitto" / "passwd",
                    "".join(f"{n}:{mosquitto_hash(a['password'])}\n" for n, a in sorted(accounts.items())))
-    _private_write(folder / "mosquitto" / "acl", "# written by popkit kit provision: every topic spelled out\n"
+    write_atomic(folder / "mosquitto" / "acl", "# written by popkit kit provision: every topic spelled out\n"
                    + "\n".join(acl))
 
     files = ensure_broker_tls(folder / "tls", kit, [broker_host]) if tls else None
     port = broker_port or (8883 if tls else 1883)
 
+    ca_pem = files.ca.read_text() if files is not None else None
+
     def login(name: str) -> dict:
         broker = {"host": broker_host, "port": port, "tls": tls, "user": name, "password": accounts[name]["password"]}
-        if files is not None:
-            broker["ca"] = files.ca.read_text()
+        if ca_pem is not None:
+            broker["ca"] = ca_pem
         return broker
 
     if bridge_to is not None:
         host, bport, ca = bridge_to
-        _private_write(folder / "mosquitto" / "conf.d" / "bridge.conf",
+        write_atomic(folder / "mosquitto" / "conf.d" / "bridge.conf",
                        bridge_conf(kit, accounts[bridge_account(kit)]["password"], host, bport, ca))
 
     # what each device of this kit flashes (or the agent reads): the broker, and itself
@@ -258,8 +250,8 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
             config["wifi"] = flash["wifi"]
         if device in scanners and flash.get("events"):  # what the door checks tickets with
             config["gate"] = {"leeway": 60, "events": flash["events"]}
-        _private_write(folder / "devices" / f"{device}.json", json.dumps(config, indent=2) + "\n")
-    _private_write(folder / "fleet.json", json.dumps({"broker": login(FLEET_USER)}, indent=2) + "\n")
+        write_atomic(folder / "devices" / f"{device}.json", json.dumps(config, indent=2) + "\n")
+    write_atomic(folder / "fleet.json", json.dumps({"broker": login(FLEET_USER)}, indent=2) + "\n")
     for name in revoked:  # a revoked device's secret does not stay on disk
         (folder / "devices" / f"{name.split('.', 1)[1]}.json").unlink(missing_ok=True)
     return Provisioned(folder, {n: a["password"] for n, a in accounts.items()}, created, rotated, revoked, files)

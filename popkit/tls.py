@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from popkit.files import write_atomic
 
 CA_YEARS = 10  # the CA outlives any tour; a new one means reflashing every device
 SERVER_DAYS = 825  # the longest server certificate lifetime clients commonly accept
@@ -27,15 +28,6 @@ class TlsFiles:
     ca: Path  # the CA certificate (public: every client gets it)
     cert: Path  # the broker's certificate, signed by the CA
     key: Path  # the broker's private key (0600)
-
-
-def _write(path: Path, data: bytes, private: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _now() -> dt.datetime:
@@ -65,9 +57,9 @@ def _ca(folder: Path, kit: str):
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_atomic(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()), private=True)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return cert, key
 
 
@@ -123,7 +115,7 @@ def ensure_broker_tls(folder: Path, kit: str, hosts: list[str]) -> TlsFiles:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    _write(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_atomic(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption()), private=True)
-    _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    write_atomic(files.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return files
