@@ -89,6 +89,9 @@ def _ledger_table(name: str, *extra: Column) -> Table:
         Column("boot", String(32), nullable=False),
         Column("seq", BigInteger, nullable=False),
         Column("ts_ms", BigInteger, nullable=False),
+        # When the fleet stored it: far after ts_ms means the kit held it (an uplink outage) and
+        # the API marks it historical. Null for rows stored before migration 0007.
+        Column("received_ms", BigInteger),
         *extra,
         # The validated payload exactly as the device sent it: storing it as text
         # costs nothing on the hot path, where re-serialising a dict per row would.
@@ -119,6 +122,7 @@ checkins = Table(
     Column("boot", String(32), nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("scan_ms", BigInteger, nullable=False),  # when the ticket was scanned, not when it arrived
+    Column("received_ms", BigInteger),  # ... and when it arrived (null before migration 0007)
     UniqueConstraint("device_id", "boot", "seq", name="uq_checkins_message"),
     Index("ix_checkins_event_ticket", "event_id", "ticket"),
 )

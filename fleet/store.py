@@ -14,7 +14,8 @@ import json
 import logging
 from typing import Any, Callable
 
-from sqlalchemy import Engine, and_, bindparam, case, delete, func, literal_column, or_, select, true, update
+from sqlalchemy import (Engine, Text, and_, bindparam, case, cast, delete, func, literal, literal_column, or_, select, true,
+                        type_coerce, update)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -175,10 +176,10 @@ class Store:
             unique.setdefault(m.key, m)
         ledger = list(unique.values())
         with self.engine.begin() as conn:
-            inserted = self._insert_ledger(conn, ledger)
+            inserted = self._insert_ledger(conn, ledger, received_ms)
             new = [m for key, m in unique.items() if key in inserted]
             self._update_streams(conn, new)
-            self._record_checkins(conn, new)
+            self._record_checkins(conn, new, received_ms)
             self._record_acks(conn, new)
             self._update_latest(conn, new)
             dup_by_device = self._update_devices(conn, batch, new, received_ms)
@@ -188,15 +189,15 @@ class Store:
         self._batch_changed(batch)
         return BatchResult(inserted=len(inserted), duplicates=sum(dup_by_device.values()))
 
-    def _insert_ledger(self, conn, ledger: list[LedgerMessage]) -> set[tuple[str, str, int]]:
+    def _insert_ledger(self, conn, ledger: list[LedgerMessage], received_ms: int) -> set[tuple[str, str, int]]:
         tel_rows, ev_rows = [], []
         for m in ledger:
             msg = m.msg
             if m.channel == "telemetry":
-                tel_rows.append((m.device_id, msg.boot, msg.seq, msg.ts, msg.kind, m.body))
+                tel_rows.append((m.device_id, msg.boot, msg.seq, msg.ts, received_ms, msg.kind, m.body))
             else:
                 kind = msg.kind if m.channel == "event" else "ack"
-                ev_rows.append((m.device_id, msg.boot, msg.seq, msg.ts, m.channel, kind, m.body))
+                ev_rows.append((m.device_id, msg.boot, msg.seq, msg.ts, received_ms, m.channel, kind, m.body))
         inserted: set[tuple[str, str, int]] = set()
         for table, columns, rows in ((db.telemetry, _TELEMETRY_COLUMNS, tel_rows), (db.events, _EVENT_COLUMNS, ev_rows)):
             if rows:
@@ -239,14 +240,15 @@ class Store:
         )
         conn.execute(stmt, rows)
 
-    def _record_checkins(self, conn, new: list[LedgerMessage]) -> None:
+    def _record_checkins(self, conn, new: list[LedgerMessage], received_ms: int) -> None:
         rows = []
         for m in new:
             if m.channel == "event" and m.msg.kind == "checkin":
                 d = m.msg.data  # validated against kits.contract.Checkin at decode
                 rows.append(dict(event_id=d.get("event"), ticket=d.get("ticket"), tier=d.get("tier"),
                                  verdict=d["verdict"], hub_checked=d.get("hub_checked", True),
-                                 device_id=m.device_id, boot=m.msg.boot, seq=m.msg.seq, scan_ms=m.msg.ts))
+                                 device_id=m.device_id, boot=m.msg.boot, seq=m.msg.seq, scan_ms=m.msg.ts,
+                                 received_ms=received_ms))
         if rows:
             conn.execute(db.checkins.insert(), rows)
 
@@ -521,7 +523,8 @@ class Store:
         Per row, Python's sqlite3 hands the GIL back and forth: with 8 clients at once, 720 rows a
         request tripled the CPU per request (bench.api)."""
         t = db.telemetry.c
-        page = self._raw_readings(device_id, since_ms, until_ms, kind, t.ts_ms, t.seq, t.body).limit(limit).subquery()
+        page = self._raw_readings(device_id, since_ms, until_ms, kind, t.ts_ms, t.seq,
+                                  _marked_body(t).label("body")).limit(limit).subquery()
         if self.engine.dialect.name == "postgresql":
             joined = func.string_agg(page.c.body, aggregate_order_by(literal_column("','"), page.c.ts_ms, page.c.seq))
         else:
@@ -580,10 +583,11 @@ class Store:
                 return None
             doors = select(d.id).where(d.kit_id == kit_id)
             rows = conn.execute(
-                select(c.device_id, c.scan_ms, c.event_id, c.ticket, c.tier, c.verdict, c.hub_checked)
+                select(c.device_id, c.scan_ms, c.event_id, c.ticket, c.tier, c.verdict, c.hub_checked, c.received_ms)
                 .where(c.device_id.in_(doors)).order_by(c.scan_ms.desc(), c.id.desc()).limit(limit)
             ).mappings().all()
-        return [dict(r) for r in rows]
+        return [dict(r, historical=r.received_ms is not None and r.received_ms - r.scan_ms > HISTORICAL_AFTER_MS)
+                for r in rows]
 
     def dead_letters(self, limit: int = 100, reason: str | None = None, topic_prefix: str | None = None,
                      before_id: int | None = None) -> list[dict]:
@@ -1244,10 +1248,24 @@ def _reading(body: str) -> dict:
 
 
 # Column -> PostgreSQL array type, for inserting a batch as one array per column.
-_LEDGER_ARRAY_TYPES = {"device_id": "text[]", "boot": "text[]", "seq": "bigint[]", "ts_ms": "bigint[]",
+HISTORICAL_AFTER_MS = 60_000  # received this long after it happened: the kit held it (an uplink outage)
+
+
+def _marked_body(t):
+    """A stored reading as the API shows it: a historical one (held by the kit, received over
+    HISTORICAL_AFTER_MS after it happened) gains ``"historical": true`` and its ``received_ms``, so a
+    chart can tell a backlog from live data. Built in SQL, so pages stay one row back (telemetry_page)."""
+    late = and_(t.received_ms.is_not(None), t.received_ms - t.ts_ms > HISTORICAL_AFTER_MS)
+    body = func.rtrim(t.body, literal(" \t\r\n"))  # a stored body is a JSON object: it ends in "}"
+    head = type_coerce(func.substr(body, 1, func.length(body) - 1), Text)  # Text: "+" is "||"
+    marked = head + literal(',"historical":true,"received_ms":') + cast(t.received_ms, Text) + literal("}")
+    return case((late, marked), else_=t.body)
+
+
+_LEDGER_ARRAY_TYPES = {"device_id": "text[]", "boot": "text[]", "seq": "bigint[]", "ts_ms": "bigint[]", "received_ms": "bigint[]",
                        "channel": "text[]", "kind": "text[]", "body": "text[]"}
-_TELEMETRY_COLUMNS = ("device_id", "boot", "seq", "ts_ms", "kind", "body")
-_EVENT_COLUMNS = ("device_id", "boot", "seq", "ts_ms", "channel", "kind", "body")
+_TELEMETRY_COLUMNS = ("device_id", "boot", "seq", "ts_ms", "received_ms", "kind", "body")
+_EVENT_COLUMNS = ("device_id", "boot", "seq", "ts_ms", "received_ms", "channel", "kind", "body")
 _ON_CONFLICT_RETURNING = " ON CONFLICT (device_id, boot, seq) DO NOTHING RETURNING device_id, boot, seq"
 
 

@@ -23,7 +23,8 @@ def api(tmp_path):
     store.register_kit(load_manifest(DEMO_KIT))
     store.write_batch(Batch(ledger=[reading(s, 1_000_000 + s * 1000) for s in range(1, 26)],
                             states=[("demo-agent", State(boot="beef01", seq=0, ts=1, online=True, role="agent")),
-                                    ("demo-power", State(boot="beef01", seq=0, ts=1, online=True, role="powerbank"))]))
+                                    ("demo-power", State(boot="beef01", seq=0, ts=1, online=True, role="powerbank"))]),
+                      received_ms=1_026_000)  # received live: just after the last reading
     yield ops_client(create_app(store))
     store.close()
 
@@ -62,6 +63,20 @@ def test_raw_history_is_the_readings_as_sent_in_the_promised_shape(api):
     assert page["resolution"] == "raw" and page["next_since"] == 1_003_000
     assert page["items"][0] == {**reading(1, 1_001_000).msg.model_dump(exclude_none=True), "kind": "battery"}
     assert api.get("/api/v1/devices/demo-power/telemetry", params={"kind": "printer"}).json()["items"] == []
+
+
+def test_a_reading_the_kit_held_through_an_outage_is_marked_historical(api, tmp_path):
+    """Received ten minutes after it happened (the kit's uplink was down): shown as sent, plus
+    "historical" and when it arrived; the live readings around it are not marked."""
+    store = Store.open(f"sqlite:///{tmp_path / 'api.db'}")
+    late = reading(26, 1_026_500)
+    store.write_batch(Batch(ledger=[late]), received_ms=1_026_500 + 600_000)
+    store.close()
+    items = api.get("/api/v1/devices/demo-power/telemetry", params={"since": 1_025_000}).json()["items"]
+    assert [i["seq"] for i in items] == [25, 26]
+    assert "historical" not in items[0] and "received_ms" not in items[0]
+    assert items[1] == {**late.msg.model_dump(exclude_none=True), "kind": "battery",
+                        "historical": True, "received_ms": 1_626_500}
 
 
 def history_pages_in_time_order(store: Store) -> None:

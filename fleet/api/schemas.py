@@ -270,6 +270,9 @@ class CheckinOut(BaseModel):
     tier: str | None
     verdict: str
     hub_checked: bool
+    received_ms: int | None = Field(default=None, description="when the fleet stored it (null: before this was kept)")
+    historical: bool = Field(default=False, description="held by the kit through an uplink outage: received "
+                             "over a minute after the scan")
 
 
 class AuditOut(BaseModel):

@@ -32,7 +32,9 @@ class TelemetryHistoryOut(TelemetryOut):
     """TelemetryOut, saying which resolution the items are in."""
 
     resolution: Literal["raw", "1m"] = Field(
-        default="raw", description="raw: readings as the device sent them; 1m: built from one-minute aggregates")
+        default="raw", description="raw: readings as the device sent them (one the kit held through an uplink "
+        "outage, received over a minute late, also carries \"historical\": true and its \"received_ms\"); "
+        "1m: built from one-minute aggregates")
     bucket_ms: int | None = Field(default=None, description="1m: each item aggregates this long (from its ts)")
 
 
