@@ -30,7 +30,8 @@ def with_signing_key(settings: FleetSettings) -> FleetSettings:
 
 
 def build(settings: FleetSettings) -> tuple[Store, Ingest]:
-    store = Store.open(settings.db_url, dead_letter_cap=settings.dead_letter_cap)
+    store = Store.open(settings.db_url, dead_letter_cap=settings.dead_letter_cap,
+                       historical_after_ms=int(settings.historical_after_s * 1000))
     for path in settings.kits:
         manifest = load_manifest(path)
         store.register_kit(manifest)

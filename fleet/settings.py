@@ -26,6 +26,8 @@ class FleetSettings(BaseSettings):
     batch_wait_ms: int = Field(default=20, ge=0, le=5000, description="longest a message waits for its batch")
     receive_maximum: int = Field(default=4000, ge=1, le=65535, description="QoS 1 messages in flight to us (MQTT v5)")
     dead_letter_cap: int = Field(default=10_000, ge=100)
+    historical_after_s: float = Field(default=60.0, gt=0, description="a reading or scan received this long after "
+                                      "it happened was held by its kit (an uplink outage): the API marks it historical")
     kits: list[str] = Field(default_factory=list, description="kit manifests to register at start")
     # Health and battery forecast (fleet/health.py, fleet/forecast.py).
     heartbeat_timeout_s: float = Field(default=90.0, gt=0, description="an online device that sent nothing for this "

@@ -86,10 +86,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+HISTORICAL_AFTER_MS = 60_000  # received this long after it happened: the kit held it (FleetSettings.historical_after_s)
+
 class Store:
-    def __init__(self, engine: Engine, dead_letter_cap: int = 10_000):
+    def __init__(self, engine: Engine, dead_letter_cap: int = 10_000, historical_after_ms: int = HISTORICAL_AFTER_MS):
         self.engine = engine
         self.dead_letter_cap = dead_letter_cap
+        self.historical_after_ms = historical_after_ms
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         # Called, in order, with (kits, devices) after every write of this process commits (ingest's
         # batches, a registration, a pushed config): the API's kit views recompute them, then the
@@ -524,7 +527,7 @@ class Store:
         request tripled the CPU per request (bench.api)."""
         t = db.telemetry.c
         page = self._raw_readings(device_id, since_ms, until_ms, kind, t.ts_ms, t.seq,
-                                  _marked_body(t).label("body")).limit(limit).subquery()
+                                  _marked_body(t, self.historical_after_ms).label("body")).limit(limit).subquery()
         if self.engine.dialect.name == "postgresql":
             joined = func.string_agg(page.c.body, aggregate_order_by(literal_column("','"), page.c.ts_ms, page.c.seq))
         else:
@@ -586,7 +589,7 @@ class Store:
                 select(c.device_id, c.scan_ms, c.event_id, c.ticket, c.tier, c.verdict, c.hub_checked, c.received_ms)
                 .where(c.device_id.in_(doors)).order_by(c.scan_ms.desc(), c.id.desc()).limit(limit)
             ).mappings().all()
-        return [dict(r, historical=r.received_ms is not None and r.received_ms - r.scan_ms > HISTORICAL_AFTER_MS)
+        return [dict(r, historical=r.received_ms is not None and r.received_ms - r.scan_ms > self.historical_after_ms)
                 for r in rows]
 
     def dead_letters(self, limit: int = 100, reason: str | None = None, topic_prefix: str | None = None,
@@ -1248,14 +1251,13 @@ def _reading(body: str) -> dict:
 
 
 # Column -> PostgreSQL array type, for inserting a batch as one array per column.
-HISTORICAL_AFTER_MS = 60_000  # received this long after it happened: the kit held it (an uplink outage)
 
 
-def _marked_body(t):
+def _marked_body(t, after_ms: int):
     """A stored reading as the API shows it: a historical one (held by the kit, received over
-    HISTORICAL_AFTER_MS after it happened) gains ``"historical": true`` and its ``received_ms``, so a
+    ``after_ms`` after it happened) gains ``"historical": true`` and its ``received_ms``, so a
     chart can tell a backlog from live data. Built in SQL, so pages stay one row back (telemetry_page)."""
-    late = and_(t.received_ms.is_not(None), t.received_ms - t.ts_ms > HISTORICAL_AFTER_MS)
+    late = and_(t.received_ms.is_not(None), t.received_ms - t.ts_ms > after_ms)
     body = func.rtrim(t.body, literal(" \t\r\n"))  # a stored body is a JSON object: it ends in "}"
     head = type_coerce(func.substr(body, 1, func.length(body) - 1), Text)  # Text: "+" is "||"
     marked = head + literal(',"historical":true,"received_ms":') + cast(t.received_ms, Text) + literal("}")
