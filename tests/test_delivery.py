@@ -47,10 +47,12 @@ def test_broker_sigkill_mid_stream_loses_and_doubles_nothing(broker, tmp_path):
         fleet.store.close()
 
 
-def spawn_fleet(mqtt_url: str, db_url: str, port: int) -> subprocess.Popen:
+def spawn_fleet(mqtt_url: str, db_url: str, port: int, client_id: str = "fleet-under-test",
+                share_group: str = "") -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "popkit.cli", "fleet", "serve", "--mqtt", mqtt_url, "--db", db_url,
-         "--http", f"127.0.0.1:{port}", "--kit", str(DEMO_KIT), "--client-id", "fleet-under-test"],
+         "--http", f"127.0.0.1:{port}", "--kit", str(DEMO_KIT), "--client-id", client_id,
+         *(["--share-group", share_group] if share_group else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
