@@ -29,9 +29,9 @@ from agent.link import FleetLink
 from agent.statewatch import StateWatch
 from kits.manifest import load_manifest
 from kits.tickets import EventKey, issue
-from popkit.broker import MosquittoBroker, free_port, mosquitto_binary
-from popkit.provision import FLEET_USER, bridge_account, provision
+from popkit.provision import FLEET_USER, bridge_account
 from simulators.scanner import ScannerSim
+from tests.bridged import start_bridged
 from tests.conftest import start_fleet, wait_until
 from tests.device.firmware import Device
 from tests.device.firmware import rom_images  # noqa: F401 - fixture
@@ -112,46 +112,27 @@ class KitAgent:
 
 @pytest.fixture
 def bridged_kit(tmp_path):
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
     path = tmp_path / "tour.toml"
     path.write_text(MANIFEST)
     manifest = load_manifest(path)
-    fleet_port, kit_port = free_port(), free_port()
-    fleet_side = provision(manifest, tmp_path / "fleet-side", broker_port=fleet_port)
-    kit_side = provision(manifest, tmp_path / "kit-side", broker_port=kit_port,
-                         bridge_to=("127.0.0.1", fleet_port, fleet_side.tls.ca))
-    fleet_side = provision(manifest, fleet_side.folder, broker_port=fleet_port,
-                           bridge_to=("127.0.0.1", fleet_port, fleet_side.tls.ca))
-    conf = kit_side.conf_dir / "bridge.conf"
-    text = conf.read_text().replace(kit_side.accounts[bridge_account(KIT)], fleet_side.accounts[bridge_account(KIT)])
-    # A venue's bridge retries up to every 30 s; this test's outage is short, so it retries sooner.
-    conf.write_text(text.replace("restart_timeout 2 30", "restart_timeout 1 3"))
-    fleet_broker = MosquittoBroker(port=fleet_port, data_dir=tmp_path / "fleet-broker", password_file=fleet_side.passwd,
-                                   acl_file=fleet_side.acl, tls=fleet_side.tls).start()
-    kit_broker = MosquittoBroker(port=kit_port, data_dir=tmp_path / "kit-broker", password_file=kit_side.passwd,
-                                 acl_file=kit_side.acl, tls=kit_side.tls,
-                                 extra_conf=f"include_dir {kit_side.conf_dir}\n").start()
-    fleet = start_fleet(f"mqtts://127.0.0.1:{fleet_port}?account={fleet_side.fleet_file}",
-                        f"sqlite:///{tmp_path / 'fleet.db'}", kits=(path,))
+    net = start_bridged(tmp_path, path)
+    fleet = start_fleet(net.fleet_url, f"sqlite:///{tmp_path / 'fleet.db'}", kits=(path,))
     fleet.store.historical_after_ms = 3000  # the outage here lasts seconds, not the minute a venue's would
-    agent = KitAgent(manifest, f"mqtts://127.0.0.1:{kit_port}?account={kit_side.device_file(manifest.agent)}",
-                     tmp_path / "agent")
-    yield dict(fleet=fleet, agent=agent, fleet_broker=fleet_broker, kit_broker=kit_broker,
-               fleet_side=fleet_side, kit_side=kit_side)
+    agent = KitAgent(manifest, net.kit_url(manifest.agent), tmp_path / "agent")
+    yield dict(fleet=fleet, agent=agent, fleet_broker=net.fleet_broker, kit_broker=net.kit_broker,
+               fleet_side=net.fleet_side, kit_side=net.kit_side)
     agent.stop()
     fleet.ingest.stop()
     fleet.store.close()
-    kit_broker.close()
-    fleet_broker.close()
+    net.close()
 
 
-def start_door(rom_images, tmp_path, kit_side, kit_broker, name: str, key: EventKey) -> tuple[ScannerSim, Device]:
+def start_door(images, tmp_path, kit_side, kit_broker, name: str, key: EventKey) -> tuple[ScannerSim, Device]:
     sim = ScannerSim()
     cfg = write_config(tmp_path / f"{name}.json", sim, kit_broker.port, tmp_path / f"{name}-flash", [key],
                        kit=KIT, device=name, hub_ms=1000)
     as_provisioned(cfg, kit_side, name, kit_broker)
-    dev = Device.from_rom(rom_images["scanner"], cfg, budget=BUDGET)
+    dev = Device.from_rom(images["scanner"], cfg, budget=BUDGET)
     dev.expect(r"READY", timeout=10)
     sim.wait_connected(1, timeout=10)
     return sim, dev
