@@ -113,6 +113,36 @@ def bridge_conf(kit: str, password: str, host: str, port: int, ca: Path) -> str:
             f"restart_timeout 2 30\n{up}{down}")
 
 
+# The kit broker's bridge queue holds what the kit owes while the uplink is down: ~10 devices at a
+# message every 5 s is ~7,000 an hour. Past the bound Mosquitto drops new messages for the bridge;
+# nothing is lost by it, only delayed: every producer keeps each message in its outbox until the
+# fleet's receipt, and the fleet asks for any gap it sees once the uplink is back (Receipt.missing).
+KIT_QUEUE_MESSAGES = 100_000
+KIT_QUEUE_BYTES = 64 * 1024 * 1024
+
+
+def kit_broker_conf(folder: Path, port: int, tls: TlsFiles | None, data_dir: Path) -> str:
+    """mosquitto.conf for the kit broker on the Pi (``mosquitto -c <folder>/mosquitto/mosquitto.conf``):
+    the kit's devices on the venue Wi-Fi, each logged in as itself, the queue for an outage, and
+    the bridge (conf.d) when the kit was provisioned with one."""
+    import pwd
+
+    folder = Path(folder).resolve()
+    # Mosquitto drops from root to its own user before it reads the password file, and every file
+    # here is 0600 to whoever provisioned: it runs as that user (the kit's service account on a Pi).
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    tls_lines = (f"certfile {tls.cert.resolve()}\nkeyfile {tls.key.resolve()}\ntls_version tlsv1.2\n"
+                 if tls is not None else "")
+    return (f"# written by popkit kit provision: the kit broker (Mosquitto 2) on the kit's Pi\n"
+            f"user {owner}\nper_listener_settings false\nlistener {port} 0.0.0.0\n{tls_lines}"
+            f"allow_anonymous false\npassword_file {folder / 'mosquitto' / 'passwd'}\n"
+            f"acl_file {folder / 'mosquitto' / 'acl'}\n"
+            f"persistence true\npersistence_location {Path(data_dir).resolve()}/\nautosave_interval 30\n"
+            f"max_inflight_messages 100\nmax_queued_messages {KIT_QUEUE_MESSAGES}\n"
+            f"max_queued_bytes {KIT_QUEUE_BYTES}\npersistent_client_expiration 7d\nset_tcp_nodelay true\n"
+            f"connection_messages true\ninclude_dir {folder / 'mosquitto' / 'conf.d'}\n")
+
+
 def fleet_rules() -> list[str]:
     """The fleet ingests what devices report and sends commands, configs and receipts: to every kit."""
     return ([f"topic read {ROOT}/+/+/{ch}" for ch in DEVICE_CHANNELS]
@@ -145,6 +175,11 @@ class Provisioned:
         return self.folder / "mosquitto" / "conf.d"
 
     @property
+    def broker_conf(self) -> Path:
+        """The kit broker's mosquitto.conf (``mosquitto -c`` it on the Pi)."""
+        return self.folder / "mosquitto" / "mosquitto.conf"
+
+    @property
     def fleet_file(self) -> Path:
         return self.folder / "fleet.json"
 
@@ -152,7 +187,7 @@ class Provisioned:
 def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.0.1", broker_port: int | None = None,
               rotate: tuple[str, ...] = (), revoke: tuple[str, ...] = (), tls: bool = True,
               bridge_to: tuple[str, int, Path] | None = None, wifi: dict | None = None,
-              event_keys: tuple = ()) -> Provisioned:
+              event_keys: tuple = (), broker_data: Path | None = None) -> Provisioned:
     """Credentials for ``manifest``'s kit in ``folder``: new accounts get a random password, ``rotate``
     (device ids) get a new one, ``revoke`` lose theirs (the broker disconnects and refuses them once
     it reloads its files); everyone else keeps theirs. The fleet's account is made once per folder.
@@ -161,7 +196,9 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
     ``bridge_to`` (host, port, the fleet broker's CA file): the kit broker's bridge to the fleet
     broker gets its own account here and its config in ``mosquitto/conf.d/bridge.conf``.
     ``wifi`` ({ssid, password}) goes into every ESP32's file, ``event_keys`` (kits.tickets.EventKey)
-    into every scanner's (its `gate`); both are kept, so provisioning again without them keeps them."""
+    into every scanner's (its `gate`); both are kept, so provisioning again without them keeps them.
+    ``mosquitto/mosquitto.conf`` is the kit broker's whole config for the Pi, persisting to
+    ``broker_data`` (default /var/lib/mosquitto)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
@@ -238,6 +275,9 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
         host, bport, ca = bridge_to
         write_atomic(folder / "mosquitto" / "conf.d" / "bridge.conf",
                        bridge_conf(kit, accounts[bridge_account(kit)]["password"], host, bport, ca))
+    (folder / "mosquitto" / "conf.d").mkdir(parents=True, exist_ok=True)  # include_dir must exist
+    write_atomic(folder / "mosquitto" / "mosquitto.conf",
+                 kit_broker_conf(folder, port, files, broker_data or Path("/var/lib/mosquitto")))
 
     # what each device of this kit flashes (or the agent reads): the broker, and itself
     scanners = {spec.id for spec in manifest.devices if spec.role == "scanner" and not spec.hosted}

@@ -102,3 +102,39 @@ def test_a_bridge_the_fleet_broker_cannot_trust_or_that_cannot_trust_it_carries_
     if spoil == "wrong password":
         wait_until(lambda: "not authorised" in fleet_broker.log(), 5, what="the fleet broker refusing the bridge")
     assert f"u'{bridge_account(KIT)}'" not in fleet_broker.log(), "the bridge got in"
+
+
+def test_the_kit_broker_runs_on_the_config_provision_wrote_and_bridges_to_the_fleet(tmp_path):
+    """What the Pi runs: `mosquitto -c <folder>/mosquitto/mosquitto.conf`, nothing added by a test."""
+    import subprocess
+
+    from popkit.broker import wait_for_port
+    from tests.bridged import start_bridged
+
+    net = start_bridged(tmp_path / "net", DEMO_KIT)  # the fleet broker (and a kit broker this test ignores)
+    port = free_port()
+    kit_side = provision(load_manifest(DEMO_KIT), tmp_path / "pi", broker_port=port, broker_data=tmp_path / "pi-data",
+                         bridge_to=("127.0.0.1", net.fleet_broker.port, net.fleet_side.tls.ca))
+    conf = kit_side.conf_dir / "bridge.conf"  # the fleet side's bridge password, as ops would hand it over
+    conf.write_text(conf.read_text().replace(kit_side.accounts[bridge_account(KIT)],
+                                             net.fleet_side.accounts[bridge_account(KIT)]))
+    text = kit_side.broker_conf.read_text()
+    assert "max_queued_messages 100000" in text and "allow_anonymous false" in text
+    (tmp_path / "pi-data").mkdir()
+    pi = subprocess.Popen([mosquitto_binary(), "-c", str(kit_side.broker_conf)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        door = login(type("B", (), {"port": port})(), kit_side, account(KIT, DOOR))
+        anon = Session(port, None, None, kit_side.tls.ca)
+        assert door.accepted and not anon.accepted
+        fleet = login(net.fleet_broker, net.fleet_side, FLEET_USER)
+        fleet.c.subscribe(f"popkit/v1/{KIT}/{DOOR}/state", qos=1)
+        wait_until(lambda: net.fleet_broker.log().count(f"u'{bridge_account(KIT)}'") >= 2, 15,
+                   what="the Pi's broker bridged in (after the test's own kit broker)")
+        door.c.publish(f"popkit/v1/{KIT}/{DOOR}/state", b"from-the-pi", qos=1)
+        wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/state", b"from-the-pi") in fleet.got, 10, what="the state upstream")
+    finally:
+        pi.terminate()
+        pi.wait(10)
+        net.close()
