@@ -186,6 +186,17 @@ def _sim_devices(args: argparse.Namespace) -> int:
     return run_devices(args.kit, args.mqtt, Path(args.data))
 
 
+def _sim_fleet(args: argparse.Namespace) -> int:
+    from simulators.swarm import SwarmError, run_cli
+
+    try:
+        return run_cli(args.kits, args.devices_per_kit, args.mqtt, args.period, args.register, args.seed,
+                       args.duration)
+    except SwarmError as exc:
+        print(f"popkit sim fleet: {exc}", file=sys.stderr)
+        return 3
+
+
 def _demo(args: argparse.Namespace) -> int:
     from popkit.demo import run_demo
 
@@ -359,6 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--mqtt", default="mqtt://127.0.0.1:1883")
     devices.add_argument("--data", default="var/sim")
     devices.set_defaults(func=_sim_devices)
+    swarm = sim.add_parser("fleet", help="many simulated kits of ESP32s in one process, for load tests and demos")
+    swarm.add_argument("--kits", type=int, required=True, help="how many kits (ids k0001, k0002, ...)")
+    swarm.add_argument("--devices-per-kit", type=int, default=5, help="scanners and lighting controllers, "
+                                                                      "about half each (default 5)")
+    swarm.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    swarm.add_argument("--period", type=float, default=5.0, help="seconds between each device's telemetry")
+    swarm.add_argument("--register", metavar="DB_URL", help="first register the kits in this fleet database")
+    swarm.add_argument("--seed", type=int, help="seed for the readings and check-ins (boots stay random)")
+    swarm.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    swarm.set_defaults(func=_sim_fleet)
 
     contract = sub.add_parser("contract", help="the wire contract").add_subparsers(dest="contract_command", required=True)
     exp = contract.add_parser("export", help="write the JSON Schemas")
