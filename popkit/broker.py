@@ -25,7 +25,7 @@ from pathlib import Path
 # (the default max_queued_messages of 1000 would).
 MOSQUITTO_CONF = """\
 # written by popkit.broker; one private broker per run
-listener {port} 127.0.0.1
+listener {port} {host}
 {tls}{auth}persistence true
 persistence_location {data}/
 autosave_interval 1
@@ -78,15 +78,20 @@ class MosquittoBroker:
     kind = "mosquitto"
 
     def __init__(self, port: int | None = None, data_dir: str | Path | None = None, extra_conf: str = "",
-                 password_file: str | Path | None = None, acl_file: str | Path | None = None, tls=None):
+                 password_file: str | Path | None = None, acl_file: str | Path | None = None, tls=None,
+                 host: str = "127.0.0.1", netns: str | None = None):
         """``password_file`` and ``acl_file`` (popkit.provision writes both): anonymous clients are
         refused and each account is held to its ACL; without them the broker is open (demo, tests).
-        ``tls`` (popkit.tls.TlsFiles): the listener speaks only TLS, with the kit's broker certificate."""
+        ``tls`` (popkit.tls.TlsFiles): the listener speaks only TLS, with the kit's broker certificate.
+        ``netns``: run inside that network namespace (``ip netns exec``, root only; the tests that
+        impair a kit's uplink); ``host`` is the address it listens on, and the one its readiness is
+        checked at, so it must be reachable from the caller's namespace."""
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
         self.binary = binary
         self.port = port or free_port()
+        self.host, self.netns = host, netns
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="popkit-mosquitto-")).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -101,11 +106,11 @@ class MosquittoBroker:
         if tls is not None:
             tls_conf = (f"cafile {Path(tls.ca).resolve()}\ncertfile {Path(tls.cert).resolve()}\n"
                         f"keyfile {Path(tls.key).resolve()}\ntls_version tlsv1.2\n")
-        conf = MOSQUITTO_CONF.format(port=self.port, data=self.data_dir, auth=auth, tls=tls_conf)
+        conf = MOSQUITTO_CONF.format(port=self.port, host=host, data=self.data_dir, auth=auth, tls=tls_conf)
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to the 'mosquitto' user, which cannot write
             # our data folder (often under a 0700 temp dir): no log, no persistence. This
-            # broker is private and loopback-only, so it keeps the caller's user.
+            # broker is private (loopback, or a test's own namespace), so it keeps the caller's user.
             conf += "user root\n"
         self.conf_path.write_text(conf + extra_conf)
         self.proc: subprocess.Popen | None = None
@@ -113,24 +118,26 @@ class MosquittoBroker:
     @property
     def url(self) -> str:
         if self.tls is not None:
-            return f"mqtts://127.0.0.1:{self.port}?ca={Path(self.tls.ca).resolve()}"
-        return f"mqtt://127.0.0.1:{self.port}"
+            return f"mqtts://{self.host}:{self.port}?ca={Path(self.tls.ca).resolve()}"
+        return f"mqtt://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> "MosquittoBroker":
         if self.proc and self.proc.poll() is None:
             return self
+        # `ip netns exec` execs the broker: the pid stays the broker's, so signals reach it.
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf_path)],
+            [*prefix, self.binary, "-c", str(self.conf_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop it in order
         )
         try:
-            wait_for_port(self.port, timeout)
+            wait_for_port(self.port, timeout, host=self.host)
         except TimeoutError:
             err = self._stderr()
             self.kill()
-            raise RuntimeError(f"mosquitto did not start on port {self.port}: {err}") from None
+            raise RuntimeError(f"mosquitto did not start on {self.host}:{self.port}: {err}") from None
         return self
 
     def _stderr(self) -> str:
