@@ -116,7 +116,11 @@ def bridged_kit(tmp_path):
     path.write_text(MANIFEST)
     manifest = load_manifest(path)
     net = start_bridged(tmp_path, path)
-    fleet = start_fleet(net.fleet_url, f"sqlite:///{tmp_path / 'fleet.db'}", kits=(path,))
+    try:
+        fleet = start_fleet(net.fleet_url, f"sqlite:///{tmp_path / 'fleet.db'}", kits=(path,))
+    except BaseException:
+        net.close()
+        raise
     fleet.store.historical_after_ms = 3000  # the outage here lasts seconds, not the minute a venue's would
     agent = KitAgent(manifest, net.kit_url(manifest.agent), tmp_path / "agent")
     yield dict(fleet=fleet, agent=agent, fleet_broker=net.fleet_broker, kit_broker=net.kit_broker,
