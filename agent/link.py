@@ -5,6 +5,10 @@
 * Everything owed to the fleet goes through the on-disk :class:`Outbox` and
   leaves it only on the fleet's receipt; unreceipted messages are sent again
   after a reconnect or when their receipt is overdue (the fleet deduplicates).
+  A receipt's ``missing`` (the fleet saw later seqs arrive, not these) sends those
+  again at once. While no receipt comes, the overdue wait doubles per resend up to
+  ``resend_max_s``: through a long uplink outage a kit must not pour its whole outbox
+  into the kit broker's bridge queue every ``resend_after_s``.
 * Reconnects back off exponentially with full jitter, so a venue's kits do not
   all hammer the broker in the same second after an outage.
 
@@ -64,6 +68,7 @@ class FleetLink:
         hosted: dict[str, Role] | None = None,
         fw: str | None = None,
         resend_after_s: float = 15.0,
+        resend_max_s: float = 300.0,
         outbox_cap: int = 50_000,
         keepalive: int = 10,
         on_command: Callable[[str, Command], None] | None = None,
@@ -73,6 +78,11 @@ class FleetLink:
         self.hosted = dict(hosted or {})
         self.mqtt_url = redacted(mqtt_url)  # for the logs: a password in the URL never reaches them
         self.resend_after_s = resend_after_s
+        self.resend_max_s = max(resend_max_s, resend_after_s)
+        # How late a receipt may be before its message is sent again: resend_after_s, doubled after
+        # each round of resends that no receipt answered; back to resend_after_s on any receipt or connect.
+        self.overdue_after_s = resend_after_s
+        self._overdue_since = time.monotonic()  # when overdue_after_s was last set
         self.keepalive = keepalive
         self.boot = secrets.token_hex(4)
         self.started_ms = now_ms()  # state.ts for every birth and the Will of this boot
@@ -90,6 +100,7 @@ class FleetLink:
         self.config_versions: dict[str, int] = {}  # device -> config version applied (goes into its state)
         self.connected = threading.Event()
         self.receipts = 0
+        self.gap_requests = 0  # receipts that asked for missing seqs again
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
         self._kick = threading.Event()
@@ -223,6 +234,7 @@ class FleetLink:
             client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
         # Whatever was in flight when the link dropped may be lost: send all of it again.
         self.outbox.mark_unsent()
+        self._answered()
         self.connected.set()
         self._kick.set()
         log.info("%s connected to %s (boot %s, outbox %d)", self.device, self.mqtt_url, self.boot, len(self.outbox))
@@ -244,7 +256,11 @@ class FleetLink:
             return
         device = msg.topic.split("/")[3]
         self.outbox.confirm(device, receipt.boot, receipt.seqs)
+        if receipt.missing:  # a silent gap at the fleet: these are due again now
+            self.outbox.mark_missing(device, receipt.boot, receipt.missing)
+            self.gap_requests += 1
         self.receipts += 1
+        self._answered()
         self._kick.set()
 
     def _command(self, msg) -> None:
@@ -306,7 +322,7 @@ class FleetLink:
             self._kick.clear()
             if not self.connected.is_set():
                 continue
-            entries = self.outbox.due(self.resend_after_s, limit=500)
+            entries = self.outbox.due(self.overdue_after_s, limit=500)
             if not entries:
                 continue
             for e in entries:
@@ -314,6 +330,21 @@ class FleetLink:
             self.outbox.mark_sent([e.id for e in entries])
             if len(entries) == 500:
                 self._kick.set()
+            if any(e.sent_ms is not None for e in entries):
+                self._resent_unanswered()
+
+    def _resent_unanswered(self) -> None:
+        """Receipts were overdue, so messages went again: once a whole wait passed without any
+        receipt, the next one is twice as long (up to resend_max_s)."""
+        now = time.monotonic()
+        if now - self._overdue_since >= self.overdue_after_s:
+            self.overdue_after_s = min(self.overdue_after_s * 2, self.resend_max_s)
+            self._overdue_since = now
+
+    def _answered(self) -> None:
+        """A receipt or a new session: the link is through; receipts are overdue after resend_after_s again."""
+        self.overdue_after_s = self.resend_after_s
+        self._overdue_since = time.monotonic()
 
     # ------------------------------------------------------------ helpers
 

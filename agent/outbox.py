@@ -43,6 +43,7 @@ class Entry:
     seq: int
     topic: str
     payload: bytes
+    sent_ms: int | None = None  # when it was last published; None: never (or asked for again)
 
 
 class Outbox:
@@ -97,7 +98,7 @@ class Outbox:
         cutoff = int((time.time() - resend_after_s) * 1000)
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, device, boot, seq, topic, payload FROM outbox"
+                "SELECT id, device, boot, seq, topic, payload, sent_ms FROM outbox"
                 " WHERE sent_ms IS NULL OR sent_ms < ? ORDER BY id LIMIT ?",
                 (cutoff, limit),
             ).fetchall()
@@ -112,6 +113,14 @@ class Outbox:
         """After a reconnect nothing in flight can be trusted to have arrived."""
         with self._lock:
             self._db.execute("UPDATE outbox SET sent_ms = NULL")
+
+    def mark_missing(self, device: str, boot: str, seq_ranges: list[tuple[int, int]]) -> int:
+        """The fleet says these never arrived although later ones did: due again now. Returns how
+        many are here (one it asks for that is not was receipted already, or dropped at the cap)."""
+        with self._lock:
+            return sum(self._db.execute(
+                "UPDATE outbox SET sent_ms = NULL WHERE device = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                (device, boot, first, last)).rowcount for first, last in seq_ranges)
 
     def confirm(self, device: str, boot: str, seq_ranges: list[tuple[int, int]]) -> int:
         """The fleet has committed these: forget them. Returns how many entries left."""

@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fleet.gaps import GapDetector
 from fleet.metrics import IngestMetrics
 from fleet.settings import FleetSettings
 from fleet.store import Batch, DeviceRef, LedgerMessage, RejectedMessage, Store, now_ms
@@ -87,6 +88,11 @@ class Ingest:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
+        # Silent gaps are looked for on the writer thread, between batches: it owns the metrics and
+        # publishes the receipts already, and a look costs a few indexed queries (fleet/gaps.py).
+        self.gaps = GapDetector(store, settings, self.metrics, ask=self._ask_again)
+        self._gaps_at = 0.0
+        self._gaps_failing = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -167,6 +173,7 @@ class Ingest:
         wait_s = self.settings.batch_wait_ms / 1000
         batch_max = self.settings.batch_max
         while not self._stop.is_set():
+            self._look_for_gaps()
             if not self._queue:
                 self._wake.wait(0.2)
                 self._wake.clear()
@@ -265,6 +272,26 @@ class Ingest:
         if ref is not None:
             self._devices[device_id] = ref
         return ref
+
+    def _look_for_gaps(self) -> None:
+        now = time.monotonic()
+        if now < self._gaps_at or not self.connected.is_set():
+            return  # (while away from the broker the lease lapses, and another worker takes over)
+        self._gaps_at = now + self.settings.gap_check_s
+        try:
+            # A backlog in our queue: the missing messages are most likely in it (or the broker's) too.
+            self.gaps.tick(backlogged=len(self._queue) > self.settings.batch_max)
+            self._gaps_failing = False
+        except Exception as exc:  # noqa: BLE001 - the database is away: the commit's retry says so; next tick
+            if not self._gaps_failing:
+                log.warning("looking for gaps failed (retrying every %.1fs): %s", self.settings.gap_check_s, exc)
+            self._gaps_failing = True
+
+    def _ask_again(self, device_id: str, receipt: Receipt) -> None:
+        """A gap request (fleet/gaps.py): a receipt naming only ``missing`` seqs, to their producer."""
+        ref = self._device(device_id)
+        if ref is not None:
+            self._client.publish(topic(ref.kit_id, device_id, "receipt"), encode(receipt), qos=1)
 
     def _send_receipts(self, ledger: list[LedgerMessage]) -> None:
         """One receipt per (device, boot) for everything committed, duplicates included:

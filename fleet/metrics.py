@@ -19,6 +19,8 @@ class IngestMetrics:
     batches: int = 0
     receipts: int = 0
     store_errors: int = 0
+    nacks: int = 0  # receipts asking a producer again for seqs that never arrived (fleet/gaps.py)
+    gaps_given_up: int = 0  # missing seqs asked for gap_max_asks times, then left (still counted as missing)
     rejected: Counter = field(default_factory=Counter)
     last_batch_size: int = 0
     last_commit_s: float = 0.0
@@ -58,6 +60,12 @@ def render_prometheus(m: IngestMetrics, devices_online: int, devices_total: int,
         "# HELP popkit_receipts_published_total Receipts sent to producers after commit.",
         "# TYPE popkit_receipts_published_total counter",
         f"popkit_receipts_published_total {m.receipts}",
+        "# HELP popkit_gap_requests_total Receipts asking a producer to resend seqs that never arrived though later ones did.",
+        "# TYPE popkit_gap_requests_total counter",
+        f"popkit_gap_requests_total {m.nacks}",
+        "# HELP popkit_gap_seqs_given_up_total Missing seqs asked for the most times allowed, then left (still counted as missing).",
+        "# TYPE popkit_gap_seqs_given_up_total counter",
+        f"popkit_gap_seqs_given_up_total {m.gaps_given_up}",
         "# HELP popkit_store_errors_total Batches whose commit failed and was retried.",
         "# TYPE popkit_store_errors_total counter",
         f"popkit_store_errors_total {m.store_errors}",

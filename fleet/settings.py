@@ -26,6 +26,18 @@ class FleetSettings(BaseSettings):
     batch_wait_ms: int = Field(default=20, ge=0, le=5000, description="longest a message waits for its batch")
     receive_maximum: int = Field(default=4000, ge=1, le=65535, description="QoS 1 messages in flight to us (MQTT v5)")
     dead_letter_cap: int = Field(default=10_000, ge=100)
+    # Silent gaps (fleet/gaps.py): a seq still missing gap_grace_s after later ones arrived is asked for
+    # again (a receipt naming it in `missing`), then after gap_retry_s, doubling up to gap_retry_max_s,
+    # gap_max_asks times in all. The grace is what keeps a message another worker is still committing,
+    # or one reordered in flight, from being asked for.
+    gap_check_s: float = Field(default=0.5, gt=0, le=60, description="how often the worker holding the gap "
+                               "lease looks for silent gaps")
+    gap_grace_s: float = Field(default=1.0, ge=0, le=60, description="a missing seq is asked for once it has "
+                               "stayed missing this long")
+    gap_retry_s: float = Field(default=1.0, gt=0, le=600, description="first wait before asking again, doubled per ask")
+    gap_retry_max_s: float = Field(default=16.0, gt=0, le=3600, description="longest wait between two asks")
+    gap_max_asks: int = Field(default=5, ge=0, le=100, description="asks per missing seq before it is given up "
+                              "(it stays counted as missing); 0: never ask")
     historical_after_s: float = Field(default=60.0, gt=0, description="a reading or scan received this long after "
                                       "it happened was held by its kit (an uplink outage): the API marks it historical")
     kits: list[str] = Field(default_factory=list, description="kit manifests to register at start")

@@ -1210,6 +1210,68 @@ class Store:
 
     # ------------------------------------------------------------ end of retention
 
+    # ------------------------------------------------------------ silent gaps (fleet/gaps.py)
+
+    def hold_lease(self, name: str, holder: int, now: int, ttl_ms: int) -> bool:
+        """Take the named lease for ``holder``, or renew it: True while ``holder`` has it. A lease not
+        renewed for ``ttl_ms`` (its worker is gone) is taken over. Kept as a maintenance_state row:
+        value = the holder, updated_ms = its last renewal (each worker's own clock)."""
+        m = db.maintenance_state.c
+        stmt = self._insert(db.maintenance_state).values(name=name, value=holder, updated_ms=now)
+        ex = stmt.excluded
+        stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"value": ex.value, "updated_ms": ex.updated_ms},
+                                          where=or_(m.value == ex.value, m.updated_ms < ex.updated_ms - ttl_ms))
+        with self.engine.begin() as conn:  # RETURNING: psycopg reports no rowcount for an upsert
+            return conn.execute(stmt.returning(m.value)).first() is not None
+
+    def ledger_tops(self) -> tuple[int, int]:
+        """The highest row ids of telemetry and of events (primary key lookups)."""
+        with self.engine.connect() as conn:
+            return tuple(int(conn.execute(select(func.max(t.c.id))).scalar() or 0)  # type: ignore[return-value]
+                         for t in (db.telemetry, db.events))
+
+    def streams_written(self, after_telemetry: int, after_events: int, limit: int) -> tuple[set[tuple[str, str]], int, int]:
+        """The (device, boot) of the ledger rows with ids above the given ones, up to ``limit`` rows
+        per table, and the highest ids read: which streams moved since, by a primary key range (its
+        cost follows what was written, not the tables' size)."""
+        moved: set[tuple[str, str]] = set()
+        tops = []
+        with self.engine.connect() as conn:
+            for table, after in ((db.telemetry, after_telemetry), (db.events, after_events)):
+                t = table.c
+                rows = conn.execute(select(t.id, t.device_id, t.boot).where(t.id > after).order_by(t.id).limit(limit)).all()
+                moved.update((r.device_id, r.boot) for r in rows)
+                tops.append(rows[-1].id if rows else after)
+        return moved, tops[0], tops[1]
+
+    def gapped_streams(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+        """(max_seq, received) of those of the given (device, boot) streams with max_seq > received.
+        (Two IN lists on the primary key's columns: SQLite seeks each pair; a row-value IN it scans.)"""
+        s = db.streams.c
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        wanted = set(keys)
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                rows = conn.execute(select(s.device_id, s.boot, s.max_seq, s.received).where(
+                    s.device_id.in_({d for d, _ in part}), s.boot.in_({b for _, b in part}), s.max_seq > s.received))
+                out.update(((r.device_id, r.boot), (int(r.max_seq), int(r.received)))
+                           for r in rows if (r.device_id, r.boot) in wanted)
+        return out
+
+    def missing_seqs(self, device_id: str, boot: str, spans: list[tuple[int, int]]) -> list[int]:
+        """The seqs in the inclusive ``spans`` that neither telemetry nor events hold for (device, boot),
+        ascending; read through the (device_id, boot, seq) unique key's index."""
+        stored: set[int] = set()
+        with self.engine.connect() as conn:
+            for table in (db.telemetry, db.events):
+                t = table.c
+                within = or_(*(t.seq.between(a, b) for a, b in spans))
+                stored.update(r[0] for r in conn.execute(select(t.seq).where(t.device_id == device_id, t.boot == boot, within)))
+        return [s for a, b in spans for s in range(a, b + 1) if s not in stored]
+
+    # ------------------------------------------------------------ end of silent gaps
+
 def _evidence(value: Any) -> Any:
     """An alert's evidence as JSON keeps it (so the next evaluation compares like with like)."""
     return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)

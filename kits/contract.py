@@ -278,11 +278,16 @@ class Config(_Model):
 
 
 class Receipt(_Model):
-    """Fleet to producer: these (boot, seq) ranges are committed; drop them from the outbox."""
+    """Fleet to producer: these (boot, seq) ranges are committed, drop them from the outbox;
+    and (``missing``) these never arrived, send them again now."""
 
     boot: BootId
     seqs: list[tuple[Seq, Seq]] = Field(description="inclusive [first, last] ranges")
     ts: EpochMs
+    # A silent gap (later seqs arrived, these never did) is asked for again here, so the producer
+    # resends them at once instead of when their receipt is overdue. Empty in an ordinary receipt.
+    missing: list[tuple[Seq, Seq]] = Field(default_factory=list, description="inclusive [first, last] ranges "
+                                           "the fleet has not received although later ones arrived: send again")
 
 
 ClaimId = Annotated[int, Field(ge=0, lt=2**31)]

@@ -17,7 +17,6 @@ import pytest
 from agent.link import FleetLink
 from fleet.service import build
 from fleet.settings import FleetSettings
-from fleet.store import Store
 from kits.contract import Event
 from popkit.broker import free_port
 from tests.conftest import DEMO_KIT, wait_until

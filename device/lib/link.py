@@ -10,8 +10,15 @@
 # * Nothing is lost: emit() writes to the FlashLog first, then the sender
 #   publishes. An entry leaves the log only when the fleet's receipt names it.
 #   After every (re)connect everything unreceipted is published again, and so
-#   is everything from the oldest entry on when its receipt is overdue.
+#   is everything from the oldest entry on when its receipt is overdue. While
+#   no receipt comes, each such round waits twice as long as the one before
+#   (up to _RESEND_MAX_MS): a kit's uplink may be down for an hour, and its
+#   broker's bridge queue must not be refilled with the whole outbox every
+#   resend_ms. Any receipt, or a new session, brings it back to resend_ms.
 #   Entries from earlier boots go out with their original boot, seq and ts.
+# * Gap requests: a receipt's "missing" names seqs the fleet never got though
+#   later ones came (a queue overflowed on the way). The sender looks them up
+#   in the outbox and publishes them again at once, before anything else.
 # * The kit's hub (the agent, agent/hub.py): ask_hub() puts a scanner's claim on a
 #   ticket to it (QoS 0, a question asked now) and waits at most timeout_ms for
 #   the answer on `claimed`. No answer means "decide alone"; after a miss the
@@ -41,6 +48,8 @@ _CHECK_MS = const(1000)  # how often the sender looks for an overdue receipt
 _MAX_PAYLOAD = const(4096)  # docs/protocol.md: device payloads are at most 4 KiB
 _RECENT_CMDS = const(8)
 _HUB_QUIET_MS = const(5000)
+_RESEND_MAX_MS = const(300000)  # the longest wait for an overdue receipt (5 min)
+_MAX_WANTED = const(8)  # ranges of one gap request acted on (the fleet asks again for the rest)
 _ERROR = const(1)
 _WARN = const(2)
 _INFO = const(3)
@@ -66,12 +75,14 @@ class Link:
         self._on_config = on_config
         self._raw_config = raw_config
         self._resend_ms = resend_ms
+        self.overdue_ms = resend_ms  # how late the oldest entry's receipt may be: doubles per unanswered round
         self.boot = hexlify(os.urandom(4))  # 8 hex digits, as bytes (.decode() in payloads)
         self.started = clock()  # state.ts of this boot's births and of its Will
         self.seq = 0
         self.sent = 0  # publishes from the outbox, resends included
         self.receipts = 0
         self.rounds = 0  # times everything unreceipted was sent (again): reconnects, overdue receipts
+        self.asked = 0  # entries sent again because a gap request named them
         self.bad = 0  # malformed incoming messages ignored
 
         pre = "popkit/v1/%s/%s/" % (kit, device)
@@ -100,6 +111,8 @@ class Link:
         self._first = -1  # the oldest unreceipted entry, and since when it is
         self._first_t = 0
         self._checked = 0
+        self._wanted = None  # (boot bytes, [[first, last], ...]) of the last gap request, until sent
+        self._wcur = [0, 0, 0]  # where the look-up of a gap request's entries stands in the outbox
         self._chans = bytearray(_BATCH)
         self._msgs = [None] * _BATCH
         self._recent = [None] * _RECENT_CMDS
@@ -217,12 +230,16 @@ class Link:
                         except MQTTError as e:
                             log(_ERROR, "link", "subscription refused: %s", e)
                     self._restate = True
+                    self.overdue_ms = self._resend_ms
                     self._restart()
                     log(_INFO, "link", "session %d, boot %s: %d unreceipted", seen, self.boot, self.outbox.count)
                     continue  # the link may have dropped meanwhile: look again
                 if self._restate:
                     self._restate = False
                     await c.publish(self._t_state, self._state(True, "birth"), True, 1, False)
+                if self._wanted is not None:
+                    wanted, self._wanted = self._wanted, None
+                    await self._send_wanted(wanted[0], wanted[1])
                 self._check_overdue()
                 n = self.outbox.read(self._cur, chans, msgs)
                 for i in range(n):
@@ -253,10 +270,36 @@ class Link:
         if first != self._first:
             self._first = first
             self._first_t = now
-        elif first >= 0 and ticks_diff(now, self._first_t) >= self._resend_ms \
+        elif first >= 0 and ticks_diff(now, self._first_t) >= self.overdue_ms \
                 and self._cur[0] * 256 + self._cur[1] > first:  # it was sent: its receipt is overdue
             log(_INFO, "link", "receipts overdue: sending %d again", self.outbox.count)
             self._restart()
+            self.overdue_ms = min(self.overdue_ms * 2, _RESEND_MAX_MS)  # a receipt resets it
+
+    async def _send_wanted(self, boot, ranges):
+        """Publish again the entries of `boot` a gap request names: one pass over the outbox,
+        _BATCH records at a time through the sender's own buffers, ending once all were found."""
+        left = 0
+        for r in ranges:
+            left += r[1] - r[0] + 1
+        cur = self._wcur
+        cur[0] = cur[1] = cur[2] = 0
+        chans = self._chans
+        msgs = self._msgs
+        while left > 0:
+            n = self.outbox.read(cur, chans, msgs)
+            if not n:
+                break  # the rest are not here: receipted already, or dropped at the cap
+            for i in range(n):
+                m = msgs[i]
+                msgs[i] = None
+                seq = _seq_of(m, boot)
+                for r in ranges:
+                    if seq and r[0] <= seq <= r[1]:
+                        await self.mqtt.publish(self._t_out[chans[i]], m, False, 1, False)
+                        self.asked += 1
+                        left -= 1
+                        break
 
     # ------------------------------------------------------------ receiving
 
@@ -269,7 +312,11 @@ class Link:
                 if t == t_receipt:
                     r = json.loads(m)
                     self.outbox.confirm(r["boot"], r["seqs"])
+                    want = r.get("missing")
+                    if want:  # a newer request replaces one not acted on yet: the fleet asks until it has them
+                        self._wanted = (r["boot"].encode(), want[:_MAX_WANTED])
                     self.receipts += 1
+                    self.overdue_ms = self._resend_ms  # the fleet answers: the link is through
                     self._kick.set()
                 elif t == t_cmd:
                     if retained:  # commands are never retained; one that is must never run (again)
@@ -327,3 +374,29 @@ class Link:
         if self.config_version is not None:
             s += ',"config_version":%d' % self.config_version
         return (s + "}").encode()
+
+
+_BOOT_AT = const(9)  # len('{"boot":"'): where emit() puts the boot in every payload
+_SEQ_KEY = b'","seq":'
+
+
+def _seq_of(m, boot):
+    """The seq of outbox payload m if it is of `boot`, else 0. emit() starts every payload with
+    '{"boot":"<boot>","seq":<n>,': read in place, byte by byte, so nothing is allocated."""
+    b = len(boot)
+    n = len(m)
+    if n < _BOOT_AT + b + 9 or m[0] != 123 or m[_BOOT_AT - 1] != 34:  # '{', '"'
+        return 0
+    for j in range(b):
+        if m[_BOOT_AT + j] != boot[j]:
+            return 0
+    i = _BOOT_AT + b
+    for j in range(8):
+        if m[i + j] != _SEQ_KEY[j]:
+            return 0
+    i += 8
+    seq = 0
+    while i < n and 48 <= m[i] <= 57:  # digits
+        seq = seq * 10 + m[i] - 48
+        i += 1
+    return seq
