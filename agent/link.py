@@ -113,10 +113,12 @@ class FleetLink:
         self._client.will_set(
             topic(kit, device, "state"), encode(self._state(device, role, online=False, reason="lwt")), qos=1, retain=True
         )
-        self._threads = [
-            threading.Thread(target=self._network_loop, name=f"link-net-{device}", daemon=True),
-            threading.Thread(target=self._send_loop, name=f"link-send-{device}", daemon=True),
-        ]
+        # Every write to the socket happens on the network thread: paho, driven by our own loop()
+        # rather than loop_start(), writes a publish() from another thread straight to the socket,
+        # and a TLS connection read and written from two threads at once corrupts its records
+        # ("bad record mac", "BAD_LENGTH"). Other threads queue what they want sent here.
+        self._calls: deque[Callable[[], None]] = deque()
+        self._threads = [threading.Thread(target=self._network_loop, name=f"link-net-{device}", daemon=True)]
 
     # ------------------------------------------------------------ public
 
@@ -158,7 +160,8 @@ class FleetLink:
         role = self.role if device == self.device else self.hosted.get(device)
         if role is None or not self.connected.is_set():
             return
-        self._client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
+        self._on_network(lambda: self._client.publish(topic(self.kit, device, "state"),
+                                                      encode(self._state(device, role, True)), qos=1, retain=True))
 
     def stop(self, flush_s: float = 0.0) -> None:
         """Wait up to ``flush_s`` for the outbox to drain, then leave gracefully (state: shutdown)."""
@@ -166,20 +169,24 @@ class FleetLink:
         while len(self.outbox) and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.connected.is_set():
-            info = self._client.publish(
-                topic(self.kit, self.device, "state"),
-                encode(self._state(self.device, self.role, online=False, reason="shutdown")),
-                qos=1,
-                retain=True,
-            )
-            try:
-                info.wait_for_publish(2)
-            except RuntimeError:
-                pass
+            sent = threading.Event()
+            infos: list = []
+
+            def shutdown_state() -> None:
+                infos.append(self._client.publish(
+                    topic(self.kit, self.device, "state"),
+                    encode(self._state(self.device, self.role, online=False, reason="shutdown")), qos=1, retain=True))
+                sent.set()
+
+            self._on_network(shutdown_state)
+            if sent.wait(2):
+                try:
+                    infos[0].wait_for_publish(2)  # its PUBACK, read by the network thread
+                except RuntimeError:
+                    pass
         self._stop.set()
         self._kick.set()
-        self._client.disconnect()
-        for t in self._threads:
+        for t in self._threads:  # the network thread sends the DISCONNECT
             t.join(5)
         self.outbox.close()
 
@@ -205,10 +212,18 @@ class FleetLink:
                 log.info("broker %s unreachable (%s); retrying in %.1fs", self.mqtt_url, exc, delay)
                 self._stop.wait(delay)
                 continue
+            next_check = 0.0
             while not self._stop.is_set():
-                rc = self._client.loop(timeout=0.2)
+                rc = self._client.loop(timeout=0.05)  # short: queued calls and kicks wait at most this long
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
+                while self._calls:
+                    self._calls.popleft()()
+                now = time.monotonic()
+                if self.connected.is_set() and (self._kick.is_set() or now >= next_check):
+                    self._kick.clear()
+                    next_check = now + 1.0
+                    self._send_due()
                 if self.connected.is_set():
                     attempt = 0
             self.connected.clear()
@@ -218,6 +233,7 @@ class FleetLink:
                 log.info("link to %s lost; reconnecting in %.1fs", self.mqtt_url, delay)
                 self._stop.wait(delay)
         # Let the graceful DISCONNECT reach the broker so the Will is not sent.
+        self._client.disconnect()
         for _ in range(5):
             if self._client.socket() is None or self._client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
                 break
@@ -314,24 +330,24 @@ class FleetLink:
         """Answer a command (through the outbox, like everything owed to the fleet)."""
         return self.emit(device, "ack", Ack, cmd_id=cmd_id, status=status, detail=detail)
 
-    # ------------------------------------------------------------ sender thread
+    # ------------------------------------------------------------ sending (network thread)
 
-    def _send_loop(self) -> None:
-        while not self._stop.is_set():
-            self._kick.wait(1.0)
-            self._kick.clear()
-            if not self.connected.is_set():
-                continue
-            entries = self.outbox.due(self.overdue_after_s, limit=500)
-            if not entries:
-                continue
-            for e in entries:
-                self._client.publish(e.topic, e.payload, qos=1)
-            self.outbox.mark_sent([e.id for e in entries])
-            if len(entries) == 500:
-                self._kick.set()
-            if any(e.sent_ms is not None for e in entries):
-                self._resent_unanswered()
+    def _on_network(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the network thread (within one short loop() of now)."""
+        self._calls.append(call)
+
+    def _send_due(self) -> None:
+        """Publish what the outbox has due (network thread only)."""
+        entries = self.outbox.due(self.overdue_after_s, limit=500)
+        if not entries:
+            return
+        for e in entries:
+            self._client.publish(e.topic, e.payload, qos=1)
+        self.outbox.mark_sent([e.id for e in entries])
+        if len(entries) == 500:
+            self._kick.set()
+        if any(e.sent_ms is not None for e in entries):
+            self._resent_unanswered()
 
     def _resent_unanswered(self) -> None:
         """Receipts were overdue, so messages went again: once a whole wait passed without any
