@@ -95,9 +95,15 @@ class GapDetector:
         moved = self._moved()
         keys = list(moved | {k for k, st in self._streams.items() if st.holes})
         counts = self.store.gapped_streams(keys) if keys else {}
+        spans = {}
         for key in keys:
             max_seq, received = counts.get(key, (0, 0))
-            self._examine(key, max_seq, max_seq - received, now, key in moved)
+            span = self._span_to_read(key, max_seq, max_seq - received, now, key in moved)
+            if span is not None:
+                spans[key] = span
+        for key, missing in (self.store.missing_seqs(spans) if spans else {}).items():
+            max_seq, received = counts[key]
+            self._update(key, missing, max_seq, max_seq - received, now)
         asked = 0 if backlogged else self._ask_due(now)
         if now >= self._forget_at:
             self._forget_at = now + 60
@@ -125,31 +131,32 @@ class GapDetector:
         self._after = [max(self._after[0], tel_top), max(self._after[1], ev_top)]
         return moved
 
-    def _examine(self, key: tuple[str, str], max_seq: int, gaps: int, now: float, moved: bool) -> None:
-        """Bring the stream's open holes up to date with the database."""
+    def _span_to_read(self, key: tuple[str, str], max_seq: int, gaps: int, now: float,
+                      moved: bool) -> tuple[int, int] | None:
+        """The seqs of a stream to look up to bring its holes up to date; None: nothing to look up."""
         if gaps <= 0:
             self._streams.pop(key, None)  # complete (or complete again)
-            return
+            return None
         st = self._streams.get(key)
         if st is None:
             st = self._streams[key] = _Stream(checked_to=max(0, max_seq - SCAN_WINDOW))
         if moved:
             st.moved = now
         if max_seq == st.checked_to and gaps == st.gaps:
-            return  # nothing arrived since the last look (a seq arriving late raises received)
+            return None  # nothing arrived since the last look (a seq arriving late raises received)
         if not st.holes and gaps == st.gaps:
             # As many missing as before, none of them open: the seqs written since all arrived.
             # (A given-up seq filled late in the same tick as a new hole hides it; the producer's
             # own timeout still resends that one.)
             st.checked_to = max(st.checked_to, max_seq)
-            return
-        spans = []
-        if st.holes:
-            spans.append((min(st.holes), max(st.holes)))
+            return None
+        # From the oldest open hole (holes live for the asks only, ~30 s) or the first new seq.
         start = max(st.checked_to + 1, max_seq - SCAN_WINDOW + 1)
-        if start <= max_seq:
-            spans.append((start, max_seq))
-        missing = set(self.store.missing_seqs(key[0], key[1], spans)) if spans else set()
+        return min(min(st.holes, default=start), start), max_seq
+
+    def _update(self, key: tuple[str, str], missing_seqs: list[int], max_seq: int, gaps: int, now: float) -> None:
+        st = self._streams[key]
+        missing = set(missing_seqs)
         for seq in [s for s in st.holes if s not in missing]:
             del st.holes[seq]  # arrived
         for seq in missing:
