@@ -232,8 +232,9 @@ class FleetLink:
                 attempt += 1
                 log.info("link to %s lost; reconnecting in %.1fs", self.mqtt_url, delay)
                 self._stop.wait(delay)
-        # Let the graceful DISCONNECT reach the broker so the Will is not sent.
-        self._client.disconnect()
+        # Let the graceful DISCONNECT reach the broker so the Will is not sent (if there is a connection).
+        if self._client.socket() is not None:
+            self._client.disconnect()
         for _ in range(5):
             if self._client.socket() is None or self._client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
                 break
