@@ -9,7 +9,7 @@
 # Needs on the board's flash: scanner.json (kit, device, broker, gate: event keys) and wifi.json
 # (ssid, password) for boards/esp32/board.py (Wi-Fi, NTP-set RTC, flash folder).
 
-VERSION = "scanner-0.1.0"
+VERSION = "scanner-0.2.0"
 
 LIBS = ("atomic", "flashlog", "hmac256", "link", "log", "pkmqtt", "redemptions", "scanline", "tcp", "ticket",
         "verdict")

@@ -29,7 +29,7 @@ import lighting_hw
 from lighting import Lighting
 
 TICK_MS = 10
-FW = "lighting-0.2.0"
+FW = "lighting-0.3.0"
 
 
 def load_config():

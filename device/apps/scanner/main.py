@@ -50,7 +50,7 @@ import verdict
 from redemptions import Revocations
 from scanner_hw import ScannerHW
 
-FW = "scanner-0.1.0"
+FW = "scanner-0.2.0"
 gc.collect()
 _CODE = gc.mem_alloc()  # the heap the modules took (0 on the ESP32, where they are frozen into flash)
 _POLL_MS = const(5)  # UART poll while idle: 9600 baud fills ~5 bytes in that time
