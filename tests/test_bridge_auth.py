@@ -71,7 +71,7 @@ def test_the_bridge_carries_the_kit_both_ways_logged_in_as_itself(two_brokers):
     assert fleet.accepted and door.accepted
     fleet.c.subscribe(f"popkit/v1/{KIT}/+/+", qos=1)
     door.c.subscribe(f"popkit/v1/{KIT}/{DOOR}/cmd", qos=1)
-    time.sleep(0.5)
+    wait_until(lambda: fleet.suback and door.suback, 10, what="both subscriptions in place")
     door.c.publish(f"popkit/v1/{KIT}/{DOOR}/state", b"door-up", qos=1)
     door.c.publish(f"popkit/v1/{KIT}/{DOOR}/claim", b"kit-local", qos=0)  # the hub's business only
     wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/state", b"door-up") in fleet.got, 10, what="the door's state upstream")
@@ -94,7 +94,7 @@ def test_a_bridge_the_fleet_broker_cannot_trust_or_that_cannot_trust_it_carries_
     fleet = login(fleet_broker, fleet_side, FLEET_USER)
     door = login(kit_broker, kit_side, account(KIT, DOOR))
     fleet.c.subscribe(f"popkit/v1/{KIT}/+/+", qos=1)
-    time.sleep(0.3)
+    wait_until(lambda: fleet.suback, 10, what="the fleet's subscription in place")
     for _ in range(5):
         door.c.publish(f"popkit/v1/{KIT}/{DOOR}/state", b"door-up", qos=1)
         time.sleep(0.4)
@@ -134,6 +134,9 @@ def test_the_kit_broker_runs_on_the_config_provision_wrote_and_bridges_to_the_fl
         assert door.accepted and not anon.accepted
         fleet = login(net.fleet_broker, net.fleet_side, FLEET_USER)
         fleet.c.subscribe(f"popkit/v1/{KIT}/{DOOR}/state", qos=1)
+        # Subscribed before the door publishes (a busy CI machine sent the SUBSCRIBE late once, and the
+        # bridged message found no one to deliver to).
+        wait_until(lambda: fleet.suback, 10, what="the fleet's subscription in place")
         wait_until(lambda: net.fleet_broker.log().count(f"u'{bridge_account(KIT)}'") > logins, 15,
                    what="the Pi's broker bridged in")
         door.c.publish(f"popkit/v1/{KIT}/{DOOR}/state", b"from-the-pi", qos=1)
