@@ -212,9 +212,11 @@ DEVICE_RULES: tuple[Callable[[dict, AlertConfig, int], Firing | None], ...] = (l
                                                                                 config_not_applied)
 
 
-def assess(store: Any, cfg: AlertConfig, now_ms: int) -> Assessment:
-    """Every (subject, rule) firing now, from the store's current facts (read-only)."""
-    kits = store.kits_with_health(cfg.health, now=now_ms)
+def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = None) -> Assessment:
+    """Every (subject, rule) firing now, from the store's current facts (read-only). ``kits``: the
+    fleet's views already computed (KitViews.snapshot); None: computed here."""
+    if kits is None:
+        kits = store.kits_with_health(cfg.health, now=now_ms)
     errors = store.scanner_error_counts(now_ms - int(cfg.scanner_window_s * 1000), SCANNER_ERROR_VERDICTS)
     out: list[Firing] = []
     unknown: set[tuple[str, str]] = set()
@@ -250,11 +252,12 @@ def assess(store: Any, cfg: AlertConfig, now_ms: int) -> Assessment:
     return Assessment(out, unknown)
 
 
-def evaluate(store: Any, now_ms: int | None = None, cfg: AlertConfig | None = None) -> EvalResult:
+def evaluate(store: Any, now_ms: int | None = None, cfg: AlertConfig | None = None,
+             kits: list[dict] | None = None) -> EvalResult:
     """Assess the rules and bring the alerts table in step, in one transaction. Idempotent."""
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     cfg = cfg or AlertConfig()
-    a = assess(store, cfg, now_ms)
+    a = assess(store, cfg, now_ms, kits)
     result = store.sync_alerts(a.firing, a.unknown, now_ms)
     result.firing = len(a.firing)
     return result
@@ -263,14 +266,20 @@ def evaluate(store: Any, now_ms: int | None = None, cfg: AlertConfig | None = No
 class Evaluator:
     """Runs ``evaluate`` in a thread: every ``interval_s``, and soon after ingest commits something
     (``changes()``, e.g. the ingest worker's batch counter, moved), at most every ``min_interval_s``.
-    Ingest is never touched: reading a counter costs it nothing. Errors are logged, never raised."""
+    Ingest is never touched: reading a counter costs it nothing. Errors are logged, never raised.
+
+    ``views``: where the fleet's views are already computed (``() -> (version, kits)``, the API's
+    KitViews.snapshot). The rules then judge those instead of computing the fleet again (at 1,000
+    kits that was a fifth of a core), and a round whose views have not moved since the last one
+    is skipped until ``interval_s`` has passed."""
 
     def __init__(self, store: Any, cfg: AlertConfig, interval_s: float = 15.0, min_interval_s: float = 2.0,
                  changes: Callable[[], int] | None = None, on_done: Callable[[EvalResult], None] | None = None,
-                 metrics: Any = None):
+                 metrics: Any = None, views: Callable[[], tuple[int, list[dict]]] | None = None):
         self.store, self.cfg = store, cfg
         self.interval_s, self.min_interval_s = interval_s, min_interval_s
         self.changes, self.on_done = changes, on_done
+        self.views = views
         self.metrics = metrics
         self._stop = threading.Event()
         self._kick = threading.Event()
@@ -310,6 +319,7 @@ class Evaluator:
     def _run(self) -> None:
         seen = [self.changes() if self.changes else None]
         last = 0.0
+        judged = None  # the views' version last judged
         pending = True  # evaluate once at start
         while not self._stop.is_set():
             self._kick.wait(min(1.0, self.interval_s))
@@ -322,10 +332,16 @@ class Evaluator:
             since = time.monotonic() - last
             if not ((pending and since >= self.min_interval_s) or since >= self.interval_s):
                 continue
-            pending = False
-            last = time.monotonic()
             try:
-                result = evaluate(self.store, cfg=self.cfg)
+                kits = None
+                if self.views is not None:
+                    version, kits = self.views()
+                    if version == judged and since < self.interval_s:
+                        continue  # the change is not in the views yet: judge it when it is
+                    judged = version
+                pending = False
+                last = time.monotonic()
+                result = evaluate(self.store, cfg=self.cfg, kits=kits)
             except Exception:  # noqa: BLE001 - keep evaluating; the next round may succeed
                 log.exception("alert evaluation failed")
                 if self.metrics is not None:

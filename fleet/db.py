@@ -185,6 +185,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Pages read through a memory map, not read() copies into each connection's own cache: a
+    # commit by one connection makes every other one read its pages again, and with ingest, the
+    # views and the API on different connections that was a tenth of the fleet's CPU (perf).
+    cur.execute("PRAGMA mmap_size=268435456")
     cur.close()
 
 
@@ -227,7 +231,9 @@ def make_engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         else:
             pool = {}  # one in-memory database per connection: SQLAlchemy picks its own pool
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **pool)
+        # LIFO: the connection just used is taken again, its page cache still warm.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10},
+                               **({**pool, "pool_use_lifo": True} if pool else {}))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from contextlib import contextmanager
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -32,6 +33,7 @@ log = logging.getLogger("popkit.fleet.ingest")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue while the fleet is down for up to a week
 STALL_S = 0.003  # a batch stops waiting when no message arrived for this long
+FILL_POLL_S = 0.003  # how often a filling batch looks at the queue
 DEVICE_RECHECK_S = 5.0  # how often an unknown device id is looked up again
 ROUTE_CACHE_MAX = 10_000  # parsed topics kept; at most one entry per device channel
 
@@ -66,6 +68,37 @@ class _ReadAheadClient(mqtt.Client):
     def _sock_close(self) -> None:
         self._ahead, self._ahead_pos = b"", 0  # a dead connection's bytes are never read as the next one's
         super()._sock_close()
+
+    # paho wakes its network thread (one byte down a socket pair) for every packet queued from
+    # another thread. The writer queues a batch's PUBACKs and receipts, a thousand a second under
+    # load: each wakeup was a syscall and a GIL handover. ``one_wakeup`` queues them all, then
+    # wakes the network thread once. (Only the writer's own thread sees no socket pair meanwhile;
+    # the network thread, which makes and closes the pair, always sees it.)
+    _holder: int | None = None
+
+    @property
+    def _sockpairW(self):  # noqa: N802 - paho's attribute
+        if self._holder is not None and self._holder == threading.get_ident():
+            return None
+        return self.__dict__.get("_sockpair_w")
+
+    @_sockpairW.setter
+    def _sockpairW(self, value) -> None:  # noqa: N802
+        self.__dict__["_sockpair_w"] = value
+
+    @contextmanager
+    def one_wakeup(self):
+        self._holder = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._holder = None
+            pair = self._sockpairW
+            if pair is not None:
+                try:
+                    pair.send(b"0")
+                except (BlockingIOError, OSError):
+                    pass  # full (a wakeup is pending anyway) or closed by a reconnect, which writes the queue
 
 
 class Ingest:
@@ -192,7 +225,7 @@ class Ingest:
         now = time.monotonic()
         deadline, grew_at, size = now + wait_s, now, len(self._queue)
         while size < batch_max and now < deadline and now - grew_at < STALL_S:
-            time.sleep(0.001)
+            time.sleep(FILL_POLL_S)
             now, n = time.monotonic(), len(self._queue)
             if n != size:
                 size, grew_at = n, now
@@ -203,17 +236,18 @@ class Ingest:
             self._classify(batch, topic_name, payload)
         self.metrics.received += len(items)
         result = self._commit(batch)
-        # Only now is it safe to let the broker forget these messages.
-        current = self._generation
-        for gen, _t, _p, mid, qos in items:
-            if gen == current and qos:
-                self._client.ack(mid, qos)
-        self.metrics.ingested += result.inserted
-        self.metrics.duplicates += result.duplicates
-        self.metrics.states += len(batch.states)
-        self.metrics.batches += 1
-        self.metrics.last_batch_size = len(items)
-        self._send_receipts(batch.ledger)
+        with self._client.one_wakeup():  # the acks and receipts go out together
+            # Only now is it safe to let the broker forget these messages.
+            current = self._generation
+            for gen, _t, _p, mid, qos in items:
+                if gen == current and qos:
+                    self._client.ack(mid, qos)
+            self.metrics.ingested += result.inserted
+            self.metrics.duplicates += result.duplicates
+            self.metrics.states += len(batch.states)
+            self.metrics.batches += 1
+            self.metrics.last_batch_size = len(items)
+            self._send_receipts(batch.ledger)
 
     def _commit(self, batch: Batch):
         delay = 0.1

@@ -2,16 +2,18 @@
 
 A kit's view (``Store.kits_with_health``: devices, health, readiness, forecasts) costs ~1.3 ms to
 compute alone, the whole fleet's ~0.3-0.45 s at 1,000 kits, and validating and encoding that
-through a response model cost more than computing it. So the API keeps every kit's view, already
-encoded as JSON, with a short summary of it for the overview:
+through a response model cost more than computing it. So the API keeps every kit's view (encoded
+as JSON on first read, then kept), with a short summary of it for the overview:
 
 * **Changes recompute at once.** ``invalidate(kits)`` (hooked to ingest's commits through the
   event bus, and to the store's own writes: a kit registered, a config pushed) marks kits dirty;
   the next read of a dirty kit recomputes it before answering, so the dashboard's SSE ``change`` →
   ``GET /api/v1/kits/{id}`` always sees the commit that caused it. A list recomputes the dirty
   kits first while they are few (``DIRTY_ON_READ``); the refresher thread recomputes them soon
-  anyway (at most a quarter of its time: a busy fleet has every kit dirty, and its list shows
-  the last views of those meanwhile).
+  anyway, spending at most ``busy_duty`` of its time on them: a busy fleet has every kit dirty
+  all the time, and its list shows views a few seconds old (~ pass time / busy_duty).
+* **Encoded on first read.** In a busy fleet most views are replaced before anyone reads them.
+* **The alerts judge the same views** (``snapshot``): the fleet is computed once for both.
 * **The clock moves health too** (a device going silent, an event ending): every ``refresh_s``
   the refresher recomputes the whole fleet in one pass.
 * **Never older than ``max_age_s``**: if the refresher stalls (or no thread runs: an app without
@@ -39,7 +41,7 @@ from fleet.store import Store, now_ms
 log = logging.getLogger("popkit.fleet.views")
 
 FULL_PASS_FRACTION = 0.25  # more dirty kits than this share of the fleet: one full pass is cheaper than one by one
-DIRTY_DUTY = 0.25  # the refresher spends at most this share of its time on dirty kits
+BUSY_DUTY = 0.1  # default share of its time the refresher spends on changed kits (FleetSettings.view_busy_duty)
 DIRTY_MIN_INTERVAL_S = 0.2  # and lets changes gather this long between passes
 DIRTY_ON_READ = 8  # a list read recomputes this many changed kits itself (~1.5 ms each at 10 devices)
 
@@ -82,24 +84,53 @@ def _finite(v: Any) -> Any:
     return v
 
 
-@dataclass(frozen=True)
 class Entry:
-    id: str
-    full: bytes  # KitOut as JSON
-    summary: bytes  # KitSummaryOut as JSON
-    state: str  # online / degraded / offline
-    status: str  # health: ok ... offline
-    haystack: str  # what ?q= searches, lower case
-    computed_ms: int
+    """A kit's computed view. Its JSON is encoded on first read, then kept: in a busy fleet most
+    views are replaced by the next pass before anyone reads them, and encoding all of them cost
+    as much as computing them."""
+
+    __slots__ = ("view", "state", "status", "computed_ms", "_full", "_summary", "_haystack")
+
+    def __init__(self, view: dict, computed_ms: int):
+        view["computed_ms"] = computed_ms
+        self.view = view  # never changed once here: the alert evaluator reads it too (KitViews.snapshot)
+        self.state = kit_state(view)  # online / degraded / offline
+        self.status = (view.get("health") or {}).get("status") or "unknown"  # health: ok ... offline
+        self.computed_ms = computed_ms
+        self._full: bytes | None = None
+        self._summary: bytes | None = None
+        self._haystack: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.view["id"]
+
+    @property
+    def full(self) -> bytes:
+        """KitOut as JSON."""
+        if self._full is None:
+            self._full = encode(self.view)
+        return self._full
+
+    @property
+    def summary(self) -> bytes:
+        """KitSummaryOut as JSON."""
+        if self._summary is None:
+            self._summary = encode(summary_of(self.view))
+        return self._summary
+
+    @property
+    def haystack(self) -> str:
+        """What ?q= searches, lower case."""
+        if self._haystack is None:
+            v = self.view
+            words = [v["id"], v["name"]] + [w for d in v["devices"] for w in (d["id"], d["role"], d["model"] or "")]
+            self._haystack = " ".join(words).lower()
+        return self._haystack
 
 
 def entry_of(view: dict, computed_ms: int) -> Entry:
-    view["computed_ms"] = computed_ms
-    summary = summary_of(view)
-    words = [view["id"], view["name"]] + [w for d in view["devices"] for w in (d["id"], d["role"], d["model"] or "")]
-    return Entry(id=view["id"], full=encode(view), summary=encode(summary), state=summary["state"],
-                 status=(view.get("health") or {}).get("status") or "unknown", haystack=" ".join(words).lower(),
-                 computed_ms=computed_ms)
+    return Entry(view, computed_ms)
 
 
 @dataclass
@@ -114,10 +145,11 @@ class ViewStats:
 
 class KitViews:
     def __init__(self, store: Store, health: HealthConfig, refresh_s: float = 10.0, max_age_s: float = 60.0,
-                 clock: Callable[[], int] = now_ms):
+                 clock: Callable[[], int] = now_ms, busy_duty: float = BUSY_DUTY):
         self.store = store
         self.health = health
         self.refresh_s = refresh_s
+        self.busy_duty = busy_duty
         self.max_age_s = max(max_age_s, refresh_s)
         self.clock = clock
         self.stats = ViewStats()
@@ -127,6 +159,7 @@ class KitViews:
         self._full_ms: int | None = None  # when the last full pass read the database
         self._dirty: dict[str, int] = {}  # kit -> generation; "*" = a kit not yet known may exist
         self._gen = 0
+        self._version = 0  # moves whenever an entry is stored (snapshot)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -176,6 +209,17 @@ class KitViews:
         head = dict(total=len(hits), offset=offset, limit=limit, next_offset=nxt, fleet=counts,
                     computed_ms=min((e.computed_ms for e in shown), default=self._full_ms))
         return b'{"items":[' + b",".join(e.summary for e in shown) + b"]," + encode(head)[1:]
+
+    def snapshot(self, max_age_s: float | None = None) -> tuple[int, list[dict]]:
+        """Every kit's latest view (dicts: read, never change) and a version that moves whenever one is
+        recomputed. The alert evaluator judges these, so one computation of the fleet serves both the
+        dashboard and the alerts. A last full pass older than ``max_age_s`` (default: max_age_s) is
+        done again first, in the caller's thread; changed kits are as fresh as the refresher keeps them."""
+        limit = self.max_age_s if max_age_s is None else max_age_s
+        if self._full_ms is None or self.clock() - self._full_ms > limit * 1000:
+            self.refresh_all()
+        with self._lock:
+            return self._version, [self._entries[k].view for k in self._ids]
 
     # ------------------------------------------------------------ computing
 
@@ -247,6 +291,7 @@ class KitViews:
         the computation read the database: a commit that raced it leaves the kit dirty."""
         new = e.id not in self._entries
         self._entries[e.id] = e
+        self._version += 1
         if self._dirty.get(e.id) == gen:
             self._dirty.pop(e.id, None)
         if new and sort:
@@ -255,6 +300,7 @@ class KitViews:
 
     def _drop(self, kit_id: str, gen: int | None) -> None:
         if self._entries.pop(kit_id, None) is not None:
+            self._version += 1
             self._ids = [k for k in self._ids if k != kit_id]
         if self._dirty.get(kit_id) == gen:
             self._dirty.pop(kit_id, None)
@@ -286,7 +332,7 @@ class KitViews:
                     started = time.monotonic()
                     if self.refresh_dirty():
                         took = time.monotonic() - started
-                        self._stop.wait(max(DIRTY_MIN_INTERVAL_S, took * (1 / DIRTY_DUTY - 1)))
+                        self._stop.wait(max(DIRTY_MIN_INTERVAL_S, took * (1 / self.busy_duty - 1)))
                         continue
             except Exception:  # noqa: BLE001 - a failed pass is retried; reads recompute meanwhile
                 self.stats.errors += 1

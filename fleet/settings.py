@@ -55,6 +55,8 @@ class FleetSettings(BaseSettings):
     # sees, and all of them this often (health also moves with the clock alone).
     view_refresh_s: float = Field(default=10.0, gt=0, le=3600, description="how often every kit's view is "
                                   "recomputed (changes seen by this process recompute a kit at once)")
+    view_busy_duty: float = Field(default=0.1, gt=0, le=1, description="share of its time the views' refresher "
+                                  "spends on changed kits: a busy fleet's list is ~pass time / this old")
     view_max_age_s: float = Field(default=60.0, gt=0, description="a view older than this (the refresher stalled) "
                                   "is recomputed on read")
     # Venue lighting (fleet/venues/): compiled per controller for this long, pushed again this long

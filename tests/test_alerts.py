@@ -456,3 +456,41 @@ def test_the_evaluator_thread_runs_soon_after_ingest_commits(fleet, sim):
         assert metrics.evaluation_errors == 0
     finally:
         ev.stop()
+
+
+def test_in_the_service_the_evaluator_judges_the_kit_views_instead_of_computing_the_fleet_again(fleet, sim):
+    """serve() hands the evaluator the API's kept views (KitViews.snapshot): the fleet is computed
+    once for the dashboard and the alerts, and a change reaches the alerts through the views."""
+    from fleet.alerts import Evaluator
+    from fleet.health import HealthConfig
+    from fleet.kitviews import KitViews
+    from fleet.metrics import AlertMetrics
+
+    store = fleet.store
+    views = KitViews(store, HealthConfig(), refresh_s=3600)
+    store.on_change.append(lambda kits, _d: views.invalidate(kits))
+    views.start()
+    wait_until(lambda: views.stats.full_passes >= 1, what="the views' first pass")
+    computed_by = []
+    compute = store.kits_with_health
+
+    def counting(*args, **kwargs):
+        computed_by.append(threading.current_thread().name)
+        return compute(*args, **kwargs)
+
+    store.kits_with_health = counting
+    metrics = AlertMetrics()
+    ev = Evaluator(store, CFG, interval_s=3600, min_interval_s=0.1, changes=lambda: fleet.ingest.metrics.batches,
+                   metrics=metrics, views=views.snapshot).start()
+    try:
+        wait_until(lambda: metrics.evaluations >= 1, what="the evaluation at start")
+        sim.battery("demo-power", soc=12)
+        wait_until(lambda: alerts(fleet, rule="low_soc"), what="the low SOC alert, judged on the views")
+        sim.battery("demo-power", soc=60, i=4.0)
+        wait_until(lambda: alerts(fleet, rule="low_soc")[0]["state"] == "resolved", what="auto-resolve")
+        assert metrics.evaluation_errors == 0
+        assert computed_by and "fleet-alerts" not in computed_by  # only the views' thread computed the fleet
+    finally:
+        ev.stop()
+        views.stop()
+        store.kits_with_health = compute

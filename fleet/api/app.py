@@ -39,7 +39,7 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     settings = settings or (ingest.settings if ingest is not None else FleetSettings())
     key = signing_key(settings)
     views = KitViews(store, HealthConfig.from_settings(settings), refresh_s=settings.view_refresh_s,
-                     max_age_s=settings.view_max_age_s)
+                     max_age_s=settings.view_max_age_s, busy_duty=settings.view_busy_duty)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
