@@ -191,7 +191,7 @@ def _sim_fleet(args: argparse.Namespace) -> int:
 
     try:
         return run_cli(args.kits, args.devices_per_kit, args.mqtt, args.period, args.register, args.seed,
-                       args.duration)
+                       args.duration, power=not args.no_power)
     except SwarmError as exc:
         print(f"popkit sim fleet: {exc}", file=sys.stderr)
         return 3
@@ -370,10 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--mqtt", default="mqtt://127.0.0.1:1883")
     devices.add_argument("--data", default="var/sim")
     devices.set_defaults(func=_sim_devices)
-    swarm = sim.add_parser("fleet", help="many simulated kits of ESP32s in one process, for load tests and demos")
+    swarm = sim.add_parser("fleet", help="many simulated kits (agent, power bank, ESP32s) in one process, for load "
+                                         "tests and demos")
     swarm.add_argument("--kits", type=int, required=True, help="how many kits (ids k0001, k0002, ...)")
-    swarm.add_argument("--devices-per-kit", type=int, default=5, help="scanners and lighting controllers, "
-                                                                      "about half each (default 5)")
+    swarm.add_argument("--devices-per-kit", type=int, default=5, help="the agent and its power bank, then scanners "
+                       "and lighting controllers, about half each of the rest (default 5)")
+    swarm.add_argument("--no-power", action="store_true", help="ESP32s only: no agent, no power bank")
     swarm.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
     swarm.add_argument("--period", type=float, default=5.0, help="seconds between each device's telemetry")
     swarm.add_argument("--register", metavar="DB_URL", help="first register the kits in this fleet database")

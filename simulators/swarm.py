@@ -1,7 +1,12 @@
 """``popkit sim fleet``: thousands of light-weight simulated ESP32s in one process, for load tests and demos.
 
-Each kit is ESP32-like devices only: scanners (``k0001-scan-1``, ...) and lighting
-controllers (``k0001-light-1``, ...). Every device speaks the wire contract as the
+Each kit is its Pi agent (``k0001-agent``) with the power bank it reads (``k0001-power``: a
+discharging pack's ``battery`` telemetry, so the fleet fits a time-to-empty forecast for every
+kit, as it does on tour), then scanners (``k0001-scan-1``, ...) and lighting controllers
+(``k0001-light-1``, ...); ``power=False`` (``--no-power``), or fewer than 3 devices a kit, leaves
+ESP32s only. The power bank has a connection of its own here, where the real agent publishes it
+on its own: the fleet sees the same topics and payloads, the broker one more client a kit.
+Every device speaks the wire contract as the
 firmware does (device/lib/link.py): a persistent MQTT session (client id
 ``<kit>-<device>``), a retained ``state`` birth on every connect and the same
 state, offline, as its Last Will (both carry the boot's start as ``ts``); then
@@ -63,6 +68,7 @@ VERDICTS = (b"admitted",) * 16 + (b"already_admitted", b"expired", b"bad_signatu
 CONNECT_TIMEOUT_S = 10.0  # TCP connect, and then CONNACK: a broker this slow counts as down
 LONG_LIVED_S = 10.0  # a connection that lasted this long starts the next backoff from scratch
 HOUSEKEEP_S = 1.0
+PACK_AH = 100.0  # a simulated power bank's capacity
 
 
 class SwarmError(RuntimeError):
@@ -75,25 +81,38 @@ def kit_id(index: int) -> str:
     return f"k{index:04d}"
 
 
-def device_plan(kit: str, devices_per_kit: int) -> list[tuple[str, str]]:
-    """(device id, role) of one kit: scanners first, then lighting controllers, about half each."""
-    scanners = (devices_per_kit + 1) // 2
-    plan = [(f"{kit}-scan-{j}", "scanner") for j in range(1, scanners + 1)]
-    plan += [(f"{kit}-light-{j}", "lighting") for j in range(1, devices_per_kit - scanners + 1)]
+def agent_id(kit: str) -> str:
+    return f"{kit}-agent"
+
+
+def device_plan(kit: str, devices_per_kit: int, power: bool = True) -> list[tuple[str, str]]:
+    """(device id, role) of one kit: with ``power`` (and room for it) the agent and its power bank
+    first, then scanners and lighting controllers, about half each of the rest."""
+    plan = []
+    if power and devices_per_kit >= 3:
+        plan = [(agent_id(kit), "agent"), (f"{kit}-power", "powerbank")]
+    esp32s = devices_per_kit - len(plan)
+    scanners = (esp32s + 1) // 2
+    plan += [(f"{kit}-scan-{j}", "scanner") for j in range(1, scanners + 1)]
+    plan += [(f"{kit}-light-{j}", "lighting") for j in range(1, esp32s - scanners + 1)]
     return plan
 
 
-def manifests(kits: int, devices_per_kit: int = 5, period_s: float = 5.0, first_kit: int = 1) -> list[KitManifest]:
+MODELS = {"scanner": "esp32-gm65", "lighting": "esp32-pwm-dmx", "powerbank": "sim-lifepo4-100ah"}
+
+
+def manifests(kits: int, devices_per_kit: int = 5, period_s: float = 5.0, first_kit: int = 1,
+              power: bool = True) -> list[KitManifest]:
     """Kit manifests for the simulated kits, for the fleet's registry (Store.register_kit): the fleet
-    dead-letters devices it does not know. Each names an agent (the format requires one, and
-    device ids are fleet-wide), which the swarm does not simulate: it stays offline."""
+    dead-letters devices it does not know. Each names its agent (the format requires one, and
+    device ids are fleet-wide); without ``power`` the swarm does not simulate it: it stays offline."""
     out = []
     for index in range(first_kit, first_kit + kits):
         kit = kit_id(index)
-        models = {"scanner": "esp32-gm65", "lighting": "esp32-pwm-dmx"}
-        devices = [DeviceSpec(id=d, role=role, model=models[role], telemetry_s=period_s)  # type: ignore[arg-type]
-                   for d, role in device_plan(kit, devices_per_kit)]
-        out.append(KitManifest(id=kit, name=f"Swarm kit {index}", agent=f"{kit}-agent", devices=devices))
+        devices = [DeviceSpec(id=d, role=role, model=MODELS[role], telemetry_s=period_s,  # type: ignore[arg-type]
+                              bus="serial:/dev/ttyUSB0" if role == "powerbank" else None)
+                   for d, role in device_plan(kit, devices_per_kit, power) if role != "agent"]
+        out.append(KitManifest(id=kit, name=f"Swarm kit {index}", agent=agent_id(kit), devices=devices))
     return out
 
 
@@ -172,7 +191,7 @@ class SimDevice:
     __slots__ = ("swarm", "kit", "id", "role", "boot", "started_ms", "seq", "outbox", "receipted", "scans", "scene",
                  "conn", "conn_started", "up", "up_since", "ever_up", "attempt", "connecting", "retry_handle",
                  "tick_handle", "next_tick", "resend_after", "_mid", "_t_tele", "_t_event", "_t_state", "_tele",
-                 "_checkin", "_birth", "_shutdown", "_connect_pkt", "_subscribe_topic")
+                 "_checkin", "_birth", "_shutdown", "_connect_pkt", "_subscribe_topic", "soc", "draw_a")
 
     def __init__(self, swarm: "Swarm", kit: str, device_id: str, role: str):
         self.swarm = swarm
@@ -201,8 +220,14 @@ class SimDevice:
         head = b'{"boot":"' + self.boot.encode() + b'","seq":%d,"ts":%d,'
         if role == "scanner":
             self._tele = head + b'"kind":"device","uptime_s":%d,"heap_free":%d,"rssi":%d,"outbox":%d,"scans":%d}'
-        else:
+        elif role == "lighting":
             self._tele = head + b'"kind":"device","uptime_s":%d,"heap_free":%d,"rssi":%d,"outbox":%d,"scene":"%s"}'
+        elif role == "agent":
+            self._tele = head + b'"kind":"device","uptime_s":%d,"rssi":%d,"outbox":%d}'
+        else:  # a power bank, read by its agent: a 12.8 V 100 Ah pack under the kit's load, as a shunt reports it
+            self._tele = head + b'"kind":"battery","source":"sim","v":%.2f,"i":%.2f,"p":%.1f,"soc":%.1f,"ttg":%d}'
+        self.soc = swarm.rng.uniform(45.0, 98.0)  # %
+        self.draw_a = swarm.rng.uniform(1.5, 7.0)  # the kit's load: a 6 to 60 h pack
         event = f"SWARM-{kit}".upper().encode()
         self._checkin = head + b'"kind":"checkin","data":{"event":"' + event + \
             b'","ticket":"T%06d","tier":"GA","verdict":"%s"}}'
@@ -222,13 +247,26 @@ class SimDevice:
 
     def telemetry_payload(self, seq: int, ts: int) -> bytes:
         rng = self.swarm.rng
+        if self.role == "powerbank":
+            i = -self.draw_a * rng.uniform(0.9, 1.1)
+            v = 12.0 + 1.3 * self.soc / 100 + i * 0.01
+            ttg = int(self.soc / 100 * PACK_AH / -i * 60)
+            return self._tele % (seq, ts, v, i, v * i, self.soc, ttg)
+        uptime, rssi, outbox = (ts - self.started_ms) // 1000, rng.randrange(-75, -45), len(self.outbox)
+        if self.role == "agent":
+            return self._tele % (seq, ts, uptime, rssi, outbox)
         last = self.scans if self.role == "scanner" else self.scene
-        return self._tele % (seq, ts, (ts - self.started_ms) // 1000, rng.randrange(52_000, 60_000),
-                             rng.randrange(-75, -45), len(self.outbox), last)
+        return self._tele % (seq, ts, uptime, rng.randrange(52_000, 60_000), rssi, outbox, last)
 
     def checkin_payload(self, seq: int, ts: int) -> bytes:
         rng = self.swarm.rng
         return self._checkin % (seq, ts, rng.randrange(1_000_000), rng.choice(VERDICTS))
+
+    def discharge(self, seconds: float) -> None:
+        """A power bank: ``seconds`` of the kit's load drawn from the pack."""
+        self.soc -= self.draw_a * seconds / 36 / PACK_AH  # Ah drawn, as % of the pack
+        if self.soc < 5.0:  # the crew swapped in a charged pack
+            self.soc = self.swarm.rng.uniform(90.0, 100.0)
 
     # emitting ------------------------------------------------------------
 
@@ -245,8 +283,10 @@ class SimDevice:
                 self.scans += 1
                 self.seq += 1
                 self._emit(self._t_event, self.checkin_payload(self.seq, ts))
-        elif sw.rng.random() < 0.05:
+        elif self.role == "lighting" and sw.rng.random() < 0.05:
             self.scene = sw.rng.choice(SCENES)
+        elif self.role == "powerbank":
+            self.discharge(sw.period_s)
         now = sw.loop.time()
         self.next_tick += sw.period_s
         if self.next_tick < now - sw.period_s:  # the loop fell far behind: do not fire a burst to catch up
@@ -478,7 +518,7 @@ class _ConnectPacer:
 # ---------------------------------------------------------------- the swarm
 
 class Swarm:
-    """N kits of simulated ESP32s on one asyncio loop.
+    """N simulated kits (agent, power bank, ESP32s: see device_plan) on one asyncio loop.
 
     ``await swarm.run()`` on your loop (``request_stop(flush_s)`` ends it), or
     ``start_in_thread()`` / ``stop(flush_s)`` from synchronous code; ``flush_s`` is how long to
@@ -491,7 +531,7 @@ class Swarm:
     def __init__(self, kits: int, devices_per_kit: int = 5, mqtt_url: str = "mqtt://127.0.0.1:1883",
                  period_s: float = 5.0, seed: int | None = None, *, first_kit: int = 1, checkin_p: float = 0.1,
                  keepalive_s: int = 30, connect_rate: float = 500.0, resend_after_s: float = 15.0,
-                 resend_cap_s: float = 120.0):
+                 resend_cap_s: float = 120.0, power: bool = True):
         import random
 
         if kits < 1 or devices_per_kit < 1 or period_s <= 0:
@@ -501,7 +541,7 @@ class Swarm:
         except ValueError as exc:
             raise SwarmError(str(exc)) from None
         self.mqtt_url = mqtt_url
-        self.kits, self.devices_per_kit, self.first_kit = kits, devices_per_kit, first_kit
+        self.kits, self.devices_per_kit, self.first_kit, self.power = kits, devices_per_kit, first_kit, power
         self.period_s, self.checkin_p, self.keepalive_s = period_s, checkin_p, keepalive_s
         self.resend_after_s, self.resend_cap_s = resend_after_s, resend_cap_s
         self.rng = random.Random(seed)
@@ -510,7 +550,8 @@ class Swarm:
         self.tls_kwargs: dict = {}
         self._account_login()
         self.pacer = _ConnectPacer(self, connect_rate)
-        self.devices = [SimDevice(self, m.id, d.id, d.role) for m in self.manifests() for d in m.devices]
+        self.devices = [SimDevice(self, kit_id(k), d, role) for k in range(first_kit, first_kit + kits)
+                        for d, role in device_plan(kit_id(k), devices_per_kit, power)]
         self.emitting = True
         self.stopping = False
         # Counters (the loop's thread writes them; other threads only read).
@@ -546,7 +587,7 @@ class Swarm:
             self.tls_kwargs = {"ssl": tls_context(t.ca, ca_pem), "server_hostname": t.host}
 
     def manifests(self) -> list[KitManifest]:
-        return manifests(self.kits, self.devices_per_kit, self.period_s, self.first_kit)
+        return manifests(self.kits, self.devices_per_kit, self.period_s, self.first_kit, self.power)
 
     # ------------------------------------------------------------ running
 
@@ -713,9 +754,9 @@ class Swarm:
 # ---------------------------------------------------------------- the command
 
 def run_cli(kits: int, devices_per_kit: int, mqtt_url: str, period_s: float, register: str | None,
-            seed: int | None, duration: float | None, flush_s: float = 10.0) -> int:
+            seed: int | None, duration: float | None, flush_s: float = 10.0, power: bool = True) -> int:
     """``popkit sim fleet``: a status line every 5 s, a summary at the end; SIGTERM or Ctrl-C stop it."""
-    swarm = Swarm(kits, devices_per_kit, mqtt_url, period_s, seed)
+    swarm = Swarm(kits, devices_per_kit, mqtt_url, period_s, seed, power=power)
     if register:
         register_kits(register, swarm.manifests())
         print(f"registered {kits} kits ({len(swarm.devices)} devices) in {register.split('@')[-1]}", flush=True)

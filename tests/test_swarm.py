@@ -104,23 +104,35 @@ def test_the_swarms_mqtt_parser_takes_many_packets_from_one_read_and_one_packet_
     loop.close()
 
 
-def test_simulated_kits_are_valid_manifests_of_scanners_and_lighting_controllers():
+def test_simulated_kits_are_valid_manifests_of_an_agent_its_power_bank_and_esp32s():
     kits = manifests(3, devices_per_kit=5, period_s=2.0)
     assert [k.id for k in kits] == ["k0001", "k0002", "k0003"]
     assert all(isinstance(k, KitManifest) for k in kits)
-    assert [(d.id, d.role) for d in kits[0].devices] == [
+    assert [(d.id, d.role) for d in kits[0].all_devices()] == [
+        ("k0001-agent", "agent"), ("k0001-power", "powerbank"), ("k0001-scan-1", "scanner"),
+        ("k0001-scan-2", "scanner"), ("k0001-light-1", "lighting")]
+    assert kits[2].agent == "k0003-agent" and kits[0].devices[0].telemetry_s == 2.0
+    assert kits[0].devices[0].hosted  # the fleet shows the pack online only while its agent is
+    esp32s = manifests(1, devices_per_kit=5, power=False)[0]
+    assert [(d.id, d.role) for d in esp32s.devices] == [
         ("k0001-scan-1", "scanner"), ("k0001-scan-2", "scanner"), ("k0001-scan-3", "scanner"),
         ("k0001-light-1", "lighting"), ("k0001-light-2", "lighting")]
-    assert kits[2].agent == "k0003-agent" and kits[0].devices[0].telemetry_s == 2.0
+    swarm = Swarm(2, 5, "mqtt://127.0.0.1:1", power=True)
+    assert [d.id for d in swarm.devices] == [d.id for m in swarm.manifests() for d in m.all_devices()]
 
 
 def test_every_payload_the_templates_make_is_the_contracts():
     swarm = Swarm(2, 4, "mqtt://127.0.0.1:1", period_s=1.0, seed=3)
+    assert sorted({d.role for d in swarm.devices}) == ["agent", "lighting", "powerbank", "scanner"]
     now = int(time.time() * 1000)
     for device in swarm.devices:
         for seq in range(1, 40):
             msg = decode("telemetry", device.telemetry_payload(seq, now + seq))
-            assert (msg.boot, msg.seq, msg.kind) == (device.boot, seq, "device")
+            assert (msg.boot, msg.seq) == (device.boot, seq)
+            assert msg.kind == ("battery" if device.role == "powerbank" else "device")
+            if device.role == "powerbank":
+                assert msg.i < 0 and 0 <= msg.soc <= 100 and 11.5 < msg.v < 13.5 and msg.ttg > 0
+                continue
             assert (msg.scans is not None) == (device.role == "scanner")
             assert (msg.scene is not None) == (device.role == "lighting")
             event = decode("event", device.checkin_payload(seq, now))
@@ -130,6 +142,26 @@ def test_every_payload_the_templates_make_is_the_contracts():
             assert (state.online, state.reason, state.seq, state.ts) == (online, reason, 0, device.started_ms)
             assert state.role == device.role
     assert len({d.boot for d in swarm.devices}) == len(swarm.devices)  # a boot per device, new each run
+
+
+def test_a_simulated_power_bank_discharges_as_the_fleet_can_forecast():
+    """What the fleet fits per pack (fleet/forecast.py) finds the pack's own draw in its readings."""
+    from fleet.forecast import forecast
+
+    swarm = Swarm(1, 5, "mqtt://127.0.0.1:1", seed=4)
+    pack = next(d for d in swarm.devices if d.role == "powerbank")
+    pack.soc, pack.draw_a = 80.0, 4.0  # 4 A from 100 Ah: 4 %/h, 20 h to empty
+    t0 = int(time.time() * 1000) - 900_000
+    readings = []
+    for seq in range(1, 181):  # 15 minutes at 5 s
+        readings.append(decode("telemetry", pack.telemetry_payload(seq, t0 + seq * 5000)).model_dump())
+        pack.discharge(5.0)
+    fc = forecast(readings, now_ms=t0 + 181 * 5000)
+    assert fc.method == "soc_slope" and fc.hours_left is not None, fc
+    assert 16 < fc.hours_left < 24, fc  # 79 % left at 4 %/h: 19.75 h
+    pack.soc = 5.001
+    pack.discharge(5.0)
+    assert pack.soc >= 90  # an empty pack is swapped for a charged one, not driven below zero
 
 
 def test_twenty_kits_report_every_message_once_and_get_every_receipt(broker, swarm_fleet, collect):
