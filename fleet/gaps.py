@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from fleet.metrics import IngestMetrics
 from fleet.settings import FleetSettings
 from fleet.store import Store, now_ms
-from kits.contract import Receipt, ranges
+from kits.contract import RECEIPT_MAX_RANGES, Receipt, ranges
 
 log = logging.getLogger("popkit.fleet.gaps")
 
@@ -44,7 +44,7 @@ LEASE_TTL_S = 3.0  # a detector silent this long (its worker died or lost the br
 ROWS_PER_TICK = 20_000  # ledger rows read per table and tick; a burst beyond this is read over the next ticks
 LOOKBACK_ROWS = 5_000  # on taking the lease: the streams written this recently are looked at too
 SCAN_WINDOW = 5_000  # seqs looked at per stream and tick: a hole further back is the producer's timeout's
-MAX_RANGES = 32  # per request: the firmware decodes it whole, on a 64 KB heap
+MAX_RANGES = RECEIPT_MAX_RANGES  # per request (the contract's bound: the firmware decodes it whole)
 FORGET_S = 3600.0  # a stream with only given-up holes is forgotten after this long without a write
 
 

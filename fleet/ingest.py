@@ -26,7 +26,8 @@ from fleet.gaps import GapDetector
 from fleet.metrics import IngestMetrics
 from fleet.settings import FleetSettings
 from fleet.store import Batch, DeviceRef, LedgerMessage, RejectedMessage, Store, now_ms
-from kits.contract import DEVICE_CHANNELS, ContractError, Receipt, decode, encode, parse_topic, ranges, subscription, topic
+from kits.contract import (DEVICE_CHANNELS, RECEIPT_MAX_RANGES, ContractError, Receipt, decode, encode, parse_topic,
+                           ranges, subscription, topic)
 from popkit.mqtt import client_for, session_kwargs
 
 log = logging.getLogger("popkit.fleet.ingest")
@@ -335,7 +336,9 @@ class Ingest:
             seqs[(m.device_id, m.msg.boot)].append(m.msg.seq)
         ts = now_ms()
         for (device_id, boot), numbers in seqs.items():
-            kit = self._devices[device_id].kit_id
-            receipt = Receipt(boot=boot, seqs=ranges(numbers), ts=ts)
-            self._client.publish(topic(kit, device_id, "receipt"), encode(receipt), qos=1)
-            self.metrics.receipts += 1
+            name = topic(self._devices[device_id].kit_id, device_id, "receipt")
+            spans = ranges(numbers)
+            for i in range(0, len(spans), RECEIPT_MAX_RANGES):
+                receipt = Receipt(boot=boot, seqs=spans[i:i + RECEIPT_MAX_RANGES], ts=ts)
+                self._client.publish(name, encode(receipt), qos=1)
+                self.metrics.receipts += 1

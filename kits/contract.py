@@ -277,17 +277,24 @@ class Config(_Model):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+# Ranges in one receipt's ``seqs`` (and in its ``missing``): the firmware decodes a receipt whole on a
+# 64 KB heap, and a batch of a device's messages split between shared-subscription workers comes
+# as every other seq (300 single-seq ranges ran past MAX_DEVICE_PAYLOAD). More go in more receipts.
+RECEIPT_MAX_RANGES = 32
+
+
 class Receipt(_Model):
     """Fleet to producer: these (boot, seq) ranges are committed, drop them from the outbox;
     and (``missing``) these never arrived, send them again now."""
 
     boot: BootId
-    seqs: list[tuple[Seq, Seq]] = Field(description="inclusive [first, last] ranges")
+    seqs: list[tuple[Seq, Seq]] = Field(max_length=RECEIPT_MAX_RANGES, description="inclusive [first, last] ranges")
     ts: EpochMs
     # A silent gap (later seqs arrived, these never did) is asked for again here, so the producer
     # resends them at once instead of when their receipt is overdue. Empty in an ordinary receipt.
-    missing: list[tuple[Seq, Seq]] = Field(default_factory=list, description="inclusive [first, last] ranges "
-                                           "the fleet has not received although later ones arrived: send again")
+    missing: list[tuple[Seq, Seq]] = Field(default_factory=list, max_length=RECEIPT_MAX_RANGES,
+                                           description="inclusive [first, last] ranges the fleet has not "
+                                           "received although later ones arrived: send again")
 
 
 ClaimId = Annotated[int, Field(ge=0, lt=2**31)]

@@ -180,3 +180,23 @@ def test_ingest_over_mqtt5_commits_receipts_and_rejects_the_same_way(broker, tmp
     finally:
         fleet.ingest.stop()
         fleet.store.close()
+
+
+def test_a_receipt_for_a_fragmented_batch_is_split_so_every_part_fits_a_device(fleet, broker, collect):
+    """Two workers on a shared subscription each get every other seq of a device: a batch's receipt
+    of 300 single-seq ranges ran past the contract's 4 KB, and producers ignored it, so nothing
+    left their outboxes. Every receipt now names at most RECEIPT_MAX_RANGES ranges."""
+    from fleet.store import LedgerMessage
+    from kits.contract import MAX_DEVICE_PAYLOAD, RECEIPT_MAX_RANGES
+
+    receipts = collect("popkit/v1/demo/demo-power/receipt")
+    odd = [LedgerMessage("demo-power", "telemetry", decode("telemetry", battery(seq)), battery(seq).decode())
+           for seq in range(1, 600, 2)]
+    fleet.ingest._send_receipts(odd)
+    wait_until(lambda: sum(len(decode("receipt", p).seqs) for p in receipts.on("receipt")) >= 300,
+               what="receipts naming all 300 seqs")
+    got = receipts.on("receipt")
+    assert all(len(p) <= MAX_DEVICE_PAYLOAD for p in got)
+    parts = [decode("receipt", p).seqs for p in got]  # the contract refuses a receipt of more ranges
+    assert [len(s) for s in parts] == [RECEIPT_MAX_RANGES] * 9 + [300 - 9 * RECEIPT_MAX_RANGES]
+    assert sorted(a for s in parts for a, b in s if a == b) == list(range(1, 600, 2))
