@@ -186,7 +186,7 @@ class Store:
         unique: dict[tuple[str, str, int], LedgerMessage] = {}
         for m in batch.ledger:
             unique.setdefault(m.key, m)
-        ledger = list(unique.values())
+        ledger = [unique[k] for k in sorted(unique)]  # key order, as every upsert below: no deadlock between workers
         with self.engine.begin() as conn:
             inserted = self._insert_ledger(conn, ledger, received_ms)
             new = [m for key, m in unique.items() if key in inserted]
@@ -235,8 +235,10 @@ class Store:
                     a[3] = ts
         if not agg:
             return
+        # In key order: two workers upserting the same streams in different orders deadlocked on PostgreSQL.
         rows = [
-            dict(device_id=d, boot=b, max_seq=a[0], received=a[1], first_ms=a[2], last_ms=a[3]) for (d, b), a in agg.items()
+            dict(device_id=d, boot=b, max_seq=a[0], received=a[1], first_ms=a[2], last_ms=a[3])
+            for (d, b), a in sorted(agg.items())
         ]
         conn.execute(self._statement("streams", self._streams_upsert), rows)
 
@@ -291,7 +293,7 @@ class Store:
                 latest[key] = m
         if not latest:
             return
-        rows = [dict(device_id=d, kind=k, ts_ms=m.msg.ts, body=m.body) for (d, k), m in latest.items()]
+        rows = [dict(device_id=d, kind=k, ts_ms=m.msg.ts, body=m.body) for (d, k), m in sorted(latest.items())]
         conn.execute(self._statement("latest", self._latest_upsert), rows)
 
     def _latest_upsert(self):
