@@ -226,8 +226,10 @@ class SimDevice:
             self._tele = head + b'"kind":"device","uptime_s":%d,"rssi":%d,"outbox":%d}'
         else:  # a power bank, read by its agent: a 12.8 V 100 Ah pack under the kit's load, as a shunt reports it
             self._tele = head + b'"kind":"battery","source":"sim","v":%.2f,"i":%.2f,"p":%.1f,"soc":%.1f,"ttg":%d}'
-        self.soc = swarm.rng.uniform(45.0, 98.0)  # %
-        self.draw_a = swarm.rng.uniform(1.5, 7.0)  # the kit's load: a 6 to 60 h pack
+        self.soc = self.draw_a = 0.0
+        if role == "powerbank":
+            self.soc = swarm.rng.uniform(45.0, 98.0)  # %
+            self.draw_a = swarm.rng.uniform(1.5, 7.0)  # the kit's load: a 6 to 60 h pack
         event = f"SWARM-{kit}".upper().encode()
         self._checkin = head + b'"kind":"checkin","data":{"event":"' + event + \
             b'","ticket":"T%06d","tier":"GA","verdict":"%s"}}'
