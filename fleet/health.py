@@ -33,6 +33,7 @@ class HealthConfig:
     heartbeat_periods: float = 3.0  # ... or this many telemetry periods (manifest), whichever is longer
     low_soc: float = 20.0  # %: a battery below this is degraded
     forecast_window_s: float = 900.0  # battery readings the time-to-empty is fitted on
+    forecast_refit_s: float = 30.0  # a pass over every kit refits a pack's forecast at most this often (fleet/fits.py)
     rejected_window_s: float = 3600.0  # rejected messages this recent count against a device
     config_grace_s: float = 60.0  # a device may take this long to apply a new desired config
 
@@ -40,6 +41,7 @@ class HealthConfig:
     def from_settings(cls, s: Any) -> "HealthConfig":
         return cls(heartbeat_timeout_s=s.heartbeat_timeout_s, heartbeat_periods=s.heartbeat_periods,
                    low_soc=s.battery_low_soc, forecast_window_s=s.forecast_window_s,
+                   forecast_refit_s=s.forecast_refit_s,
                    rejected_window_s=s.rejected_window_s, config_grace_s=s.config_grace_s)
 
 

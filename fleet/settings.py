@@ -49,6 +49,8 @@ class FleetSettings(BaseSettings):
     battery_low_soc: float = Field(default=20.0, ge=0, le=100, description="%: a battery below this is degraded")
     forecast_window_s: float = Field(default=900.0, ge=60, le=86_400, description="battery readings the "
                                      "time-to-empty forecast is fitted on, back from the latest")
+    forecast_refit_s: float = Field(default=30.0, ge=0, le=3600, description="the fleet-wide views refit a pack's "
+                                    "forecast at most this often (at once when it starts or stops charging)")
     rejected_window_s: float = Field(default=3600.0, gt=0, description="rejected messages this recent degrade a device")
     config_grace_s: float = Field(default=60.0, ge=0, description="time a device has to apply a new desired config")
     # The overview's and kit pages' views (fleet/kitviews.py): recomputed on every change this process

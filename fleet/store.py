@@ -21,7 +21,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fleet import db
-from fleet.forecast import forecast
+from fleet.fits import FitCache
+from fleet.forecast import Forecast, against_event
 from fleet.health import DeviceFacts, HealthConfig, KitInfo, device_health, kit_health, readiness_view
 from kits.contract import MAX_CONFIG_PAYLOAD, ROOT, Command, Config, State, encode
 from kits.manifest import KitManifest
@@ -99,6 +100,8 @@ class Store:
         # live stream tells the dashboards (fleet/api/app.py). Called on the writer's thread: must not block.
         self.on_change: list[Callable[[set[str], set[str]], None]] = []
         self._kit_of: dict[str, str] = {}  # device -> kit, to name what a batch changed
+        # Each pack's time-to-empty fit, refit only when it may have moved (fleet/fits.py).
+        self.fits = FitCache()
         # Ingest's statements, built once: building an upsert and its cache key on every batch cost
         # a third of the writer thread at 1,000 msg/s (SQLAlchemy memoizes the key per statement object).
         self._built: dict[str, Any] = {}
@@ -680,7 +683,8 @@ class Store:
     def kits_with_health(self, cfg: HealthConfig, kit_id: str | None = None, now: int | None = None) -> list[dict]:
         """list_kits (or get_kit) with each device's health, the kit's worst status, its last
         readiness report and a time-to-empty forecast per power bank: three more queries in all,
-        whatever the number of kits."""
+        whatever the number of kits. Over every kit, a pack's fit is refit only when it may have
+        moved (fleet/fits.py); one kit's packs are always refit."""
         now = now or now_ms()
         if kit_id is None:
             kits = self.list_kits()
@@ -690,16 +694,29 @@ class Store:
         if not kits:
             return []
         devs = [d for k in kits for d in k["devices"]]
+        packs = [(d["id"], d["latest"].get("battery")) for d in devs if _is_pack(d)]
+        refit = {i for i, _ in packs} if kit_id is not None else set(self.fits.stale(packs, now, cfg.forecast_refit_s))
+        window_ms = int(cfg.forecast_window_s * 1000)
         with self.engine.connect() as conn:
             facts = self._health_facts(conn, devs, now - int(cfg.rejected_window_s * 1000), kit_id=kit_id)
             readiness = self._latest_readiness(conn, kit_id=kit_id)
-            history = self._battery_history(conn, int(cfg.forecast_window_s * 1000), kit_id=kit_id)
+            history = {}
+            if refit:
+                some = None if len(refit) == len(packs) else sorted(refit)  # all: no IN list of every pack
+                history = self._battery_history(conn, window_ms, kit_id=kit_id, device_ids=some)
         for kit in kits:
             info = self.kit_info(kit["id"])
             ends = info.ends_ms if info else None
             batteries = []
             for dev in kit["devices"]:
-                fc = _battery_view(dev, history.get(dev["id"], ()), ends, now)
+                fc = None
+                if _is_pack(dev):
+                    pack, latest = dev["id"], dev["latest"].get("battery")
+                    if pack in refit:
+                        tte = self.fits.fit(pack, latest, history.get(pack, ()), now)
+                    else:
+                        tte = self.fits.kept(pack) or self.fits.fit(pack, latest, self._pack_history(pack, window_ms), now)
+                    fc = _battery_view(dev, tte, ends, now)
                 if fc is not None:
                     batteries.append(fc)
                 period = info.telemetry_s.get(dev["id"]) if info else None
@@ -708,6 +725,8 @@ class Store:
             kit["readiness"] = readiness.get(kit["id"])
             kit["event"] = info.event_view() if info else None
             kit["batteries"] = batteries
+        if kit_id is None:
+            self.fits.keep_only({i for i, _ in packs})
         return kits
 
     def device_with_health(self, device_id: str, cfg: HealthConfig, now: int | None = None) -> dict | None:
@@ -720,7 +739,10 @@ class Store:
         with self.engine.connect() as conn:
             facts = self._health_facts(conn, [dev], now - int(cfg.rejected_window_s * 1000), device_id=device_id)
             history = self._battery_history(conn, int(cfg.forecast_window_s * 1000), device_id=device_id)
-        fc = _battery_view(dev, history.get(device_id, ()), info.ends_ms if info else None, now)
+        fc = None
+        if _is_pack(dev):
+            tte = self.fits.fit(device_id, dev["latest"].get("battery"), history.get(device_id, ()), now)
+            fc = _battery_view(dev, tte, info.ends_ms if info else None, now)
         period = info.telemetry_s.get(device_id) if info else None
         dev["battery_forecast"] = fc
         dev["health"] = device_health(dev, facts.get(device_id), cfg, now, period, fc)
@@ -783,8 +805,13 @@ class Store:
                 out[r.kit_id] = view
         return out
 
-    def _battery_history(self, conn, window_ms: int, kit_id: str | None = None,
-                         device_id: str | None = None) -> dict[str, list[dict]]:
+    def _pack_history(self, device_id: str, window_ms: int) -> list[dict]:
+        """One pack's readings (a fit forgotten between a pass's look and its use: a rare race)."""
+        with self.engine.connect() as conn:
+            return self._battery_history(conn, window_ms, device_id=device_id).get(device_id, [])
+
+    def _battery_history(self, conn, window_ms: int, kit_id: str | None = None, device_id: str | None = None,
+                         device_ids: list[str] | None = None) -> dict[str, list[dict]]:
         """Battery readings of the last ``window_ms`` before each battery's latest reading: one
         query, a range scan of ix_telemetry_device_ts per battery."""
         l, t, d = db.device_latest.c, db.telemetry.c, db.devices.c
@@ -805,6 +832,8 @@ class Store:
             q = q.where(l.device_id == device_id)
         elif kit_id is not None:
             q = q.where(l.device_id.in_(select(d.id).where(d.kit_id == kit_id)))
+        if device_ids is not None:
+            q = q.where(l.device_id.in_(device_ids))
         out: dict[str, list[dict]] = defaultdict(list)
         for r in conn.execute(q):
             out[r.device_id].append(_reading(r.body))
@@ -1306,16 +1335,18 @@ def _alert_view(r) -> dict:
                 last_notified_ms=r["last_notified_ms"], notify_count=r["notify_count"])
 
 
-def _battery_view(dev: dict, readings, ends_ms: int | None, now: int) -> dict | None:
-    """A power bank's latest reading next to its time-to-empty forecast; None for other devices."""
-    latest = dev["latest"].get("battery")
-    if latest is None and dev["role"] != "powerbank":
-        return None
-    latest = latest or {}
+def _is_pack(dev: dict) -> bool:
+    """A power bank, or any device that sends battery readings."""
+    return dev["role"] == "powerbank" or "battery" in dev["latest"]
+
+
+def _battery_view(dev: dict, tte: Forecast, ends_ms: int | None, now: int) -> dict:
+    """A power bank's latest reading next to its time-to-empty (fleet/fits.py) against the event's end."""
+    latest = dev["latest"].get("battery") or {}
     v, i, p = latest.get("v"), latest.get("i"), latest.get("p")
     if p is None and v is not None and i is not None:
         p = round(v * i, 2)  # a BMS reports no power; the sign follows the current's
-    fc = forecast(readings, ends_ms=ends_ms, now_ms=now)
+    fc = against_event(tte, ends_ms, now)
     return dict(device_id=dev["id"], ts=latest.get("ts"), soc=latest.get("soc"), v=v, i=i, p=p, **fc.as_dict())
 
 
