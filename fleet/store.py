@@ -189,7 +189,10 @@ class Store:
         unique: dict[tuple[str, str, int], LedgerMessage] = {}
         for m in batch.ledger:
             unique.setdefault(m.key, m)
-        ledger = [unique[k] for k in sorted(unique)]  # key order, as every upsert below: no deadlock between workers
+        # Arrival order, not key order (as the upserts below): ids follow arrival, which retention's
+        # watermark relies on (fleet/retention.py). A deadlock on the unique key needs the same message
+        # in two workers' batches at once, and the commit's retry covers it.
+        ledger = list(unique.values())
         with self.engine.begin() as conn:
             inserted = self._insert_ledger(conn, ledger, received_ms)
             new = [m for key, m in unique.items() if key in inserted]
