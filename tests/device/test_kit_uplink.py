@@ -187,6 +187,9 @@ def test_with_the_uplink_cut_the_kit_works_and_when_it_returns_the_fleet_gets_ev
     sim_a, a = start_door(rom_images, tmp_path, k["kit_side"], k["kit_broker"], DOORS[0], key)
     sim_b, b = start_door(rom_images, tmp_path, k["kit_side"], k["kit_broker"], DOORS[1], key)
     try:
+        # Both doors in session at the kit broker (born after subscribing): a door still in its TLS
+        # handshake asks no hub and admits alone, as a loaded CI machine once showed at door-b.
+        assert all(agent.watch.wait_online(d, 15) for d in DOORS), "a door never came online at the kit broker"
         assert door(sim_a, t["T1"]) == "green"
         wait_until(lambda: [c[0] for c in checkins(fleet, DOORS[0])] == ["T1"], 15, what="T1 at the fleet, live")
 
