@@ -42,7 +42,7 @@ class FitCache:
     def __init__(self):
         self._fits: dict[str, Fit] = {}
         self._lock = threading.Lock()  # the views' thread and API reads refit side by side
-        self.fitted = self.reused = 0  # counters, for tests and the bench
+        self.fitted = self.reused = 0  # how often a fit was made, and kept one served
 
     def stale(self, packs: Iterable[tuple[str, dict | None]], now: int, refit_s: float = REFIT_S) -> list[str]:
         """Of (device id, latest battery reading) pairs, the packs a pass must fit again."""

@@ -1,11 +1,12 @@
-"""``popkit sim fleet``: thousands of light-weight simulated ESP32s in one process, for load tests and demos.
+"""``popkit sim fleet``: thousands of light-weight simulated devices in one process, for load tests and demos.
 
 Each kit is its Pi agent (``k0001-agent``) with the power bank it reads (``k0001-power``: a
 discharging pack's ``battery`` telemetry, so the fleet fits a time-to-empty forecast for every
 kit, as it does on tour), then scanners (``k0001-scan-1``, ...) and lighting controllers
 (``k0001-light-1``, ...); ``power=False`` (``--no-power``), or fewer than 3 devices a kit, leaves
 ESP32s only. The power bank has a connection of its own here, where the real agent publishes it
-on its own: the fleet sees the same topics and payloads, the broker one more client a kit.
+over the agent's connection: the fleet sees the same topics and payloads, the broker one more
+client a kit.
 Every device speaks the wire contract as the
 firmware does (device/lib/link.py): a persistent MQTT session (client id
 ``<kit>-<device>``), a retained ``state`` birth on every connect and the same

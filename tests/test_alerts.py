@@ -439,6 +439,16 @@ def test_one_alert_per_subject_and_rule_with_two_evaluators_at_once(shared_db):
             s.close()
 
 
+def low_soc_opens_then_resolves(fleet, sim, metrics) -> None:
+    """A running evaluator opens the low SOC alert when the pack reads 12 %, and resolves it at 60 %."""
+    wait_until(lambda: metrics.evaluations >= 1, what="the evaluation at start")
+    sim.battery("demo-power", soc=12)
+    wait_until(lambda: alerts(fleet, rule="low_soc"), what="the evaluator to open the low SOC alert")
+    sim.battery("demo-power", soc=60, i=4.0)
+    wait_until(lambda: alerts(fleet, rule="low_soc")[0]["state"] == "resolved", what="auto-resolve")
+    assert metrics.evaluation_errors == 0
+
+
 def test_the_evaluator_thread_runs_soon_after_ingest_commits(fleet, sim):
     """In the service the evaluator watches ingest's batch counter (never ingest itself)."""
     from fleet.alerts import Evaluator
@@ -448,12 +458,7 @@ def test_the_evaluator_thread_runs_soon_after_ingest_commits(fleet, sim):
     ev = Evaluator(fleet.store, CFG, interval_s=3600, min_interval_s=0.1,
                    changes=lambda: fleet.ingest.metrics.batches, metrics=metrics).start()
     try:
-        wait_until(lambda: metrics.evaluations >= 1, what="the evaluation at start")
-        sim.battery("demo-power", soc=12)
-        wait_until(lambda: alerts(fleet, rule="low_soc"), what="the evaluator to open the low SOC alert")
-        sim.battery("demo-power", soc=60, i=4.0)
-        wait_until(lambda: alerts(fleet, rule="low_soc")[0]["state"] == "resolved", what="auto-resolve")
-        assert metrics.evaluation_errors == 0
+        low_soc_opens_then_resolves(fleet, sim, metrics)
     finally:
         ev.stop()
 
@@ -483,12 +488,7 @@ def test_in_the_service_the_evaluator_judges_the_kit_views_instead_of_computing_
     ev = Evaluator(store, CFG, interval_s=3600, min_interval_s=0.1, changes=lambda: fleet.ingest.metrics.batches,
                    metrics=metrics, views=views.snapshot).start()
     try:
-        wait_until(lambda: metrics.evaluations >= 1, what="the evaluation at start")
-        sim.battery("demo-power", soc=12)
-        wait_until(lambda: alerts(fleet, rule="low_soc"), what="the low SOC alert, judged on the views")
-        sim.battery("demo-power", soc=60, i=4.0)
-        wait_until(lambda: alerts(fleet, rule="low_soc")[0]["state"] == "resolved", what="auto-resolve")
-        assert metrics.evaluation_errors == 0
+        low_soc_opens_then_resolves(fleet, sim, metrics)
         assert computed_by and "fleet-alerts" not in computed_by  # only the views' thread computed the fleet
     finally:
         ev.stop()
