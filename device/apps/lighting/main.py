@@ -1,7 +1,7 @@
 # The lighting controller role: the board's outputs, lighting.Lighting and link.Link wired.
 #
 #   micropython main.py CONFIG.json        (unix port: the config path on the command line)
-#   main.py on the ESP32                    (reads lighting.json from flash)
+#   main.py on the ESP32                    (reads /lighting.json: board.config_path; `popkit device flash` writes it)
 #
 # Order at power-up: outputs, then the timeline kept on flash shown at once (what should
 # be on now, no fade), and only then the network: lights never wait for Wi-Fi or the broker.
@@ -9,7 +9,7 @@
 # network; the link's tasks run beside it. `config` -> Lighting.on_config (the version
 # applied goes into `state`), `cmd` -> Lighting.on_cmd -> ack, `device` telemetry every
 # telemetry_s. Config keys (JSON object):
-#   kit, device, broker ({host, port, tls, ca, user, password} as provisioned, or [host, port]), dmx_slots (24), state_dir ("."), telemetry_s (30),
+#   kit, device, broker ({host, port, tls, ca, user, password} as provisioned, or [host, port]), dmx_slots (24), state_dir (board.flash_dir()), telemetry_s (30),
 #   max_config (4096), gamma (2.2), fw; and the board's own (unix: pwm/dmx [host, port];
 #   esp32: pwm_pins, dmx_uart, dmx_tx, dmx_de).
 # Prints, one line each (the UART on a board; the tests read them on the unix port):
@@ -33,9 +33,13 @@ FW = "lighting-0.3.0"
 
 
 def load_config():
-    path = sys.argv[1] if len(sys.argv) > 1 else "lighting.json"
+    """The config named on the command line (the demo, the tests), else the flashed tree's; the
+    board takes its part (Wi-Fi on the ESP32) before anything uses it."""
+    path = sys.argv[1] if len(sys.argv) > 1 else board.config_path("lighting")
     with open(path) as f:
-        return json.load(f)
+        cfg = json.load(f)
+    board.configure(cfg)
+    return cfg
 
 
 def now_s():
@@ -47,7 +51,7 @@ class App:
         self.cfg = cfg
         self.peak = 0
         slots = cfg.get("dmx_slots", 24)
-        self.state_dir = cfg.get("state_dir", ".")
+        self.state_dir = cfg.get("state_dir") or board.flash_dir()
         self.light = Lighting(lighting_hw.outputs(cfg), slots, self.state_dir, cfg.get("max_config", 4096))
         # what should be on now, before anything touches the network
         self.light.power_up(now_s(), ticks_ms())

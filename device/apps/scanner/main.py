@@ -1,7 +1,7 @@
 # The scanner role: a GM65/GM861 QR module at the door, a verdict for each scan at once.
 #
 #   unix:  micropython -m main CONFIG.json     (board layer: device/boards/unix)
-#   ESP32: main.py, config from <flash>/scanner.json
+#   ESP32: main.py, config from /scanner.json (board.config_path; `popkit device flash` writes it)
 #
 # Per scanned line: verdict.Gate.decide() (an admission is on flash before it returns),
 # the check-in into the outbox (link.emit: an append on flash, never the network; sent
@@ -76,9 +76,10 @@ def _mkdir(path):
 
 
 def _config_path():
+    """The config named on the command line (the demo, the tests), else the flashed tree's."""
     if len(sys.argv) > 1:
         return sys.argv[1]
-    return board.flash_dir() + "/scanner.json"
+    return board.config_path("scanner")
 
 
 class Scanner:
@@ -280,6 +281,7 @@ class Scanner:
 def main():
     with open(_config_path()) as f:
         cfg = json.load(f)
+    board.configure(cfg)  # the board's part of the config (Wi-Fi on the ESP32), before anything uses it
     asyncio.run(Scanner(cfg).run())
 
 

@@ -1,10 +1,11 @@
 # board.py for the ESP32: Wi-Fi, an NTP-set clock and the flash, under the names the firmware uses
 # (the unix port's board.py offers the same). The firmware imports `board`, never the platform.
 #
-# Wi-Fi credentials come from /wifi.json on the board's flash ({"ssid": ..., "password": ...}),
-# written by `popkit device flash` from the provisioning output, never from the repo.
+# The flashed tree (`popkit device flash`): /main.py, the role's modules, /<role>.json (the device's
+# whole config: kit, device, broker, wifi, ...) and /data (what the firmware writes). The app reads
+# config_path(role) and hands the config to configure(), which keeps the kit Wi-Fi's credentials
+# ({"wifi": {"ssid", "password"}}, put there by `popkit kit provision --wifi`, never from the repo).
 
-import json
 import os
 import time
 from errno import EINPROGRESS
@@ -18,9 +19,10 @@ NAME = "esp32"
 # Older ESP32 builds count time from 2000-01-01; the wire contract counts from 1970.
 _EPOCH_OFFSET_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
 _NTP_EVERY_MS = 3600 * 1000
-_WIFI_FILE = "/wifi.json"
+_DATA = "/data"
 
 _wlan = None
+_creds = None  # (ssid, password) from the config, set by configure()
 _ntp_at = None  # ticks_ms of the last good NTP sync
 
 
@@ -32,11 +34,28 @@ def _wifi():
         _wlan.active(True)
     if _wlan.isconnected():
         return True
+    if _creds is None:
+        return False  # no Wi-Fi in the config (configure() said so at boot): no link, the app runs on
     if _wlan.status() != network.STAT_CONNECTING:
-        with open(_WIFI_FILE) as f:
-            creds = json.load(f)
-        _wlan.connect(creds["ssid"], creds["password"])
+        _wlan.connect(_creds[0], _creds[1])
     return False
+
+
+def config_path(role):
+    """The device's config in the flashed tree: /<role>.json at the root of the flash."""
+    return "/" + role + ".json"
+
+
+def configure(cfg):
+    """Take what the board needs from the device's config, once, right after the app loads it:
+    the kit Wi-Fi's credentials ("wifi": {"ssid", "password"})."""
+    global _creds
+    w = cfg.get("wifi")
+    if not w or not w.get("ssid"):
+        _creds = None
+        print("WIFI none: no wifi.ssid in the config (popkit kit provision --wifi)")
+        return
+    _creds = (w["ssid"], w.get("password", ""))
 
 
 def _sync_clock():
@@ -74,10 +93,10 @@ def random_bytes(n):
 def flash_dir():
     """Where the firmware keeps its outbox, redemptions and state."""
     try:
-        os.mkdir("/data")
+        os.mkdir(_DATA)
     except OSError:
         pass  # already there
-    return "/data"
+    return _DATA
 
 
 def reset():

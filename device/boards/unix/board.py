@@ -33,6 +33,22 @@ def reset():
     sys.exit(RESET_EXIT)
 
 
+def config_path(role):
+    """The device's config in the flashed tree (`popkit device flash --root DIR`): <role>.json in the
+    working folder, as the firmware is booted there (cd DIR && micropython main.py)."""
+    return role + ".json"
+
+
+def configure(cfg):
+    """Take what the board needs from the device's config, once, right after the app loads it.
+    The unix port joins no Wi-Fi: the config's "wifi" is the ESP32 board's."""
+
+
 def flash_dir():
-    """Where the firmware keeps its files: $POPKIT_FLASH, else ./flash."""
-    return os.getenv("POPKIT_FLASH") or "flash"
+    """Where the firmware keeps its files: $POPKIT_FLASH, else ./data (the flashed tree's /data)."""
+    d = os.getenv("POPKIT_FLASH") or "data"
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass  # already there
+    return d
