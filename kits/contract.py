@@ -18,6 +18,11 @@ Delivery rules that shape the fields below:
   from the current session's birth).
 * ``receipt`` is the fleet's end-to-end acknowledgement: a producer removes a
   message from its outbox only when a receipt names it.
+* ``popkit/v1/<kit>/time`` is the kit's clock (:class:`KitTime`): the kit's Pi publishes it,
+  QoS 0 and never retained (a stale time must never be delivered), every 10 s and at once on a
+  device's birth. It is a kit-level topic, outside every device tree: the bridge never forwards
+  it and the fleet never subscribes to it. A device without internet time sets its clock from it
+  and says where its time came from in ``state.clock``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ DEVICE_CHANNELS = ("state", "telemetry", "event", "ack")
 HUB_CHANNELS = ("claim", "claimed")
 # Channels that carry a sequence number and go through a producer's outbox.
 LEDGER_CHANNELS = ("telemetry", "event", "ack")
+# The kit's clock, published by the kit's agent for its ESP32s: popkit/v1/<kit>/time (not a device tree).
+TIME_CHANNEL = "time"
 
 MAX_DEVICE_PAYLOAD = 4096  # bytes; an ESP32 builds these in a few hundred
 MAX_CONFIG_PAYLOAD = 65536  # compiled lighting timelines are the largest
@@ -97,6 +104,13 @@ def subscription(channel: str, kit: str = "+", device: str = "+") -> str:
     return f"{ROOT}/{kit}/{device}/{channel}"
 
 
+def time_topic(kit: str) -> str:
+    """The kit's clock topic, ``popkit/v1/<kit>/time``: one per kit, beside the device trees."""
+    if not is_valid_id(kit):
+        raise ValueError(f"invalid kit id: {kit!r}")
+    return f"{ROOT}/{kit}/{TIME_CHANNEL}"
+
+
 # ---------------------------------------------------------------- payloads
 
 class _Model(BaseModel):
@@ -111,14 +125,25 @@ class Envelope(_Model):
     ts: EpochMs
 
 
+ClockState = Literal["synced", "kit", "unset"]
+ResetCause = Literal["power", "watchdog", "reset", "soft", "other"]
+
+
 class State(Envelope):
-    """Retained device state: birth on connect, death as the Last Will."""
+    """Retained device state: birth on connect, death as the Last Will.
+
+    ``clock``: where the device's time comes from. ``synced``: internet NTP, or the kit's time
+    while the kit's Pi is itself synced (NTP or its RTC); ``kit``: the kit's time while the Pi runs
+    on its last known time; ``unset``: no time since boot, so ``ts`` here and in its messages means
+    nothing. A device publishes its state again when its clock changes. Absent: an older device."""
 
     online: bool
     role: Role
     fw: str | None = Field(default=None, max_length=40)
     reason: Literal["birth", "lwt", "shutdown"] = "birth"
     config_version: int | None = Field(default=None, ge=0)
+    clock: ClockState | None = None
+    reset_cause: ResetCause | None = Field(default=None, description="why the device last (re)booted")
 
 
 class BatteryTelemetry(Envelope):
@@ -197,6 +222,8 @@ class DeviceTelemetry(Envelope):
     dropped: int | None = Field(default=None, ge=0, description="telemetry dropped oldest-first since boot")
     scene: str | None = Field(default=None, max_length=40)
     scans: int | None = Field(default=None, ge=0)
+    clock_refused: int | None = Field(default=None, ge=0, description="kit time messages refused since boot "
+                                      "(a jump backwards, or far ahead of a clock already set)")
 
 
 Telemetry = Annotated[Union[BatteryTelemetry, PrinterTelemetry, LightTelemetry, DeviceTelemetry],
@@ -228,6 +255,9 @@ class Checkin(_Model):
     hub_checked: bool = True
     # already_admitted on the hub's word: the door that admitted the ticket first.
     first_device: Id | None = None
+    # "unset": the scanner had no trusted time when it scanned, so it checked signature and event
+    # only (not the ticket's validity window), and this check-in's ts is its own uncorrected clock.
+    clock: Literal["unset"] | None = None
 
 
 EVENT_DATA_MODELS: dict[str, Any] = {"checkin": Checkin, "readiness": KitReadiness, "summary": KitSummary}
@@ -322,6 +352,15 @@ class Claimed(_Model):
     first: FirstScan | None = None
 
 
+class KitTime(_Model):
+    """The kit's clock on ``popkit/v1/<kit>/time`` (QoS 0, never retained), from the kit's agent."""
+
+    ts: EpochMs = Field(description="the kit's time when sent, ms since the Unix epoch")
+    src: Literal["ntp", "rtc", "last_known"] = Field(description="where the Pi's time comes from: NTP, its "
+                                                      "real-time clock, or the last time it knew (no RTC, no uplink)")
+    synced: bool = Field(description="the Pi's clock is disciplined (NTP or RTC); false on its last known time")
+
+
 CHANNEL_MODELS: dict[str, Any] = {
     "state": State,
     "telemetry": Telemetry,
@@ -333,7 +372,9 @@ CHANNEL_MODELS: dict[str, Any] = {
     "claim": Claim,
     "claimed": Claimed,
 }
-_ADAPTERS = {ch: TypeAdapter(m) for ch, m in CHANNEL_MODELS.items()}
+# Kit-level messages: one topic per kit (popkit/v1/<kit>/<name>), not in any device tree.
+KIT_MODELS: dict[str, Any] = {TIME_CHANNEL: KitTime}
+_ADAPTERS = {ch: TypeAdapter(m) for ch, m in {**CHANNEL_MODELS, **KIT_MODELS}.items()}
 # Typed payloads inside a channel, exported for the firmware too (event data by kind).
 DATA_MODELS: dict[str, Any] = {f"event.{k}": m for k, m in EVENT_DATA_MODELS.items()}
 
@@ -386,7 +427,7 @@ def json_schemas() -> dict[str, dict]:
         schema = adapter.json_schema()
         schema["$id"] = f"https://popkit.invalid/schema/{ROOT}/{channel}.json"
         schema.setdefault("title", channel)
-        schema["x-topic"] = f"{ROOT}/<kit>/<device>/{channel}"
+        schema["x-topic"] = f"{ROOT}/<kit>/{channel}" if channel in KIT_MODELS else f"{ROOT}/<kit>/<device>/{channel}"
         schemas[channel] = schema
     for name, model in DATA_MODELS.items():
         schema = model.model_json_schema()
