@@ -11,7 +11,7 @@
 # telemetry_s. Config keys (JSON object):
 #   kit, device, broker ({host, port, tls, ca, user, password} as provisioned, or [host, port]), dmx_slots (24), state_dir (board.flash_dir()), telemetry_s (30),
 #   max_config (4096), gamma (2.2), fw; and the board's own (unix: pwm/dmx [host, port];
-#   esp32: pwm_pins, dmx_uart, dmx_tx, dmx_de).
+#   esp32: outputs {pwm: {pins, freq}, dmx: {uart, tx, de}}, provisioned from the kit manifest).
 # Prints, one line each (the UART on a board; the tests read them on the unix port):
 #   SCENE <id> <ms from start to the outputs written> <config version>
 #   CONFIG <version> <ok 0/1> <detail> | CMD <id> <status> | HEAP <live> <peak> <conns>

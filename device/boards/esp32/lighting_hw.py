@@ -1,9 +1,12 @@
 # lighting_hw.py for the ESP32: four LEDC PWM channels (MOSFET-driven RGBW strip) and
 # DMX512 out on a hardware UART through an RS-485 transceiver (transmit only: DE held high).
 #
-# The role's config (lighting.json on flash) names the pins:
-#   "pwm_pins": [r, g, b, w] (null where a channel is not fitted), "pwm_freq": 1000,
-#   "dmx_uart": 1, "dmx_tx": 17, "dmx_de": 4 (optional), "dmx_slots": 24, "gamma": 2.2
+# The role's config (/lighting.json, provisioned from the kit manifest's `outputs`) names the pins:
+#   "outputs": {"pwm": {"pins": [r, g, b, w], "freq": 1000},    null where a channel is not fitted
+#               "dmx": {"uart": 1, "tx": 17, "de": 4}},          de: null when DE is wired high
+#   "dmx_slots": 24, "gamma": 2.2
+# Either of pwm and dmx may be absent: no such output. `popkit device flash` refuses a lighting
+# file with neither, so a flashed controller always drives something.
 from machine import PWM, Pin
 
 import dmx
@@ -13,15 +16,17 @@ BITS = 16  # duty_u16 (MicroPython >= 1.19 on the esp32 port)
 
 
 def outputs(cfg):
-    freq = cfg.get("pwm_freq", 1000)
+    o = cfg.get("outputs") or {}
+    pwm = o.get("pwm") or {}
+    freq = pwm.get("freq", 1000)
     pwms = []
-    for p in cfg.get("pwm_pins", (None, None, None, None)):
+    for p in pwm.get("pins", (None, None, None, None)):
         pwms.append(None if p is None else PWM(Pin(p), freq=freq, duty_u16=0))
     out = None
-    tx = cfg.get("dmx_tx")
-    if tx is not None:
-        de = cfg.get("dmx_de")
+    d = o.get("dmx")
+    if d:
+        de = d.get("de")
         if de is not None:
             Pin(de, Pin.OUT, value=1)  # the transceiver drives the line
-        out = dmx.DmxOut(dmx.open_uart(cfg.get("dmx_uart", 1), tx), cfg["dmx_slots"])
+        out = dmx.DmxOut(dmx.open_uart(d.get("uart", 1), d["tx"]), cfg.get("dmx_slots", 24))
     return Outputs(pwms, out, BITS, cfg.get("gamma", 2.2))
