@@ -280,16 +280,21 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
                  kit_broker_conf(folder, port, files, broker_data or Path("/var/lib/mosquitto")))
 
     # what each device of this kit flashes (or the agent reads): the broker, and itself
+    # (`popkit device flash` writes an ESP32's file whole as /<role>.json: popkit/firmware.py)
+    specs = {spec.id: spec for spec in manifest.devices}
     scanners = {spec.id for spec in manifest.devices if spec.role == "scanner" and not spec.hosted}
     for name in rules:
         if name not in accounts or "." not in name:  # revoked, or the bridge (its conf is above)
             continue
         device = name.split(".", 1)[1]
         config = {"kit": kit, "device": device, "broker": login(name)}
-        if device != manifest.agent and "wifi" in flash:  # ESP32s: written to /wifi.json when flashed
+        if device != manifest.agent and "wifi" in flash:  # ESP32s: the board joins it (board.configure)
             config["wifi"] = flash["wifi"]
         if device in scanners and flash.get("events"):  # what the door checks tickets with
             config["gate"] = {"leeway": 60, "events": flash["events"]}
+        spec = specs.get(device)
+        if spec is not None and spec.outputs is not None:  # a lighting controller's PWM pins and DMX line
+            config.update(spec.outputs.device_fields())
         write_atomic(folder / "devices" / f"{device}.json", json.dumps(config, indent=2) + "\n")
     write_atomic(folder / "fleet.json", json.dumps({"broker": login(FLEET_USER)}, indent=2) + "\n")
     for name in revoked:  # a revoked device's secret does not stay on disk
