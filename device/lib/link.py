@@ -24,6 +24,8 @@
 #   the answer on `claimed`. No answer means "decide alone"; after a miss the
 #   hub is not asked again for _HUB_QUIET_MS, so a kit without a hub costs a
 #   door one wait, not one per guest.
+# * Kit-level topics (kit_subs): popkit/v1/<kit>/<name>, beside the device trees, from the kit's
+#   agent (e.g. the kit's revocations); subscribed on every session, handed to the app as bytes.
 # * Commands: never executed when retained or past `expires` (answered
 #   "expired"); a redelivered id is not executed twice. Config: handed to the
 #   app when its version is new; the version applied is reported in `state`.
@@ -58,7 +60,7 @@ _INFO = const(3)
 class Link:
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
-                 hub=False, **mqtt):
+                 hub=False, kit_subs=(), **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
@@ -66,6 +68,7 @@ class Link:
         (None: not applied). For a config that may be large (a lighting timeline): parsed here too,
         it would be in the heap twice while the app parses it.
         hub: this device asks the kit's hub (ask_hub).
+        kit_subs: ((name, qos, handler(payload bytes, retained)), ...) for kit-level topics.
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
         self.fw = fw
@@ -90,6 +93,7 @@ class Link:
         self._t_in = ((pre + "receipt").encode(), (pre + "cmd").encode(), (pre + "config").encode())
         self._t_claim = (pre + "claim").encode() if hub else None
         self._t_claimed = (pre + "claimed").encode() if hub else None
+        self._kit_subs = [(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs]
         self._claim_id = 0
         self._answer = None
         self._answered = asyncio.Event()
@@ -229,6 +233,11 @@ class Link:
                             await c.subscribe(t, 0 if t is self._t_claimed else 1)
                         except MQTTError as e:
                             log(_ERROR, "link", "subscription refused: %s", e)
+                    for t, q, _h in self._kit_subs:
+                        try:
+                            await c.subscribe(t, q)
+                        except MQTTError as e:
+                            log(_ERROR, "link", "subscription refused: %s", e)
                     self._restate = True
                     self.overdue_ms = self._resend_ms
                     self._restart()
@@ -339,6 +348,10 @@ class Link:
                     v = cfg["version"]
                     if v != self.config_version and self._on_config is not None and self._on_config(cfg):
                         self.set_config_version(v)
+                else:
+                    for kt, _q, h in self._kit_subs:
+                        if t == kt:
+                            h(m, retained)
             except Exception as e:  # a malformed message must not stop the link
                 self.bad += 1
                 log(_WARN, "link", "ignored a message on %s: %r", t, e)

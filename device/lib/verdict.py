@@ -5,12 +5,20 @@
 #   {"leeway": 0,                      # seconds of clock skew forgiven at both ends of a window
 #    "events": [{"event": "FEST25",
 #                "key": "<64 hex>",    # the per-event HMAC key (docs/tickets.md: why it expires)
+#                "not_before": 1752300000,  # Unix s (optional): before it, scans say not_yet_valid
 #                "expires": 1752451200,  # Unix s; from then on the key is dropped, scans say expired
 #                "capacity": 5000,     # tickets expected: presizes the redemption index
 #                "revoked": ["K7QX2MBA"]}]}
 #
 # Order: malformed, wrong_event, bad_signature, not_yet_valid, expired, revoked,
 # already_admitted, admitted. An admission is on flash before decide() returns.
+#
+# Keys also come at run time (load_keys: the fleet's retained config `data.keys`, or the kit's
+# agent): each adds an event or replaces that event's key and window; the event's redemption log
+# stays. drop_expired() forgets a key whose window is over and deletes its redemption log: no
+# ticket of that event can be admitted here again (every scan says expired), and the check-ins
+# themselves are in the outbox, not in that log.
+import os
 import time
 
 from binascii import unhexlify
@@ -18,7 +26,7 @@ from binascii import unhexlify
 import ticket
 from hmac256 import HMAC256
 from redemptions import Redemptions, Revocations
-from ticket import (ADMITTED, ALREADY_ADMITTED, BAD_SIGNATURE, EXPIRED, MALFORMED, REVOKED,
+from ticket import (ADMITTED, ALREADY_ADMITTED, BAD_SIGNATURE, EXPIRED, MALFORMED, NOT_YET_VALID, REVOKED,
                     WRONG_EVENT)
 
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ports whose epoch is 2000
@@ -32,10 +40,18 @@ def unix_now():
 class _Event:
     def __init__(self, spec, data_dir):
         self.name = spec["event"]
-        self.key = HMAC256(unhexlify(spec["key"]))
-        self.expires = spec.get("expires") or 0
+        self.set_key(spec)
         self.revoked = Revocations(spec.get("revoked", ()))
         self.store = Redemptions("%s/redeemed-%s.log" % (data_dir, self.name), spec.get("capacity", 0))
+
+    def set_key(self, spec):
+        hexkey = spec["key"]
+        if len(hexkey) != 64:
+            raise ValueError("event %s: key must be 64 hex digits" % spec["event"])
+        self.hexkey = hexkey  # to tell a new key from the same one sent again
+        self.key = HMAC256(unhexlify(hexkey))
+        self.not_before = spec.get("not_before") or 0
+        self.expires = spec.get("expires") or 0
 
 
 class Gate:
@@ -47,8 +63,49 @@ class Gate:
         for spec in config.get("events", ()):
             ev = _Event(spec, data_dir)
             self._events[ev.name.encode()] = ev
+        self._dir = data_dir
         self.counts = {}  # verdict -> scans since start, for telemetry
         self._pending = None  # type: tuple | None  # (event, ticket id, now): admissible, not yet admitted
+
+    def names(self):
+        """The events this gate judges, as str."""
+        return sorted(n.decode() for n in self._events)
+
+    def load_keys(self, keys, now=None):
+        """Add or replace event keys ([{event, key (hex), not_before, expires}], Unix s): a new event
+        gets its redemption log (kept on flash from an earlier load, if any), a known one its new key
+        and window. A key already expired at ``now`` (None: no trusted time) is not loaded.
+        Returns how many keys changed."""
+        changed = 0
+        for spec in keys:
+            name = spec["event"].encode()
+            exp = spec.get("expires") or 0
+            if now is not None and exp and now >= exp:
+                continue  # over already: drop_expired() deals with one loaded before
+            ev = self._events.get(name)
+            if ev is None:
+                self._events[name] = _Event(spec, self._dir)
+            elif ev.hexkey != spec["key"] or ev.expires != exp or ev.not_before != (spec.get("not_before") or 0):
+                ev.set_key(spec)
+            else:
+                continue
+            changed += 1
+        return changed
+
+    def drop_expired(self, now):
+        """Forget every event whose key expired at Unix time ``now`` (a trusted time only) and delete
+        its redemption log. Returns the names dropped."""
+        gone = []
+        for name, ev in list(self._events.items()):
+            if ev.expires and now >= ev.expires:
+                del self._events[name]
+                ev.store.close()
+                try:
+                    os.remove(ev.store.path)
+                except OSError:
+                    pass
+                gone.append(name.decode())
+        return gone
 
     def decide(self, payload, now, admit=True):
         """(verdict, ticket fields dict or None) for one scanned payload at Unix time ``now``.
@@ -90,6 +147,8 @@ class Gate:
         if verdict == BAD_SIGNATURE:
             return verdict, None
         info = ticket.as_dict(fields)
+        if verdict == ADMITTED and now < ev.not_before - self.leeway:
+            return NOT_YET_VALID, info  # the key's window has not begun: its event is not on yet
         if verdict != ADMITTED:
             return verdict, info
         if fields[1] in ev.revoked:

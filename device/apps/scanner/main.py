@@ -24,13 +24,21 @@
 #    "telemetry_s": 30,
 #    "hub_ms": 250,                                    # the longest wait for the hub's answer
 #    "gate": {"leeway": 0, "events": [{"event", "key", "expires", "capacity", "revoked"}]}}
-# The retained `config` channel carries revocations: {"version": N, "data": {"revoked": [ids]}}
-# (for every event loaded) or {"revoked": {"EVENT": [ids]}}; added to the file's own lists,
-# kept on flash (config.json) so a reboot without the network still refuses them.
+# The retained `config` channel carries event keys and revocations from the fleet:
+#   {"version": N, "data": {"keys": [{"event", "key", "not_before", "expires"}],
+#                           "revoked": {"EVENT": [ids]}}}      (or "revoked": [ids], every event)
+# Its keys add to the file's events and replace them by event; a key whose window is over is
+# dropped with its redemption log (only on a trusted clock). The kit's own list comes on
+# popkit/v1/<kit>/revocations (retained at the kit broker, published by the kit's agent:
+# revocations made at the kit with no uplink, and the keys the agent holds):
+#   {"ts": ms, "revoked": {"EVENT": [ids]}, "keys": [...]}
+# A ticket is refused when it is in the file's list, the fleet's or the kit's: the union, so no
+# source can take back what another revoked (docs/tickets.md, "Revocations at the kit"). Both
+# are kept on flash (config.json, kit.json) so a reboot without the network still has them.
 #
 # Output lines (for tests and the serial console):
 #   BOOT <boot> <started ms> <unreceipted> | CODE <heap bytes after imports> | READY | SCAN <verdict> <ticket|-> <seq> <scan ms>
-#   CONFIG <version> <revoked count> | OUTBOX <count> | CMD <id> <action> | MEM <live> <peak> <free>
+#   CONFIG <version> <revoked count> | KIT <keys> <revoked count> | KEYS <events...> | OUTBOX <count> | CMD <id> <action> | MEM <live> <peak> <free>
 import asyncio
 import gc
 import json
@@ -58,6 +66,7 @@ _QUIET_MS = const(300)  # a line unfinished this long is dropped (the module wen
 _LAMP_MS = const(1500)  # how long the verdict lamp stays lit
 _GREEN_HZ = const(2700)
 _RED_HZ = const(600)
+_CLOCK_FLOOR_S = 1704067200  # 2024-01-01: no clock before this is a set one (past a small int on 32 bits)
 
 # verdict -> (lamp, beeps, tone Hz, beep ms): one short high beep in, a long low one out,
 # two short low ones for "scan again".
@@ -75,6 +84,13 @@ def _mkdir(path):
         pass
 
 
+def _trusted_s():
+    """Unix seconds when the clock can be believed, else None: a clock before this firmware was
+    built (an unset RTC counts from 2000) must not expire keys or delete redemption logs."""
+    now = verdict.unix_now()
+    return now if now >= _CLOCK_FLOOR_S else None
+
+
 def _config_path():
     """The config named on the command line (the demo, the tests), else the flashed tree's."""
     if len(sys.argv) > 1:
@@ -89,10 +105,13 @@ class Scanner:
         _mkdir(flash)
         _mkdir(flash + "/gate")
         self._saved = flash + "/config.json"
+        self._saved_kit = flash + "/kit.json"
         self.gate = verdict.Gate(cfg["gate"], flash + "/gate")
         self._base = {}  # event -> revoked ids from the config file
         for spec in cfg["gate"].get("events", ()):
             self._base[spec["event"]] = list(spec.get("revoked", ()))
+        self._fleet_revoked = {}  # event ("*": every event) -> ids, from the fleet's config
+        self._kit_revoked = {}  # event -> ids, from the kit's list
         self.hw = ScannerHW(**({"uart": cfg["uart"]} if "uart" in cfg else cfg.get("hw", {})))
         self.lines = scanline.LineAssembler()
         self.scans = 0
@@ -105,20 +124,27 @@ class Scanner:
         br = cfg["broker"]
         version = None
         saved = atomic.read(self._saved)
-        if saved:  # the last revocations from the fleet, applied before the link is up
+        if saved:  # the last keys and revocations from the fleet, applied before the link is up
             try:
                 got = json.loads(saved)
                 if self._apply(got):
                     version = got["version"]
             except Exception as e:
                 print("CONFIG bad saved config", repr(e))
+        saved = atomic.read(self._saved_kit)
+        if saved:  # the kit's own list, as last heard
+            try:
+                self._apply_kit(json.loads(saved))
+            except Exception as e:
+                print("KIT bad saved list", repr(e))
         connect, user, password = tcp.connector(br, board.connect_tcp)
         self.link = link.Link(cfg["kit"], cfg["device"], "scanner", connect,
                               board.epoch_ms, flash + "/outbox", fw=FW, config_version=version,
                               on_cmd=self._on_cmd, on_config=self._on_config,
                               resend_ms=br.get("resend_ms", 15000), keepalive=br.get("keepalive", 30),
                               response_ms=br.get("response_ms", 5000), backoff_ms=br.get("backoff_ms", 500),
-                              backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True, user=user, password=password)
+                              backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True, user=user, password=password,
+                              kit_subs=(("revocations", 1, self._on_kit),))
         self._hub_ms = cfg.get("hub_ms", 250)
 
     # ------------------------------------------------------------ one scan
@@ -205,18 +231,14 @@ class Scanner:
     # ------------------------------------------------------------ fleet
 
     def _apply(self, cfg):
-        """Revocations from the fleet's config, on top of the config file's; True when applied."""
-        revoked = (cfg.get("data") or {}).get("revoked")
+        """Keys and revocations from the fleet's config, on top of the config file's; True when applied."""
+        data = cfg.get("data") or {}
+        self._load_keys(data.get("keys"))
+        revoked = data.get("revoked")
         if revoked is None:
-            revoked = ()
-        events = self.gate._events
-        total = 0
-        for name, ev in events.items():
-            name = name.decode()
-            ids = revoked.get(name, ()) if isinstance(revoked, dict) else revoked
-            ev.revoked = Revocations(self._base.get(name, []) + list(ids))
-            total += len(ev.revoked)
-        print("CONFIG", cfg["version"], total)
+            revoked = {}
+        self._fleet_revoked = revoked if isinstance(revoked, dict) else {"*": revoked}
+        print("CONFIG", cfg["version"], self._revoke())
         return True
 
     def _on_config(self, cfg):
@@ -227,6 +249,48 @@ class Scanner:
         except OSError as e:
             print("CONFIG not saved", repr(e))
         return True
+
+    def _apply_kit(self, msg):
+        """The kit's own list (its agent's): keys it holds, revocations made at the kit."""
+        n = self._load_keys(msg.get("keys"))
+        revoked = msg.get("revoked")
+        self._kit_revoked = revoked if isinstance(revoked, dict) else {}
+        print("KIT", n, self._revoke())
+
+    def _on_kit(self, payload, retained):
+        if not payload:
+            return  # the retained list was cleared at the kit broker: keep what we had
+        msg = json.loads(payload)
+        self._apply_kit(msg)
+        try:
+            atomic.write(self._saved_kit, payload)
+        except OSError as e:
+            print("KIT not saved", repr(e))
+
+    def _load_keys(self, keys):
+        """Event keys from a config or the kit's list; a key whose window is over is dropped."""
+        now = _trusted_s()
+        n = 0
+        if keys:
+            n = self.gate.load_keys(keys, now)
+        if now is not None:
+            for name in self.gate.drop_expired(now):
+                print("KEY expired", name)
+        if n:
+            print("KEYS", " ".join(self.gate.names()))
+        return n
+
+    def _revoke(self):
+        """Each event's refused tickets: the union of the file's, the fleet's and the kit's lists."""
+        total = 0
+        every = self._fleet_revoked.get("*", ())
+        for name, ev in self.gate._events.items():
+            name = name.decode()
+            ids = self._base.get(name, []) + list(every) + list(self._fleet_revoked.get(name, ())) \
+                + list(self._kit_revoked.get(name, ()))
+            ev.revoked = Revocations(ids)  # packed and sorted: duplicates cost 16 bytes, no more
+            total += len(ev.revoked)
+        return total
 
     def _on_cmd(self, cmd):
         print("CMD", cmd["id"], cmd["action"])
@@ -241,6 +305,7 @@ class Scanner:
         every = self.cfg.get("telemetry_s", 30) * 1000
         while True:
             await asyncio.sleep_ms(every)
+            self._load_keys(None)  # a key whose window ended while up leaves now, with its log
             gc.collect()
             lk = self.link
             try:
