@@ -98,6 +98,7 @@ class FleetLink:
         self._pending_configs: dict[str, Config] = {}
         self.configs_bad = 0
         self.config_versions: dict[str, int] = {}  # device -> config version applied (goes into its state)
+        self.clock: str | None = None  # this producer's clock (synced | kit | unset: agent/kitclock.py), in its state
         self.connected = threading.Event()
         self.receipts = 0
         self.gap_requests = 0  # receipts that asked for missing seqs again
@@ -162,6 +163,17 @@ class FleetLink:
             return
         self._on_network(lambda: self._client.publish(topic(self.kit, device, "state"),
                                                       encode(self._state(device, role, True)), qos=1, retain=True))
+
+    def set_clock(self, clock: str | None) -> None:
+        """This producer's clock state changed (agent/kitclock.py): its retained state says so, now if
+        the link is up (else at the next connect). The same state again publishes nothing."""
+        if clock == self.clock:
+            return
+        self.clock = clock
+        if not self.connected.is_set():
+            return
+        self._on_network(lambda: self._client.publish(topic(self.kit, self.device, "state"),
+                                                      encode(self._state(self.device, self.role, True)), qos=1, retain=True))
 
     def stop(self, flush_s: float = 0.0) -> None:
         """Wait up to ``flush_s`` for the outbox to drain, then leave gracefully (state: shutdown)."""
@@ -371,4 +383,5 @@ class FleetLink:
     def _state(self, device: str, role: Role, online: bool, reason: str = "birth") -> State:
         return State(boot=self.boot, seq=0, ts=self.started_ms, online=online, role=role,
                      fw=self.fw, reason=reason if not online else "birth",
-                     config_version=self.config_versions.get(device))
+                     config_version=self.config_versions.get(device),
+                     clock=self.clock if device == self.device else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 
 from kits.contract import ContractError, State, decode, parse_topic, subscription
 from popkit.mqtt import client_for, session_kwargs
@@ -22,6 +23,9 @@ class StateWatch:
         self.kit = kit
         self.states: dict[str, State] = {}
         self.ready = threading.Event()  # subscribed: the retained states are on their way
+        # Called with (device, state) for every state that arrives, on the network thread: must not block
+        # (the kit clock publishes its time at once on a device's birth: agent/kitclock.py).
+        self.listeners: list[Callable[[str, State], None]] = []
         self._changed = threading.Condition()
         self._client, self._target = client_for(mqtt_url, f"{kit}-statewatch-{secrets.token_hex(3)}",
                                                 default_protocol="3.1.1")
@@ -51,6 +55,11 @@ class StateWatch:
         with self._changed:
             self.states[device] = state
             self._changed.notify_all()
+        for listener in list(self.listeners):
+            try:
+                listener(device, state)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the watch
+                log.exception("state listener failed for %s", device)
 
     def wait_online(self, device: str, timeout: float) -> State | None:
         """The device's state once it is online, or None if it is not within ``timeout`` seconds."""
