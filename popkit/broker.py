@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from popkit import lifeline
+
 # Why these settings: the fleet acknowledges a message only after its database
 # commit, so it needs hundreds of messages in flight (Mosquitto's default is
 # 20), and a queue for an offline fleet session that never silently drops
@@ -79,19 +81,22 @@ class MosquittoBroker:
 
     def __init__(self, port: int | None = None, data_dir: str | Path | None = None, extra_conf: str = "",
                  password_file: str | Path | None = None, acl_file: str | Path | None = None, tls=None,
-                 host: str = "127.0.0.1", netns: str | None = None):
+                 host: str = "127.0.0.1", netns: str | None = None, die_with_parent: bool = False):
         """``password_file`` and ``acl_file`` (popkit.provision writes both): anonymous clients are
         refused and each account is held to its ACL; without them the broker is open (demo, tests).
         ``tls`` (popkit.tls.TlsFiles): the listener speaks only TLS, with the kit's broker certificate.
         ``netns``: run inside that network namespace (``ip netns exec``, root only; the tests that
         impair a kit's uplink); ``host`` is the address it listens on, and the one its readiness is
-        checked at, so it must be reachable from the caller's namespace."""
+        checked at, so it must be reachable from the caller's namespace.
+        ``die_with_parent``: the broker gets SIGTERM when this process dies, even by SIGKILL
+        (popkit/lifeline.py; start() must then run on the main thread): the demo's broker, which
+        must not outlive its supervisor holding a port and a data folder."""
         binary = mosquitto_binary()
         if binary is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
         self.binary = binary
         self.port = port or free_port()
-        self.host, self.netns = host, netns
+        self.host, self.netns, self.die_with_parent = host, netns, die_with_parent
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="popkit-mosquitto-")).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -126,8 +131,9 @@ class MosquittoBroker:
             return self
         # `ip netns exec` execs the broker: the pid stays the broker's, so signals reach it.
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        self.proc = subprocess.Popen(
-            [*prefix, self.binary, "-c", str(self.conf_path)],
+        argv = [*prefix, self.binary, "-c", str(self.conf_path)]
+        self.proc = (lifeline.popen if self.die_with_parent else subprocess.Popen)(
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop it in order
@@ -262,8 +268,8 @@ class AmqttBroker:
     close = stop
 
 
-def embedded_broker(port: int | None = None, data_dir: str | Path | None = None):
-    """Mosquitto when installed (the real thing), amqtt otherwise."""
+def embedded_broker(port: int | None = None, data_dir: str | Path | None = None, die_with_parent: bool = False):
+    """Mosquitto when installed (the real thing), amqtt otherwise (a thread: it dies with us anyway)."""
     if mosquitto_binary():
-        return MosquittoBroker(port=port, data_dir=data_dir)
+        return MosquittoBroker(port=port, data_dir=data_dir, die_with_parent=die_with_parent)
     return AmqttBroker(port=port)

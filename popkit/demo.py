@@ -16,6 +16,12 @@ folder. Once the fleet answers, the demo PUTs a compiled timeline as each lighti
 controller's config (renewed before it runs out) and revokes one ticket of the CSV
 at every scanner, both through the fleet's API.
 
+Killed outright (SIGKILL, a crash), the demo leaves nothing running: every part is started bound
+to it (popkit/lifeline.py) and gets SIGTERM when it dies. Closing its terminal (SIGHUP) stops it in
+order, as Ctrl-C and SIGTERM do. It keeps a record of itself and its parts in the data folder
+(``demo.pid``, popkit/demo_record.py): the next start on that folder refuses while this demo runs,
+naming its pid, and stops whatever a killed one left behind.
+
 Without the ``micropython`` binary (the ``device`` extra, also in ``demo``) the
 scanners and controllers are the Python stand-ins of ``popkit sim devices``
 instead, and the demo says so, and why, on every start.
@@ -37,8 +43,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from popkit import RESTART_EXIT
+from popkit import RESTART_EXIT, lifeline
 from popkit.broker import AmqttBroker, MosquittoBroker, embedded_broker, free_port, mosquitto_binary
+from popkit.demo_record import DemoRecord, DemoRunning, port_holder
 from popkit.demo_login import DEMO_USER, LOGIN_FILE, FleetSession, create_login
 
 READY_TIMEOUT_S = 30
@@ -97,10 +104,10 @@ def _start_broker(data_dir: Path, manifest, provisioned: bool):
     use_mosquitto = choice == "mosquitto" or (choice == "auto" and mosquitto_binary() is not None)
     if not use_mosquitto:
         broker = AmqttBroker(port=free_port()).start() if choice == "amqtt" else \
-            embedded_broker(data_dir=data_dir / "broker").start()
+            embedded_broker(data_dir=data_dir / "broker", die_with_parent=True).start()
         return broker, Access(broker.url, broker.url)
     if not provisioned:
-        broker = MosquittoBroker(data_dir=data_dir / "broker").start()
+        broker = MosquittoBroker(data_dir=data_dir / "broker", die_with_parent=True).start()
         return broker, Access(broker.url, broker.url)
     from popkit.provision import provision
 
@@ -108,7 +115,7 @@ def _start_broker(data_dir: Path, manifest, provisioned: bool):
     # again at every start: new devices get accounts, the files learn this run's port; passwords stay
     creds = provision(manifest, data_dir / "provision", broker_host="127.0.0.1", broker_port=port)
     broker = MosquittoBroker(port=port, data_dir=data_dir / "broker", password_file=creds.passwd,
-                             acl_file=creds.acl, tls=creds.tls).start()
+                             acl_file=creds.acl, tls=creds.tls, die_with_parent=True).start()
     url = f"mqtts://127.0.0.1:{port}?account="
     devices = {}
     for spec in manifest.devices:
@@ -351,21 +358,49 @@ def _pump(device: str, proc: subprocess.Popen, log_path: Path) -> None:
 # ---------------------------------------------------------------- the demo
 
 def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
+    """The demo on ``data_dir``, which it claims first (popkit/demo_record.py): a demo still running
+    there is named and left alone; what a killed one left running is stopped, and the crew told."""
+    host, port = http.rsplit(":", 1)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        record, notes = DemoRecord.claim(data_dir, http)
+    except DemoRunning as exc:
+        print(f"popkit demo: {exc}", file=sys.stderr)
+        return 2
+    try:
+        for note in notes:
+            print(f"popkit demo: {note}", file=sys.stderr, flush=True)
+        if not _port_free(host, int(port)):
+            holder = port_holder(int(port))
+            print(f"popkit demo: {http} is already in use" + (f" by {holder}" if holder else "")
+                  + "; pass --http 127.0.0.1:<free port>", file=sys.stderr)
+            return 2
+        return _run(mqtt_url, http, data_dir, kit, record)
+    finally:
+        record.release()  # every part is stopped by now
+
+
+def _say(text: str, **kwargs) -> None:
+    """A line while stopping: the terminal may be gone (SIGHUP), and the stop must go on."""
+    try:
+        print(text, flush=True, **kwargs)
+    except OSError:
+        pass
+
+
+def _run(mqtt_url: str | None, http: str, data_dir: Path, kit: str, record: DemoRecord) -> int:
     from kits.manifest import load_manifest
 
     started = time.monotonic()
     manifest = load_manifest(kit)
-    host, port = http.rsplit(":", 1)
-    if not _port_free(host, int(port)):
-        print(f"popkit demo: {http} is already in use; pass --http 127.0.0.1:<free port>", file=sys.stderr)
-        return 2
-    data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
     esp32s = [d for d in manifest.devices if d.role in FIRMWARE_ROLES]
     why_not = firmware_unavailable(mqtt_url) if esp32s else None
     if mqtt_url is None:
         # provisioned unless the ESP32s fall back to Python stand-ins, which have no accounts
         broker, access = _start_broker(data_dir, manifest, provisioned=why_not is None)
+        if isinstance(broker, MosquittoBroker):
+            record.note("broker", broker.proc.pid)
         mqtt_url = broker.url
         print(f"broker   {broker.kind} on {mqtt_url}" + (
             f" (TLS with the kit's CA; an account per device, ACL: {_shown(data_dir / 'provision')}, outside git)"
@@ -374,16 +409,25 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
         access = Access(mqtt_url, mqtt_url)
         print(f"broker   {mqtt_url} (given)")
 
-    # `kill` or a service manager stops the demo as cleanly as Ctrl-C does; and SIGINT is
-    # re-armed because a shell starting us in the background (`popkit demo &`) ignores it.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # `kill` or a service manager stops the demo as cleanly as Ctrl-C does, and so does closing its
+    # terminal (SIGHUP: the parts, in sessions of their own, never see it); SIGINT is re-armed
+    # because a shell starting us in the background (`popkit demo &`) ignores it.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     procs: dict[str, subprocess.Popen] = {}
     pumps: list[threading.Thread] = []
     bench = Bench()
-    # Own sessions: Ctrl-C reaches only us, and we stop the parts in order (producers first).
+    # Own sessions: Ctrl-C reaches only us, and we stop the parts in order (producers first). And
+    # each part dies with us if we are killed outright (lifeline.popen: PR_SET_PDEATHSIG, so every
+    # part is started from this, the main, thread); the record names them for the next start.
     spawn = dict(start_new_session=True)
     logs: dict[str, Path] = {}  # firmware device -> its console log
+
+    def start(name: str, starter) -> subprocess.Popen:
+        procs[name] = proc = starter()
+        record.note(name, proc.pid)
+        return proc
+
     # The fleet as the demo: a random signing key unless one is given (POPKIT_DEMO), and an ops user
     # with a fresh password for the dashboard and for the demo's own API calls (popkit/demo_login.py).
     base = f"http://{http}"
@@ -391,15 +435,16 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
     password = create_login(db_url, data_dir)
     session = FleetSession(base, DEMO_USER, password)
     try:
-        procs["fleet"] = subprocess.Popen(
+        start("fleet", lambda: lifeline.popen(
             _popkit("fleet", "serve", "--mqtt", access.fleet, "--db", db_url, "--http", http,
-                    "--kit", kit, "--client-id", "popkit-demo-fleet"), env=dict(os.environ, POPKIT_DEMO="1"), **spawn)
+                    "--kit", kit, "--client-id", "popkit-demo-fleet"), env=dict(os.environ, POPKIT_DEMO="1"), **spawn))
+
         def start_agent() -> subprocess.Popen:
-            return subprocess.Popen(_popkit("agent", "run", "--kit", kit, "--mqtt", access.agent, "--data",
-                                            str(data_dir / "agent"), "--simulate"), **spawn)
+            return lifeline.popen(_popkit("agent", "run", "--kit", kit, "--mqtt", access.agent, "--data",
+                                          str(data_dir / "agent"), "--simulate"), **spawn)
 
         def start_firmware(spec) -> subprocess.Popen:
-            proc = subprocess.Popen(
+            proc = lifeline.popen(
                 _popkit("device", "run", "--role", spec.role, "--config", str(bench.configs[spec.id])),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, **spawn)
             pump = threading.Thread(target=_pump, args=(spec.id, proc, logs[spec.id]), daemon=True)
@@ -408,7 +453,7 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
             return proc
 
         restarts = {"agent": start_agent}
-        procs["agent"] = start_agent()
+        start("agent", start_agent)
         if esp32s and why_not is None:
             from popkit.firmware import read_manifest
 
@@ -416,7 +461,7 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
             (data_dir / "logs").mkdir(exist_ok=True)
             for spec in esp32s:
                 logs[spec.id] = data_dir / "logs" / f"{spec.id}.log"
-                procs[spec.id] = start_firmware(spec)
+                start(spec.id, lambda spec=spec: start_firmware(spec))
                 restarts[spec.id] = lambda spec=spec: start_firmware(spec)
                 print(f"device   {spec.id}: firmware {read_manifest(spec.role, 'unix').version} in micropython "
                       f"(unix port), {bench.lines[spec.id]}; console {_shown(logs[spec.id])}")
@@ -425,8 +470,8 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
             if bench.operator is not None:
                 bench.operator.start()
         elif esp32s:
-            procs["devices"] = subprocess.Popen(
-                _popkit("sim", "devices", "--kit", kit, "--mqtt", mqtt_url, "--data", str(data_dir / "sim")), **spawn)
+            start("devices", lambda: lifeline.popen(
+                _popkit("sim", "devices", "--kit", kit, "--mqtt", mqtt_url, "--data", str(data_dir / "sim")), **spawn))
             names = ", ".join(d.id for d in esp32s)
             print(f"device   {names}: SIMULATED IN PYTHON (simulators/devices.py, fw sim-0.1.0), NOT the firmware,\n"
                   f"         because {why_not}", file=sys.stderr, flush=True)
@@ -455,7 +500,7 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
             for name, proc in list(procs.items()):
                 if proc.poll() == RESTART_EXIT and name in restarts:
                     print(f"restart  {name}: rebooted by a command; starting it again", flush=True)
-                    procs[name] = restarts[name]()
+                    start(name, restarts[name])
             if any(p.poll() is not None for p in procs.values()):
                 break
         failed = [n for n, p in procs.items() if p.poll() is not None]
@@ -463,12 +508,12 @@ def run_demo(mqtt_url: str | None, http: str, data_dir: Path, kit: str) -> int:
         print(f"popkit demo: {', '.join(failed)} stopped unexpectedly{where}; shutting down", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopping…", flush=True)
+        _say("\nstopping…")
         return 0
     finally:
         # A second Ctrl-C must not leave half the parts running: the stop below is bounded anyway.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         bench.stop_producers()  # the crowd at the door and the operator first
         # Then the ESP32s (SIGTERM: the firmware is built for power cuts), the agent, the fleet.
         order = [d.id for d in esp32s] + ["devices", "agent", "fleet"]
