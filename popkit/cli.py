@@ -276,8 +276,11 @@ def _device(args: argparse.Namespace) -> int:
             return 2 if failed else 0
         if args.device_command == "run":
             return firmware.run(args.role, Path(args.config), budget_kb=args.budget_kb)
-        wifi = Path(args.wifi) if args.wifi else None
-        return firmware.flash(args.role, args.port, Path(args.config), wifi=wifi, dry_run=args.dry_run)
+        from popkit import flashtree
+
+        return flashtree.flash(args.role, Path(args.config), device_port=args.port,
+                               root=Path(args.root) if args.root else None, wifi=Path(args.wifi) if args.wifi else None,
+                               sim=Path(args.sim) if args.sim else None, force=args.force, dry_run=args.dry_run)
     except firmware.FirmwareError as exc:
         print(f"popkit device: {exc}", file=sys.stderr)
         return 2
@@ -399,12 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     drun.add_argument("--budget-kb", type=int, default=80,  # popkit.firmware.RUN_BUDGET_KB (imported lazily)
                       help="heap for the firmware besides its ROMFS image (the tests hold each role to 64)")
     drun.set_defaults(func=_device)
-    fl = device.add_parser("flash", help="deploy a role and its config to a board through mpremote")
+    fl = device.add_parser("flash", help="write the tree a board boots (main.py, the role's modules, <role>.json, "
+                           "data/) to an ESP32 through mpremote, or into a folder for the unix port")
     fl.add_argument("--role", required=True, choices=("scanner", "lighting"))
-    fl.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
-    fl.add_argument("--config", required=True, help="the role's JSON config, copied as <role>.json")
-    fl.add_argument("--wifi", help="JSON with the kit Wi-Fi's ssid and password, copied as wifi.json")
-    fl.add_argument("--dry-run", action="store_true", help="print the mpremote commands only")
+    to = fl.add_mutually_exclusive_group(required=True)
+    to.add_argument("--port", help="the ESP32's serial port, e.g. /dev/ttyUSB0")
+    to.add_argument("--root", help="a folder for the unix port instead (boot it: cd DIR && micropython main.py)")
+    fl.add_argument("--config", required=True, help="the device file from `popkit kit provision` "
+                    "(devices/<device>.json), written whole as <role>.json")
+    fl.add_argument("--wifi", help="JSON {ssid, password}: overrides the Wi-Fi in the device file")
+    fl.add_argument("--sim", help="--root only: JSON merged into the config, e.g. the simulators' endpoints "
+                    "({\"uart\": [host, port]}; lighting {\"pwm\": [...], \"dmx\": [...]})")
+    fl.add_argument("--force", action="store_true", help="replace another device the target holds (its data/ too)")
+    fl.add_argument("--dry-run", action="store_true", help="print the mpremote commands (or the files) only")
     fl.set_defaults(func=_device)
 
     tickets = sub.add_parser("tickets", help="signed event tickets").add_subparsers(dest="tickets_command", required=True)

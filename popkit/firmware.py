@@ -1,4 +1,5 @@
-"""``popkit device build|run|flash``: the firmware of a role, as its deploy manifest lists it.
+"""``popkit device build|run``: the firmware of a role, as its deploy manifest lists it (``flash``:
+popkit/flashtree.py, the tree a board boots).
 
 The manifests (``device/manifest_<role>.py``) are MicroPython freeze manifests;
 here they are read with stand-ins for ``module()``/``metadata()`` so that one
@@ -122,31 +123,3 @@ def run(role: str, config: Path, budget_kb: int = RUN_BUDGET_KB) -> int:
     # exec, not a child: signals (Ctrl-C, a supervisor's SIGTERM or SIGKILL) reach the firmware itself.
     os.execve(binary, [binary, "-X", f"heapsize={heap_for(budget_kb * 1024, image, role)}", "-c", boot_code(image),
                        str(config.resolve())], env)
-
-
-def flash_commands(role: str, device_port: str, config: Path, wifi: Path | None = None) -> list[list[str]]:
-    """The mpremote calls that deploy a role (compiled for the ESP32), its config and Wi-Fi credentials."""
-    folder = build(role, "esp32")
-    base = ["mpremote", "connect", device_port]
-    cmds = [base + ["fs", "cp", str(p), f":{p.name}"] for p in sorted(folder.glob("*.mpy")) if p.name != "main.mpy"]
-    # The board runs main.py at boot; a two-line main imports the compiled app.
-    cmds.append(base + ["fs", "cp", str(config), f":{role}.json"])
-    if wifi is not None:  # {"ssid": ..., "password": ...}: generated per kit, never from the repo
-        cmds.append(base + ["fs", "cp", str(wifi), ":wifi.json"])
-    cmds.append(base + ["exec", "open('main.py','w').write('import app_main\\n')"])
-    cmds.append(base + ["fs", "cp", str(folder / "main.mpy"), ":app_main.mpy"])
-    cmds.append(base + ["reset"])
-    return cmds
-
-
-def flash(role: str, device_port: str, config: Path, wifi: Path | None = None, dry_run: bool = False) -> int:
-    for path in (config, wifi):
-        if path is not None and not path.exists():
-            raise FirmwareError(f"{path}: no such file")
-    cmds = flash_commands(role, device_port, config, wifi)
-    for cmd in cmds:
-        print(" ".join(cmd))
-        if not dry_run:
-            cmd[0] = tool("mpremote")
-            subprocess.run(cmd, check=True)
-    return 0

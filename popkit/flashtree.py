@@ -1,0 +1,279 @@
+"""``popkit device flash``: the tree a board boots, built once and written whole, to an ESP32 or a folder.
+
+One layout for the ESP32 and the unix port (the unix port boots it as ``cd DIR && micropython main.py``,
+the way an ESP32 boots ``/main.py``)::
+
+    main.py          import app_main            what the board runs at power-up
+    app_main.mpy     the role's app             (its manifest's main.py, compiled for the port)
+    <module>.mpy     the role's libs and board layer, as its deploy manifest lists them
+    <role>.json      the device's whole config: kit, device, broker, wifi; a lighting controller's outputs
+    data/            what the firmware writes at run time (outbox, redemptions, saved config)
+
+The apps read ``board.config_path(role)`` and ``board.flash_dir()``: device/boards/<port>/board.py names
+both, and tests/device/test_flash_tree.py holds this layout to them.
+
+Rules:
+- The tree is staged in full (compiled, config checked and written) before anything on the target is
+  touched; the same staging feeds both targets, so a folder and a board never disagree.
+- A device file is checked for what the board needs before staging: a board without Wi-Fi never joins
+  the kit, a controller without outputs drives nothing. The message names the file and the field.
+- A target holding another device (another role's ``<role>.json``, or this role's file for another
+  device id) is refused without ``force``: its ``data/`` holds that device's unreceipted outbox.
+- A folder is swapped in by rename (never half-written); this device's own ``data/`` carries over.
+  A board is written with its ``main.py`` removed first and written last, so a flash cut short
+  leaves a board that boots nothing rather than half an app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from popkit.firmware import ROLES, FirmwareError, build, read_manifest, tool
+
+BOOT = "import app_main\n"  # main.py: the compiled app is imported, so it runs as bytecode
+APP = "app_main"
+DATA = "data"
+
+
+def load_device_file(role: str, config: Path, port: str, wifi: Path | None = None,
+                     sim: Path | None = None) -> dict:
+    """The device's config for a ``port`` (esp32, unix): ``config`` with the ``wifi`` override
+    ({ssid, password}) and, for the unix port, ``sim`` (simulator endpoints) merged in; checked for what
+    the board and the role need."""
+    cfg = _json_object(config)
+    for field in ("kit", "device"):
+        if not isinstance(cfg.get(field), str) or not cfg[field]:
+            raise FirmwareError(f"{config}: {field}: missing (a device file from `popkit kit provision`)")
+    if not isinstance(cfg.get("broker"), (dict, list)):
+        raise FirmwareError(f"{config}: broker: missing (a device file from `popkit kit provision`)")
+    if wifi is not None:  # an override: e.g. the travel router's network, without provisioning again
+        cfg["wifi"] = _check_wifi(_json_object(wifi), wifi, "")
+    if sim is not None:
+        cfg.update(_json_object(sim))
+    if port == "esp32":
+        if "wifi" not in cfg:
+            raise FirmwareError(f"{config}: wifi: missing: the board could not join the kit's network "
+                                "(popkit kit provision --wifi FILE, or flash --wifi FILE)")
+        _check_wifi(cfg["wifi"], config, "wifi.")
+    if role == "lighting":
+        _check_outputs(cfg.get("outputs"), config)
+    elif "outputs" in cfg:
+        raise FirmwareError(f"{config}: outputs: a {role} has none (is this a lighting controller's file?)")
+    return cfg
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FirmwareError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FirmwareError(f"{path}: not a JSON file: {exc}") from None
+    if not isinstance(value, dict):
+        raise FirmwareError(f"{path}: not a JSON object")
+    return value
+
+
+def _check_wifi(wifi: object, path: Path, at: str) -> dict:
+    if not isinstance(wifi, dict):
+        raise FirmwareError(f"{path}: {at.rstrip('.') or 'wifi'}: needs {{\"ssid\": ..., \"password\": ...}}")
+    if not isinstance(wifi.get("ssid"), str) or not wifi["ssid"]:
+        raise FirmwareError(f"{path}: {at}ssid: missing or empty")
+    if not isinstance(wifi.get("password"), str):
+        raise FirmwareError(f"{path}: {at}password: missing (\"\" for an open network)")
+    return {"ssid": wifi["ssid"], "password": wifi["password"]}
+
+
+def _check_outputs(outputs: object, path: Path) -> None:
+    """What device/boards/esp32/lighting_hw.py reads: outputs.pwm.pins (4, int or null), outputs.dmx.tx."""
+    if not isinstance(outputs, dict) or not (outputs.get("pwm") or outputs.get("dmx")):
+        raise FirmwareError(f"{path}: outputs: missing: a lighting controller flashed without outputs drives "
+                            "nothing (give the device [devices.outputs] in the kit manifest and provision again)")
+    pwm, dmx = outputs.get("pwm"), outputs.get("dmx")
+    if pwm is not None:
+        pins = pwm.get("pins") if isinstance(pwm, dict) else None
+        if not (isinstance(pins, list) and len(pins) == 4
+                and all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in pins)):
+            raise FirmwareError(f"{path}: outputs.pwm.pins: needs [r, g, b, w] GPIO numbers (null: not fitted)")
+    if dmx is not None and not (isinstance(dmx, dict) and isinstance(dmx.get("tx"), int)):
+        raise FirmwareError(f"{path}: outputs.dmx.tx: needs the GPIO to the RS-485 transceiver")
+
+
+# ------------------------------------------------------------------ the tree
+
+def stage(role: str, port: str, cfg: dict, into: Path) -> Path:
+    """Write the whole tree for ``role`` on ``port`` into the new folder ``into``; returns it."""
+    compiled = build(role, port)
+    into.mkdir(mode=0o700)
+    for src in read_manifest(role, port).sources:  # the manifest's list, not whatever the build folder holds
+        name = APP if src.stem == "main" and src.parent.parent.name == "apps" else src.stem
+        shutil.copyfile(compiled / f"{src.stem}.mpy", into / f"{name}.mpy")
+    (into / "main.py").write_text(BOOT)
+    fd = os.open(into / f"{role}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds passwords
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f, indent=2)
+    (into / DATA).mkdir()
+    return into
+
+
+def tree_files(tree: Path) -> list[str]:
+    """The tree's files, as paths from its root ("main.py", "scanner.json", ...), main.py last."""
+    files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
+    return sorted(files, key=lambda f: f == "main.py")
+
+
+def resident(names: set[str], read_config) -> tuple[str, str | None] | None:
+    """(role, device) of what a target holds, from its root's file names; ``read_config(role)`` gives
+    that role's config (or None). None when it holds no role."""
+    for role in ROLES:
+        if f"{role}.json" in names:
+            cfg = read_config(role)
+            device = cfg.get("device") if isinstance(cfg, dict) else None
+            return role, device if isinstance(device, str) else None
+    return None
+
+
+def _refuse_other(where: str, held: tuple[str, str | None] | None, role: str, device: str, force: bool) -> bool:
+    """True when the target holds another device (to be replaced, with ``force``); raises without it."""
+    if held is None or held == (role, device):
+        return False
+    if force:
+        return True
+    what = f"{held[0]} {held[1]!r}" if held[1] else f"a {held[0]}"
+    raise FirmwareError(f"{where}: holds {what} ({held[0]}.json); flashing {role} {device!r} over it needs --force "
+                        f"(its {DATA}/ goes too, with anything its outbox still owes the fleet)")
+
+
+# ------------------------------------------------------------------ a folder (the unix port)
+
+def install_root(tree: Path, root: Path, role: str, device: str, force: bool = False) -> None:
+    """Put the staged ``tree`` at ``root`` (same filesystem: ``tree`` is staged beside it) by rename."""
+    if root.exists():
+        names = {p.name for p in root.iterdir()}
+        if names and "main.py" not in names and not any(f"{r}.json" in names for r in ROLES):
+            raise FirmwareError(f"{root}: not a flashed tree and not empty ({', '.join(sorted(names)[:3])}...); "
+                                "flash into a new or empty folder")
+        held = resident(names, lambda r: _read_json(root / f"{r}.json"))
+        replace = _refuse_other(str(root), held, role, device, force)
+        if not replace and (root / DATA).is_dir():  # this device's own data carries over
+            (tree / DATA).rmdir()
+            os.rename(root / DATA, tree / DATA)
+        old = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.rename(root, old)
+        os.rename(tree, root)
+        shutil.rmtree(old)
+    else:
+        os.rename(tree, root)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ------------------------------------------------------------------ a board (mpremote)
+
+def board_commands(tree: Path, device_port: str, replace: tuple[str, set[str]] | None = None) -> list[list[str]]:
+    """The mpremote calls that write ``tree`` to the board at ``device_port``: main.py removed first
+    (a flash cut short boots nothing), every file to its path, main.py last, then a reset.
+    ``replace`` (the other role, the board's root names): its config and data go first."""
+    base = ["mpremote", "connect", device_port]
+    cmds = []
+    if replace is not None:
+        other, names = replace
+        if f"{other}.json" in names:
+            cmds.append(base + ["fs", "rm", f":{other}.json"])
+        if DATA in names:
+            cmds.append(base + ["fs", "rm", "-r", f":{DATA}"])
+    cmds.append(base + ["exec", "import os\n"
+                        "try:\n os.remove('main.py')\nexcept OSError:\n pass\n"
+                        f"try:\n os.mkdir('{DATA}')\nexcept OSError:\n pass\n"])
+    for rel in tree_files(tree):
+        cmds.append(base + ["fs", "cp", str(tree / rel), f":{rel}"])
+    cmds.append(base + ["reset"])
+    return cmds
+
+
+def _board_names(device_port: str) -> set[str]:
+    """The names at the board's root (``mpremote fs ls :``)."""
+    r = subprocess.run([tool("mpremote"), "connect", device_port, "fs", "ls", ":"], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        raise FirmwareError(f"{device_port}: cannot list the board's files: {(r.stderr or r.stdout).strip()[-300:]}")
+    names = set()
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():  # "<size> <name>", directories with a trailing '/'
+            names.add(parts[-1].rstrip("/"))
+    return names
+
+
+def _board_config(device_port: str, role: str) -> dict | None:
+    r = subprocess.run([tool("mpremote"), "connect", device_port, "fs", "cat", f":{role}.json"], capture_output=True,
+                       text=True, timeout=60)
+    try:
+        value = json.loads(r.stdout) if r.returncode == 0 else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ------------------------------------------------------------------ the command
+
+def flash(role: str, config: Path, *, device_port: str | None = None, root: Path | None = None,
+          wifi: Path | None = None, sim: Path | None = None, force: bool = False, dry_run: bool = False) -> int:
+    """``popkit device flash``: to the board at ``device_port`` (ESP32, through mpremote), or into the
+    folder ``root`` (the unix port). ``dry_run``: print what would be done, touch nothing."""
+    if (device_port is None) == (root is None):
+        raise FirmwareError("flash to a board (--port) or into a folder (--root), one of the two")
+    if sim is not None and root is None:
+        raise FirmwareError("--sim is for the unix port (--root): a board has its own hardware")
+    port = "unix" if root is not None else "esp32"
+    cfg = load_device_file(role, config, port, wifi=wifi, sim=sim)
+    if root is not None:
+        return _flash_root(role, cfg, root, force, dry_run)
+    return _flash_board(role, cfg, device_port, force, dry_run)
+
+
+def _flash_root(role: str, cfg: dict, root: Path, force: bool, dry_run: bool) -> int:
+    root = root.absolute()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # staged beside the target: the same filesystem, so the last step is a rename
+    tree = Path(tempfile.mkdtemp(prefix=f".{root.name}.flash-", dir=root.parent)) / "tree"
+    try:
+        stage(role, "unix", cfg, tree)
+        if dry_run:
+            for rel in tree_files(tree):
+                print(f"{root / rel}")
+            return 0
+        install_root(tree, root, role, cfg["device"], force)
+    finally:
+        shutil.rmtree(tree.parent, ignore_errors=True)
+    print(f"{role} {cfg['device']!r} in {root}: boot it with `cd {root} && micropython main.py`")
+    return 0
+
+
+def _flash_board(role: str, cfg: dict, device_port: str, force: bool, dry_run: bool) -> int:
+    with tempfile.TemporaryDirectory(prefix="popkit-flash-") as tmp:
+        tree = stage(role, "esp32", cfg, Path(tmp) / "tree")
+        replace = None
+        if dry_run:
+            print(f"mpremote connect {device_port} fs ls :")
+        else:
+            names = _board_names(device_port)
+            held = resident(names, lambda r: _board_config(device_port, r))
+            if _refuse_other(device_port, held, role, cfg["device"], force):
+                replace = (held[0], names)  # type: ignore[index]
+        for cmd in board_commands(tree, device_port, replace):
+            print(" ".join(cmd) if cmd[-2] != "exec" else " ".join(cmd[:-1]) + " " + json.dumps(cmd[-1]))
+            if not dry_run:
+                subprocess.run([tool("mpremote"), *cmd[1:]], check=True)
+    return 0
