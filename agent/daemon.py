@@ -24,6 +24,7 @@ from agent.backends import Hardware, Scenario, open_hardware
 from agent.energy import EnergyMeter
 from agent.errors import DriverError
 from agent.hub import DoorHub
+from agent.kitclock import start_kit_clock
 from agent.kitup import AGENT_FW, power_up
 from agent.kitview import LogView
 from agent.lightshow import LightShow, light_fields
@@ -302,6 +303,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
     if any(s.role == "scanner" for s in manifest.devices):
         hub = DoorHub(manifest.id, settings.mqtt_url, data / f"{manifest.id}-claims.db").start()
     watch = StateWatch(manifest.id, settings.mqtt_url).start()
+    clock = start_kit_clock(manifest.id, settings, data, link, watch)  # the kit's time, served to its ESP32s
 
     restart = False
 
@@ -321,6 +323,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
     try:
         asyncio.run(main())
     finally:
+        clock.stop()
         watch.stop()
         if hub is not None:
             hub.stop()
