@@ -8,6 +8,8 @@ commands for the agent and its parts (print, set, identify, selftest) answered w
 systemd's watchdog, and the hosted lights' compiled timelines (agent/lightshow.py, from their
 retained ``config``, kept on disk so they run with no broker). Everything owed to the fleet goes through the link's on-disk outbox.
 The power-up self-test runs at start and its verdict is published and shown on the panel.
+``popkit kit up`` and ``kit down`` run beside it ask it over its local control channel
+(agent/control.py, ``<data>/agent.sock``) rather than open the hardware it holds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from agent import sdnotify
+from agent import control, kitdown, sdnotify
 from agent.backends import Hardware, Scenario, open_hardware
 from agent.energy import EnergyMeter
 from agent.errors import DriverError
@@ -51,11 +53,13 @@ class Agent:
         self.queues: dict = {}
         self.energy = EnergyMeter(data / f"{manifest.id}-energy.json")
         self.panel = None
+        self.control: control.ControlServer | None = None
         self.started = time.monotonic()
         self.last_report = None
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._selftest_lock = asyncio.Lock()
+        self._running = asyncio.Event()
         self.restart = False  # a reboot command asked for a restart: run_agent exits with RESTART_EXIT
         # The hosted lights follow their compiled timelines (retained `config`), kept on disk: loaded
         # here, before the link is needed, and shown at the start of run() with or without a broker.
@@ -67,6 +71,7 @@ class Agent:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        await self._open_control()  # first: a second agent on this data folder stops here, having opened nothing
         self.link.on_command = self._command_from_network
         # Each light's first step shows what its kept timeline says is on now, at once, whatever the
         # broker is doing (one task per light: a lamp out of range delays no other).
@@ -92,9 +97,12 @@ class Agent:
         for dev, light in self.hw.lights.items():
             tasks.append(asyncio.create_task(self._light(self.specs[dev], light)))
         sdnotify.ready(f"kit {self.manifest.id}")
+        self._running.set()  # the control channel's requests wait for this (the print queues, the panel)
         await self.selftest()
         await self._stop.wait()
         sdnotify.stopping()
+        if self.control is not None:
+            await self.control.close()
         self.link.set_config_handler(None)
         for t in tasks:
             t.cancel()
@@ -119,13 +127,52 @@ class Agent:
         self._loop.call_later(0.2, self.stop)  # after the ack is on its way (run_agent flushes the outbox)
         return "ok", "restarting"
 
-    async def selftest(self):
-        """The power-up self-test (at start, on a button press, on a fleet command)."""
+    async def selftest(self, view=None):
+        """The power-up self-test (at start, on a button press, on a fleet command, for kit up;
+        ``view`` also sees it, beside the log)."""
         async with self._selftest_lock:  # a second press while one runs waits for it
+            shown = LogView(self.manifest.name, log)
+            if view is not None:
+                shown = control.Views(shown, view)
             self.last_report = await power_up(self.manifest, self.hw, self.link, self.watch,
-                                              LogView(self.manifest.name, log), self.panel, queues=self.queues)
+                                              shown, self.panel, queues=self.queues)
             self.lightshow.refresh()  # the self-test blinked the lights: back to what the timelines say
             return self.last_report
+
+    # ------------------------------------------------------------ the local control channel
+
+    async def _open_control(self) -> None:
+        """Listen for kit up / kit down beside us. Another agent on this data folder is refused
+        (ControlError: two would share the outbox and the hardware); any other failure leaves
+        the kit running without the channel (those commands then work alone)."""
+        try:
+            self.control = await control.ControlServer(
+                control.socket_path(self.data), self.manifest.id,
+                {"selftest": self._control_selftest, "kitdown": self._control_kitdown}).start()
+        except control.ControlError:
+            raise
+        except OSError as exc:
+            log.error("no control channel at %s (%s): kit up and kit down will not reach this agent",
+                      control.socket_path(self.data), exc)
+
+    async def _control_selftest(self, _req: dict, reply) -> None:
+        await self._running.wait()
+        await self.selftest(control.ChannelView(reply))
+
+    async def _control_kitdown(self, req: dict, reply) -> None:
+        """End of event: totals from our stores, the summary into our outbox, and how much of the
+        outbox is left once it drains or ``wait_s`` is up."""
+        wait_s = min(max(float(req.get("wait_s", 30.0)), 0.0), 600.0)
+        await self._running.wait()
+        self.energy.save()  # the Wh drawn up to now, not as of the last periodic save
+        now, data = await asyncio.to_thread(kitdown.begin, self.manifest, self.data)
+        self.link.emit(self.manifest.agent, "event", Event, kind="summary", data=data)
+        reply({"summary": data})
+        deadline = time.monotonic() + wait_s
+        while len(self.link.outbox) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        kitdown.remember(self.manifest, self.data, now)
+        reply({"left": len(self.link.outbox), "end": True})
 
     async def _pressed(self) -> None:
         self._panel_event("press")
@@ -293,6 +340,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
     manifest = load_manifest(manifest_path)
     data = settings.agent_data
     data.mkdir(parents=True, exist_ok=True)
+    control.ensure_free(control.socket_path(data))  # before our link speaks for the agent
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
     link = FleetLink(manifest.id, manifest.agent, "agent", settings.mqtt_url, data / f"{manifest.id}-outbox.db",
                      hosted=hosted, fw=AGENT_FW, resend_after_s=settings.resend_after_s,

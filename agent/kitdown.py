@@ -6,6 +6,11 @@ the uplink is there: the door hub's claims (tickets admitted, per door), each pr
 covers what happened since the previous ``kit down`` (its totals are kept as the next
 baseline), goes into the outbox as a ``summary`` event, and the command then waits for the
 outbox to drain: it says plainly if some messages are still waiting for the uplink.
+
+Beside the running agent service the daemon does it (``kitdown`` on its control channel,
+agent/control.py): it owns those stores and the outbox, and it alone speaks for the agent on
+the broker. This process only prints what it is told. With no agent running it does the work
+itself, with a link of its own.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+from agent import control
 from agent.kitup import AGENT_FW
 from agent.link import FleetLink
 from kits.contract import Event
 from kits.manifest import KitManifest
-
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:
@@ -60,34 +65,69 @@ def summary(now: dict, base: dict, since_ms: int) -> dict:
             "print_queued": now["queued"], "energy_wh": energy}
 
 
-def kit_down(manifest: KitManifest, mqtt_url: str, data: Path, wait_s: float = 30.0, out=print) -> int:
-    data.mkdir(parents=True, exist_ok=True)
+def begin(manifest: KitManifest, data: Path) -> tuple[dict, dict]:
+    """(totals now, the summary event's data since the last kit down)."""
     base_file = data / f"{manifest.id}-last-down.json"
     base = json.loads(base_file.read_text()) if base_file.exists() else {}
     now = totals(manifest, data)
-    data_ = summary(now, base, int(base.get("at_ms", 0)))
+    return now, summary(now, base, int(base.get("at_ms", 0)))
+
+
+def remember(manifest: KitManifest, data: Path, now: dict) -> None:
+    """These totals are the next kit down's baseline."""
+    (data / f"{manifest.id}-last-down.json").write_text(json.dumps({**now, "at_ms": int(time.time() * 1000)}))
+
+
+def summary_lines(name: str, data_: dict) -> list[str]:
+    lines = [f"{name}: end of event",
+             f"  check-ins   {data_['checkins']}" + "".join(f"  ({d} {n})" for d, n in data_["checkins_by_door"].items()),
+             f"  printed     {data_['labels_printed']} label(s)" + (f", {data_['print_failed']} failed" if data_["print_failed"] else "")
+             + (f", {data_['print_queued']} still queued" if data_["print_queued"] else "")]
+    lines += [f"  energy      {pack}: {wh:.0f} Wh drawn" for pack, wh in data_["energy_wh"].items()]
+    return lines
+
+
+def outbox_line(left: int) -> str:
+    if left:
+        return (f"  outbox      {left} message(s) still waiting for the uplink: they are kept on disk and go "
+                "out when the agent next connects")
+    return "  outbox      empty: the fleet has everything"
+
+
+def ask_agent(manifest: KitManifest, sock: Path, wait_s: float, out=print) -> int:
+    """Kit down done by the running agent; raises control.NoAgent when none listens at ``sock``."""
+    left = -1
+    for msg in control.request(sock, manifest.id, "kitdown", timeout=wait_s + 30, wait_s=wait_s):
+        if "summary" in msg:
+            for line in summary_lines(manifest.name, msg["summary"]):
+                out(line)
+        if "left" in msg:
+            left = int(msg["left"])
+            out(outbox_line(left))
+    return 0 if left == 0 else 1
+
+
+def kit_down(manifest: KitManifest, mqtt_url: str, data: Path, wait_s: float = 30.0, out=print) -> int:
+    try:
+        return ask_agent(manifest, control.socket_path(data), wait_s, out)
+    except control.NoAgent:
+        pass
+    data.mkdir(parents=True, exist_ok=True)
+    now, data_ = begin(manifest, data)
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
     link = FleetLink(manifest.id, manifest.agent, "agent", mqtt_url, data / f"{manifest.id}-outbox.db",
                      hosted=hosted, fw=AGENT_FW).start()
     left = -1
     try:
         link.emit(manifest.agent, "event", Event, kind="summary", data=data_)
-        out(f"{manifest.name}: end of event")
-        out(f"  check-ins   {data_['checkins']}" + "".join(f"  ({d} {n})" for d, n in data_["checkins_by_door"].items()))
-        out(f"  printed     {data_['labels_printed']} label(s)" + (f", {data_['print_failed']} failed" if data_["print_failed"] else "")
-            + (f", {data_['print_queued']} still queued" if data_["print_queued"] else ""))
-        for pack, wh in data_["energy_wh"].items():
-            out(f"  energy      {pack}: {wh:.0f} Wh drawn")
+        for line in summary_lines(manifest.name, data_):
+            out(line)
         deadline = time.monotonic() + wait_s
         while len(link.outbox) and time.monotonic() < deadline:
             time.sleep(0.2)
         left = len(link.outbox)
-        if left:
-            out(f"  outbox      {left} message(s) still waiting for the uplink: they are kept on disk and go "
-                "out when the agent next connects")
-        else:
-            out("  outbox      empty: the fleet has everything")
+        out(outbox_line(left))
     finally:
         link.stop()
-    base_file.write_text(json.dumps({**now, "at_ms": int(time.time() * 1000)}))
+    remember(manifest, data, now)
     return 0 if not left else 1

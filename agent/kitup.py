@@ -5,6 +5,11 @@ then the verdict with each problem's fix, published to the fleet as a ``readines
 shown on the kit panel's LED. Exit code 0 only when ready (1 degraded, 2 not ready, 3 when it
 could not run at all).
 
+Beside the running agent service (its control channel answers, agent/control.py), the command
+asks the daemon for its self-test and draws the steps as they come: the daemon holds the kit's
+ports, radios and pins, and it alone speaks for the agent on the broker, so this process opens
+no hardware and publishes nothing. With no agent running it does the work itself.
+
 With ``--simulate`` the whole kit is simulated on this machine, for training and tests: the
 hosted parts through agent/backends.py (each in its real wire protocol; ``--scenario`` sets
 their condition), the scanners and lighting controllers as their real firmware in the unix
@@ -20,6 +25,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from agent import control
 from agent.backends import Hardware, Scenario, open_hardware
 from agent.checks import device_steps, link_step
 from agent.kitview import KitView
@@ -78,8 +84,31 @@ async def power_up(manifest: KitManifest, hw: Hardware, link: FleetLink, watch: 
     return report
 
 
+def ask_agent(manifest: KitManifest, sock: Path, view) -> Report:
+    """The running agent's self-test through its control channel, drawn in ``view`` as it runs.
+    Raises control.NoAgent (before drawing anything) when no agent listens at ``sock``."""
+    answers = control.request(sock, manifest.id, "selftest")
+    view.console.print(f"the agent service is running: its self-test, through {sock}", markup=False)
+    report = None
+    with view:
+        for msg in answers:
+            if "step" in msg:
+                view.progress(*control.step_from(msg))
+            elif "verdict" in msg:
+                report = control.report_from(msg)
+    if report is None:
+        raise control.ControlError(f"{sock}: the agent ended its answer without a verdict")
+    view.verdict(report)
+    return report
+
+
 def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate: bool = False,
            scenario: Scenario | None = None) -> int:
+    if not simulate:  # a simulated kit is its own, never the service's
+        try:
+            return EXIT[ask_agent(manifest, control.socket_path(data_dir), KitView(manifest.name)).status]
+        except control.NoAgent:
+            pass
     data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         if simulate:

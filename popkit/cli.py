@@ -66,31 +66,55 @@ def _fleet_user(args: argparse.Namespace) -> int:
 
 def _agent_run(args: argparse.Namespace) -> int:
     from agent.daemon import run_agent
-    from agent.settings import AgentSettings
+    from agent.errors import AgentError
+    from agent.settings import load_settings
 
-    overrides = {k: v for k, v in dict(mqtt_url=args.mqtt, agent_data=args.data).items() if v is not None}
-    return run_agent(args.kit, AgentSettings(**overrides), simulate=args.simulate, scenario=args.scenario)
+    try:  # the service's file comes through systemd's EnvironmentFile; --env reads one by hand
+        settings = load_settings(Path(args.env) if args.env else None, dict(mqtt_url=args.mqtt, agent_data=args.data),
+                                 default_file=None)
+        return run_agent(args.kit, settings, simulate=args.simulate, scenario=args.scenario)
+    except AgentError as exc:
+        print(f"popkit agent run: {exc}", file=sys.stderr)
+        return 3
+
+
+def _kit_settings(args: argparse.Namespace, simulate: bool = False):
+    """The service's settings (its file, /etc/popkit/agent.env or --env) under the flags: beside the
+    agent these commands reach its broker and its data folder (/var/lib/popkit) with no flags."""
+    from agent.settings import SERVICE_DATA, load_settings
+
+    flags = dict(mqtt_url=args.mqtt, agent_data=args.data)
+    if simulate:  # a simulated kit is never the service's: its own broker and var/agent, unless told
+        return load_settings(Path(args.env) if args.env else None, flags, default_file=None)
+    return load_settings(Path(args.env) if args.env else None, flags, default_data=SERVICE_DATA)
 
 
 def _kit_up(args: argparse.Namespace) -> int:
     import os
 
     from agent.backends import Scenario, ScenarioError
+    from agent.errors import AgentError
     from agent.kitup import kit_up
     from kits.manifest import ManifestError, load_manifest
 
     try:
         manifest = load_manifest(args.manifest)
         scenario = Scenario.parse(args.scenario) if args.simulate else None
-    except (ManifestError, ScenarioError) as exc:
+        settings = _kit_settings(args, args.simulate)
+    except (ManifestError, ScenarioError, AgentError) as exc:
         print(f"popkit kit up: {exc}", file=sys.stderr)
         return 3
     if args.scenario and not args.simulate:
         print("popkit kit up: --scenario sets a simulated kit's condition; add --simulate", file=sys.stderr)
         return 3
-    mqtt = args.mqtt or os.environ.get("POPKIT_MQTT_URL") or (None if args.simulate else "mqtt://127.0.0.1:1883")
-    data = Path(args.data or os.environ.get("POPKIT_AGENT_DATA") or "var/agent")
-    return kit_up(manifest, mqtt, data, simulate=args.simulate, scenario=scenario)
+    # With --simulate and no broker named anywhere, the simulated kit starts one of its own.
+    named = args.mqtt or args.env or "POPKIT_MQTT_URL" in os.environ
+    mqtt = settings.mqtt_url if named or not args.simulate else None
+    try:
+        return kit_up(manifest, mqtt, settings.agent_data, simulate=args.simulate, scenario=scenario)
+    except AgentError as exc:
+        print(f"popkit kit up: {exc}", file=sys.stderr)
+        return 3
 
 
 def _bridge_target(args: argparse.Namespace):
@@ -165,19 +189,17 @@ def _kit_provision(args: argparse.Namespace) -> int:
 
 
 def _kit_down(args: argparse.Namespace) -> int:
-    import os
-
+    from agent.errors import AgentError
     from agent.kitdown import kit_down
     from kits.manifest import ManifestError, load_manifest
 
     try:
         manifest = load_manifest(args.manifest)
-    except ManifestError as exc:
+        settings = _kit_settings(args)
+        return kit_down(manifest, settings.mqtt_url, settings.agent_data, wait_s=args.wait)
+    except (ManifestError, AgentError) as exc:
         print(f"popkit kit down: {exc}", file=sys.stderr)
         return 3
-    mqtt = args.mqtt or os.environ.get("POPKIT_MQTT_URL") or "mqtt://127.0.0.1:1883"
-    data = Path(args.data or os.environ.get("POPKIT_AGENT_DATA") or "var/agent")
-    return kit_down(manifest, mqtt, data, wait_s=args.wait)
 
 
 def _sim_devices(args: argparse.Namespace) -> int:
@@ -327,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = agent.add_parser("run", help="drive the kit's hardware and report to the fleet")
     run.add_argument("--kit", required=True, help="kit manifest (TOML)")
     run.add_argument("--mqtt", help="broker URL (POPKIT_MQTT_URL, default mqtt://127.0.0.1:1883)")
-    run.add_argument("--data", help="folder for the outbox (POPKIT_AGENT_DATA, default var/agent)")
+    run.add_argument("--data", help="folder for the outbox and the control socket (POPKIT_AGENT_DATA, default var/agent)")
+    run.add_argument("--env", metavar="FILE", help="read POPKIT_* settings from this file, as systemd's "
+                                                   "EnvironmentFile (the environment and flags win)")
     run.add_argument("--simulate", action="store_true", help="start simulators for the manifest's hardware")
     run.add_argument("--scenario", help="with --simulate, the simulated parts' condition (see popkit kit up)")
     run.set_defaults(func=_agent_run)
@@ -335,16 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     kit = sub.add_parser("kit", help="power a kit up (self-test) or down").add_subparsers(dest="kit_command", required=True)
     up = kit.add_parser("up", help="self-test every part of the kit: ready, degraded or not ready, and why")
     up.add_argument("manifest", help="kit manifest (TOML)")
-    up.add_argument("--mqtt", help="the kit's broker (POPKIT_MQTT_URL; with --simulate, one of its own)")
-    up.add_argument("--data", help="folder for the outbox (POPKIT_AGENT_DATA, default var/agent)")
+    up.add_argument("--mqtt", help="the kit's broker (POPKIT_MQTT_URL, else the settings file's; with --simulate, "
+                                   "one of its own)")
+    up.add_argument("--data", help="the agent's data folder (POPKIT_AGENT_DATA, else the settings file's, else "
+                                   "/var/lib/popkit; with --simulate var/agent)")
+    up.add_argument("--env", metavar="FILE", help="the agent's settings file (default /etc/popkit/agent.env)")
     up.add_argument("--simulate", action="store_true", help="simulate the whole kit on this machine")
     up.add_argument("--scenario", help="the simulated kit's condition: paper=out,cover=open,soc=35,load=12,"
                                        "vanish=ID+ID")
     up.set_defaults(func=_kit_up)
     down = kit.add_parser("down", help="end of event: flush the outbox, print and publish what the kit did")
     down.add_argument("manifest", help="kit manifest (TOML)")
-    down.add_argument("--mqtt", help="the kit's broker (POPKIT_MQTT_URL)")
-    down.add_argument("--data", help="the agent's data folder (POPKIT_AGENT_DATA, default var/agent)")
+    down.add_argument("--mqtt", help="the kit's broker (POPKIT_MQTT_URL, else the settings file's)")
+    down.add_argument("--data", help="the agent's data folder (POPKIT_AGENT_DATA, else the settings file's, else "
+                                     "/var/lib/popkit)")
+    down.add_argument("--env", metavar="FILE", help="the agent's settings file (default /etc/popkit/agent.env)")
     down.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the outbox to drain")
     down.set_defaults(func=_kit_down)
     prov = kit.add_parser("provision", help="each device's own broker credentials, and the broker's password "
