@@ -144,21 +144,37 @@ def _wifi(path: str | None) -> dict | None:
     return wifi
 
 
+def _kit_network(args: argparse.Namespace):
+    from popkit.kitfiles import DEFAULT_AP_ADDRESS, KitFilesError, KitNetwork
+
+    if args.network == "router" and not args.kit_address:
+        raise KitFilesError("--network router needs --kit-address: the Pi's reserved address on the router's LAN, "
+                            "with its prefix (e.g. 192.168.8.2/24)")
+    return KitNetwork(args.network, args.kit_address or DEFAULT_AP_ADDRESS, args.interface or "", args.gateway,
+                      args.channel)
+
+
 def _kit_provision(args: argparse.Namespace) -> int:
     import os
 
     from kits.manifest import ManifestError, load_manifest
     from kits.tickets import EventKey, KeyFileError
+    from popkit.kitfiles import KitFilesError, kit_wifi, write_pi_files
     from popkit.provision import ProvisionError, provision, register_kit
 
     try:
         manifest = load_manifest(args.manifest)
-        host, _, port = args.broker.rpartition(":")
+        net = _kit_network(args)
+        # The ESP32s reach the broker at the Pi's fixed address on the kit network (--broker: a bench's own)
+        broker = args.broker or f"{net.host}:{8883 if args.tls else 1883}"
+        host, _, port = broker.rpartition(":")
         out = Path(args.out or os.environ.get("POPKIT_PROVISION_DIR") or Path.home() / ".popkit" / "provision")
-        done = provision(manifest, out, broker_host=host or args.broker, broker_port=int(port) if host else None,
+        wifi = _wifi(args.wifi) or kit_wifi(out, manifest.id)  # the kit's own Wi-Fi: generated once, then kept
+        done = provision(manifest, out, broker_host=host or broker, broker_port=int(port) if host else None,
                          rotate=tuple(args.rotate), revoke=tuple(args.revoke), tls=args.tls,
-                         bridge_to=_bridge_target(args), wifi=_wifi(args.wifi),
+                         bridge_to=_bridge_target(args), wifi=wifi,
                          event_keys=tuple(EventKey.load(Path(f)) for f in args.event_key))
+        pi = write_pi_files(done, manifest, Path(args.manifest).read_text(encoding="utf-8"), net)
         fleet = args.fleet or os.environ.get("POPKIT_FLEET_URL")
         registered = None
         if fleet:
@@ -167,7 +183,7 @@ def _kit_provision(args: argparse.Namespace) -> int:
                 raise ProvisionError("registering with the fleet needs an ops token in POPKIT_TOKEN "
                                      "(POST /api/v1/auth/token); the credentials are written, the kit is not registered")
             registered = register_kit(Path(args.manifest).read_text(encoding="utf-8"), manifest.id, fleet, token)
-    except (ManifestError, ProvisionError, KeyFileError, ValueError) as exc:
+    except (ManifestError, ProvisionError, KeyFileError, KitFilesError, ValueError) as exc:
         print(f"popkit kit provision: {exc}", file=sys.stderr)
         return 3
     # names only: the passwords stay in the folder's 0600 files, never on a terminal or in a log
@@ -185,7 +201,17 @@ def _kit_provision(args: argparse.Namespace) -> int:
     if args.bridge_to:
         print(f"bridge to the fleet broker: {done.conf_dir / 'bridge.conf'} (the kit broker's include_dir "
               f"{done.conf_dir}); the fleet broker needs account popkit-bridge-{manifest.id} from this folder")
+    print(f"kit network: {'the Pi is its access point' if net.topology == 'ap' else 'the travel router'}, "
+          f"Wi-Fi {wifi['ssid']!r} (its password in {done.folder / 'credentials.json'}); the broker at {broker}")
+    print(f"the Pi's files: {pi}/ (copy that folder to the Pi, then: sudo popkit kit install FOLDER, "
+          f"or sudo deploy/install-kit.sh FOLDER from a clone; docs/pi-install.md)")
     return 0
+
+
+def _kit_install(args: argparse.Namespace) -> int:
+    from popkit.kitinstall import run
+
+    return run(args)
 
 
 def _kit_down(args: argparse.Namespace) -> int:
@@ -381,12 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("manifest", help="kit manifest (TOML)")
     prov.add_argument("--out", help="folder for the secrets, outside git (POPKIT_PROVISION_DIR, "
                                     "default ~/.popkit/provision)")
-    prov.add_argument("--broker", default="127.0.0.1:8883", help="host:port the devices reach the broker at")
+    prov.add_argument("--broker", help="host:port the devices reach the broker at (default: the Pi's --kit-address, "
+                                       "port 8883)")
+    prov.add_argument("--network", choices=("ap", "router"), default="ap",
+                      help="the kit's own Wi-Fi: ap, the Pi is its access point (default); router, a travel router")
+    prov.add_argument("--kit-address", metavar="IP/PREFIX", help="the Pi's fixed address on the kit network "
+                      "(default 10.42.0.1/24 with ap; with router, its reserved address on the router's LAN)")
+    prov.add_argument("--interface", help="the Pi's interface on the kit network (default wlan0 with ap, eth0 with router)")
+    prov.add_argument("--gateway", help="with router: the router's address (default: the first of the subnet)")
+    prov.add_argument("--channel", type=int, default=6, help="with ap: the 2.4 GHz channel (default 6)")
     prov.add_argument("--no-tls", dest="tls", action="store_false",
                       help="plain MQTT (a bench on loopback only: passwords would cross the network in clear)")
     prov.add_argument("--fleet", metavar="URL", help="register the kit with the fleet API at URL (POPKIT_FLEET_URL); "
                                                      "an ops token in POPKIT_TOKEN")
-    prov.add_argument("--wifi", metavar="FILE", help="JSON {ssid, password} of the venue Wi-Fi, for the ESP32s' files")
+    prov.add_argument("--wifi", metavar="FILE", help="JSON {ssid, password} of the kit's Wi-Fi, for the ESP32s' files "
+                                                     "and the Pi's access point (default: one generated and kept)")
     prov.add_argument("--event-key", action="append", default=[], metavar="FILE",
                       help="an event's key file (popkit tickets): the scanners' files check its tickets")
     prov.add_argument("--bridge-to", metavar="HOST:PORT", help="the fleet broker the kit broker bridges to (TLS)")
@@ -395,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--revoke", action="append", default=[], metavar="DEVICE",
                       help="remove DEVICE's credentials (a lost scanner)")
     prov.set_defaults(func=_kit_provision)
+    inst = kit.add_parser("install", help="on the Pi, as root: put the provisioned files in place, the agent's user "
+                                          "and virtualenv, enable the services (idempotent)")
+    from popkit.kitinstall import add_arguments as _install_arguments
+
+    _install_arguments(inst)
+    inst.set_defaults(func=_kit_install)
 
     sim = sub.add_parser("sim", help="simulated hardware").add_subparsers(dest="sim_command", required=True)
     devices = sim.add_parser("devices", help="simulated ESP32 scanners and lighting controllers of a kit")
