@@ -208,11 +208,17 @@ def _board_names(device_port: str) -> set[str]:
                        timeout=60)
     if r.returncode != 0:
         raise FirmwareError(f"{device_port}: cannot list the board's files: {(r.stderr or r.stdout).strip()[-300:]}")
+    return parse_ls(r.stdout)
+
+
+def parse_ls(text: str) -> set[str]:
+    """Names from ``mpremote fs ls`` output: a "ls :" line, then "<size:12> <name>" (directories with
+    a trailing '/')."""
     names = set()
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit():  # "<size> <name>", directories with a trailing '/'
-            names.add(parts[-1].rstrip("/"))
+    for line in text.splitlines():
+        size, _, name = line.strip().partition(" ")
+        if size.isdigit() and name.strip():
+            names.add(name.strip().rstrip("/"))
     return names
 
 

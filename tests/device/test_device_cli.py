@@ -1,8 +1,10 @@
-"""`popkit device build|run|flash`: the deploy manifests drive the build, and a role runs in the unix port."""
+"""`popkit device build|run|flash`: the deploy manifests drive the build, a role runs in the unix port, and a
+flash writes what the board reads (the tree itself: test_flash_tree.py, test_flash_root.py)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,7 +12,8 @@ import sys
 from popkit import firmware
 from simulators.dmx import DmxReceiver
 from simulators.pwm import PwmReceiver
-from tests.conftest import wait_until
+from tests.conftest import DEMO_KIT, wait_until
+from tests.device.test_flash_tree import ESP32_BOARD, board_paths, board_writes
 
 
 def popkit(*args: str) -> subprocess.CompletedProcess:
@@ -65,18 +68,23 @@ def test_device_run_starts_the_lighting_role_in_micropython(tmp_path, broker):
         dmx.close()
 
 
-def test_flash_dry_run_lists_the_mpremote_calls(tmp_path):
-    cfg = tmp_path / "scanner.json"
-    cfg.write_text("{}")
+def test_flash_dry_run_lists_mpremote_calls_that_write_the_tree_the_board_boots(tmp_path):
+    """Read as a board would: every file the calls write, at the path the ESP32 board and the app read."""
     wifi = tmp_path / "wifi.json"
     wifi.write_text('{"ssid": "kit-7", "password": "generated-at-provisioning"}')
-    r = popkit("device", "flash", "--role", "scanner", "--port", "/dev/ttyUSB0", "--config", str(cfg),
-               "--wifi", str(wifi), "--dry-run")
+    r = popkit("kit", "provision", str(DEMO_KIT), "--out", str(tmp_path / "prov"), "--wifi", str(wifi))
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert all(line.startswith("mpremote connect /dev/ttyUSB0 ") for line in lines)
-    assert any(line.endswith(":board.mpy") for line in lines) and any(line.endswith(":scanner.json") for line in lines)
-    assert any(line.endswith(":wifi.json") for line in lines)
-    assert lines[-1].endswith("reset")
+    device_file = tmp_path / "prov" / "devices" / "demo-scanner-1.json"
+    r = popkit("device", "flash", "--role", "scanner", "--port", "/dev/ttyUSB0", "--config", str(device_file),
+               "--dry-run")
+    assert r.returncode == 0, r.stderr
+    cmds = [shlex.split(line) for line in r.stdout.splitlines()]
+    assert cmds[0][3:] == ["fs", "ls", ":"], "what the board holds is looked at before anything is written"
+    written, order = board_writes(cmds)
+    config_path, flash_dir, _ = board_paths(ESP32_BOARD)
+    modules = {f"/{src.stem}.mpy" for src in firmware.read_manifest("scanner", "esp32").sources
+               if src.parent.parent.name != "apps"}
+    assert set(written) == {config_path("scanner"), "/main.py", "/app_main.mpy"} | modules
+    assert order[-1] == "/main.py" and cmds[-1][3:] == ["reset"]
     r = popkit("device", "flash", "--role", "scanner", "--port", "/dev/ttyUSB0", "--config", str(tmp_path / "nope.json"))
-    assert r.returncode == 2 and "nope.json" in r.stderr
+    assert r.returncode == 2 and f"{tmp_path / 'nope.json'}: no such file" in r.stderr
