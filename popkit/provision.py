@@ -280,7 +280,7 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
                  kit_broker_conf(folder, port, files, broker_data or Path("/var/lib/mosquitto")))
 
     # what each device of this kit flashes (or the agent reads): the broker, and itself
-    # (`popkit device flash` writes an ESP32's file whole as /<role>.json: popkit/firmware.py)
+    # (`popkit device flash` writes it whole as the board's /<role>.json: popkit/flashtree.py)
     specs = {spec.id: spec for spec in manifest.devices}
     scanners = {spec.id for spec in manifest.devices if spec.role == "scanner" and not spec.hosted}
     for name in rules:
