@@ -1,10 +1,11 @@
 # Deploy manifest for the lighting controller role (micropython-lib style: freeze with
 # `manifest_lighting.py` as FROZEN_MANIFEST, or cross-compile the listed modules with mpy-cross).
 # Bump the version by hand on every change to a module below; it is the `fw` the device reports.
-metadata(description="PopKit lighting controller (ESP32: RGBW PWM + DMX512)", version="0.3.0")
+metadata(description="PopKit lighting controller (ESP32: RGBW PWM + DMX512)", version="0.4.0")
 
 # shared libraries (device/lib)
 module("log.py", base_path="lib")
+module("clock.py", base_path="lib")
 module("atomic.py", base_path="lib")
 module("commands.py", base_path="lib")
 module("scene.py", base_path="lib")

@@ -26,8 +26,13 @@
 #   door one wait, not one per guest.
 # * Kit-level topics (kit_subs): popkit/v1/<kit>/<name>, beside the device trees, from the kit's
 #   agent (e.g. the kit's revocations); subscribed on every session, handed to the app as bytes.
+# * The kit's clock (time_sync, a clock.Clock): popkit/v1/<kit>/time from the kit's agent,
+#   QoS 0, handed to Clock.offer(); `state` says the clock's state ("clock") and why this boot
+#   happened ("reset_cause"), and is published again when the clock's state changes. The time
+#   topic is subscribed before the birth goes out: the agent answers a birth with the time at once.
 # * Commands: never executed when retained or past `expires` (answered
-#   "expired"); a redelivered id is not executed twice. Config: handed to the
+#   "expired"), nor while the clock is unset (answered "rejected": expires cannot be checked);
+#   a redelivered id is not executed twice. Config: handed to the
 #   app when its version is new; the version applied is reported in `state`.
 #
 # The transport is pkmqtt (QoS 1, persistent session); the app sees emit(),
@@ -60,7 +65,7 @@ _INFO = const(3)
 class Link:
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
-                 hub=False, kit_subs=(), **mqtt):
+                 hub=False, kit_subs=(), time_sync=None, reset_cause=None, **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
@@ -69,6 +74,7 @@ class Link:
         it would be in the heap twice while the app parses it.
         hub: this device asks the kit's hub (ask_hub).
         kit_subs: ((name, qos, handler(payload bytes, retained)), ...) for kit-level topics.
+        time_sync: a clock.Clock, set from the kit's time messages; reset_cause: for `state`.
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
         self.fw = fw
@@ -93,6 +99,10 @@ class Link:
         self._t_in = ((pre + "receipt").encode(), (pre + "cmd").encode(), (pre + "config").encode())
         self._t_claim = (pre + "claim").encode() if hub else None
         self._t_claimed = (pre + "claimed").encode() if hub else None
+        self._time = time_sync
+        self.reset_cause = reset_cause
+        if time_sync is not None:
+            kit_subs = tuple(kit_subs) + (("time", 0, self._on_time),)
         self._kit_subs = [(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs]
         self._claim_id = 0
         self._answer = None
@@ -362,7 +372,9 @@ class Link:
             return
         self._recent[self._recent_i] = cid
         self._recent_i = (self._recent_i + 1) % _RECENT_CMDS
-        if cmd["expires"] <= self._clock():
+        if self._time is not None and not self._time.is_set():
+            self.ack(cid, "rejected", "clock not set: cannot check expires")
+        elif cmd["expires"] <= self._clock():
             self.ack(cid, "expired")
         elif self._on_cmd is None:
             self.ack(cid, "rejected", "no command handler")
@@ -377,6 +389,15 @@ class Link:
             elif res is not None:
                 self.ack(cid, res[0], res[1])
 
+    def _on_time(self, m, retained):
+        if retained:  # the kit's time is never retained: a stale one must not set the clock
+            return
+        t = json.loads(m)
+        if self._time.offer(t["ts"], t.get("synced") is True):
+            log(_INFO, "link", "clock %s", self._time.state())
+            self._restate = True
+            self._kick.set()
+
     # ------------------------------------------------------------ payloads
 
     def _state(self, online, reason):
@@ -386,6 +407,10 @@ class Link:
             s += ',"fw":' + json.dumps(self.fw)
         if self.config_version is not None:
             s += ',"config_version":%d' % self.config_version
+        if self._time is not None:
+            s += ',"clock":"%s"' % self._time.state()
+        if self.reset_cause:
+            s += ',"reset_cause":"%s"' % self.reset_cause
         return (s + "}").encode()
 
 

@@ -107,13 +107,16 @@ class Gate:
                 gone.append(name.decode())
         return gone
 
-    def decide(self, payload, now, admit=True):
+    def decide(self, payload, now, admit=True, trusted=True):
         """(verdict, ticket fields dict or None) for one scanned payload at Unix time ``now``.
 
         admit=False: an "admitted" verdict is only admissible; admit() then writes it to flash,
-        refuse() drops it (another door got there first, says the kit's hub)."""
+        refuse() drops it (another door got there first, says the kit's hub).
+        trusted=False: ``now`` is a clock nobody set (docs/tickets.md, "No trusted time"): the
+        ticket's and the key's windows are not checked (no not_yet_valid, no expired); signature,
+        event, revocations and double entry are."""
         self._pending = None
-        verdict, fields = self._decide(payload, now, admit)
+        verdict, fields = self._decide(payload, now, admit, trusted)
         if admit or verdict != ADMITTED:
             self.counts[verdict] = self.counts.get(verdict, 0) + 1
         return verdict, fields
@@ -131,7 +134,7 @@ class Gate:
         self._pending = None
         self.counts[ALREADY_ADMITTED] = self.counts.get(ALREADY_ADMITTED, 0) + 1
 
-    def _decide(self, payload, now, admit):
+    def _decide(self, payload, now, admit, trusted=True):
         if isinstance(payload, str):
             payload = payload.encode()
         fields = ticket.parse(payload)
@@ -140,14 +143,14 @@ class Gate:
         ev = self._events.get(fields[0])
         if ev is None:
             return WRONG_EVENT, ticket.as_dict(fields)  # unverified: what the ticket claims
-        if ev.key is None or (ev.expires and now >= ev.expires):
+        if ev.key is None or (trusted and ev.expires and now >= ev.expires):
             ev.key = None  # the event is over: forget its key
             return EXPIRED, ticket.as_dict(fields)
-        verdict = ticket.verify(fields, payload, ev.key, now, self.leeway)
+        verdict = ticket.verify(fields, payload, ev.key, now if trusted else None, self.leeway)
         if verdict == BAD_SIGNATURE:
             return verdict, None
         info = ticket.as_dict(fields)
-        if verdict == ADMITTED and now < ev.not_before - self.leeway:
+        if verdict == ADMITTED and trusted and now < ev.not_before - self.leeway:
             return NOT_YET_VALID, info  # the key's window has not begun: its event is not on yet
         if verdict != ADMITTED:
             return verdict, info

@@ -13,7 +13,7 @@
 #   max_config (4096), gamma (2.2), fw; and the board's own (unix: pwm/dmx [host, port];
 #   esp32: outputs {pwm: {pins, freq}, dmx: {uart, tx, de}}, provisioned from the kit manifest).
 # Prints, one line each (the UART on a board; the tests read them on the unix port):
-#   SCENE <id> <ms from start to the outputs written> <config version>
+#   SCENE <id> <ms from start to the outputs written> <config version> | CLOCK <state> <reset cause>
 #   CONFIG <version> <ok 0/1> <detail> | CMD <id> <status> | HEAP <live> <peak> <conns>
 import gc
 import sys
@@ -25,11 +25,12 @@ import asyncio
 import json
 
 import board
+import clock
 import lighting_hw
 from lighting import Lighting
 
 TICK_MS = 10
-FW = "lighting-0.3.0"
+FW = "lighting-0.4.0"
 
 
 def load_config():
@@ -42,8 +43,13 @@ def load_config():
     return cfg
 
 
+_clock = clock.Clock(board)  # set by internet NTP or the kit's time (clock.py)
+
+
 def now_s():
-    return board.epoch_ms() // 1000
+    """Unix seconds, None while the clock is unset: the timeline then shows its default scene with
+    the safety floor (docs/lighting-timeline.md, "No clock") until the kit's time arrives."""
+    return _clock.now_s()
 
 
 class App:
@@ -52,10 +58,12 @@ class App:
         self.peak = 0
         slots = cfg.get("dmx_slots", 24)
         self.state_dir = cfg.get("state_dir") or board.flash_dir()
+        self.cause = board.reset_cause(self.state_dir)  # read first: the watchdog and reset() leave theirs there
         self.light = Lighting(lighting_hw.outputs(cfg), slots, self.state_dir, cfg.get("max_config", 4096))
         # what should be on now, before anything touches the network
         self.light.power_up(now_s(), ticks_ms())
         print("SCENE", self.light.scene, ticks_diff(ticks_ms(), t_start), self.light.version)
+        print("CLOCK", _clock.state(), self.cause)
         self.link = None
 
     def start_link(self):
@@ -70,7 +78,8 @@ class App:
                               raw_config=True,
                               max_msg=cfg.get("max_config", 4096), keepalive=cfg.get("keepalive", 30),
                               response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
-                              backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password)
+                              backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password,
+                              time_sync=_clock, reset_cause=self.cause)
         self.link.start()
 
     def on_config(self, raw):
@@ -88,6 +97,8 @@ class App:
     def on_cmd(self, cmd):
         if cmd.get("action") == "reboot":  # the board's, not the lights': past their gate
             return self.link.reboot(cmd, board.reset)
+        if cmd.get("action") == "hang" and hasattr(board, "hang"):  # the unix board's debug stand-in for a bug
+            board.hang()
         r = self.light.on_cmd(json.dumps(cmd), False, board.epoch_ms(), ticks_ms())
         if r is None:  # ran before (this boot or an earlier one): answered the first time
             print("CMD", cmd.get("id"), "duplicate")
@@ -98,6 +109,7 @@ class App:
     async def ticker(self):
         light = self.light
         while True:
+            board.feed()  # the watchdog: a loop that stops passing here resets the board
             light.tick(now_s(), ticks_ms())
             a = gc.mem_alloc()
             if a > self.peak:
@@ -113,12 +125,13 @@ class App:
             live = gc.mem_alloc()
             print("HEAP", live, self.peak, lk.mqtt.conns)
             fields = {"uptime_s": ticks_diff(ticks_ms(), t_start) // 1000, "heap_free": gc.mem_free(),
-                      "outbox": lk.outbox.count, "dropped": lk.outbox.dropped}
+                      "outbox": lk.outbox.count, "dropped": lk.outbox.dropped, "clock_refused": _clock.refused}
             if self.light.scene is not None:
                 fields["scene"] = self.light.scene
             lk.emit("telemetry", "device", fields)
 
     async def run(self):
+        board.watchdog()  # fed by the ticker from here on
         asyncio.create_task(self.ticker())  # the lights first
         self.start_link()
         await self.telemetry()
@@ -127,7 +140,7 @@ class App:
 def main():
     gc.threshold(4096)  # collect often and small: the heap is shared with MQTT buffers
     app = App(load_config())
-    asyncio.run(app.run())
+    board.run(app.run())  # the unix board: a watchdog reset ends the process with RESET_EXIT
 
 
 main()

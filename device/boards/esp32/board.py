@@ -1,4 +1,5 @@
-# board.py for the ESP32: Wi-Fi, an NTP-set clock and the flash, under the names the firmware uses
+# board.py for the ESP32: Wi-Fi, the RTC (internet NTP when there is any, else the kit's time), the
+# watchdog and the flash, under the names the firmware uses
 # (the unix port's board.py offers the same). The firmware imports `board`, never the platform.
 #
 # The flashed tree (`popkit device flash`): /main.py, the role's modules, /<role>.json (the device's
@@ -23,7 +24,14 @@ _DATA = "/data"
 
 _wlan = None
 _creds = None  # (ssid, password) from the config, set by configure()
-_ntp_at = None  # ticks_ms of the last good NTP sync
+_ntp_at = None  # ticks_ms of the last NTP request
+_NTP_HOST = "pool.ntp.org"
+_ntp_addr = []  # type: list  # the NTP server's address, once resolved
+_ntp_sock = None  # a request out, its answer not read yet
+# Where the RTC's time came from: "kit" until told otherwise (an RTC that reads a year before the
+# build floor is unset whatever this says: clock.py), "synced" after internet NTP.
+_source = "kit"
+_wdt = None
 
 
 def _wifi():
@@ -59,17 +67,51 @@ def configure(cfg):
 
 
 def _sync_clock():
-    """Set the RTC from NTP at most hourly; a failure keeps the RTC as it is (apps check the year)."""
-    global _ntp_at
-    if _ntp_at is not None and time.ticks_diff(time.ticks_ms(), _ntp_at) < _NTP_EVERY_MS:
+    """Ask internet NTP for the time at most hourly, until the clock is synced: the request goes out
+    on a non-blocking UDP socket and feed() reads the answer, so the loop never waits for it. A kit
+    without internet never answers: the kit's time message (clock.py) sets the clock instead."""
+    global _ntp_at, _ntp_sock
+    if _source == "synced" or _ntp_sock is not None:
         return
+    at = _ntp_at
+    if at is not None and time.ticks_diff(time.ticks_ms(), at) < _NTP_EVERY_MS:
+        return
+    _ntp_at = time.ticks_ms()
     try:
-        import ntptime  # imported late: only a board with Wi-Fi up needs it
+        import socket
 
-        ntptime.settime()
-        _ntp_at = time.ticks_ms()
+        if not _ntp_addr:  # resolved once: getaddrinfo blocks
+            _ntp_addr.append(socket.getaddrinfo(_NTP_HOST, 123)[0][-1])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        q = bytearray(48)
+        q[0] = 0x1B  # SNTP v3, client
+        s.sendto(q, _ntp_addr[0])
+        _ntp_sock = s
     except OSError:
-        pass
+        pass  # no DNS, no route: the kit's time it is
+
+
+def _ntp_answer(s):
+    """The NTP answer on ``s``, if it came (called from feed(), so every loop pass); gives up after 3 s."""
+    global _ntp_sock
+    try:
+        msg = s.recv(48)
+    except OSError:  # EAGAIN: not yet
+        at = _ntp_at
+        if at is None or time.ticks_diff(time.ticks_ms(), at) > 3000:
+            s.close()
+            _ntp_sock = None
+        return
+    s.close()
+    _ntp_sock = None
+    if len(msg) < 48:
+        return
+    import struct
+
+    secs, frac = struct.unpack("!II", msg[40:48])
+    if secs:
+        set_epoch_ms((secs - 2208988800) * 1000 + (frac >> 22) * 1000 // 1024, "synced")  # NTP counts from 1900
 
 
 def connect_tcp(host, port):
@@ -82,8 +124,24 @@ def connect_tcp(host, port):
 
 
 def epoch_ms():
-    """Milliseconds since the Unix epoch from the RTC (set by NTP; before that the apps see an old year)."""
+    """Milliseconds since the Unix epoch from the RTC (set by NTP or the kit's time; before that the
+    apps see an old year: clock.py calls it unset)."""
     return time.time_ns() // 1000000 + _EPOCH_OFFSET_MS
+
+
+def set_epoch_ms(ms, source):
+    """Set the RTC to ``ms`` (Unix epoch) now; ``source``: where the time came from ("synced", "kit")."""
+    global _source
+    import machine
+
+    t = time.gmtime((ms - _EPOCH_OFFSET_MS) // 1000)
+    # RTC.datetime: (year, month, day, weekday, hours, minutes, seconds, microseconds)
+    machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], (ms % 1000) * 1000))
+    _source = source
+
+
+def clock_source():
+    return _source
 
 
 def random_bytes(n):
@@ -104,3 +162,41 @@ def reset():
     import machine
 
     machine.reset()
+
+
+# ---------------------------------------------------------------- watchdog and reset cause
+
+def reset_cause(data_dir):
+    """Why this boot happened, as the chip says (machine.reset_cause); ``data_dir`` is the unix
+    board's, where its stand-in leaves a marker."""
+    import machine
+
+    c = machine.reset_cause()
+    for code, name in ((machine.PWRON_RESET, "power"), (machine.WDT_RESET, "watchdog"),
+                       (machine.SOFT_RESET, "soft"), (machine.HARD_RESET, "reset")):
+        if c == code:
+            return name
+    return "other"
+
+
+def watchdog():
+    """Start the hardware watchdog: feed() must then be called at least every 8 s, or the chip
+    resets (reset_cause "watchdog" at the next boot). It cannot be stopped once started."""
+    global _wdt
+    import machine
+
+    _wdt = machine.WDT(timeout=8000)
+
+
+def feed():
+    """From the main loop, every pass: the watchdog's food, and an NTP answer read if one is due."""
+    if _wdt is not None:
+        _wdt.feed()
+    if _ntp_sock is not None:
+        _ntp_answer(_ntp_sock)
+
+
+def run(main):
+    import asyncio
+
+    asyncio.run(main)

@@ -17,9 +17,38 @@ def connect_tcp(host, port):
     return open_tcp(host, port)
 
 
+# The board's clock: the host's, moved by _offset_ms. It starts where hw.epoch_ms in the config
+# (configure) or $POPKIT_BOARD_EPOCH_MS says, and runs on from there, so a test can power a device
+# up in the year 2000 as an ESP32 with no RTC backup is; then the kit's time sets it (clock.py).
+_offset_ms = 0
+_source = "synced"  # the host's own clock, NTP-kept: clock.Clock's "synced"
+
+
 def epoch_ms():
-    """Milliseconds since the Unix epoch (the ESP32 board reads its NTP-set RTC)."""
-    return time.time_ns() // 1000000
+    """Milliseconds since the Unix epoch on the board's clock (the ESP32 board reads its RTC)."""
+    return time.time_ns() // 1000000 + _offset_ms
+
+
+def set_epoch_ms(ms, source):
+    """Set the board's clock to ``ms`` now; ``source`` is where that time came from ("synced", "kit")."""
+    global _offset_ms, _source
+    _offset_ms = ms - time.time_ns() // 1000000
+    _source = source
+
+
+def clock_source():
+    """Where the clock's time came from: "synced" (the host's clock, or a synced kit), "kit" (a start
+    time given to the board, or the kit's unsynced time). clock.Clock calls any time before its
+    build floor unset, whatever this says."""
+    return _source
+
+
+def _start_clock(ms):
+    if ms is not None:
+        set_epoch_ms(int(ms), "kit")
+
+
+_start_clock(os.getenv("POPKIT_BOARD_EPOCH_MS"))
 
 
 def random_bytes(n):
@@ -27,10 +56,95 @@ def random_bytes(n):
 
 
 def reset():
-    """A process cannot reset its board; it ends with the code its supervisor restarts it on."""
+    """A process cannot reset its board; it ends with the code its supervisor restarts it on (the
+    next boot's reset_cause says "soft", as an ESP32's after machine.reset())."""
     import sys
 
+    _mark("soft")
     sys.exit(RESET_EXIT)
+
+
+# ---------------------------------------------------------------- watchdog and reset cause
+# A stand-in for machine.WDT: a thread that wakes every 100 ms and, when the main loop has not fed
+# it for _wdt_ms, ends the process the way a reset would: a marker in the data folder (the next
+# boot's reset_cause says "watchdog"), then SIGINT to itself, so the main thread (hung in Python or
+# waiting in poll) raises KeyboardInterrupt and run() exits with RESET_EXIT. One hung in C beyond
+# the interrupt's reach is killed 2 s later (SIGKILL, as a power cut): its marker is on disk.
+# The shell sends the SIGINT from the background: system() ignores SIGINT in its caller until it
+# returns.
+_wdt_ms = 8000
+_fed = 0
+_dir = None  # the app's data folder: where the reset marker goes
+_bitten = False
+_MARKER = "/reset_cause"
+
+
+def reset_cause(data_dir):
+    """Why this boot happened: the marker a watchdog or reset() left in ``data_dir`` (read and
+    removed), else "power" (the process was started, as a board is powered up)."""
+    global _dir
+    _dir = data_dir
+    try:
+        with open(data_dir + _MARKER) as f:
+            cause = f.read().strip()
+        os.remove(data_dir + _MARKER)
+    except OSError:
+        return "power"
+    return cause if cause in ("watchdog", "soft", "reset", "other") else "other"
+
+
+def _mark(cause):
+    if _dir is not None:
+        try:
+            with open(_dir + _MARKER, "w") as f:
+                f.write(cause)
+        except OSError:
+            pass
+
+
+def watchdog():
+    """Start the watchdog: feed() must then be called at least every _wdt_ms (8 s) by the main loop."""
+    import _thread
+
+    feed()
+    _thread.start_new_thread(_watch, ())
+
+
+def feed():
+    global _fed
+    _fed = time.ticks_ms()
+
+
+def _watch():
+    global _bitten
+    while time.ticks_diff(time.ticks_ms(), _fed) < _wdt_ms:
+        time.sleep_ms(100)
+    _bitten = True
+    _mark("watchdog")
+    print("WATCHDOG the main loop was not fed for %d ms: reset" % _wdt_ms)
+    os.system("(sleep 0.05; kill -INT $PPID) &")
+    time.sleep_ms(2000)
+    os.system("kill -KILL $PPID")
+
+
+def run(main):
+    """Run the app's main coroutine; a watchdog reset ends the process with RESET_EXIT."""
+    import asyncio
+    import sys
+
+    try:
+        asyncio.run(main)
+    except KeyboardInterrupt:
+        if _bitten:
+            sys.exit(RESET_EXIT)
+        raise
+
+
+def hang():
+    """Debug, unix board only (the `hang` command): stop the main loop dead, as a firmware bug would."""
+    print("HANG")
+    while True:
+        pass
 
 
 def config_path(role):
@@ -41,7 +155,12 @@ def config_path(role):
 
 def configure(cfg):
     """Take what the board needs from the device's config, once, right after the app loads it.
-    The unix port joins no Wi-Fi: the config's "wifi" is the ESP32 board's."""
+    The unix port joins no Wi-Fi: the config's "wifi" is the ESP32 board's. "hw": {"epoch_ms": the
+    clock's start (over $POPKIT_BOARD_EPOCH_MS), "wdt_ms": the watchdog's timeout (default 8000)}."""
+    global _wdt_ms
+    hw = cfg.get("hw") or {}
+    _start_clock(hw.get("epoch_ms"))
+    _wdt_ms = hw.get("wdt_ms") or _wdt_ms
 
 
 def flash_dir():
