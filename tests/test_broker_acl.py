@@ -279,3 +279,18 @@ def test_device_files_carry_wifi_and_event_keys_and_keep_them_across_rotation(tm
     assert "gate" not in lights and "wifi" not in agent and "gate" not in agent
     wifi.write_text("[1, 2]")
     assert main([*args, "--wifi", str(wifi)]) == 3
+
+
+def test_the_kits_clock_comes_from_its_agent_only_and_every_esp32_hears_it(kit):
+    _manifest, _creds, _broker, login = kit
+    agent, door, lights = login(account(KIT, AGENT)), login(account(KIT, DOOR)), login(account(KIT, LIGHTS))
+    topic = f"popkit/v1/{KIT}/time"
+    door.c.subscribe(topic, qos=0)
+    lights.c.subscribe(topic, qos=0)
+    time.sleep(0.3)
+    attempt(login, account(KIT, DOOR), topic, b"door-setting-the-kits-clock")  # a device must not
+    agent.c.publish(topic, b"the-pis-time", qos=0)
+    wait_until(lambda: (topic, b"the-pis-time") in door.got and (topic, b"the-pis-time") in lights.got, 5,
+               what="the agent's time at both ESP32s")
+    time.sleep(0.5)
+    assert door.got == [(topic, b"the-pis-time")] and lights.got == [(topic, b"the-pis-time")]
