@@ -33,6 +33,11 @@ kit_not_ready   kit      at or after doors-open (until the event ends) the kit's
                          readiness report says not_ready
 config_not_     device   a desired config (a controller's lighting timeline, a scanner's
 applied                  revocations) not reported applied config_grace_s after it was pushed
+clock_unset     device   online, and its state has said its clock is unset (no time since boot)
+                         for alert_clock_grace_s
+clock_drift     device   online, and its clock is off the fleet's by more than clock_drift_s:
+                         even the least late of its recent messages arrived that late (behind),
+                         or one arrived with a ts that far ahead of its receipt (ahead)
 ==============  =======  ==================================================================
 """
 
@@ -44,12 +49,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fleet.health import EMPTY_SOC, HealthConfig
+from fleet.health import EMPTY_SOC, HealthConfig, clock_drift_ms
 
 log = logging.getLogger("popkit.fleet.alerts")
 
 RULES = ("low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
-         "kit_not_ready", "config_not_applied")
+         "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift")
 SEVERITIES = ("warning", "critical")
 STATES = ("open", "acknowledged", "resolved")
 SCANNER_ERROR_VERDICTS = ("malformed", "bad_signature")
@@ -64,12 +69,14 @@ class AlertConfig:
     offline_grace_s: float = 300.0
     scanner_errors: int = 5
     scanner_window_s: float = 600.0
+    clock_grace_s: float = 120.0
 
     @classmethod
     def from_settings(cls, s: Any) -> "AlertConfig":
         return cls(health=HealthConfig.from_settings(s), low_soc=s.battery_low_soc,
                    offline_grace_s=s.alert_offline_grace_s, scanner_errors=s.alert_scanner_errors,
-                   scanner_window_s=s.alert_scanner_window_s)
+                   scanner_window_s=s.alert_scanner_window_s,
+                   clock_grace_s=s.alert_clock_grace_s)
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,37 @@ def config_not_applied(dev: dict, cfg: AlertConfig, now_ms: int) -> Firing | Non
                   dev.get("config_version"))
 
 
+def clock_unset(dev: dict, cfg: AlertConfig, now_ms: int) -> Firing | None:
+    """Online with no time since boot, for longer than the grace: a scanner then checks tickets by
+    signature and event only, a lighting controller shows its fallback scene. The grace runs from
+    when the fleet received the state that said so (a reboot starts it again)."""
+    since = dev.get("clock_since_ms")
+    if not dev.get("online") or dev.get("clock") != "unset" or since is None:
+        return None
+    if now_ms - since < cfg.clock_grace_s * 1000:
+        return None
+    return Firing(dev["id"], dev["kit_id"], "clock_unset", "warning",
+                  f"{dev['id']}: clock not set for {_minutes(now_ms - since)} (no time from the internet or the kit)",
+                  dict(clock="unset", since_ms=since, grace_s=cfg.clock_grace_s, reset_cause=dev.get("reset_cause")),
+                  dev.get("boot"))
+
+
+def clock_drift(dev: dict, cfg: AlertConfig, now_ms: int) -> Firing | None:
+    """The device's clock is off the fleet's by more than clock_drift_s (fleet/health.py clock_drift_ms:
+    from the least late of its recent messages, so a backlog delivered after an outage does not count)."""
+    drift = clock_drift_ms(dev, cfg.health) if dev.get("online") else None
+    if drift is None:
+        return None
+    way = "behind" if drift > 0 else "ahead of"
+    return Firing(dev["id"], dev["kit_id"], "clock_drift", "warning",
+                  f"{dev['id']}: clock about {abs(drift) / 1000:.0f} s {way} the fleet's "
+                  f"(alert beyond {cfg.health.clock_drift_s:.0f} s)",
+                  dict(drift_ms=drift, bound_s=cfg.health.clock_drift_s, clock=dev.get("clock")), dev.get("boot"))
+
+
 DEVICE_RULES: tuple[Callable[[dict, AlertConfig, int], Firing | None], ...] = (low_soc, bms_protection, paper_out,
-                                                                                config_not_applied)
+                                                                                config_not_applied, clock_unset,
+                                                                                clock_drift)
 
 
 def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = None) -> Assessment:

@@ -5,7 +5,8 @@ A device's status, worst last (``SEVERITY``):
 * ``ok``: online and nothing to report.
 * ``unknown``: never heard from (no state, no message since it was registered).
 * ``degraded``: online, with reasons (printer out of paper, battery low or protected, BMS alarm,
-  gaps in this boot's sequence, rejected messages, a desired config not applied, ...).
+  gaps in this boot's sequence, rejected messages, a desired config not applied, its clock unset
+  or off the fleet's, ...).
 * ``silent``: its retained state says online, but nothing arrived for longer than the heartbeat
   timeout: it (or its link) hung without the broker noticing, so no Last Will came.
 * ``offline``: its retained state says offline (Last Will or shutdown), or its host agent is.
@@ -36,13 +37,15 @@ class HealthConfig:
     forecast_refit_s: float = 30.0  # a pass over every kit refits a pack's forecast at most this often (fleet/fits.py)
     rejected_window_s: float = 3600.0  # rejected messages this recent count against a device
     config_grace_s: float = 60.0  # a device may take this long to apply a new desired config
+    clock_drift_s: float = 120.0  # a device's clock further than this off the fleet's is drifting
 
     @classmethod
     def from_settings(cls, s: Any) -> "HealthConfig":
         return cls(heartbeat_timeout_s=s.heartbeat_timeout_s, heartbeat_periods=s.heartbeat_periods,
                    low_soc=s.battery_low_soc, forecast_window_s=s.forecast_window_s,
                    forecast_refit_s=s.forecast_refit_s,
-                   rejected_window_s=s.rejected_window_s, config_grace_s=s.config_grace_s)
+                   rejected_window_s=s.rejected_window_s, config_grace_s=s.config_grace_s,
+                   clock_drift_s=s.clock_drift_s)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,32 @@ def _reason(code: str, severity: str, what: str) -> dict:
     return {"code": code, "severity": severity, "what": what}
 
 
+def clock_drift_ms(device: dict, cfg: HealthConfig) -> int | None:
+    """How far the device's clock is off the fleet's, signed (positive: behind), when further than
+    ``clock_drift_s``; else None. Judged from ``clock_lag_ms``, the smallest (received - ts) of its
+    recent messages (Store): a message held through an outage arrives late, but the device's live
+    ones arrive on time, so only a clock that is really behind makes even the smallest one late;
+    a ts ahead of its receipt can only be a clock ahead. Not judged while its clock is unset (its
+    ts means nothing then: ``clock_unset`` says so) nor for a device an agent drives (its
+    messages carry the agent's clock, judged on the agent)."""
+    lag = device.get("clock_lag_ms")
+    if lag is None or device.get("clock") == "unset" or device.get("host_id"):
+        return None
+    return lag if abs(lag) > cfg.clock_drift_s * 1000 else None
+
+
+def _clock_reasons(device: dict, cfg: HealthConfig) -> list[dict]:
+    if not device.get("online"):
+        return []
+    if device.get("clock") == "unset":
+        return [_reason("clock_unset", "warning", "clock not set: no time from the internet or the kit since boot")]
+    drift = clock_drift_ms(device, cfg)
+    if drift is not None:
+        way = "behind" if drift > 0 else "ahead of"
+        return [_reason("clock_drift", "warning", f"clock about {abs(drift) / 1000:.0f} s {way} the fleet's")]
+    return []
+
+
 def degraded_reasons(device: dict, facts: DeviceFacts, cfg: HealthConfig, now_ms: int,
                      battery_forecast: dict | None = None) -> list[dict]:
     """Why a device is not fine, from its latest readings and the facts: [{code, severity, what}]."""
@@ -146,6 +175,7 @@ def degraded_reasons(device: dict, facts: DeviceFacts, cfg: HealthConfig, now_ms
         if behind and now_ms - (facts.desired_ts_ms or 0) > cfg.config_grace_s * 1000:
             out.append(_reason("config_behind", "warning",
                                f"config {facts.desired_version} pushed, device reports {applied}"))
+    out += _clock_reasons(device, cfg)
     return out
 
 

@@ -55,9 +55,10 @@ def kit_state(view: dict) -> str:
 
 
 def summary_of(view: dict) -> dict:
-    """A kit as the overview lists it: its devices as chips (id, role, model, online, health status)."""
+    """A kit as the overview lists it: its devices as chips (id, role, model, online, health status, clock)."""
     devices = [dict(id=d["id"], role=d["role"], model=d["model"], online=d["online"],
-                    status=(d.get("health") or {}).get("status"), last_seen_ms=d["last_seen_ms"])
+                    status=(d.get("health") or {}).get("status"), last_seen_ms=d["last_seen_ms"],
+                    clock=d.get("clock"))
                for d in view["devices"]]
     out = {k: view.get(k) for k in ("id", "name", "devices_online", "devices_total", "battery", "health",
                                     "readiness", "event", "batteries")}

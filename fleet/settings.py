@@ -53,6 +53,8 @@ class FleetSettings(BaseSettings):
                                     "forecast at most this often (at once when it starts or stops charging)")
     rejected_window_s: float = Field(default=3600.0, gt=0, description="rejected messages this recent degrade a device")
     config_grace_s: float = Field(default=60.0, ge=0, description="time a device has to apply a new desired config")
+    clock_drift_s: float = Field(default=120.0, gt=0, description="a device whose clock is further than this off "
+                                 "the fleet's is degraded and alerts (clock_drift), judged from its messages as they arrive")
     # The overview's and kit pages' views (fleet/kitviews.py): recomputed on every change this process
     # sees, and all of them this often (health also moves with the clock alone).
     view_refresh_s: float = Field(default=10.0, gt=0, le=3600, description="how often every kit's view is "
@@ -77,6 +79,8 @@ class FleetSettings(BaseSettings):
     alert_scanner_errors: int = Field(default=5, ge=1, description="malformed/bad_signature scans from one scanner "
                                       "within alert_scanner_window_s that raise an alert")
     alert_scanner_window_s: float = Field(default=600.0, gt=0, description="window of the scanner error count")
+    alert_clock_grace_s: float = Field(default=120.0, ge=0, description="an online device whose clock is still unset "
+                                       "this long after it said so alerts (clock_unset)")
     alert_webhook_url: str | None = Field(default=None, description="JSON POST target for alert notifications; "
                                           "unset: no notifications")
     alert_notify_grace_s: float = Field(default=120.0, ge=0, description="an alert open (and unacknowledged) this "

@@ -83,7 +83,7 @@ def test_the_overview_is_paged_filtered_and_searched_by_the_fleet(fleet):
     assert worst == sorted(worst, key=["ok", "unknown", "degraded", "silent", "offline"].index, reverse=True)
 
     chip = online["items"][0]["devices"][0]
-    assert set(chip) == {"id", "role", "model", "online", "status", "last_seen_ms"}
+    assert set(chip) == {"id", "role", "model", "online", "status", "last_seen_ms", "clock"}
 
 
 def test_bad_list_parameters_are_refused_with_the_reason(fleet):
