@@ -246,15 +246,20 @@ class KitClock:
             self.save(reading)
 
     def problem(self, device: str) -> Problem | None:
-        """What the crew is told at power-up when the kit's time cannot be trusted."""
-        r = self.read()
-        if r.state == "unset":
+        """What the crew is told at power-up when the Pi's clock is behind the last time it knew."""
+        if self.read().state == "unset":
             return warning(device, f"the Pi's clock is {self.behind_ms / 1000:.0f} s behind the last time it knew: "
                            "no real-time clock and no internet time", "connect the uplink, or fit an RTC module")
-        if not r.synced:
-            return warning(device, "the kit runs on the Pi's last known time (no RTC, no internet time)",
-                           "connect the uplink, or fit an RTC module")
         return None
+
+
+def clock_problem(device: str, clock: str | None) -> Problem | None:
+    """The self-test's word on the kit's time, from the agent's clock state (FleetLink.clock): the
+    link step adds it, so ``popkit kit up`` and the panel say it beside the link's state."""
+    if clock == "unset":
+        return warning(device, "the Pi's clock is behind the last time it knew (no RTC, no internet time): "
+                       "the kit serves its last known time", "connect the uplink, or fit an RTC module")
+    return None  # `kit` (free-running, unverified) is said in the state and the log, not held against the kit
 
 
 def _iso(ms: int) -> str:
