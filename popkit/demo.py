@@ -352,7 +352,7 @@ def _pump(device: str, proc: subprocess.Popen, log_path: Path) -> None:
             log.write(line)
             line = line.rstrip("\n")
             if line and not _QUIET.match(line + " "):
-                print(f"{device:<15} {line}", flush=True)
+                _say(f"{device:<15} {line}")  # its terminal closed: the log still gets every line
 
 
 # ---------------------------------------------------------------- the demo

@@ -240,3 +240,43 @@ def test_the_lifeline_does_not_start_a_command_whose_supervisor_is_already_gone(
     assert r.returncode == lifeline.ORPHANED_EXIT
     assert "supervisor 1 is gone" in r.stderr
     assert not marker.exists()
+
+
+def test_closing_the_demos_terminal_stops_it_in_order_and_frees_its_folder(tmp_path):
+    """A real terminal hangup: the demo runs on a pseudo-terminal that is its controlling terminal,
+    and the terminal goes away (the kernel sends SIGHUP; every later write to it fails)."""
+    import fcntl
+    import pty
+    import termios
+
+    if mosquitto_binary() is None:
+        pytest.skip("mosquitto is not installed")
+    data = tmp_path / "demo"
+    master, slave = pty.openpty()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "popkit.cli", "demo", "--http", f"127.0.0.1:{free_port()}", "--data", str(data)],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0), env=dict(os.environ, POPKIT_DEMO_BROKER="mosquitto"))
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"is up" not in seen and time.monotonic() < deadline and demo.poll() is None:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+        assert b"is up" in seen, seen.decode(errors="replace")[-2000:]
+        parts = [p["pid"] for p in json.loads((data / RECORD).read_text())["parts"]]
+        assert len(parts) == 5 and all(alive(p) for p in parts)
+        os.close(master)  # the terminal window closes
+        master = None
+        demo.wait(60)
+        assert not any(alive(p) for p in parts), "a part outlived the demo whose terminal closed"
+        assert not (data / RECORD).exists(), "the demo died on SIGHUP instead of stopping in order"
+    finally:
+        if master is not None:
+            os.close(master)
+        if demo.poll() is None:
+            demo.kill()  # its parts follow it
+            demo.wait()
