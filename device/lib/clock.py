@@ -35,10 +35,6 @@ class Clock:
     def __init__(self, board):
         self._board = board
         self.refused = 0  # kit time messages refused since boot (telemetry: clock_refused)
-        self.taken = 0  # kit time messages that set or corrected the clock
-
-    def now_ms(self):
-        return self._board.epoch_ms()
 
     def state(self):
         src = self._board.clock_source()
@@ -76,5 +72,4 @@ class Clock:
             if -_SLEW_MS < d < _SLEW_MS and before == src:
                 return False
         self._board.set_epoch_ms(ts, src)
-        self.taken += 1
         return self.state() != before

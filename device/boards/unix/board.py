@@ -6,6 +6,8 @@
 import os
 import time
 
+from micropython import const
+
 from tcp import open_tcp
 
 NAME = "unix"
@@ -17,38 +19,39 @@ def connect_tcp(host, port):
     return open_tcp(host, port)
 
 
-# The board's clock: the host's, moved by _offset_ms. It starts where hw.epoch_ms in the config
+# The board's clock: the host's, moved by an offset. It starts where hw.epoch_ms in the config
 # (configure) or $POPKIT_BOARD_EPOCH_MS says, and runs on from there, so a test can power a device
 # up in the year 2000 as an ESP32 with no RTC backup is; then the kit's time sets it (clock.py).
-_offset_ms = 0
-_source = "synced"  # the host's own clock, NTP-kept: clock.Clock's "synced"
+# One list, not four globals: each module global costs an ESP32-sized heap a dict slot and a name.
+_st = [0, "synced", 8000, 0, None, False]  # clock offset ms, clock source, watchdog ms, fed at, data dir, bitten
+_OFS = const(0)
+_SRC = const(1)
+_WDT = const(2)
+_FED = const(3)
+_DIR = const(4)
+_BIT = const(5)
 
 
 def epoch_ms():
     """Milliseconds since the Unix epoch on the board's clock (the ESP32 board reads its RTC)."""
-    return time.time_ns() // 1000000 + _offset_ms
+    return time.time_ns() // 1000000 + _st[_OFS]
 
 
 def set_epoch_ms(ms, source):
     """Set the board's clock to ``ms`` now; ``source`` is where that time came from ("synced", "kit")."""
-    global _offset_ms, _source
-    _offset_ms = ms - time.time_ns() // 1000000
-    _source = source
+    _st[_OFS] = int(ms) - time.time_ns() // 1000000
+    _st[_SRC] = source
 
 
 def clock_source():
-    """Where the clock's time came from: "synced" (the host's clock, or a synced kit), "kit" (a start
-    time given to the board, or the kit's unsynced time). clock.Clock calls any time before its
-    build floor unset, whatever this says."""
-    return _source
+    """Where the clock's time came from: "synced" (the host's clock, NTP-kept, or a synced kit),
+    "kit" (a start time given to the board, or the kit's unsynced time). clock.Clock calls any
+    time before its build floor unset, whatever this says."""
+    return _st[_SRC]
 
 
-def _start_clock(ms):
-    if ms is not None:
-        set_epoch_ms(int(ms), "kit")
-
-
-_start_clock(os.getenv("POPKIT_BOARD_EPOCH_MS"))
+if os.getenv("POPKIT_BOARD_EPOCH_MS"):
+    set_epoch_ms(os.getenv("POPKIT_BOARD_EPOCH_MS"), "kit")
 
 
 def random_bytes(n):
@@ -66,44 +69,38 @@ def reset():
 
 # ---------------------------------------------------------------- watchdog and reset cause
 # A stand-in for machine.WDT: a thread that wakes every 100 ms and, when the main loop has not fed
-# it for _wdt_ms, ends the process the way a reset would: a marker in the data folder (the next
+# it for hw.wdt_ms (8 s), ends the process the way a reset would: a marker in the data folder (the next
 # boot's reset_cause says "watchdog"), then SIGINT to itself, so the main thread (hung in Python or
 # waiting in poll) raises KeyboardInterrupt and run() exits with RESET_EXIT. One hung in C beyond
 # the interrupt's reach is killed 2 s later (SIGKILL, as a power cut): its marker is on disk.
 # The shell sends the SIGINT from the background: system() ignores SIGINT in its caller until it
 # returns.
-_wdt_ms = 8000
-_fed = 0
-_dir = None  # the app's data folder: where the reset marker goes
-_bitten = False
-_MARKER = "/reset_cause"
 
 
 def reset_cause(data_dir):
     """Why this boot happened: the marker a watchdog or reset() left in ``data_dir`` (read and
     removed), else "power" (the process was started, as a board is powered up)."""
-    global _dir
-    _dir = data_dir
+    _st[_DIR] = data_dir + "/reset_cause"
     try:
-        with open(data_dir + _MARKER) as f:
+        with open(_st[_DIR]) as f:
             cause = f.read().strip()
-        os.remove(data_dir + _MARKER)
+        os.remove(_st[_DIR])
     except OSError:
         return "power"
     return cause if cause in ("watchdog", "soft", "reset", "other") else "other"
 
 
 def _mark(cause):
-    if _dir is not None:
+    if _st[_DIR] is not None:
         try:
-            with open(_dir + _MARKER, "w") as f:
+            with open(_st[_DIR], "w") as f:
                 f.write(cause)
         except OSError:
             pass
 
 
 def watchdog():
-    """Start the watchdog: feed() must then be called at least every _wdt_ms (8 s) by the main loop."""
+    """Start the watchdog: feed() must then be called at least every hw.wdt_ms (8 s) by the main loop."""
     import _thread
 
     feed()
@@ -111,17 +108,15 @@ def watchdog():
 
 
 def feed():
-    global _fed
-    _fed = time.ticks_ms()
+    _st[_FED] = time.ticks_ms()
 
 
 def _watch():
-    global _bitten
-    while time.ticks_diff(time.ticks_ms(), _fed) < _wdt_ms:
+    while time.ticks_diff(time.ticks_ms(), _st[_FED]) < _st[_WDT]:
         time.sleep_ms(100)
-    _bitten = True
+    _st[_BIT] = True
     _mark("watchdog")
-    print("WATCHDOG the main loop was not fed for %d ms: reset" % _wdt_ms)
+    print("WATCHDOG the main loop was not fed for %d ms: reset" % _st[_WDT])
     os.system("(sleep 0.05; kill -INT $PPID) &")
     time.sleep_ms(2000)
     os.system("kill -KILL $PPID")
@@ -135,7 +130,7 @@ def run(main):
     try:
         asyncio.run(main)
     except KeyboardInterrupt:
-        if _bitten:
+        if _st[_BIT]:
             sys.exit(RESET_EXIT)
         raise
 
@@ -157,10 +152,10 @@ def configure(cfg):
     """Take what the board needs from the device's config, once, right after the app loads it.
     The unix port joins no Wi-Fi: the config's "wifi" is the ESP32 board's. "hw": {"epoch_ms": the
     clock's start (over $POPKIT_BOARD_EPOCH_MS), "wdt_ms": the watchdog's timeout (default 8000)}."""
-    global _wdt_ms
     hw = cfg.get("hw") or {}
-    _start_clock(hw.get("epoch_ms"))
-    _wdt_ms = hw.get("wdt_ms") or _wdt_ms
+    if hw.get("epoch_ms") is not None:
+        set_epoch_ms(hw["epoch_ms"], "kit")
+    _st[_WDT] = hw.get("wdt_ms") or _st[_WDT]
 
 
 def flash_dir():
