@@ -384,5 +384,4 @@ class KitClockService:
 
 def start_kit_clock(kit: str, settings: Any, data: Path, link: Any = None, watch: Any = None) -> KitClockService:
     """The daemon's hook: serve the kit's time from this Pi for as long as the agent runs."""
-    period = getattr(settings, "time_period_s", PERIOD_S)
-    return KitClockService(kit, settings.mqtt_url, data, link, watch, period_s=period).start()
+    return KitClockService(kit, settings.mqtt_url, data, link, watch, period_s=settings.time_period_s).start()

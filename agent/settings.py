@@ -35,6 +35,8 @@ class AgentSettings(BaseSettings):
     agent_data: Path = Field(default=Path("var/agent"), description="folder for the outbox")
     outbox_cap: int = Field(default=50_000, ge=100, description="entries before oldest telemetry is dropped")
     resend_after_s: float = Field(default=15.0, gt=0, description="resend a message whose receipt is this late")
+    time_period_s: float = Field(default=10.0, gt=0, le=3600, description="how often the kit's time goes to its "
+                                 "ESP32s on popkit/v1/<kit>/time (also at once on a device's birth: agent/kitclock.py)")
 
     @field_validator("mqtt_url")
     @classmethod

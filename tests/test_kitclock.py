@@ -235,3 +235,39 @@ def test_the_agents_state_carries_its_clock(broker, collect, service, tmp_path):
         assert json.loads((tmp_path / "agent" / f"{KIT}-clock.json").read_text())["ts"] >= int(T0 * 1000)
     finally:
         link.stop()
+
+
+def test_the_period_is_an_agent_setting(monkeypatch):
+    from agent.settings import AgentSettings
+
+    monkeypatch.setenv("POPKIT_TIME_PERIOD_S", "2.5")
+    assert AgentSettings().time_period_s == 2.5
+    monkeypatch.delenv("POPKIT_TIME_PERIOD_S")
+    assert AgentSettings().time_period_s == 10.0
+
+
+def test_the_agent_process_serves_the_kit_time_and_states_its_clock(broker, collect, tmp_path):
+    """`popkit agent run` as systemd starts it: the kit's time on popkit/v1/<kit>/time, valid by the
+    contract, and the agent's retained state naming its clock."""
+    import subprocess
+    import sys
+
+    from tests.conftest import DEMO_KIT
+
+    seen = collect(time_topic("demo"), topic("demo", "demo-agent", "state"))
+    agent = subprocess.Popen([sys.executable, "-m", "popkit.cli", "agent", "run", "--kit", str(DEMO_KIT), "--mqtt",
+                              broker.url, "--data", str(tmp_path / "agent"), "--simulate"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: seen.on("/demo/time"), 30, what="the agent's first kit time message")
+        msg = decode("time", seen.on("/demo/time")[0])
+        assert msg.src in ("ntp", "rtc", "last_known") and msg.synced == (msg.src != "last_known")
+        # Its birth may go before the clock is read: then its state is published again, with the clock.
+        wait_until(lambda: (p := seen.on("/demo-agent/state")) and decode("state", p[-1]).clock, 30,
+                   what="the agent's state with its clock")
+        state = decode("state", seen.on("/demo-agent/state")[-1])
+        assert state.online and state.clock in ("synced", "kit")
+    finally:
+        agent.terminate()
+        agent.wait(15)
+    assert (tmp_path / "agent" / "demo-clock.json").exists()  # the last known time, kept at stop
