@@ -96,6 +96,13 @@ def test_a_demo_killed_outright_leaves_nothing_running_and_the_next_one_starts_o
         assert f"`kill {first.proc.pid}`" in second.out and f"http://127.0.0.1:{first.port}/" in second.out
         assert first.proc.poll() is None and all(alive(p) for p in parts)
         assert first.api("kits")["items"], "the running demo stopped answering"
+        # Without its record (deleted, or a demo from before records), its parts still name it.
+        record_bytes = (data / RECORD).read_bytes()
+        (data / RECORD).unlink()
+        r = demo_cli(data, free_port())
+        (data / RECORD).write_bytes(record_bytes)
+        assert r.returncode == 2 and f"a demo is already running on {data}: pid {first.proc.pid}." in r.stderr, r.stderr
+        assert first.proc.poll() is None and all(alive(p) for p in parts)
 
         # SIGKILL: no finally, no signal handler runs in the supervisor. Its parts go all the same.
         first.proc.kill()
