@@ -24,7 +24,7 @@ def link_step(link: Any, device: str) -> Step:
         return StepResult(f"no broker at {link.mqtt_url}; {waiting} message(s) kept", [warning(
             device, "no link to the broker: the kit works offline and sends everything later",
             "check the kit's broker and the venue's network (or the 4G router)")])
-    return Step(device, "link", run)
+    return Step(device, "link", _with_clock(run, link, device))
 
 
 def _unopened(spec: DeviceSpec, why: str, label: str) -> Step:
@@ -131,3 +131,18 @@ def device_steps(manifest: KitManifest, hw: Hardware, watch: Any, queues: dict |
         elif spec.role in _WIFI_ROLES:
             steps.append(firmware_step(spec, watch))
     return steps
+
+
+def _with_clock(run, link: Any, device: str):
+    """The link's step also says when the Pi's clock is behind the last time it knew (the agent's
+    clock, agent/kitclock.py: no RTC and no internet time), the one clock fault the crew can fix."""
+    from agent.kitclock import clock_problem
+
+    async def checked() -> StepResult:
+        result = await run()
+        problem = clock_problem(device, getattr(link, "clock", None))
+        if problem is not None:
+            result.problems.append(problem)
+            result.detail += "; the Pi's clock is behind its last known time"
+        return result
+    return checked

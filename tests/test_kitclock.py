@@ -271,3 +271,40 @@ def test_the_agent_process_serves_the_kit_time_and_states_its_clock(broker, coll
         agent.terminate()
         agent.wait(15)
     assert (tmp_path / "agent" / "demo-clock.json").exists()  # the last known time, kept at stop
+
+
+def test_an_agent_started_behind_its_last_known_time_serves_that_and_its_self_test_says_so(broker, collect, tmp_path):
+    """A Pi with no RTC booted with no uplink: its clock came up behind the time the agent kept. The
+    agent serves its last known time (never earlier), its state says its clock is unset, and the
+    power-up self-test warns the crew."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import DEMO_KIT
+
+    data = tmp_path / "agent"
+    data.mkdir()
+    kept = int(time.time() * 1000) + 3_600_000  # the system clock is an hour behind what the agent knew
+    keep(data / "demo-clock.json", kept)
+    seen = collect(time_topic("demo"), topic("demo", "demo-agent", "state"), topic("demo", "demo-agent", "event"))
+    agent = subprocess.Popen([sys.executable, "-m", "popkit.cli", "agent", "run", "--kit", str(DEMO_KIT), "--mqtt",
+                              broker.url, "--data", str(data), "--simulate"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: seen.on("/demo/time"), 30, what="the agent's first kit time message")
+        msg = decode("time", seen.on("/demo/time")[0])
+        assert msg.src == "last_known" and not msg.synced and msg.ts >= kept
+        wait_until(lambda: (p := seen.on("/demo-agent/state")) and decode("state", p[-1]).clock == "unset", 30,
+                   what="the agent's state with its clock unset")
+
+        def readiness():
+            events = [decode("event", p) for p in seen.on("/demo-agent/event")]
+            return next((e for e in events if e.kind == "readiness"), None)
+
+        report = wait_until(readiness, 60, what="the power-up self-test's verdict")
+        clock = [p for p in report.data["problems"] if "behind the last time it knew" in p["what"]]
+        assert clock and clock[0]["severity"] == "warning" and clock[0]["device"] == "demo-agent"
+    finally:
+        agent.terminate()
+        agent.wait(15)
