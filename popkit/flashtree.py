@@ -181,18 +181,25 @@ def _read_json(path: Path) -> dict | None:
 
 # ------------------------------------------------------------------ a board (mpremote)
 
-def board_commands(tree: Path, device_port: str, replace: tuple[str, set[str]] | None = None) -> list[list[str]]:
-    """The mpremote calls that write ``tree`` to the board at ``device_port``: main.py removed first
-    (a flash cut short boots nothing), every file to its path, main.py last, then a reset.
-    ``replace`` (the other role, the board's root names): its config and data go first."""
+# A board flashed before the Wi-Fi moved into <role>.json kept it here; nothing reads it now.
+_STALE = ("wifi.json",)
+
+
+def to_remove(names: set[str], held: tuple[str, str | None] | None, replacing: bool) -> list[str]:
+    """What goes from the board's root before the new tree: the replaced device's config and data,
+    and files no firmware reads any more (a password in a stale wifi.json)."""
+    gone = [n for n in _STALE if n in names]
+    if replacing and held is not None:
+        gone += [n for n in (f"{held[0]}.json", DATA) if n in names]
+    return gone
+
+
+def board_commands(tree: Path, device_port: str, remove: list[str] | tuple[str, ...] = ()) -> list[list[str]]:
+    """The mpremote calls that write ``tree`` to the board at ``device_port``: ``remove`` (names at the
+    board's root, data/ with what it holds) first, then main.py removed (a flash cut short boots
+    nothing), every file to its path, main.py last, then a reset."""
     base = ["mpremote", "connect", device_port]
-    cmds = []
-    if replace is not None:
-        other, names = replace
-        if f"{other}.json" in names:
-            cmds.append(base + ["fs", "rm", f":{other}.json"])
-        if DATA in names:
-            cmds.append(base + ["fs", "rm", "-r", f":{DATA}"])
+    cmds = [base + (["fs", "rm", "-r", f":{n}"] if n == DATA else ["fs", "rm", f":{n}"]) for n in remove]
     cmds.append(base + ["exec", "import os\n"
                         "try:\n os.remove('main.py')\nexcept OSError:\n pass\n"
                         f"try:\n os.mkdir('{DATA}')\nexcept OSError:\n pass\n"])
@@ -270,15 +277,14 @@ def _flash_root(role: str, cfg: dict, root: Path, force: bool, dry_run: bool) ->
 def _flash_board(role: str, cfg: dict, device_port: str, force: bool, dry_run: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="popkit-flash-") as tmp:
         tree = stage(role, "esp32", cfg, Path(tmp) / "tree")
-        replace = None
+        remove: list[str] = []
         if dry_run:
             print(f"mpremote connect {device_port} fs ls :")
         else:
             names = _board_names(device_port)
             held = resident(names, lambda r: _board_config(device_port, r))
-            if _refuse_other(device_port, held, role, cfg["device"], force):
-                replace = (held[0], names)  # type: ignore[index]
-        for cmd in board_commands(tree, device_port, replace):
+            remove = to_remove(names, held, _refuse_other(device_port, held, role, cfg["device"], force))
+        for cmd in board_commands(tree, device_port, remove):
             print(" ".join(cmd) if cmd[-2] != "exec" else " ".join(cmd[:-1]) + " " + json.dumps(cmd[-1]))
             if not dry_run:
                 subprocess.run([tool("mpremote"), *cmd[1:]], check=True)

@@ -282,6 +282,9 @@ def test_a_board_holding_another_role_is_refused_and_forced_its_config_and_data_
                                        force=False), "the same device again"
     cfg = flashtree.load_device_file("scanner", provisioned / "demo-scanner-1.json", "esp32")
     tree = flashtree.stage("scanner", "esp32", cfg, tmp_path / "tree")
-    cmds = flashtree.board_commands(tree, "/dev/ttyUSB0", replace=("lighting", names))
+    cmds = flashtree.board_commands(tree, "/dev/ttyUSB0", flashtree.to_remove(names, held, replacing=True))
     assert [c[3:] for c in cmds[:2]] == [["fs", "rm", ":lighting.json"], ["fs", "rm", "-r", ":data"]]
     assert cmds[2][3] == "exec"
+    # a board flashed by the old tool kept its Wi-Fi password in /wifi.json: it goes, the data stays
+    old = flashtree.parse_ls("ls :\n          39 wifi.json\n         900 scanner.json\n           0 data/\n")
+    assert flashtree.to_remove(old, ("scanner", "demo-scanner-1"), replacing=False) == ["wifi.json"]
