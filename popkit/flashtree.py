@@ -203,6 +203,9 @@ def board_commands(tree: Path, device_port: str, remove: list[str] | tuple[str, 
     cmds.append(base + ["exec", "import os\n"
                         "try:\n os.remove('main.py')\nexcept OSError:\n pass\n"
                         f"try:\n os.mkdir('{DATA}')\nexcept OSError:\n pass\n"])
+    # mpremote stops the running app, but not a watchdog it started (machine.WDT cannot be stopped):
+    # that would reset the board mid-copy. Reset it now, with no main.py, so nothing starts one.
+    cmds.append(base + ["reset", "sleep", "2"])
     for rel in tree_files(tree):
         cmds.append(base + ["fs", "cp", str(tree / rel), f":{rel}"])
     cmds.append(base + ["reset"])
@@ -286,6 +289,7 @@ def _flash_board(role: str, cfg: dict, device_port: str, force: bool, dry_run: b
             remove = to_remove(names, held, _refuse_other(device_port, held, role, cfg["device"], force))
         for cmd in board_commands(tree, device_port, remove):
             print(" ".join(cmd) if cmd[-2] != "exec" else " ".join(cmd[:-1]) + " " + json.dumps(cmd[-1]))
-            if not dry_run:
-                subprocess.run([tool("mpremote"), *cmd[1:]], check=True)
+            if not dry_run and subprocess.run([tool("mpremote"), *cmd[1:]]).returncode != 0:
+                raise FirmwareError(f"{device_port}: the flash stopped at `{' '.join(cmd[3:5])}`; the board boots "
+                                    "nothing until it is flashed again (run the same command)")
     return 0

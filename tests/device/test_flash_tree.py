@@ -113,6 +113,7 @@ def test_an_esp32_flash_writes_every_file_where_the_board_and_the_app_read_it(ro
     assert order[-1] == "/main.py"
     first = next(c for c in cmds if c[3] == "exec")
     assert cmds.index(first) == 0 and "os.remove('main.py')" in first[4]
+    assert cmds[1][3:5] == ["reset", "sleep"], "reset with no main.py: a watchdog the old app started stops too"
     assert cmds[-1][3:] == ["reset"]
     # the data folder the exec makes is the one the firmware writes to
     assert flash_dir() == "/" + flashtree.DATA and f"os.mkdir('{flashtree.DATA}')" in first[4]
