@@ -477,11 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--role", required=True, choices=("scanner", "lighting"))
     to = fl.add_mutually_exclusive_group(required=True)
     to.add_argument("--port", help="the ESP32's serial port, e.g. /dev/ttyUSB0")
-    to.add_argument("--root", help="a folder for the unix port instead (boot it: cd DIR && micropython main.py)")
-    fl.add_argument("--config", required=True, help="the device file from `popkit kit provision` "
+    to.add_argument("--root", metavar="DIR", help="a folder for the unix port instead (boot it: cd DIR && micropython main.py)")
+    fl.add_argument("--config", required=True, metavar="FILE", help="the device file from `popkit kit provision` "
                     "(devices/<device>.json), written whole as <role>.json")
-    fl.add_argument("--wifi", help="JSON {ssid, password}: overrides the Wi-Fi in the device file")
-    fl.add_argument("--sim", help="--root only: JSON merged into the config, e.g. the simulators' endpoints "
+    fl.add_argument("--wifi", metavar="FILE", help="JSON {ssid, password}: overrides the Wi-Fi in the device file")
+    fl.add_argument("--sim", metavar="FILE", help="--root only: JSON merged into the config, e.g. the simulators' endpoints "
                     "({\"uart\": [host, port]}; lighting {\"pwm\": [...], \"dmx\": [...]})")
     fl.add_argument("--force", action="store_true", help="replace another device the target holds (its data/ too)")
     fl.add_argument("--dry-run", action="store_true", help="print the mpremote commands (or the files) only")
