@@ -1,4 +1,10 @@
-"""The power-up steps of one kit, made from its manifest: one per part, each in the crew's words."""
+"""The power-up steps of one kit, made from its manifest: one per part, each in the crew's words.
+
+A fix text tells the crew only what the kit really does and shows: the firmware lights a
+scanner's lamp only for a scan's verdict (green or red, with its beeps), never for Wi-Fi, and a
+lighting controller has no lamp of its own; the agent's link is to the kit's broker, which runs
+on this Pi in the kit topology (or is the fleet's in the simple one).
+"""
 
 from __future__ import annotations
 
@@ -23,14 +29,35 @@ def link_step(link: Any, device: str) -> Step:
             return StepResult(f"connected to {link.mqtt_url}, {waiting} message(s) waiting to send")
         return StepResult(f"no broker at {link.mqtt_url}; {waiting} message(s) kept", [warning(
             device, "no link to the broker: the kit works offline and sends everything later",
-            "check the kit's broker and the venue's network (or the 4G router)")])
+            link_fix(link.mqtt_url))])
     return Step(device, "link", _with_clock(run, link, device))
+
+
+def link_fix(mqtt_url: str) -> str:
+    """On the Pi, the broker is the kit's own Mosquitto: the venue's network is not the cause."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(mqtt_url if "://" in mqtt_url else f"mqtt://{mqtt_url}").hostname or ""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return "the kit's broker on this Pi is not answering: sudo systemctl restart mosquitto (journalctl -u mosquitto says why)"
+    return f"check the network from this Pi to the broker at {host} and that the broker runs"
+
+
+def _unopened_fix(spec: DeviceSpec) -> str:
+    kind = spec.bus_kind
+    if kind == "serial":
+        return f"check its cable is plugged in at {spec.address} and it is switched on"
+    if kind == "ble":
+        return "switch it on and bring it within Bluetooth range of the Pi"
+    if kind == "gpio":
+        return "check the GPIO wiring and the pins in the kit manifest (the agent needs the gpio group)"
+    return "check its power and cable"
 
 
 def _unopened(spec: DeviceSpec, why: str, label: str) -> Step:
     async def run() -> StepResult:
         return StepResult("cannot be opened", [fault(spec.id, f"{label} cannot be opened ({why})"[:120],
-                                                     f"check it is plugged in at {spec.bus}")])
+                                                     _unopened_fix(spec))])
     return Step(spec.id, label, run)
 
 
@@ -110,11 +137,16 @@ def firmware_step(spec: DeviceSpec, watch: Any, wait_s: float = DEVICE_WAIT_S) -
     async def run() -> StepResult:
         state = await asyncio.to_thread(watch.wait_online, spec.id, wait_s)
         if state is None:
-            return StepResult("not online", [fault(
-                spec.id, f"{label} {spec.id} is not online",
-                "switch it on and check it joined the kit's Wi-Fi (its lamp blinks while it looks for it)")])
+            return StepResult("not online", [fault(spec.id, f"{label} {spec.id} is not online", _offline_fix(spec))])
         return StepResult(f"online, firmware {state.fw or 'unknown'}")
     return Step(spec.id, label, run)
+
+
+def _offline_fix(spec: DeviceSpec) -> str:
+    # The firmware shows nothing while it joins the Wi-Fi: the crew checks power, range and flash.
+    powered = " (scan any code: its lamp lights green or red when it has power)" if spec.role == "scanner" else ""
+    return (f"switch it on{powered}, bring it within range of the kit's Wi-Fi, and check it was flashed for this "
+            "kit (popkit device flash)")
 
 
 def device_steps(manifest: KitManifest, hw: Hardware, watch: Any, queues: dict | None = None) -> list[Step]:

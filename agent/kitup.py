@@ -31,6 +31,7 @@ from agent.checks import device_steps, link_step
 from agent.kitview import KitView
 from agent.link import FleetLink
 from agent.powerup import Report, run_steps
+from agent.readiness import blink_code
 from agent.statewatch import StateWatch
 from kits.contract import Event
 from kits.manifest import KitManifest
@@ -80,8 +81,23 @@ async def power_up(manifest: KitManifest, hw: Hardware, link: FleetLink, watch: 
     # Into the outbox: the fleet gets the verdict even if the uplink came back only later.
     link.emit(manifest.agent, "event", Event, kind="readiness", data=report.event_data())
     if panel is not None:
-        panel.show(report.status)
+        panel.show(report.status, panel_code(manifest, report))
     return report
+
+
+def panel_code(manifest: KitManifest, report: Report) -> int | None:
+    """The blinks the panel shows for this verdict (agent/readiness.py CHECK_CODES)."""
+    roles = {d.id: d.role for d in manifest.devices}
+    roles[manifest.agent] = "agent"
+    return blink_code(report.problems, roles)
+
+
+def _say_panel(manifest: KitManifest, report: Report, view) -> None:
+    """What the running agent's panel LED shows now, in words, so the crew learns to read it."""
+    if any(d.role == "panel" for d in manifest.devices):
+        from agent.panel import describe
+
+        view.console.print(f"  panel LED: {describe(report.status, panel_code(manifest, report))}", markup=False)
 
 
 def ask_agent(manifest: KitManifest, sock: Path, view) -> Report:
@@ -99,6 +115,7 @@ def ask_agent(manifest: KitManifest, sock: Path, view) -> Report:
     if report is None:
         raise control.ControlError(f"{sock}: the agent ended its answer without a verdict")
     view.verdict(report)
+    _say_panel(manifest, report, view)
     return report
 
 
@@ -142,7 +159,7 @@ def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate
                 return await power_up(manifest, hw, link, watch, view, panel)
             finally:
                 if panel is not None:  # before its pins go: the LED's blink thread must not outlive them
-                    panel.close()  # (on a Pi the daemon's panel shows the verdict from here on)
+                    panel.close()  # (so with no agent service the LED goes dark when this command ends)
                 await hw.close()
 
         report = asyncio.run(main())

@@ -1,21 +1,43 @@
 """The kit panel: one push button and one RGB status LED on the Pi (gpiozero).
 
-What the crew sees on the LED (``KitPanel.show(status)``):
+What the crew sees on the LED (``KitPanel.show(status, code)``):
 
-============  ==========================  ======================================================
-status        colour                      pattern
-============  ==========================  ======================================================
-booting       blue                        blinking, 0.5 s on / 0.5 s off (pulsing with ``pwm``)
-ready         green                       steady
-degraded      amber (red + green)         slow blink, 1 s on / 1 s off
-not_ready     red                         fast blink, 0.2 s on / 0.2 s off
-fault         red                         same as not_ready
-off           dark                        (the agent is shutting down, or stopped)
-============  ==========================  ======================================================
+============  ===================  ==============================================================
+status        colour               pattern
+============  ===================  ==============================================================
+booting       blue                 blinking, 0.5 s on / 0.5 s off (pulsing with ``pwm``): the
+                                   agent is starting, or a self-test is running
+ready         green                steady
+degraded      amber (red + green)  N long blinks (0.7 s on / 0.35 s off), 2 s dark, again: usable,
+                                   with a warning; N says which check (table below)
+not_ready     red                  N short blinks (0.25 s on / 0.35 s off), 2 s dark, again: fix
+                                   before doors open; N says which check
+fault         red                  same as not_ready
+off           dark                 the agent is shutting down, or stopped (or the Pi is off)
+============  ===================  ==============================================================
 
-Each state also differs by its rhythm (steady, slow, medium, fast), so a crew member who cannot
-tell green from amber or red can still read it. ``ready``, ``degraded`` and ``not_ready`` are
-the values of :func:`agent.readiness.status_of`, so ``panel.show(status_of(problems))`` works.
+Without a code (``show("degraded")``), degraded is a slow even blink (1 s on / 1 s off) and not
+ready a fast one (0.2 s / 0.2 s). The agent always gives the code after a self-test.
+
+The count of blinks (:data:`agent.readiness.CHECK_CODES`), for the lowest-numbered check among
+the problems that set the colour (faults before warnings); ``popkit kit up`` prints every
+problem in full:
+
+======  ==========================================================================
+blinks  check
+======  ==========================================================================
+1       the kit's broker / network (the agent has no link to the broker)
+2       a door scanner (not online on the kit's broker)
+3       a lighting controller (not online on the kit's broker)
+4       a printer (paper, cover, cable, power)
+5       a power bank (charge, runtime to the event's end, monitor cable or range)
+6       a light (relay wiring, Bluetooth lamp out of range)
+======  ==========================================================================
+
+Each state also differs by its rhythm (steady, short blinks, long blinks, even blinks), so a crew
+member who cannot tell green from amber or red can still read it. ``ready``, ``degraded`` and
+``not_ready`` are the values of :func:`agent.readiness.status_of`, so
+``panel.show(status_of(problems), blink_code(problems, roles))`` works.
 
 What the crew does with the button:
 
@@ -64,6 +86,27 @@ PATTERNS: dict[str, tuple[Color, float, float]] = {
     "fault": (RED, 0.2, 0.2),
     "off": (DARK, 0.0, 0.0),
 }
+# status -> (on seconds, off seconds) of each blink of a code; then CODE_PAUSE_S dark.
+CODE_BLINKS: dict[str, tuple[float, float]] = {
+    "degraded": (0.7, 0.35),
+    "not_ready": (0.25, 0.35),
+    "fault": (0.25, 0.35),
+}
+CODE_PAUSE_S = 2.0
+MAX_CODE = 9  # more blinks than this nobody counts reliably
+_COLOUR_NAMES = {BLUE: "blue", GREEN: "green", AMBER: "amber", RED: "red", DARK: "dark"}
+
+
+def describe(status: str, code: int | None = None) -> str:
+    """The LED in words, for the terminal: what the crew will see on the panel."""
+    from agent.readiness import CHECK_CODES
+
+    color, _on, off = PATTERNS[status]
+    if code is not None and status in CODE_BLINKS:
+        kind = "long" if status == "degraded" else "short"
+        what = CHECK_CODES.get(code, ("", "?"))[1]
+        return f"{_COLOUR_NAMES[color]}, {code} {kind} blink{'s' if code > 1 else ''} then a pause: {what}"
+    return f"{_COLOUR_NAMES[color]}, {'blinking' if off else 'steady'}"
 
 _IDLE, _DOWN, _HELD = "idle", "down", "held"
 
@@ -88,6 +131,9 @@ class KitPanel:
         self._led_lock = threading.Lock()
         self._phase = _IDLE
         self.status: str | None = None
+        self.code: int | None = None
+        self._code_stop: threading.Event | None = None  # the running blink code's thread, when one runs
+        self._code_thread: threading.Thread | None = None
         self.led = RGBLED(pins["red"], pins["green"], pins["blue"], active_high=active_high,
                           pwm=pwm, pin_factory=pin_factory)
         try:
@@ -108,19 +154,52 @@ class KitPanel:
 
     # ------------------------------------------------------------ the LED
 
-    def show(self, status: str) -> None:
-        """Show a status (see the table in the module docstring); unknown ones raise ValueError."""
+    def show(self, status: str, code: int | None = None) -> None:
+        """Show a status, and for degraded or not ready the check to look at as a count of blinks
+        (see the tables in the module docstring); unknown ones raise ValueError."""
         if status not in PATTERNS:
             raise ValueError(f"unknown panel status {status!r}; one of {', '.join(PATTERNS)}")
+        if code is not None and (status not in CODE_BLINKS or not 1 <= code <= MAX_CODE):
+            raise ValueError(f"panel: no blink code {code!r} for {status!r} (1..{MAX_CODE}, degraded or not ready)")
         color, on_s, off_s = PATTERNS[status]
         with self._led_lock:
-            self.status = status
-            if not off_s:
+            self._stop_code()
+            self.status, self.code = status, code
+            if code is not None:
+                self._start_code(color, code, *CODE_BLINKS[status])
+            elif not off_s:
                 self.led.color = color  # setting a value stops any blink in progress
             elif status == "booting" and self._pwm:
                 self.led.pulse(fade_in_time=on_s, fade_out_time=off_s, on_color=color)
             else:
                 self.led.blink(on_time=on_s, off_time=off_s, on_color=color)
+
+    def _start_code(self, color: Color, n: int, on_s: float, off_s: float) -> None:
+        # gpiozero's blink() repeats one on/off pair; a code needs n of them and a pause, so it
+        # runs in a thread of ours, stopped (and joined) before anything else is shown.
+        stop = threading.Event()
+
+        def run() -> None:
+            while True:
+                for _ in range(n):
+                    self.led.color = color
+                    if stop.wait(on_s):
+                        return
+                    self.led.color = DARK
+                    if stop.wait(off_s):
+                        return
+                if stop.wait(CODE_PAUSE_S):
+                    return
+
+        self._code_stop = stop
+        self._code_thread = threading.Thread(target=run, name="panel-code", daemon=True)
+        self._code_thread.start()
+
+    def _stop_code(self) -> None:
+        if self._code_thread is not None:
+            self._code_stop.set()
+            self._code_thread.join()
+            self._code_thread = self._code_stop = None
 
     # ------------------------------------------------------------ the button (gpiozero threads)
 
@@ -162,6 +241,8 @@ class KitPanel:
 
     def close(self) -> None:
         """Release the pins (the LED goes dark)."""
+        with self._led_lock:
+            self._stop_code()
         self.button.close()
         self.led.close()
 

@@ -4,6 +4,11 @@ Every driver's ``self_test()`` returns a list of :class:`Problem`; each says wha
 the crew's words and what to do about it ("printer: paper out, load a roll"). A fault means
 the kit must not open doors as it is (not ready); a warning means it can, with less
 (degraded).
+
+The kit panel's LED says which check to look at by a count of blinks (:data:`CHECK_CODES`,
+by the role of the device with the problem): the lowest code among the problems that set the
+colour (the faults when there are any, else the warnings). The crew fixes that one, presses
+the button, and the next one shows.
 """
 
 from __future__ import annotations
@@ -41,3 +46,23 @@ def status_of(problems: list[Problem]) -> Status:
     if any(p.severity == "fault" for p in problems):
         return "not_ready"
     return "degraded" if problems else "ready"
+
+
+# blinks -> (role, what the crew checks); the agent's own problems are its link to the kit's broker.
+CHECK_CODES: dict[int, tuple[str, str]] = {
+    1: ("agent", "the kit's broker / network"),
+    2: ("scanner", "a door scanner"),
+    3: ("lighting", "a lighting controller"),
+    4: ("printer", "a printer"),
+    5: ("powerbank", "a power bank"),
+    6: ("light", "a light (relay or Bluetooth lamp)"),
+}
+_CODE_OF_ROLE = {role: code for code, (role, _) in CHECK_CODES.items()}
+
+
+def blink_code(problems: list[Problem], role_of: dict[str, str]) -> int | None:
+    """How many blinks the panel shows for these problems (None when there are none, or none
+    has a code); ``role_of`` maps device ids to roles, the agent's own id to ``"agent"``."""
+    worst = [p for p in problems if p.severity == "fault"] or problems
+    codes = [_CODE_OF_ROLE[r] for p in worst if (r := role_of.get(p.device)) in _CODE_OF_ROLE]
+    return min(codes) if codes else None

@@ -150,6 +150,7 @@ def test_the_panel_button_reruns_the_self_test_and_the_led_shows_the_verdict(kit
     assert agent.last_report.status == "not_ready"
     assert [str(p) for p in agent.last_report.problems] == ["dk-printer: paper out, load a roll"]
     assert agent.panel.status == "not_ready"
+    assert agent.panel.code == 4  # four red blinks, then a pause: look at the printer (agent/panel.py)
 
 
 

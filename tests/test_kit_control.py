@@ -40,6 +40,12 @@ id = "ck-power"
 role = "powerbank"
 model = "victron-smartshunt"
 bus = "serial:{power}"
+
+[[devices]]
+id = "ck-panel"
+role = "panel"
+bus = "gpio"
+pins = {{ button = 27, red = 5, green = 6, blue = 13 }}
 """
 
 IN_OPEN = 0x20
@@ -92,10 +98,16 @@ def site(tmp_path, broker):
 
 
 @pytest.fixture
-def agent(site):
+def scenario() -> str:
+    return ""
+
+
+@pytest.fixture
+def agent(site, scenario):
     manifest, env, data, _ = site
     proc = subprocess.Popen([sys.executable, "-m", "popkit.cli", "agent", "run", "--kit", str(manifest), "--env",
-                             str(env), "--simulate"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(env), "--simulate", *(["--scenario", scenario] if scenario else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: (data / "agent.sock").exists() or proc.poll() is not None, 30, what="the agent's socket")
         assert proc.poll() is None, proc.stderr.read()
@@ -132,6 +144,7 @@ def test_kit_up_beside_the_agent_gets_the_daemons_self_test_and_opens_no_device(
         assert f"through {data / 'agent.sock'}" in r.stdout and "Control kit: READY" in r.stdout
         # The daemon's own printer test (through its print queue), not a second connection to the port.
         assert "status ok, test label queued" in r.stdout and "ck-power" in r.stdout
+        assert "panel LED: green, steady" in r.stdout  # what the agent's panel shows now
         assert watch.opens() == 0, "kit up opened the printer's or the battery monitor's port"
     finally:
         watch.close()
@@ -151,6 +164,15 @@ def test_kit_up_beside_the_agent_gets_the_daemons_self_test_and_opens_no_device(
     after = retained_state(broker)
     assert after.online and after.boot == daemon_boot
     assert agent.poll() is None
+
+
+@pytest.mark.parametrize("scenario", ["paper=out"])
+def test_kit_up_beside_the_agent_shows_its_verdict_the_fixes_and_the_panels_blink_code(site, agent):
+    manifest, env, _data, _ = site
+    r = popkit("kit", "up", str(manifest), "--env", str(env))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Control kit: NOT READY" in r.stdout and "ck-printer: paper out, load a roll" in r.stdout
+    assert "panel LED: red, 4 short blinks then a pause: a printer" in r.stdout
 
 
 def test_kit_up_for_another_kit_is_refused_by_the_agent(site, agent, tmp_path):

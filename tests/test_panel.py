@@ -230,3 +230,57 @@ def test_panel_from_manifest_spec(factory, calls):
     with KitPanel.from_spec(spec, factory, calls.on_press, calls.on_hold, hold_time=HOLD) as p:
         p.show("ready")
         assert factory.pin(spec.pins["green"]).state == 1
+
+
+def _groups_of_blinks(pin, groups: int) -> list[int]:
+    """Rising edges counted between the code's pauses (dark for CODE_PAUSE_S; a blink's dark is 0.35 s)."""
+    from agent.panel import CODE_PAUSE_S
+
+    def counted():
+        rises = [s.timestamp for a, s in zip(pin.states, pin.states[1:]) if s.state and not a.state]
+        counts, n = [], 0
+        for a, b in zip(rises, rises[1:]):
+            n += 1
+            if b - a > CODE_PAUSE_S * 0.6:  # a pause ends the group
+                counts.append(n)
+                n = 0
+        return counts[1:] if len(counts) > groups else None  # the first group may have been cut
+    return wait_until(counted, timeout=20, what=f"{groups} whole groups of blinks")
+
+
+@pytest.mark.parametrize("status, code, colour", [("not_ready", 4, "red"), ("degraded", 2, "green")])
+def test_panel_says_which_check_failed_by_a_count_of_blinks(panel, factory, status, code, colour):
+    pin = factory.pin(PINS[colour])
+    pin.clear_states()
+    panel.show(status, code)
+    assert _groups_of_blinks(pin, 2)[:2] == [code, code]
+    assert factory.pin(PINS["blue"]).state == 0
+    panel.show("ready")  # the code's thread stops: steady green from here
+    assert rgb(factory) == (0, 1, 0)
+    pin = factory.pin(PINS["green"])
+    pin.clear_states()
+    threading.Event().wait(0.8)
+    assert len(pin.states) == 1
+
+
+def test_panel_code_only_for_a_status_that_has_one(panel):
+    with pytest.raises(ValueError, match="no blink code"):
+        panel.show("ready", 2)
+    with pytest.raises(ValueError, match="no blink code"):
+        panel.show("not_ready", 0)
+
+
+def test_panel_describes_what_it_shows_for_the_terminal():
+    from agent.panel import describe
+
+    assert describe("not_ready", 4) == "red, 4 short blinks then a pause: a printer"
+    assert describe("degraded", 1) == "amber, 1 long blink then a pause: the kit's broker / network"
+    assert describe("ready") == "green, steady"
+
+
+def test_panel_close_stops_a_running_code(factory, calls):
+    p = KitPanel(PINS, factory, calls.on_press, calls.on_hold)
+    p.show("not_ready", 3)
+    thread = p._code_thread
+    p.close()
+    assert thread is not None and not thread.is_alive()

@@ -74,3 +74,41 @@ def test_an_event_days_away_is_judged_on_its_own_length_not_the_days_until_it():
     assert battery_problems("pack", 90, 14.5, now=NOW, ends=ends, doors_open=doors, min_soc=None, min_runtime_h=None) == []
     [p] = battery_problems("pack", 90, 5.0, now=NOW, ends=ends, doors_open=doors, min_soc=None, min_runtime_h=None)
     assert "7 h 00 needed" in p.what
+
+
+def test_the_panel_code_is_the_lowest_check_among_the_faults_else_the_warnings():
+    from agent.readiness import blink_code
+
+    roles = {"k-agent": "agent", "door": "scanner", "stage": "lighting", "pr": "printer", "pack": "powerbank",
+             "flood": "light"}
+    assert blink_code([], roles) is None
+    assert blink_code([warning("k-agent", "no link", "x"), fault("pr", "paper out", "load a roll")], roles) == 4
+    assert blink_code([fault("flood", "relay", "x"), fault("door", "offline", "x")], roles) == 2
+    assert blink_code([warning("pack", "low", "x"), warning("k-agent", "no link", "x")], roles) == 1
+    assert blink_code([fault("stage", "offline", "x")], roles) == 3
+
+
+def test_a_device_not_online_is_told_what_the_kit_really_shows():
+    """The firmware has no lamp that blinks while it looks for Wi-Fi: the fix text must not promise one."""
+    import asyncio
+
+    from agent.checks import firmware_step
+    from kits.manifest import DeviceSpec
+
+    class NoneOnline:
+        def wait_online(self, device, timeout):
+            return None
+
+    for role in ("scanner", "lighting"):
+        res = asyncio.run(firmware_step(DeviceSpec(id="d1", role=role), NoneOnline(), wait_s=0).run())
+        [p] = res.problems
+        assert "blink" not in p.fix and "popkit device flash" in p.fix and "kit's Wi-Fi" in p.fix
+        assert ("lamp lights green or red" in p.fix) == (role == "scanner")  # a lighting controller has no lamp
+
+
+def test_no_link_to_a_broker_on_this_pi_points_at_the_kit_broker_not_the_venue():
+    from agent.checks import link_fix
+
+    assert "systemctl restart mosquitto" in link_fix("mqtts://127.0.0.1:8883?account=/etc/popkit/agent.json")
+    assert "venue" not in link_fix("mqtt://localhost")
+    assert "fleet.example.org" in link_fix("mqtts://fleet.example.org:8883")
