@@ -73,7 +73,8 @@ def status_problems(device: str, status: PrinterStatus) -> list[Problem]:
     if status.error:
         problems.append(fault(device, "printer error", "power-cycle the printer"))
     if not status.online and not problems:
-        problems.append(fault(device, "printer offline", "close the cover"))
+        # Offline with the cover shut, paper in and no error: the feed button held, or a stalled printer.
+        problems.append(fault(device, "printer offline", "check nothing holds the feed button down, then power-cycle the printer"))
     if status.paper == "near_end":
         problems.append(warning(device, "paper low", "have a spare roll ready"))
     elif status.paper == "unknown":
