@@ -36,10 +36,6 @@ class NoScanners(LookupError):
     pass
 
 
-class ConfigConflict(ValueError):
-    """The desired config has a shape the change cannot be merged into."""
-
-
 class PublishFailed(RuntimeError):
     """paho refused the message (its queue is full): stored, but not on its way."""
 
@@ -82,31 +78,16 @@ class Publisher:
             raise UnknownDevice(device_id)
         return self._update({device_id: ref.kit_id}, lambda _old: data)[0][1]
 
-    def revoke(self, event_id: str, tickets: list[str], kits: set[str] | None = None) -> list[tuple[str, Config]]:
-        """Merge ``tickets`` into ``data.revoked[event_id]`` of every scanner's desired config
-        (other keys and other events' lists kept), in one transaction, and publish each.
-        ``kits``: only the scanners of these kits (a crew user's); None: every scanner."""
-        scanners = {r.id: r.kit_id for r in self.store.device_refs().values()
-                    if r.role == "scanner" and (kits is None or r.kit_id in kits)}
-        if not scanners:
-            raise NoScanners("no scanner is registered" + (" in your kits" if kits is not None else "")
-                             + ": nothing to push revocations to")
-
-        def merge(old: dict | None) -> dict:
-            data = dict(old or {})
-            revoked = data.get("revoked") or {}
-            if not isinstance(revoked, dict):
-                # A flat list (the scanner reads it as "revoked at every event") cannot take per-event ids.
-                raise ConfigConflict("the desired config's 'revoked' is not per event ({EVENT: [ids]}); "
-                                     "PUT the config to fix it")
-            revoked = dict(revoked)
-            ids = list(revoked.get(event_id) or [])
-            ids += [t for t in dict.fromkeys(tickets) if t not in ids]
-            revoked[event_id] = ids
-            data["revoked"] = revoked
-            return data
-
-        return self._update(scanners, merge)
+    def update_configs(self, kits_by_device: dict[str, str], change) -> list[tuple[str, Config]]:
+        """Set each device's desired config to ``change(current data or None, its kit)`` and publish
+        each retained (one transaction per kit). Event keys and revocations (fleet/tickets/) push this way."""
+        by_kit: dict[str, dict[str, str]] = {}
+        for device_id, kit_id in kits_by_device.items():
+            by_kit.setdefault(kit_id, {})[device_id] = kit_id
+        out: list[tuple[str, Config]] = []
+        for kit_id in sorted(by_kit):
+            out += self._update(by_kit[kit_id], lambda old, kit_id=kit_id: change(old, kit_id))
+        return out
 
     def republish_configs(self) -> int:
         """Publish every desired config again (retained): for a broker that lost its retained store.

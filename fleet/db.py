@@ -385,3 +385,36 @@ api_audit = Table(
     Column("status", Integer, nullable=False),
     Index("ix_api_audit_ts", "ts_ms"),
 )
+
+# ------------------------------------------------------------ event keys and revocations (fleet/tickets/)
+
+# An event's ticket key as the scanners get it (data.keys of their desired config), with its window
+# (Unix seconds): from not_before its tickets verify, from expires the scanners drop it. ``kits``:
+# the kits whose scanners hold it (a JSON list; null: every kit). The key is a secret: only the
+# delivery reads it back, the API never shows it.
+event_keys = Table(
+    "event_keys",
+    metadata,
+    Column("event_id", String(16), primary_key=True),
+    Column("key_hex", String(64), nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("expires", BigInteger, nullable=False),
+    Column("kits", JSON, nullable=True),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("updated_by", String(63), nullable=True),
+)
+
+# Every ticket revoked, once: the union of what ops and crews revoked at the fleet and what a kit
+# revoked on its own (sent up as events by its agent). ``revoked_by``: the fleet user, or the person
+# at the kit; ``revoked_at``: where ("fleet", or "kit <kit>/<agent>"); ``revoked_ms``: when. The
+# first revocation of a ticket is the one kept (a later one changes nothing at the doors).
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("event_id", String(16), primary_key=True),
+    Column("ticket", String(16), primary_key=True),
+    Column("revoked_by", String(63), nullable=False),
+    Column("revoked_at", String(140), nullable=False),
+    Column("revoked_ms", BigInteger, nullable=False),
+    Column("kit_id", String(63), nullable=True),  # the kit it was revoked at (null: at the fleet)
+)

@@ -100,6 +100,10 @@ class Store:
         # live stream tells the dashboards (fleet/api/app.py). Called on the writer's thread: must not block.
         self.on_change: list[Callable[[set[str], set[str]], None]] = []
         self._kit_of: dict[str, str] = {}  # device -> kit, to name what a batch changed
+        # Called with (conn, new ledger messages) inside every ingest batch's transaction, before the
+        # commit that the fleet's receipts wait for: a feature package's own record of an event
+        # (fleet/tickets: a kit's revocations) is then never behind the receipt that lets the kit forget it.
+        self.event_hooks: list[Callable[[Any, list], None]] = []
         # Each pack's time-to-empty fit, refit only when it may have moved (fleet/fits.py).
         self.fits = FitCache()
         # Ingest's upserts, built once (their insert is the dialect's): building one and its cache key on
@@ -195,6 +199,8 @@ class Store:
             self._update_streams(conn, new)
             self._record_checkins(conn, new, received_ms)
             self._record_acks(conn, new)
+            for hook in self.event_hooks:
+                hook(conn, new)
             self._update_latest(conn, new)
             dup_by_device = self._update_devices(conn, batch, new, received_ms)
             for device_id, state in batch.states:

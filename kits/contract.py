@@ -47,6 +47,11 @@ HUB_CHANNELS = ("claim", "claimed")
 LEDGER_CHANNELS = ("telemetry", "event", "ack")
 # The kit's clock, published by the kit's agent for its ESP32s: popkit/v1/<kit>/time (not a device tree).
 TIME_CHANNEL = "time"
+# The kit's own ticket list, published retained by the kit's agent for its scanners:
+# popkit/v1/<kit>/revocations (not a device tree, never bridged); and the requests to add to it
+# (`popkit tickets revoke --kit` on the kit's Pi): popkit/v1/<kit>/revoke.
+REVOCATIONS_CHANNEL = "revocations"
+REVOKE_CHANNEL = "revoke"
 
 MAX_DEVICE_PAYLOAD = 4096  # bytes; an ESP32 builds these in a few hundred
 MAX_CONFIG_PAYLOAD = 65536  # compiled lighting timelines are the largest
@@ -102,6 +107,13 @@ def parse_topic(name: str) -> tuple[str, str, str]:
 
 def subscription(channel: str, kit: str = "+", device: str = "+") -> str:
     return f"{ROOT}/{kit}/{device}/{channel}"
+
+
+def kit_topic(kit: str, name: str) -> str:
+    """A kit-level topic, ``popkit/v1/<kit>/<name>``, beside the device trees."""
+    if not is_valid_id(kit):
+        raise ValueError(f"invalid kit id: {kit!r}")
+    return f"{ROOT}/{kit}/{name}"
 
 
 def time_topic(kit: str) -> str:
@@ -260,7 +272,17 @@ class Checkin(_Model):
     clock: Literal["unset"] | None = None
 
 
-EVENT_DATA_MODELS: dict[str, Any] = {"checkin": Checkin, "readiness": KitReadiness, "summary": KitSummary}
+class RevocationData(_Model):
+    """``data`` of a ``revocation`` event (the kit's agent: tickets revoked at the kit, for the fleet to
+    keep in its union), and the body of a request on ``popkit/v1/<kit>/revoke``."""
+
+    event: EventId
+    tickets: list[TicketId] = Field(min_length=1, max_length=100)
+    by: str = Field(min_length=1, max_length=63, description="who revoked them, as the kit's Pi knew them")
+
+
+EVENT_DATA_MODELS: dict[str, Any] = {"checkin": Checkin, "readiness": KitReadiness, "summary": KitSummary,
+                                     "revocation": RevocationData}
 
 
 class Event(Envelope):
@@ -350,6 +372,9 @@ class Claimed(_Model):
     id: ClaimId
     admit: bool
     first: FirstScan | None = None
+    # Why a claim is refused: "already_admitted" (another door, ``first``) or "revoked" (the kit's
+    # or the fleet's list has it). Absent: already_admitted, as hubs before it said.
+    reason: Literal["already_admitted", "revoked"] | None = None
 
 
 class KitTime(_Model):
@@ -373,7 +398,28 @@ CHANNEL_MODELS: dict[str, Any] = {
     "claimed": Claimed,
 }
 # Kit-level messages: one topic per kit (popkit/v1/<kit>/<name>), not in any device tree.
-KIT_MODELS: dict[str, Any] = {TIME_CHANNEL: KitTime}
+class KitKey(_Model):
+    """An event's ticket key as a scanner takes it (``data.keys`` of its config, or the kit's list)."""
+
+    event: EventId
+    key: str = Field(pattern=r"^[0-9a-f]{64}$", description="the HMAC-SHA256 key, hex")
+    not_before: int = Field(ge=0, description="Unix s: its tickets verify from then")
+    expires: int = Field(ge=0, description="Unix s: from then the scanner drops the key (0: never)")
+
+
+class KitRevocations(_Model):
+    """The kit's own ticket list on ``popkit/v1/<kit>/revocations`` (retained at the kit broker, QoS 1),
+    from the kit's agent: every ticket revoked at the kit, and the event keys the agent holds (from
+    the scanners' configs), so a scanner gets them with no uplink. A scanner refuses a ticket that
+    this list, its config or its flashed file revokes."""
+
+    ts: EpochMs
+    revoked: dict[EventId, list[TicketId]] = Field(default_factory=dict)
+    keys: list[KitKey] = Field(default_factory=list)
+
+
+KIT_MODELS: dict[str, Any] = {TIME_CHANNEL: KitTime, REVOCATIONS_CHANNEL: KitRevocations,
+                              REVOKE_CHANNEL: RevocationData}
 _ADAPTERS = {ch: TypeAdapter(m) for ch, m in {**CHANNEL_MODELS, **KIT_MODELS}.items()}
 # Typed payloads inside a channel, exported for the firmware too (event data by kind).
 DATA_MODELS: dict[str, Any] = {f"event.{k}": m for k, m in EVENT_DATA_MODELS.items()}

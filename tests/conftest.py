@@ -72,6 +72,16 @@ def start_fleet(mqtt_url: str, db_url: str, client_id: str | None = None, kits=(
     return Fleet(store, ingest, ops_client(create_app(store, ingest)), settings)
 
 
+def known_event(api, event: str) -> None:
+    """Make ``event`` known to the fleet (a revocation for an unknown event is refused) without giving
+    any scanner a key: its key for no kit yet, through the API as ops would."""
+    import time as _time
+
+    r = api.put(f"/api/v1/events/{event}/key", json={"key": "00" * 32, "not_before": 0,
+                                                     "expires": int(_time.time()) + 86400, "kits": []})
+    assert r.status_code == 200, r.text
+
+
 @pytest.fixture
 def fleet(broker, tmp_path):
     """The fleet (store + ingest + API) on SQLite, ingesting from the test's broker, with the demo kit registered."""

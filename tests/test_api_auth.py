@@ -29,7 +29,7 @@ from fleet.settings import FleetSettings
 from fleet.store import Batch, LedgerMessage, Store, now_ms
 from kits.contract import Event, encode
 from kits.manifest import load_manifest, parse_manifest
-from tests.conftest import DEMO_KIT, REPO, wait_until
+from tests.conftest import DEMO_KIT, REPO, known_event, wait_until
 
 OTHER_KIT = """
 id = "other"
@@ -135,6 +135,8 @@ ID_ROUTES = {
     ("GET", "/api/v1/devices/{device_id}/telemetry"): "crew",
     ("GET", "/api/v1/events/{event_id}/attendance"): "crew",
     ("POST", "/api/v1/events/{event_id}/revocations"): "crew",
+    ("GET", "/api/v1/events/{event_id}/revocations"): "crew",
+    ("PUT", "/api/v1/events/{event_id}/key"): "crew",
     ("GET", "/api/v1/kits/{kit_id}"): "crew",
     ("PUT", "/api/v1/kits/{kit_id}"): "crew",
     ("GET", "/api/v1/kits/{kit_id}/checkins"): "crew",
@@ -161,6 +163,7 @@ BODIES = {
     ("POST", "/api/v1/devices/{device_id}/commands"): {"action": "identify"},
     ("PUT", "/api/v1/devices/{device_id}/config"): {"data": {}},
     ("POST", "/api/v1/events/{event_id}/revocations"): {"tickets": ["T1"]},
+    ("PUT", "/api/v1/events/{event_id}/key"): {"key": "00" * 32, "not_before": 0, "expires": 4_000_000_000},
     ("PUT", "/api/v1/venues/{venue_id}/scenes/{scene_id}"): {"id": "s", "levels": {"z": {"level": 10}}},
     ("POST", "/api/v1/venues/{venue_id}/overrides"): {"scene": "s", "minutes": 5},
 }
@@ -325,6 +328,7 @@ def test_a_crew_revocation_reaches_only_its_own_kits_scanners(fleet, collect):
     fleet.store.register_kit(parse_manifest(OTHER_KIT))
     seen = collect("popkit/v1/+/+/config")
     crew = client_as(fleet.api.app, "crew-a", "crew", kits=["demo"])
+    known_event(fleet.api, "NEW-EVENT")
     r = crew.post("/api/v1/events/NEW-EVENT/revocations", json={"tickets": ["T9"]})
     assert r.status_code == 200, r.text
     assert [p["device_id"] for p in r.json()["pushed"]] == ["demo-scanner-1"]

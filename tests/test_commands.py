@@ -13,7 +13,7 @@ import pytest
 from fleet.store import Batch, LedgerMessage, PayloadTooLarge, Store
 from kits.contract import MAX_CONFIG_PAYLOAD, Ack, Command, Config, State, decode, encode
 from kits.manifest import load_manifest
-from tests.conftest import DEMO_KIT, Collector, publisher, wait_until
+from tests.conftest import DEMO_KIT, Collector, known_event, publisher, wait_until
 
 SCANNER = "demo-scanner-1"
 LIGHTS = "demo-lights-1"
@@ -145,6 +145,8 @@ def test_next_version_is_above_what_the_device_applied(fleet, broker):
 
 def test_revocations_merge_into_every_scanner_and_keep_other_keys(fleet, broker, collect):
     fleet.api.put(f"/api/v1/devices/{SCANNER}/config", json={"data": {"beep": False, "revoked": {"EVT-2": ["Z9"]}}})
+    assert fleet.api.post("/api/v1/events/EVT-1/revocations", json={"tickets": ["A1"]}).status_code == 404
+    known_event(fleet.api, "EVT-1")
     r = fleet.api.post("/api/v1/events/EVT-1/revocations", json={"tickets": ["A1", "B2", "A1"]})
     assert r.status_code == 200, r.text
     assert r.json() == {"event_id": "EVT-1", "tickets": ["A1", "B2"],
@@ -215,6 +217,7 @@ def test_oversize_payloads_are_413_and_change_nothing(fleet, collect):
     r = fleet.api.put(f"/api/v1/devices/{SCANNER}/config", json={"data": {"x": "y" * MAX_CONFIG_PAYLOAD}})
     assert r.status_code == 413 and str(MAX_CONFIG_PAYLOAD) in r.json()["detail"]
     many = [f"{i:016d}" for i in range(1000)]
+    known_event(fleet.api, "EVT-1")
     for _ in range(4):  # 4 x 1000 ids of 19 bytes each pass 64 KiB
         r = fleet.api.post("/api/v1/events/EVT-1/revocations", json={"tickets": many})
         if r.status_code != 200:
@@ -269,6 +272,7 @@ def test_cli_tickets_revoke_pushes_through_the_api(fleet, collect, capsys, monke
     thread.start()
     try:
         wait_until(lambda: server.started, what="uvicorn up")
+        known_event(fleet.api, "EVT-1")
         sub = collect(f"{BASE}/{SCANNER}/config")
         assert main(["tickets", "revoke", "--event", "evt-1", "a1", "B2", "--fleet", f"http://127.0.0.1:{port}"]) == 0
         assert f"{SCANNER}: config version 1" in capsys.readouterr().out
@@ -324,6 +328,7 @@ def test_postgres_commands_acks_and_config_versions(pg_url):
 
 def test_republish_sends_every_stored_config_again(fleet, collect):
     fleet.api.put(f"/api/v1/devices/{LIGHTS}/config", json={"data": {"scene": "warm"}})
+    known_event(fleet.api, "EVT-1")
     fleet.api.post("/api/v1/events/EVT-1/revocations", json={"tickets": ["A1"]})
     sub = collect(f"{BASE}/+/config")
     wait_until(lambda: len(sub.messages) == 2, what="the two retained configs")

@@ -25,6 +25,7 @@ from fleet.ingest import Ingest
 from fleet.kitviews import KitViews
 from fleet.settings import FleetSettings
 from fleet.store import Store
+from fleet.tickets.delivery import TicketDelivery
 from fleet.venues.delivery import VenueLighting
 
 
@@ -67,6 +68,10 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     app.state.venue_lighting = VenueLighting(store, lambda: app.state.publisher, horizon_h=settings.venue_horizon_h,
                                              repush_before_h=settings.venue_repush_before_h,
                                              max_config=settings.lighting_max_config)
+    # Event keys and revocations to the scanners; the kits' own revocations merged at ingest (fleet/tickets/).
+    app.state.tickets = TicketDelivery(store, lambda: app.state.publisher)
+    if ingest is not None:  # this process ingests: it merges what kits revoked as their events arrive
+        app.state.tickets.attach()
     app.state.auth = Auth(key, UserStore(store.engine), ttl_s=settings.token_ttl_s)
     app.add_middleware(AuditMiddleware, audit=ApiAudit(store.engine), store=store)
     app.include_router(alert_routes.router)  # fleet/alerts.py: GET /api/v1/alerts, acknowledge, resolve

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.commands import DEFAULT_TTL_S, MAX_TTL_S
-from kits.contract import TICKET_ID_RE
+from kits.contract import TICKET_ID_RE, Id
 
 
 HealthStatus = Literal["ok", "unknown", "degraded", "silent", "offline"]
@@ -187,6 +187,14 @@ class DoubleEntryOut(BaseModel):
     scans: list[ScanOut]
 
 
+class RevocationOut(BaseModel):
+    ticket: str
+    revoked_by: str = Field(description="who: the fleet user, or the person the kit's Pi named")
+    revoked_at: str = Field(description="where: \"fleet\", or \"kit <kit>/<agent>\" (revoked at the kit, "
+                            "perhaps with no uplink)")
+    revoked_ms: int = Field(description="when, ms since the epoch")
+
+
 class AttendanceOut(BaseModel):
     event_id: str
     scans: int
@@ -194,6 +202,8 @@ class AttendanceOut(BaseModel):
     by_verdict: dict[str, int]
     by_scanner: dict[str, dict[str, int]]
     double_entries: list[DoubleEntryOut]
+    revocations: list[RevocationOut] = Field(default_factory=list, description="tickets revoked for the event, "
+                                             "with who revoked each and where")
 
 
 # ---------------------------------------------------------------- pushing to devices
@@ -242,6 +252,31 @@ class DesiredConfigOut(BaseModel):
     data: dict[str, Any] | None
     applied_version: int | None = Field(description="config_version the device reports in its state")
     in_sync: bool = Field(description="the device reports the desired version (true when nothing is desired)")
+
+
+class EventKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="the event's HMAC-SHA256 ticket key, hex "
+                     "(the key file's \"key\")")
+    not_before: int = Field(ge=0, description="Unix s: the scanners verify its tickets from then")
+    expires: int = Field(ge=0, description="Unix s: the scanners drop the key then (the event's end plus a "
+                         "margin); must be in the future")
+    kits: list[Id] | None = Field(
+        default=None, description="the kits whose scanners get it (default: every kit)")
+
+
+class EventKeyPushedOut(BaseModel):
+    device_id: str
+    version: int
+
+
+class EventKeyOut(BaseModel):
+    event_id: str
+    not_before: int
+    expires: int
+    kits: list[str] | None
+    pushed: list[EventKeyPushedOut] = Field(description="scanners whose desired config changed, and its version")
 
 
 class RevocationsIn(BaseModel):

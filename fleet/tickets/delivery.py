@@ -1,0 +1,162 @@
+"""Event keys and revocations to the scanners, and the kits' own revocations into the fleet.
+
+**To the scanners.** Each scanner's retained desired config carries ``data.keys`` (the keys its kit
+holds whose window is not over) and ``data.revoked`` ({EVENT: [ids]}, a union: an id once there
+stays). A change is merged into the current desired config (other keys kept) and published under
+the next version; a scanner whose data would not change is not pushed.
+
+**From the kits.** A ticket revoked at a kit while the uplink was down (the kit's agent, agent/tickets.py)
+comes up as the agent's ``revocation`` event through its outbox. :meth:`TicketDelivery.record_kit_events`
+runs inside ingest's batch transaction, so the revocation is in ``revocations`` before the fleet's
+receipt lets the agent forget it; after the commit the event's scanners (at every kit) get it in
+their config. The fleet keeps the union, with who revoked (the person the kit named) and where
+(the kit and its agent, from the topic, not from anything the payload claims).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from sqlalchemy import select
+
+from fleet import db
+from fleet.store import Store, now_ms
+from fleet.tickets.model import FLEET, KeySpec, Revocation, UnknownEvent, scanner_data
+from fleet.tickets.store import TicketStore
+from kits.contract import Config, ContractError, RevocationData
+
+log = logging.getLogger("popkit.fleet.tickets")
+
+KIND = "revocation"  # the agent's event kind for a kit's revocations
+
+
+class TicketDelivery:
+    def __init__(self, store: Store, publisher: Callable[[], Any]):
+        self.store = store
+        self.tickets = TicketStore(store.engine)
+        self.publisher = publisher  # () -> fleet.commands.Publisher, or None (no broker here)
+        self._pending: set[str] = set()  # events a committed batch revoked at a kit: to push
+        self._lock = threading.Lock()
+        self._push_lock = threading.Lock()  # one push at a time: each reads the keys and revocations it sends
+
+    # ------------------------------------------------------------ what the fleet knows
+
+    def known_events(self) -> set[str]:
+        """Events with a key here, a revocation, a check-in, or a revocation in a desired config."""
+        c = db.checkins.c
+        with self.store.engine.connect() as conn:
+            events = {e for (e,) in conn.execute(select(c.event_id).distinct()) if e}
+        for _kit, _device, cfg in self.store.desired_configs():
+            revoked = (cfg.data or {}).get("revoked")
+            if isinstance(revoked, dict):
+                events |= set(revoked)
+        return events | self.tickets.events()
+
+    # ------------------------------------------------------------ changes from the API
+
+    def put_key(self, key: KeySpec, by: str | None, now: int | None = None) -> list[tuple[str, Config]]:
+        """Store an event's key (ExpiredKey, storing nothing, if its window is over) and push it."""
+        now = now or now_ms()
+        key.check(now // 1000)
+        self.tickets.put_key(key, now, by)
+        if key.kits is not None and not key.kits:
+            return []  # for no kit yet: known to the fleet (revocations may name it), on no scanner
+        return self.push(kits=key.kits, now=now)
+
+    def revoke(self, event_id: str, tickets: list[str], by: str, kits: set[str] | None = None,
+               now: int | None = None) -> list[tuple[str, Config]]:
+        """Revoke at the fleet: kept with who and when, pushed to the scanners of ``kits`` (None: all).
+        UnknownEvent for an event the fleet has never heard of."""
+        if event_id not in self.known_events():
+            raise UnknownEvent(f"no event {event_id!r} at the fleet: it has no key, no check-in and no "
+                               f"revocation (PUT /api/v1/events/{event_id}/key first)")
+        now = now or now_ms()
+        self.tickets.add([Revocation(event_id, t, by, FLEET, now) for t in dict.fromkeys(tickets)])
+        return self.push(kits=kits, now=now, force=True)
+
+    # ------------------------------------------------------------ pushing
+
+    def push(self, kits: set[str] | frozenset[str] | None = None, now: int | None = None,
+             force: bool = False) -> list[tuple[str, Config]]:
+        """Bring the scanners of ``kits`` (None: every kit) to the keys and revocations stored here.
+        ``force``: push even a scanner whose data would not change."""
+        with self._push_lock:
+            return self._push(kits, now or now_ms(), force)
+
+    def _push(self, kits, now: int, force: bool) -> list[tuple[str, Config]]:
+        from fleet.commands import NoScanners
+
+        scanners = {r.id: r.kit_id for r in self.store.device_refs().values()
+                    if r.role == "scanner" and (kits is None or r.kit_id in kits)}
+        if not scanners:
+            raise NoScanners("no scanner is registered" + (" in those kits" if kits is not None else "")
+                             + ": nothing to push keys or revocations to")
+        keys, revoked = self.tickets.keys(), self.tickets.revoked_ids()
+        if not force:
+            desired = {d: self.store.desired_config(d) for d in scanners}
+            scanners = {d: k for d, k in scanners.items()
+                        if (desired[d] or {}).get("data") != scanner_data((desired[d] or {}).get("data"), k, keys,
+                                                                          revoked, now // 1000)}
+            if not scanners:
+                return []
+        publisher = self.publisher()
+        if publisher is None:
+            raise RuntimeError("this fleet process has no broker connection to push configs through")
+        return publisher.update_configs(scanners, lambda old, kit: scanner_data(old, kit, keys, revoked, now // 1000))
+
+    # ------------------------------------------------------------ the kits' own revocations (ingest)
+
+    def record_kit_events(self, conn, new: list) -> None:
+        """Inside ingest's transaction: every new ``revocation`` event of a kit's agent into ``revocations``."""
+        revs = []
+        for m in new:
+            if m.channel != "event" or m.msg.kind != KIND:
+                continue
+            try:
+                data = RevocationData.model_validate(m.msg.data)
+            except ValueError as exc:  # validated at decode already; a bad one is skipped, never fatal
+                log.warning("revocation event from %s ignored: %s", m.device_id, exc)
+                continue
+            ref = self.store.device_ref(m.device_id)
+            kit = ref.kit_id if ref else None
+            where = f"kit {kit}/{m.device_id}" if kit else f"device {m.device_id}"
+            revs += [Revocation(data.event, t, data.by, where, m.msg.ts, kit) for t in data.tickets]
+        if revs:
+            added = self.tickets.add(revs, conn)
+            with self._lock:
+                self._pending |= {r.event_id for r in revs}
+            if added:
+                log.info("%d ticket(s) revoked at kits: %s", len(added),
+                         ", ".join(f"{r.event_id}/{r.ticket} by {r.revoked_by} at {r.revoked_at}" for r in added))
+
+    def push_pending(self, _kits=None, _devices=None) -> None:
+        """After a commit (a store change listener): push what the kits revoked to every scanner."""
+        with self._lock:
+            if not self._pending:
+                return
+            self._pending = set()
+        # On a thread of its own: change listeners run on ingest's writer thread, which must not wait.
+        threading.Thread(target=self._push_retrying, name="fleet-kit-revocations", daemon=True).start()
+
+    def _push_retrying(self) -> None:
+        from fleet.commands import NoScanners
+
+        for attempt in range(3):
+            try:
+                self.push()
+                return
+            except NoScanners:
+                return
+            except Exception:  # noqa: BLE001 - retried, then logged: the table has it, the next push carries it
+                if attempt == 2:
+                    log.exception("pushing the kits' revocations failed")
+                time.sleep(0.5)
+
+    def attach(self) -> "TicketDelivery":
+        """Hook into the store's ingest: record kit revocations in each batch, push after it commits."""
+        self.store.event_hooks.append(self.record_kit_events)
+        self.store.on_change.append(self.push_pending)
+        return self

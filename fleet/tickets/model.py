@@ -1,0 +1,84 @@
+"""Event keys and revocations as data, and what one scanner's config carries of them. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+FLEET = "fleet"  # revoked_at of a revocation made through the fleet's API
+
+
+class ExpiredKey(ValueError):
+    """A key whose window is over (or empty): a scanner would drop it at once."""
+
+
+class UnknownEvent(LookupError):
+    """A revocation for an event nobody holds: no key, no check-in, no revocation yet."""
+
+
+class ConfigConflict(ValueError):
+    """A scanner's desired config has a shape the change cannot be merged into."""
+
+
+def iso(unix_s: int) -> str:
+    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """An event's key for the scanners, valid from ``not_before`` until ``expires`` (Unix s)."""
+
+    event_id: str
+    key_hex: str
+    not_before: int
+    expires: int
+    kits: frozenset[str] | None = None  # the kits whose scanners hold it; None: every kit
+
+    def check(self, now_s: int) -> None:
+        """ExpiredKey when the window is empty or already over at ``now_s``."""
+        if self.expires <= self.not_before:
+            raise ExpiredKey(f"event {self.event_id}: the key's window is empty (expires {iso(self.expires)} "
+                             f"is not after not_before {iso(self.not_before)})")
+        if self.expires <= now_s:
+            raise ExpiredKey(f"event {self.event_id}: the key expired at {iso(self.expires)}; a scanner would "
+                             f"drop it at once (give it an expires after now, {iso(now_s)})")
+
+    def holds(self, kit_id: str) -> bool:
+        return self.kits is None or kit_id in self.kits
+
+    def for_scanner(self) -> dict[str, Any]:
+        return {"event": self.event_id, "key": self.key_hex, "not_before": self.not_before, "expires": self.expires}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    event_id: str
+    ticket: str
+    revoked_by: str  # the fleet user, or the person at the kit
+    revoked_at: str  # where: "fleet", or "kit <kit>/<agent>"
+    revoked_ms: int
+    kit_id: str | None = None
+
+
+def scanner_data(old: dict | None, kit_id: str, keys: list[KeySpec], revoked: dict[str, list[str]],
+                 now_s: int) -> dict:
+    """One scanner's desired config data: ``old`` with ``data.keys`` set to the keys its kit holds that
+    are not over at ``now_s``, and ``revoked`` added to ``data.revoked`` (a union: ids already there
+    stay, whoever put them). Other keys of ``old`` are kept."""
+    data = dict(old or {})
+    current = data.get("revoked") or {}
+    if not isinstance(current, dict):
+        # A flat list (the scanner reads it as "revoked at every event") cannot take per-event ids.
+        raise ConfigConflict("the desired config's 'revoked' is not per event ({EVENT: [ids]}); PUT the config to fix it")
+    merged = {e: list(ids) for e, ids in current.items()}
+    for event_id, ids in revoked.items():
+        have = merged.setdefault(event_id, [])
+        seen = set(have)
+        have += [t for t in ids if t not in seen and not seen.add(t)]
+    if merged:
+        data["revoked"] = merged
+    held = [k.for_scanner() for k in sorted(keys, key=lambda k: k.event_id) if k.holds(kit_id) and k.expires > now_s]
+    if held or "keys" in data:
+        data["keys"] = held
+    return data
