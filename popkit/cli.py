@@ -112,7 +112,7 @@ def _kit_up(args: argparse.Namespace) -> int:
     mqtt = settings.mqtt_url if named or not args.simulate else None
     try:
         return kit_up(manifest, mqtt, settings.agent_data, simulate=args.simulate, scenario=scenario)
-    except AgentError as exc:
+    except (AgentError, PermissionError) as exc:  # PermissionError: the data folder, with no agent running
         print(f"popkit kit up: {exc}", file=sys.stderr)
         return 3
 
@@ -223,7 +223,7 @@ def _kit_down(args: argparse.Namespace) -> int:
         manifest = load_manifest(args.manifest)
         settings = _kit_settings(args)
         return kit_down(manifest, settings.mqtt_url, settings.agent_data, wait_s=args.wait)
-    except (ManifestError, AgentError) as exc:
+    except (ManifestError, AgentError, PermissionError) as exc:  # PermissionError: as kit up
         print(f"popkit kit down: {exc}", file=sys.stderr)
         return 3
 
