@@ -261,3 +261,15 @@ def test_a_second_agent_on_the_same_data_folder_is_refused(site, agent):
 def test_the_control_socket_is_for_its_owner_and_group_only(site, agent):
     _manifest, _env, data, _ = site
     assert (data / "agent.sock").stat().st_mode & 0o777 == 0o660
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to try the socket as another user")
+def test_a_user_the_socket_refuses_is_told_so_and_is_not_sent_to_the_hardware(site, agent):
+    """Working alone beside the agent would open the ports it holds: a refused user gets advice instead."""
+    _manifest, _env, data, _ = site
+    code = ("import os, sys\nfrom agent import control\nos.setgid(65534); os.setuid(65534)\n"
+            f"try:\n    list(control.request(control.socket_path({str(data)!r}), 'ck', 'selftest'))\n"
+            "except control.NoAgent:\n    print('NO AGENT')\nexcept control.ControlError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert "may not talk to it" in r.stdout and "popkit group" in r.stdout, r.stdout + r.stderr
