@@ -61,6 +61,17 @@ devices = Table(
     Column("fw", String(40)),
     Column("config_version", Integer),
     Column("state_ms", BigInteger),  # session start of the state last applied (latest wins)
+    # Its clock, from its state (kits/contract.py State.clock: synced | kit | unset) and why it last booted;
+    # clock_since_ms: when the fleet received the state that set this clock value in this boot (fleet clock).
+    Column("clock", String(8)),
+    Column("reset_cause", String(10)),
+    Column("clock_since_ms", BigInteger),
+    # How late its messages arrive: the smallest (received - ts) of its new messages in the current
+    # window (since clock_lag_since_ms, fleet clock) and in the one before. About its clock's offset
+    # behind the fleet's (negative: ahead); a backlog delivered late does not raise it (Store._update_devices).
+    Column("clock_lag_ms", BigInteger),
+    Column("clock_lag_prev_ms", BigInteger),
+    Column("clock_lag_since_ms", BigInteger),
     Column("last_seen_ms", BigInteger),
     Column("received", BigInteger, nullable=False, default=0),
     Column("duplicates", BigInteger, nullable=False, default=0),

@@ -14,8 +14,8 @@ import json
 import logging
 from typing import Any, Callable
 
-from sqlalchemy import (Engine, Text, and_, bindparam, case, cast, delete, func, literal, literal_column, or_, select, true,
-                        type_coerce, update)
+from sqlalchemy import (BigInteger, Boolean, Engine, Text, and_, bindparam, case, cast, delete, func, literal, literal_column,
+                        not_, or_, select, true, type_coerce, update)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -204,7 +204,7 @@ class Store:
             self._update_latest(conn, new)
             dup_by_device = self._update_devices(conn, batch, new, received_ms)
             for device_id, state in batch.states:
-                self._apply_state(conn, device_id, state)
+                self._apply_state(conn, device_id, state, received_ms)
             self._dead_letter(conn, batch.rejected, received_ms)
         self._batch_changed(batch)
         return BatchResult(inserted=len(inserted), duplicates=sum(dup_by_device.values()))
@@ -326,15 +326,25 @@ class Store:
         seen = set(new_by_device) | set(dup_by_device) | {d for d, _ in batch.states}
         if not seen:
             return dup_by_device
+        # How late each device's new messages arrived (received - ts): the smallest, for its clock's
+        # drift (fleet/alerts.py clock_drift). Duplicates are resends, late by nature: left out.
+        lag: dict[str, int] = {}
+        for m in new:
+            late = received_ms - m.msg.ts
+            if late < lag.get(m.device_id, late + 1):
+                lag[m.device_id] = late
         conn.execute(
             _DEVICE_COUNTS,
-            [dict(b_id=i, b_new=new_by_device.get(i, 0), b_dup=dup_by_device.get(i, 0), b_seen=received_ms) for i in sorted(seen)],
+            [dict(b_id=i, b_new=new_by_device.get(i, 0), b_dup=dup_by_device.get(i, 0), b_seen=received_ms,
+                  b_lag=lag.get(i), b_window=CLOCK_LAG_WINDOW_MS) for i in sorted(seen)],
         )
         return dup_by_device
 
-    def _apply_state(self, conn, device_id: str, state: State) -> None:
+    def _apply_state(self, conn, device_id: str, state: State, received_ms: int) -> None:
         conn.execute(_DEVICE_STATE, dict(b_id=device_id, b_online=state.online, b_boot=state.boot, b_fw=state.fw,
-                                         b_config=state.config_version, b_ts=state.ts))
+                                         b_config=state.config_version, b_ts=state.ts, b_clock=state.clock,
+                                         b_unset=state.clock == "unset", b_reset=state.reset_cause,
+                                         b_received=received_ms))
 
     def _dead_letter(self, conn, rejected: list[RejectedMessage], received_ms: int) -> None:
         if not rejected:
@@ -630,7 +640,8 @@ class Store:
             return self._devices(conn)
 
     _DEVICE_COLUMNS = ("id", "kit_id", "role", "model", "host_id", "online", "boot", "fw", "config_version",
-                       "last_seen_ms", "received", "duplicates")
+                       "last_seen_ms", "received", "duplicates", "clock", "reset_cause", "clock_since_ms",
+                       "clock_lag_ms", "clock_lag_prev_ms")
 
     def _devices(self, conn, *where) -> list[dict]:
         # Plain rows, not mappings: at 5,000 devices building RowMappings cost more than SQLite's read.
@@ -651,12 +662,13 @@ class Store:
                 online_by_id[r.id] = bool(r.online)
         out = []
         for (id_, kit_id, role, model, host_id, online, boot, fw, config_version, last_seen_ms, received,
-             duplicates) in rows:
+             duplicates, clock, reset_cause, clock_since_ms, lag, lag_prev) in rows:
             out.append(dict(
                 id=id_, kit_id=kit_id, role=role, model=model, host_id=host_id,
                 online=bool(online) and (host_id is None or online_by_id.get(host_id, False)),
                 boot=boot, fw=fw, config_version=config_version, last_seen_ms=last_seen_ms, received=received,
-                duplicates=duplicates, latest=latest.get(id_, {})))
+                duplicates=duplicates, latest=latest.get(id_, {}), clock=clock, reset_cause=reset_cause,
+                clock_since_ms=clock_since_ms, clock_lag_ms=_smallest(lag, lag_prev)))
         return out
 
     @staticmethod
@@ -1370,6 +1382,10 @@ def _reading(body: str) -> dict:
     return json.loads(body)
 
 
+def _smallest(*values: int | None) -> int | None:
+    return min((v for v in values if v is not None), default=None)
+
+
 # Column -> PostgreSQL array type, for inserting a batch as one array per column.
 
 
@@ -1384,15 +1400,44 @@ def _marked_body(t, after_ms: int):
     return case((late, marked), else_=t.body)
 
 
+# A device's smallest lateness (received - ts) is kept per window of this long, and judged over the
+# current and the previous window (db.devices clock_lag_*): at least this much history, at most twice.
+CLOCK_LAG_WINDOW_MS = 300_000
+
 # Ingest's per-batch device updates (Store._update_devices, _apply_state); built once, compiled once.
-_DEVICE_COUNTS = update(db.devices).where(db.devices.c.id == bindparam("b_id")).values(
-    received=db.devices.c.received + bindparam("b_new"), duplicates=db.devices.c.duplicates + bindparam("b_dup"),
-    last_seen_ms=bindparam("b_seen"))
+_dc = db.devices.c
+_lag = bindparam("b_lag", type_=BigInteger)
+_new_window = or_(_dc.clock_lag_since_ms.is_(None), bindparam("b_seen") - _dc.clock_lag_since_ms >= bindparam("b_window"))
+_DEVICE_COUNTS = update(db.devices).where(_dc.id == bindparam("b_id")).values(
+    received=_dc.received + bindparam("b_new"), duplicates=_dc.duplicates + bindparam("b_dup"),
+    last_seen_ms=bindparam("b_seen"),
+    # No new message (a state only, or duplicates): the lateness is left as it is. A new window
+    # starts with this batch, the old one becomes the previous; else the smallest so far stays.
+    clock_lag_ms=case((_lag.is_(None), _dc.clock_lag_ms), (_new_window, _lag),
+                      (_lag < _dc.clock_lag_ms, _lag), else_=_dc.clock_lag_ms),
+    clock_lag_prev_ms=case((_lag.is_(None), _dc.clock_lag_prev_ms), (_dc.clock_lag_since_ms.is_(None), None),
+                           (_new_window, _dc.clock_lag_ms), else_=_dc.clock_lag_prev_ms),
+    clock_lag_since_ms=case((_lag.is_(None), _dc.clock_lag_since_ms), (_new_window, bindparam("b_seen")),
+                            else_=_dc.clock_lag_since_ms))
+# A state applies if it is not older than the one applied (its ts: its session's start). Where a clock
+# is `unset` a ts means nothing (a device booted in 2000): such a birth always applies (a new
+# session), such a Will or shutdown only for the boot the device is in; and while the applied state
+# is of a session with no time, an offline state of another boot (an old session's late Will) never does.
+_unset = bindparam("b_unset", type_=Boolean)
+_online = bindparam("b_online", type_=Boolean)
 _DEVICE_STATE = update(db.devices).where(
-    db.devices.c.id == bindparam("b_id"),
-    or_(db.devices.c.state_ms.is_(None), db.devices.c.state_ms <= bindparam("b_ts"))).values(
+    _dc.id == bindparam("b_id"),
+    or_(_dc.state_ms.is_(None), _dc.state_ms <= bindparam("b_ts"),
+        and_(_unset, or_(_online, _dc.boot == bindparam("b_boot")))),
+    not_(and_(not_(_online), func.coalesce(_dc.clock, "") == "unset",
+              _dc.boot.is_distinct_from(bindparam("b_boot"))))).values(
     online=bindparam("b_online"), boot=bindparam("b_boot"), fw=bindparam("b_fw"),
-    config_version=bindparam("b_config"), state_ms=bindparam("b_ts"))
+    config_version=bindparam("b_config"), state_ms=bindparam("b_ts"),
+    clock=bindparam("b_clock"), reset_cause=bindparam("b_reset"),
+    # Since when the fleet knows this clock value: reset by a change of value or of boot (a reboot
+    # starts its grace again: fleet/alerts.py clock_unset).
+    clock_since_ms=case((or_(_dc.clock.is_distinct_from(bindparam("b_clock")), _dc.boot.is_distinct_from(bindparam("b_boot"))),
+                         bindparam("b_received")), else_=_dc.clock_since_ms))
 
 # The seqs of one stream in a span, both ledger tables (Store.missing_seqs); built once, compiled once.
 _STORED_SEQS = select(db.telemetry.c.seq).where(

@@ -57,6 +57,9 @@ class BatteryForecastOut(BaseModel):
     margin_min: float | None = Field(description="empty_at - event end, minutes; negative: short by that much")
 
 
+ClockStateOut = Literal["synced", "kit", "unset"]
+
+
 class DeviceOut(BaseModel):
     id: str
     kit_id: str
@@ -72,6 +75,16 @@ class DeviceOut(BaseModel):
     duplicates: int
     latest: dict[str, dict[str, Any]] = Field(description="latest telemetry per kind (battery, printer, device)")
     health: DeviceHealthOut | None = None
+    clock: ClockStateOut | None = Field(default=None, description="where its time comes from, from its state: "
+                                        "synced (internet, or the kit's synced Pi), kit (the Pi's last known time), "
+                                        "unset (none since boot); null: it does not say (an agent-driven device, "
+                                        "older firmware)")
+    reset_cause: Literal["power", "watchdog", "reset", "soft", "other"] | None = Field(
+        default=None, description="why it last booted, from its state")
+    clock_since_ms: int | None = Field(default=None, description="when the fleet learnt this clock state, this boot "
+                                       "(fleet clock)")
+    clock_lag_ms: int | None = Field(default=None, description="the least late of its recent messages (received - "
+                                     "ts, ms): about how far its clock is behind the fleet's (negative: ahead)")
 
 
 class StreamOut(BaseModel):
@@ -136,6 +149,7 @@ class DeviceChipOut(BaseModel):
     online: bool
     status: HealthStatus | None = Field(description="its health")
     last_seen_ms: int | None
+    clock: ClockStateOut | None = Field(default=None, description="synced | kit | unset, from its state")
 
 
 class KitSummaryOut(BaseModel):
