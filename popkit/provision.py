@@ -11,6 +11,10 @@ What ``provision`` writes, into a folder outside the repository (mode 0700, file
     fleet.json                the same for the fleet service (its `?account=` file)
     tls/ca.crt, ca.key        the kit's own CA (popkit/tls.py); the key never leaves this folder
     tls/broker.crt, .key      the broker's certificate for the hosts devices reach it at
+    mosquitto/mosquitto.conf  the kit broker run from this folder (a bench: its paths are this folder's)
+
+The kit's Pi gets its own copy of what it needs, at its Pi paths: ``popkit kit provision`` writes
+``pi/`` after this (popkit/kitfiles.py) and ``popkit kit install`` puts it in place.
 
 Accounts: ``<kit>.<device>`` for the kit's agent and each device that speaks MQTT itself (ids
 cannot hold '.', so no device name can pose as another account), and ``popkit-fleet`` for the
@@ -124,9 +128,10 @@ KIT_QUEUE_BYTES = 64 * 1024 * 1024
 
 
 def kit_broker_conf(folder: Path, port: int, tls: TlsFiles | None, data_dir: Path) -> str:
-    """mosquitto.conf for the kit broker on the Pi (``mosquitto -c <folder>/mosquitto/mosquitto.conf``):
-    the kit's devices on the venue Wi-Fi, each logged in as itself, the queue for an outage, and
-    the bridge (conf.d) when the kit was provisioned with one."""
+    """mosquitto.conf for the kit broker run from the provisioning folder (``mosquitto -c
+    <folder>/mosquitto/mosquitto.conf``: a bench, the tests): the kit's devices, each logged in as
+    itself, the queue for an outage, and the bridge (conf.d) when the kit was provisioned with one.
+    Its paths are this machine's; the Pi's own is ``popkit.kitfiles.kit_broker_conf``."""
     import pwd
 
     folder = Path(folder).resolve()

@@ -73,3 +73,12 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     complaints = [line for line in (out.stdout + out.stderr).splitlines() if UNIT.name in line]
     assert out.returncode == 0 and not complaints, out.stdout + out.stderr
+
+
+def test_agent_env_example_is_what_provisioning_writes_for_the_pi():
+    from popkit.kitfiles import agent_env
+
+    def settings(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    assert settings((REPO / "deploy" / "agent.env.example").read_text()) == settings(agent_env(8883, True))

@@ -190,3 +190,31 @@ def test_the_installed_kit_broker_refuses_anonymous_and_takes_a_devices_login_ov
                       "plain": "no connection: [Errno 111] Connection refused"}, log
     assert "Loading config file /etc/mosquitto/conf.d/popkit-kit.conf" in log
     assert f"u'{KIT}.{SCANNER}'" in log and f"u'{KIT}.demo-agent'" in log
+
+
+def test_pi_install_doc_matches_what_provisioning_writes_and_links_only_inside_the_repo(tmp_path):
+    doc = (REPO / "docs" / "pi-install.md").read_text()
+    fleet_ca = tmp_path / "fleet-ca.crt"
+    fleet_ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    out = _provision(tmp_path, "--bridge-to", "fleet.example.org:8883", "--bridge-ca", str(fleet_ca))
+    plan = _plan(out)
+    # the doc's table of what goes where on the Pi: exactly the plan's files (and the agent's data
+    # folder), each with the plan's mode; a row may name several files of one folder
+    on_pi: dict[str, str] = {}
+    for names, mode in re.findall(r"^\| (`/[^|]+) \| [^|]*?(0\d{3}) \|", doc, re.M):
+        names = re.findall(r"`([^`]+)`", names)
+        folder = names[0].rsplit("/", 1)[0]
+        on_pi.update({p: mode for p in [names[0], *(f"{folder}/{n}" for n in names[1:])]})
+    plan_modes = {e["path"]: e["mode"] for e in plan["files"]} | {"/var/lib/popkit/": "0750"}
+    assert on_pi == plan_modes
+    assert {"path": "/var/lib/popkit", "owner": "popkit", "group": "popkit", "mode": "0750"} in plan["dirs"]
+    # what it tells the crew to run is what exists
+    assert "sudo deploy/install-kit.sh ~/kit-files" in doc and (REPO / "deploy" / "install-kit.sh").exists()
+    assert os.access(REPO / "deploy" / "install-kit.sh", os.X_OK)
+    for flag in ("--network router", "--kit-address", "--wifi", "--bridge-to", "--bridge-ca", "--source",
+                 "--find-links"):
+        assert flag in doc
+    # no link or mention of anything outside the repository
+    assert "DESIGN" not in doc and "http://" not in doc and "https://" not in doc
+    for target in re.findall(r"\]\(([^)]+)\)", doc):
+        assert (REPO / "docs" / target).exists(), target
