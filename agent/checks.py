@@ -9,6 +9,7 @@ on this Pi in the kit topology (or is the fleet's in the simple one).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from agent.backends import Hardware
@@ -174,7 +175,7 @@ def _with_clock(run, link: Any, device: str):
         result = await run()
         problem = clock_problem(device, getattr(link, "clock", None))
         if problem is not None:
-            result.problems.append(problem)
+            result.problems.append(replace(problem, check="clock"))  # its own blink count on the panel
             result.detail += "; the Pi's clock is behind its last known time"
         return result
     return checked

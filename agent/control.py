@@ -271,7 +271,8 @@ def _peer(writer: asyncio.StreamWriter) -> str:
 
 
 def _result(res: StepResult) -> dict:
-    return {"detail": res.detail, "problems": [p.as_dict() for p in res.problems]}
+    return {"detail": res.detail,
+            "problems": [{**p.as_dict(), **({"check": p.check} if p.check else {})} for p in res.problems]}
 
 
 def _result_from(d: dict) -> StepResult:

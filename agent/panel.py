@@ -32,6 +32,7 @@ blinks  check
 4       a printer (paper, cover, cable, power)
 5       a power bank (charge, runtime to the event's end, monitor cable or range)
 6       a light (relay wiring, Bluetooth lamp out of range)
+7       the Pi's clock (behind the last time it knew: no RTC, no internet time)
 ======  ==========================================================================
 
 Each state also differs by its rhythm (steady, short blinks, long blinks, even blinks), so a crew

@@ -26,6 +26,7 @@ class Problem:
     severity: Severity
     what: str  # what is wrong, e.g. "paper out"
     fix: str  # what the crew does, e.g. "load a roll"
+    check: str | None = None  # the panel's check when not the device's role (CHECK_CODES), e.g. "clock"
 
     def __str__(self) -> str:
         return f"{self.device}: {self.what}, {self.fix}"
@@ -34,12 +35,12 @@ class Problem:
         return {"device": self.device, "severity": self.severity, "what": self.what[:120], "fix": self.fix[:160]}
 
 
-def fault(device: str, what: str, fix: str) -> Problem:
-    return Problem(device, "fault", what, fix)
+def fault(device: str, what: str, fix: str, check: str | None = None) -> Problem:
+    return Problem(device, "fault", what, fix, check)
 
 
-def warning(device: str, what: str, fix: str) -> Problem:
-    return Problem(device, "warning", what, fix)
+def warning(device: str, what: str, fix: str, check: str | None = None) -> Problem:
+    return Problem(device, "warning", what, fix, check)
 
 
 def status_of(problems: list[Problem]) -> Status:
@@ -48,7 +49,8 @@ def status_of(problems: list[Problem]) -> Status:
     return "degraded" if problems else "ready"
 
 
-# blinks -> (role, what the crew checks); the agent's own problems are its link to the kit's broker.
+# blinks -> (role or check, what the crew checks); the agent's own problems are its link to the kit's
+# broker, unless tagged with another check (the Pi's clock).
 CHECK_CODES: dict[int, tuple[str, str]] = {
     1: ("agent", "the kit's broker / network"),
     2: ("scanner", "a door scanner"),
@@ -56,6 +58,7 @@ CHECK_CODES: dict[int, tuple[str, str]] = {
     4: ("printer", "a printer"),
     5: ("powerbank", "a power bank"),
     6: ("light", "a light (relay or Bluetooth lamp)"),
+    7: ("clock", "the Pi's clock (behind its last known time)"),
 }
 _CODE_OF_ROLE = {role: code for code, (role, _) in CHECK_CODES.items()}
 
@@ -64,5 +67,5 @@ def blink_code(problems: list[Problem], role_of: dict[str, str]) -> int | None:
     """How many blinks the panel shows for these problems (None when there are none, or none
     has a code); ``role_of`` maps device ids to roles, the agent's own id to ``"agent"``."""
     worst = [p for p in problems if p.severity == "fault"] or problems
-    codes = [_CODE_OF_ROLE[r] for p in worst if (r := role_of.get(p.device)) in _CODE_OF_ROLE]
+    codes = [_CODE_OF_ROLE[r] for p in worst if (r := p.check or role_of.get(p.device)) in _CODE_OF_ROLE]
     return min(codes) if codes else None

@@ -86,6 +86,8 @@ def test_the_panel_code_is_the_lowest_check_among_the_faults_else_the_warnings()
     assert blink_code([fault("flood", "relay", "x"), fault("door", "offline", "x")], roles) == 2
     assert blink_code([warning("pack", "low", "x"), warning("k-agent", "no link", "x")], roles) == 1
     assert blink_code([fault("stage", "offline", "x")], roles) == 3
+    clock = warning("k-agent", "the Pi's clock is behind", "connect the uplink, or fit an RTC module", check="clock")
+    assert blink_code([clock], roles) == 7 and blink_code([clock, warning("flood", "x", "y")], roles) == 6
 
 
 def test_a_device_not_online_is_told_what_the_kit_really_shows():
@@ -112,3 +114,20 @@ def test_no_link_to_a_broker_on_this_pi_points_at_the_kit_broker_not_the_venue()
     assert "systemctl restart mosquitto" in link_fix("mqtts://127.0.0.1:8883?account=/etc/popkit/agent.json")
     assert "venue" not in link_fix("mqtt://localhost")
     assert "fleet.example.org" in link_fix("mqtts://fleet.example.org:8883")
+
+
+def test_a_pi_clock_behind_its_last_known_time_blinks_its_own_count_not_the_brokers():
+    import threading
+
+    from agent.checks import link_step
+    from agent.readiness import blink_code
+
+    class Link:
+        mqtt_url, outbox, clock = "mqtts://127.0.0.1:8883", [], "unset"
+        connected = threading.Event()
+
+    Link.connected.set()
+    res = asyncio.run(link_step(Link(), "k-agent").run())
+    [p] = res.problems
+    assert p.severity == "warning" and p.check == "clock"
+    assert blink_code(res.problems, {"k-agent": "agent"}) == 7
