@@ -174,7 +174,9 @@ def test_install_without_mosquitto_refuses_and_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.skipif(probe_refusal() is not None, reason=f"cannot run the broker inside a root: {probe_refusal()}")
 def test_the_installed_kit_broker_refuses_anonymous_and_takes_a_devices_login_over_tls(tmp_path):
-    out = _provision(tmp_path)
+    fleet = tmp_path / "fleet-side"  # a fleet broker's CA (another kit's stands in); none answers at :9
+    assert main(["kit", "provision", str(DEMO_KIT), "--out", str(fleet)]) == 0
+    out = _provision(tmp_path, "--bridge-to", "127.0.0.1:9", "--bridge-ca", str(fleet / "tls" / "ca.crt"))
     root = seed_root(tmp_path / "pi-root")
     assert main(["kit", "install", str(out / "pi"), "--root", str(root)]) == 0
     env = (root / "etc/popkit/agent.env").read_text()
@@ -189,6 +191,8 @@ def test_the_installed_kit_broker_refuses_anonymous_and_takes_a_devices_login_ov
     assert result == {"anonymous": "refused: Not authorized", "scanner": "accepted", "agent": "accepted",
                       "plain": "no connection: [Errno 111] Connection refused"}, log
     assert "Loading config file /etc/mosquitto/conf.d/popkit-kit.conf" in log
+    assert "Loading config file /etc/mosquitto/conf.d/popkit-uplink.conf" in log
+    assert "Connecting bridge (step 1) popkit-demo (127.0.0.1:9)" in log  # the installed bridge, from its Pi path
     assert f"u'{KIT}.{SCANNER}'" in log and f"u'{KIT}.demo-agent'" in log
 
 
