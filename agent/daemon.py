@@ -26,6 +26,7 @@ from agent.backends import Hardware, Scenario, open_hardware
 from agent.energy import EnergyMeter
 from agent.errors import DriverError
 from agent.hub import DoorHub
+from agent.tickets import KIND as TICKETS_KIND, KitTickets, UnknownEvent
 from agent.kitclock import start_kit_clock
 from agent.kitup import AGENT_FW, power_up
 from agent.kitview import LogView
@@ -48,6 +49,7 @@ class Agent:
     def __init__(self, manifest: KitManifest, link: FleetLink, hw: Hardware, watch: StateWatch, data: Path,
                  simulate: bool = False):
         self.manifest, self.link, self.hw, self.watch, self.data = manifest, link, hw, watch, data
+        self.tickets: KitTickets | None = None  # the kit's ticket list (run_agent sets it for a kit with doors)
         self.simulate = simulate
         self.specs = {s.id: s for s in manifest.devices}
         self.queues: dict = {}
@@ -148,7 +150,8 @@ class Agent:
         try:
             self.control = await control.ControlServer(
                 control.socket_path(self.data), self.manifest.id,
-                {"selftest": self._control_selftest, "kitdown": self._control_kitdown}).start()
+                {"selftest": self._control_selftest, "kitdown": self._control_kitdown,
+                 **({"revoke": self._control_revoke} if self.tickets is not None else {})}).start()
         except control.ControlError:
             raise
         except OSError as exc:
@@ -158,6 +161,17 @@ class Agent:
     async def _control_selftest(self, _req: dict, reply) -> None:
         await self._running.wait()
         await self.selftest(control.ChannelView(reply))
+
+    async def _control_revoke(self, req: dict, reply) -> None:
+        """``popkit tickets revoke --kit``: revoked at the kit's doors and hub at once, sent up to the fleet."""
+        assert self.tickets is not None
+        try:
+            new = await asyncio.to_thread(self.tickets.revoke, str(req.get("event")), list(req.get("tickets") or ()),
+                                          str(req.get("by") or "kit"))
+        except (UnknownEvent, ValueError) as exc:
+            reply({"error": str(exc), "known": self.tickets.known_events()})
+            return
+        reply({"revoked": new, "known": self.tickets.known_events(), "end": True})
 
     async def _control_kitdown(self, req: dict, reply) -> None:
         """End of event: totals from our stores, the summary into our outbox, and how much of the
@@ -347,9 +361,15 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
                      outbox_cap=settings.outbox_cap).start()
     log.info("agent for kit %s: boot %s, %d messages waiting in the outbox", manifest.id, link.boot, len(link.outbox))
     # The kit's scanners ask the hub before they admit (agent/hub.py); a kit without doors needs none.
-    hub = None
+    hub = tickets = None
     if any(s.role == "scanner" for s in manifest.devices):
-        hub = DoorHub(manifest.id, settings.mqtt_url, data / f"{manifest.id}-claims.db").start()
+        # The kit's own ticket list (agent/tickets.py): revocations made at the kit go to the doors, the
+        # hub and, through the outbox, the fleet; the hub refuses a revoked ticket's claims.
+        tickets = KitTickets(manifest.id, settings.mqtt_url, data / f"{manifest.id}-tickets.db",
+                             emit=lambda d, ts: link.emit(manifest.agent, "event", Event, ts=ts, kind=TICKETS_KIND,
+                                                          data=d)).start()
+        hub = DoorHub(manifest.id, settings.mqtt_url, data / f"{manifest.id}-claims.db",
+                      revoked=tickets.is_revoked).start()
     watch = StateWatch(manifest.id, settings.mqtt_url).start()
     clock = start_kit_clock(manifest.id, settings, data, link, watch)  # the kit's time, served to its ESP32s
 
@@ -359,6 +379,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
         nonlocal restart
         hw = open_hardware(manifest, Scenario.parse(scenario) if simulate else None)
         agent = Agent(manifest, link, hw, watch, data, simulate=simulate)
+        agent.tickets = tickets
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
@@ -375,6 +396,8 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
         watch.stop()
         if hub is not None:
             hub.stop()
+        if tickets is not None:
+            tickets.stop()
         link.stop(flush_s=2.0)
     if restart:
         log.info("restarting, as the fleet asked: exit %d", RESTART_EXIT)

@@ -5,6 +5,9 @@ QoS 0); the hub answers on the scanner's ``claimed`` topic: admit, or refuse bec
 door admitted that ticket first (with that door and its scan time). The first door to claim a
 ticket owns it; the same door asking again (its answer was lost, it rebooted) is admitted again.
 
+A ticket revoked at the kit or at the fleet (``revoked``, agent/tickets.py) is refused with reason
+"revoked", so a door whose own list is behind still turns it away.
+
 When a scanner cannot reach the hub it admits on its own and says so (``hub_checked: false``);
 the hub still learns those admissions from the scanners' check-in events once they flow, so a
 later claim elsewhere is refused, and the fleet's attendance flags the double entry.
@@ -22,6 +25,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from kits.contract import Claim, Claimed, ContractError, FirstScan, decode, encode, parse_topic, subscription, topic
@@ -72,8 +76,12 @@ class ClaimBook:
 class DoorHub:
     """Answers the kit's scanners over the kit's broker (``mqtt_url``)."""
 
-    def __init__(self, kit: str, mqtt_url: str, db_path: str | Path, client_id: str | None = None):
+    def __init__(self, kit: str, mqtt_url: str, db_path: str | Path, client_id: str | None = None,
+                 revoked: Callable[[str, str], bool] | None = None):
+        """``revoked(event, ticket)``: the kit's and the fleet's revocations (agent/tickets.py); a claim
+        on a revoked ticket is refused, whichever door asks, before it is recorded."""
         self.kit = kit
+        self.revoked = revoked
         self.book = ClaimBook(db_path)
         self.counts: Counter[str] = Counter()  # asked, admitted, refused, learned, bad:<reason>
         self.ready = threading.Event()
@@ -122,10 +130,19 @@ class DoorHub:
             self._bad(exc.reason, f"{msg.topic}: {exc}")
 
     def _answer(self, client, device: str, claim: Claim) -> None:
+        if self.revoked is not None and self.revoked(claim.event, claim.ticket):
+            # A door that has not heard of the revocation yet (its list came late) still refuses.
+            self.counts["asked"] += 1
+            self.counts["revoked"] += 1
+            client.publish(topic(self.kit, device, "claimed"),
+                           encode(Claimed(id=claim.id, admit=False, reason="revoked")), qos=0)
+            log.info("%s refused %s/%s: revoked", device, claim.event, claim.ticket)
+            return
         first = self.book.claim(claim.event, claim.ticket, device, claim.ts)
         self.counts["asked"] += 1
         self.counts["admitted" if first is None else "refused"] += 1
-        reply = Claimed(id=claim.id, admit=first is None, first=first)
+        reply = Claimed(id=claim.id, admit=first is None, first=first,
+                        reason=None if first is None else "already_admitted")
         client.publish(topic(self.kit, device, "claimed"), encode(reply), qos=0)
         if first is not None:
             log.info("%s refused %s/%s: admitted by %s", device, claim.event, claim.ticket, first.device)

@@ -271,40 +271,129 @@ def _tickets_issue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tickets_revoke(args: argparse.Namespace) -> int:
-    """POST /api/v1/events/{event}/revocations (urllib: httpx is only a dev extra)."""
+def _fleet_call(what: str, method: str, url: str, body: dict, timeout: float) -> dict | None:
+    """One authenticated call to the fleet's API (urllib: httpx is only a dev extra); None after
+    printing why it failed."""
     import json
+    import os
     import urllib.error
     import urllib.request
 
-    import os
-
     token = os.environ.get("POPKIT_TOKEN")  # from the environment only: never on a command line (ps, history)
     if not token:
-        print("popkit tickets revoke: set POPKIT_TOKEN to an API token of a crew or ops user "
+        print(f"popkit tickets {what}: set POPKIT_TOKEN to an API token of a crew or ops user "
               "(POST /api/v1/auth/token)", file=sys.stderr)
-        return 2
-    url = f"{args.fleet.rstrip('/')}/api/v1/events/{args.event}/revocations"
-    req = urllib.request.Request(url, data=json.dumps({"tickets": args.tickets}).encode(), method="POST",
+        return None
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
                                  headers={"Content-Type": "application/json", "Accept": "application/json",
                                           "Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
-            body = json.load(resp)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.load(resp)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
         try:
             detail = json.loads(detail)["detail"]
         except (ValueError, KeyError, TypeError):
             pass
-        print(f"popkit tickets revoke: the fleet said {exc.code}: {detail}", file=sys.stderr)
-        return 2
+        print(f"popkit tickets {what}: the fleet said {exc.code}: {detail}", file=sys.stderr)
     except (urllib.error.URLError, OSError) as exc:
-        print(f"popkit tickets revoke: cannot reach the fleet at {args.fleet}: {exc}", file=sys.stderr)
+        print(f"popkit tickets {what}: cannot reach the fleet at {url.split('/api/')[0]}: {exc}", file=sys.stderr)
+    return None
+
+
+def _tickets_revoke(args: argparse.Namespace) -> int:
+    """Through the fleet (POST /api/v1/events/{event}/revocations), or with --kit at the kit itself."""
+    if args.kit:
+        return _tickets_revoke_at_kit(args)
+    body = _fleet_call("revoke", "POST", f"{args.fleet.rstrip('/')}/api/v1/events/{args.event}/revocations",
+                       {"tickets": args.tickets}, args.timeout)
+    if body is None:
         return 2
     print(f"revoked {len(body['tickets'])} ticket(s) for {body['event_id']}")
     for p in body["pushed"]:
         print(f"  {p['device_id']}: config version {p['version']} ({len(p['revoked'])} revoked for {body['event_id']})")
+    return 0
+
+
+def _tickets_revoke_at_kit(args: argparse.Namespace) -> int:
+    """On the kit's Pi, no uplink needed: the running agent takes it (its control socket) and the
+    doors and the hub refuse the tickets at once; with no agent running, the request is left at the
+    kit broker for it (agent/tickets.py)."""
+    import getpass
+    import os
+
+    from agent import control
+    from agent.settings import SettingsFileError, load_settings
+    from agent.tickets import UnknownEvent, revoke_request
+    from kits.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.kit)
+        settings = load_settings(Path(args.env) if args.env else None, {"mqtt_url": args.mqtt, "agent_data": args.data},
+                                 default_data=Path("/var/lib/popkit") if not args.data else None)
+    except (ManifestError, SettingsFileError) as exc:
+        print(f"popkit tickets revoke: {exc}", file=sys.stderr)
+        return 3
+    by = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
+    try:
+        answers = list(control.request(control.socket_path(settings.agent_data), manifest.id, "revoke",
+                                       timeout=args.timeout, event=args.event, tickets=args.tickets, by=by))
+        new = answers[-1].get("revoked", [])
+        print(f"revoked at kit {manifest.id} by {by}: {len(new)} new ticket(s) for {args.event}"
+              + (f" ({' '.join(new)})" if new else " (all were revoked already)"))
+        print("the doors and the hub refuse them now; the fleet gets them when the uplink is up")
+        return 0
+    except control.NoAgent:
+        pass  # no agent running here: leave the request at the kit broker for it
+    except control.ControlError as exc:
+        print(f"popkit tickets revoke: {exc}", file=sys.stderr)
+        return 2
+    try:
+        took, _known = revoke_request(manifest.id, settings.mqtt_url, args.event, args.tickets, by, timeout=args.timeout)
+    except UnknownEvent as exc:
+        print(f"popkit tickets revoke: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ConnectionError) as exc:
+        print(f"popkit tickets revoke: cannot reach the kit broker: {exc}", file=sys.stderr)
+        return 2
+    if took is None:
+        print(f"popkit tickets revoke: no agent took it within {args.timeout:.0f} s; the request waits at the kit "
+              "broker and the doors refuse the tickets once the agent runs (systemctl start popkit-agent)",
+              file=sys.stderr)
+        return 1
+    print(f"revoked at kit {manifest.id} by {by}: {' '.join(took)} for {args.event}")
+    return 0
+
+
+def _tickets_key(args: argparse.Namespace) -> int:
+    """PUT /api/v1/events/{event}/key: the event's key, from its key file, to the scanners' configs."""
+    import time
+
+    from kits.tickets import EventKey, KeyFileError, default_key_file, parse_iso
+
+    try:
+        key = EventKey.load(Path(args.key_file) if args.key_file else default_key_file(args.event))
+        if key.event != args.event:
+            raise KeyFileError(f"the key file holds the key for event {key.event}, not {args.event}")
+        not_before = int(parse_iso(args.not_before, "--not-before").timestamp()) if args.not_before else 0
+        expires = int(parse_iso(args.expires, "--expires").timestamp())
+    except (KeyFileError, ValueError) as exc:
+        print(f"popkit tickets key: {exc}", file=sys.stderr)
+        return 2
+    if expires <= max(not_before, int(time.time())):
+        print(f"popkit tickets key: --expires {args.expires} is "
+              + ("not after --not-before" if expires <= not_before else "already past")
+              + ": a scanner would drop the key at once; give the event's end plus a margin", file=sys.stderr)
+        return 2
+    body = _fleet_call("key", "PUT", f"{args.fleet.rstrip('/')}/api/v1/events/{args.event}/key",
+                       {"key": key.secret.hex(), "not_before": not_before, "expires": expires,
+                        "kits": args.to_kit or None}, args.timeout)
+    if body is None:
+        return 2
+    print(f"key for {args.event} on {len(body['pushed'])} scanner(s), valid until {args.expires}")
+    for p in body["pushed"]:
+        print(f"  {p['device_id']}: config version {p['version']}")
     return 0
 
 
@@ -498,12 +587,29 @@ def build_parser() -> argparse.ArgumentParser:
     iss.add_argument("--key-file", help="the event key (default var/keys/EVENT.key, created 0600)")
     iss.add_argument("--qr-sheet", help="also write a PNG sheet of the QR codes (needs the qr extra)")
     iss.set_defaults(func=_tickets_issue)
-    rev = tickets.add_parser("revoke", help="revoke tickets on every scanner (through the fleet's desired config)")
+    rev = tickets.add_parser("revoke", help="revoke tickets on every scanner: through the fleet, or with --kit on "
+                             "the kit's Pi (no uplink needed)")
     rev.add_argument("--event", required=True, type=str.upper, help="event id, e.g. FEST25")
     rev.add_argument("tickets", nargs="+", type=str.upper, metavar="TICKET", help="ticket ids to revoke")
     rev.add_argument("--fleet", default="http://127.0.0.1:8000", help="the fleet API's base URL")
-    rev.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the fleet")
+    rev.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the fleet or the agent")
+    rev.add_argument("--kit", metavar="MANIFEST", help="on the kit's Pi: revoke at this kit's doors and hub at once "
+                     "(through the running agent), sent to the fleet when the uplink is up")
+    rev.add_argument("--env", metavar="FILE", help="with --kit: the agent's settings file (default /etc/popkit/agent.env)")
+    rev.add_argument("--mqtt", help="with --kit: the kit broker, instead of the settings file's")
+    rev.add_argument("--data", help="with --kit: the agent's data folder (default /var/lib/popkit)")
+    rev.add_argument("--by", help="with --kit: who revokes, for the attendance (default: your login)")
     rev.set_defaults(func=_tickets_revoke)
+    key = tickets.add_parser("key", help="give the scanners an event's key with its window (through the fleet)")
+    key.add_argument("--event", required=True, type=str.upper, help="event id, e.g. FEST25")
+    key.add_argument("--key-file", help="the event key (default var/keys/EVENT.key)")
+    key.add_argument("--not-before", help="ISO 8601 with a UTC offset: its tickets verify from then (default: at once)")
+    key.add_argument("--expires", required=True, help="ISO 8601 with a UTC offset: the scanners drop the key then "
+                     "(the event's end plus a margin)")
+    key.add_argument("--to-kit", action="append", default=[], metavar="KIT", help="only this kit's scanners (repeat)")
+    key.add_argument("--fleet", default="http://127.0.0.1:8000", help="the fleet API's base URL")
+    key.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the fleet")
+    key.set_defaults(func=_tickets_key)
     return p
 
 

@@ -83,12 +83,17 @@ def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
             if spec.role == "scanner":  # it asks the kit's hub before it admits
                 lines += [f"topic write {ROOT}/{kit}/{spec.id}/claim", f"topic read {ROOT}/{kit}/{spec.id}/claimed"]
             lines.append(f"topic read {ROOT}/{kit}/time")  # the kit's clock (the Pi's agent publishes it)
+            if spec.role == "scanner":  # the kit's own ticket list (agent/tickets.py)
+                lines.append(f"topic read {ROOT}/{kit}/revocations")
             rules[account(kit, spec.id)] = lines
     # the hub: every door's claims in, answers out, and the doors' check-ins to learn lone admissions
     agent += [f"topic read {ROOT}/{kit}/+/claim", f"topic write {ROOT}/{kit}/+/claimed",
               f"topic read {ROOT}/{kit}/+/event",
               f"topic read {ROOT}/{kit}/+/state",  # the panel's ready/not ready (agent/statewatch.py)
-              f"topic write {ROOT}/{kit}/time"]  # the kit's clock, for its ESP32s
+              f"topic write {ROOT}/{kit}/time",  # the kit's clock, for its ESP32s
+              # the kit's ticket list: the scanners' configs in (their keys), the list out, requests in
+              f"topic read {ROOT}/{kit}/+/config",
+              f"topic readwrite {ROOT}/{kit}/revocations", f"topic readwrite {ROOT}/{kit}/revoke"]
     rules[account(kit, manifest.agent)] = agent
     return rules
 

@@ -26,7 +26,7 @@ from fleet import db
 from fleet.store import Store, now_ms
 from fleet.tickets.model import FLEET, KeySpec, Revocation, UnknownEvent, scanner_data
 from fleet.tickets.store import TicketStore
-from kits.contract import Config, ContractError, RevocationData
+from kits.contract import Config, RevocationData
 
 log = logging.getLogger("popkit.fleet.tickets")
 

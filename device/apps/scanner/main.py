@@ -167,6 +167,8 @@ class Scanner:
             ans = await self.link.ask_hub(f["event"], f["ticket"], scan_ms, self._hub_ms)
             if ans is None:
                 data["hub_checked"] = False
+            elif ans.get("reason") == "revoked":  # the kit's hub has a revocation this door lacks yet
+                v = data["verdict"] = ticket.REVOKED
             elif not ans["admit"]:
                 v = data["verdict"] = ticket.ALREADY_ADMITTED
                 data["first_device"] = ans["first"]["device"]
