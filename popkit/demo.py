@@ -177,20 +177,24 @@ class Tickets:
     csv: Path
     payloads: list[str]
     revoked: str  # the CSV's last ticket id: revoked in the scanner's config
+    not_before: int = 0  # the tickets' window (Unix s): the key's window the fleet pushes to the scanners
+    expires: int = 0
 
 
 def make_tickets(data_dir: Path) -> Tickets:
     """The event key (kept across runs, 0600) and a fresh CSV of tickets valid from an hour ago for 30 days."""
-    from kits.tickets import issue_batch, load_or_create_key, parse
+    from kits.tickets import DEFAULT_VALIDITY, issue_batch, load_or_create_key, parse
 
     key_file = data_dir / "keys" / f"{EVENT}.key"
     key, _ = load_or_create_key(EVENT, key_file)
     out = data_dir / "tickets" / f"{EVENT}.csv"
     out.unlink(missing_ok=True)  # the demo's own file, regenerated each start
-    start = datetime.fromtimestamp(time.time() - 3600, timezone.utc).isoformat()
-    issue_batch(EVENT, DEMO_TICKETS, out, valid_from=start, key_file=key_file)
+    nbf = int(time.time()) - 3600
+    issue_batch(EVENT, DEMO_TICKETS, out, valid_from=datetime.fromtimestamp(nbf, timezone.utc).isoformat(),
+                key_file=key_file)
     payloads = [line.split(",")[2] for line in out.read_text().splitlines()[1:]]
-    return Tickets(key, key_file, out, payloads, parse(payloads[-1]).ticket_id)
+    expires = nbf + int(DEFAULT_VALIDITY.total_seconds()) + 24 * 3600  # the tickets' end, and a day's margin
+    return Tickets(key, key_file, out, payloads, parse(payloads[-1]).ticket_id, nbf, expires)
 
 
 def demo_timeline(now: float) -> dict:
@@ -212,10 +216,11 @@ def demo_timeline(now: float) -> dict:
 class Operator:
     """The crew at the fleet's API, for the demo: once the fleet answers, it PUTs each lighting
     controller's timeline (the fleet stores it and publishes it retained; renewed before it runs
-    out) and revokes one ticket of the CSV at every scanner (POST .../revocations)."""
+    out), gives the scanners the event's key with its window (PUT .../key: the fleet then knows the
+    event) and revokes one ticket of the CSV at every scanner (POST .../revocations)."""
 
-    def __init__(self, session: FleetSession, lights: list[str], revoke: str | None):
-        self.session, self.base, self.lights, self.revoke = session, session.base, lights, revoke
+    def __init__(self, session: FleetSession, lights: list[str], tickets: Tickets | None):
+        self.session, self.base, self.lights, self.tickets = session, session.base, lights, tickets
         self.versions: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-operator", daemon=True)
@@ -241,13 +246,19 @@ class Operator:
             except OSError:
                 if time.monotonic() > deadline:
                     return
-        try:
-            if self.revoke:
-                self._call("POST", f"/api/v1/events/{EVENT}/revocations", {"tickets": [self.revoke]})
-            self.push_timelines()
-        except Exception as exc:
-            print(f"popkit demo: could not push the timeline or the revocation through the fleet: {exc}",
-                  file=sys.stderr, flush=True)
+        t = self.tickets
+        steps = [("the lighting timeline", self.push_timelines)]
+        if t is not None:  # the key first: a revocation for an event the fleet does not know is refused
+            steps[:0] = [
+                ("the event key", lambda: self._call("PUT", f"/api/v1/events/{EVENT}/key", {
+                    "key": t.key.secret.hex(), "not_before": t.not_before, "expires": t.expires})),
+                ("the revocation", lambda: self._call("POST", f"/api/v1/events/{EVENT}/revocations",
+                                                      {"tickets": [t.revoked]}))]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # the rest of the demo runs on: say it, go on
+                print(f"popkit demo: could not push {what} through the fleet: {exc}", file=sys.stderr, flush=True)
         while not self._stop.wait(TIMELINE_RENEW_S):
             try:
                 self.push_timelines()
@@ -334,7 +345,7 @@ def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: FleetSession | s
     # The operator calls the fleet's API as the demo's ops user; without a session (``popkit kit up``
     # has no fleet of its own) there is none.
     if isinstance(base, FleetSession) and (lights or bench.tickets):
-        bench.operator = Operator(base, lights, bench.tickets.revoked if bench.tickets else None)
+        bench.operator = Operator(base, lights, bench.tickets)
     return bench
 
 
