@@ -222,3 +222,20 @@ def test_pi_install_doc_matches_what_provisioning_writes_and_links_only_inside_t
     assert "DESIGN" not in doc and "http://" not in doc and "https://" not in doc
     for target in re.findall(r"\]\(([^)]+)\)", doc):
         assert (REPO / "docs" / target).exists(), target
+
+
+@needs_root
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3 at /usr/bin/python3")
+def test_install_script_runs_with_the_systems_python_alone(tmp_path):
+    """deploy/install-kit.sh is for a Pi where PopKit is not installed yet: the standard library only."""
+    import subprocess
+
+    out = _provision(tmp_path)
+    root = seed_root(tmp_path / "pi-root")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # no virtualenv on the PATH
+    run = [str(REPO / "deploy" / "install-kit.sh"), str(out / "pi"), "--root", str(root)]
+    first = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "changed: /etc/popkit/agent.env written" in first.stdout
+    second = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 0 and second.stdout.splitlines()[-1] == f"0 change(s) under {root}", second.stdout
