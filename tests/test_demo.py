@@ -172,7 +172,12 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
         for dev in ("demo-scanner-1", "demo-lights-1"):
             wait_until(lambda: (demo.api(f"devices/{dev}/config") or {}).get("in_sync"), timeout=15,
                        what=f"{dev} applying the config the demo pushed through the fleet")
-        assert demo.api("devices/demo-scanner-1/config")["data"]["revoked"]["DEMO-NIGHT"] == [tickets[-1]["ticket_id"]]
+        scanner_data = demo.api("devices/demo-scanner-1/config")["data"]
+        assert scanner_data["revoked"]["DEMO-NIGHT"] == [tickets[-1]["ticket_id"]]
+        # The event's key reached the door through the fleet too, with a window around the tickets'.
+        [key] = [k for k in scanner_data["keys"] if k["event"] == "DEMO-NIGHT"]
+        assert key["key"] == json.loads(key_file.read_text())["key"] and key["not_before"] < time.time() < key["expires"]
+        assert "could not push" not in demo.out, demo.out[-2000:]
         r = subprocess.run([sys.executable, "-m", "simulators.scanner", m.group(1), tickets[-1]["payload"]],
                            capture_output=True, text=True, timeout=30)
         assert r.stdout.split()[0] == "red", r.stdout
