@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from agent import control
-from agent.kitup import AGENT_FW
+from agent.kitup import AGENT_FW, hand_back
 from agent.link import FleetLink
 from kits.contract import Event
 from kits.manifest import KitManifest
@@ -130,4 +130,5 @@ def kit_down(manifest: KitManifest, mqtt_url: str, data: Path, wait_s: float = 3
     finally:
         link.stop()
     remember(manifest, data, now)
+    hand_back(data)
     return 0 if not left else 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -119,6 +120,24 @@ def ask_agent(manifest: KitManifest, sock: Path, view) -> Report:
     return report
 
 
+def hand_back(data: Path) -> None:
+    """Run as root with the service stopped, this command writes into the service's data folder
+    (its outbox, kit down's baseline): give what root made there to the folder's owner, or the
+    service (User=popkit) could not open its own outbox at its next start."""
+    try:
+        owner = data.stat()
+    except OSError:
+        return
+    if os.geteuid() != 0 or owner.st_uid == 0:
+        return
+    for entry in data.iterdir():
+        try:
+            if entry.lstat().st_uid == 0:
+                os.chown(entry, owner.st_uid, owner.st_gid, follow_symlinks=False)
+        except OSError as exc:  # the command's result stands; say what the crew must fix
+            log.warning("%s: cannot give it back to the data folder's owner: %s", entry, exc)
+
+
 def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate: bool = False,
            scenario: Scenario | None = None) -> int:
     if not simulate:  # a simulated kit is its own, never the service's
@@ -128,6 +147,7 @@ def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate
             pass
     data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
+        stack.callback(hand_back, data_dir)  # runs last: after the link has closed its outbox
         if simulate:
             scenario = scenario or Scenario()
             if mqtt_url is None:

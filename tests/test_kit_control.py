@@ -273,3 +273,21 @@ def test_a_user_the_socket_refuses_is_told_so_and_is_not_sent_to_the_hardware(si
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                        cwd=Path(__file__).resolve().parent.parent)
     assert "may not talk to it" in r.stdout and "popkit group" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: root running kit down with the service stopped")
+def test_root_working_alone_leaves_the_services_data_folder_to_its_owner(tmp_path, broker):
+    """With the service stopped, root's kit down writes the outbox and its baseline into the service's
+    folder: they go back to the folder's owner, or the service could not open its own outbox next start."""
+    manifest = tmp_path / "kit.toml"
+    manifest.write_text('id = "ck"\nname = "Control kit"\nagent = "ck-agent"\n')
+    data = tmp_path / "lib"
+    data.mkdir()
+    os.chown(data, 65534, 65534)  # as StateDirectory= leaves it: the service's user owns it
+    env = tmp_path / "agent.env"
+    env.write_text(f"POPKIT_MQTT_URL={broker.url}\nPOPKIT_AGENT_DATA={data}\n")
+    r = popkit("kit", "down", str(manifest), "--env", str(env), "--wait", "0")
+    assert "check-ins   0" in r.stdout, r.stdout + r.stderr
+    made = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in data.iterdir()}
+    assert "ck-outbox.db" in made and "ck-last-down.json" in made
+    assert set(made.values()) == {(65534, 65534)}, made
