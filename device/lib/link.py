@@ -26,10 +26,11 @@
 #   door one wait, not one per guest.
 # * Kit-level topics (kit_subs): popkit/v1/<kit>/<name>, beside the device trees, from the kit's
 #   agent (e.g. the kit's revocations); subscribed on every session, handed to the app as bytes.
-# * The kit's clock (time_sync, a clock.Clock): popkit/v1/<kit>/time from the kit's agent,
-#   QoS 0, handed to Clock.offer(); `state` says the clock's state ("clock") and why this boot
-#   happened ("reset_cause"), and is published again when the clock's state changes. The time
-#   topic is subscribed before the birth goes out: the agent answers a birth with the time at once.
+# * The kit's clock (time_sync: the board, whose clock it sets): popkit/v1/<kit>/time from the
+#   kit's agent, QoS 0, handed to clock.offer() (which time to take: clock.py); a refused one is
+#   counted (clock_refused). `state` says the clock's state ("clock") and why this boot happened
+#   ("reset_cause"), and is published again when the clock's state changes. The time topic is
+#   subscribed before the birth goes out: the agent answers a birth with the time at once.
 # * Commands: never executed when retained or past `expires` (answered
 #   "expired"), nor while the clock is unset (answered "rejected": expires cannot be checked);
 #   a redelivered id is not executed twice. Config: handed to the
@@ -46,6 +47,7 @@ from time import ticks_ms, ticks_diff
 
 from micropython import const
 
+import clock
 from flashlog import FlashLog, CHANNELS
 from log import log
 from pkmqtt import Client, MQTTError
@@ -74,7 +76,8 @@ class Link:
         it would be in the heap twice while the app parses it.
         hub: this device asks the kit's hub (ask_hub).
         kit_subs: ((name, qos, handler(payload bytes, retained)), ...) for kit-level topics.
-        time_sync: a clock.Clock, set from the kit's time messages; reset_cause: for `state`.
+        time_sync: the board (epoch_ms, set_epoch_ms, clock_source), whose clock the kit's time
+        messages set (clock.py); reset_cause: for `state`.
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
         self.fw = fw
@@ -101,12 +104,13 @@ class Link:
         self._t_claimed = (pre + "claimed").encode() if hub else None
         self._time = time_sync
         self.reset_cause = reset_cause
+        self.clock_refused = 0  # kit time messages refused since boot (telemetry)
         if time_sync is not None:
             kit_subs = tuple(kit_subs) + (("time", 0, self._on_time),)
         self._kit_subs = [(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs]
         self._claim_id = 0
         self._answer = None
-        self._answered = asyncio.Event()
+        self._answered = asyncio.Event() if hub else None  # a controller never asks: no Event on its heap
         self._hub_miss = None  # ticks of the last unanswered claim
         self._t_out = [None]  # by flashlog channel code
         for c in CHANNELS[1:]:
@@ -161,16 +165,17 @@ class Link:
         """The hub's answer to this scanner's claim on a ticket ({"admit": bool, "first": ...}), or None
         when there is none within timeout_ms (no link, no hub, or the hub was silent just now)."""
         c = self.mqtt
-        if self._t_claim is None or not c.up.is_set():
+        ev = self._answered
+        if ev is None or not c.up.is_set():  # None: not a device that asks (hub=False)
             return None
         if self._hub_miss is not None and ticks_diff(ticks_ms(), self._hub_miss) < _HUB_QUIET_MS:
             return None
         self._claim_id = (self._claim_id + 1) & 0x7FFFFFFF
         self._answer = None
-        self._answered.clear()
+        ev.clear()
         msg = ('{"id":%d,"event":"%s","ticket":"%s","ts":%d}' % (self._claim_id, event, ticket, ts)).encode()
         try:
-            await asyncio.wait_for_ms(self._ask(msg), timeout_ms)
+            await asyncio.wait_for_ms(self._ask(msg, ev), timeout_ms)
         except asyncio.TimeoutError:
             self._hub_miss = ticks_ms()
             log(_WARN, "link", "no answer from the hub in %d ms", timeout_ms)
@@ -178,9 +183,9 @@ class Link:
         self._hub_miss = None
         return self._answer
 
-    async def _ask(self, msg):
+    async def _ask(self, msg, ev):
         await self.mqtt.publish(self._t_claim, msg, False, 0)
-        await self._answered.wait()
+        await ev.wait()
 
     def ack(self, cmd_id, status, detail=None):
         """Answer a command: status ok | error | expired | rejected."""
@@ -326,6 +331,9 @@ class Link:
         c = self.mqtt
         t_receipt, t_cmd, t_config = self._t_in
         while True:
+            # The last message and what was parsed from it are let go before waiting for the next:
+            # held across the wait, a timeline's payload would stay on the heap until then.
+            t = m = r = cfg = want = None
             t, m, retained = await c.recv()
             try:
                 if t == t_receipt:
@@ -342,7 +350,7 @@ class Link:
                         log(_WARN, "link", "ignored a retained command")
                     else:
                         self._cmd(json.loads(m))
-                elif t == self._t_claimed:
+                elif t == self._t_claimed and self._answered is not None:
                     r = json.loads(m)
                     if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
                         self._answer = r
@@ -372,7 +380,7 @@ class Link:
             return
         self._recent[self._recent_i] = cid
         self._recent_i = (self._recent_i + 1) % _RECENT_CMDS
-        if self._time is not None and not self._time.is_set():
+        if self._time is not None and clock.state(self._time) == clock.UNSET:
             self.ack(cid, "rejected", "clock not set: cannot check expires")
         elif cmd["expires"] <= self._clock():
             self.ack(cid, "expired")
@@ -393,8 +401,11 @@ class Link:
         if retained:  # the kit's time is never retained: a stale one must not set the clock
             return
         t = json.loads(m)
-        if self._time.offer(t["ts"], t.get("synced") is True):
-            log(_INFO, "link", "clock %s", self._time.state())
+        r = clock.offer(self._time, t["ts"], t.get("synced") is True)
+        if r < 0:
+            self.clock_refused += 1
+        elif r:
+            log(_INFO, "link", "clock %s", clock.state(self._time))
             self._restate = True
             self._kick.set()
 
@@ -408,7 +419,7 @@ class Link:
         if self.config_version is not None:
             s += ',"config_version":%d' % self.config_version
         if self._time is not None:
-            s += ',"clock":"%s"' % self._time.state()
+            s += ',"clock":"%s"' % clock.state(self._time)
         if self.reset_cause:
             s += ',"reset_cause":"%s"' % self.reset_cause
         return (s + "}").encode()

@@ -43,13 +43,10 @@ def load_config():
     return cfg
 
 
-_clock = clock.Clock(board)  # set by internet NTP or the kit's time (clock.py)
-
-
 def now_s():
-    """Unix seconds, None while the clock is unset: the timeline then shows its default scene with
-    the safety floor (docs/lighting-timeline.md, "No clock") until the kit's time arrives."""
-    return _clock.now_s()
+    """Unix seconds, None while the clock is unset (clock.py): the timeline then shows its default
+    scene with the safety floor (docs/lighting-timeline.md, "No clock") until the kit's time arrives."""
+    return None if clock.state(board) == clock.UNSET else board.epoch_ms() // 1000
 
 
 class App:
@@ -63,7 +60,7 @@ class App:
         # what should be on now, before anything touches the network
         self.light.power_up(now_s(), ticks_ms())
         print("SCENE", self.light.scene, ticks_diff(ticks_ms(), t_start), self.light.version)
-        print("CLOCK", _clock.state(), self.cause)
+        print("CLOCK", clock.state(board), self.cause)
         self.link = None
 
     def start_link(self):
@@ -79,7 +76,7 @@ class App:
                               max_msg=cfg.get("max_config", 4096), keepalive=cfg.get("keepalive", 30),
                               response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
                               backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password,
-                              time_sync=_clock, reset_cause=self.cause)
+                              time_sync=board, reset_cause=self.cause)
         self.link.start()
 
     def on_config(self, raw):
@@ -97,8 +94,10 @@ class App:
     def on_cmd(self, cmd):
         if cmd.get("action") == "reboot":  # the board's, not the lights': past their gate
             return self.link.reboot(cmd, board.reset)
-        if cmd.get("action") == "hang" and hasattr(board, "hang"):  # the unix board's debug stand-in for a bug
-            board.hang()
+        if cmd.get("action") == "hang" and board.NAME == "unix":  # debug, the unix board only: a bug's stand-in
+            print("HANG")
+            while True:  # the loop stops dead: the watchdog resets the board
+                pass
         r = self.light.on_cmd(json.dumps(cmd), False, board.epoch_ms(), ticks_ms())
         if r is None:  # ran before (this boot or an earlier one): answered the first time
             print("CMD", cmd.get("id"), "duplicate")
@@ -109,7 +108,7 @@ class App:
     async def ticker(self):
         light = self.light
         while True:
-            board.feed()  # the watchdog: a loop that stops passing here resets the board
+            board.feed()  # the watchdog (started by the first feed): a loop that stops passing here resets the board
             light.tick(now_s(), ticks_ms())
             a = gc.mem_alloc()
             if a > self.peak:
@@ -125,13 +124,12 @@ class App:
             live = gc.mem_alloc()
             print("HEAP", live, self.peak, lk.mqtt.conns)
             fields = {"uptime_s": ticks_diff(ticks_ms(), t_start) // 1000, "heap_free": gc.mem_free(),
-                      "outbox": lk.outbox.count, "dropped": lk.outbox.dropped, "clock_refused": _clock.refused}
+                      "outbox": lk.outbox.count, "dropped": lk.outbox.dropped, "clock_refused": lk.clock_refused}
             if self.light.scene is not None:
                 fields["scene"] = self.light.scene
             lk.emit("telemetry", "device", fields)
 
     async def run(self):
-        board.watchdog()  # fed by the ticker from here on
         asyncio.create_task(self.ticker())  # the lights first
         self.start_link()
         await self.telemetry()
@@ -140,7 +138,12 @@ class App:
 def main():
     gc.threshold(4096)  # collect often and small: the heap is shared with MQTT buffers
     app = App(load_config())
-    board.run(app.run())  # the unix board: a watchdog reset ends the process with RESET_EXIT
+    try:
+        asyncio.run(app.run())
+    except KeyboardInterrupt:  # the unix board's watchdog interrupts a hung loop: reset as a board would
+        if getattr(board, "bitten", False):
+            board.reset()
+        raise
 
 
 main()

@@ -84,13 +84,10 @@ def _mkdir(path):
         pass
 
 
-_clock = clock.Clock(board)  # the board's time, and whether it is set (internet NTP or the kit's time)
-
-
 def _trusted_s():
     """Unix seconds when the clock can be believed, else None: an unset clock (an RTC counting from
     2000 with no time from the kit yet) must not expire keys or delete redemption logs."""
-    return _clock.now_s()
+    return None if clock.state(board) == clock.UNSET else board.epoch_ms() // 1000
 
 
 def _config_path():
@@ -147,7 +144,7 @@ class Scanner:
                               resend_ms=br.get("resend_ms", 15000), keepalive=br.get("keepalive", 30),
                               response_ms=br.get("response_ms", 5000), backoff_ms=br.get("backoff_ms", 500),
                               backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True, user=user, password=password,
-                              kit_subs=(("revocations", 1, self._on_kit),), time_sync=_clock, reset_cause=cause)
+                              kit_subs=(("revocations", 1, self._on_kit),), time_sync=board, reset_cause=cause)
         self._hub_ms = cfg.get("hub_ms", 250)
 
     # ------------------------------------------------------------ one scan
@@ -157,7 +154,7 @@ class Scanner:
         gate = self.gate
         # No trusted time (docs/tickets.md): signature and event decide, not the ticket's window,
         # and the check-in says so. Revocations and double entry hold as ever.
-        trusted = _clock.is_set()
+        trusted = clock.state(board) != clock.UNSET
         v, f = gate.decide(line, scan_ms // 1000, False, trusted)
         self.scans += 1
         data = {"verdict": v}
@@ -225,7 +222,7 @@ class Scanner:
         asm = self.lines
         last_rx = ticks_ms()
         while True:
-            board.feed()  # the watchdog: a loop that stops passing here resets the board
+            board.feed()  # the watchdog (started by the first feed): a loop that stops passing here resets the board
             n = hw.readinto(buf)
             now = ticks_ms()
             if n:
@@ -310,8 +307,10 @@ class Scanner:
             return "ok"
         if cmd["action"] == "reboot":
             return self.link.reboot(cmd, board.reset)
-        if cmd["action"] == "hang" and hasattr(board, "hang"):  # the unix board's debug stand-in for a bug
-            board.hang()
+        if cmd["action"] == "hang" and board.NAME == "unix":  # debug, the unix board only: a bug's stand-in
+            print("HANG")
+            while True:  # the loop stops dead: the watchdog resets the board
+                pass
         return ("rejected", "unknown action")
 
     async def telemetry_loop(self):
@@ -325,7 +324,7 @@ class Scanner:
                 lk.emit("telemetry", "device", {"uptime_s": ticks_diff(ticks_ms(), self.t0) // 1000,
                                                 "heap_free": gc.mem_free(), "outbox": lk.outbox.count,
                                                 "dropped": lk.outbox.dropped, "scans": self.scans,
-                                                "clock_refused": _clock.refused})
+                                                "clock_refused": lk.clock_refused})
             except Exception as e:
                 print("TELEMETRY failed", repr(e))
 
@@ -348,10 +347,9 @@ class Scanner:
 
     async def run(self):
         lk = self.link
-        print("BOOT", lk.boot.decode(), lk.started, lk.outbox.count, _clock.state(), lk.reset_cause)
+        print("BOOT", lk.boot.decode(), lk.started, lk.outbox.count, clock.state(board), lk.reset_cause)
         print("CODE", _CODE)
         lk.start()
-        board.watchdog()  # fed by uart_loop from here on
         asyncio.create_task(self.telemetry_loop())
         asyncio.create_task(self.monitor_loop())
         print("READY")
@@ -362,7 +360,12 @@ def main():
     with open(_config_path()) as f:
         cfg = json.load(f)
     board.configure(cfg)  # the board's part of the config (Wi-Fi on the ESP32), before anything uses it
-    board.run(Scanner(cfg).run())  # the unix board: a watchdog reset ends the process with RESET_EXIT
+    try:
+        asyncio.run(Scanner(cfg).run())
+    except KeyboardInterrupt:  # the unix board's watchdog interrupts a hung loop: reset as a board would
+        if getattr(board, "bitten", False):
+            board.reset()
+        raise
 
 
 main()

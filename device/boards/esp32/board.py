@@ -179,24 +179,16 @@ def reset_cause(data_dir):
     return "other"
 
 
-def watchdog():
-    """Start the hardware watchdog: feed() must then be called at least every 8 s, or the chip
-    resets (reset_cause "watchdog" at the next boot). It cannot be stopped once started."""
-    global _wdt
-    import machine
-
-    _wdt = machine.WDT(timeout=8000)
-
-
 def feed():
-    """From the main loop, every pass: the watchdog's food, and an NTP answer read if one is due."""
-    if _wdt is not None:
-        _wdt.feed()
+    """From the main loop, every pass: the watchdog's food, and an NTP answer read if one is due.
+    The first call starts the hardware watchdog: from then on a loop that does not come back here
+    within 8 s resets the chip (reset_cause "watchdog" at the next boot). It cannot be stopped."""
+    global _wdt
+    if _wdt is None:
+        import machine
+
+        _wdt = machine.WDT(timeout=8000)
+    _wdt.feed()
     if _ntp_sock is not None:
         _ntp_answer(_ntp_sock)
 
-
-def run(main):
-    import asyncio
-
-    asyncio.run(main)

@@ -23,13 +23,13 @@ def connect_tcp(host, port):
 # (configure) or $POPKIT_BOARD_EPOCH_MS says, and runs on from there, so a test can power a device
 # up in the year 2000 as an ESP32 with no RTC backup is; then the kit's time sets it (clock.py).
 # One list, not four globals: each module global costs an ESP32-sized heap a dict slot and a name.
-_st = [0, "synced", 8000, 0, None, False]  # clock offset ms, clock source, watchdog ms, fed at, data dir, bitten
+_st = [0, "synced", 8000, None, None]  # clock offset ms, clock source, watchdog ms, fed at, reset marker path
 _OFS = const(0)
 _SRC = const(1)
 _WDT = const(2)
 _FED = const(3)
 _DIR = const(4)
-_BIT = const(5)
+bitten = False  # the watchdog has reset the board: the app's KeyboardInterrupt is its doing
 
 
 def epoch_ms():
@@ -63,7 +63,8 @@ def reset():
     next boot's reset_cause says "soft", as an ESP32's after machine.reset())."""
     import sys
 
-    _mark("soft")
+    if not bitten:  # a watchdog reset has left its own marker
+        _mark("soft")
     sys.exit(RESET_EXIT)
 
 
@@ -71,7 +72,8 @@ def reset():
 # A stand-in for machine.WDT: a thread that wakes every 100 ms and, when the main loop has not fed
 # it for hw.wdt_ms (8 s), ends the process the way a reset would: a marker in the data folder (the next
 # boot's reset_cause says "watchdog"), then SIGINT to itself, so the main thread (hung in Python or
-# waiting in poll) raises KeyboardInterrupt and run() exits with RESET_EXIT. One hung in C beyond
+# waiting in poll) raises KeyboardInterrupt, and the app, seeing `bitten`, calls reset(): exit
+# RESET_EXIT, on which its supervisor starts it again as a board restarts. One hung in C beyond
 # the interrupt's reach is killed 2 s later (SIGKILL, as a power cut): its marker is on disk.
 # The shell sends the SIGINT from the background: system() ignores SIGINT in its caller until it
 # returns.
@@ -99,47 +101,27 @@ def _mark(cause):
             pass
 
 
-def watchdog():
-    """Start the watchdog: feed() must then be called at least every hw.wdt_ms (8 s) by the main loop."""
-    import _thread
-
-    feed()
-    _thread.start_new_thread(_watch, ())
-
-
 def feed():
+    """From the main loop, every pass. The first call starts the watchdog: from then on a loop that
+    does not come back here within hw.wdt_ms (8 s) resets the board."""
+    first = _st[_FED] is None
     _st[_FED] = time.ticks_ms()
+    if first:
+        import _thread
+
+        _thread.start_new_thread(_watch, ())
 
 
 def _watch():
     while time.ticks_diff(time.ticks_ms(), _st[_FED]) < _st[_WDT]:
         time.sleep_ms(100)
-    _st[_BIT] = True
+    global bitten
+    bitten = True
     _mark("watchdog")
     print("WATCHDOG the main loop was not fed for %d ms: reset" % _st[_WDT])
     os.system("(sleep 0.05; kill -INT $PPID) &")
     time.sleep_ms(2000)
     os.system("kill -KILL $PPID")
-
-
-def run(main):
-    """Run the app's main coroutine; a watchdog reset ends the process with RESET_EXIT."""
-    import asyncio
-    import sys
-
-    try:
-        asyncio.run(main)
-    except KeyboardInterrupt:
-        if _st[_BIT]:
-            sys.exit(RESET_EXIT)
-        raise
-
-
-def hang():
-    """Debug, unix board only (the `hang` command): stop the main loop dead, as a firmware bug would."""
-    print("HANG")
-    while True:
-        pass
 
 
 def config_path(role):
