@@ -48,6 +48,7 @@ SOCKET_NAME = "agent.sock"
 GROUP = "popkit"
 MODE = 0o660
 MAX_LINE = 64 * 1024
+REQUEST_TIMEOUT_S = 10.0
 ANSWER_TIMEOUT_S = 90.0  # a self-test waits for one already running (each step gives up at 8 s)
 
 Reply = Callable[[dict], None]
@@ -166,10 +167,12 @@ class ControlServer:
                 writer.write(json.dumps(msg).encode() + b"\n")
 
         try:
-            try:
-                line = await reader.readline()
+            try:  # a client that never says anything must not hold a task of ours for ever
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
             except ValueError:  # longer than MAX_LINE
                 raise _Refused("a request is one JSON line") from None
+            except asyncio.TimeoutError:
+                raise _Refused(f"no request in {REQUEST_TIMEOUT_S:.0f} s") from None
             req = self._request(line)
             log.info("control: %s asked by %s", req["op"], _peer(writer))
             await self.handlers[req["op"]](req, reply)

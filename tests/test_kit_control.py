@@ -291,3 +291,19 @@ def test_root_working_alone_leaves_the_services_data_folder_to_its_owner(tmp_pat
     made = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in data.iterdir()}
     assert "ck-outbox.db" in made and "ck-last-down.json" in made
     assert set(made.values()) == {(65534, 65534)}, made
+
+
+def test_the_agent_answers_a_garbled_or_silent_client_and_keeps_serving(site, agent):
+    manifest, env, data, _ = site
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, _address(data / "agent.sock") as addr:
+        s.settimeout(30)
+        s.connect(addr)
+        s.sendall(b"selftest please\n")
+        assert b"a request is one JSON line" in s.makefile("rb").readline()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, _address(data / "agent.sock") as addr:
+        s.settimeout(30)
+        s.connect(addr)
+        s.sendall(b'{"op": "reboot", "kit": "ck"}\n')
+        assert b"unknown op; this agent takes kitdown, selftest" in s.makefile("rb").readline()
+    r = popkit("kit", "up", str(manifest), "--env", str(env))
+    assert r.returncode == 0 and "Control kit: READY" in r.stdout, r.stdout + r.stderr
