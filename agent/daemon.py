@@ -205,8 +205,8 @@ class Agent:
     async def shutdown(self) -> None:
         """Button held: flush what the fleet is owed, then power the Pi off (only on real hardware)."""
         log.warning("panel button held: shutting down")
-        if self.panel is not None:
-            self.panel.show("booting")
+        if self.panel is not None:  # dark at once, as the LED table says: the hold was taken
+            self.panel.show("off")
         await asyncio.to_thread(self._flush, 10.0)
         self.stop()
         if not self.simulate:

@@ -254,3 +254,13 @@ def test_reboot_restarts_the_agent_once_and_a_redelivery_after_it_does_not(kit):
                       action="reboot")
     again = Agent(agent.manifest, agent.link, agent.hw, agent.watch, agent.data)
     assert again._restart(earlier) == ("ok", f"restarted at {agent.link.started_ms}") and again.restart is False
+
+
+def test_holding_the_button_darkens_the_led_at_once_and_stops_the_agent(kit):
+    """The LED table says dark means shutting down: the crew sees the hold was taken, not "booting"."""
+    _fleet, agent, hw = kit
+    button = hw.pin_factory.pin(27)
+    button.drive_low()  # held past the panel's hold time (3 s): a safe shutdown (no poweroff when simulated)
+    wait_until(lambda: agent._stop.is_set(), 15, what="the agent stopping on the hold")
+    button.drive_high()
+    assert agent.panel.status == "off"
