@@ -51,6 +51,28 @@ def keep(path, ms: int) -> None:
     path.write_text(json.dumps({"ts": ms, "src": "ntp"}))
 
 
+# ---------------------------------------------------------------- the contract
+
+
+def test_the_time_message_and_the_clock_fields_are_checked_and_optional():
+    from kits.contract import ContractError
+
+    assert decode("time", b'{"ts":1795280000000,"src":"rtc","synced":true}').src == "rtc"
+    for bad in (b'{"ts":1795280000000,"src":"gps","synced":true}', b'{"ts":-1,"src":"ntp","synced":true}',
+                b'{"ts":1795280000000,"src":"ntp"}', b'{"ts":1795280000000,"src":"ntp","synced":true,"tz":"UTC"}'):
+        with pytest.raises(ContractError):
+            decode("time", bad)
+    old = b'{"boot":"ab12","seq":0,"ts":5,"online":true,"role":"scanner"}'  # firmware before the clock
+    assert decode("state", old).clock is None and decode("state", old).reset_cause is None
+    with pytest.raises(ContractError, match="clock"):
+        decode("state", old[:-1] + b',"clock":"gps"}')
+    checkin = b'{"boot":"ab12","seq":3,"ts":5,"kind":"checkin","data":{"event":"GIG-1","ticket":"T1","verdict":"admitted"'
+    assert decode("event", checkin + b',"clock":"unset"}}').data["clock"] == "unset"
+    with pytest.raises(ContractError, match="data.clock"):
+        decode("event", checkin + b',"clock":"synced"}}')
+    assert time_topic("gig") == "popkit/v1/gig/time"
+
+
 # ---------------------------------------------------------------- where the Pi's time comes from
 
 
