@@ -566,3 +566,28 @@ def test_a_venue_page_shows_each_zones_day_and_an_override_from_it_reaches_the_c
     page.wait_for_selector('[data-testid^="override-o-"]', state="detached", timeout=5000)
     assert live.get(f"{v}/preview").json()["zones"]["stage"]["layer"] == "schedule"
     assert not errors, errors
+
+
+def test_a_door_with_no_time_shows_its_clock_and_why_it_rebooted_on_the_kit_page(live, broker, browser):
+    """A scanner that came back from a watchdog reset with no time yet (year 2000): the kit page says
+    so on its row, and once the kit's Pi gives it time, says that instead."""
+    pub = bring_up(broker.url, skip=(DOOMED,))
+    try:
+        def door(clock: str) -> None:
+            s = State(boot="d00d02", seq=0, ts=946_684_800_000, online=True, role="scanner", fw="test-1.0",
+                      clock=clock, reset_cause="watchdog")
+            pub.publish(topic(KIT, DOOMED, "state"), encode(s), qos=1, retain=True).wait_for_publish(5)
+
+        door("unset")
+        wait_until(lambda: live.get(f"/api/v1/devices/{DOOMED}").json()["clock"] == "unset", what="the door's clock")
+        page = browser.new_page()
+        page.goto(f"{live.base}/#/kit/{KIT}")
+        row = page.locator(dev_sel(DOOMED, True, "#kit-page"))
+        row.wait_for(timeout=5000)
+        wait_until(lambda: "clock unset" in row.inner_text(), 5, what="the door's row saying its clock is unset")
+        assert "last reset: watchdog" in row.inner_text()
+        door("kit")
+        wait_until(lambda: "clock kit" in row.inner_text(), 10, what="the door's row saying it has the kit's time")
+    finally:
+        pub.disconnect()
+        pub.loop_stop()

@@ -170,7 +170,8 @@ function deviceRow(d) {
   const cmd = state.commands.get(d.id);
   const printer = d.role === "printer";
   const extra = [d.model, d.fw ? `fw ${d.fw}` : "", d.config_version != null ? `config v${d.config_version}` : "",
-    d.host_id ? `via ${d.host_id}` : ""].filter(Boolean).join(" · ");
+    d.host_id ? `via ${d.host_id}` : "", d.clock ? `clock ${d.clock}` : "",
+    d.reset_cause && d.reset_cause !== "power" ? `last reset: ${d.reset_cause}` : ""].filter(Boolean).join(" · ");
   const gaps = d.health?.gaps ? ` · ${d.health.gaps} gaps` : "";
   return `<li class="device" data-testid="device-${esc(d.id)}" data-device="${esc(d.id)}" data-online="${d.online}">
     <div><span class="dot"></span><strong>${esc(d.id)}</strong> <span class="muted">${esc(d.role)}</span></div>
