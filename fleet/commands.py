@@ -26,6 +26,11 @@ log = logging.getLogger("popkit.fleet.commands")
 
 DEFAULT_TTL_S = 60
 MAX_TTL_S = 86_400
+# A device coming online is sent again what it has not answered from this far back: a command
+# asked while its kit's uplink was down never reached the kit (the bridge had no session at the
+# fleet broker, or its queue was lost). Expired ones go too, so the device itself answers
+# "expired" (it never runs them) and the record says so from the device, not from a guess.
+RESEND_WINDOW_MS = MAX_TTL_S * 1000
 
 
 class UnknownDevice(LookupError):
@@ -68,6 +73,23 @@ class Publisher:
         self.store.add_command(device_id, cmd, requested_by)
         self._publish(topic(ref.kit_id, device_id, "cmd"), payload, retain=False)
         return self.store.get_command(cmd.id)
+
+    def resend_pending(self, device_ids: list[str]) -> int:
+        """Publish again each command these devices have not answered (they came online). A device
+        runs an id once (device/lib/link.py keeps the recent ids), so a copy that also arrives from
+        the broker's queue is answered, not run twice. Returns how many were sent."""
+        n = 0
+        since = now_ms() - RESEND_WINDOW_MS
+        for device_id in device_ids:
+            ref = self.store.device_ref(device_id)
+            if ref is None:
+                continue
+            for cmd in self.store.pending_commands(device_id, since):
+                self._publish(topic(ref.kit_id, device_id, "cmd"), encode(cmd), retain=False)
+                n += 1
+        if n:
+            log.info("sent %d unanswered command(s) again to %s, online again", n, ", ".join(device_ids))
+        return n
 
     # ------------------------------------------------------------ desired config
 

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import paho.mqtt.client as mqtt
@@ -108,6 +109,9 @@ class Ingest:
         self.store = store
         self.metrics = IngestMetrics()
         self.connected = threading.Event()
+        # Called with the devices whose birth state a batch committed (fleet/commands.py resends
+        # their unanswered commands); on the writer thread, after the commit.
+        self.on_births: list[Callable[[list[str]], object]] = []
         self._queue: deque = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -249,6 +253,12 @@ class Ingest:
             self.metrics.batches += 1
             self.metrics.last_batch_size = len(items)
             self._send_receipts(batch.ledger)
+        births = [device for device, st in batch.states if st.online and st.reason == "birth"]
+        for listener in self.on_births if births else ():
+            try:
+                listener(births)
+            except Exception:  # noqa: BLE001 - a listener's failure must not stop ingest
+                log.exception("a birth listener failed")
 
     def _commit(self, batch: Batch):
         delay = 0.1

@@ -101,6 +101,39 @@ def test_unanswered_command_shows_expired_after_its_expiry(fleet):
 
 # ---------------------------------------------------------------- desired config
 
+def test_a_command_asked_while_the_device_was_away_is_sent_again_when_it_comes_online(fleet, broker):
+    # Nobody subscribed (a kit's uplink cut before its bridge ever logged in): the first publish is lost.
+    live = fleet.api.post(f"/api/v1/devices/{SCANNER}/commands", json={"action": "identify", "ttl_s": 600}).json()
+    gone = fleet.api.post(f"/api/v1/devices/{SCANNER}/commands", json={"action": "identify", "ttl_s": 1}).json()
+    time.sleep(1.2)
+    answered = fleet.api.post(f"/api/v1/devices/{SCANNER}/commands", json={"action": "identify"}).json()
+    sub = QosCollector(broker.url, [f"{BASE}/{SCANNER}/cmd"])
+    pub = publisher(broker.url)
+    try:
+        pub.publish(f"{BASE}/{SCANNER}/ack", ack(SCANNER, answered["id"], 1), qos=1)
+        wait_until(lambda: commands(fleet)[answered["id"]]["status"] == "ok", what="the answered command settled")
+        birth = State(boot="ab12cd", seq=0, ts=1_795_280_030_000, online=True, role="scanner")
+        pub.publish(f"{BASE}/{SCANNER}/state", encode(birth), qos=1, retain=True)
+        wait_until(lambda: len(sub.on(f"{SCANNER}/cmd")) >= 2, what="the unanswered commands sent again")
+        time.sleep(0.3)
+        sent = [decode("cmd", p) for p in sub.on(f"{SCANNER}/cmd")]
+        # both unanswered ones, the expired one too (the device answers it "expired" and never runs it),
+        # the answered one not; the same ids, expiries and args as first sent
+        assert [(c.id, c.expires) for c in sent] == [(live["id"], live["expires"]), (gone["id"], gone["expires"])]
+        assert sub.qos == [1, 1]
+        # a state that is not a birth (a death, a re-stated config version) sends nothing again
+        pub.publish(f"{BASE}/{SCANNER}/state", encode(State(boot="ab12cd", seq=0, ts=1_795_280_030_000,
+                                                            online=False, role="scanner", reason="lwt")),
+                    qos=1, retain=True)
+        wait_until(lambda: fleet.api.get(f"/api/v1/devices/{SCANNER}").json().get("online") is False,
+                   what="the death stored")
+        time.sleep(0.3)
+        assert len(sub.on(f"{SCANNER}/cmd")) == 2
+    finally:
+        sub.close()
+        pub.loop_stop()
+
+
 def test_config_is_retained_versioned_and_reaches_a_late_subscriber(fleet, broker, collect):
     first = fleet.api.put(f"/api/v1/devices/{LIGHTS}/config", json={"data": {"scene": "warm"}})
     assert first.status_code == 200, first.text

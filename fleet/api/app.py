@@ -65,6 +65,8 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     store.on_change.append(bus.publish)
     # Pushing to devices goes through the ingest worker's client unless told otherwise.
     app.state.publisher = publisher or (Publisher.for_ingest(store, ingest) if ingest is not None else None)
+    if ingest is not None:  # a device back online gets what it was asked while it was away
+        ingest.on_births.append(lambda devices: app.state.publisher and app.state.publisher.resend_pending(devices))
     app.state.venue_lighting = VenueLighting(store, lambda: app.state.publisher, horizon_h=settings.venue_horizon_h,
                                              repush_before_h=settings.venue_repush_before_h,
                                              max_config=settings.lighting_max_config)
