@@ -145,9 +145,8 @@ def firmware_step(spec: DeviceSpec, watch: Any, wait_s: float = DEVICE_WAIT_S) -
 
 def _offline_fix(spec: DeviceSpec) -> str:
     # The firmware shows nothing while it joins the Wi-Fi: the crew checks power, range and flash.
-    powered = " (scan any code: its lamp lights green or red when it has power)" if spec.role == "scanner" else ""
-    return (f"switch it on{powered}, bring it within range of the kit's Wi-Fi, and check it was flashed for this "
-            "kit (popkit device flash)")
+    powered = " (with power, a scanned code lights its lamp green or red)" if spec.role == "scanner" else ""
+    return f"switch it on{powered}, bring it in range of the kit's Wi-Fi, check it was flashed (popkit device flash)"
 
 
 def device_steps(manifest: KitManifest, hw: Hardware, watch: Any, queues: dict | None = None) -> list[Step]:

@@ -274,8 +274,8 @@ def _peer(writer: asyncio.StreamWriter) -> str:
 
 
 def _result(res: StepResult) -> dict:
-    return {"detail": res.detail,
-            "problems": [{**p.as_dict(), **({"check": p.check} if p.check else {})} for p in res.problems]}
+    # Whole texts: the fleet's event cuts them to its field sizes (Problem.as_dict), the terminal need not.
+    return {"detail": res.detail, "problems": [{k: v for k, v in vars(p).items() if v is not None} for p in res.problems]}
 
 
 def _result_from(d: dict) -> StepResult:

@@ -105,7 +105,8 @@ def test_a_device_not_online_is_told_what_the_kit_really_shows():
         res = asyncio.run(firmware_step(DeviceSpec(id="d1", role=role), NoneOnline(), wait_s=0).run())
         [p] = res.problems
         assert "blink" not in p.fix and "popkit device flash" in p.fix and "kit's Wi-Fi" in p.fix
-        assert ("lamp lights green or red" in p.fix) == (role == "scanner")  # a lighting controller has no lamp
+        assert ("lights its lamp green or red" in p.fix) == (role == "scanner")  # a lighting controller has no lamp
+        assert p.as_dict()["fix"] == p.fix  # whole in the fleet's readiness event (160 characters)
 
 
 def test_no_link_to_a_broker_on_this_pi_points_at_the_kit_broker_not_the_venue():
