@@ -298,7 +298,68 @@ def test_the_crews_day_on_a_kit_as_deployed(venue):
     assert door(sims[DOORS[0]], tickets[1]) == "green"
     assert door(sims[DOORS[1]], tickets[2]) == "green"
     assert door(sims[DOORS[1]], tickets[1]) == "red", "admitted at door a: door b refuses it (the kit's hub)"
-    scanned_to = int(time.time() * 1000)
 
+    # A refund at the door with no uplink: revoked at the kit, refused at once at both doors.
+    revoke = pi.run(["/opt/popkit/venv/bin/popkit", "tickets", "revoke", "--kit", "/etc/popkit/kit.toml",
+                     "--event", EVENT, "--by", "crew-lead", "T00003"], timeout=60)
+    assert revoke.returncode == 0, f"tickets revoke --kit: {revoke.stdout}\n{revoke.stderr}"
+    time.sleep(1)  # the kit's list reaches the doors over the kit broker
+    assert door(sims[DOORS[0]], tickets[3]) == "red", "revoked at the kit: refused"
+    assert door(sims[DOORS[1]], tickets[4]) == "green"
+    scanned_to = int(time.time() * 1000)
+    admitted = {"T00001": DOORS[0], "T00002": DOORS[1], "T00004": DOORS[1]}
+
+    # Ops send commands while the venue's uplink is cut: one that outlives the outage, one that does not.
+    fleet = v["fleet"]
+    later = fleet.api.post(f"/api/v1/devices/{DOORS[0]}/commands", json={"action": "identify", "ttl_s": 600})
+    soon = fleet.api.post(f"/api/v1/devices/{DOORS[1]}/commands", json={"action": "identify", "ttl_s": 1})
+    assert later.status_code == soon.status_code == 202, (later.text, soon.text)
+    later, soon = later.json()["id"], soon.json()["id"]
+    time.sleep(1.5)
+
+    # 4. The uplink comes up.
+    v["net"].uplink(True)
+
+    def checkins() -> list[tuple[str, str, str, int]]:
+        with fleet.store.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT device_id, ts_ms, body FROM events WHERE body LIKE '%checkin%'").all()
+        return sorted((d, json.loads(b)["data"].get("ticket"), json.loads(b)["data"]["verdict"], ts)
+                      for d, ts, b in rows)
+
+    wait_until(lambda: len(checkins()) == 5, 90, what=f"the kit's 5 check-ins at the fleet (have {checkins()})")
+    got = checkins()
+    assert sorted((t, d) for d, t, verdict, _ts in got if verdict == "admitted") == sorted(
+        (t, d) for t, d in admitted.items()), got
+    assert {(d, t, verdict) for d, t, verdict, _ts in got if verdict != "admitted"} == {
+        (DOORS[1], "T00001", "already_admitted"), (DOORS[0], "T00003", "revoked")}, got
+    assert all(scanned_from - 2000 <= ts <= scanned_to + 2000 for *_x, ts in got), \
+        f"each check-in at its scan time ({scanned_from}..{scanned_to}), taken from the Pi's clock: {got}"
+
+    for d in (*DOORS, STAGE):
+        wait_until(lambda d=d: fleet.api.get(f"/api/v1/devices/{d}").json().get("clock") in ("kit", "synced"), 30,
+                   what=f"{d}'s clock state at the fleet")
+    wait_until(lambda: fleet.api.get(f"/api/v1/devices/{DOORS[0]}/commands").json()[0]["status"] == "ok", 30,
+               what="the command sent during the outage answered once the uplink returned")
+    wait_until(lambda: fleet.api.get(f"/api/v1/devices/{DOORS[1]}/commands").json()[0]["acked_ms"], 30,
+               what="the command that expired on the way answered by the door")
+    expired = fleet.api.get(f"/api/v1/devices/{DOORS[1]}/commands").json()[0]
+    assert (expired["id"], expired["status"]) == (soon, "expired"), expired
+    boards = v["boards"]
+    assert boards[DOORS[0]].dev.matching(rf"CMD {later} identify"), "run once it arrived"
+    assert not boards[DOORS[1]].dev.matching(rf"CMD {soon} "), "an expired command is never run"
+    attendance = fleet.api.get(f"/api/v1/events/{EVENT}/revocations")
+    assert attendance.status_code == 200, attendance.text
+    assert any(r.get("ticket") == "T00003" and "crew-lead" in json.dumps(r) for r in
+               (attendance.json() if isinstance(attendance.json(), list) else attendance.json().get("revocations", []))), \
+        f"who revoked, and where: {attendance.text}"
+
+    # 5. Kit down: the night's totals, to the crew and the fleet.
+    down = pi.run(["/opt/popkit/venv/bin/popkit", "kit", "down", "/etc/popkit/kit.toml"], timeout=120)
+    assert down.returncode == 0, f"kit down: {down.stdout}\n{down.stderr}"
+    assert "check-ins   3" in down.stdout and f"{DOORS[0]} 1" in down.stdout and f"{DOORS[1]} 2" in down.stdout, \
+        down.stdout
+
+    # Throughout: the agent's retained state never said it was gone.
     agent_states = states(watch, AGENT)
     assert agent_states and all(s.get("online") for s in agent_states), agent_states
+    assert v["agent"].poll() is None, "the agent service still running"
