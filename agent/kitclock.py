@@ -245,13 +245,6 @@ class KitClock:
         if self._saved_at is None or self.hw.monotonic() - self._saved_at >= self.save_every_s:
             self.save(reading)
 
-    def problem(self, device: str) -> Problem | None:
-        """What the crew is told at power-up when the Pi's clock is behind the last time it knew."""
-        if self.read().state == "unset":
-            return warning(device, f"the Pi's clock is {self.behind_ms / 1000:.0f} s behind the last time it knew: "
-                           "no real-time clock and no internet time", "connect the uplink, or fit an RTC module")
-        return None
-
 
 def clock_problem(device: str, clock: str | None) -> Problem | None:
     """The self-test's word on the kit's time, from the agent's clock state (FleetLink.clock): the

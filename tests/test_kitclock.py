@@ -14,6 +14,7 @@ from agent.kitclock import (
     KitClock,
     KitClockService,
     SystemClock,
+    clock_problem,
 )
 from agent.link import FleetLink
 from agent.statewatch import StateWatch
@@ -111,7 +112,7 @@ def test_a_pi_booted_offline_behind_its_last_known_time_serves_that_and_says_so(
     r = clock.read()
     assert (r.ts, r.src, r.synced, r.state) == (last, "last_known", False, "unset")
     assert clock.behind_ms == 3_000_000
-    problem = clock.problem("gig-agent")
+    problem = clock_problem("gig-agent", r.state)
     assert problem is not None and problem.severity == "warning" and "behind the last time it knew" in problem.what
     hw.elapse(42)
     assert clock.read().ts == last + 42_000  # runs on from the last known time
@@ -119,7 +120,7 @@ def test_a_pi_booted_offline_behind_its_last_known_time_serves_that_and_says_so(
     hw.wall = T0 + 600
     r = clock.read()
     assert (r.ts, r.src, r.synced, r.state) == (int((T0 + 600) * 1000), "ntp", True, "synced")
-    assert clock.problem("gig-agent") is None
+    assert clock_problem("gig-agent", clock.read().state) is None
 
 
 def test_a_clock_ahead_of_the_last_known_time_is_the_kit_time_unsynced(tmp_path):
@@ -128,7 +129,7 @@ def test_a_clock_ahead_of_the_last_known_time_is_the_kit_time_unsynced(tmp_path)
     clock = KitClock(path, FakeClock())
     r = clock.read()
     assert (r.ts, r.src, r.synced, r.state) == (int(T0 * 1000), "last_known", False, "kit")
-    assert clock.problem("gig-agent") is None  # unverified, but not behind: said in its state, not a problem
+    assert clock_problem("gig-agent", r.state) is None  # unverified, but not behind: said in its state, not a problem
 
 
 def test_the_last_known_time_survives_a_restart_and_never_goes_backwards(tmp_path):
