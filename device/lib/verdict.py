@@ -38,20 +38,17 @@ def unix_now():
 
 
 class _Event:
-    def __init__(self, spec, data_dir):
+    # store: the event's redemption log when a new key replaces its old one (the log stays)
+    def __init__(self, spec, data_dir, store=None):
         self.name = spec["event"]
-        self.set_key(spec)
-        self.revoked = Revocations(spec.get("revoked", ()))
-        self.store = Redemptions("%s/redeemed-%s.log" % (data_dir, self.name), spec.get("capacity", 0))
-
-    def set_key(self, spec):
         hexkey = spec["key"]
         if len(hexkey) != 64:
-            raise ValueError("event %s: key must be 64 hex digits" % spec["event"])
-        self.hexkey = hexkey  # to tell a new key from the same one sent again
+            raise ValueError("event %s: key must be 64 hex digits" % self.name)
         self.key = HMAC256(unhexlify(hexkey))
         self.not_before = spec.get("not_before") or 0
         self.expires = spec.get("expires") or 0
+        self.revoked = Revocations(spec.get("revoked", ()))
+        self.store = store or Redemptions("%s/redeemed-%s.log" % (data_dir, self.name), spec.get("capacity", 0))
 
 
 class Gate:
@@ -67,15 +64,12 @@ class Gate:
         self.counts = {}  # verdict -> scans since start, for telemetry
         self._pending = None  # type: tuple | None  # (event, ticket id, now): admissible, not yet admitted
 
-    def names(self):
-        """The events this gate judges, as str."""
-        return sorted(n.decode() for n in self._events)
-
     def load_keys(self, keys, now=None):
         """Add or replace event keys ([{event, key (hex), not_before, expires}], Unix s): a new event
         gets its redemption log (kept on flash from an earlier load, if any), a known one its new key
-        and window. A key already expired at ``now`` (None: no trusted time) is not loaded.
-        Returns how many keys changed."""
+        and window (its log and revocations stay). A key already expired at ``now`` (None: no trusted
+        time) is not loaded. Returns how many keys changed. (Few functions here: on a 64 KB heap each
+        one costs RAM even frozen.)"""
         changed = 0
         for spec in keys:
             name = spec["event"].encode()
@@ -83,12 +77,13 @@ class Gate:
             if now is not None and exp and now >= exp:
                 continue  # over already: drop_expired() deals with one loaded before
             ev = self._events.get(name)
-            if ev is None:
-                self._events[name] = _Event(spec, self._dir)
-            elif ev.hexkey != spec["key"] or ev.expires != exp or ev.not_before != (spec.get("not_before") or 0):
-                ev.set_key(spec)
-            else:
-                continue
+            new = _Event(spec, self._dir, ev.store if ev else None)
+            if ev is not None:
+                if ev.key is not None and new.key._ipad == ev.key._ipad and ev.expires == exp \
+                        and ev.not_before == new.not_before:
+                    continue  # the same key sent again
+                new.revoked = ev.revoked
+            self._events[name] = new
             changed += 1
         return changed
 

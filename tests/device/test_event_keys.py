@@ -26,7 +26,7 @@ def ls():
 for line in open('in.txt'):
     op = json.loads(line)
     if op[0] == 'keys':
-        print(json.dumps([gate.load_keys(op[1], op[2]), gate.names()]))
+        print(json.dumps([gate.load_keys(op[1], op[2]), sorted(n.decode() for n in gate._events)]))
     elif op[0] == 'drop':
         print(json.dumps([gate.drop_expired(op[1]), ls()]))
     else:

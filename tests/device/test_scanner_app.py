@@ -21,7 +21,7 @@ from kits.contract import DEVICE_CHANNELS, decode
 from kits.tickets import EventKey, issue
 from agent.hub import DoorHub
 from simulators.scanner import ScannerSim
-from tests.conftest import wait_until
+from tests.conftest import known_event, wait_until
 from tests.device.firmware import Device, firmware, mpy_cross, rom_images, rom_names_bytes  # noqa: F401 - fixture
 from tests.device.mpy import DEVICE
 
@@ -124,6 +124,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
     }
 
     # Ops revoke a ticket at the fleet before doors open: retained config for every scanner of the kit.
+    known_event(fleet.api, EVENT)  # the fleet refuses a revocation for an event it never heard of
     r = fleet.api.post(f"/api/v1/events/{EVENT}/revocations", json={"tickets": ["REVOKED2"]})
     assert r.status_code == 200, r.text
     [pushed] = r.json()["pushed"]

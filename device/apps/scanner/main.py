@@ -38,7 +38,7 @@
 #
 # Output lines (for tests and the serial console):
 #   BOOT <boot> <started ms> <unreceipted> <clock> <reset cause> | CODE <heap bytes after imports> | READY | SCAN <verdict> <ticket|-> <seq> <scan ms>
-#   CONFIG <version> <revoked count> | KIT <keys> <revoked count> | KEYS <events...> | OUTBOX <count> | CMD <id> <action> | MEM <live> <peak> <free>
+#   CONFIG <version> <revoked count> | KIT <keys> <revoked count> | KEYS <keys changed> | OUTBOX <count> | CMD <id> <action> | MEM <live> <peak> <free>
 import asyncio
 import gc
 import json
@@ -104,14 +104,14 @@ class Scanner:
         _mkdir(flash)
         _mkdir(flash + "/gate")
         self._saved = flash + "/config.json"
-        self._saved_kit = flash + "/kit.json"
         cause = board.reset_cause(flash)  # read first: the watchdog and reset() leave theirs there
         self.gate = verdict.Gate(cfg["gate"], flash + "/gate")
         self._base = {}  # event -> revoked ids from the config file
         for spec in cfg["gate"].get("events", ()):
             self._base[spec["event"]] = list(spec.get("revoked", ()))
-        self._fleet_revoked = {}  # event ("*": every event) -> ids, from the fleet's config
-        self._kit_revoked = {}  # event -> ids, from the kit's list
+        # event -> ids revoked by the fleet's config ("*": every event) and by the kit's list. One
+        # attribute for both: each attribute more can grow the instance's table on a 64 KB heap.
+        self._lists = [{}, {}]
         self.hw = ScannerHW(**({"uart": cfg["uart"]} if "uart" in cfg else cfg.get("hw", {})))
         self.lines = scanline.LineAssembler()
         self.scans = 0
@@ -131,10 +131,10 @@ class Scanner:
                     version = got["version"]
             except Exception as e:
                 print("CONFIG bad saved config", repr(e))
-        saved = atomic.read(self._saved_kit)
+        saved = atomic.read(self._saved[:-11] + "kit.json")  # beside config.json
         if saved:  # the kit's own list, as last heard
             try:
-                self._apply_kit(json.loads(saved))
+                self._on_kit(saved, True, False)
             except Exception as e:
                 print("KIT bad saved list", repr(e))
         connect, user, password = tcp.connector(br, board.connect_tcp)
@@ -245,7 +245,7 @@ class Scanner:
         revoked = data.get("revoked")
         if revoked is None:
             revoked = {}
-        self._fleet_revoked = revoked if isinstance(revoked, dict) else {"*": revoked}
+        self._lists[0] = revoked if isinstance(revoked, dict) else {"*": revoked}
         print("CONFIG", cfg["version"], self._revoke())
         return True
 
@@ -258,22 +258,20 @@ class Scanner:
             print("CONFIG not saved", repr(e))
         return True
 
-    def _apply_kit(self, msg):
-        """The kit's own list (its agent's): keys it holds, revocations made at the kit."""
-        n = self._load_keys(msg.get("keys"))
-        revoked = msg.get("revoked")
-        self._kit_revoked = revoked if isinstance(revoked, dict) else {}
-        print("KIT", n, self._revoke())
-
-    def _on_kit(self, payload, retained):
+    def _on_kit(self, payload, retained, save=True):
+        """The kit's own list (its agent's): keys it holds, revocations made at the kit; kept on flash."""
         if not payload:
             return  # the retained list was cleared at the kit broker: keep what we had
         msg = json.loads(payload)
-        self._apply_kit(msg)
-        try:
-            atomic.write(self._saved_kit, payload)
-        except OSError as e:
-            print("KIT not saved", repr(e))
+        n = self._load_keys(msg.get("keys"))
+        revoked = msg.get("revoked")
+        self._lists[1] = revoked if isinstance(revoked, dict) else {}
+        print("KIT", n, self._revoke())
+        if save:
+            try:
+                atomic.write(self._saved[:-11] + "kit.json", payload)
+            except OSError as e:
+                print("KIT not saved", repr(e))
 
     def _load_keys(self, keys):
         """Event keys from a config or the kit's list; a key whose window is over is dropped."""
@@ -285,17 +283,17 @@ class Scanner:
             for name in self.gate.drop_expired(now):
                 print("KEY expired", name)
         if n:
-            print("KEYS", " ".join(self.gate.names()))
+            print("KEYS", n)
         return n
 
     def _revoke(self):
         """Each event's refused tickets: the union of the file's, the fleet's and the kit's lists."""
         total = 0
-        every = self._fleet_revoked.get("*", ())
+        fleet, kit = self._lists
+        every = fleet.get("*", ())
         for name, ev in self.gate._events.items():
             name = name.decode()
-            ids = self._base.get(name, []) + list(every) + list(self._fleet_revoked.get(name, ())) \
-                + list(self._kit_revoked.get(name, ()))
+            ids = self._base.get(name, []) + list(every) + list(fleet.get(name, ())) + list(kit.get(name, ()))
             ev.revoked = Revocations(ids)  # packed and sorted: duplicates cost 16 bytes, no more
             total += len(ev.revoked)
         return total
