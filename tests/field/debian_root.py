@@ -2,7 +2,7 @@
 
 What the Pi has before the install step, as docs/pi-install.md's ``apt install`` line leaves it:
 Debian (this machine's release, from the mirror this machine's apt uses) with systemd, python3 and
-python3-venv, Mosquitto and chrony. It is kept as a tar under ``var/test-cache/`` (outside git) and
+python3-venv, Mosquitto, chrony and NetworkManager. It is kept as a tar under ``var/test-cache/`` (outside git) and
 unpacked afresh for each run; the wheels of PopKit's dependencies (its ``agent`` extra) are kept
 beside it, so the install step makes its virtualenv offline.
 
@@ -26,6 +26,8 @@ from tests.conftest import REPO
 
 CACHE = REPO / "var" / "test-cache"
 PACKAGES = ("systemd", "python3", "python3-venv", "mosquitto", "chrony")
+# Installed with apt in the new root afterwards: its postinst fails inside debootstrap's own setup.
+LATER = ("network-manager",)
 
 
 class Unavailable(RuntimeError):
@@ -73,7 +75,7 @@ def _locked(name: str):
 
 
 def _tar() -> Path:
-    key = hashlib.sha256(f"{release()} {','.join(PACKAGES)}".encode()).hexdigest()[:10]
+    key = hashlib.sha256(f"{release()} {','.join(PACKAGES)} {','.join(LATER)}".encode()).hexdigest()[:10]
     return CACHE / f"debian-root-{release()}-{key}.tar"
 
 
@@ -102,8 +104,19 @@ def root_tar() -> Path:
         if done.returncode != 0:
             shutil.rmtree(build, ignore_errors=True)
             raise Unavailable(f"{' '.join(cmd)} failed: {(done.stderr or done.stdout).strip()[-800:]}")
+        shutil.copy2("/etc/resolv.conf", build / "etc" / "resolv.conf")
+        apt = in_root(build, f'chroot "$R" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -q '
+                             f'--no-install-recommends {" ".join(LATER)} && apt-get clean"', timeout=900, net=True)
+        if apt.returncode != 0:
+            shutil.rmtree(build, ignore_errors=True)
+            raise Unavailable(f"apt-get install {' '.join(LATER)} in the new root failed: "
+                              f"{(apt.stderr or apt.stdout).strip()[-800:]}")
+        (build / "etc" / "resolv.conf").unlink()
         subprocess.run(["tar", "--numeric-owner", "-cpf", f"{tar}.tmp", "-C", str(build), "."], check=True)
         os.replace(f"{tar}.tmp", tar)
+        for old in CACHE.glob("debian-root-*.tar"):  # roots of another release or package list: ~300 MB each
+            if old != tar:
+                old.unlink()
         shutil.rmtree(build, ignore_errors=True)
         print(f"debian root made with debootstrap in {time.monotonic() - started:.0f}s: {tar}", file=sys.stderr)
         return tar
@@ -130,6 +143,9 @@ def wheelhouse() -> Path:
         for own in folder.glob("popkit-*.whl"):  # built afresh for each run (popkit_wheel)
             own.unlink()
         (folder / ".complete").touch()
+        for old in CACHE.glob("pi-wheels-*"):  # for an older pyproject.toml
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
         return folder
     finally:
         os.close(fd)
@@ -151,11 +167,12 @@ def unpack(tar: Path, root: Path) -> Path:
     return root
 
 
-def in_root(root: Path, script: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def in_root(root: Path, script: str, timeout: float = 300, net: bool = False) -> subprocess.CompletedProcess:
     """``script`` (sh) in a private mount and network namespace, with ``root``'s /proc, /dev and a
     fresh /run mounted, and ``R`` set to the root: it chroots into it for each step it runs there.
-    Nothing it mounts or starts outlives it, and its ports are its own (loopback only)."""
-    setup = (f'set -e\nR="{root}"\nip link set lo up\nmount -t proc proc "$R/proc"\n'
+    Nothing it mounts or starts outlives it, and its ports are its own (loopback only). ``net``:
+    this machine's network instead (only to make the cached root: apt)."""
+    setup = (f'set -e\nR="{root}"\n' + ("" if net else "ip link set lo up\n") + 'mount -t proc proc "$R/proc"\n'
              'mount -t tmpfs tmpfs "$R/run"\nmount --bind /dev "$R/dev"\n')
-    return subprocess.run(["unshare", "--mount", "--net", "--fork", "--kill-child", "sh", "-c", setup + script],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["unshare", "--mount", *([] if net else ["--net"]), "--fork", "--kill-child", "sh", "-c",
+                           setup + script], capture_output=True, text=True, timeout=timeout)

@@ -4,9 +4,10 @@ A root made with debootstrap (cached: tests/field/debian_root.py) gets a provisi
 through `deploy/install-kit.sh` run inside it (chroot): the user, the files, the virtualenv from
 PopKit's wheel, the units enabled. Then, inside the root: a second run changes nothing,
 `systemd-analyze verify` accepts the agent's unit (and refuses one whose ExecStart is missing, so
-the check bites), chrony accepts its config, and the agent starts exactly as its unit says (its
-user and groups, its EnvironmentFile, its working directory, its ExecStart from the installed
-virtualenv) and reaches the kit broker, itself started from the installed files.
+the check bites), chrony accepts its config, NetworkManager reads both topologies' keyfiles, and
+the agent starts exactly as its unit says (its user and groups, its EnvironmentFile, its working
+directory, its ExecStart from the installed virtualenv), tells systemd it is ready (Type=notify),
+reaches the kit broker (itself started from the installed files) and stops cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -58,11 +60,26 @@ def _ids(root: Path, kind: str) -> dict[str, int]:
             if len(p) > 3}
 
 
-def _agent_as_the_unit_runs_it(root: Path) -> str:
+# systemd's side of Type=notify: a datagram socket the agent sends READY=1 to once it runs.
+_NOTIFY_LISTENER = """
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)  # the agent runs as its own user
+s.settimeout(60)
+while True:
+    msg = s.recv(4096).decode()
+    if "READY=1" in msg.split():
+        print(msg)
+        break
+"""
+
+
+def _agent_as_the_unit_runs_it(root: Path, notify_socket: str) -> str:
     """The shell line that starts the agent in the root as systemd would from the installed unit."""
     unit = _unit(root / "etc/systemd/system/popkit-agent.service")
     env_file = unit["EnvironmentFile"][0].lstrip("-")
-    env = [e for line in unit["Environment"] for e in shlex.split(line)]
+    env = [e for line in unit["Environment"] for e in shlex.split(line)] + [f"NOTIFY_SOCKET={notify_socket}"]
     for line in (root / env_file.lstrip("/")).read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             env.append(line.strip())
@@ -79,6 +96,9 @@ def test_install_step_in_a_fresh_debian_root(made, tmp_path, capsys):
     started = time.monotonic()
     out = tmp_path / "provision"
     assert main(["kit", "provision", str(DEMO_KIT), "--out", str(out)]) == 0
+    router = tmp_path / "router"  # the other topology's keyfile, for NetworkManager to read too
+    assert main(["kit", "provision", str(DEMO_KIT), "--out", str(router), "--network", "router",
+                 "--kit-address", "192.168.8.2/24"]) == 0
     wheel = deb.popkit_wheel(tmp_path / "wheel", wheels)
     root = deb.unpack(tar, tmp_path / "root")
     try:
@@ -88,6 +108,8 @@ def test_install_step_in_a_fresh_debian_root(made, tmp_path, capsys):
         shutil.copytree(out / "pi", srv / "kit")  # what the crew copies to the Pi
         shutil.copytree(wheels, srv / "wheels")
         shutil.copy2(wheel, srv / "wheels" / wheel.name)
+        nm = "etc/NetworkManager/system-connections/popkit-kit.nmconnection"
+        shutil.copy2(router / "pi" / "root" / nm, srv / "router.nmconnection")
         install = (f'chroot "$R" /srv/popkit/deploy/install-kit.sh /srv/kit --source /srv/wheels/{wheel.name} '
                    "--find-links /srv/wheels")
         first = deb.in_root(root, install)
@@ -109,6 +131,12 @@ chroot "$R" systemd-analyze verify /etc/systemd/system/popkit-agent.service > "$
   && echo verify=0 || echo verify=$?
 chroot "$R" systemd-analyze verify {broken} > "$R/tmp/verify-broken.txt" 2>&1 && echo broken=0 || echo broken=$?
 chroot "$R" chronyd -p -f /etc/chrony/chrony.conf > /dev/null 2> "$R/tmp/chrony.txt" && echo chrony=0 || echo chrony=$?
+for f in /{nm} /srv/router.nmconnection; do  # NetworkManager's own reader (it refuses what it cannot use)
+  chroot "$R" sh -c "nmcli --offline connection modify connection.id popkit-kit < $f" >> "$R/tmp/nm.txt" 2>&1 \
+    && echo nm=0 || echo nm=$?
+done
+sed 's/^mode=ap/mode=bogus/' "$R/{nm}" | chroot "$R" nmcli --offline connection modify connection.id x \
+  > /dev/null 2>&1 && echo nm_bogus=0 || echo nm_bogus=$?
 """)
         assert checks.returncode == 0, checks.stderr
         second = (root / "tmp/second.txt").read_text()
@@ -118,19 +146,30 @@ chroot "$R" chronyd -p -f /etc/chrony/chrony.conf > /dev/null 2> "$R/tmp/chrony.
         assert "broken=0" not in checks.stdout, "systemd-analyze verify accepted a unit whose ExecStart is missing"
         assert "/opt/popkit/nowhere/bin/popkit" in (root / "tmp/verify-broken.txt").read_text()
         assert "chrony=0" in checks.stdout, (root / "tmp/chrony.txt").read_text()
+        nm_out = (root / "tmp/nm.txt").read_text()
+        assert checks.stdout.count("nm=0") == 2, nm_out
+        assert "nm_bogus=0" not in checks.stdout, "NetworkManager accepted a Wi-Fi mode it does not have"
+        assert "mode=ap" in nm_out and "method=shared" in nm_out and "address1=10.42.0.1/24" in nm_out
+        assert "method=manual" in nm_out and "address1=192.168.8.2/24,192.168.8.1" in nm_out
 
-        # The kit broker from the installed files, then the agent as its unit runs it; stopped once
-        # it says it reached the broker (or after 60 s).
-        agent = _agent_as_the_unit_runs_it(root)
+        # The kit broker from the installed files, then the agent as its unit runs it; stopped (as
+        # systemd stops it) once it has told systemd it is ready and says it reached the broker.
+        agent = _agent_as_the_unit_runs_it(root, "/run/popkit-notify.sock")
         run = deb.in_root(root, f"""
 mkdir -p "$R/run/mosquitto" && chroot "$R" chown mosquitto:mosquitto /run/mosquitto
 chroot "$R" /usr/sbin/mosquitto -c /etc/mosquitto/mosquitto.conf -d
+{shlex.quote(sys.executable)} -c {shlex.quote(_NOTIFY_LISTENER)} "$R/run/popkit-notify.sock" > "$R/tmp/notify.txt" &
+listener=$!
+for i in $(seq 100); do [ -S "$R/run/popkit-notify.sock" ] && break; sleep 0.1; done
 {agent} > "$R/tmp/agent.log" 2>&1 &
 pid=$!
-for i in $(seq 600); do grep -q "connected to" "$R/tmp/agent.log" && break; sleep 0.1; done
+wait $listener || echo no_ready
+for i in $(seq 300); do grep -q "connected to" "$R/tmp/agent.log" && break; sleep 0.1; done
 kill -TERM $pid; wait $pid && echo agent_exit=0 || echo agent_exit=$?
 """, timeout=120)
         log = (root / "tmp/agent.log").read_text()
+        notified = (root / "tmp/notify.txt").read_text()
+        assert "READY=1" in notified.split() and "STATUS=kit demo" in notified, run.stdout + run.stderr + log
         assert "agent for kit demo" in log, log + run.stderr  # it read /etc/popkit/kit.toml
         assert re.search(r"demo-agent connected to mqtts://127\.0\.0\.1:8883\?account=/etc/popkit/mqtt-account\.json",
                          log), log  # ... and its env file, and logged in as itself over TLS
