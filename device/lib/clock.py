@@ -1,7 +1,7 @@
 # clock.py: whether the device's time can be believed, and which kit time to take.
 #
 # * The board keeps the time (board.epoch_ms, set_epoch_ms) and knows where its own came from
-#   (board.clock_source: "synced" after internet NTP or on the unix port's host clock, "kit" for a
+#   (board.clock_source, a string: "synced" after internet NTP or on the unix port's host clock, "kit" for a
 #   time given to it or kept from before this boot, None for none). A board clock that reads
 #   before FLOOR_MS was never set, whatever the board says: an ESP32's RTC starts in 2000 at
 #   power-up.
@@ -31,7 +31,7 @@ _WARN = const(2)
 
 def state(board):
     """The clock's state: "synced", "kit" or "unset" (a board time before FLOOR_MS)."""
-    src = board.clock_source()
+    src = board.clock_source
     if src is None or board.epoch_ms() < FLOOR_MS:
         return UNSET
     return src

@@ -67,7 +67,7 @@ _INFO = const(3)
 class Link:
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
-                 hub=False, kit_subs=(), time_sync=None, reset_cause=None, **mqtt):
+                 hub=False, kit_subs=(), time_sync=None, reset_cause=None, dedup=True, outbox_buf=512, **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
@@ -76,8 +76,11 @@ class Link:
         it would be in the heap twice while the app parses it.
         hub: this device asks the kit's hub (ask_hub).
         kit_subs: ((name, qos, handler(payload bytes, retained)), ...) for kit-level topics.
-        time_sync: the board (epoch_ms, set_epoch_ms, clock_source), whose clock the kit's time
+        time_sync: the board (epoch_ms(), set_epoch_ms(), clock_source), whose clock the kit's time
         messages set (clock.py); reset_cause: for `state`.
+        dedup=False: the app drops redelivered command ids itself (the lighting controller's
+        CommandGate, on flash): the link keeps no list of its own. outbox_buf: the outbox's read
+        buffer, the largest record read without an allocation (a controller's are small).
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
         self.fw = fw
@@ -105,9 +108,8 @@ class Link:
         self._time = time_sync
         self.reset_cause = reset_cause
         self.clock_refused = 0  # kit time messages refused since boot (telemetry)
-        if time_sync is not None:
-            kit_subs = tuple(kit_subs) + (("time", 0, self._on_time),)
-        self._kit_subs = [(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs]
+        self._t_time = ("popkit/v1/%s/time" % kit).encode() if time_sync is not None else None
+        self._kit_subs = tuple([(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs])
         self._claim_id = 0
         self._answer = None
         self._answered = asyncio.Event() if hub else None  # a controller never asks: no Event on its heap
@@ -116,7 +118,7 @@ class Link:
         for c in CHANNELS[1:]:
             self._t_out.append((pre + c).encode())
 
-        self.outbox = FlashLog(flash_dir, cap=cap, seg_records=seg_records)
+        self.outbox = FlashLog(flash_dir, cap=cap, seg_records=seg_records, buf_size=outbox_buf)
         mqtt.setdefault("clean", False)  # the broker keeps cmds and receipts for us while we are away
         mqtt.setdefault("max_inflight", 4)  # a scanner emits a few messages a second: 4 cover a slow link
         mqtt.setdefault("queue_len", 6)
@@ -133,7 +135,7 @@ class Link:
         self._wcur = [0, 0, 0]  # where the look-up of a gap request's entries stands in the outbox
         self._chans = bytearray(_BATCH)
         self._msgs = [None] * _BATCH
-        self._recent = [None] * _RECENT_CMDS
+        self._recent = [None] * _RECENT_CMDS if dedup else None
         self._recent_i = 0
         self._tasks = ()
 
@@ -248,7 +250,7 @@ class Link:
                             await c.subscribe(t, 0 if t is self._t_claimed else 1)
                         except MQTTError as e:
                             log(_ERROR, "link", "subscription refused: %s", e)
-                    for t, q, _h in self._kit_subs:
+                    for t, q, _h in self._kit_subs + ((self._t_time, 0, None),) if self._t_time else self._kit_subs:
                         try:
                             await c.subscribe(t, q)
                         except MQTTError as e:
@@ -366,6 +368,8 @@ class Link:
                     v = cfg["version"]
                     if v != self.config_version and self._on_config is not None and self._on_config(cfg):
                         self.set_config_version(v)
+                elif t == self._t_time:
+                    self._on_time(m, retained)
                 else:
                     for kt, _q, h in self._kit_subs:
                         if t == kt:
@@ -376,10 +380,12 @@ class Link:
 
     def _cmd(self, cmd):
         cid = cmd["id"]
-        if cid in self._recent:  # redelivered (QoS 1 is at least once): answered already
-            return
-        self._recent[self._recent_i] = cid
-        self._recent_i = (self._recent_i + 1) % _RECENT_CMDS
+        rec = self._recent
+        if rec is not None:
+            if cid in rec:  # redelivered (QoS 1 is at least once): answered already
+                return
+            rec[self._recent_i] = cid
+            self._recent_i = (self._recent_i + 1) % _RECENT_CMDS
         if self._time is not None and clock.state(self._time) == clock.UNSET:
             self.ack(cid, "rejected", "clock not set: cannot check expires")
         elif cmd["expires"] <= self._clock():

@@ -19,14 +19,12 @@ FAKE_BOARD = """
 class Board:
     def __init__(self, ms, src):
         self.ms = ms
-        self.src = src
+        self.clock_source = src
     def epoch_ms(self):
         return self.ms
     def set_epoch_ms(self, ms, src):
         self.ms = ms
-        self.src = src
-    def clock_source(self):
-        return self.src
+        self.clock_source = src
 """
 
 

@@ -76,7 +76,9 @@ class App:
                               max_msg=cfg.get("max_config", 4096), keepalive=cfg.get("keepalive", 30),
                               response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
                               backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password,
-                              time_sync=board, reset_cause=self.cause)
+                              time_sync=board, reset_cause=self.cause,
+                              dedup=False, outbox_buf=256)  # the heap is tight: Lighting's CommandGate drops
+        # redelivered ids (on flash), and this role's outbox records (telemetry, acks) are small
         self.link.start()
 
     def on_config(self, raw):

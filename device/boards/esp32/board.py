@@ -30,7 +30,7 @@ _ntp_addr = []  # type: list  # the NTP server's address, once resolved
 _ntp_sock = None  # a request out, its answer not read yet
 # Where the RTC's time came from: "kit" until told otherwise (an RTC that reads a year before the
 # build floor is unset whatever this says: clock.py), "synced" after internet NTP.
-_source = "kit"
+clock_source = "kit"
 _wdt = None
 
 
@@ -71,7 +71,7 @@ def _sync_clock():
     on a non-blocking UDP socket and feed() reads the answer, so the loop never waits for it. A kit
     without internet never answers: the kit's time message (clock.py) sets the clock instead."""
     global _ntp_at, _ntp_sock
-    if _source == "synced" or _ntp_sock is not None:
+    if clock_source == "synced" or _ntp_sock is not None:
         return
     at = _ntp_at
     if at is not None and time.ticks_diff(time.ticks_ms(), at) < _NTP_EVERY_MS:
@@ -131,17 +131,13 @@ def epoch_ms():
 
 def set_epoch_ms(ms, source):
     """Set the RTC to ``ms`` (Unix epoch) now; ``source``: where the time came from ("synced", "kit")."""
-    global _source
+    global clock_source
     import machine
 
     t = time.gmtime((ms - _EPOCH_OFFSET_MS) // 1000)
     # RTC.datetime: (year, month, day, weekday, hours, minutes, seconds, microseconds)
     machine.RTC().datetime((t[0], t[1], t[2], t[6], t[3], t[4], t[5], (ms % 1000) * 1000))
-    _source = source
-
-
-def clock_source():
-    return _source
+    clock_source = source
 
 
 def random_bytes(n):

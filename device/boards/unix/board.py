@@ -23,12 +23,15 @@ def connect_tcp(host, port):
 # (configure) or $POPKIT_BOARD_EPOCH_MS says, and runs on from there, so a test can power a device
 # up in the year 2000 as an ESP32 with no RTC backup is; then the kit's time sets it (clock.py).
 # One list, not four globals: each module global costs an ESP32-sized heap a dict slot and a name.
-_st = [0, "synced", 8000, None, None]  # clock offset ms, clock source, watchdog ms, fed at, reset marker path
+_st = [0, 8000, None, None]  # clock offset ms, watchdog ms, fed at, reset marker path
 _OFS = const(0)
-_SRC = const(1)
-_WDT = const(2)
-_FED = const(3)
-_DIR = const(4)
+_WDT = const(1)
+_FED = const(2)
+_DIR = const(3)
+# Where the clock's time came from: "synced" (the host's clock, NTP-kept, or a synced kit), "kit"
+# (a start time given to the board, or the kit's unsynced time). clock.py calls any time before its
+# build floor unset, whatever this says.
+clock_source = "synced"
 bitten = False  # the watchdog has reset the board: the app's KeyboardInterrupt is its doing
 
 
@@ -39,15 +42,9 @@ def epoch_ms():
 
 def set_epoch_ms(ms, source):
     """Set the board's clock to ``ms`` now; ``source`` is where that time came from ("synced", "kit")."""
+    global clock_source
     _st[_OFS] = int(ms) - time.time_ns() // 1000000
-    _st[_SRC] = source
-
-
-def clock_source():
-    """Where the clock's time came from: "synced" (the host's clock, NTP-kept, or a synced kit),
-    "kit" (a start time given to the board, or the kit's unsynced time). clock.Clock calls any
-    time before its build floor unset, whatever this says."""
-    return _st[_SRC]
+    clock_source = source
 
 
 if os.getenv("POPKIT_BOARD_EPOCH_MS"):
@@ -93,6 +90,7 @@ def reset_cause(data_dir):
 
 
 def _mark(cause):
+    """The reset marker: the unix board's stand-in for the chip's reset-reason register."""
     if _st[_DIR] is not None:
         try:
             with open(_st[_DIR], "w") as f:
