@@ -59,6 +59,29 @@ def mosquitto_hash(password: str, salt: bytes | None = None, rounds: int = _ROUN
     return f"$7${rounds}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
 
 
+def _hash_matches(line_hash: str, password: str) -> bool:
+    try:
+        _, scheme, rounds, salt, _key = line_hash.split("$")
+        return scheme == "7" and mosquitto_hash(password, base64.b64decode(salt), int(rounds)) == line_hash
+    except (ValueError, TypeError):
+        return False
+
+
+def _passwd(path: Path, accounts: dict[str, dict]) -> str:
+    """The password file: an account whose password is unchanged keeps its line (salt and all), so
+    provisioning again writes the same bytes and the Pi's install changes, and restarts, nothing."""
+    kept: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, line_hash = line.partition(":")
+            kept[name] = line_hash
+    lines = []
+    for name, acct in sorted(accounts.items()):
+        old = kept.get(name)
+        lines.append(f"{name}:{old if old and _hash_matches(old, acct['password']) else mosquitto_hash(acct['password'])}\n")
+    return "".join(lines)
+
+
 def account(kit: str, device: str) -> str:
     return f"{kit}.{device}"
 
@@ -267,8 +290,7 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
         flash["events"] = sorted(events.values(), key=lambda e: e["event"])
     write_atomic(store, json.dumps({"accounts": accounts, "acl": acls, "flash": flash}, indent=2, sort_keys=True)
                    + "\n")
-    write_atomic(folder / "mosquitto" / "passwd",
-                   "".join(f"{n}:{mosquitto_hash(a['password'])}\n" for n, a in sorted(accounts.items())))
+    write_atomic(folder / "mosquitto" / "passwd", _passwd(folder / "mosquitto" / "passwd", accounts))
     write_atomic(folder / "mosquitto" / "acl", "# written by popkit kit provision: every topic spelled out\n"
                    + "\n".join(acl))
 

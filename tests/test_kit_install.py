@@ -239,3 +239,23 @@ def test_install_script_runs_with_the_systems_python_alone(tmp_path):
     assert "changed: /etc/popkit/agent.env written" in first.stdout
     second = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 0 and second.stdout.splitlines()[-1] == f"0 change(s) under {root}", second.stdout
+
+
+@needs_root
+def test_provisioning_again_then_installing_changes_only_what_changed(tmp_path, capsys):
+    out = _provision(tmp_path)
+    root = seed_root(tmp_path / "pi-root")
+    assert main(["kit", "install", str(out / "pi"), "--root", str(root)]) == 0
+    assert main(["kit", "provision", str(DEMO_KIT), "--out", str(out)]) == 0  # nothing asked: nothing changes
+    capsys.readouterr()
+    assert main(["kit", "install", str(out / "pi"), "--root", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"0 change(s) under {root}"
+    passwd = (root / "etc/mosquitto/popkit/passwd").read_text().splitlines()
+    assert main(["kit", "provision", str(DEMO_KIT), "--out", str(out), "--rotate", SCANNER]) == 0
+    capsys.readouterr()
+    assert main(["kit", "install", str(out / "pi"), "--root", str(root)]) == 0
+    changed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("changed:")]
+    assert changed == ["changed: /etc/mosquitto/popkit/passwd updated"]  # the Pi's side of a rotated door
+    now = (root / "etc/mosquitto/popkit/passwd").read_text().splitlines()
+    assert [line for line in now if line not in passwd] == [
+        line for line in now if line.startswith(f"{KIT}.{SCANNER}:")]  # only the door's line is new
