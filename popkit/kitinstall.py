@@ -94,7 +94,10 @@ def _ids(root: Path, name: str) -> dict[str, tuple[int, list[str]]]:
 
 
 def _run(cmd: list[str], what: str) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise InstallError(f"{what}: {cmd[0]} is not installed") from None
     if done.returncode != 0:
         raise InstallError(f"{what}: {' '.join(cmd)} failed: {(done.stderr or done.stdout).strip()}")
     return done.stdout
