@@ -105,7 +105,7 @@ def test_a_ticket_revoked_at_the_kit_is_refused_at_once_and_the_fleet_keeps_the_
                   "--event", EVENT, "--by", "crew-anna"]
         assert main(revoke + ["r1", "--timeout", "5"]) == 0
         assert "R1" in capsys.readouterr().out
-        dev.expect(r"KIT \d+ 1", timeout=10)  # the door has the kit's list
+        dev.expect(r"KIT 1$", timeout=10)  # the door has the kit's list
         assert door(sim, tickets["R1"]) == "red"
         # A revocation for an event the kit does not hold: refused, naming the event and the ones it knows.
         assert main(["tickets", "revoke", "--kit", str(DEMO_KIT), "--mqtt", broker.url, "--data",

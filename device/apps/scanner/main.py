@@ -38,7 +38,7 @@
 #
 # Output lines (for tests and the serial console):
 #   BOOT <boot> <started ms> <unreceipted> <clock> <reset cause> | CODE <heap bytes after imports> | READY | SCAN <verdict> <ticket|-> <seq> <scan ms>
-#   CONFIG <version> <revoked count> | KIT <keys> <revoked count> | KEYS <keys changed> | OUTBOX <count> | CMD <id> <action> | MEM <live> <peak> <free>
+#   CONFIG <version> <revoked count> | KIT <revoked count> | KEYS <keys changed> | KEY expired <event> | OUTBOX <count> | CMD <id> <action> | MEM <live> <peak> <free>
 import asyncio
 import gc
 import json
@@ -127,8 +127,8 @@ class Scanner:
         if saved:  # the last keys and revocations from the fleet, applied before the link is up
             try:
                 got = json.loads(saved)
-                if self._apply(got):
-                    version = got["version"]
+                self._on_config(got, False)
+                version = got["version"]
             except Exception as e:
                 print("CONFIG bad saved config", repr(e))
         saved = atomic.read(self._saved[:-11] + "kit.json")  # beside config.json
@@ -238,24 +238,18 @@ class Scanner:
 
     # ------------------------------------------------------------ fleet
 
-    def _apply(self, cfg):
-        """Keys and revocations from the fleet's config, on top of the config file's; True when applied."""
+    def _on_config(self, cfg, save=True):
+        """Keys and revocations from the fleet's config, on top of the config file's; kept on flash.
+        (Few methods here: on a 64 KB heap each one costs RAM even frozen.)"""
         data = cfg.get("data") or {}
-        self._load_keys(data.get("keys"))
-        revoked = data.get("revoked")
-        if revoked is None:
-            revoked = {}
-        self._lists[0] = revoked if isinstance(revoked, dict) else {"*": revoked}
-        print("CONFIG", cfg["version"], self._revoke())
-        return True
-
-    def _on_config(self, cfg):
-        if not self._apply(cfg):
-            return False
-        try:
-            atomic.write(self._saved, json.dumps(cfg).encode())
-        except OSError as e:
-            print("CONFIG not saved", repr(e))
+        revoked = data.get("revoked") or {}
+        print("CONFIG", cfg["version"], self._take(data.get("keys"), 0,
+                                                   revoked if isinstance(revoked, dict) else {"*": revoked}))
+        if save:
+            try:
+                atomic.write(self._saved, json.dumps(cfg).encode())
+            except OSError as e:
+                print("CONFIG not saved", repr(e))
         return True
 
     def _on_kit(self, payload, retained, save=True):
@@ -263,35 +257,30 @@ class Scanner:
         if not payload:
             return  # the retained list was cleared at the kit broker: keep what we had
         msg = json.loads(payload)
-        n = self._load_keys(msg.get("keys"))
         revoked = msg.get("revoked")
-        self._lists[1] = revoked if isinstance(revoked, dict) else {}
-        print("KIT", n, self._revoke())
+        print("KIT", self._take(msg.get("keys"), 1, revoked if isinstance(revoked, dict) else {}))
         if save:
             try:
                 atomic.write(self._saved[:-11] + "kit.json", payload)
             except OSError as e:
                 print("KIT not saved", repr(e))
 
-    def _load_keys(self, keys):
-        """Event keys from a config or the kit's list; a key whose window is over is dropped."""
+    def _take(self, keys, which, revoked):
+        """Event keys (a key whose window is over is dropped), then list ``which`` (0: the fleet's, 1:
+        the kit's). Each event refuses the union of the file's, the fleet's and the kit's lists.
+        Returns how many tickets are refused in all."""
+        gate = self.gate
         now = _trusted_s()
-        n = 0
         if keys:
-            n = self.gate.load_keys(keys, now)
+            print("KEYS", gate.load_keys(keys, now))
         if now is not None:
-            for name in self.gate.drop_expired(now):
+            for name in gate.drop_expired(now):
                 print("KEY expired", name)
-        if n:
-            print("KEYS", n)
-        return n
-
-    def _revoke(self):
-        """Each event's refused tickets: the union of the file's, the fleet's and the kit's lists."""
+        self._lists[which] = revoked
         total = 0
         fleet, kit = self._lists
         every = fleet.get("*", ())
-        for name, ev in self.gate._events.items():
+        for name, ev in gate._events.items():
             name = name.decode()
             ids = self._base.get(name, []) + list(every) + list(fleet.get(name, ())) + list(kit.get(name, ()))
             ev.revoked = Revocations(ids)  # packed and sorted: duplicates cost 16 bytes, no more
@@ -315,7 +304,10 @@ class Scanner:
         every = self.cfg.get("telemetry_s", 30) * 1000
         while True:
             await asyncio.sleep_ms(every)
-            self._load_keys(None)  # a key whose window ended while up leaves now, with its log
+            now = _trusted_s()  # a key whose window ended while up leaves now, with its log
+            if now is not None:
+                for name in self.gate.drop_expired(now):
+                    print("KEY expired", name)
             gc.collect()
             lk = self.link
             try:
