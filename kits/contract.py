@@ -23,6 +23,12 @@ Delivery rules that shape the fields below:
   device's birth. It is a kit-level topic, outside every device tree: the bridge never forwards
   it and the fleet never subscribes to it. A device without internet time sets its clock from it
   and says where its time came from in ``state.clock``.
+* ``popkit/v1/<kit>/revocations`` is the kit's own ticket list (:class:`KitRevocations`), retained
+  at the kit broker, written by the kit's agent alone: what was revoked at the kit (perhaps with no
+  uplink) and the event keys the kit holds. Its scanners refuse what it, their config or their
+  flashed file revokes: the union. Requests to add to it come on ``popkit/v1/<kit>/revoke``
+  (:class:`RevocationData`). Kit-level like the time: never bridged; the fleet learns the kit's
+  revocations from the agent's ``revocation`` events.
 """
 
 from __future__ import annotations
