@@ -111,7 +111,7 @@ class Scanner:
             self._base[spec["event"]] = list(spec.get("revoked", ()))
         # event -> ids revoked by the fleet's config ("*": every event) and by the kit's list. One
         # attribute for both: each attribute more can grow the instance's table on a 64 KB heap.
-        self._lists = [{}, {}]
+        self._lists = [{}, {}]  # type: list
         self.hw = ScannerHW(**({"uart": cfg["uart"]} if "uart" in cfg else cfg.get("hw", {})))
         self.lines = scanline.LineAssembler()
         self.scans = 0
