@@ -95,15 +95,13 @@ def build_rom(role: str, out: Path, soak: str | None = None) -> Path:
         raise SystemExit(f"bench.firmware: {exc}") from None
 
 
-def mpy(image: Path, module: str, *args: str, cwd: Path | None = None, timeout: float = 600, role: str | None = None,
+def mpy(image: Path, module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
         **popen) -> subprocess.Popen | subprocess.CompletedProcess:
     """``module`` run from ``image`` (mounted with vfs.VfsRom, bytecode in place) in a heap of
-    DATA_HEAP plus the image: ``micropython -c boot_code``, so sys.argv[1:] are ``args``. With
-    ``role`` (a whole app, as tests/device run it) the role's names are added too: a frozen build
-    keeps them in flash (popkit.romfs.heap_for)."""
+    DATA_HEAP plus the image: ``micropython -c boot_code``, so sys.argv[1:] are ``args``."""
     from popkit.romfs import boot_code, heap_for
 
-    cmd = [tool("micropython"), "-X", f"heapsize={heap_for(DATA_HEAP, image, role)}", "-c", boot_code(image, module),
+    cmd = [tool("micropython"), "-X", f"heapsize={heap_for(DATA_HEAP, image)}", "-c", boot_code(image, module),
            *args]
     env = dict(os.environ, MICROPYPATH=".frozen")  # nothing from disk: the port's frozen asyncio only
     if popen:
@@ -394,7 +392,7 @@ def run_e2e(tmp: Path, n: int) -> dict:
         say(f"end to end: lighting app (from a {rom / KB:.1f} KB ROMFS image, process heap {DATA_HEAP // KB} KB + "
             f"the image), Mosquitto on "
             f"port {broker.port}, {n} scene commands -> PWM")
-        app = Proc(mpy(image, "main", str(work / "lighting.json"), cwd=work, role="lighting", stdout=subprocess.PIPE,
+        app = Proc(mpy(image, "main", str(work / "lighting.json"), cwd=work, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, bufsize=1))
         app.expect(r"CONFIG 7 1", timeout=15)  # subscribed, the timeline applied: "warm" is on
         wait_for(lambda: pwm.duties() == [90 * L, 0, 0, 40 * L], 5, "the timeline's scene on the PWM")
@@ -422,7 +420,7 @@ def run_e2e(tmp: Path, n: int) -> dict:
         errors = [ln for ln in app.lines if "MemoryError" in ln or "Traceback" in ln]
         return dict(lat=lat, first=first, image=image.stat().st_size, live=int(heap_line.group(1)) - rom,
                     peak=int(heap_line.group(2)) - rom, acks=acks,
-                    heap=DATA_HEAP + image.stat().st_size + names_bytes("lighting", image),
+                    heap=DATA_HEAP + image.stat().st_size,
                     errors=errors)
     finally:
         if app is not None:
@@ -469,7 +467,7 @@ def run_offline_admit(tmp: Path) -> dict:
     try:
         mark = sim.mark()
         t0 = time.monotonic()
-        app = Proc(mpy(image, "main", str(work / "scanner.json"), cwd=work, role="scanner", stdout=subprocess.PIPE,
+        app = Proc(mpy(image, "main", str(work / "scanner.json"), cwd=work, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, bufsize=1))
         green = None
         while green is None:
@@ -597,10 +595,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rom_names_bytes), larger because the soaks import only part of each role; "
                 "lighting_app_peak_frozen_kb uses it, the app importing all. *_alloc_peak_kb: gc.mem_alloc() "
                 "high-water with garbage (gc.threshold(4096), as the app). lighting_app_peak_heap_kb is the "
-                "app's own HEAP figure: its gc.mem_alloc() high-water per 10 ms tick, garbage included; the app "
-                "runs as tests/device run it, in heap_kb + the image + the role's names (a frozen build keeps "
-                "those in flash; process_heap_kb.lighting_app), so the names count in that peak but not "
-                "against heap_kb (lighting_app_peak_frozen_kb is the peak without them). "
+                "app's own HEAP figure: its gc.mem_alloc() high-water per 10 ms tick, garbage included. "
                 "verdict_* over every scan of the mix (first scans flush to the "
                 "redemption log; repeats read the log); hmac_baseline_ms is hashlib.sha256, C in the port, so the "
                 "floor is far below a decide (ticket parse, base32, flash flush are Python/IO); scene_apply_* "
