@@ -109,9 +109,6 @@ class Scanner:
         self._base = {}  # event -> revoked ids from the config file
         for spec in cfg["gate"].get("events", ()):
             self._base[spec["event"]] = list(spec.get("revoked", ()))
-        # event -> ids revoked by the fleet's config ("*": every event) and by the kit's list. One
-        # attribute for both: each attribute more can grow the instance's table on a 64 KB heap.
-        self._lists = [{}, {}]  # type: list
         self.hw = ScannerHW(**({"uart": cfg["uart"]} if "uart" in cfg else cfg.get("hw", {})))
         self.lines = scanline.LineAssembler()
         self.scans = 0
@@ -240,49 +237,55 @@ class Scanner:
 
     def _on_config(self, cfg, save=True):
         """Keys and revocations from the fleet's config, on top of the config file's; kept on flash.
-        (Few methods here: on a 64 KB heap each one costs RAM even frozen.)"""
-        data = cfg.get("data") or {}
-        revoked = data.get("revoked") or {}
-        print("CONFIG", cfg["version"], self._take(data.get("keys"), 0,
-                                                   revoked if isinstance(revoked, dict) else {"*": revoked}))
+        (Few methods and attributes here: on a 64 KB heap each one costs RAM even frozen.)"""
         if save:
             try:
                 atomic.write(self._saved, json.dumps(cfg).encode())
             except OSError as e:
                 print("CONFIG not saved", repr(e))
+        print("CONFIG", cfg["version"], self._take(cfg.get("data") or {}, None))
         return True
 
     def _on_kit(self, payload, retained, save=True):
         """The kit's own list (its agent's): keys it holds, revocations made at the kit; kept on flash."""
         if not payload:
             return  # the retained list was cleared at the kit broker: keep what we had
-        msg = json.loads(payload)
-        revoked = msg.get("revoked")
-        print("KIT", self._take(msg.get("keys"), 1, revoked if isinstance(revoked, dict) else {}))
         if save:
             try:
                 atomic.write(self._saved[:-11] + "kit.json", payload)
             except OSError as e:
                 print("KIT not saved", repr(e))
+        print("KIT", self._take(None, json.loads(payload)))
 
-    def _take(self, keys, which, revoked):
-        """Event keys (a key whose window is over is dropped), then list ``which`` (0: the fleet's, 1:
-        the kit's). Each event refuses the union of the file's, the fleet's and the kit's lists.
-        Returns how many tickets are refused in all."""
+    def _take(self, fleet, kit):
+        """Event keys from the fleet's config data or the kit's list (a key whose window is over is
+        dropped), then each event's refused tickets: the union of the file's, the fleet's and the
+        kit's lists. The list not given is read back from flash, where it is kept anyway, rather
+        than held in RAM. Returns how many tickets are refused in all."""
         gate = self.gate
         now = _trusted_s()
+        keys = (fleet or kit or {}).get("keys")
         if keys:
             print("KEYS", gate.load_keys(keys, now))
         if now is not None:
             for name in gate.drop_expired(now):
                 print("KEY expired", name)
-        self._lists[which] = revoked
+        if fleet is None:
+            saved = atomic.read(self._saved)
+            fleet = (json.loads(saved).get("data") or {}) if saved else {}
+        if kit is None:
+            saved = atomic.read(self._saved[:-11] + "kit.json")
+            kit = json.loads(saved) if saved else {}
+        saved = None
+        frev = fleet.get("revoked") or {}
+        if not isinstance(frev, dict):
+            frev = {"*": frev}  # a flat list: revoked at every event
+        krev = kit.get("revoked") or {}
+        every = frev.get("*", ())
         total = 0
-        fleet, kit = self._lists
-        every = fleet.get("*", ())
         for name, ev in gate._events.items():
             name = name.decode()
-            ids = self._base.get(name, []) + list(every) + list(fleet.get(name, ())) + list(kit.get(name, ()))
+            ids = self._base.get(name, []) + list(every) + list(frev.get(name, ())) + list(krev.get(name, ()))
             ev.revoked = Revocations(ids)  # packed and sorted: duplicates cost 16 bytes, no more
             total += len(ev.revoked)
         return total
