@@ -64,6 +64,11 @@ class ClaimBook:
                 "SELECT device, ts_ms FROM claims WHERE event = ? AND ticket = ?", (event, ticket)).fetchone()
         return None if owner == device else FirstScan(device=owner, ts=first_ts)
 
+    def events(self) -> set[str]:
+        """The events whose tickets were claimed here: a kit holds those, whatever its keys came with."""
+        with self._lock:
+            return {e for (e,) in self._db.execute("SELECT DISTINCT event FROM claims")}
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM claims").fetchone()[0]

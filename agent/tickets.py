@@ -91,6 +91,9 @@ class KitTickets:
         self._configs: dict[str, dict] = {d: json.loads(data) for d, data in
                                           self._db.execute("SELECT device, data FROM configs")}
         self._published: dict | None = None  # the list as last seen at the broker (ours or not)
+        # Events scanned at the kit's doors (the door hub's claims): a key flashed on the scanners
+        # reaches no config the agent sees, and its event is the kit's all the same.
+        self.scanned_events: Callable[[], set[str]] = set
         self.ready = threading.Event()
         self.counts = {"requests": 0, "revoked": 0, "published": 0, "bad": 0}
         self._topic = kit_topic(kit, REVOCATIONS_CHANNEL)
@@ -138,6 +141,7 @@ class KitTickets:
                     events |= set(data["revoked"])
             if self._published:
                 events |= {k.get("event") for k in self._published.get("keys") or ()}
+        events |= self.scanned_events()
         return sorted(e for e in events if isinstance(e, str))
 
     def revoke(self, event: str, tickets: list[str], by: str, now_ms: int | None = None) -> list[str]:
@@ -185,7 +189,8 @@ class KitTickets:
                     if held is None or (held.get("expires") or 0) < exp:  # of two, the later window
                         keys[k["event"]] = k
         return KitRevocations.model_validate({"ts": int(time.time() * 1000), "revoked": revoked,
-                                              "keys": [keys[e] for e in sorted(keys)]})
+                                              "keys": [keys[e] for e in sorted(keys)],
+                                              "events": self.known_events()})
 
     def publish(self) -> None:
         self._client.publish(self._topic, encode(self.current()), qos=1, retain=True)
@@ -276,7 +281,8 @@ def revoke_request(kit: str, mqtt_url: str, event: str, tickets: list[str], by: 
         if not subscribed.wait(timeout):
             raise ConnectionError(f"the kit broker at {target.host}:{target.port} did not answer")
         time.sleep(0.3)  # the retained list, if any, arrives right after the SUBACK
-        known = sorted({k.event for k in seen["list"].keys} | set(seen["list"].revoked)) if "list" in seen else []
+        known = (sorted({k.event for k in seen["list"].keys} | set(seen["list"].revoked) | set(seen["list"].events))
+                 if "list" in seen else [])
         if known and req.event not in known:
             raise UnknownEvent(f"event {req.event} is not one this kit holds; it knows {', '.join(known)}")
         client.publish(topic_req, encode(req), qos=1).wait_for_publish(timeout)

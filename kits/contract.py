@@ -422,6 +422,8 @@ class KitRevocations(_Model):
     ts: EpochMs
     revoked: dict[EventId, list[TicketId]] = Field(default_factory=dict)
     keys: list[KitKey] = Field(default_factory=list)
+    events: list[EventId] = Field(default_factory=list, description="every event the kit holds: its keys, its "
+                                  "revocations, and the events scanned at its doors (a key flashed on the scanners)")
 
 
 KIT_MODELS: dict[str, Any] = {TIME_CHANNEL: KitTime, REVOCATIONS_CHANNEL: KitRevocations,
