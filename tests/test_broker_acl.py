@@ -294,3 +294,20 @@ def test_the_kits_clock_comes_from_its_agent_only_and_every_esp32_hears_it(kit):
                what="the agent's time at both ESP32s")
     time.sleep(0.5)
     assert door.got == [(topic, b"the-pis-time")] and lights.got == [(topic, b"the-pis-time")]
+
+
+def test_the_kits_ticket_list_is_written_by_its_agent_only_and_read_by_its_scanners(kit):
+    _manifest, _creds, _broker, login = kit
+    agent, door, lights = login(account(KIT, AGENT)), login(account(KIT, DOOR)), login(account(KIT, LIGHTS))
+    topic = f"popkit/v1/{KIT}/revocations"
+    door.c.subscribe(topic, qos=1)
+    lights.c.subscribe(topic, qos=1)
+    agent.c.subscribe([(f"popkit/v1/{KIT}/+/config", 1), (f"popkit/v1/{KIT}/revoke", 1)])
+    wait_until(lambda: len(door.suback) == 1 and len(agent.suback) == 2, 5, what="the SUBACKs")
+    assert not door.suback[0].is_failure and not any(rc.is_failure for rc in agent.suback)
+    attempt(login, account(KIT, DOOR), topic, b"door-revoking-on-its-own")  # a door must not write the list
+    agent.c.publish(topic, b"the-kits-list", qos=1, retain=True)
+    wait_until(lambda: (topic, b"the-kits-list") in door.got, 5, what="the kit's list at the door")
+    time.sleep(0.5)
+    assert door.got == [(topic, b"the-kits-list")]
+    assert lights.got == []  # the lighting controller holds no tickets
