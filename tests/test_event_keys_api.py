@@ -79,6 +79,9 @@ def test_a_kits_revocation_event_joins_the_fleets_with_who_and_where(fleet):
     try:
         body = {"boot": "0badcafe", "seq": 1, "ts": now * 1000 - 60_000, "kind": "revocation",
                 "data": {"event": "FEST25", "tickets": ["T2", "T1"], "by": "crew-anna"}}
+        # A door claiming to revoke is not heeded: only a kit's agent revokes.
+        door = {**body, "data": {"event": "FEST25", "tickets": ["T9"], "by": "a-door"}}
+        pub.publish(f"popkit/v1/demo/{SCANNER}/event", json.dumps(door), qos=1).wait_for_publish(5)
         pub.publish("popkit/v1/demo/demo-agent/event", json.dumps(body), qos=1).wait_for_publish(5)
         wait_until(lambda: fleet.store.desired_config(SCANNER)["data"]["revoked"]["FEST25"] == ["T1", "T2"],
                    what="the kit's revocation pushed to the scanner")
@@ -88,6 +91,7 @@ def test_a_kits_revocation_event_joins_the_fleets_with_who_and_where(fleet):
     assert got["T2"]["revoked_by"] == "crew-anna" and got["T2"]["revoked_at"] == "kit demo/demo-agent"
     assert got["T2"]["revoked_ms"] == now * 1000 - 60_000
     assert got["T1"]["revoked_at"] == "fleet"  # revoked at the fleet first: that record stays
+    assert "T9" not in got
 
 
 # ---------------------------------------------------------------- popkit tickets key

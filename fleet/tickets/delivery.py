@@ -121,9 +121,12 @@ class TicketDelivery:
                 log.warning("revocation event from %s ignored: %s", m.device_id, exc)
                 continue
             ref = self.store.device_ref(m.device_id)
-            kit = ref.kit_id if ref else None
-            where = f"kit {kit}/{m.device_id}" if kit else f"device {m.device_id}"
-            revs += [Revocation(data.event, t, data.by, where, m.msg.ts, kit) for t in data.tickets]
+            if ref is None or ref.role != "agent":
+                # Only a kit's agent revokes: a door (or anything else) saying so is not heeded.
+                log.warning("revocation event from %s ignored: only a kit's agent revokes", m.device_id)
+                continue
+            where = f"kit {ref.kit_id}/{m.device_id}"
+            revs += [Revocation(data.event, t, data.by, where, m.msg.ts, ref.kit_id) for t in data.tickets]
         if revs:
             added = self.tickets.add(revs, conn)
             with self._lock:
