@@ -25,8 +25,10 @@ _DATA = "/data"
 _wlan = None
 _creds = None  # (ssid, password) from the config, set by configure()
 _ntp_at = None  # ticks_ms of the last NTP request
-_NTP_HOST = "pool.ntp.org"
-_ntp_addr = []  # type: list  # the NTP server's address, once resolved
+# Internet NTP by address, never by name: a DNS lookup blocks the whole loop, and where the kit's
+# network has no uplink its resolver may take longer to fail than the watchdog waits (8 s).
+# time.cloudflare.com's anycast address; the config's "ntp" names another, or null for none.
+_ntp_addr = [("162.159.200.123", 123)]  # type: list
 _ntp_sock = None  # a request out, its answer not read yet
 # Where the RTC's time came from: "kit" until told otherwise (an RTC that reads a year before the
 # build floor is unset whatever this says: clock.py), "synced" after internet NTP.
@@ -58,6 +60,8 @@ def configure(cfg):
     """Take what the board needs from the device's config, once, right after the app loads it:
     the kit Wi-Fi's credentials ("wifi": {"ssid", "password"})."""
     global _creds
+    if "ntp" in cfg:  # an NTP server's IP address, or null: no internet time asked for
+        _ntp_addr[0] = (cfg["ntp"], 123) if cfg["ntp"] else None
     w = cfg.get("wifi")
     if not w or not w.get("ssid"):
         _creds = None
@@ -71,7 +75,7 @@ def _sync_clock():
     on a non-blocking UDP socket and feed() reads the answer, so the loop never waits for it. A kit
     without internet never answers: the kit's time message (clock.py) sets the clock instead."""
     global _ntp_at, _ntp_sock
-    if clock_source == "synced" or _ntp_sock is not None:
+    if clock_source == "synced" or _ntp_sock is not None or _ntp_addr[0] is None:
         return
     at = _ntp_at
     if at is not None and time.ticks_diff(time.ticks_ms(), at) < _NTP_EVERY_MS:
@@ -80,8 +84,6 @@ def _sync_clock():
     try:
         import socket
 
-        if not _ntp_addr:  # resolved once: getaddrinfo blocks
-            _ntp_addr.append(socket.getaddrinfo(_NTP_HOST, 123)[0][-1])
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setblocking(False)
         q = bytearray(48)
@@ -89,7 +91,7 @@ def _sync_clock():
         s.sendto(q, _ntp_addr[0])
         _ntp_sock = s
     except OSError:
-        pass  # no DNS, no route: the kit's time it is
+        pass  # no route: the kit's time it is
 
 
 def _ntp_answer(s):
