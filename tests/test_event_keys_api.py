@@ -138,3 +138,14 @@ def test_cli_tickets_key_pushes_through_the_api(fleet, capsys, monkeypatch, tmp_
         assert held["event"] == "FEST25" and held["key"] == key.secret.hex()
     finally:
         server.should_exit = True
+
+
+def test_a_revocation_a_scanner_could_not_take_is_413_and_stores_nothing(fleet):
+    known = fleet.api.put("/api/v1/events/FEST25/key", json=key_body(int(time.time()) + 3600))
+    assert known.status_code == 200, known.text
+    many = [f"T{i:07d}" for i in range(400)]  # ~12 bytes each in the config: past the 4 KB a scanner takes
+    r = fleet.api.post("/api/v1/events/FEST25/revocations", json={"tickets": many})
+    assert r.status_code == 413 and SCANNER in r.json()["detail"] and "4096" in r.json()["detail"], r.text
+    assert fleet.api.get("/api/v1/events/FEST25/revocations").json() == []
+    assert "revoked" not in fleet.store.desired_config(SCANNER)["data"]
+    assert fleet.api.post("/api/v1/events/FEST25/revocations", json={"tickets": many[:50]}).status_code == 200

@@ -23,14 +23,17 @@ from typing import Any, Callable
 from sqlalchemy import select
 
 from fleet import db
-from fleet.store import Store, now_ms
+from fleet.store import PayloadTooLarge, Store, now_ms
 from fleet.tickets.model import FLEET, KeySpec, Revocation, UnknownEvent, scanner_data
 from fleet.tickets.store import TicketStore
-from kits.contract import Config, RevocationData
+from kits.contract import Config, RevocationData, encode
 
 log = logging.getLogger("popkit.fleet.tickets")
 
 KIND = "revocation"  # the agent's event kind for a kit's revocations
+# The largest config a scanner takes (its "max_config", device/apps/scanner/main.py): ~300 revoked
+# ids with a few keys. One larger would be dropped whole at the scanner, so the fleet refuses it.
+SCANNER_MAX_CONFIG = 4096
 
 
 class TicketDelivery:
@@ -61,6 +64,7 @@ class TicketDelivery:
         """Store an event's key (ExpiredKey, storing nothing, if its window is over) and push it."""
         now = now or now_ms()
         key.check(now // 1000)
+        self._check_fits(key.kits, [k for k in self.tickets.keys() if k.event_id != key.event_id] + [key], {}, now)
         self.tickets.put_key(key, now, by)
         if key.kits is not None and not key.kits:
             return []  # for no kit yet: known to the fleet (revocations may name it), on no scanner
@@ -74,8 +78,25 @@ class TicketDelivery:
             raise UnknownEvent(f"no event {event_id!r} at the fleet: it has no key, no check-in and no "
                                f"revocation (PUT /api/v1/events/{event_id}/key first)")
         now = now or now_ms()
+        self._check_fits(kits, self.tickets.keys(), {event_id: list(dict.fromkeys(tickets))}, now)
         self.tickets.add([Revocation(event_id, t, by, FLEET, now) for t in dict.fromkeys(tickets)])
         return self.push(kits=kits, now=now, force=True)
+
+    def _check_fits(self, kits, keys: list[KeySpec], adding: dict[str, list[str]], now: int) -> None:
+        """PayloadTooLarge, before anything is stored, when a scanner's config would outgrow what the
+        scanner takes (SCANNER_MAX_CONFIG): it would drop the whole config, keys and revocations."""
+        revoked = self.tickets.revoked_ids()
+        for event_id, ids in adding.items():
+            revoked[event_id] = revoked.get(event_id, []) + [t for t in ids if t not in revoked.get(event_id, [])]
+        for ref in self.store.device_refs().values():
+            if ref.role != "scanner" or (kits is not None and ref.kit_id not in kits):
+                continue
+            current = self.store.desired_config(ref.id) or {}
+            data = scanner_data(current.get("data"), ref.kit_id, keys, revoked, now // 1000)
+            size = len(encode(Config(version=2**31, ts=now, data=data)))
+            if size > SCANNER_MAX_CONFIG:
+                raise PayloadTooLarge(f"{ref.id}'s config would be {size} bytes; a scanner takes at most "
+                                      f"{SCANNER_MAX_CONFIG} (fewer revocations per event, or expire old keys)")
 
     # ------------------------------------------------------------ pushing
 

@@ -140,6 +140,9 @@ class Scanner:
                               on_cmd=self._on_cmd, on_config=self._on_config,
                               resend_ms=br.get("resend_ms", 15000), keepalive=br.get("keepalive", 30),
                               response_ms=br.get("response_ms", 5000), backoff_ms=br.get("backoff_ms", 500),
+                              # a config or kit list with keys and revocations outgrows pkmqtt's 1 KB default;
+                              # one over this is dropped (counted in oversize), so the fleet keeps under it
+                              max_msg=cfg.get("max_config", 4096),
                               backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True, user=user, password=password,
                               kit_subs=(("revocations", 1, self._on_kit),), time_sync=board, reset_cause=cause)
         self._hub_ms = cfg.get("hub_ms", 250)
