@@ -111,9 +111,9 @@ def feed():
 
 
 def _watch():
+    global bitten
     while time.ticks_diff(time.ticks_ms(), _st[_FED]) < _st[_WDT]:
         time.sleep_ms(100)
-    global bitten
     bitten = True
     _mark("watchdog")
     print("WATCHDOG the main loop was not fed for %d ms: reset" % _st[_WDT])
