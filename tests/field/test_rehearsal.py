@@ -57,8 +57,21 @@ YEAR_2000_MS = 946_684_800_000
 HEAP = "256k"  # a unix process loading its modules as .mpy into the heap, as an ESP32 from its filesystem
 FLEET_PORT = 8883
 
+# What the crew types on the Pi, as the docs give it (test_the_docs_give_the_commands_the_rehearsal_runs).
+KIT_UP = "/opt/popkit/venv/bin/popkit kit up /etc/popkit/kit.toml"
+KIT_DOWN = "/opt/popkit/venv/bin/popkit kit down /etc/popkit/kit.toml"
+REVOKE_AT_KIT = "popkit tickets revoke --kit /etc/popkit/kit.toml --event"
+
 _why = netns.refusal() or probe_refusal()
-pytestmark = pytest.mark.skipif(_why is not None, reason=f"the rehearsal needs namespaces: {_why}")
+needs_namespaces = pytest.mark.skipif(_why is not None, reason=f"the rehearsal needs namespaces: {_why}")
+
+
+def test_the_docs_give_the_commands_the_rehearsal_runs():
+    pi_install = (REPO / "docs" / "pi-install.md").read_text()
+    for command in (KIT_UP, KIT_DOWN, "popkit kit install", "popkit kit provision", "deploy/install-kit.sh"):
+        assert command in pi_install, f"docs/pi-install.md does not give {command!r}"
+    assert REVOKE_AT_KIT in (REPO / "docs" / "tickets.md").read_text()
+    assert "--root" in (REPO / "docs" / "flashing.md").read_text(), "flashing a tree for the unix port"
 
 
 def manifest_text(printer: str, power: str) -> str:
@@ -271,6 +284,7 @@ def states(watch: Watch, device: str) -> list[dict]:
     return [json.loads(m) for m in watch.on(f"{device}/state") if m]
 
 
+@needs_namespaces
 def test_the_crews_day_on_a_kit_as_deployed(venue):
     v = venue
     pi, watch = v["pi"], v["watch"]
@@ -286,7 +300,7 @@ def test_the_crews_day_on_a_kit_as_deployed(venue):
     wait_until(lambda: all(states(watch, d) and states(watch, d)[-1].get("online")
                            and states(watch, d)[-1].get("clock") in ("kit", "synced") for d in (*DOORS, STAGE)),
                60, what="every ESP32 online with its clock from the Pi")
-    up = pi.run(["/opt/popkit/venv/bin/popkit", "kit", "up", "/etc/popkit/kit.toml"], timeout=120)
+    up = pi.run(KIT_UP.split(), timeout=120)
     assert up.returncode == 0, f"kit up: {up.stdout}\n{up.stderr}"
     assert "READY" in up.stdout.upper(), up.stdout
 
@@ -300,8 +314,8 @@ def test_the_crews_day_on_a_kit_as_deployed(venue):
     assert door(sims[DOORS[1]], tickets[1]) == "red", "admitted at door a: door b refuses it (the kit's hub)"
 
     # A refund at the door with no uplink: revoked at the kit, refused at once at both doors.
-    revoke = pi.run(["/opt/popkit/venv/bin/popkit", "tickets", "revoke", "--kit", "/etc/popkit/kit.toml",
-                     "--event", EVENT, "--by", "crew-lead", "T00003"], timeout=60)
+    revoke = pi.run(["/opt/popkit/venv/bin/" + REVOKE_AT_KIT.split()[0], *REVOKE_AT_KIT.split()[1:],
+                     EVENT, "--by", "crew-lead", "T00003"], timeout=60)
     assert revoke.returncode == 0, f"tickets revoke --kit: {revoke.stdout}\n{revoke.stderr}"
     time.sleep(1)  # the kit's list reaches the doors over the kit broker
     assert door(sims[DOORS[0]], tickets[3]) == "red", "revoked at the kit: refused"
@@ -354,7 +368,7 @@ def test_the_crews_day_on_a_kit_as_deployed(venue):
         f"who revoked, and where: {attendance.text}"
 
     # 5. Kit down: the night's totals, to the crew and the fleet.
-    down = pi.run(["/opt/popkit/venv/bin/popkit", "kit", "down", "/etc/popkit/kit.toml"], timeout=120)
+    down = pi.run(KIT_DOWN.split(), timeout=120)
     assert down.returncode == 0, f"kit down: {down.stdout}\n{down.stderr}"
     assert "check-ins   3" in down.stdout and f"{DOORS[0]} 1" in down.stdout and f"{DOORS[1]} 2" in down.stdout, \
         down.stdout
