@@ -50,6 +50,7 @@ from popkit.mqtt import client_for, session_kwargs
 log = logging.getLogger("popkit.agent.tickets")
 
 KIND = "revocation"  # the agent's event kind for what the kit revoked (fleet/tickets/delivery.py)
+MAX_LIST = 4096  # bytes: the largest message a scanner takes (its max_config); a longer list would be dropped
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revoked (
@@ -152,12 +153,17 @@ class KitTickets:
         known = self.known_events()
         if req.event not in known:
             raise UnknownEvent(f"event {req.event} is not one this kit holds; it knows "
-                               + (", ".join(known) if known else "no events yet (no scanner config with keys has "
-                                  "reached the kit broker)"))
+                               + (", ".join(known) if known else "no events yet (no scanner config with keys, "
+                                  "no scan at its doors)"))
         now_ms = now_ms or int(time.time() * 1000)
         with self._lock:
             have = self._kit.setdefault(req.event, {})
             new = [t for t in dict.fromkeys(req.tickets) if t not in have]
+        size = len(encode(self.current())) + sum(len(t) + 3 for t in new)
+        if size > MAX_LIST:
+            raise ValueError(f"the kit's list would be {size} bytes; a scanner takes at most {MAX_LIST} "
+                             f"(revoke the rest through the fleet when the uplink is back)")
+        with self._lock:
             for t in new:
                 self._db.execute("INSERT OR IGNORE INTO revoked VALUES (?, ?, ?, ?)", (req.event, t, req.by, now_ms))
                 have[t] = None
