@@ -284,3 +284,24 @@ def test_a_hung_lighting_loop_is_reset_by_the_watchdog_and_the_next_boot_says_so
     finally:
         pwm.close()
         dmx.close()
+
+
+def test_a_reboot_from_the_fleet_comes_back_saying_soft(rom_images, broker, collect, pub, tmp_path):  # noqa: F811
+    seen = collect(f"popkit/v1/{KIT}/{SCANNER}/+")
+    sim = ScannerSim()
+    cfg = scanner_config(tmp_path, sim, broker, EventKey.generate(EVENT), {})
+    try:
+        dev = scanner(rom_images, cfg, sim)
+        dev.expect(r"BOOT \w+ \d+ 0 synced power")
+        wait_until(lambda: states(seen, SCANNER), 10, what="the birth state")
+        t = now_ms()
+        pub.publish(f"popkit/v1/{KIT}/{SCANNER}/cmd", json.dumps(
+            {"id": "c-reboot", "ts": t, "expires": t + 60_000, "action": "reboot"}), qos=1)
+        assert dev.wait(15) == RESET_EXIT, "machine.reset() on a board: the process ends for its supervisor"
+        dev = scanner(rom_images, cfg, sim)
+        dev.expect(r"BOOT \w+ \d+ \d+ synced soft")
+        wait_until(lambda: states(seen, SCANNER)[-1].get("reset_cause") == "soft", 10,
+                   what="a birth state saying reset_cause soft")
+        dev.kill()
+    finally:
+        sim.close()
