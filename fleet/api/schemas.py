@@ -273,9 +273,9 @@ class EventKeyIn(BaseModel):
 
     key: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="the event's HMAC-SHA256 ticket key, hex "
                      "(the key file's \"key\")")
-    not_before: int = Field(ge=0, description="Unix s: the scanners verify its tickets from then")
-    expires: int = Field(ge=0, description="Unix s: the scanners drop the key then (the event's end plus a "
-                         "margin); must be in the future")
+    not_before: int = Field(ge=0, le=253402300799, description="Unix s: the scanners verify its tickets from then")
+    expires: int = Field(ge=0, le=253402300799, description="Unix s: the scanners drop the key then (the event's end "
+                         "plus a margin); must be in the future")
     kits: list[Id] | None = Field(
         default=None, description="the kits whose scanners get it (default: every kit)")
 

@@ -22,7 +22,10 @@ class ConfigConflict(ValueError):
 
 
 def iso(unix_s: int) -> str:
-    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):  # past the year 9999
+        return f"{unix_s} s after the Unix epoch"
 
 
 @dataclass(frozen=True)
