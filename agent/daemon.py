@@ -370,7 +370,8 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
                                                           data=d)).start()
         hub = DoorHub(manifest.id, settings.mqtt_url, data / f"{manifest.id}-claims.db",
                       revoked=tickets.is_revoked).start()
-        tickets.scanned_events = hub.book.events  # an event scanned at the doors is the kit's (flashed keys)
+        flashed = {e for e in settings.kit_events.split(",") if e}  # keys flashed onto the doors, as provisioned
+        tickets.scanned_events = lambda: hub.book.events() | flashed  # and an event scanned at the doors is the kit's
     watch = StateWatch(manifest.id, settings.mqtt_url).start()
     clock = start_kit_clock(manifest.id, settings, data, link, watch)  # the kit's time, served to its ESP32s
 

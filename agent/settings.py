@@ -38,6 +38,11 @@ class AgentSettings(BaseSettings):
     time_period_s: float = Field(default=10.0, gt=0, le=3600, description="how often the kit's time goes to its "
                                  "ESP32s on popkit/v1/<kit>/time (also at once on a device's birth: agent/kitclock.py)")
 
+    kit_events: str = Field(default="", pattern=r"^[A-Za-z0-9_.,-]*$",
+                            description="events whose keys were flashed onto the kit's scanners, comma-separated "
+                            "(popkit kit provision writes it): `popkit tickets revoke --kit` takes them before any "
+                            "ticket of theirs was scanned")
+
     @field_validator("mqtt_url")
     @classmethod
     def _a_broker_url(cls, url: str) -> str:

@@ -151,13 +151,15 @@ def uplink_conf(bridge_text: str) -> tuple[str, Path | None]:
     return "\n".join(lines) + "\n", ca
 
 
-def agent_env(port: int, tls: bool) -> str:
+def agent_env(port: int, tls: bool, events: list[str] = ()) -> str:
     scheme = "mqtts" if tls else "mqtt"
+    flashed = ("# The events whose keys the scanners were flashed with (ids only; the keys stay on the doors).\n"
+               f"POPKIT_KIT_EVENTS={','.join(events)}\n") if events else ""
     return ("# /etc/popkit/agent.env: the agent's settings (written by popkit kit provision; 0640 root:popkit).\n"
             "# The kit broker on this Pi, over TLS; the login (account <kit>.<agent>) and the kit's CA are in\n"
             f"# {AGENT_ACCOUNT}, never in this URL.\n"
             f"POPKIT_MQTT_URL={scheme}://127.0.0.1:{port}?account={AGENT_ACCOUNT}\n"
-            f"POPKIT_AGENT_DATA={AGENT_DATA}\n")
+            f"POPKIT_AGENT_DATA={AGENT_DATA}\n{flashed}")
 
 
 def hotspot_keyfile(kit: str, wifi: dict, net: KitNetwork) -> str:
@@ -261,7 +263,7 @@ def write_pi_files(done: Provisioned, manifest: KitManifest, manifest_text: str,
         put(PiFile(UPLINK_CONF, mosq, mosq, 0o600, BROKER_SERVICE), text)
         put(PiFile(MOSQUITTO_DIR / "fleet-ca.crt", "root", "root", 0o644, BROKER_SERVICE), fleet_ca.read_bytes())
 
-    put(PiFile(AGENT_ENV, "root", "popkit", 0o640, AGENT_SERVICE), agent_env(port, tls))
+    put(PiFile(AGENT_ENV, "root", "popkit", 0o640, AGENT_SERVICE), agent_env(port, tls, [e["event"] for e in creds.get("flash", {}).get("events", ())]))
     put(PiFile(KIT_TOML, "root", "popkit", 0o640, AGENT_SERVICE), manifest_text)
     put(PiFile(AGENT_ACCOUNT, "root", "popkit", 0o640, AGENT_SERVICE), agent_file.read_bytes())
     put(PiFile(AGENT_UNIT, "root", "root", 0o644, AGENT_SERVICE), _deploy_file("popkit-agent.service"))
