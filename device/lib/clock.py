@@ -11,7 +11,8 @@
 #   or an RTC, else "kit"); later ones correct drift. A message that would move a set clock back
 #   more than _BACK_MS or ahead more than _AHEAD_MS is refused (the link counts it: telemetry's
 #   `clock_refused`): a stale message, or a Pi that lost its time, must not undo a good clock (a
-#   ticket's window, a lighting schedule, a command's expiry all read it).
+#   ticket's window, a lighting schedule, a command's expiry all read it). The exception: a synced
+#   Pi's time always replaces a "kit" one (the Pi just took NTP after running on its last known time).
 # * A kit message that says its own time is not synced never overrides a synced clock.
 #
 # States (state.clock in the wire contract): "synced" | "kit" | "unset"; the link publishes the
@@ -48,7 +49,9 @@ def offer(board, ts, synced):
     src = "synced" if synced else "kit"
     if before != UNSET:
         d = ts - board.epoch_ms()
-        if d < -_BACK_MS or d > _AHEAD_MS:
+        # A synced Pi (NTP or an RTC) is taken over a kit clock whatever the jump: after days on its
+        # last known time, the uplink's first NTP sync moves the kit's time far ahead, rightly.
+        if (d < -_BACK_MS or d > _AHEAD_MS) and not (synced and before == "kit"):
             log(_WARN, "clock", "refused a kit time %d ms from ours (%s): kept ours", d, before)
             return -1
         if before == "synced" and not synced:

@@ -102,16 +102,18 @@ class Gate:
                 gone.append(name.decode())
         return gone
 
-    def decide(self, payload, now, admit=True, trusted=True):
+    def decide(self, payload, now, admit=True, trusted=True, early=False):
         """(verdict, ticket fields dict or None) for one scanned payload at Unix time ``now``.
 
         admit=False: an "admitted" verdict is only admissible; admit() then writes it to flash,
         refuse() drops it (another door got there first, says the kit's hub).
         trusted=False: ``now`` is a clock nobody set (docs/tickets.md, "No trusted time"): the
         ticket's and the key's windows are not checked (no not_yet_valid, no expired); signature,
-        event, revocations and double entry are."""
+        event, revocations and double entry are.
+        early=True: ``now`` may be behind, never ahead (the kit's Pi on its last known time, no RTC
+        and no uplink): nothing is refused as not yet valid, expiry is still judged."""
         self._pending = None
-        verdict, fields = self._decide(payload, now, admit, trusted)
+        verdict, fields = self._decide(payload, now, admit, trusted, early)
         if admit or verdict != ADMITTED:
             self.counts[verdict] = self.counts.get(verdict, 0) + 1
         return verdict, fields
@@ -129,7 +131,7 @@ class Gate:
         self._pending = None
         self.counts[ALREADY_ADMITTED] = self.counts.get(ALREADY_ADMITTED, 0) + 1
 
-    def _decide(self, payload, now, admit, trusted=True):
+    def _decide(self, payload, now, admit, trusted=True, early=False):
         if isinstance(payload, str):
             payload = payload.encode()
         fields = ticket.parse(payload)
@@ -141,11 +143,11 @@ class Gate:
         if ev.key is None or (trusted and ev.expires and now >= ev.expires):
             ev.key = None  # the event is over: forget its key
             return EXPIRED, ticket.as_dict(fields)
-        verdict = ticket.verify(fields, payload, ev.key, now if trusted else None, self.leeway)
+        verdict = ticket.verify(fields, payload, ev.key, now if trusted else None, self.leeway, early)
         if verdict == BAD_SIGNATURE:
             return verdict, None
         info = ticket.as_dict(fields)
-        if verdict == ADMITTED and trusted and now < ev.not_before - self.leeway:
+        if verdict == ADMITTED and trusted and not early and now < ev.not_before - self.leeway:
             return NOT_YET_VALID, info  # the key's window has not begun: its event is not on yet
         if verdict != ADMITTED:
             return verdict, info

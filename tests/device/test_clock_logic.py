@@ -73,6 +73,17 @@ def test_a_set_clock_takes_drift_but_refuses_a_jump_back_or_a_day_ahead():
     ]
 
 
+def test_a_synced_pi_replaces_a_kit_clock_however_far_it_moves_it():
+    # Unpacked offline, the Pi served its last known time (days behind); then the uplink's NTP.
+    days = 3 * 86400000
+    got = run_clock(
+        f"show(offer({NOW_MS + days}, False), b.ms, state())\n"  # the Pi still unsynced: refused
+        f"show(offer({NOW_MS + days}, True), b.ms, state())\n"  # synced now: taken, whatever the jump
+        f"show(offer({NOW_MS + 2 * days}, True), b.ms, state())\n",  # but a synced clock keeps its guard
+        NOW_MS, "kit")
+    assert got == [[-1, NOW_MS, "kit"], [1, NOW_MS + days, "synced"], [-1, NOW_MS + days, "synced"]]
+
+
 def board_clock(env: dict, code: str) -> list:
     proc = subprocess.run([micropython_binary(), "-X", "heapsize=64k", "-c", "import board, clock, json\n"
                            "def state():\n    return clock.state(board)\n" + code], env={**mpy_env(UNIX_BOARD), **env},

@@ -136,6 +136,23 @@ print(json.dumps(gate.counts))
     assert got == ["admitted", "expired", "expired", {"admitted": 1, "expired": 2}]
 
 
+def test_a_clock_that_may_be_behind_judges_expiry_but_never_refuses_a_ticket_as_early(tmp_path):
+    # The kit's Pi on its last known time (no RTC, no uplink): days behind, never ahead.
+    key = EventKey.generate("FEST25")
+    (tmp_path / "config.json").write_text(json.dumps(gate_config(key, not_before=T1, expires=T1 + 7200)))
+    scans = [(issue(key, "FEST25", "B1", "GA", T1, T1 + 3600), T0, 1),  # tonight's ticket, clock days behind
+             (issue(key, "FEST25", "B2", "GA", T0, T0 + 60), T0 + 120, 1),  # over even by a clock behind
+             (issue(key, "FEST25", "B3", "GA", T1, T1 + 3600), T0, 0)]  # the same, judged by a synced clock
+    got = device_json("""
+import json, verdict
+gate = verdict.Gate(json.load(open('config.json')), '.')
+for line in open('in.txt'):
+    p, now, early = line.split()
+    print(json.dumps(gate.decide(p, int(now), True, True, early == '1')[0]))
+""", tmp_path, [f"{p} {now} {early}" for p, now, early in scans])
+    assert got == ["admitted", "expired", "not_yet_valid"]
+
+
 def test_redemption_index_grows_past_its_presize_and_reloads(tmp_path):
     got = device_json("""
 import json
