@@ -35,6 +35,15 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
 
 
+@pytest.fixture(autouse=True)
+def _no_firmware_left_running():
+    """A test's firmware processes end with it, whatever the test forgot (tests/device/firmware.py)."""
+    yield
+    from tests.device.firmware import kill_leftovers
+
+    kill_leftovers()
+
+
 @pytest.fixture
 def broker(tmp_path):
     """A mosquitto of our own on a free port; the test may stop(), kill() and start() it again."""

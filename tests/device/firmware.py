@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,15 @@ def firmware(tmp_path_factory) -> Path:
     return compile_firmware(tmp_path_factory.mktemp("firmware"))
 
 
+def kill_leftovers() -> int:
+    """Kill every device a test started and left running (it would run on past the test session,
+    holding its ports and a core's share); returns how many there were."""
+    left = [d for d in list(Device.running) if d.proc.poll() is None]
+    for d in left:
+        d.kill()
+    return len(left)
+
+
 class Device:
     """A MicroPython process running one script; its stdout is read line by line in the background."""
 
@@ -92,7 +102,10 @@ class Device:
                     dict(os.environ, MICROPYPATH=".frozen"), cwd)
         return self
 
+    running: "weakref.WeakSet[Device]" = weakref.WeakSet()  # every device started, for kill_leftovers()
+
     def _spawn(self, argv: list[str], env: dict, cwd: Path | None) -> None:
+        Device.running.add(self)
         self.proc = subprocess.Popen([micropython_binary(), *argv], env=env, cwd=cwd, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: list[str] = []

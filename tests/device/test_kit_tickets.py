@@ -48,6 +48,7 @@ def test_a_key_from_the_fleet_admits_its_event_and_leaves_when_its_window_ends(b
                                                            "expires": now - 60})
     assert r.status_code == 422 and EVENT in r.json()["detail"] and "expired" in r.json()["detail"], r.text
     sim = ScannerSim()
+    dev = None
     try:
         dev = boot(rom_images, tmp_path, sim, broker.port)
         assert door(sim, good[0]) == "red"  # no key for this event on the scanner yet
@@ -73,6 +74,8 @@ def test_a_key_from_the_fleet_admits_its_event_and_leaves_when_its_window_ends(b
         verdicts = [m.group(1) for m in dev.matching(r"SCAN (\w+) ")]
         assert verdicts == ["already_admitted", "admitted", "wrong_event"]
     finally:
+        if dev is not None:
+            dev.kill()
         sim.close()
         broker.start()
 
@@ -93,7 +96,7 @@ def test_a_ticket_revoked_at_the_kit_is_refused_at_once_and_the_fleet_keeps_the_
                      emit=lambda d, ts: link.emit("demo-agent", "event", Event, ts=ts, kind=KIND, data=d)).start()
     hub = DoorHub("demo", broker.url, tmp_path / "claims.db", revoked=kit.is_revoked).start()
     sim = ScannerSim()
-    fleet = None
+    fleet = dev = None
     try:
         assert hub.ready.wait(10) and kit.ready.wait(10)
         dev = boot(rom_images, tmp_path, sim, broker.port)
@@ -149,6 +152,8 @@ def test_a_ticket_revoked_at_the_kit_is_refused_at_once_and_the_fleet_keeps_the_
         assert att["by_verdict"]["revoked"] == 3
         wait_until(lambda: not len(link.outbox), 10, what="the agent's outbox drained by the fleet's receipts")
     finally:
+        if dev is not None:
+            dev.kill()
         sim.close()
         hub.stop()
         kit.stop()
