@@ -24,6 +24,7 @@ import pytest
 from popkit.cli import main
 from tests.conftest import DEMO_KIT, REPO
 from tests.field import debian_root as deb
+from tests.field.pi import unit_service
 
 pytestmark = pytest.mark.skipif(deb.refusal() is not None, reason=f"no Debian root for the install step: "
                                                                     f"{deb.refusal()}")
@@ -39,20 +40,6 @@ def made():
     except deb.Unavailable as exc:
         pytest.skip(f"cannot make a Debian root here: {exc}")
     return tar, wheels, ("reused" if cached else "made") + f" in {time.monotonic() - started:.0f}s"
-
-
-def _unit(path: Path) -> dict[str, list[str]]:
-    """The unit's [Service] keys, every value of a repeated key in order (Environment=)."""
-    keys: dict[str, list[str]] = {}
-    section = None
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]" and "=" in line and not line.startswith("#"):
-            k, v = line.split("=", 1)
-            keys.setdefault(k, []).append(v)
-    return keys
 
 
 def _ids(root: Path, kind: str) -> dict[str, int]:
@@ -77,7 +64,7 @@ while True:
 
 def _agent_as_the_unit_runs_it(root: Path, notify_socket: str) -> str:
     """The shell line that starts the agent in the root as systemd would from the installed unit."""
-    unit = _unit(root / "etc/systemd/system/popkit-agent.service")
+    unit = unit_service(root / "etc/systemd/system/popkit-agent.service")
     env_file = unit["EnvironmentFile"][0].lstrip("-")
     env = [e for line in unit["Environment"] for e in shlex.split(line)] + [f"NOTIFY_SOCKET={notify_socket}"]
     for line in (root / env_file.lstrip("/")).read_text().splitlines():
