@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kits.contract import Claim, Claimed, ContractError, FirstScan, decode, encode, parse_topic, subscription, topic
-from popkit.mqtt import client_for, session_kwargs
+from agent.kitsession import KitSession
 
 log = logging.getLogger("popkit.agent.hub")
 # A check-in is a few hundred bytes; anything far bigger is not one (and is not parsed).
@@ -78,7 +78,9 @@ class ClaimBook:
             self._db.close()
 
 
-class DoorHub:
+class DoorHub(KitSession):
+    clean_start = False  # claims asked while the agent restarts are answered when it is back
+
     """Answers the kit's scanners over the kit's broker (``mqtt_url``)."""
 
     def __init__(self, kit: str, mqtt_url: str, db_path: str | Path, client_id: str | None = None,
@@ -91,22 +93,15 @@ class DoorHub:
         self.counts: Counter[str] = Counter()  # asked, admitted, refused, learned, bad:<reason>
         self.ready = threading.Event()
         # A persistent session: check-ins sent while the hub was down are queued for it.
-        self._client, self._target = client_for(mqtt_url, client_id or f"{kit}-hub", default_protocol="3.1.1")
+        self._open(mqtt_url, client_id or f"{kit}-hub", default_protocol="3.1.1")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = lambda *_: self.ready.clear()
         self._client.on_message = self._on_message
         self._last_warn: dict[str, float] = {}
 
-    def start(self) -> "DoorHub":
-        self._client.connect_async(self._target.host, self._target.port, keepalive=15,
-                                   **session_kwargs(self._client, clean_start=False))
-        self._client.loop_start()
-        return self
-
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        super().stop()
         self.book.close()
 
     # ------------------------------------------------------------ paho callbacks

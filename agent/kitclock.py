@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from agent.kitsession import KitSession
 from agent.readiness import Problem, warning
 from kits.contract import ClockState, KitTime, State, encode, time_topic
-from popkit.mqtt import client_for, redacted, session_kwargs
+from popkit.mqtt import redacted
 
 log = logging.getLogger("popkit.agent.kitclock")
 
@@ -262,7 +263,7 @@ def _iso(ms: int) -> str:
 # ---------------------------------------------------------------- serving it on the kit broker
 
 
-class TimePublisher:
+class TimePublisher(KitSession):
     """Publishes the kit's time on ``popkit/v1/<kit>/time`` every ``period_s``, and at once on
     ``kick()`` (a device's birth). One thread of its own; its own MQTT connection (the agent's account)."""
 
@@ -277,15 +278,13 @@ class TimePublisher:
         self._kick = threading.Event()
         self._stop = threading.Event()
         self.mqtt_url = redacted(mqtt_url)
-        self._client, self._target = client_for(mqtt_url, f"{kit}-time-{secrets.token_hex(3)}")
+        self._open(mqtt_url, f"{kit}-time-{secrets.token_hex(3)}")
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *_: self.connected.clear()
         self._thread = threading.Thread(target=self._run, name="kit-time", daemon=True)
 
     def start(self) -> "TimePublisher":
-        self._client.connect_async(self._target.host, self._target.port, keepalive=15,
-                                   **session_kwargs(self._client, clean_start=True))
-        self._client.loop_start()
+        super().start()
         self._thread.start()
         return self
 
@@ -293,8 +292,7 @@ class TimePublisher:
         self._stop.set()
         self._kick.set()
         self._thread.join(5)
-        self._client.disconnect()
-        self._client.loop_stop()
+        super().stop()
 
     def kick(self) -> None:
         """Publish now (from any thread); kicks that come together make one message."""

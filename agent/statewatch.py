@@ -13,12 +13,12 @@ import threading
 from collections.abc import Callable
 
 from kits.contract import ContractError, State, decode, parse_topic, subscription
-from popkit.mqtt import client_for, session_kwargs
+from agent.kitsession import KitSession
 
 log = logging.getLogger("popkit.agent.statewatch")
 
 
-class StateWatch:
+class StateWatch(KitSession):
     def __init__(self, kit: str, mqtt_url: str):
         self.kit = kit
         self.states: dict[str, State] = {}
@@ -27,21 +27,11 @@ class StateWatch:
         # (the kit clock publishes its time at once on a device's birth: agent/kitclock.py).
         self.listeners: list[Callable[[str, State], None]] = []
         self._changed = threading.Condition()
-        self._client, self._target = client_for(mqtt_url, f"{kit}-statewatch-{secrets.token_hex(3)}",
+        self._open(mqtt_url, f"{kit}-statewatch-{secrets.token_hex(3)}",
                                                 default_protocol="3.1.1")
         self._client.on_connect = lambda c, *_: c.subscribe(subscription("state", kit=kit), 1)
         self._client.on_subscribe = lambda *_: self.ready.set()
         self._client.on_message = self._on_message
-
-    def start(self) -> "StateWatch":
-        self._client.connect_async(self._target.host, self._target.port, keepalive=15,
-                                   **session_kwargs(self._client, clean_start=True))
-        self._client.loop_start()
-        return self
-
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
 
     def _on_message(self, _client, _userdata, msg) -> None:
         if not msg.payload:

@@ -43,9 +43,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.kitsession import KitSession
 from kits.contract import (REVOCATIONS_CHANNEL, REVOKE_CHANNEL, ContractError, KitRevocations, RevocationData,
                            decode, encode, kit_topic, subscription)
-from popkit.mqtt import client_for, session_kwargs
 
 log = logging.getLogger("popkit.agent.tickets")
 
@@ -72,10 +72,12 @@ class UnknownEvent(LookupError):
     """A revocation for an event this kit holds no key or list for."""
 
 
-class KitTickets:
+class KitTickets(KitSession):
     """The kit's list, kept in ``db_path``, published on the kit broker (``mqtt_url``) as the agent.
 
     ``emit(data, ts_ms)``: hands a ``revocation`` event to the agent's outbox (None: not sent up)."""
+
+    clean_start = False  # a request left while the agent was down is delivered when it returns
 
     def __init__(self, kit: str, mqtt_url: str, db_path: str | Path,
                  emit: Callable[[dict, int], object] | None = None, client_id: str | None = None):
@@ -99,22 +101,14 @@ class KitTickets:
         self.counts = {"requests": 0, "revoked": 0, "published": 0, "bad": 0}
         self._topic = kit_topic(kit, REVOCATIONS_CHANNEL)
         self._request_topic = kit_topic(kit, REVOKE_CHANNEL)
-        # A persistent session: a request left while the agent was down is delivered when it returns.
-        self._client, self._target = client_for(mqtt_url, client_id or f"{kit}-tickets", default_protocol="3.1.1")
+        self._open(mqtt_url, client_id or f"{kit}-tickets", default_protocol="3.1.1")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_: self.ready.set()
         self._client.on_disconnect = lambda *_: self.ready.clear()
         self._client.on_message = self._on_message
 
-    def start(self) -> "KitTickets":
-        self._client.connect_async(self._target.host, self._target.port, keepalive=15,
-                                   **session_kwargs(self._client, clean_start=False))
-        self._client.loop_start()
-        return self
-
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        super().stop()
         with self._lock:
             self._db.close()
 
