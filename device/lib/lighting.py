@@ -10,7 +10,10 @@
 #   - a window boundary (or the venue opening/closing) fades to the timeline's
 #     scene with that scene's fade_ms; a scene command holds until the next such
 #     change;
-#   - the safety floor is applied on top of everything, commands included.
+#   - the safety floor is applied on top of everything, commands included;
+#   - with no timeline (freshly flashed, or the one on flash no longer loads) power-up
+#     shows the device file's fallback look raised to its own floor, and keeps it until a
+#     timeline arrives (or a command, which needs the clock set, replaces it).
 import gc
 
 from micropython import const
@@ -63,13 +66,46 @@ class Lighting:
 
     # ---------------------------------------------------------------- loop
 
-    def power_up(self, now_s, ticks):
-        """Load the timeline kept on flash and show what should be on now, without a fade."""
+    def power_up(self, now_s, ticks, fallback=None):
+        """Load the timeline kept on flash and show what should be on now, without a fade. With
+        no timeline: ``fallback``, the device file's {"levels": {...}, "floor": {...}} (levels
+        objects), at its floor or above. Returns None, or what was wrong with the fallback
+        (a bad part is left out: the floor alone still lights the exits)."""
         self._load()
-        self._follow(now_s, ticks, True)
+        err = None
+        if self.timeline is None:
+            err = self._fallback(fallback, ticks)
+        else:
+            self._follow(now_s, ticks, True)
         self.outputs.write(self.fader.levels)
         self.outputs.send_dmx()
         self._dmx_at = ticks
+        return err
+
+    def _fallback(self, fb, ticks):
+        """Parse the fallback into the command buffer (its parts are temporary: nothing of it is
+        kept but the live levels) and cut to it. The app drops the dict once this returns."""
+        if fb is None:
+            return None
+        if type(fb) is not dict:
+            return "fallback: must be an object {levels, floor}"
+        err = None
+        buf = self._buf
+        buf[:] = self._zero
+        for k in fb:
+            try:
+                if k not in ("levels", "floor"):
+                    raise SceneError("fallback: unknown field %r" % (k,))
+                lv = parse_levels(fb[k], self.dmx_slots, "fallback." + k)
+            except SceneError as e:
+                err = str(e)
+                continue
+            for i in range(len(lv)):  # the levels, and the floor: each output at the higher of the two
+                if buf[i] < lv[i]:
+                    buf[i] = lv[i]
+        self.scene = "fallback"
+        self.fader.start(buf, 0, ticks)
+        return err
 
     def tick(self, now_s, ticks):
         """One loop pass: follow the timeline (once per second), step the fade, refresh DMX."""

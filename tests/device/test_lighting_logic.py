@@ -444,6 +444,56 @@ print(json.dumps([light.version, light.scene, [p.value for p in pwms], list(out.
     assert results(out) == [[None, None, [0, 0, 0, 0], [0] * 9]]
 
 
+FALLBACK = {"levels": {"r": 30, "w": 40, "dmx": {"1": [200, 0, 50]}}, "floor": {"w": 60, "dmx": {"23": [255, 255]}}}
+
+
+def test_power_up_with_no_timeline_shows_the_fallback_at_its_floor_until_a_timeline_runs(mpy, tmp_path):
+    out = mpy(PRELUDE + """
+light, pwms, out, line = rig(24, '.', gamma=None)
+def show():
+    print(json.dumps([light.scene, light.fader.fading, [p.value // 257 for p in pwms], list(out.frame[1:4]),
+                      list(out.frame[23:25])]))
+print(json.dumps(light.power_up(None, 0, %r)))   # freshly flashed, clock in 2000: no timeline
+show()
+for i in range(1, 4):
+    light.tick(None, i * 1000)                # no clock, no timeline: the fallback holds
+light.tick(T, 5000)                           # the kit's time, still no timeline: it holds
+show()
+print(json.dumps(light.on_config(%r)))       # a timeline arrives: its schedule, with a fade
+light.tick(T, 6000)
+light.tick(T, 8000)
+show()
+""" % (FALLBACK, config(version=2)), tmp_path)
+    lines = results(out)
+    assert lines[0] is None
+    # w raised from 40 to its floor of 60, r and DMX slots 1-3 as the fallback says, slots 23-24 at the
+    # floor: cut to at once (no fade up from dark), before anything touches the network
+    assert lines[1] == ["fallback", False, [30, 0, 0, 60], [200, 0, 50], [255, 255]]
+    assert lines[2] == lines[1]
+    assert lines[3] == [True, None]
+    assert lines[4] == ["doors", False, [255, 160, 60, 200], [255, 128, 0], [255, 255]]  # 12:20: doors
+
+
+def test_a_timeline_on_flash_wins_over_the_fallback_and_a_bad_fallback_keeps_its_floor(mpy, tmp_path):
+    (tmp_path / "timeline.json").write_text(config())
+    out = mpy(PRELUDE + """
+light, pwms, out, line = rig(24, '.', gamma=None)
+print(json.dumps([light.power_up(None, 0, %r), light.scene, [p.value // 257 for p in pwms]]))
+import os
+os.remove('timeline.json')
+for fb in (%r, %r, 'warm'):
+    light, pwms, out, line = rig(24, '.', gamma=None)
+    print(json.dumps([light.power_up(None, 0, fb), light.scene, [p.value // 257 for p in pwms]]))
+""" % (FALLBACK, {"levels": {"r": 300}, "floor": {"w": 60}}, {"levels": {"w": 10}, "floor": {"dmx": {"24": [1, 2]}}}),
+              tmp_path)
+    assert results(out) == [
+        [None, "dark", [0, 0, 0, 90]],  # no clock: the timeline's default with its own floor, as ever
+        ["fallback.levels.r: level must be an integer 0..255, not 300", "fallback", [0, 0, 0, 60]],
+        ["fallback.floor.dmx.24: 2 levels run past slot 24", "fallback", [0, 0, 0, 10]],
+        ["fallback: must be an object {levels, floor}", None, [0, 0, 0, 0]],
+    ]
+
+
 def fortnight(days: int = 14, per_day: int = 6, looks: int = 4) -> dict:
     """A rolling horizon as the fleet compiles it: ``per_day`` windows a day, ``looks`` more 24-slot scenes."""
     tl = venue_timeline()

@@ -4,16 +4,18 @@
 #   main.py on the ESP32                    (reads /lighting.json: board.config_path; `popkit device flash` writes it)
 #
 # Order at power-up: outputs, then the timeline kept on flash shown at once (what should
-# be on now, no fade), and only then the network: lights never wait for Wi-Fi or the broker.
+# be on now, no fade; with none, the device file's fallback look at its floor), and only then
+# the network: lights never wait for Wi-Fi or the broker.
 # One asyncio loop: the ticker (fader, timeline, DMX refresh every ~10 ms) never awaits the
 # network; the link's tasks run beside it. `config` -> Lighting.on_config (the version
 # applied goes into `state`), `cmd` -> Lighting.on_cmd -> ack, `device` telemetry every
 # telemetry_s. Config keys (JSON object):
 #   kit, device, broker ({host, port, tls, ca, user, password} as provisioned, or [host, port]), dmx_slots (24), state_dir (board.flash_dir()), telemetry_s (30),
+#   fallback ({levels, floor}: levels objects, provisioned from the kit manifest; shown with no timeline),
 #   max_config (4096), gamma (2.2), fw; and the board's own (unix: pwm/dmx [host, port];
 #   esp32: outputs {pwm: {pins, freq}, dmx: {uart, tx, de}}, provisioned from the kit manifest).
 # Prints, one line each (the UART on a board; the tests read them on the unix port):
-#   SCENE <id> <ms from start to the outputs written> <config version> | CLOCK <state> <reset cause>
+#   SCENE <id> <ms from start to the outputs written> <config version> | FALLBACK bad <detail> | CLOCK <state> <reset cause>
 #   CONFIG <version> <ok 0/1> <detail> | CMD <id> <status> | HEAP <live> <peak> <conns>
 import gc
 import sys
@@ -57,9 +59,12 @@ class App:
         self.state_dir = cfg.get("state_dir") or board.flash_dir()
         self.cause = board.reset_cause(self.state_dir)  # read first: the watchdog and reset() leave theirs there
         self.light = Lighting(lighting_hw.outputs(cfg), slots, self.state_dir, cfg.get("max_config", 4096))
-        # what should be on now, before anything touches the network
-        self.light.power_up(now_s(), ticks_ms())
+        # what should be on now, before anything touches the network: the timeline on flash, else
+        # the device file's fallback look (taken out of cfg: once shown, nothing of it stays in RAM)
+        bad = self.light.power_up(now_s(), ticks_ms(), cfg.pop("fallback", None))
         print("SCENE", self.light.scene, ticks_diff(ticks_ms(), t_start), self.light.version)
+        if bad:
+            print("FALLBACK bad", bad)
         print("CLOCK", clock.state(board), self.cause)
         self.link = None
 
@@ -77,8 +82,10 @@ class App:
                               response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
                               backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password,
                               time_sync=board, reset_cause=self.cause,
-                              dedup=False, outbox_buf=256)  # the heap is tight: Lighting's CommandGate drops
-        # redelivered ids (on flash), and this role's outbox records (telemetry, acks) are small
+                              dedup=False, outbox_buf=256, rx_buf=256)  # the heap is tight: Lighting's
+        # CommandGate drops redelivered ids (on flash); this role's outbox records (telemetry, acks) are
+        # small, and so is what it receives but a timeline (receipts, time, scene commands): one larger
+        # than rx_buf is read into a buffer of its own size, as a timeline always is
         self.link.start()
 
     def on_config(self, raw):
