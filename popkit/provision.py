@@ -329,6 +329,8 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
         spec = specs.get(device)
         if spec is not None and spec.outputs is not None:  # a lighting controller's PWM pins and DMX line
             config.update(spec.outputs.device_fields())
+        if spec is not None and spec.fallback is not None:  # what it shows before it has a timeline
+            config.update(spec.fallback.device_fields())
         write_atomic(folder / "devices" / f"{device}.json", json.dumps(config, indent=2) + "\n")
     write_atomic(folder / "fleet.json", json.dumps({"broker": login(FLEET_USER)}, indent=2) + "\n")
     for name in revoked:  # a revoked device's secret does not stay on disk

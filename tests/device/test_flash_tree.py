@@ -195,6 +195,31 @@ def test_provisioning_refuses_bad_outputs_naming_the_file_device_and_field(tmp_p
     assert not (tmp_path / "out" / "devices").exists(), "nothing provisioned"
 
 
+def test_the_provisioned_lighting_file_carries_the_manifests_fallback_look_and_floor(provisioned):
+    cfg = json.loads((provisioned / "demo-lights-1.json").read_text())
+    assert cfg["fallback"] == {"levels": {"r": 0, "g": 0, "b": 0, "w": 180}, "floor": {"w": 60, "dmx": {"23": [255, 255]}}}
+    assert "fallback" not in json.loads((provisioned / "demo-scanner-1.json").read_text())
+
+
+@pytest.mark.parametrize("fallback, field, why", [
+    ("levels = { w = 256 }", "fallback.levels.w", "less than or equal to 255"),
+    ("levels = { white = 10 }", "fallback.levels.white", "Extra inputs"),
+    ("floor = { w = -1 }", "fallback.floor.w", "greater than or equal to 0"),
+    ("floor = { dmx = { 24 = [255, 255] } }", ": fallback.floor.dmx", "slot 25 is past the controller's 24"),
+    ("levels = { dmx = { 1 = [1, 2], 2 = [3] } }", "fallback.levels.dmx", "slot 2 is already set by the run from 1"),
+    ("levels = { dmx = { 0 = [1] } }", "fallback.levels.dmx", "a first slot must be 1..512"),
+    ("open = [[0, 1]]", "fallback.open", "Extra inputs"),
+])
+def test_provisioning_refuses_a_bad_fallback_naming_the_file_device_and_field(tmp_path, fallback, field, why):
+    manifest = tmp_path / "kit.toml"
+    manifest.write_text(DEMO_KIT.read_text().split("[devices.fallback]")[0] + "[devices.fallback]\n" + fallback + "\n")
+    r = popkit("kit", "provision", str(manifest), "--out", str(tmp_path / "out"), "--no-tls")
+    assert r.returncode == 3
+    assert f"{manifest}: devices[3] ('demo-lights-1'){'' if field.startswith(':') else '.'}{field}" in r.stderr, r.stderr
+    assert why in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "devices").exists(), "nothing provisioned"
+
+
 # ------------------------------------------------------------------ bad input at flash time
 
 def test_flashing_an_esp32_with_a_device_file_without_wifi_is_refused_naming_the_file(tmp_path, provisioned):
