@@ -8,7 +8,7 @@ year 2000 still lets in every guest with a genuine ticket (the fleet sees each s
 message sets its clock (state says so), and from then on a ticket's window counts again; a time
 message that would throw a set clock backwards or a day ahead is refused and counted. A lighting
 controller with no time shows its default scene with the safety floor lit, then its schedule once
-the kit's time arrives. A main loop that hangs is reset by the watchdog, and the next boot says why.
+the kit's time arrives; one with no timeline yet shows the kit manifest's fallback look at its floor. A main loop that hangs is reset by the watchdog, and the next boot says why.
 """
 
 from __future__ import annotations
@@ -228,6 +228,61 @@ def test_lighting_without_time_shows_its_default_with_the_floor_then_its_schedul
     finally:
         pwm.close()
         dmx.close()
+
+
+def test_a_controller_flashed_with_no_timeline_shows_its_fallback_at_its_floor_then_its_schedule(
+        rom_images, broker, collect, pub, tmp_path):  # noqa: F811
+    """Freshly flashed at a venue with no uplink: no timeline on flash, the clock in 2000. The house
+    light the kit manifest names comes up at once with the exit lights at their floor, not a dark
+    stage; the kit's time alone changes nothing (there is no schedule to follow); the first timeline
+    to arrive is then followed."""
+    from kits.manifest import load_manifest
+    from popkit.provision import provision
+    from tests.conftest import DEMO_KIT
+
+    provision(load_manifest(DEMO_KIT), tmp_path / "kit", tls=False)  # the device file as flashed
+    fallback = json.loads((tmp_path / "kit" / "devices" / f"{LIGHTS}.json").read_text())["fallback"]
+    assert fallback["levels"]["w"] == 180 and fallback["floor"]["dmx"] == {"23": [255, 255]}
+    seen = collect(f"popkit/v1/{KIT}/{LIGHTS}/+")
+    pwm, dmx = PwmReceiver(), DmxReceiver(keep=50)
+    cfg = lighting_config(tmp_path, broker, pwm, dmx, {"epoch_ms": Y2000_MS})
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "fallback": fallback}))
+    house = [0, 0, 0, 180 * L]
+    exits = bytes(22) + bytes([255, 255])  # DMX 23-24 at the floor, the rest dark
+
+    def showing(duties, slots) -> bool:
+        f = dmx.last()
+        return pwm.duties() == duties and f is not None and f.slots == slots
+
+    try:
+        dev = Device.from_rom(rom_images["lighting"], cfg, budget=BUDGET)
+        dev.expect(r"SCENE fallback \d+ None")  # before the network: nothing on flash, no version
+        dev.expect(r"CLOCK unset power")
+        wait_until(lambda: showing(house, exits), 5, what=f"the fallback at its floor (have {pwm.duties()})")
+        assert all(d == house[c] for _, c, d in pwm.writes()), "cut to the fallback, no fade up from dark"
+        wait_until(lambda: any(s.get("clock") == "unset" for s in states(seen, LIGHTS)), 10, what="state clock unset")
+
+        kit_time(pub, now_ms(), synced=True)  # time, but no schedule yet: the fallback holds
+        wait_until(lambda: states(seen, LIGHTS)[-1].get("clock") == "synced", 10, what="state clock synced")
+        time.sleep(1.5)
+        assert showing(house, exits) and not dev.matching(r"FALLBACK bad")
+
+        now = int(time.time())
+        timeline = {"format": 1, "default": "dark",
+                    "scenes": {"dark": {"levels": {}}, "show": {"levels": {"r": 200, "dmx": {"1": [90]}}}},
+                    "windows": [[now - 600, now + 3600, "show", 10]],
+                    "floor": {"levels": {"g": 80}, "open": [[now - 3600, now + 7200]]}}
+        pub.publish(f"popkit/v1/{KIT}/{LIGHTS}/config", json.dumps({"version": 6, "ts": now * 1000, "data": timeline}),
+                    qos=1, retain=True).wait_for_publish(5)
+        dev.expect(r"CONFIG 6 1", timeout=10)
+        wait_until(lambda: showing([200 * L, 80 * L, 0, 0], bytes([90]) + bytes(23)), 5,
+                   what=f"the schedule's scene with its own floor (have {pwm.duties()})")
+        assert all_fit_the_contract(seen) > 2
+        dev.kill()
+    finally:
+        pwm.close()
+        dmx.close()
+        pub.publish(f"popkit/v1/{KIT}/{LIGHTS}/config", b"", qos=1, retain=True).wait_for_publish(5)
 
 
 # ---------------------------------------------------------------- the watchdog
