@@ -57,8 +57,7 @@ class Lighting:
         self.scene = None  # id of the scene on now (telemetry)
         self._dir = state_dir
         self._gate = CommandGate(state_dir + "/" + CMDS_FILE)
-        self._buf = bytearray(n)  # a command's levels with the floor applied
-        self._zero = bytes(n)
+        self._buf = bytearray(n)  # a command's levels with the floor applied (the fallback's first)
         self._pick = _UNSET  # what the timeline last asked for: scene id ...
         self._floored = False  # ... and whether the floor held
         self._last_s = _UNSET  # the epoch second last evaluated (None is a value: no clock)
@@ -69,42 +68,32 @@ class Lighting:
     def power_up(self, now_s, ticks, fallback=None):
         """Load the timeline kept on flash and show what should be on now, without a fade. With
         no timeline: ``fallback``, the device file's {"levels": {...}, "floor": {...}} (levels
-        objects), at its floor or above. Returns None, or what was wrong with the fallback
-        (a bad part is left out: the floor alone still lights the exits)."""
+        objects), each output at the higher of the two. Returns None, or what was wrong with the
+        fallback (a bad part is left out: the floor alone still lights the exits)."""
         self._load()
         err = None
-        if self.timeline is None:
-            err = self._fallback(fallback, ticks)
-        else:
+        if self.timeline is not None:
             self._follow(now_s, ticks, True)
+        elif type(fallback) is dict:  # parsed into the command buffer: nothing of it is kept but the levels
+            buf = self._buf  # (dark: no command ran yet)
+            for k in fallback:
+                try:
+                    if k not in ("levels", "floor"):
+                        raise SceneError("fallback: unknown field %r" % (k,))
+                    lv = parse_levels(fallback[k], self.dmx_slots, "fallback." + k)
+                except SceneError as e:
+                    err = str(e)
+                    continue
+                for i in range(len(lv)):
+                    if buf[i] < lv[i]:
+                        buf[i] = lv[i]
+            self.scene = "fallback"
+            self.fader.start(buf, 0, ticks)
+        elif fallback is not None:
+            err = "fallback: must be an object {levels, floor}"
         self.outputs.write(self.fader.levels)
         self.outputs.send_dmx()
         self._dmx_at = ticks
-        return err
-
-    def _fallback(self, fb, ticks):
-        """Parse the fallback into the command buffer (its parts are temporary: nothing of it is
-        kept but the live levels) and cut to it. The app drops the dict once this returns."""
-        if fb is None:
-            return None
-        if type(fb) is not dict:
-            return "fallback: must be an object {levels, floor}"
-        err = None
-        buf = self._buf
-        buf[:] = self._zero
-        for k in fb:
-            try:
-                if k not in ("levels", "floor"):
-                    raise SceneError("fallback: unknown field %r" % (k,))
-                lv = parse_levels(fb[k], self.dmx_slots, "fallback." + k)
-            except SceneError as e:
-                err = str(e)
-                continue
-            for i in range(len(lv)):  # the levels, and the floor: each output at the higher of the two
-                if buf[i] < lv[i]:
-                    buf[i] = lv[i]
-        self.scene = "fallback"
-        self.fader.start(buf, 0, ticks)
         return err
 
     def tick(self, now_s, ticks):
@@ -273,7 +262,7 @@ class Lighting:
         if "fade_ms" in args:
             fade = parse_fade(args["fade_ms"], "args.fade_ms")
         buf = self._buf
-        buf[:] = self._zero
+        buf[:] = self.fader.zero
         buf[:len(levels)] = levels
         if tl is not None:
             tl.apply_floor(buf, now_s)

@@ -125,7 +125,7 @@ class Fader:
         self.levels = bytearray(n)  # what the outputs show now
         self._from = bytearray(n)
         self._to = bytearray(n)
-        self._zero = bytes(n)
+        self.zero = bytes(n)  # every output dark (read only: the controller clears its buffers with it)
         self._t0 = 0
         self._ms = 0
         self._sh = 0  # elapsed and duration are shifted right by this to keep integer math small
@@ -140,7 +140,7 @@ class Fader:
         m = len(target)
         if m > len(to):
             raise SceneError("%d levels for %d outputs" % (m, len(to)))
-        to[:] = self._zero
+        to[:] = self.zero
         to[:m] = target
         cur = self.levels
         self._from[:] = cur

@@ -55,6 +55,7 @@ class App:
     def __init__(self, cfg):
         self.cfg = cfg
         self.peak = 0
+        self.every = cfg.get("telemetry_s", 30) * 1000
         slots = cfg.get("dmx_slots", 24)
         self.state_dir = cfg.get("state_dir") or board.flash_dir()
         self.cause = board.reset_cause(self.state_dir)  # read first: the watchdog and reset() leave theirs there
@@ -87,6 +88,9 @@ class App:
         # small, and so is what it receives but a timeline (receipts, time, scene commands): one larger
         # than rx_buf is read into a buffer of its own size, as a timeline always is
         self.link.start()
+        # everything the config says now lives in the objects made from it: the dict (the broker's
+        # CA and login, the Wi-Fi, the outputs' pins) would only hold heap for the rest of the run
+        self.cfg = None
 
     def on_config(self, raw):
         # the payload's bytes as received (raw_config): a timeline is parsed once, by Lighting,
@@ -125,7 +129,7 @@ class App:
             await asyncio.sleep_ms(TICK_MS)
 
     async def telemetry(self):
-        every = self.cfg.get("telemetry_s", 30) * 1000
+        every = self.every
         lk = self.link
         while True:
             await asyncio.sleep_ms(every)

@@ -99,7 +99,9 @@ def _config_path():
 
 class Scanner:
     def __init__(self, cfg):
-        self.cfg = cfg
+        # nothing keeps cfg: what it says goes into the objects made here, and the dict (the broker's
+        # CA and login, the Wi-Fi, the keys' hex) is garbage once main() lets go of it
+        self._every = cfg.get("telemetry_s", 30) * 1000
         flash = cfg.get("flash") or board.flash_dir()
         _mkdir(flash)
         _mkdir(flash + "/gate")
@@ -144,7 +146,10 @@ class Scanner:
                               # one over this is dropped (counted in oversize), so the fleet keeps under it
                               max_msg=cfg.get("max_config", 4096),
                               backoff_max_ms=br.get("backoff_max_ms", 10000), hub=True, user=user, password=password,
-                              kit_subs=(("revocations", 1, self._on_kit),), time_sync=board, reset_cause=cause)
+                              kit_subs=(("revocations", 1, self._on_kit),), time_sync=board, reset_cause=cause,
+                              # its largest record, a check-in with every field at its longest, is 335 B
+                              # (an ordinary one ~220); a longer one is still written, in four writes
+                              outbox_buf=384)
         self._hub_ms = cfg.get("hub_ms", 250)
 
     # ------------------------------------------------------------ one scan
@@ -310,7 +315,7 @@ class Scanner:
         return ("rejected", "unknown action")
 
     async def telemetry_loop(self):
-        every = self.cfg.get("telemetry_s", 30) * 1000
+        every = self._every
         while True:
             await asyncio.sleep_ms(every)
             now = _trusted_s()  # a key whose window ended while up leaves now, with its log
@@ -359,8 +364,10 @@ def main():
     with open(_config_path()) as f:
         cfg = json.load(f)
     board.configure(cfg)  # the board's part of the config (Wi-Fi on the ESP32), before anything uses it
+    scanner = Scanner(cfg)
+    cfg = None  # (see Scanner.__init__)
     try:
-        asyncio.run(Scanner(cfg).run())
+        asyncio.run(scanner.run())
     except KeyboardInterrupt:  # the unix board's watchdog interrupts a hung loop: reset as a board would
         if getattr(board, "bitten", False):
             board.reset()
