@@ -7,6 +7,7 @@ the way an ESP32 boots ``/main.py``)::
     app_main.mpy     the role's app             (its manifest's main.py, compiled for the port)
     <module>.mpy     the role's libs and board layer, as its deploy manifest lists them
     <role>.json      the device's whole config: kit, device, broker, wifi; a lighting controller's outputs
+                     and fallback look
     data/            what the firmware writes at run time (outbox, redemptions, saved config)
 
 The apps read ``board.config_path(role)`` and ``board.flash_dir()``: device/boards/<port>/board.py names
@@ -62,6 +63,8 @@ def load_device_file(role: str, config: Path, port: str, wifi: Path | None = Non
         _check_wifi(cfg["wifi"], config, "wifi.")
     if role == "lighting":
         _check_outputs(cfg.get("outputs"), config)
+        if "fallback" in cfg:
+            _check_fallback(cfg["fallback"], cfg.get("dmx_slots", 24), config)
     elif "outputs" in cfg:
         raise FirmwareError(f"{config}: outputs: a {role} has none (is this a lighting controller's file?)")
     return cfg
@@ -102,6 +105,27 @@ def _check_outputs(outputs: object, path: Path) -> None:
             raise FirmwareError(f"{path}: outputs.pwm.pins: needs [r, g, b, w] GPIO numbers (null: not fitted)")
     if dmx is not None and not (isinstance(dmx, dict) and isinstance(dmx.get("tx"), int)):
         raise FirmwareError(f"{path}: outputs.dmx.tx: needs the GPIO to the RS-485 transceiver")
+
+
+def _check_fallback(fallback: object, slots: object, path: Path) -> None:
+    """What a controller shows with no timeline yet (device/lib/lighting.py): levels objects it can read,
+    in its universe. A hand-edited file must not flash a controller that comes up dark or half lit."""
+    from pydantic import ValidationError
+
+    from kits.manifest import LightingFallback
+
+    try:
+        fb = LightingFallback.model_validate(fallback)
+    except ValidationError as exc:
+        e = exc.errors(include_url=False)[0]
+        where = "".join(f".{p}" for p in e["loc"])
+        raise FirmwareError(f"{path}: fallback{where}: {e['msg'].removeprefix('Value error, ')}") from None
+    n = slots if isinstance(slots, int) else 24
+    for part in ("levels", "floor"):
+        lv = getattr(fb, part)
+        if lv is not None and lv.last_slot() > n:
+            raise FirmwareError(f"{path}: fallback.{part}.dmx: slot {lv.last_slot()} is past the controller's "
+                                f"{n} (dmx_slots)")
 
 
 # ------------------------------------------------------------------ the tree

@@ -251,6 +251,22 @@ def test_flashing_a_lighting_file_without_outputs_is_refused_naming_the_file(tmp
     assert not (tmp_path / "root").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["demo-lights-1.json"]
 
 
+@pytest.mark.parametrize("fallback, why", [
+    ({"levels": {"w": 300}}, "fallback.levels.w: Input should be less than or equal to 255"),
+    ({"levels": {"w": 10}, "floor": {"dmx": {"24": [255, 255]}}}, "fallback.floor.dmx: slot 25 is past the controller's 24"),
+    ("house", "fallback: Input should be a valid dictionary"),
+])
+def test_flashing_a_lighting_file_with_a_bad_fallback_is_refused_naming_the_file_and_field(
+        tmp_path, provisioned, fallback, why):
+    cfg = json.loads((provisioned / "demo-lights-1.json").read_text())
+    cfg["fallback"] = fallback
+    f = tmp_path / "demo-lights-1.json"
+    f.write_text(json.dumps(cfg))
+    r = popkit("device", "flash", "--role", "lighting", "--root", str(tmp_path / "root"), "--config", str(f))
+    assert r.returncode == 2 and f"{f}: {why}" in r.stderr, r.stderr
+    assert not (tmp_path / "root").exists()
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
