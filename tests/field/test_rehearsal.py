@@ -107,6 +107,9 @@ model = "esp32-pwm-dmx"
 [devices.outputs]
 pwm = {{ r = 25, g = 26, b = 27, w = 14 }}
 dmx = {{ uart = 1, tx = 17, de = 4, slots = 24 }}
+[devices.fallback]  # until the venue's timeline comes: house lights, and the exit signs never below their floor
+levels = {{ w = 180 }}
+floor = {{ w = 60, dmx = {{ 23 = [255, 255] }} }}
 """
 
 
@@ -300,6 +303,10 @@ def test_the_crews_day_on_a_kit_as_deployed(venue):
     wait_until(lambda: all(states(watch, d) and states(watch, d)[-1].get("online")
                            and states(watch, d)[-1].get("clock") in ("kit", "synced") for d in (*DOORS, STAGE)),
                60, what="every ESP32 online with its clock from the Pi")
+    # The stage has no timeline yet (no uplink has ever brought one): the manifest's fallback look.
+    wait_until(lambda: v["pwm"].duties()[3] == 180 * 257, 10, what="the stage's fallback white on its strip")
+    wait_until(lambda: v["dmx"].last() is not None and v["dmx"].last().slots[22:24] == bytes([255, 255]), 10,
+               what="the exit signs' DMX slots at their floor")
     up = pi.run(KIT_UP.split(), timeout=120)
     assert up.returncode == 0, f"kit up: {up.stdout}\n{up.stderr}"
     assert "READY" in up.stdout.upper(), up.stdout
