@@ -79,12 +79,9 @@ class Publisher:
         runs an id once (device/lib/link.py keeps the recent ids), so a copy that also arrives from
         the broker's queue is answered, not run twice. Returns how many were sent."""
         n = 0
-        since = now_ms() - RESEND_WINDOW_MS
-        for device_id in device_ids:
+        for device_id, cmd in self.store.pending_commands(device_ids, now_ms() - RESEND_WINDOW_MS):
             ref = self.store.device_ref(device_id)
-            if ref is None:
-                continue
-            for cmd in self.store.pending_commands(device_id, since):
+            if ref is not None:
                 self._publish(topic(ref.kit_id, device_id, "cmd"), encode(cmd), retain=False)
                 n += 1
         if n:

@@ -377,14 +377,16 @@ class Store:
                 id=cmd.id, device_id=device_id, action=cmd.action, args=cmd.args, ts_ms=cmd.ts,
                 expires_ms=cmd.expires, status="pending", requested_by=requested_by))
 
-    def pending_commands(self, device_id: str, since_ms: int) -> list[Command]:
-        """A device's commands still waiting for its answer, asked since ``since_ms``, oldest first."""
+    def pending_commands(self, device_ids: list[str], since_ms: int) -> list[tuple[str, Command]]:
+        """(device, command) for each command these devices have not answered, asked since
+        ``since_ms``, oldest first: one query for a whole batch of births (a reconnect storm)."""
         c = db.commands.c
-        q = (select(c.id, c.ts_ms, c.expires_ms, c.action, c.args)
-             .where(c.device_id == device_id, c.status == "pending", c.ts_ms >= since_ms).order_by(c.ts_ms, c.id))
+        q = (select(c.device_id, c.id, c.ts_ms, c.expires_ms, c.action, c.args)
+             .where(c.device_id.in_(device_ids), c.status == "pending", c.ts_ms >= since_ms)
+             .order_by(c.ts_ms, c.id))
         with self.engine.connect() as conn:
-            return [Command(id=r.id, ts=r.ts_ms, expires=r.expires_ms, action=r.action, args=r.args or {})
-                    for r in conn.execute(q)]
+            return [(r.device_id, Command(id=r.id, ts=r.ts_ms, expires=r.expires_ms, action=r.action,
+                                          args=r.args or {})) for r in conn.execute(q)]
 
     def audit(self, limit: int = 100, before_ms: int | None = None, kits: set[str] | None = None,
               venues: set[str] | None = None, me: str | None = None) -> list[dict]:
