@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from kits.contract import DEVICE_CHANNELS, decode, time_topic
+from kits.contract import decode, time_topic
 from kits.tickets import EventKey, issue
 from simulators.dmx import DmxReceiver
 from simulators.pwm import PwmReceiver
 from simulators.scanner import ScannerSim
 from tests.conftest import publisher, wait_until
 from tests.device.firmware import Device, rom_images  # noqa: F401 - fixture
+from tests.device.test_lighting_app import fits_contract
 
 KIT = "demo"
 SCANNER = "demo-scanner-1"
@@ -58,16 +59,6 @@ def kit_time(pub, ts: int, synced: bool) -> None:
 
 def states(seen, device: str) -> list[dict]:
     return [json.loads(p) for p in seen.on(f"{device}/state")]
-
-
-def all_fit_the_contract(seen) -> int:
-    n = 0
-    for topic, payload, _ in list(seen.messages):
-        channel = topic.rsplit("/", 1)[1]
-        if channel in DEVICE_CHANNELS:
-            decode(channel, payload)  # raises ContractError naming the field
-            n += 1
-    return n
 
 
 # ---------------------------------------------------------------- the scanner
@@ -176,7 +167,7 @@ def test_a_scanner_powered_up_in_2000_admits_genuine_tickets_flagged_then_takes_
         # The Pi gets NTP: the same time, now synced.
         kit_time(pub, now_ms(), synced=True)
         wait_until(lambda: states(seen, SCANNER)[-1].get("clock") == "synced", 10, what="state clock synced")
-        assert all_fit_the_contract(seen) > 10
+        assert fits_contract(seen) > 10
         dev.kill()
     finally:
         sim.close()
@@ -223,7 +214,7 @@ def test_lighting_without_time_shows_its_default_with_the_floor_then_its_schedul
         wait_until(lambda: pwm.duties() == show_with_floor, 5,
                    what=f"the schedule's scene once the clock is set (have {pwm.duties()})")
         wait_until(lambda: states(seen, LIGHTS)[-1].get("clock") == "synced", 10, what="state clock synced")
-        assert all_fit_the_contract(seen) > 2
+        assert fits_contract(seen) > 2
         dev.kill()
     finally:
         pwm.close()
@@ -277,7 +268,7 @@ def test_a_controller_flashed_with_no_timeline_shows_its_fallback_at_its_floor_t
         dev.expect(r"CONFIG 6 1", timeout=10)
         wait_until(lambda: showing([200 * L, 80 * L, 0, 0], bytes([90]) + bytes(23)), 5,
                    what=f"the schedule's scene with its own floor (have {pwm.duties()})")
-        assert all_fit_the_contract(seen) > 2
+        assert fits_contract(seen) > 2
         dev.kill()
     finally:
         pwm.close()
