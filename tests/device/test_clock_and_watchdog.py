@@ -24,9 +24,9 @@ from kits.tickets import EventKey, issue
 from simulators.dmx import DmxReceiver
 from simulators.pwm import PwmReceiver
 from simulators.scanner import ScannerSim
-from tests.conftest import publisher, wait_until
+from tests.conftest import wait_until
 from tests.device.firmware import Device, rom_images  # noqa: F401 - fixture
-from tests.device.test_lighting_app import fits_contract
+from tests.device.test_lighting_app import fits_contract, pub  # noqa: F401 - pub is a fixture
 
 KIT = "demo"
 SCANNER = "demo-scanner-1"
@@ -36,14 +36,6 @@ BUDGET = 64 * 1024
 Y2000_MS = 946684800000 + 3600_000  # 2000-01-01T01:00Z: an ESP32's RTC after a power-up, no backup
 L = 257  # linear duty_u16 per level (the board runs with gamma null)
 RESET_EXIT = 75
-
-
-@pytest.fixture
-def pub(broker):
-    p = publisher(broker.url)
-    yield p
-    p.disconnect()
-    p.loop_stop()
 
 
 def now_ms() -> int:
