@@ -70,8 +70,10 @@ def test_the_venues_schedule_reaches_the_controller_and_an_override_its_outputs(
         # show: stage magenta at 200 (r and b 200, g 0), exit 0 raised to the floor 40 (open)
         want = [200 * L, 0, 200 * L, 40 * L]
         wait_until(lambda: pwm.duties() == want, 10, what=f"the scheduled scene (have {pwm.duties()})")
-        ctl = wait_until(lambda: (c := ok(api.get(f"{V}/controllers"))[0])["in_sync"] and c, 10,
-                         what="the controller reporting the pushed version")
+        # Online comes from the device's birth and the applied version from its config report: two
+        # messages ingest may store in either order, so wait for both rather than read one instant.
+        ctl = wait_until(lambda: (c := ok(api.get(f"{V}/controllers"))[0])["in_sync"] and c["online"] and c, 10,
+                         what="the controller online and reporting the pushed version")
         assert ctl["desired_version"] == ctl["applied_version"] == push["version"] and ctl["online"]
 
         # A scene override from the API: on the outputs at once, the floor still under it.
