@@ -36,7 +36,7 @@ from agent.settings import AgentSettings
 from agent.statewatch import StateWatch
 from kits.contract import BatteryTelemetry, Command, DeviceTelemetry, Event, LightTelemetry, PrinterTelemetry
 from kits.manifest import DeviceSpec, KitManifest, load_manifest
-from popkit import RESTART_EXIT
+from plumbing.exits import RESTART_EXIT
 
 log = logging.getLogger("popkit.agent")
 

@@ -44,7 +44,7 @@ from typing import Any, Callable, Literal
 from agent.kitsession import KitSession
 from agent.readiness import Problem, warning
 from kits.contract import ClockState, KitTime, State, encode, time_topic
-from popkit.mqtt import redacted
+from plumbing.mqtt import redacted
 
 log = logging.getLogger("popkit.agent.kitclock")
 

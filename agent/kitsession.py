@@ -10,7 +10,7 @@ is current (states, the time: True). paho's own thread reconnects; the part sets
 
 from __future__ import annotations
 
-from popkit.mqtt import client_for, session_kwargs
+from plumbing.mqtt import client_for, session_kwargs
 
 KEEPALIVE_S = 15  # a kit broker on the same Pi: a dead connection is found in seconds
 

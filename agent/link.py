@@ -43,7 +43,7 @@ from kits.contract import (
     encode,
     topic,
 )
-from popkit.mqtt import client_for, redacted, session_kwargs
+from plumbing.mqtt import client_for, redacted, session_kwargs
 
 log = logging.getLogger("popkit.agent.link")
 

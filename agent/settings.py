@@ -47,7 +47,7 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _a_broker_url(cls, url: str) -> str:
         # Refused here, at start, rather than as a paho error deep in the link's thread later.
-        from popkit.mqtt import parse_mqtt_url, redacted
+        from plumbing.mqtt import parse_mqtt_url, redacted
 
         try:
             parse_mqtt_url(url)

@@ -254,7 +254,7 @@ def revoke_request(kit: str, mqtt_url: str, event: str, tickets: list[str], by: 
     """With no agent running: leave a revocation request for it at the kit broker (as the agent's
     account), and wait up to ``timeout`` for the kit's list to carry the tickets. Returns (tickets
     in the list, or None when no agent took it in time; the events the kit's list knows)."""
-    from popkit.mqtt import client_for as _client_for
+    from plumbing.mqtt import client_for as _client_for
 
     req = RevocationData(event=event, tickets=tickets, by=by)
     seen: dict = {}

@@ -370,7 +370,7 @@ def run(quick: bool) -> dict:
     from fleet.service import build
     from fleet.settings import FleetSettings
     from popkit.broker import MosquittoBroker
-    from popkit.mqtt import parse_mqtt_url
+    from plumbing.mqtt import parse_mqtt_url
 
     cfg = QUICK if quick else FULL
     with ExitStack() as stack:

@@ -265,7 +265,7 @@ def _r(x: float | None, nd: int = 1) -> float | None:
 
 DOOMED_DEVICE = r"""
 import sys, time
-from popkit.mqtt import new_client, parse_mqtt_url
+from plumbing.mqtt import new_client, parse_mqtt_url
 from kits.contract import State, encode, topic
 url, kit, device, boot = sys.argv[1:5]
 t = parse_mqtt_url(url)
@@ -290,7 +290,7 @@ def lwt_trial(port: int, broker_url: str, kit: str, device: str, timeout: float 
     import signal
 
     from kits.contract import topic
-    from popkit.mqtt import new_client, parse_mqtt_url
+    from plumbing.mqtt import new_client, parse_mqtt_url
 
     def kit_device_online() -> bool | None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -362,7 +362,7 @@ def wait_for(pred, timeout: float, what: str):
 
 def run_e2e(tmp: Path, n: int) -> dict:
     from popkit.broker import MosquittoBroker
-    from popkit.mqtt import new_client, parse_mqtt_url
+    from plumbing.mqtt import new_client, parse_mqtt_url
     from simulators.dmx import DmxReceiver
     from simulators.pwm import PwmReceiver
 

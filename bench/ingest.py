@@ -437,7 +437,7 @@ SENDERS = {"raw": _RawSender, "paho": _PahoSender}
 
 
 def _publish_run(conn, url: str, job: dict) -> None:
-    from popkit.mqtt import parse_mqtt_url
+    from plumbing.mqtt import parse_mqtt_url
 
     target = parse_mqtt_url(url)
     pid = os.getpid()
@@ -563,7 +563,7 @@ class BareSubscriber:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        from popkit.mqtt import parse_mqtt_url
+        from plumbing.mqtt import parse_mqtt_url
 
         self.target = target
         self.count = 0
@@ -653,7 +653,7 @@ def probe_fleet(url: str, ingest, job: dict, timeout: float = 15) -> None:
     Proves the fleet's subscription is live before the clock starts, and warms its code paths.
     """
     from kits.contract import DeviceTelemetry, State, encode, topic
-    from popkit.mqtt import parse_mqtt_url
+    from plumbing.mqtt import parse_mqtt_url
 
     agent = f"{job['kit']}-agent"
     birth = encode(State(boot="a0a0", seq=0, ts=int(time.time() * 1000), online=True, role="agent"))

@@ -1,6 +1,2 @@
-
-
-# The exit code that asks a supervisor to start a part again: the agent after a `reboot` command,
-# the firmware's unix board on reset(). deploy/popkit-agent.service restarts on any exit;
-# `popkit demo` restarts on this one.
-RESTART_EXIT = 75  # EX_TEMPFAIL
+"""The command line and the tools: demo, provisioning, firmware build and flash, the broker helper, kit
+install. Nothing below it (kits/, fleet/, agent/, simulators/, plumbing/) imports it."""

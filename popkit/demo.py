@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from popkit import RESTART_EXIT, lifeline
+from plumbing.exits import RESTART_EXIT
+from popkit import lifeline
 from popkit.broker import AmqttBroker, MosquittoBroker, embedded_broker, free_port, mosquitto_binary
 from popkit.demo_record import DemoRecord, DemoRunning, port_holder
 from popkit.demo_login import DEMO_USER, LOGIN_FILE, FleetSession, create_login
@@ -149,7 +150,7 @@ def _wait_ready(session: FleetSession, kit_id: str, procs: dict[str, subprocess.
 def firmware_unavailable(mqtt_url: str | None) -> str | None:
     """Why the kit's ESP32s cannot run their firmware in this demo (None: they can)."""
     from popkit import firmware
-    from popkit.mqtt import parse_mqtt_url
+    from plumbing.mqtt import parse_mqtt_url
 
     if os.environ.get("POPKIT_DEMO_DEVICES", "firmware") == "python":
         return "POPKIT_DEMO_DEVICES=python asks for them"
@@ -297,7 +298,7 @@ class Bench:
 def set_up_bench(manifest, mqtt_url: str, data_dir: Path, base: FleetSession | str = "",
                  access: Access | None = None) -> Bench:
     """Simulators, configs and tickets for the manifest's scanners and lighting controllers."""
-    from popkit.mqtt import parse_mqtt_url
+    from plumbing.mqtt import parse_mqtt_url
     from simulators.dmx import DmxReceiver
     from simulators.pwm import PwmReceiver
     from simulators.scanner import Crowd, ScanFeed, ScannerSim

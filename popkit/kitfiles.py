@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kits.manifest import KitManifest
-from popkit.files import write_atomic
+from plumbing.files import write_atomic
 from popkit.provision import KIT_QUEUE_BYTES, KIT_QUEUE_MESSAGES, Provisioned, account
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"  # the unit and polkit rule, from this checkout

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from kits.contract import DEVICE_CHANNELS, ROOT
 from kits.manifest import KitManifest
-from popkit.files import write_atomic
+from plumbing.files import write_atomic
 from popkit.tls import TlsFiles, ensure_broker_tls
 
 FLEET_USER = "popkit-fleet"

@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from popkit.files import write_atomic
+from plumbing.files import write_atomic
 
 CA_YEARS = 10  # the CA outlives any tour; a new one means reflashing every device
 SERVER_DAYS = 825  # the longest server certificate lifetime clients commonly accept

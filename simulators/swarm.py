@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from agent.link import backoff_delay
 from kits.contract import topic
 from kits.manifest import DeviceSpec, KitManifest
-from popkit.mqtt import parse_mqtt_url, read_account, tls_context
+from plumbing.mqtt import parse_mqtt_url, read_account, tls_context
 from simulators.swarm_mqtt import (
     CONNACK_REASONS,
     PINGREQ_PACKET,

@@ -123,7 +123,7 @@ class Collector:
     """A raw paho subscriber that records what it sees (for receipts, states, commands)."""
 
     def __init__(self, url: str, topics: list[str]):
-        from popkit.mqtt import new_client, parse_mqtt_url
+        from plumbing.mqtt import new_client, parse_mqtt_url
 
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
@@ -166,7 +166,7 @@ def collect(broker):
 
 def publisher(url: str):
     """A bare paho client for injecting hand-made (and malformed) messages."""
-    from popkit.mqtt import new_client, parse_mqtt_url
+    from plumbing.mqtt import new_client, parse_mqtt_url
 
     client = new_client(f"pub-{secrets.token_hex(3)}")
     target = parse_mqtt_url(url)

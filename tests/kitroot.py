@@ -91,7 +91,7 @@ def probe_broker(root: Path, logins: dict[str, str], kit_address: str = "10.42.0
 def _login(url: str) -> str:
     import paho.mqtt.client as mqtt
 
-    from popkit.mqtt import client_for
+    from plumbing.mqtt import client_for
 
     client, target = client_for(url, f"probe-{os.getpid()}-{time.monotonic_ns()}")
     got: list = []

@@ -13,7 +13,7 @@ import pytest
 
 from kits.manifest import load_manifest
 from popkit.broker import MosquittoBroker, mosquitto_binary
-from popkit.mqtt import client_for, new_client, tls_context
+from plumbing.mqtt import client_for, new_client, tls_context
 from popkit.provision import FLEET_USER, account, mosquitto_hash, provision
 from tests.conftest import REPO, wait_until
 
@@ -231,7 +231,7 @@ def test_a_provisioned_account_file_is_all_a_client_needs(kit):
 
 
 def test_mqtt_urls_name_accounts_and_logs_never_show_a_password(tmp_path):
-    from popkit.mqtt import parse_mqtt_url, read_account, redacted
+    from plumbing.mqtt import parse_mqtt_url, read_account, redacted
 
     t = parse_mqtt_url("mqtts://broker.kit:8883?account=/p/devices/d.json&ca=/p/tls/ca.crt")
     assert (t.host, t.port, t.tls, t.account, t.ca) == ("broker.kit", 8883, True, "/p/devices/d.json", "/p/tls/ca.crt")

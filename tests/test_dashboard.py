@@ -111,7 +111,7 @@ def bring_up(url: str, skip: tuple[str, ...] = ()) -> object:
 
 DOOMED_DEVICE = r"""
 import sys, time
-from popkit.mqtt import new_client, parse_mqtt_url
+from plumbing.mqtt import new_client, parse_mqtt_url
 from kits.contract import State, encode, topic
 url, kit, device = sys.argv[1:4]
 t = parse_mqtt_url(url)

@@ -217,7 +217,7 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
 def assert_provisioned(demo: Demo, data: Path, kids: list[int]) -> None:
     """With Mosquitto the demo provisions the kit as a crew would: TLS with the kit's CA, an account
     per device, the ACL; every part logs in as itself and no password is on a command line."""
-    from popkit.mqtt import new_client, tls_context
+    from plumbing.mqtt import new_client, tls_context
 
     m = re.search(r"broker   mosquitto on mqtts://127\.0\.0\.1:(\d+)\?ca=(\S+) \(TLS with the kit's CA", demo.out)
     assert m, demo.out[:2000]

@@ -7,7 +7,7 @@ import threading
 import time
 
 from agent.hub import DoorHub
-from popkit.mqtt import new_client
+from plumbing.mqtt import new_client
 from tests.conftest import wait_until
 
 

@@ -110,7 +110,7 @@ def test_sequence_gaps_show_per_boot(fleet, broker):
 
 
 def test_last_will_marks_a_vanished_device_offline_and_an_old_will_cannot_undo_a_new_birth(fleet, broker):
-    from popkit.mqtt import new_client
+    from plumbing.mqtt import new_client
 
     state_topic = TOPIC.format(device="demo-scanner-1", channel="state")
     born = 1_700_000_100_000

@@ -257,7 +257,7 @@ class Watch:
     def __init__(self, url: str, topics: list[str]):
         import threading
 
-        from popkit.mqtt import client_for
+        from plumbing.mqtt import client_for
 
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()

@@ -11,7 +11,7 @@ from micropython import const
 from tcp import open_tcp
 
 NAME = "unix"
-RESET_EXIT = 75  # popkit.RESTART_EXIT (EX_TEMPFAIL): supervisors (popkit demo, systemd) start it again
+RESET_EXIT = 75  # plumbing.exits.RESTART_EXIT (EX_TEMPFAIL): supervisors (popkit demo, systemd) start it again
 
 
 def connect_tcp(host, port):
