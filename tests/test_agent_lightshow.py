@@ -14,13 +14,14 @@ import time
 
 import pytest
 
-from agent.backends import Scenario, open_hardware
+from agent.backends import open_hardware
 from agent.daemon import Agent
-from agent.lightshow import Timeline, TimelineError, lamp_target
+from agent.lightshow import lamp_target
 from agent.link import FleetLink
 from agent.statewatch import StateWatch
 from kits.contract import decode
 from kits.manifest import load_manifest
+from simulators.kit import SimulatedKit
 from tests.conftest import publisher, wait_until
 
 KIT = """
@@ -60,7 +61,7 @@ class RunningAgent:
         hosted = {s.id: s.role for s in self.manifest.devices if s.hosted}
         self.link = FleetLink("lk", "lk-agent", "agent", broker_url, data / "outbox.db", hosted=hosted).start()
         self.watch = StateWatch("lk", broker_url).start()
-        self.hw = open_hardware(self.manifest, Scenario())
+        self.hw = open_hardware(self.manifest, SimulatedKit())
         self.agent = Agent(self.manifest, self.link, self.hw, self.watch, data, simulate=True)
         self.loop = asyncio.new_event_loop()
         self.stopped = False
@@ -225,58 +226,6 @@ def test_with_no_broker_the_lamp_follows_its_timeline_and_a_restart_shows_the_cu
         push_clear.loop_stop()
 
 
-# The agent's Timeline is a CPython port of the firmware's (device/lib/timeline.py, scene.py): the
-# same timelines must give the same answers and the same refusals. The firmware's side runs in the
-# real micropython, so the two cannot drift apart unnoticed.
-T = 1795279200
-PARITY_OK = [
-    ({"format": 1, "scenes": SCENES, "default": "dark",
-      "windows": [[T, T + 100, "warm", 10], [T + 50, T + 60, "blue", 20]],
-      "floor": {"levels": {"w": 90}, "open": [[T + 90, T + 200]]}, "meta": {"venue": "x"}},
-     [None, T - 1, T, T + 55, T + 60, T + 95, T + 150, T + 250]),
-    ({"format": 1, "scenes": SCENES, "windows": [[T, T + 10, "red", 5], [T + 10, T + 20, "blue", 5]]},
-     [T - 1, T, T + 9, T + 10, T + 20]),
-]
-PARITY_BAD = [
-    {"format": 2, "scenes": SCENES},
-    {"format": 1, "scenes": SCENES, "sceens": {}},
-    {"format": 1, "scenes": SCENES, "default": "black"},
-    {"format": 1, "scenes": {"x": {"levels": {"r": 256}}}},
-    {"format": 1, "scenes": SCENES, "windows": [[T, T + 10, "red", 5], [T + 5, T + 20, "blue", 5]]},
-    {"format": 1, "scenes": SCENES, "windows": [[T + 60, T + 70, "red", 5], [T, T + 20, "blue", 6]]},
-    {"format": 1, "scenes": SCENES, "floor": {"levels": {}, "open": {}}},
-    {"format": 1, "scenes": SCENES, "windows": [[T, T, "red", 5]]},
-    {"format": 1, "scenes": SCENES, "windows": [[T, T + 5, "disco", 5]]},
-]
-
-FIRMWARE_SIDE = """
-import json, sys
-from timeline import Timeline
-with open(sys.argv[1]) as f:  # a file: JSON with big ints straight from argv crashed the unix port
-    cases = json.load(f)
-out = []
-for data, probes in cases["ok"]:
-    tl = Timeline(json.dumps(data), 512)
-    row = []
-    for t in probes:
-        sc = tl.active(t)
-        if sc is None:  # no window, no default: everything off
-            row.append([None, [0, 0, 0, 0]])
-        else:
-            lv = list(sc.levels[:4])
-            row.append([sc.id, lv + [0] * (4 - len(lv))])
-    out.append(row)
-bad = []
-for data in cases["bad"]:
-    try:
-        Timeline(json.dumps(data), 512)
-        bad.append(None)
-    except ValueError as e:  # TimelineError, SceneError
-        bad.append(str(e))
-print(json.dumps({"ok": out, "bad": bad}))
-"""
-
-
 def test_a_lamp_fades_into_the_next_window_and_a_command_stops_the_fade(broker, run_agent):
     """A scene's fade_ms holds on the agent's lamps as on the controller's PWM: in steps, here 4 a
     second (each a BLE write or two); a relay only switches. A command mid-fade wins at once."""
@@ -328,20 +277,8 @@ def test_a_lamp_fades_into_the_next_window_and_a_command_stops_the_fade(broker, 
         pub.loop_stop()
 
 
-def test_the_timeline_says_what_the_firmware_says(tmp_path):
-    from tests.device.mpy import run_mpy
-
-    cases = tmp_path / "cases.json"
-    cases.write_text(json.dumps({"ok": PARITY_OK, "bad": PARITY_BAD}))
-    firmware = json.loads(run_mpy(FIRMWARE_SIDE, heap="1m", args=[str(cases)]).stdout)  # semantics, not memory
-    for (data, probes), fw_row in zip(PARITY_OK, firmware["ok"]):
-        tl = Timeline(data)
-        assert [[tl.look(t).scene, list(tl.look(t).levels)] for t in probes] == fw_row, data
-    for data, fw_error in zip(PARITY_BAD, firmware["bad"]):
-        assert fw_error is not None, data
-        with pytest.raises(TimelineError) as e:
-            Timeline(data)
-        assert str(e.value) == fw_error
-    # What the lamps make of a look: colour scaled to full, brightness the highest level; white alone is white.
+def test_what_a_lamp_makes_of_a_look():
+    # Colour scaled to full, brightness the highest level; white alone is white. (What the timeline
+    # says is on is the firmware's own answer: tests/test_agent_firmware_lib.py.)
     assert lamp_target((0, 0, 0, 90)).rgb == (255, 255, 255) and lamp_target((0, 0, 0, 0)).on is False
     assert lamp_target((128, 64, 0, 0)).rgb == (255, 128, 0) and lamp_target((128, 64, 0, 0)).level == 128
