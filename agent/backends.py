@@ -1,14 +1,12 @@
-"""The one place the agent decides what drives each device of a kit: real hardware or a simulator.
+"""The one place the agent decides what drives each device of a kit: real hardware or simulated parts.
 
 Real backends by default (pyserial on the manifest's serial paths, bleak's BlueZ stack at the
-BLE addresses, gpiozero's real pin factory); simulators only when asked (``--simulate``), and
-then every part of the kit is simulated, each speaking its real wire protocol (ESC/POS and
-VE.Direct on pseudo-terminals, JBD and ELK-BLEDOM frames over a simulated bleak backend,
-gpiozero's MockFactory) so the same drivers run unchanged. A part that cannot be opened on real
-hardware is reported (a fault at power-up), never swapped for a simulator.
-
-A :class:`Scenario` sets the simulated kit's condition, for demos and tests:
-``paper=out,cover=open,soc=35,load=12,vanish=lr-lamp-1+lr-printer``.
+BLE addresses, gpiozero's real pin factory); simulated parts only when handed in (``--simulate``:
+:class:`SimulatedParts`, which simulators/kit.py builds), and then every part of the kit is
+simulated, each speaking its real wire protocol (ESC/POS and VE.Direct on pseudo-terminals, JBD and
+ELK-BLEDOM frames over a simulated bleak backend, gpiozero's MockFactory) so the same drivers run
+unchanged. A part that cannot be opened on real hardware is reported (a fault at power-up), never
+swapped for a simulator.
 """
 
 from __future__ import annotations
@@ -16,49 +14,29 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kits.manifest import DeviceSpec, KitManifest
 
 log = logging.getLogger("popkit.agent.backends")
 
 
-class ScenarioError(ValueError):
-    pass
+class SimulatedParts(Protocol):
+    """Stand-ins for a kit's hosted hardware, handed to :func:`open_hardware` the way bleak takes a
+    backend or gpiozero a pin factory. simulators/kit.py builds one from a scenario; the agent never
+    imports the simulators, so whoever wants a simulated kit (``--simulate``, the tests) hands it in."""
 
+    sims: dict[str, Any]  # device -> its simulator, for scenarios and tests
 
-@dataclass
-class Scenario:
-    paper: str = "ok"  # ok | near_end | out
-    cover_open: bool = False
-    soc: float = 87.0  # % of every simulated pack
-    load_a: float = 6.0  # A drawn from every simulated pack
-    vanish: set[str] = field(default_factory=set)  # devices switched off / out of range / not started
+    def printer_port(self, spec: DeviceSpec) -> str: ...  # a serial path answering ESC/POS
 
-    @classmethod
-    def parse(cls, text: str | None) -> "Scenario":
-        s = cls()
-        for part in filter(None, (p.strip() for p in (text or "").split(","))):
-            key, _, value = part.partition("=")
-            try:
-                if key == "paper" and value in ("ok", "near_end", "out"):
-                    s.paper = value
-                elif key == "cover" and value in ("open", "closed"):
-                    s.cover_open = value == "open"
-                elif key == "soc":
-                    s.soc = float(value)
-                    if not 0 <= s.soc <= 100:
-                        raise ValueError
-                elif key == "load":
-                    s.load_a = float(value)
-                elif key == "vanish" and value:
-                    s.vanish |= set(value.split("+"))
-                else:
-                    raise ValueError
-            except ValueError:
-                raise ScenarioError(f"simulation scenario {part!r}: expected paper=ok|near_end|out, cover=open|closed, "
-                                    "soc=0..100, load=AMPS or vanish=ID[+ID...]") from None
-        return s
+    def vedirect_port(self, spec: DeviceSpec) -> str: ...  # a serial path sending VE.Direct
+
+    def jbd_backend(self, spec: DeviceSpec) -> Any: ...  # a bleak backend with a JBD BMS at spec.address
+
+    def lamp_backend(self, spec: DeviceSpec) -> Any: ...  # a bleak backend with an ELK-BLEDOM lamp there
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -92,12 +70,11 @@ class Hardware:
                 log.exception("closing a backend failed")
 
 
-def open_hardware(manifest: KitManifest, scenario: Scenario | None = None) -> Hardware:
-    """Open every hosted device of ``manifest``: on hardware, or all simulated when ``scenario`` is given."""
+def open_hardware(manifest: KitManifest, parts: SimulatedParts | None = None) -> Hardware:
+    """Open every hosted device of ``manifest``: on hardware, or all simulated when ``parts`` is given."""
     from agent.batteries import JbdBattery, VeDirectBattery
 
-    hw = Hardware(manifest, simulated=scenario is not None)
-    radio = None
+    hw = Hardware(manifest, simulated=parts is not None)
     if any(d.bus_kind == "gpio" for d in manifest.devices):
         from agent.drivers.relay import GpioError, open_pin_factory
 
@@ -108,52 +85,18 @@ def open_hardware(manifest: KitManifest, scenario: Scenario | None = None) -> Ha
             for d in manifest.devices:
                 if d.bus_kind == "gpio":
                     hw.problems[d.id] = str(exc)
+    if parts is not None:
+        hw.sims = parts.sims
+        hw._closers.append(parts.close)
     for spec in manifest.devices:
-        gone = scenario is not None and spec.id in scenario.vanish
         try:
             if spec.role == "printer":
-                if hw.simulated:
-                    from simulators.printer import PrinterSimulator
-
-                    sim = PrinterSimulator()
-                    sim.start()
-                    hw._closers.append(sim.stop)
-                    if scenario.paper == "out":
-                        sim.paper_out()
-                    elif scenario.paper == "near_end":
-                        sim.paper_low()
-                    if scenario.cover_open:
-                        sim.open_cover()
-                    if gone:
-                        sim.vanish()
-                    hw.sims[spec.id] = sim
-                    hw.printer_ports[spec.id] = sim.path
-                else:
-                    hw.printer_ports[spec.id] = spec.address
+                hw.printer_ports[spec.id] = parts.printer_port(spec) if parts is not None else spec.address
             elif spec.role == "powerbank" and spec.bus_kind == "serial":
-                path = spec.address
-                if hw.simulated:
-                    from simulators.vedirect import VEDirectSimulator
-
-                    sim = VEDirectSimulator(interval=min(1.0, spec.telemetry_s), soc=scenario.soc / 100,
-                                            load_a=scenario.load_a)
-                    if not gone:
-                        sim.start()
-                        hw._closers.append(sim.stop)
-                    hw.sims[spec.id] = sim
-                    path = sim.path if not gone else f"/dev/vanished-{spec.id}"  # unplugged: nothing there
+                path = parts.vedirect_port(spec) if parts is not None else spec.address
                 hw.batteries[spec.id] = VeDirectBattery(spec.id, path)
             elif spec.role == "powerbank" and spec.bus_kind == "ble":
-                backend = None
-                if hw.simulated:
-                    from simulators.ble import SimulatedRadio
-                    from simulators.jbd import simulated_jbd
-
-                    radio = radio or SimulatedRadio()
-                    backend, sim = simulated_jbd(spec.address, radio, soc=scenario.soc / 100, load_a=scenario.load_a)
-                    if gone:
-                        sim.vanish()
-                    hw.sims[spec.id] = sim
+                backend = parts.jbd_backend(spec) if parts is not None else None
                 hw.batteries[spec.id] = JbdBattery(spec.id, spec.address, backend)
             elif spec.role == "light" and spec.bus_kind == "gpio":
                 if hw.pin_factory is not None:
@@ -163,16 +106,7 @@ def open_hardware(manifest: KitManifest, scenario: Scenario | None = None) -> Ha
             elif spec.role == "light" and spec.bus_kind == "ble":
                 from agent.drivers.lamp import ble_lamp
 
-                backend = None
-                if hw.simulated:
-                    from simulators.ble import SimulatedRadio
-                    from simulators.lamp import simulated_lamp
-
-                    radio = radio or SimulatedRadio()
-                    backend, sim = simulated_lamp(spec.address, radio)
-                    if gone:
-                        sim.vanish()
-                    hw.sims[spec.id] = sim
+                backend = parts.lamp_backend(spec) if parts is not None else None
                 hw.lights[spec.id] = ble_lamp(spec.address, backend=backend)
             elif spec.role == "panel" and hw.pin_factory is not None:
                 hw.panel_spec = spec

@@ -1,10 +1,10 @@
 """``popkit agent run --kit MANIFEST``: the kit's hub, for as long as the kit is powered.
 
-One asyncio loop drives every hosted part of the manifest (agent/backends.py picks real or,
-with ``--simulate``, simulated backends): a telemetry task per part at its own cadence
-(battery, printer status and queue, lights), a print queue per printer, the door hub for the
-scanners (agent/hub.py), the kit panel (press: self-test again; hold: safe shutdown), fleet
-commands for the agent and its parts (print, set, identify, selftest) answered with acks, and
+One asyncio loop drives every hosted part of the manifest (agent/backends.py opens the real
+ones or, with ``--simulate``, the simulated parts the command line hands in): a telemetry task
+per part at its own cadence (battery, printer status and queue, lights), a print queue per
+printer, the door hub for the scanners (agent/hub.py), the kit panel (press: self-test again;
+hold: safe shutdown), fleet commands for the agent and its parts (print, set, identify, selftest) answered with acks, and
 systemd's watchdog, and the hosted lights' compiled timelines (agent/lightshow.py, from their
 retained ``config``, kept on disk so they run with no broker). Everything owed to the fleet goes through the link's on-disk outbox.
 The power-up self-test runs at start and its verdict is published and shown on the panel.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from agent import control, kitdown, sdnotify
-from agent.backends import Hardware, Scenario, open_hardware
+from agent.backends import Hardware, SimulatedParts, open_hardware
 from agent.energy import EnergyMeter
 from agent.errors import DriverError
 from agent.hub import DoorHub
@@ -350,7 +350,8 @@ async def _set_light(light, args: dict) -> None:
     await _call(light.on)
 
 
-def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = False, scenario: str | None = None) -> int:
+def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts | None = None) -> int:
+    """The agent until it is stopped; ``parts``: a simulated kit's (simulators/kit.py) instead of hardware."""
     manifest = load_manifest(manifest_path)
     data = settings.agent_data
     data.mkdir(parents=True, exist_ok=True)
@@ -379,8 +380,8 @@ def run_agent(manifest_path: str, settings: AgentSettings, simulate: bool = Fals
 
     async def main() -> None:
         nonlocal restart
-        hw = open_hardware(manifest, Scenario.parse(scenario) if simulate else None)
-        agent = Agent(manifest, link, hw, watch, data, simulate=simulate)
+        hw = open_hardware(manifest, parts)
+        agent = Agent(manifest, link, hw, watch, data, simulate=parts is not None)
         agent.tickets = tickets
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

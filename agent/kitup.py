@@ -11,9 +11,10 @@ ports, radios and pins, and it alone speaks for the agent on the broker, so this
 no hardware and publishes nothing. With no agent running it does the work itself.
 
 With ``--simulate`` the whole kit is simulated on this machine, for training and tests: the
-hosted parts through agent/backends.py (each in its real wire protocol; ``--scenario`` sets
-their condition), the scanners and lighting controllers as their real firmware in the unix
-port (``popkit device run``), and, unless ``--mqtt`` names one, a broker of its own.
+command line (popkit/simkit.py) starts the scanners and lighting controllers as their real
+firmware in the unix port and, unless ``--mqtt`` names one, a broker of its own, and hands in
+the hosted parts' simulators (simulators/kit.py, in the condition ``--scenario`` sets), which
+agent/backends.py opens in place of hardware.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from agent import control
-from agent.backends import Hardware, Scenario, open_hardware
+from agent.backends import Hardware, SimulatedParts, open_hardware
 from agent.checks import device_steps, link_step
 from agent.kitview import KitView
 from agent.link import FleetLink
@@ -41,33 +40,6 @@ log = logging.getLogger("popkit.agent.kitup")
 
 AGENT_FW = "agent-0.1.0"
 EXIT = {"ready": 0, "degraded": 1, "not_ready": 2}
-FIRMWARE_ROLES = ("scanner", "lighting")
-
-
-def start_firmware(manifest: KitManifest, mqtt_url: str, data_dir: Path, skip: set[str], stack: ExitStack) -> None:
-    """The kit's scanners and lighting controllers as their real firmware, against their simulators."""
-    from popkit.demo import set_up_bench
-
-    esp32s = [d for d in manifest.devices if d.role in FIRMWARE_ROLES and d.id not in skip]
-    if not esp32s:
-        return
-    bench = set_up_bench(manifest, mqtt_url, data_dir, base="")
-    stack.callback(bench.close)
-    (data_dir / "logs").mkdir(exist_ok=True)
-    for spec in esp32s:
-        out = open(data_dir / "logs" / f"{spec.id}.log", "w")
-        stack.callback(out.close)
-        proc = subprocess.Popen([sys.executable, "-m", "popkit.cli", "device", "run", "--role", spec.role,
-                                 "--config", str(bench.configs[spec.id])], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-        def stop(p=proc) -> None:
-            p.terminate()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        stack.callback(stop)
 
 
 async def power_up(manifest: KitManifest, hw: Hardware, link: FleetLink, watch: StateWatch, view,
@@ -138,9 +110,10 @@ def hand_back(data: Path) -> None:
             log.warning("%s: cannot give it back to the data folder's owner: %s", entry, exc)
 
 
-def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate: bool = False,
-           scenario: Scenario | None = None) -> int:
-    if not simulate:  # a simulated kit is its own, never the service's
+def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, parts: SimulatedParts | None = None) -> int:
+    """Power the kit up: ask the running agent, else run the self-test here. ``parts``: a simulated
+    kit's hosted parts (simulators/kit.py) in place of hardware, its broker and firmware already up."""
+    if parts is None:  # a simulated kit is its own, never the service's
         try:
             return EXIT[ask_agent(manifest, control.socket_path(data_dir), KitView(manifest.name)).status]
         except control.NoAgent:
@@ -148,15 +121,6 @@ def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate
     data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         stack.callback(hand_back, data_dir)  # runs last: after the link has closed its outbox
-        if simulate:
-            scenario = scenario or Scenario()
-            if mqtt_url is None:
-                from popkit.broker import embedded_broker
-
-                broker = embedded_broker(data_dir=data_dir / "broker").start()
-                stack.callback(broker.stop)
-                mqtt_url = broker.url
-            start_firmware(manifest, mqtt_url, data_dir, scenario.vanish, stack)
         if mqtt_url is None:
             raise ValueError("no broker: pass --mqtt (or POPKIT_MQTT_URL)")
         hosted = {s.id: s.role for s in manifest.devices if s.hosted}
@@ -168,7 +132,7 @@ def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, simulate
         view = KitView(manifest.name)
 
         async def main() -> Report:
-            hw = open_hardware(manifest, scenario if simulate else None)
+            hw = open_hardware(manifest, parts)
             panel = None
             try:
                 if hw.panel_spec is not None:

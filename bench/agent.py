@@ -22,7 +22,7 @@ One run, all on this machine:
      = ~10 messages/s (``busy_msg_s``); ``*_msg_s_measured`` is what the fleet newly stored from the
      agent and its parts over the window (rows in its database);
    the kit's scanner and lighting controller run beside it as their real firmware (as ``kit up``
-   starts them: ``agent.kitup.start_firmware``, no crowd at the door), so the agent's self-test is
+   starts them: ``popkit.simkit.start_firmware``, no crowd at the door), so the agent's self-test is
    READY and its door hub is up; they are not sampled;
 4. the baseline, on the same broker with the same sampling: a minimal paho-mqtt client process
    (MQTT v5, network thread, as the agent's link) publishing nothing (idle), then publishing
@@ -399,7 +399,7 @@ def run(quick: bool) -> dict:
         walls, selftests = kit_up(idle_kit, broker.url, tmp, cfg["kitup_runs"], stack)
 
         say("agent soak: popkit agent run --simulate (the scanner and lighting firmware up beside it, as in a kit)")
-        from agent.kitup import start_firmware
+        from popkit.simkit import start_firmware
         from kits.manifest import load_manifest
 
         (tmp / "esp32").mkdir()

@@ -116,7 +116,8 @@ def ledger_check(db_url: str, swarm) -> tuple[int, int]:
 
 
 def held_load(args, stack: ExitStack, work: Path) -> dict:
-    from simulators.swarm import Swarm, register_kits
+    from popkit.kitregister import register_kits
+    from simulators.swarm import Swarm
 
     broker = stack.enter_context(MosquittoBroker(data_dir=work / "broker"))
     broker.start()

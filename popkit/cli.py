@@ -69,10 +69,19 @@ def _agent_run(args: argparse.Namespace) -> int:
     from agent.errors import AgentError
     from agent.settings import load_settings
 
+    parts = None
+    if args.simulate:  # the simulated kit's parts, handed to the agent in place of hardware
+        from simulators.kit import Scenario, ScenarioError, SimulatedKit
+
+        try:
+            parts = SimulatedKit(Scenario.parse(args.scenario))
+        except ScenarioError as exc:
+            print(f"popkit agent run: {exc}", file=sys.stderr)
+            return 3
     try:  # the service's file comes through systemd's EnvironmentFile; --env reads one by hand
         settings = load_settings(Path(args.env) if args.env else None, dict(mqtt_url=args.mqtt, agent_data=args.data),
                                  default_file=None)
-        return run_agent(args.kit, settings, simulate=args.simulate, scenario=args.scenario)
+        return run_agent(args.kit, settings, parts)
     except AgentError as exc:
         print(f"popkit agent run: {exc}", file=sys.stderr)
         return 3
@@ -91,11 +100,12 @@ def _kit_settings(args: argparse.Namespace, simulate: bool = False):
 
 def _kit_up(args: argparse.Namespace) -> int:
     import os
+    from contextlib import ExitStack
 
-    from agent.backends import Scenario, ScenarioError
     from agent.errors import AgentError
     from agent.kitup import kit_up
     from kits.manifest import ManifestError, load_manifest
+    from simulators.kit import Scenario, ScenarioError
 
     try:
         manifest = load_manifest(args.manifest)
@@ -111,7 +121,14 @@ def _kit_up(args: argparse.Namespace) -> int:
     named = args.mqtt or args.env or "POPKIT_MQTT_URL" in os.environ
     mqtt = settings.mqtt_url if named or not args.simulate else None
     try:
-        return kit_up(manifest, mqtt, settings.agent_data, simulate=args.simulate, scenario=scenario)
+        if scenario is None:
+            return kit_up(manifest, mqtt, settings.agent_data)
+        from popkit.simkit import simulated_kit
+
+        with ExitStack() as stack:  # the simulated kit's broker and firmware stop after kit up's link
+            settings.agent_data.mkdir(parents=True, exist_ok=True)
+            mqtt, parts = simulated_kit(manifest, mqtt, settings.agent_data, scenario, stack)
+            return kit_up(manifest, mqtt, settings.agent_data, parts)
     except (AgentError, PermissionError) as exc:  # PermissionError: the data folder, with no agent running
         print(f"popkit kit up: {exc}", file=sys.stderr)
         return 3
@@ -235,11 +252,17 @@ def _sim_devices(args: argparse.Namespace) -> int:
 
 
 def _sim_fleet(args: argparse.Namespace) -> int:
-    from simulators.swarm import SwarmError, run_cli
+    from simulators.swarm import Swarm, SwarmError, run_cli
 
     try:
-        return run_cli(args.kits, args.devices_per_kit, args.mqtt, args.period, args.register, args.seed,
-                       args.duration, power=not args.no_power)
+        swarm = Swarm(args.kits, args.devices_per_kit, args.mqtt, args.period, args.seed, power=not args.no_power)
+        if args.register:
+            from popkit.kitregister import register_kits
+
+            register_kits(args.register, swarm.manifests())
+            print(f"registered {args.kits} kits ({len(swarm.devices)} devices) in {args.register.split('@')[-1]}",
+                  flush=True)
+        return run_cli(swarm, args.duration)
     except SwarmError as exc:
         print(f"popkit sim fleet: {exc}", file=sys.stderr)
         return 3

@@ -25,7 +25,7 @@ pacer (``connect_rate`` per second), so a broker restart or a cold start is no
 SYN flood.
 
 The swarm speaks MQTT 3.1.1 (as the firmware does) whatever the URL's ``?protocol=`` says;
-``mqtts://`` and a login in the URL (or ``?account=FILE``) work as in popkit/mqtt.py.
+``mqtts://`` and a login in the URL (or ``?account=FILE``) work as in plumbing/mqtt.py.
 
 Cost, the reason for the shape: one asyncio loop, one small Protocol per
 connection (simulators/swarm_mqtt.py), payloads from per-device byte templates
@@ -104,7 +104,7 @@ MODELS = {"scanner": "esp32-gm65", "lighting": "esp32-pwm-dmx", "powerbank": "si
 
 def manifests(kits: int, devices_per_kit: int = 5, period_s: float = 5.0, first_kit: int = 1,
               power: bool = True) -> list[KitManifest]:
-    """Kit manifests for the simulated kits, for the fleet's registry (Store.register_kit): the fleet
+    """Kit manifests for the simulated kits, for the fleet's registry (popkit/kitregister.py): the fleet
     dead-letters devices it does not know. Each names its agent (the format requires one, and
     device ids are fleet-wide); without ``power`` the swarm does not simulate it: it stays offline."""
     out = []
@@ -115,18 +115,6 @@ def manifests(kits: int, devices_per_kit: int = 5, period_s: float = 5.0, first_
                    for d, role in device_plan(kit, devices_per_kit, power) if role != "agent"]
         out.append(KitManifest(id=kit, name=f"Swarm kit {index}", agent=agent_id(kit), devices=devices))
     return out
-
-
-def register_kits(db_url: str, kit_manifests: list[KitManifest]) -> None:
-    """Register the kits in a fleet store (the database a `popkit fleet serve` uses)."""
-    from fleet.store import Store  # the fleet's extra: only --register needs it
-
-    store = Store.open(db_url)
-    try:
-        for m in kit_manifests:
-            store.register_kit(m)
-    finally:
-        store.close()
 
 
 def raise_fd_limit(need: int) -> int:
@@ -756,13 +744,8 @@ class Swarm:
 
 # ---------------------------------------------------------------- the command
 
-def run_cli(kits: int, devices_per_kit: int, mqtt_url: str, period_s: float, register: str | None,
-            seed: int | None, duration: float | None, flush_s: float = 10.0, power: bool = True) -> int:
+def run_cli(swarm: Swarm, duration: float | None, flush_s: float = 10.0) -> int:
     """``popkit sim fleet``: a status line every 5 s, a summary at the end; SIGTERM or Ctrl-C stop it."""
-    swarm = Swarm(kits, devices_per_kit, mqtt_url, period_s, seed, power=power)
-    if register:
-        register_kits(register, swarm.manifests())
-        print(f"registered {kits} kits ({len(swarm.devices)} devices) in {register.split('@')[-1]}", flush=True)
     cpu0, wall0 = time.process_time(), time.monotonic()
     asyncio.run(_run_with_status(swarm, duration, flush_s))
     wall = time.monotonic() - wall0

@@ -13,13 +13,14 @@ import time
 
 import pytest
 
-from agent.backends import Scenario, open_hardware
+from agent.backends import open_hardware
 from agent.daemon import Agent
 from agent.drivers.receipt import Receipt
 from agent.link import FleetLink
 from agent.statewatch import StateWatch
 from kits.contract import decode
 from kits.manifest import load_manifest
+from simulators.kit import SimulatedKit
 from tests.conftest import start_fleet, wait_until
 
 KIT = """
@@ -72,7 +73,7 @@ def kit(broker, tmp_path):
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
     link = FleetLink(manifest.id, manifest.agent, "agent", broker.url, tmp_path / "outbox.db", hosted=hosted).start()
     watch = StateWatch(manifest.id, broker.url).start()
-    hw = open_hardware(manifest, Scenario())
+    hw = open_hardware(manifest, SimulatedKit())
     agent = Agent(manifest, link, hw, watch, tmp_path, simulate=True)
     loop = asyncio.new_event_loop()
 

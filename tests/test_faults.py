@@ -13,7 +13,8 @@ import time
 
 from agent.link import FleetLink
 from kits.contract import Event
-from simulators.swarm import Swarm, register_kits
+from popkit.kitregister import register_kits
+from simulators.swarm import Swarm
 from tests.conftest import start_fleet, wait_until
 
 

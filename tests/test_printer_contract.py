@@ -213,10 +213,13 @@ def test_self_test_on_a_vanished_printer_is_a_fault_not_a_crash(rig: Rig) -> Non
 def test_open_printer_picks_the_backend_asked_for() -> None:
     from agent.drivers.printer import open_printer
 
-    with open_printer("sim", device_id=DEVICE) as printer:
+    # The simulator is handed in by name (the agent imports no simulators), and chosen only when asked for.
+    with open_printer("sim", device_id=DEVICE, named={"sim": SimulatedPrinter}) as printer:
         assert isinstance(printer, SimulatedPrinter) and printer.status() == OK
     with pytest.raises(PrinterError, match="cannot open printer port /dev/nonexistent-printer"):
-        open_printer("/dev/nonexistent-printer")
+        open_printer("/dev/nonexistent-printer", named={"sim": SimulatedPrinter})
+    with pytest.raises(PrinterError, match="cannot open printer port sim"):
+        open_printer("sim")
 
 
 @pytest.mark.skipif(not os.environ.get("POPKIT_PRINTER_PORT"),

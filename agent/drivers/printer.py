@@ -18,6 +18,7 @@ afterwards.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -155,18 +156,18 @@ class Printer(ABC):
         self.close()
 
 
-def open_printer(port: str, device_id: str = "printer") -> Printer:
+def open_printer(port: str, device_id: str = "printer",
+                 named: Mapping[str, Callable[..., Printer]] | None = None) -> Printer:
     """The backend for ``port``, chosen here and nowhere else.
 
-    ``"sim"`` is the in-memory simulator (laptop demos); it is only ever chosen
-    by asking for it. Anything else is a serial device or pyserial URL for the
-    real ESC/POS driver. Backends are imported here, so the agent imports
-    without pyserial or the simulators.
+    A port that ``named`` names opens that backend instead (``{"sim": SimulatedPrinter}``: the
+    in-memory simulator, for laptop demos and tests): it is only ever chosen by asking for it, and
+    the agent never imports the simulators, whoever wants one hands it in. Anything else is a
+    serial device or pyserial URL for the real ESC/POS driver, imported here so the agent imports
+    without pyserial.
     """
-    if port == "sim":
-        from simulators.printer import SimulatedPrinter
-
-        return SimulatedPrinter(device_id=device_id)
+    if named and port in named:
+        return named[port](device_id=device_id)
     from agent.drivers.escpos import EscPosPrinter
 
     return EscPosPrinter.open(port, device_id=device_id)

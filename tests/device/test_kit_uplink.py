@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends import Scenario, open_hardware
+from agent.backends import open_hardware
 from agent.daemon import Agent
 from agent.drivers.receipt import Receipt
 from agent.hub import DoorHub
@@ -30,6 +30,7 @@ from agent.statewatch import StateWatch
 from kits.manifest import load_manifest
 from kits.tickets import EventKey, issue
 from popkit.provision import FLEET_USER, bridge_account
+from simulators.kit import SimulatedKit
 from simulators.scanner import ScannerSim
 from tests.bridged import start_bridged
 from tests.conftest import start_fleet, wait_until
@@ -89,7 +90,7 @@ class KitAgent:
                               resend_after_s=5).start()
         self.hub = DoorHub(KIT, url, data / "claims.db").start()
         self.watch = StateWatch(KIT, url).start()
-        self.hw = open_hardware(manifest, Scenario())
+        self.hw = open_hardware(manifest, SimulatedKit())
         self.agent = Agent(manifest, self.link, self.hw, self.watch, data, simulate=True)
         self.loop = asyncio.new_event_loop()
 
