@@ -41,7 +41,7 @@ class SimulatedParts(Protocol):
 
 @dataclass
 class Hardware:
-    """What drives each hosted device; ``sims`` are the simulators behind them (None on hardware)."""
+    """What drives each hosted device; ``sims`` are the simulators behind them (none on hardware)."""
 
     manifest: KitManifest
     simulated: bool
