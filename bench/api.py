@@ -127,18 +127,15 @@ def pg_throwaway(stack: ExitStack, url: str, keep: bool) -> None:
 # ---------------------------------------------------------------- the server (child process)
 
 def serve(argv: list[str]) -> None:
-    """``python -m bench.api --serve JSON``: the app on uvicorn, manifests remembered."""
+    """``python -m bench.api --serve JSON``: the app on uvicorn over the seeded database."""
     import uvicorn
 
-    from bench.api_seed import manifests
     from fleet.api.app import create_app
     from fleet.settings import FleetSettings
     from fleet.store import Store
 
     cfg = json.loads(argv[0])
-    store = Store.open(cfg["db"])
-    for m in manifests(cfg["kits"], cfg["doors_open_ms"], cfg["ends_ms"], cfg["pb_period_s"]):
-        store.remember_kit(m)
+    store = Store.open(cfg["db"])  # the kits' event windows are in the database, as registration stores them
     ingest = None
     if cfg.get("mqtt_url"):  # for the Last Will phase: the fleet's ingest worker on the bench's broker
         from fleet.ingest import Ingest

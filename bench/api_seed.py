@@ -2,7 +2,7 @@
 
 Not through MQTT: straight into the tables (SQLAlchemy Core executemany for the small tables,
 sqlite3 executemany / PostgreSQL COPY for the ledger), but row for row what
-``Store.register_kit`` + ``Store.write_batch`` (``_insert_ledger``, ``_update_streams``,
+``RegistryStore.register_kit`` + ``LedgerStore.write_batch`` (``_insert_ledger``, ``_update_streams``,
 ``_update_latest``, ``_update_devices``, ``_apply_state``) would leave behind:
 
 * ``kits`` / ``devices``: one row per kit and device of its manifest (host_id = the agent for
@@ -51,7 +51,7 @@ def kit_id(k: int) -> str:
 
 
 def manifests(kits: int, doors_open_ms: int, ends_ms: int, pb_period_s: float) -> list:
-    """The kits' manifests: deterministic, so the server process can rebuild them (remember_kit)."""
+    """The kits' manifests: deterministic, so the seed and the bench's checks agree."""
     from kits.manifest import DeviceSpec, Expectations, KitManifest
 
     doors = datetime.fromtimestamp(doors_open_ms / 1000, timezone.utc)
@@ -219,12 +219,15 @@ def seed(engine, kits: int, rows: int, end_ms: int, doors_open_ms: int, ends_ms:
                               body=body))
     ledger_n = {d.id: d.n + (1 if d.role == "agent" else 0) for d in devs}
     with engine.begin() as conn:
-        conn.execute(insert(db.kits), [dict(id=m.id, name=m.name, created_ms=session_ms - 3600_000) for m in mans])
+        # Each kit's agent and event window, as registration stores them (RegistryStore.register_kit).
+        conn.execute(insert(db.kits), [dict(id=m.id, name=m.name, created_ms=session_ms - 3600_000, agent_id=m.agent,
+                                            doors_open_ms=doors_open_ms, ends_ms=ends_ms, manifest_ms=session_ms)
+                                       for m in mans])
         dev_rows = []
         for m in mans:
             for spec in m.all_devices():
                 dev_rows.append(dict(id=spec.id, kit_id=m.id, role=spec.role, model=spec.model,
-                                     host_id=m.agent if spec.hosted else None))
+                                     host_id=m.agent if spec.hosted else None, telemetry_s=spec.telemetry_s))
         by_id = {d.id: d for d in devs}
         for r in dev_rows:
             d = by_id[r["id"]]

@@ -684,7 +684,7 @@ def run_fleet(stack: ExitStack, publisher: Publisher, broker, url: str, db_url: 
     settings = FleetSettings(mqtt_url=url, db_url=db_url, client_id=f"bench-fleet-{secrets.token_hex(3)}")
     store, ingest = build(settings)
     stack.callback(store.close)
-    store.register_kit(manifest_for(job))
+    store.registry.register_kit(manifest_for(job))
     ingest.start()
     stack.callback(ingest.stop)
     if not ingest.connected.wait(10):

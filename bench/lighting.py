@@ -378,7 +378,7 @@ def measure_override(tmp: Path, image: Path, trials: int) -> dict:
     broker.start()
     pwm, dmx = PwmReceiver(), DmxReceiver(keep=50)
     store = Store.open(f"sqlite:///{tmp / 'fleet.db'}")
-    store.register_kit(parse_manifest('id = "bench"\nname = "Bench"\nagent = "bench-agent"\n[[devices]]\n'
+    store.registry.register_kit(parse_manifest('id = "bench"\nname = "Bench"\nagent = "bench-agent"\n[[devices]]\n'
                                       'id = "bench-lights-1"\nrole = "lighting"\n'))
     # demo: a bench on this machine, signing its own requests (fleet.auth.testing) with a random key
     ingest = Ingest(FleetSettings(mqtt_url=broker.url, client_id="bench-lighting-fleet", batch_wait_ms=5, demo=True),

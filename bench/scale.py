@@ -219,7 +219,7 @@ def scaling(args, stack: ExitStack, work: Path) -> dict:
     jobs = {n: make_job(f"w{n}", f"scale-w{n}", 100, args.scale_messages, 4, 300, "raw") for n in (1, 2)}
     store = Store.open(db_url)
     for job in jobs.values():
-        store.register_kit(manifest_for(job))
+        store.registry.register_kit(manifest_for(job))
     store.close()
     publisher = Publisher(broker.url)
     stack.callback(publisher.close)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-
 from pathlib import Path
 
 from sqlalchemy import (
@@ -45,6 +44,13 @@ kits = Table(
     Column("id", String(63), primary_key=True),
     Column("name", String(120), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
+    # What only the manifest says, kept so every fleet process knows it (not only the one that
+    # loaded the manifest): its agent, its event window, and when the manifest was last
+    # registered (NULL: a kit registered by a fleet before these columns, window unknown).
+    Column("agent_id", String(63)),
+    Column("doors_open_ms", BigInteger),
+    Column("ends_ms", BigInteger),
+    Column("manifest_ms", BigInteger),
 )
 
 devices = Table(
@@ -68,13 +74,15 @@ devices = Table(
     Column("clock_since_ms", BigInteger),
     # How late its messages arrive: the smallest (received - ts) of its new messages in the current
     # window (since clock_lag_since_ms, fleet clock) and in the one before. About its clock's offset
-    # behind the fleet's (negative: ahead); a backlog delivered late does not raise it (Store._update_devices).
+    # behind the fleet's (negative: ahead); a backlog delivered late does not raise it (LedgerStore._update_devices).
     Column("clock_lag_ms", BigInteger),
     Column("clock_lag_prev_ms", BigInteger),
     Column("clock_lag_since_ms", BigInteger),
     Column("last_seen_ms", BigInteger),
     Column("received", BigInteger, nullable=False, default=0),
     Column("duplicates", BigInteger, nullable=False, default=0),
+    # Its telemetry period from the kit's manifest: a heartbeat is late after a few of these.
+    Column("telemetry_s", Float),
 )
 
 # One row per (device, boot): how far the sequence got and how many arrived, so gaps = max_seq - received.
@@ -226,6 +234,11 @@ def _wal(cur, wait_s: float = 10.0) -> None:
 POOL_SIZE, POOL_OVERFLOW = 16, 32
 
 
+def now_ms() -> int:
+    """The fleet's clock as every table stores it: epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
 def upsert_for(engine: Engine):
     """The dialect's insert (with on_conflict_do_update / do_nothing) for ``engine``."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -263,7 +276,7 @@ def migrate(engine: Engine) -> None:
     migrations.upgrade(engine)
 
 
-# ------------------------------------------------------------ alerts (fleet/alerts.py, fleet/notify.py)
+# ------------------------------------------------------------ alerts (fleet/alerts/rules.py, fleet/alerts/notify.py)
 
 # One row per alert: opened when a rule starts firing for a subject (a device or a kit), updated
 # while it fires, resolved by hand or by itself ("auto") when the rule stops firing. At most one
@@ -308,7 +321,7 @@ alert_events = Table(
 )
 
 
-# ------------------------------------------------------------ telemetry retention (fleet/retention.py)
+# ------------------------------------------------------------ telemetry retention (fleet/retention/)
 
 # One-minute aggregates of raw telemetry, per (device, kind, minute): what history older than the
 # raw retention (telemetry_raw_days) is kept as, for telemetry_rollup_days. Every kind gets a row

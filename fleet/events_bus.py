@@ -1,6 +1,6 @@
 """How the fleet's writes tell the dashboard's live stream (``GET /api/v1/stream``) that something changed.
 
-The store calls :meth:`EventBus.publish` after each commit (Store.on_change, hooked by create_app),
+The store calls :meth:`EventBus.publish` after each commit (Store.changes, hooked by create_app),
 on ingest's writer thread for ingest's batches. That must never
 wait on a browser: each subscriber is a small *coalescing* mailbox (the set of kits and devices
 changed since the client last read, bounded in size; past the bound it collapses into "everything

@@ -17,7 +17,7 @@ self-test, event kind ``readiness``) is shown next to that, not folded into it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 STATUSES = ("ok", "unknown", "degraded", "silent", "offline")  # best to worst
@@ -48,30 +48,6 @@ class HealthConfig:
                    clock_drift_s=s.clock_drift_s)
 
 
-@dataclass(frozen=True)
-class KitInfo:
-    """What only the manifest knows (not stored): the event window and telemetry periods."""
-
-    id: str
-    agent: str
-    doors_open_ms: int | None = None
-    ends_ms: int | None = None
-    telemetry_s: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_manifest(cls, m: Any) -> "KitInfo":
-        ev = m.event
-        return cls(id=m.id, agent=m.agent,
-                   doors_open_ms=_epoch_ms(ev.doors_open) if ev and ev.doors_open else None,
-                   ends_ms=_epoch_ms(ev.ends) if ev else None,
-                   telemetry_s={d.id: d.telemetry_s for d in m.all_devices()})
-
-    def event_view(self) -> dict | None:
-        if self.ends_ms is None:
-            return None
-        return dict(doors_open_ms=self.doors_open_ms, ends_ms=self.ends_ms)
-
-
 @dataclass
 class DeviceFacts:
     """What the store knows of a device beyond its row and latest readings."""
@@ -81,10 +57,6 @@ class DeviceFacts:
     rejected: int = 0  # dead letters on its topics within the rejected window
     desired_version: int | None = None
     desired_ts_ms: int | None = None
-
-
-def _epoch_ms(t) -> int:
-    return int(t.timestamp() * 1000)
 
 
 def worst(statuses) -> str:

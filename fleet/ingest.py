@@ -23,13 +23,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleet.gaps import GapDetector
+from fleet.ledger.gaps import GapDetector
 from fleet.metrics import IngestMetrics
 from fleet.settings import FleetSettings
-from fleet.store import Batch, DeviceRef, LedgerMessage, RejectedMessage, Store, now_ms
+from fleet.db import now_ms
+from fleet.ledger import Batch, LedgerMessage, RejectedMessage
+from fleet.registry import DeviceRef
+from fleet.store import Store
 from kits.contract import (DEVICE_CHANNELS, RECEIPT_MAX_RANGES, ContractError, Receipt, decode, encode, parse_topic,
                            ranges, subscription, topic)
-from popkit.mqtt import client_for, session_kwargs
+from plumbing.mqtt import client_for, session_kwargs
 
 log = logging.getLogger("popkit.fleet.ingest")
 
@@ -109,7 +112,7 @@ class Ingest:
         self.store = store
         self.metrics = IngestMetrics()
         self.connected = threading.Event()
-        # Called with the devices whose birth state a batch committed (fleet/commands.py resends
+        # Called with the devices whose birth state a batch committed (fleet/commands/ resends
         # their unanswered commands); on the writer thread, after the commit.
         self.on_births: list[Callable[[list[str]], object]] = []
         self._queue: deque = deque()
@@ -127,7 +130,7 @@ class Ingest:
         self._client.on_subscribe = self._on_subscribe
         self._writer = threading.Thread(target=self._write_loop, name="fleet-ingest-writer", daemon=True)
         # Silent gaps are looked for on the writer thread, between batches: it owns the metrics and
-        # publishes the receipts already, and a look costs a few indexed queries (fleet/gaps.py).
+        # publishes the receipts already, and a look costs a few indexed queries (fleet/ledger/gaps.py).
         self.gaps = GapDetector(store, settings, self.metrics, ask=self._ask_again)
         self._gaps_at = 0.0
         self._gaps_failing = False
@@ -157,11 +160,11 @@ class Ingest:
         self._client.loop_stop()
 
     def refresh_devices(self) -> None:
-        self._devices = self.store.device_refs()
+        self._devices = self.store.registry.device_refs()
 
     @property
     def client(self) -> mqtt.Client:
-        """The worker's MQTT client, shared by the fleet's publisher (fleet/commands.py says why)."""
+        """The worker's MQTT client, shared by the fleet's publisher (fleet/commands/ says why)."""
         return self._client
 
     @property
@@ -265,7 +268,7 @@ class Ingest:
         while True:
             try:
                 t0 = time.perf_counter()
-                result = self.store.write_batch(batch)
+                result = self.store.ledger.write_batch(batch)
                 self.metrics.last_commit_s = time.perf_counter() - t0
                 return result
             except Exception as exc:  # the database is away: hold the batch, ack nothing, retry
@@ -313,7 +316,7 @@ class Ingest:
         if now - self._unknown_checked.get(device_id, -DEVICE_RECHECK_S) < DEVICE_RECHECK_S:
             return None
         self._unknown_checked[device_id] = now
-        ref = self.store.device_ref(device_id)
+        ref = self.store.registry.device_ref(device_id)
         if ref is not None:
             self._devices[device_id] = ref
         return ref
@@ -333,7 +336,7 @@ class Ingest:
             self._gaps_failing = True
 
     def _ask_again(self, device_id: str, receipt: Receipt) -> None:
-        """A gap request (fleet/gaps.py): a receipt naming only ``missing`` seqs, to their producer."""
+        """A gap request (fleet/ledger/gaps.py): a receipt naming only ``missing`` seqs, to their producer."""
         ref = self._device(device_id)
         if ref is not None:
             self._client.publish(topic(ref.kit_id, device_id, "receipt"), encode(receipt), qos=1)

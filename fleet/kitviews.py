@@ -1,6 +1,6 @@
 """What the overview and a kit page show, computed once and served many times.
 
-A kit's view (``Store.kits_with_health``: devices, health, readiness, forecasts) costs ~1.3 ms to
+A kit's view (``HealthViews.kits_with_health``: devices, health, readiness, forecasts) costs ~1.3 ms to
 compute alone, the whole fleet's ~0.3-0.45 s at 1,000 kits, and validating and encoding that
 through a response model cost more than computing it. So the API keeps every kit's view (encoded
 as JSON on first read, then kept), with a short summary of it for the overview:
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fleet.health import SEVERITY, HealthConfig
-from fleet.store import Store, now_ms
+from fleet.db import now_ms
+from fleet.store import Store
 
 log = logging.getLogger("popkit.fleet.views")
 
@@ -243,7 +244,7 @@ class KitViews:
         with self._lock:
             gen = self._dirty.get(kit_id)
         now = self.clock()
-        views = self.store.kits_with_health(self.health, kit_id=kit_id, now=now)
+        views = self.store.health.kits_with_health(self.health, kit_id=kit_id, now=now)
         with self._lock:
             if not views:
                 self._drop(kit_id, gen)
@@ -256,7 +257,7 @@ class KitViews:
             gens = dict(self._dirty)
         started = time.perf_counter()
         now = self.clock()
-        views = self.store.kits_with_health(self.health, now=now)
+        views = self.store.health.kits_with_health(self.health, now=now)
         entries = [entry_of(v, now) for v in views]
         with self._lock:
             seen = set()

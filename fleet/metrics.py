@@ -19,7 +19,7 @@ class IngestMetrics:
     batches: int = 0
     receipts: int = 0
     store_errors: int = 0
-    nacks: int = 0  # receipts asking a producer again for seqs that never arrived (fleet/gaps.py)
+    nacks: int = 0  # receipts asking a producer again for seqs that never arrived (fleet/ledger/gaps.py)
     gaps_given_up: int = 0  # missing seqs asked for gap_max_asks times, then left (still counted as missing)
     rejected: Counter = field(default_factory=Counter)
     last_batch_size: int = 0
@@ -82,7 +82,7 @@ def render_prometheus(m: IngestMetrics, devices_online: int, devices_total: int,
     return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------ alerts (fleet/alerts.py, fleet/notify.py)
+# ------------------------------------------------------------ alerts (fleet/alerts/rules.py, fleet/alerts/notify.py)
 
 
 @dataclass
@@ -100,7 +100,7 @@ ALERT_METRICS = AlertMetrics()
 
 def render_alert_metrics(open_counts: dict[tuple[str, str], int], rules, severities,
                          m: AlertMetrics = ALERT_METRICS) -> str:
-    """Prometheus text for alerts: ``open_counts`` is Store.alert_open_counts() ((rule, severity) -> n)."""
+    """Prometheus text for alerts: ``open_counts`` is Store.alerts.open_counts() ((rule, severity) -> n)."""
     lines = [
         "# HELP popkit_alerts_open Alerts firing (open or acknowledged, not resolved), by rule and severity.",
         "# TYPE popkit_alerts_open gauge",

@@ -8,17 +8,17 @@ import logging
 from pydantic import SecretStr
 
 from fleet.alerts import Evaluator
+from fleet.alerts.notify import Notifier
 from fleet.api.app import create_app
 from fleet.auth.secret import signing_key
 from fleet.ingest import Ingest
 from fleet.metrics import ALERT_METRICS
-from fleet.notify import Notifier
 from fleet.retention import Maintenance
 from fleet.settings import FleetSettings
 from fleet.store import Store
 from fleet.venues.delivery import RePusher
 from kits.manifest import load_manifest
-from popkit.mqtt import redacted
+from plumbing.mqtt import redacted
 
 log = logging.getLogger("popkit.fleet")
 
@@ -35,7 +35,7 @@ def build(settings: FleetSettings) -> tuple[Store, Ingest]:
                        historical_after_ms=int(settings.historical_after_s * 1000))
     for path in settings.kits:
         manifest = load_manifest(path)
-        store.register_kit(manifest)
+        store.registry.register_kit(manifest)
         log.info("registered kit %s from %s", manifest.id, path)
     return store, Ingest(settings, store)
 
@@ -70,7 +70,7 @@ def serve(settings: FleetSettings) -> None:
                                         metrics=ALERT_METRICS, views=app.state.views.snapshot).start()
     if notifier:
         notifier.start()
-    # Telemetry retention (fleet/retention.py): rollup into 1-minute aggregates, then old rows go.
+    # Telemetry retention (fleet/retention/): rollup into 1-minute aggregates, then old rows go.
     maintenance = Maintenance.from_settings(store, settings).start()
     # Venue lighting timelines pushed again before their horizon runs out (fleet/venues/delivery.py).
     repusher = RePusher(app.state.venue_lighting, settings.venue_repush_interval_s).start()

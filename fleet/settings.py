@@ -26,7 +26,7 @@ class FleetSettings(BaseSettings):
     batch_wait_ms: int = Field(default=20, ge=0, le=5000, description="longest a message waits for its batch")
     receive_maximum: int = Field(default=4000, ge=1, le=65535, description="QoS 1 messages in flight to us (MQTT v5)")
     dead_letter_cap: int = Field(default=10_000, ge=100)
-    # Silent gaps (fleet/gaps.py): a seq still missing gap_grace_s after later ones arrived is asked for
+    # Silent gaps (fleet/ledger/gaps.py): a seq still missing gap_grace_s after later ones arrived is asked for
     # again (a receipt naming it in `missing`), then after gap_retry_s, doubling up to gap_retry_max_s,
     # gap_max_asks times in all. The grace is what keeps a message another worker is still committing,
     # or one reordered in flight, from being asked for.
@@ -70,7 +70,7 @@ class FleetSettings(BaseSettings):
     venue_repush_before_h: float = Field(default=24.0, gt=0)
     venue_repush_interval_s: float = Field(default=300.0, gt=0, le=86_400)
     lighting_max_config: int = Field(default=4096, ge=1024, le=65_536)
-    # Alerts (fleet/alerts.py) and their webhook (fleet/notify.py). Low SOC uses battery_low_soc above.
+    # Alerts (fleet/alerts/rules.py) and their webhook (fleet/alerts/notify.py). Low SOC uses battery_low_soc above.
     alert_eval_interval_s: float = Field(default=15.0, gt=0, le=3600, description="how often the alert rules are "
                                          "evaluated (also shortly after ingest commits, at most every alert_min_interval_s)")
     alert_min_interval_s: float = Field(default=2.0, ge=0, description="fewest seconds between two evaluations")
@@ -91,7 +91,7 @@ class FleetSettings(BaseSettings):
     alert_webhook_retries: int = Field(default=4, ge=0, le=20, description="retries after a failed POST "
                                        "(exponential backoff with jitter) before it counts as failed")
     alert_webhook_backoff_s: float = Field(default=1.0, ge=0, le=300, description="first retry delay, doubled each retry")
-    # Telemetry retention (fleet/retention.py): raw readings, then one-minute aggregates (telemetry_1m).
+    # Telemetry retention (fleet/retention/): raw readings, then one-minute aggregates (telemetry_1m).
     # Events (check-ins, acks, readiness) are never deleted.
     retention_interval_s: float = Field(default=300.0, gt=0, le=86_400, description="how often raw telemetry is "
                                         "rolled up into 1-minute aggregates and old telemetry deleted")

@@ -1,4 +1,4 @@
-"""Alerts (fleet/alerts.py): simulated kits report over a real Mosquitto, the fleet ingests, and the
+"""Alerts (fleet/alerts/rules.py): simulated kits report over a real Mosquitto, the fleet ingests, and the
 evaluator is called with a chosen "now" (no sleeping) to open, update and resolve alerts."""
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from sqlalchemy import update
 
+from fleet import db
 from fleet.alerts import AlertConfig, Firing, evaluate
 from fleet.auth.testing import client_as
+from fleet.store import Store
 from kits.contract import BatteryTelemetry, Event, PrinterTelemetry, State, encode
 from tests.conftest import publisher, start_fleet, wait_until
 
@@ -184,7 +187,7 @@ def test_a_config_not_applied_within_the_grace_period_alerts_until_the_device_re
 
     cfg = AlertConfig(health=HealthConfig(config_grace_s=60))
     sim.state("demo-lights-1", "lighting")
-    fleet.store.update_configs(["demo-lights-1"], lambda _old: {"format": 1, "scenes": {"a": {"levels": {}}}})
+    fleet.store.config.update(["demo-lights-1"], lambda _old: {"format": 1, "scenes": {"a": {"levels": {}}}})
     assert evaluate(fleet.store, now_ms() + 30_000, cfg).opened == 0  # within the grace period
     evaluate(fleet.store, now_ms() + 61_000, cfg)
     [a] = alerts(fleet, state="open")
@@ -348,13 +351,27 @@ def test_forecast_short_of_the_event_end(event_fleet):
     assert a["state"] == "resolved"
 
 
-def test_a_worker_that_does_not_know_the_event_leaves_its_alerts_alone(event_fleet):
+def test_a_kit_whose_event_is_not_known_keeps_its_alerts(event_fleet):
+    """A kit registered by a fleet from before event windows were stored: its window is unknown
+    to every worker, so neither event rule can be judged and their alerts are left as they are."""
     fleet, sim = event_fleet
     sim.event("ek-agent", "readiness", {"status": "not_ready", "problems": []})
     evaluate(fleet.store, fleet.doors_ms, CFG)
     assert alerts(fleet, rule="kit_not_ready", state="open")
-    fleet.store._kit_infos().clear()  # as a worker that never loaded the manifest
+    with fleet.store.engine.begin() as conn:
+        conn.execute(update(db.kits).values(manifest_ms=None, doors_open_ms=None, ends_ms=None))
     evaluate(fleet.store, fleet.doors_ms + MIN, CFG)
+    assert alerts(fleet, rule="kit_not_ready", state="open")
+
+
+def test_a_worker_that_never_loaded_the_manifest_knows_the_event_from_the_database(event_fleet, tmp_path):
+    """A second fleet process on the same database (no --kit, no registration of its own) judges
+    the kit against the event window the first one registered."""
+    fleet, sim = event_fleet
+    sim.event("ek-agent", "readiness", {"status": "not_ready", "problems": []})
+    other = Store(fleet.store.engine)  # a worker of its own: nothing in memory
+    assert other.registry.kit_info("ek").ends_ms == fleet.ends_ms
+    evaluate(other, fleet.doors_ms + MIN, CFG)
     assert alerts(fleet, rule="kit_not_ready", state="open")
 
 
@@ -369,7 +386,7 @@ def shared_db(request, tmp_path):
 
 
 def _battery_batch(soc: float, seq: int):
-    from fleet.store import Batch, LedgerMessage
+    from fleet.ledger import Batch, LedgerMessage
 
     msg = BatteryTelemetry(boot="f00d01", seq=seq, ts=now_ms(), source="sim", v=12.3, i=-2.0, soc=soc)
     return Batch(ledger=[LedgerMessage("demo-power", "telemetry", msg, encode(msg).decode())])
@@ -381,7 +398,6 @@ def test_one_alert_per_subject_and_rule_with_two_evaluators_at_once(shared_db):
     import sqlalchemy as sa
 
     from fleet import db
-    from fleet.store import Store
     from kits.manifest import load_manifest
     from tests.conftest import DEMO_KIT
 
@@ -389,8 +405,8 @@ def test_one_alert_per_subject_and_rule_with_two_evaluators_at_once(shared_db):
     try:
         manifest = load_manifest(DEMO_KIT)
         for s in workers:
-            s.register_kit(manifest)
-        workers[0].write_batch(_battery_batch(11, 1))
+            s.registry.register_kit(manifest)
+        workers[0].ledger.write_batch(_battery_batch(11, 1))
 
         def race(rounds: int = 15) -> None:
             barrier = threading.Barrier(len(workers))
@@ -412,18 +428,18 @@ def test_one_alert_per_subject_and_rule_with_two_evaluators_at_once(shared_db):
             assert not errors, errors
 
         race()
-        a = workers[0].list_alerts(rule="low_soc")
+        a = workers[0].alerts.list(rule="low_soc")
         assert len(a) == 1 and a[0]["state"] == "open" and a[0]["count"] == 1
-        assert [h["what"] for h in workers[1].get_alert(a[0]["id"])["history"]] == ["opened"]
+        assert [h["what"] for h in workers[1].alerts.get(a[0]["id"])["history"]] == ["opened"]
 
-        workers[1].write_batch(_battery_batch(90, 2))
+        workers[1].ledger.write_batch(_battery_batch(90, 2))
         race(5)
-        a = workers[0].list_alerts(rule="low_soc")
+        a = workers[0].alerts.list(rule="low_soc")
         assert len(a) == 1 and a[0]["state"] == "resolved"
-        assert [h["what"] for h in workers[0].get_alert(a[0]["id"])["history"]] == ["opened", "resolved"]
+        assert [h["what"] for h in workers[0].alerts.get(a[0]["id"])["history"]] == ["opened", "resolved"]
 
         # The database refuses a second active alert for the same (subject, rule) outright ...
-        workers[0].sync_alerts([Firing("demo-power", "demo", "low_soc", "warning", "x")], set(), now_ms())
+        workers[0].alerts.sync([Firing("demo-power", "demo", "low_soc", "warning", "x")], set(), now_ms())
         row = dict(subject="demo-power", kit_id="demo", rule="low_soc", severity="warning", state="open",
                    first_seen_ms=1, last_seen_ms=1, count=1, message="dup", details={}, notify_count=0)
         with pytest.raises(sa.exc.IntegrityError):
@@ -433,7 +449,7 @@ def test_one_alert_per_subject_and_rule_with_two_evaluators_at_once(shared_db):
         with workers[1].engine.begin() as conn:
             conn.execute(db.alerts.insert().values(**dict(row, state="resolved")))
             conn.execute(db.alerts.insert().values(**dict(row, state="resolved")))
-        assert len(workers[0].list_alerts(rule="low_soc", state="active")) == 1
+        assert len(workers[0].alerts.list(rule="low_soc", state="active")) == 1
     finally:
         for s in workers:
             s.close()
@@ -473,17 +489,17 @@ def test_in_the_service_the_evaluator_judges_the_kit_views_instead_of_computing_
 
     store = fleet.store
     views = KitViews(store, HealthConfig(), refresh_s=3600)
-    store.on_change.append(lambda kits, _d: views.invalidate(kits))
+    store.changes.listeners.append(lambda kits, _d: views.invalidate(kits))
     views.start()
     wait_until(lambda: views.stats.full_passes >= 1, what="the views' first pass")
     computed_by = []
-    compute = store.kits_with_health
+    compute = store.health.kits_with_health
 
     def counting(*args, **kwargs):
         computed_by.append(threading.current_thread().name)
         return compute(*args, **kwargs)
 
-    store.kits_with_health = counting
+    store.health.kits_with_health = counting
     metrics = AlertMetrics()
     ev = Evaluator(store, CFG, interval_s=3600, min_interval_s=0.1, changes=lambda: fleet.ingest.metrics.batches,
                    metrics=metrics, views=views.snapshot).start()
@@ -493,4 +509,4 @@ def test_in_the_service_the_evaluator_judges_the_kit_views_instead_of_computing_
     finally:
         ev.stop()
         views.stop()
-        store.kits_with_health = compute
+        store.health.kits_with_health = compute

@@ -6,7 +6,8 @@ import pytest
 from fleet.auth.testing import ops_client
 
 from fleet.api.app import create_app
-from fleet.store import Batch, LedgerMessage, Store
+from fleet.ledger import Batch, LedgerMessage
+from fleet.store import Store
 from kits.contract import BatteryTelemetry, State, encode
 from kits.manifest import load_manifest
 from tests.conftest import DEMO_KIT
@@ -20,8 +21,8 @@ def reading(seq: int, ts: int) -> LedgerMessage:
 @pytest.fixture
 def api(tmp_path):
     store = Store.open(f"sqlite:///{tmp_path / 'api.db'}")
-    store.register_kit(load_manifest(DEMO_KIT))
-    store.write_batch(Batch(ledger=[reading(s, 1_000_000 + s * 1000) for s in range(1, 26)],
+    store.registry.register_kit(load_manifest(DEMO_KIT))
+    store.ledger.write_batch(Batch(ledger=[reading(s, 1_000_000 + s * 1000) for s in range(1, 26)],
                             states=[("demo-agent", State(boot="beef01", seq=0, ts=1, online=True, role="agent")),
                                     ("demo-power", State(boot="beef01", seq=0, ts=1, online=True, role="powerbank"))]),
                       received_ms=1_026_000)  # received live: just after the last reading
@@ -70,7 +71,7 @@ def test_a_reading_the_kit_held_through_an_outage_is_marked_historical(api, tmp_
     "historical" and when it arrived; the live readings around it are not marked."""
     store = Store.open(f"sqlite:///{tmp_path / 'api.db'}")
     late = reading(26, 1_026_500)
-    store.write_batch(Batch(ledger=[late]), received_ms=1_026_500 + 600_000)
+    store.ledger.write_batch(Batch(ledger=[late]), received_ms=1_026_500 + 600_000)
     store.close()
     items = api.get("/api/v1/devices/demo-power/telemetry", params={"since": 1_025_000}).json()["items"]
     assert [i["seq"] for i in items] == [25, 26]
@@ -88,10 +89,10 @@ def history_pages_in_time_order(store: Store) -> None:
     seqs = list(range(1, 301))
     random.Random(5).shuffle(seqs)
     for i in range(0, 300, 50):
-        store.write_batch(Batch(ledger=[reading(s, 5_000_000 + s * 1000) for s in seqs[i : i + 50]]))
+        store.ledger.write_batch(Batch(ledger=[reading(s, 5_000_000 + s * 1000) for s in seqs[i : i + 50]]))
     got, since, pages = [], 5_000_000, 0
     while since is not None:
-        joined, n, since = store.telemetry_page("demo-power", since, None, 70, "battery")
+        joined, n, since = store.telemetry.page("demo-power", since, None, 70, "battery")
         items = json.loads("[" + joined + "]")
         assert len(items) == n and [i["ts"] for i in items] == sorted(i["ts"] for i in items)
         got += [i["seq"] for i in items if not got or i["seq"] > got[-1]]  # since is inclusive: the edge repeats
@@ -102,17 +103,17 @@ def history_pages_in_time_order(store: Store) -> None:
 def test_history_pages_come_in_time_order_on_sqlite(tmp_path):
     store = Store.open(f"sqlite:///{tmp_path / 'order.db'}")
     try:
-        store.register_kit(load_manifest(DEMO_KIT))
+        store.registry.register_kit(load_manifest(DEMO_KIT))
         history_pages_in_time_order(store)
     finally:
         store.close()
 
 
 def test_dead_letters_filter_by_reason_and_kit_and_page_back(api):
-    from fleet.store import RejectedMessage
+    from fleet.ledger import RejectedMessage
 
     store = api.app.state.store
-    store.write_batch(Batch(rejected=[RejectedMessage(f"popkit/v1/{kit}/d/telemetry", b"x" * n, reason, "why")
+    store.ledger.write_batch(Batch(rejected=[RejectedMessage(f"popkit/v1/{kit}/d/telemetry", b"x" * n, reason, "why")
                                       for n, (kit, reason) in enumerate([("demo", "bad_json"), ("other", "bad_json"),
                                                                          ("demo", "invalid"), ("demo", "bad_json")])]))
     page = api.get("/api/v1/dead-letters", params={"reason": "bad_json", "topic_prefix": "popkit/v1/demo/", "limit": 1}).json()
@@ -143,7 +144,7 @@ def test_health_metrics_page_and_openapi(api):
 
 def test_healthz_counts_a_hosted_device_offline_with_its_agent(api):
     store = api.app.state.store
-    store.write_batch(Batch(states=[("demo-agent", State(boot="beef01", seq=0, ts=2, online=False, role="agent",
+    store.ledger.write_batch(Batch(states=[("demo-agent", State(boot="beef01", seq=0, ts=2, online=False, role="agent",
                                                          reason="lwt"))]))
     assert api.get("/healthz").json()["devices_online"] == 0  # the power bank's agent is gone: so is it
     assert api.get("/api/v1/kits").json()["items"][0]["devices_online"] == 0

@@ -26,7 +26,9 @@ from fleet.auth.passwords import hash_password
 from fleet.auth.secret import InsecureSecret, signing_key
 from fleet.auth.testing import client_as, ops_client, token_as
 from fleet.settings import FleetSettings
-from fleet.store import Batch, LedgerMessage, Store, now_ms
+from fleet.db import now_ms
+from fleet.ledger import Batch, LedgerMessage
+from fleet.store import Store
 from kits.contract import Event, encode
 from kits.manifest import load_manifest, parse_manifest
 from tests.conftest import DEMO_KIT, REPO, known_event, wait_until
@@ -78,14 +80,14 @@ class World:
 
     def __init__(self, tmp_path: Path):
         self.store = Store.open(f"sqlite:///{tmp_path / 'auth.db'}")
-        self.store.register_kit(load_manifest(DEMO_KIT))
-        self.store.register_kit(parse_manifest(OTHER_KIT))
-        self.store.write_batch(Batch(ledger=[checkin("demo-scanner-1", "MINE-1", 1),
+        self.store.registry.register_kit(load_manifest(DEMO_KIT))
+        self.store.registry.register_kit(parse_manifest(OTHER_KIT))
+        self.store.ledger.write_batch(Batch(ledger=[checkin("demo-scanner-1", "MINE-1", 1),
                                              checkin("other-scanner", "THEIRS-1", 2)]))
         t = now_ms()
-        self.store.sync_alerts([Firing("demo-printer", "demo", "paper_out", "warning", "paper out"),
+        self.store.alerts.sync([Firing("demo-printer", "demo", "paper_out", "warning", "paper out"),
                                 Firing("other-scanner", "other", "scanner_errors", "warning", "errors")], set(), t)
-        alerts = {a["kit_id"]: a["id"] for a in self.store.list_alerts()}
+        alerts = {a["kit_id"]: a["id"] for a in self.store.alerts.list()}
         self.alert = {"demo": alerts["demo"], "other": alerts["other"]}
         self.app = create_app(self.store)
         lit = self.app.state.venue_lighting
@@ -325,7 +327,7 @@ def test_lists_show_only_what_is_the_users(world):
 
 
 def test_a_crew_revocation_reaches_only_its_own_kits_scanners(fleet, collect):
-    fleet.store.register_kit(parse_manifest(OTHER_KIT))
+    fleet.store.registry.register_kit(parse_manifest(OTHER_KIT))
     seen = collect("popkit/v1/+/+/config")
     crew = client_as(fleet.api.app, "crew-a", "crew", kits=["demo"])
     known_event(fleet.api, "NEW-EVENT")
@@ -334,7 +336,7 @@ def test_a_crew_revocation_reaches_only_its_own_kits_scanners(fleet, collect):
     assert [p["device_id"] for p in r.json()["pushed"]] == ["demo-scanner-1"]
     wait_until(lambda: seen.messages, what="the pushed config")
     assert [t for t, _p, _r in seen.messages] == ["popkit/v1/demo/demo-scanner-1/config"]
-    assert fleet.store.desired_config("other-scanner")["version"] is None
+    assert fleet.store.config.desired("other-scanner")["version"] is None
     # An event only crew B's kit holds is not crew A's to revoke at.
     assert fleet.api.post("/api/v1/events/NEW-EVENT/revocations", json={"tickets": ["T9"]}).status_code == 200
     crew_b = client_as(fleet.api.app, "crew-b", "crew", kits=["other"])
@@ -580,7 +582,7 @@ def test_the_audit_log_records_the_signed_in_user_and_shows_each_their_own(fleet
     assert [e["what"] for e in crew.get("/api/v1/audit").json()] == ["command identify"]
     seen_by_venue = {(e["by"], e["target"]) for e in venue.get("/api/v1/audit").json()}
     assert seen_by_venue == {("ops-test", v), ("ops-test", f"{v}/zones/stage"), ("venue-a", f"{v}/scenes/show")}
-    assert fleet.store.device_ref("demo-lights-1")  # the command's device is crew A's kit's
+    assert fleet.store.registry.device_ref("demo-lights-1")  # the command's device is crew A's kit's
     assert client_as(app, "crew-b", "crew", kits=["other"]).get("/api/v1/audit").json() == []
 
 

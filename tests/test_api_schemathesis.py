@@ -30,7 +30,9 @@ from schemathesis.checks import (content_type_conformance, negative_data_rejecti
 
 from fleet.alerts import AlertConfig, evaluate
 from fleet.api.app import create_app
-from fleet.store import Batch, LedgerMessage, RejectedMessage, Store, now_ms
+from fleet.db import now_ms
+from fleet.ledger import Batch, LedgerMessage, RejectedMessage
+from fleet.store import Store
 from fleet.venues.model import OnceWindow, Override, Scene, Venue, Zone
 from kits.contract import BatteryTelemetry, Command, Event, PrinterTelemetry, State, encode
 from kits.manifest import load_manifest
@@ -150,7 +152,7 @@ def _seed_fleet(store: Store) -> list[int]:
     """The demo kit with its agent, power bank and printer online: an hour of battery readings running
     low (rolled up into 1-minute aggregates too), the printer out of paper, door check-ins with a
     ticket admitted twice, dead letters, a command, a config, and the alerts all that raises."""
-    store.register_kit(load_manifest(DEMO_KIT))
+    store.registry.register_kit(load_manifest(DEMO_KIT))
     now = now_ms()
     boot = "beef01"
     states = [(d, State(boot=boot, seq=0, ts=now - 3_600_000, online=True, role=r))
@@ -173,15 +175,15 @@ def _seed_fleet(store: Store) -> list[int]:
         ledger.append(LedgerMessage(device, "event", ev, encode(ev).decode()))
     rejected = [RejectedMessage("popkit/v1/demo/demo-power/telemetry", b"{not json", "bad_json", "Expecting value"),
                 RejectedMessage("popkit/v1/nope/x/state", b"\xff\xfe binary", "unknown_device", "no device 'x'")]
-    store.write_batch(Batch(ledger=ledger, states=states, rejected=rejected))
-    store.rollup_telemetry(now + 180_000)
-    store.add_command("demo-scanner-1", Command(id="c0ffee01", ts=now - 5000, expires=now + 55_000,
+    store.ledger.write_batch(Batch(ledger=ledger, states=states, rejected=rejected))
+    store.retention.rollup(now + 180_000)
+    store.commands.add("demo-scanner-1", Command(id="c0ffee01", ts=now - 5000, expires=now + 55_000,
                                                 action="identify"), requested_by="ops")
-    store.update_configs(["demo-scanner-1"], lambda _old: {"volume": 3, "revoked": {EVENT: ["T9"]}})
+    store.config.update(["demo-scanner-1"], lambda _old: {"volume": 3, "revoked": {EVENT: ["T9"]}})
     evaluate(store, now, AlertConfig(offline_grace_s=60))
-    alerts = store.list_alerts(limit=100)
+    alerts = store.alerts.list(limit=100)
     assert alerts, "the seed raises no alert: the alert routes would only ever see 404s"
-    store.acknowledge_alert(alerts[-1]["id"], "ops", "on it")
+    store.alerts.acknowledge(alerts[-1]["id"], "ops", "on it")
     return [a["id"] for a in alerts]
 
 

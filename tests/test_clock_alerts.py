@@ -12,7 +12,8 @@ import pytest
 
 from fleet.alerts import AlertConfig, evaluate
 from fleet.health import HealthConfig, device_health
-from fleet.store import CLOCK_LAG_WINDOW_MS, Batch, LedgerMessage, Store
+from fleet.ledger import CLOCK_LAG_WINDOW_MS, Batch, LedgerMessage
+from fleet.store import Store
 from kits.contract import DeviceTelemetry, State, encode
 from kits.manifest import load_manifest
 from tests.conftest import DEMO_KIT, publisher, wait_until
@@ -67,8 +68,7 @@ def store(request, tmp_path):
     url = f"sqlite:///{tmp_path / 'fleet.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     s = Store.open(url)
     manifest = load_manifest(DEMO_KIT)
-    s.register_kit(manifest)
-    s.remember_kit(manifest)
+    s.registry.register_kit(manifest)
     yield s
     s.close()
 
@@ -84,24 +84,24 @@ class Door:
               **kw) -> None:
         s = State(boot=boot or self.boot, seq=0, ts=ts, online=online, role="scanner", clock=clock,
                   reason="birth" if online else "lwt", **kw)
-        self.store.write_batch(Batch(states=[(DOOR, s)]), received_ms=received_ms)
+        self.store.ledger.write_batch(Batch(states=[(DOOR, s)]), received_ms=received_ms)
 
     def telemetry(self, received_ms: int, *ts: int) -> None:
         msgs = []
         for t in ts:
             m = DeviceTelemetry(boot=self.boot, seq=next(self.seq), ts=t, uptime_s=1)
             msgs.append(LedgerMessage(DOOR, "telemetry", m, encode(m).decode()))
-        self.store.write_batch(Batch(ledger=msgs), received_ms=received_ms)
+        self.store.ledger.write_batch(Batch(ledger=msgs), received_ms=received_ms)
 
 
 def door_view(store: Store, now: int) -> dict:
-    [kit] = store.kits_with_health(CFG.health, kit_id="demo", now=now)
+    [kit] = store.health.kits_with_health(CFG.health, kit_id="demo", now=now)
     return next(d for d in kit["devices"] if d["id"] == DOOR)
 
 
 def rules(store: Store, now: int) -> dict[str, dict]:
     evaluate(store, now, CFG)
-    return {a["rule"]: a for a in store.list_alerts(state="active", kit_id="demo") if a["subject"] == DOOR}
+    return {a["rule"]: a for a in store.alerts.list(state="active", kit_id="demo") if a["subject"] == DOOR}
 
 
 def test_a_door_booted_without_time_alerts_after_the_grace_and_resolves_once_it_has_kit_time(store):
@@ -119,7 +119,7 @@ def test_a_door_booted_without_time_alerts_after_the_grace_and_resolves_once_it_
     v = door_view(store, NOW + 123_000)
     assert v["clock"] == "kit" and v["clock_since_ms"] == NOW + 122_000
     assert "clock_unset" not in rules(store, NOW + 123_000)
-    [resolved] = [a for a in store.list_alerts(state="resolved") if a["rule"] == "clock_unset"]
+    [resolved] = [a for a in store.alerts.list(state="resolved") if a["rule"] == "clock_unset"]
     assert resolved["resolved_by"] == "auto"
 
 

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from fleet.store import Batch, LedgerMessage, PayloadTooLarge, Store
+from fleet.commands import PayloadTooLarge
+from fleet.ledger import Batch, LedgerMessage
+from fleet.store import Store
 from kits.contract import MAX_CONFIG_PAYLOAD, Ack, Command, Config, State, decode, encode
 from kits.manifest import load_manifest
 from tests.conftest import DEMO_KIT, Collector, known_event, publisher, wait_until
@@ -94,8 +96,8 @@ def test_ack_from_the_device_settles_its_command_and_no_other(fleet, broker):
 
 def test_unanswered_command_shows_expired_after_its_expiry(fleet):
     out = fleet.api.post(f"/api/v1/devices/{SCANNER}/commands", json={"action": "identify", "ttl_s": 5}).json()
-    assert fleet.store.commands(SCANNER, now=out["expires"])[0]["status"] == "pending"
-    late = fleet.store.commands(SCANNER, now=out["expires"] + 1)[0]
+    assert fleet.store.commands.for_device(SCANNER, now=out["expires"])[0]["status"] == "pending"
+    late = fleet.store.commands.for_device(SCANNER, now=out["expires"] + 1)[0]
     assert late["status"] == "expired" and "expired" in late["detail"]
 
 
@@ -169,7 +171,7 @@ def test_device_state_with_the_desired_version_is_in_sync(fleet, broker):
 
 def test_next_version_is_above_what_the_device_applied(fleet, broker):
     """A rebuilt fleet database must not reuse a version the device already applied (it would ignore it)."""
-    fleet.store.write_batch(Batch(states=[(LIGHTS, State(boot="ab12cd", seq=0, ts=1, online=True, role="lighting",
+    fleet.store.ledger.write_batch(Batch(states=[(LIGHTS, State(boot="ab12cd", seq=0, ts=1, online=True, role="lighting",
                                                          config_version=41))]))
     assert fleet.api.put(f"/api/v1/devices/{LIGHTS}/config", json={"data": {}}).json()["version"] == 42
 
@@ -198,7 +200,7 @@ def test_revocations_merge_into_every_scanner_and_keep_other_keys(fleet, broker,
 
 def test_concurrent_revocations_lose_nothing(fleet):
     def revoke(i: int) -> None:
-        fleet.store.update_configs([SCANNER], lambda old: {"revoked": {"E": (old or {}).get("revoked", {}).get("E", [])
+        fleet.store.config.update([SCANNER], lambda old: {"revoked": {"E": (old or {}).get("revoked", {}).get("E", [])
                                                                           + [f"T{i}"]}})
 
     threads = [threading.Thread(target=revoke, args=(i,)) for i in range(8)]
@@ -206,7 +208,7 @@ def test_concurrent_revocations_lose_nothing(fleet):
         t.start()
     for t in threads:
         t.join()
-    got = fleet.store.desired_config(SCANNER)
+    got = fleet.store.config.desired(SCANNER)
     assert got["version"] == 8 and sorted(got["data"]["revoked"]["E"]) == sorted(f"T{i}" for i in range(8))
 
 
@@ -270,7 +272,7 @@ def test_without_a_broker_connection_pushing_is_503(tmp_path):
 
     store = Store.open(f"sqlite:///{tmp_path / 'nobroker.db'}")
     try:
-        store.register_kit(load_manifest(DEMO_KIT))
+        store.registry.register_kit(load_manifest(DEMO_KIT))
         api = ops_client(create_app(store))
         r = api.post(f"/api/v1/devices/{SCANNER}/commands", json={"action": "identify"})
         assert r.status_code == 503 and "broker" in r.json()["detail"]
@@ -323,38 +325,38 @@ def test_cli_tickets_revoke_pushes_through_the_api(fleet, collect, capsys, monke
 def test_postgres_commands_acks_and_config_versions(pg_url):
     store = Store.open(pg_url)
     try:
-        store.register_kit(load_manifest(DEMO_KIT))
+        store.registry.register_kit(load_manifest(DEMO_KIT))
         cmd = Command(id="c0ffee01", ts=1_000, expires=61_000, action="identify")
-        store.add_command(SCANNER, cmd)
+        store.commands.add(SCANNER, cmd)
         stray = Ack(boot="ab12cd", seq=1, ts=2_000, cmd_id="c0ffee01", status="error")
         good = Ack(boot="ab12cd", seq=1, ts=2_500, cmd_id="c0ffee01", status="ok", detail="blinked")
-        store.write_batch(Batch(ledger=[LedgerMessage(LIGHTS, "ack", stray, encode(stray).decode())]))
-        assert store.get_command("c0ffee01", now=3_000)["status"] == "pending"
-        store.write_batch(Batch(ledger=[LedgerMessage(SCANNER, "ack", good, encode(good).decode())]))
-        got = store.get_command("c0ffee01", now=99_000)
+        store.ledger.write_batch(Batch(ledger=[LedgerMessage(LIGHTS, "ack", stray, encode(stray).decode())]))
+        assert store.commands.get("c0ffee01", now=3_000)["status"] == "pending"
+        store.ledger.write_batch(Batch(ledger=[LedgerMessage(SCANNER, "ack", good, encode(good).decode())]))
+        got = store.commands.get("c0ffee01", now=99_000)
         assert (got["status"], got["detail"], got["acked_ms"]) == ("ok", "blinked", 2_500)
 
-        assert [c.version for _d, c in store.update_configs([SCANNER], lambda old: {"a": 1})] == [1]
-        assert store.update_configs([SCANNER], lambda old: {**old, "b": 2})[0][1].data == {"a": 1, "b": 2}
-        store.write_batch(Batch(states=[(SCANNER, State(boot="ab12cd", seq=0, ts=5, online=True, role="scanner",
+        assert [c.version for _d, c in store.config.update([SCANNER], lambda old: {"a": 1})] == [1]
+        assert store.config.update([SCANNER], lambda old: {**old, "b": 2})[0][1].data == {"a": 1, "b": 2}
+        store.ledger.write_batch(Batch(states=[(SCANNER, State(boot="ab12cd", seq=0, ts=5, online=True, role="scanner",
                                                         config_version=2))]))
-        assert store.desired_config(SCANNER)["in_sync"] is True
+        assert store.config.desired(SCANNER)["in_sync"] is True
         with pytest.raises(PayloadTooLarge):
-            store.update_configs([SCANNER], lambda old: {"x": "y" * MAX_CONFIG_PAYLOAD})
-        assert store.desired_config(SCANNER)["version"] == 2
+            store.config.update([SCANNER], lambda old: {"x": "y" * MAX_CONFIG_PAYLOAD})
+        assert store.config.desired(SCANNER)["version"] == 2
 
         # Row locks: concurrent merges on PostgreSQL serialise instead of overwriting each other.
         def merge(i: int) -> None:
-            store.update_configs([SCANNER, LIGHTS], lambda old: {**(old or {}), f"k{i}": i})
+            store.config.update([SCANNER, LIGHTS], lambda old: {**(old or {}), f"k{i}": i})
 
         threads = [threading.Thread(target=merge, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        final = store.desired_config(SCANNER)
+        final = store.config.desired(SCANNER)
         assert final["version"] == 10 and {f"k{i}" for i in range(8)} <= set(final["data"])
-        assert store.desired_config(LIGHTS)["version"] == 8
+        assert store.config.desired(LIGHTS)["version"] == 8
     finally:
         store.close()
 

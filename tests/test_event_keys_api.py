@@ -49,7 +49,7 @@ def test_a_key_goes_to_every_scanner_and_an_expired_window_is_refused_naming_the
     assert r.status_code == 422 and "FEST25" in r.json()["detail"] and "expired" in r.json()["detail"]
     r = fleet.api.put("/api/v1/events/FEST25/key", json=key_body(now + 10, now + 20))
     assert r.status_code == 422 and "empty" in r.json()["detail"]
-    assert fleet.store.desired_config(SCANNER)["version"] is None  # nothing stored, nothing pushed
+    assert fleet.store.config.desired(SCANNER)["version"] is None  # nothing stored, nothing pushed
 
     r = fleet.api.put("/api/v1/events/FEST25/key", json=key_body(now + 3600, now - 60))
     assert r.status_code == 200, r.text
@@ -68,7 +68,7 @@ def test_a_key_goes_to_every_scanner_and_an_expired_window_is_refused_naming_the
 def test_a_revocation_for_an_unknown_event_is_404_naming_it(fleet):
     r = fleet.api.post("/api/v1/events/NOPE-1/revocations", json={"tickets": ["T1"]})
     assert r.status_code == 404 and "NOPE-1" in r.json()["detail"]
-    assert fleet.store.desired_config(SCANNER)["version"] is None
+    assert fleet.store.config.desired(SCANNER)["version"] is None
 
 
 def test_a_kits_revocation_event_joins_the_fleets_with_who_and_where(fleet):
@@ -83,7 +83,7 @@ def test_a_kits_revocation_event_joins_the_fleets_with_who_and_where(fleet):
         door = {**body, "data": {"event": "FEST25", "tickets": ["T9"], "by": "a-door"}}
         pub.publish(f"popkit/v1/demo/{SCANNER}/event", json.dumps(door), qos=1).wait_for_publish(5)
         pub.publish("popkit/v1/demo/demo-agent/event", json.dumps(body), qos=1).wait_for_publish(5)
-        wait_until(lambda: fleet.store.desired_config(SCANNER)["data"]["revoked"]["FEST25"] == ["T1", "T2"],
+        wait_until(lambda: fleet.store.config.desired(SCANNER)["data"]["revoked"]["FEST25"] == ["T1", "T2"],
                    what="the kit's revocation pushed to the scanner")
     finally:
         pub.loop_stop()
@@ -134,7 +134,7 @@ def test_cli_tickets_key_pushes_through_the_api(fleet, capsys, monkeypatch, tmp_
         assert main(["tickets", "key", "--event", "FEST25", "--key-file", str(tmp_path / "FEST25.key"),
                      "--expires", "2099-01-01T00:00Z", "--fleet", f"http://127.0.0.1:{port}"]) == 0
         assert f"{SCANNER}: config version 1" in capsys.readouterr().out
-        [held] = fleet.store.desired_config(SCANNER)["data"]["keys"]
+        [held] = fleet.store.config.desired(SCANNER)["data"]["keys"]
         assert held["event"] == "FEST25" and held["key"] == key.secret.hex()
     finally:
         server.should_exit = True
@@ -147,5 +147,5 @@ def test_a_revocation_a_scanner_could_not_take_is_413_and_stores_nothing(fleet):
     r = fleet.api.post("/api/v1/events/FEST25/revocations", json={"tickets": many})
     assert r.status_code == 413 and SCANNER in r.json()["detail"] and "4096" in r.json()["detail"], r.text
     assert fleet.api.get("/api/v1/events/FEST25/revocations").json() == []
-    assert "revoked" not in fleet.store.desired_config(SCANNER)["data"]
+    assert "revoked" not in fleet.store.config.desired(SCANNER)["data"]
     assert fleet.api.post("/api/v1/events/FEST25/revocations", json={"tickets": many[:50]}).status_code == 200

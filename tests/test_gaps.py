@@ -107,7 +107,7 @@ def test_a_message_lost_on_the_way_is_asked_for_and_stored_within_5s(broker, tmp
         assert all(lose.sent[s] == 2 for s in lost), lose.sent  # lost once, asked for, sent again
         assert ingest.metrics.nacks >= len(lost) and link.gap_requests >= len(lost)
         wait_until(lambda: len(link.outbox) == 0, 10, what="the outbox drained by receipts")
-        assert store.get_device(DEVICE)["missing"] == 0
+        assert store.devices.get_device(DEVICE)["missing"] == 0
     finally:
         link.stop()
         stop_worker(store, ingest)
@@ -130,7 +130,7 @@ def test_a_gap_that_never_fills_is_asked_for_a_bounded_number_of_times_then_left
         assert [r["missing"] for r in requests] == [[[5, 5]]] * 3
         assert all(r["boot"] == boot and r["seqs"] == [] for r in requests)
         assert ingest.metrics.nacks == 3
-        assert store.get_device(DEVICE)["missing"] == 1, "the gap is still shown to ops"
+        assert store.devices.get_device(DEVICE)["missing"] == 1, "the gap is still shown to ops"
     finally:
         pub.disconnect()
         pub.loop_stop()

@@ -284,7 +284,7 @@ def test_the_kit_list_costs_the_same_few_queries_for_one_kit_or_many(tmp_path):
 
     def queries_for_list(kits: int) -> int:
         for n in range(kits):
-            store.register_kit(parse_manifest(
+            store.registry.register_kit(parse_manifest(
                 f'id = "k{n}"\nname = "K{n}"\nagent = "k{n}-agent"\n'
                 f'[[devices]]\nid = "k{n}-power"\nrole = "powerbank"\nbus = "serial:/dev/ttyUSB0"\n'
                 f'[[devices]]\nid = "k{n}-scan"\nrole = "scanner"\n'))
@@ -298,13 +298,14 @@ def test_the_kit_list_costs_the_same_few_queries_for_one_kit_or_many(tmp_path):
 
 
 def test_health_queries_run_on_postgresql(pg_url):
-    from fleet.store import Batch, LedgerMessage, Store
+    from fleet.ledger import Batch, LedgerMessage
+    from fleet.store import Store
     from kits.manifest import parse_manifest
 
     store = Store.open(pg_url)
     try:
         ends = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
-        store.register_kit(parse_manifest(MANIFEST.format(doors=(ends - timedelta(hours=4)).isoformat(),
+        store.registry.register_kit(parse_manifest(MANIFEST.format(doors=(ends - timedelta(hours=4)).isoformat(),
                                                           ends=ends.isoformat())))
         t_end = now_ms() - 1000
         ledger = []
@@ -314,15 +315,59 @@ def test_health_queries_run_on_postgresql(pg_url):
             ledger.append(LedgerMessage("hk-bms", "telemetry", m, encode(m).decode()))
         ev = Event(boot="abcd01", seq=1, ts=t_end, kind="readiness", data={"status": "not_ready", "problems": []})
         ledger.append(LedgerMessage("hk-agent", "event", ev, encode(ev).decode()))
-        store.write_batch(Batch(ledger=ledger, states=[
+        store.ledger.write_batch(Batch(ledger=ledger, states=[
             ("hk-agent", State(boot="abcd01", seq=0, ts=1, online=True, role="agent")),
             ("hk-bms", State(boot="abcd01", seq=0, ts=1, online=True, role="powerbank"))]))
-        (kit,) = store.kits_with_health(HealthConfig(), kit_id="hk")
+        (kit,) = store.health.kits_with_health(HealthConfig(), kit_id="hk")
         assert kit["readiness"]["status"] == "not_ready"
         bms = next(b for b in kit["batteries"] if b["device_id"] == "hk-bms")
         assert bms["method"] == "remaining_ah" and bms["hours_left"] == pytest.approx(0.8)
         assert bms["points"] == 12 and bms["lasts_until_end"] is False and bms["margin_min"] == pytest.approx(-12, abs=1)
-        dev = store.device_with_health("hk-bms", HealthConfig())
+        dev = store.health.device_with_health("hk-bms", HealthConfig())
         assert dev["battery_forecast"]["hours_left"] == pytest.approx(0.8) and dev["health"]["status"] == "degraded"
     finally:
         store.close()
+
+
+def test_a_fleet_started_without_the_kit_forecasts_against_the_window_registered_through_the_api(broker, tmp_path):
+    """No --kit anywhere: ops register the kit, event window and all, through one fleet process's
+    API; another process on the same database (a second worker, started later, that never saw the
+    manifest) shows the power bank lasting until the event's end."""
+    from agent.link import FleetLink
+    from fleet.api.app import create_app
+    from fleet.auth.testing import ops_client
+    from fleet.settings import FleetSettings
+    from fleet.store import Store
+
+    start = datetime.now(timezone.utc).replace(microsecond=0)
+    ends_ms = int((start + timedelta(hours=3)).timestamp() * 1000)
+    manifest = MANIFEST.format(doors=(start - timedelta(hours=1)).isoformat(), ends=(start + timedelta(hours=3)).isoformat())
+    db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    first = start_fleet(broker.url, db_url, kits=[])
+    other = Store.open(db_url)
+    link = None
+    try:
+        r = first.api.put("/api/v1/kits/hk", content=manifest, headers={"content-type": "text/plain"})
+        assert r.status_code == 200, r.text
+        link = FleetLink("hk", "hk-agent", "agent", broker.url, tmp_path / "outbox.db", fw="0.9.1",
+                         hosted={"hk-shunt": "powerbank"}).start()
+        # A view here sees other processes' commits when it is older than POPKIT_VIEW_MAX_AGE_S: short here.
+        api = ops_client(create_app(other, settings=FleetSettings(view_refresh_s=0.2, view_max_age_s=0.2)))
+        assert api.get("/api/v1/kits/hk").json()["event"]["ends_ms"] == ends_ms
+        t_end = now_ms() - 5_000
+        for k in range(31):  # ten minutes falling 12 %/h to 60 %: 5 h left, the event ends in 3
+            link.emit("hk-shunt", "telemetry", BatteryTelemetry, ts=t_end - (30 - k) * 20_000, source="vedirect",
+                      v=12.5, i=-4.0, p=-50.0, soc=round(60 + 12 * (30 - k) * 20 / 3600, 2))
+        first.wait_ingested(31)
+        shunt = wait_until(lambda: {b["device_id"]: b for b in api.get("/api/v1/kits/hk").json()["batteries"]
+                                    if b["lasts_until_end"] is not None}.get("hk-shunt"),
+                           what="the shunt's forecast against the event")
+        assert shunt["event_ends_ms"] == ends_ms
+        assert shunt["lasts_until_end"] is True and shunt["margin_min"] == pytest.approx(120, abs=4)
+        assert api.get("/api/v1/devices/hk-shunt").json()["battery_forecast"]["lasts_until_end"] is True
+    finally:
+        if link is not None:
+            link.stop()
+        first.ingest.stop()
+        first.store.close()
+        other.close()

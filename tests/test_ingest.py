@@ -186,7 +186,7 @@ def test_a_receipt_for_a_fragmented_batch_is_split_so_every_part_fits_a_device(f
     """Two workers on a shared subscription each get every other seq of a device: a batch's receipt
     of 300 single-seq ranges ran past the contract's 4 KB, and producers ignored it, so nothing
     left their outboxes. Every receipt now names at most RECEIPT_MAX_RANGES ranges."""
-    from fleet.store import LedgerMessage
+    from fleet.ledger import LedgerMessage
     from kits.contract import MAX_DEVICE_PAYLOAD, RECEIPT_MAX_RANGES
 
     receipts = collect("popkit/v1/demo/demo-power/receipt")

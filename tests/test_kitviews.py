@@ -13,7 +13,8 @@ from fleet.api.app import create_app
 from fleet.api.schemas import KitOut, KitPageOut
 from fleet.health import HealthConfig
 from fleet.kitviews import KitViews
-from fleet.store import Batch, LedgerMessage, Store
+from fleet.ledger import Batch, LedgerMessage
+from fleet.store import Store
 from kits.contract import BatteryTelemetry, DeviceTelemetry, State, encode
 from kits.manifest import parse_manifest
 from tests.conftest import wait_until
@@ -47,14 +48,14 @@ def fleet(tmp_path):
     """12 kits: k00..k03 all online, k04..k07 only their agent (degraded), k08.. never heard from."""
     store = Store.open(f"sqlite:///{tmp_path / 'views.db'}")
     for n in range(KITS):
-        store.register_kit(manifest(n))
+        store.registry.register_kit(manifest(n))
     states, ledger = [], []
     for n in range(8):
         states.append(state(f"k{n:02d}-agent", "agent"))
         if n < 4:
             states += [state(f"k{n:02d}-power", "powerbank"), state(f"k{n:02d}-door", "scanner")]
             ledger += [battery(f"k{n:02d}-power", 1, 80.0 - n), beat(f"k{n:02d}-door", 1)]
-    store.write_batch(Batch(ledger=ledger, states=states))
+    store.ledger.write_batch(Batch(ledger=ledger, states=states))
     yield store
     store.close()
 
@@ -105,7 +106,7 @@ def test_every_served_view_is_what_the_openapi_promises(fleet):
                {k: kit[k] for k in ("health", "readiness", "batteries", "devices_online")}
     # Served from the kept views, the bytes are what the store's view encodes to, nothing lost.
     again = api.get("/api/v1/kits/k00").json()
-    view = fleet.kits_with_health(HealthConfig(), kit_id="k00")[0]
+    view = fleet.health.kits_with_health(HealthConfig(), kit_id="k00")[0]
     assert [d["id"] for d in again["devices"]] == [d["id"] for d in view["devices"]]
     assert again["battery"] == view["battery"] and again["devices"][1]["latest"] == view["devices"][1]["latest"]
 
@@ -114,13 +115,13 @@ def test_a_write_shows_at_once_on_the_kit_page_and_in_the_list(fleet):
     api = ops_client(create_app(fleet))
     assert api.get("/api/v1/kits/k00").json()["devices_online"] == 3
     assert api.get("/api/v1/kits", params={"state": "online"}).json()["total"] == 4
-    fleet.write_batch(Batch(states=[state("k00-door", "scanner", online=False, ts=2)]))
+    fleet.ledger.write_batch(Batch(states=[state("k00-door", "scanner", online=False, ts=2)]))
     assert api.get("/api/v1/kits/k00").json()["devices_online"] == 2
     assert api.get("/api/v1/kits", params={"state": "online"}).json()["total"] == 3
     # A new kit is listed, and a pushed config (not yet applied) shows on the device it is for.
-    fleet.register_kit(manifest(99))
+    fleet.registry.register_kit(manifest(99))
     assert api.get("/api/v1/kits", params={"q": "k99"}).json()["total"] == 1
-    fleet.update_configs(["k01-door"], lambda _cur: {"volume": 3})
+    fleet.config.update(["k01-door"], lambda _cur: {"volume": 3})
     door = next(d for d in api.get("/api/v1/kits/k01").json()["devices"] if d["id"] == "k01-door")
     assert door["config_version"] is None  # desired 1, applied none: config_behind after the grace period
     assert api.get("/api/v1/kits/nope").status_code == 404
@@ -132,7 +133,7 @@ def test_with_the_refresher_running_the_list_follows_writes_within_moments(fleet
         views: KitViews = app.state.views
         wait_until(lambda: views.stats.full_passes >= 1, what="the first full pass")
         assert api.get("/api/v1/kits", params={"state": "offline"}).json()["total"] == 4
-        fleet.write_batch(Batch(states=[state("k08-agent", "agent")]))
+        fleet.ledger.write_batch(Batch(states=[state("k08-agent", "agent")]))
         wait_until(lambda: api.get("/api/v1/kits", params={"state": "offline"}).json()["total"] == 3,
                    timeout=5, what="the list to count k08 as no longer offline")
         assert views.stats.dirty_passes >= 1
@@ -143,20 +144,20 @@ def test_a_change_during_a_computation_leaves_the_kit_to_compute_again(fleet):
     """A commit can land after a computation read the database and before it stored its result:
     the kit stays dirty, and the next read computes it again (the dashboard never keeps the old state)."""
     views = KitViews(fleet, HealthConfig())
-    fleet.on_change.append(lambda kits, _d: views.invalidate(kits))
+    fleet.changes.listeners.append(lambda kits, _d: views.invalidate(kits))
     views.refresh_all()
-    compute = fleet.kits_with_health
+    compute = fleet.health.kits_with_health
     raced = threading.Event()
 
     def racing(*args, **kwargs):
         out = compute(*args, **kwargs)
         if not raced.is_set():  # the commit lands just after this computation's reads
             raced.set()
-            fleet.write_batch(Batch(states=[state("k01-door", "scanner", online=False, ts=3)]))
+            fleet.ledger.write_batch(Batch(states=[state("k01-door", "scanner", online=False, ts=3)]))
         return out
 
-    fleet.kits_with_health = racing
-    fleet.write_batch(Batch(states=[state("k01-power", "powerbank", online=False, ts=3)]))
+    fleet.health.kits_with_health = racing
+    fleet.ledger.write_batch(Batch(states=[state("k01-power", "powerbank", online=False, ts=3)]))
     import json
     first = json.loads(views.get("k01"))
     assert first["devices_online"] == 2 and raced.is_set()  # computed before the door's commit

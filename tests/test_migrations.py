@@ -130,9 +130,9 @@ def test_create_all_database_is_stamped_not_recreated(db_url, caplog):
         assert revision(store.engine) == migrations.head()
         assert "predates migrations" in caplog.text and "stamped it at revision 0001" in caplog.text
         assert "upgraded to 0001" not in caplog.text  # stamped, not run
-        assert [k["id"] for k in store.list_kits()] == ["k1"]
-        assert store.get_device("d1")["received"] == 5
-        assert store.desired_config("d1") is not None
+        assert [k["id"] for k in store.devices.list_kits()] == ["k1"]
+        assert store.devices.get_device("d1")["received"] == 5
+        assert store.config.desired("d1") is not None
         assert schema_diff(store.engine) == []
     finally:
         store.close()

@@ -1,4 +1,4 @@
-"""Alert webhooks (fleet/notify.py) against a real HTTP server in a thread: what it receives, when,
+"""Alert webhooks (fleet/alerts/notify.py) against a real HTTP server in a thread: what it receives, when,
 retries, failures, and that a webhook that hangs never holds up the evaluator."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from fleet.alerts import Firing, evaluate
 from fleet.metrics import ALERT_METRICS, AlertMetrics
-from fleet.notify import Notifier, NotifyConfig
+from fleet.alerts.notify import Notifier, NotifyConfig
 from fleet.store import Store
 from tests.test_alerts import CFG, SimKit, now_ms
 
@@ -74,7 +74,7 @@ def store(tmp_path):
     from tests.conftest import DEMO_KIT
 
     s = Store.open(f"sqlite:///{tmp_path / 'fleet.db'}")
-    s.register_kit(load_manifest(DEMO_KIT))
+    s.registry.register_kit(load_manifest(DEMO_KIT))
     yield s
     s.close()
 
@@ -86,12 +86,12 @@ def notifier(store, url, metrics=None, **cfg) -> Notifier:
 
 
 def fire(store, now: int, rule: str = "paper_out", subject: str = "demo-printer") -> int:
-    store.sync_alerts([Firing(subject, "demo", rule, "critical", f"{subject}: {rule}", {}, 1)], set(), now)
-    return store.list_alerts(rule=rule, subject=subject, state="active")[0]["id"]
+    store.alerts.sync([Firing(subject, "demo", rule, "critical", f"{subject}: {rule}", {}, 1)], set(), now)
+    return store.alerts.list(rule=rule, subject=subject, state="active")[0]["id"]
 
 
 def calm(store, now: int) -> None:
-    store.sync_alerts([], set(), now)
+    store.alerts.sync([], set(), now)
 
 
 def test_webhook_after_the_grace_period_then_every_repeat_until_acknowledged_and_on_resolve(fleet, broker, webhook):
@@ -154,7 +154,7 @@ def test_retries_on_500_then_delivers(store, webhook):
     assert n.run_once(t) == 1
     assert len(webhook.received) == 3 and webhook.received[0] == webhook.received[2]
     assert (metrics.notifications_sent, metrics.notifications_failed) == (1, 0)
-    last = store.get_alert(alert_id)["history"][-1]
+    last = store.alerts.get(alert_id)["history"][-1]
     assert last["what"] == "notified" and last["detail"] == "opened: HTTP 200 after 2 retries"
 
 
@@ -171,7 +171,7 @@ def test_giving_up_is_counted_recorded_and_tried_again_a_repeat_interval_later(s
     assert n.run_once(t) == 1
     assert len(webhook.received) == 4  # the first try and 3 retries
     assert ALERT_METRICS.notifications_failed == before + 1
-    alert = store.get_alert(alert_id)
+    alert = store.alerts.get(alert_id)
     assert alert["history"][-1]["what"] == "notify_failed" and "HTTP 500" in alert["history"][-1]["detail"]
     assert alert["notify_count"] == 0
     metrics = ops_client(create_app(store)).get("/metrics").text
@@ -181,7 +181,7 @@ def test_giving_up_is_counted_recorded_and_tried_again_a_repeat_interval_later(s
     assert n.run_once(t + 60 * S) == 0  # not hammering it: the next try is a repeat interval later
     assert n.run_once(t + 601 * S) == 1 and len(webhook.received) == 5
     assert webhook.received[-1]["event"] == "opened"  # never delivered, so still the first notification
-    assert store.get_alert(alert_id)["notify_count"] == 1
+    assert store.alerts.get(alert_id)["notify_count"] == 1
 
 
 def test_a_client_error_is_not_retried(store, webhook):
@@ -191,7 +191,7 @@ def test_a_client_error_is_not_retried(store, webhook):
     alert_id = fire(store, t)
     notifier(store, webhook.url, metrics, grace_s=0).run_once(t)
     assert len(webhook.received) == 1 and metrics.notifications_failed == 1
-    assert store.get_alert(alert_id)["history"][-1]["detail"] == "opened: gave up: HTTP 404"
+    assert store.alerts.get(alert_id)["history"][-1]["detail"] == "opened: gave up: HTTP 404"
 
 
 def test_two_workers_send_one_notification(store, tmp_path, webhook):

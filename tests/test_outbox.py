@@ -7,7 +7,8 @@ import logging
 from agent.link import backoff_delay
 from agent.outbox import Outbox
 from fleet.metrics import IngestMetrics
-from fleet.store import Batch, RejectedMessage, Store
+from fleet.ledger import Batch, RejectedMessage
+from fleet.store import Store
 
 
 def fill(box: Outbox, device: str, seqs, droppable: bool) -> None:
@@ -53,8 +54,8 @@ def test_reconnect_backoff_is_jittered_and_capped():
 def test_dead_letters_stay_bounded(tmp_path):
     store = Store.open(f"sqlite:///{tmp_path / 'f.db'}", dead_letter_cap=100)
     for _ in range(60):
-        store.write_batch(Batch(rejected=[RejectedMessage("t", b"x", "bad_json", "d")] * 10))
-    kept = store.dead_letters(limit=1000)
+        store.ledger.write_batch(Batch(rejected=[RejectedMessage("t", b"x", "bad_json", "d")] * 10))
+    kept = store.ledger.dead_letters(limit=1000)
     assert len(kept) == 100 and kept[0]["id"] == 600  # the newest are the ones kept
     store.close()
 

@@ -1,4 +1,4 @@
-"""Telemetry retention (fleet/retention.py): 1-minute rollup, raw and aggregate retention, the
+"""Telemetry retention (fleet/retention/): 1-minute rollup, raw and aggregate retention, the
 history API's resolutions; on SQLite, and on PostgreSQL where workers race."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from fleet.api.app import create_app
 from fleet.retention import (DAY_MS, MINUTE_MS, Maintenance, RetentionConfig, aggregate_minutes, bucket_items,
                              pick_bucket_ms, run_once)
 from fleet.settings import FleetSettings
-from fleet.store import Batch, LedgerMessage, Store
+from fleet.ledger import Batch, LedgerMessage
+from fleet.store import Store
 from kits.contract import BatteryTelemetry, Event, PrinterTelemetry, encode
 from kits.manifest import load_manifest
 from tests.conftest import DEMO_KIT
@@ -44,7 +45,7 @@ def checkin(seq: int, ts: int) -> LedgerMessage:
 
 def open_store(url: str) -> Store:
     store = Store.open(url)
-    store.register_kit(load_manifest(DEMO_KIT))
+    store.registry.register_kit(load_manifest(DEMO_KIT))
     return store
 
 
@@ -85,7 +86,7 @@ def latest(store: Store) -> dict:
 
 def test_rollup_gives_n_min_avg_max_per_minute(any_store):
     store = any_store
-    store.write_batch(Batch(ledger=[
+    store.ledger.write_batch(Batch(ledger=[
         battery(1, BASE + 1_000, v=12.0, i=-1.0, soc=80),
         battery(2, BASE + 20_000, v=12.2, i=-2.0, soc=79),
         battery(3, BASE + 59_999, v=12.4, i=-3.0, soc=78),
@@ -93,7 +94,7 @@ def test_rollup_gives_n_min_avg_max_per_minute(any_store):
         battery(5, BASE + MINUTE_MS + 30_000, v=13.2, i=2.0, soc=None, p=30.0),
         printer(1, BASE + 5_000, paper="ok"), printer(2, BASE + 50_000, paper="near_end"),
     ]))
-    written, mark = store.rollup_telemetry(now=BASE + 10 * MINUTE_MS)
+    written, mark = store.retention.rollup(now=BASE + 10 * MINUTE_MS)
     assert written == 3 and mark == count(store, db.telemetry)
     agg = rollups(store)
     m0 = agg[(POWER, "battery", BASE)]
@@ -109,14 +110,14 @@ def test_rollup_gives_n_min_avg_max_per_minute(any_store):
 
 
 def test_rollup_twice_is_the_same_and_a_late_reading_recomputes_its_minute(store):
-    store.write_batch(Batch(ledger=[battery(s, BASE + s * 10_000, soc=90 - s) for s in range(1, 13)]))
-    store.rollup_telemetry(now=BASE + 10 * MINUTE_MS)
+    store.ledger.write_batch(Batch(ledger=[battery(s, BASE + s * 10_000, soc=90 - s) for s in range(1, 13)]))
+    store.retention.rollup(now=BASE + 10 * MINUTE_MS)
     first = rollups(store)
-    assert store.rollup_telemetry(now=BASE + 10 * MINUTE_MS) == (0, count(store, db.telemetry))
+    assert store.retention.rollup(now=BASE + 10 * MINUTE_MS) == (0, count(store, db.telemetry))
     assert rollups(store) == first
     # A reading delivered late (a device's outbox flushed) lands in its minute: n and min follow.
-    store.write_batch(Batch(ledger=[battery(100, BASE + 1, soc=50)]))
-    written, _ = store.rollup_telemetry(now=BASE + 20 * MINUTE_MS)
+    store.ledger.write_batch(Batch(ledger=[battery(100, BASE + 1, soc=50)]))
+    written, _ = store.retention.rollup(now=BASE + 20 * MINUTE_MS)
     assert written == 1
     again = rollups(store)
     assert again[(POWER, "battery", BASE)]["n"] == first[(POWER, "battery", BASE)]["n"] + 1
@@ -126,13 +127,13 @@ def test_rollup_twice_is_the_same_and_a_late_reading_recomputes_its_minute(store
 
 def test_the_current_minute_waits_for_a_later_pass(store):
     now = BASE + 5 * MINUTE_MS + 30_000
-    store.write_batch(Batch(ledger=[battery(1, BASE + 4 * MINUTE_MS + 10), battery(2, BASE + 5 * MINUTE_MS + 10)]))
-    written, mark = store.rollup_telemetry(now=now)
+    store.ledger.write_batch(Batch(ledger=[battery(1, BASE + 4 * MINUTE_MS + 10), battery(2, BASE + 5 * MINUTE_MS + 10)]))
+    written, mark = store.retention.rollup(now=now)
     assert written == 1 and set(rollups(store)) == {(POWER, "battery", BASE + 4 * MINUTE_MS)}
     assert mark == 1  # the second reading's id is not covered yet
-    store.rollup_telemetry(now=now + MINUTE_MS)
+    store.retention.rollup(now=now + MINUTE_MS)
     assert (POWER, "battery", BASE + 5 * MINUTE_MS) in rollups(store)
-    assert store.rollup_watermark() == 2
+    assert store.retention.watermark() == 2
 
 
 def test_aggregate_and_bucket_helpers():
@@ -159,9 +160,9 @@ def test_raw_deleted_only_once_rolled_up_and_older_than_the_retention(store):
     now = BASE + 100 * DAY_MS
     old = [battery(s, now - 10 * DAY_MS + s * 1000) for s in range(1, 51)]
     recent = [battery(100 + s, now - DAY_MS + s * 1000) for s in range(1, 51)]
-    store.write_batch(Batch(ledger=old + recent))
+    store.ledger.write_batch(Batch(ledger=old + recent))
     # Nothing is rolled up yet: nothing may go.
-    assert store.delete_rolled_up_telemetry(now - 7 * DAY_MS) == 0
+    assert store.retention.delete_rolled_up(now - 7 * DAY_MS) == 0
     res = run_once(store, RetentionConfig(raw_days=7, rollup_days=90), now_ms=now)
     assert res.raw_deleted == 50 and res.rollups_deleted == 0
     with store.engine.connect() as conn:
@@ -171,27 +172,27 @@ def test_raw_deleted_only_once_rolled_up_and_older_than_the_retention(store):
     old_minutes = [k for k in rollups(store) if k[2] < now - 7 * DAY_MS]
     assert sum(rollups(store)[k]["n"] for k in old_minutes) == 50
     # An old reading arriving after the pass is not deleted before a pass has rolled it up.
-    store.write_batch(Batch(ledger=[battery(1000, now - 9 * DAY_MS, boot="beef02")]))
-    store.write_batch(Batch(ledger=[battery(200, now - 1000)]))  # (the newest row always stays)
-    assert store.delete_rolled_up_telemetry(now - 7 * DAY_MS) == 0
+    store.ledger.write_batch(Batch(ledger=[battery(1000, now - 9 * DAY_MS, boot="beef02")]))
+    store.ledger.write_batch(Batch(ledger=[battery(200, now - 1000)]))  # (the newest row always stays)
+    assert store.retention.delete_rolled_up(now - 7 * DAY_MS) == 0
     res = run_once(store, RetentionConfig(raw_days=7, rollup_days=90), now_ms=now)
     assert res.raw_deleted == 1 and (POWER, "battery", now - 9 * DAY_MS - (now - 9 * DAY_MS) % MINUTE_MS) in rollups(store)
 
 
 def test_deletes_go_in_chunks(store):
     now = BASE + 30 * DAY_MS
-    store.write_batch(Batch(ledger=[battery(s, BASE + s * 1000) for s in range(1, 1202)]
+    store.ledger.write_batch(Batch(ledger=[battery(s, BASE + s * 1000) for s in range(1, 1202)]
                       + [battery(5000, now - 1000)]))
     res = run_once(store, RetentionConfig(raw_days=7, rollup_days=90, chunk=100), now_ms=now)
     assert res.raw_deleted == 1201 and count(store, db.telemetry) == 1
     minutes = len(rollups(store))
-    assert minutes == 22 and store.delete_old_rollups(BASE + DAY_MS, chunk=7) == 21  # all but the last minute
+    assert minutes == 22 and store.retention.delete_old_rollups(BASE + DAY_MS, chunk=7) == 21  # all but the last minute
     assert list(rollups(store)) == [(POWER, "battery", now - MINUTE_MS)]
 
 
 def test_aggregates_kept_for_their_retention_then_deleted(store):
     now = BASE + 200 * DAY_MS
-    store.write_batch(Batch(ledger=[printer(1, now - 100 * DAY_MS), battery(1, now - 120 * DAY_MS),
+    store.ledger.write_batch(Batch(ledger=[printer(1, now - 100 * DAY_MS), battery(1, now - 120 * DAY_MS),
                                     battery(2, now - 80 * DAY_MS), battery(3, now - 1000)]))
     res = run_once(store, RetentionConfig(raw_days=7, rollup_days=90), now_ms=now)
     assert res.raw_deleted == 3 and res.rollups_deleted == 2
@@ -202,20 +203,20 @@ def test_aggregates_kept_for_their_retention_then_deleted(store):
 def test_events_checkins_streams_and_latest_are_never_touched(any_store):
     store = any_store
     now = BASE + 400 * DAY_MS
-    store.write_batch(Batch(ledger=[checkin(s, BASE + s) for s in range(1, 21)]
+    store.ledger.write_batch(Batch(ledger=[checkin(s, BASE + s) for s in range(1, 21)]
                       + [battery(s, BASE + s * 1000, soc=50 + s) for s in range(1, 31)]
                       + [printer(1, BASE + 1000)]))
-    before_latest, before_device = latest(store), store.get_device(POWER)
+    before_latest, before_device = latest(store), store.devices.get_device(POWER)
     before_events, before_checkins = count(store, db.events), count(store, db.checkins)
     res = run_once(store, RetentionConfig(raw_days=7, rollup_days=90), now_ms=now)
     # Everything is old: raw goes (but the newest row, which keeps ids going up), then the aggregates.
     assert res.raw_deleted == 30 and count(store, db.telemetry) == 1 and rollups(store) == {}
     assert count(store, db.events) == before_events == 20 and count(store, db.checkins) == before_checkins == 20
     assert latest(store) == before_latest
-    after = store.get_device(POWER)
+    after = store.devices.get_device(POWER)
     assert after["latest"] == before_device["latest"] and after["latest"]["battery"]["soc"] == 80
     assert after["streams"] == before_device["streams"] and after["missing"] == 0
-    assert store.attendance("EV1")["admitted"] == 20
+    assert store.activity.attendance("EV1")["admitted"] == 20
 
 
 def test_a_resend_after_its_raw_row_went_is_stored_again_but_not_counted_twice(store):
@@ -223,12 +224,12 @@ def test_a_resend_after_its_raw_row_went_is_stored_again_but_not_counted_twice(s
     raw retention is stored again. Its aggregate keeps the right count; the next pass deletes it."""
     now = BASE + 30 * DAY_MS
     readings = [battery(s, BASE + s * 1000) for s in range(1, 11)]
-    store.write_batch(Batch(ledger=readings + [battery(99, now - 1000)]))
+    store.ledger.write_batch(Batch(ledger=readings + [battery(99, now - 1000)]))
     run_once(store, RetentionConfig(), now_ms=now)
     agg = rollups(store)[(POWER, "battery", BASE)]
     assert agg["n"] == 10
-    assert store.write_batch(Batch(ledger=[readings[3]])).inserted == 1  # not recognised as a duplicate
-    store.write_batch(Batch(ledger=[battery(100, now - 500)]))  # (the newest row always stays)
+    assert store.ledger.write_batch(Batch(ledger=[readings[3]])).inserted == 1  # not recognised as a duplicate
+    store.ledger.write_batch(Batch(ledger=[battery(100, now - 500)]))  # (the newest row always stays)
     res = run_once(store, RetentionConfig(), now_ms=now)
     assert res.raw_deleted == 1 and rollups(store)[(POWER, "battery", BASE)] == agg
 
@@ -236,10 +237,10 @@ def test_a_resend_after_its_raw_row_went_is_stored_again_but_not_counted_twice(s
 def test_ids_keep_going_up_after_everything_old_went(store):
     """SQLite gives a new row max(id) + 1: the newest row is kept so no id is handed out twice."""
     now = BASE + 30 * DAY_MS
-    store.write_batch(Batch(ledger=[battery(s, BASE + s * 1000) for s in range(1, 6)]))
+    store.ledger.write_batch(Batch(ledger=[battery(s, BASE + s * 1000) for s in range(1, 6)]))
     run_once(store, RetentionConfig(), now_ms=now)
     assert count(store, db.telemetry) == 1
-    store.write_batch(Batch(ledger=[battery(10, now - 5 * MINUTE_MS)]))
+    store.ledger.write_batch(Batch(ledger=[battery(10, now - 5 * MINUTE_MS)]))
     run_once(store, RetentionConfig(), now_ms=now)
     assert (POWER, "battery", now - 5 * MINUTE_MS - (now - 5 * MINUTE_MS) % MINUTE_MS) in rollups(store)
 
@@ -259,7 +260,7 @@ def test_two_rollups_at_once_on_postgresql(pg_url):
                 ts = BASE + 9 * DAY_MS + seq * 700
                 ledger.append(battery(seq, ts, v=12 + (seq % 7) / 10, soc=float(seq % 100)) if k % 2
                               else printer(seq, ts, paper="ok" if seq % 3 else "near_end"))
-            stores[0].write_batch(Batch(ledger=ledger))
+            stores[0].ledger.write_batch(Batch(ledger=ledger))
         start = threading.Barrier(3)
         errors: list[BaseException] = []
 
@@ -274,7 +275,7 @@ def test_two_rollups_at_once_on_postgresql(pg_url):
         def ingest_more() -> None:
             start.wait()
             for s2 in range(30):
-                stores[1].write_batch(Batch(ledger=[battery(100_000 + s2, BASE + 9 * DAY_MS + s2 * 5000)]))
+                stores[1].ledger.write_batch(Batch(ledger=[battery(100_000 + s2, BASE + 9 * DAY_MS + s2 * 5000)]))
 
         threads = [threading.Thread(target=pass_, args=(s,)) for s in stores] + [threading.Thread(target=ingest_more)]
         for t in threads:
@@ -293,7 +294,7 @@ def test_two_rollups_at_once_on_postgresql(pg_url):
             assert got[key]["n"] == row["n"] and got[key]["last"] == row["last"], key
             for f in ("v_avg", "soc_min", "soc_max", "p_avg"):
                 assert got[key][f] == pytest.approx(row[f]), (key, f)
-        assert stores[0].rollup_watermark() == max(r.id for r in raw)
+        assert stores[0].retention.watermark() == max(r.id for r in raw)
         assert {k[0] for k in got} == set(devices)
     finally:
         for s in stores:
@@ -302,7 +303,7 @@ def test_two_rollups_at_once_on_postgresql(pg_url):
 
 def test_maintenance_thread_runs_passes_and_stops(store):
     now = int(time.time() * 1000)
-    store.write_batch(Batch(ledger=[battery(1, now - 10 * MINUTE_MS), battery(2, now - 9 * MINUTE_MS)]))
+    store.ledger.write_batch(Batch(ledger=[battery(1, now - 10 * MINUTE_MS), battery(2, now - 9 * MINUTE_MS)]))
     settings = FleetSettings(retention_interval_s=0.05)
     m = Maintenance.from_settings(store, settings, first_delay_s=0.0).start()
     deadline = time.monotonic() + 10
@@ -333,7 +334,7 @@ URL = f"/api/v1/devices/{POWER}/telemetry"
 
 
 def test_default_resolution_is_raw_as_before(store, api):
-    store.write_batch(Batch(ledger=[battery(s, BASE + s * 1000) for s in range(1, 26)]))
+    store.ledger.write_batch(Batch(ledger=[battery(s, BASE + s * 1000) for s in range(1, 26)]))
     r = api.get(URL, params={"limit": 10}).json()
     assert [i["seq"] for i in r["items"]] == list(range(1, 11)) and r["next_since"] == BASE + 10_000
     assert r["resolution"] == "raw" and r["bucket_ms"] is None
@@ -346,9 +347,9 @@ def test_default_resolution_is_raw_as_before(store, api):
 
 def test_1m_resolution_gives_aggregates_and_the_tail_not_rolled_up_yet(store, api):
     # 30 minutes, one reading every 10 s; the first 20 minutes are rolled up, the rest only raw.
-    store.write_batch(Batch(ledger=[battery(s, BASE + s * 10_000, v=12 + (s % 6) / 10, soc=100 - s / 10)
+    store.ledger.write_batch(Batch(ledger=[battery(s, BASE + s * 10_000, v=12 + (s % 6) / 10, soc=100 - s / 10)
                                     for s in range(0, 180)] + [printer(1, BASE + 1000)]))
-    store._upsert_rollups([r for k, r in aggregate_minutes(_raw(store)).items() if k[2] < BASE + 20 * MINUTE_MS])
+    store.retention._upsert_rollups([r for k, r in aggregate_minutes(_raw(store)).items() if k[2] < BASE + 20 * MINUTE_MS])
     r = api.get(URL, params={"resolution": "1m", "kind": "battery"}).json()
     assert r["resolution"] == "1m" and r["bucket_ms"] == MINUTE_MS and r["next_since"] is None
     items = r["items"]
@@ -383,8 +384,8 @@ def test_auto_resolution_picks_raw_or_buckets(store, api):
     now = int(time.time() * 1000)
     day_ago = now - DAY_MS
     # A day of readings every 30 s (2,880): too many points, so 5-minute buckets of the aggregates.
-    store.write_batch(Batch(ledger=[battery(s, day_ago + s * 30_000, soc=100 - s / 40) for s in range(2880)]))
-    store.rollup_telemetry(now=now)
+    store.ledger.write_batch(Batch(ledger=[battery(s, day_ago + s * 30_000, soc=100 - s / 40) for s in range(2880)]))
+    store.retention.rollup(now=now)
     r = api.get(URL, params={"resolution": "auto", "kind": "battery"}).json()
     assert r["resolution"] == "1m" and r["bucket_ms"] == 5 * MINUTE_MS
     assert 280 <= len(r["items"]) <= 300 and r["next_since"] is None
@@ -409,8 +410,8 @@ def test_1m_pages_keep_a_minute_of_every_kind_together(store, api):
     for m in range(5):
         ledger += [battery(100 + m, BASE + m * MINUTE_MS + 1, device="demo-agent", boot="abcd02"),
                    device_tel(m, BASE + m * MINUTE_MS + 2)]
-    store.write_batch(Batch(ledger=ledger))
-    store.rollup_telemetry(now=BASE + 3 * MINUTE_MS)  # minutes 0-2 rolled up, 3-4 from raw
+    store.ledger.write_batch(Batch(ledger=ledger))
+    store.retention.rollup(now=BASE + 3 * MINUTE_MS)  # minutes 0-2 rolled up, 3-4 from raw
     url = "/api/v1/devices/demo-agent/telemetry"
     seen, since = [], None
     for _ in range(10):

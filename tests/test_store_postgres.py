@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fleet.store import Batch, LedgerMessage, Store
+from fleet.ledger import Batch, LedgerMessage
+from fleet.store import Store
 from kits.contract import DeviceTelemetry, State, encode
 from kits.manifest import load_manifest
 from tests.conftest import DEMO_KIT, publisher, start_fleet, wait_until
@@ -16,20 +17,20 @@ def msg(seq: int, boot: str = "feed01") -> LedgerMessage:
 def test_postgres_store_dedups_tracks_gaps_and_orders_state(pg_url):
     store = Store.open(pg_url)
     try:
-        store.register_kit(load_manifest(DEMO_KIT))
-        store.register_kit(load_manifest(DEMO_KIT))  # registering again is an update, not an error
-        r = store.write_batch(Batch(ledger=[msg(1), msg(2), msg(2), msg(5)]))
+        store.registry.register_kit(load_manifest(DEMO_KIT))
+        store.registry.register_kit(load_manifest(DEMO_KIT))  # registering again is an update, not an error
+        r = store.ledger.write_batch(Batch(ledger=[msg(1), msg(2), msg(2), msg(5)]))
         assert (r.inserted, r.duplicates) == (3, 1)
-        r = store.write_batch(Batch(ledger=[msg(1), msg(3)]))
+        r = store.ledger.write_batch(Batch(ledger=[msg(1), msg(3)]))
         assert (r.inserted, r.duplicates) == (1, 1)
-        dev = store.get_device("demo-scanner-1")
+        dev = store.devices.get_device("demo-scanner-1")
         assert dev["received"] == 4 and dev["duplicates"] == 2 and dev["missing"] == 1
         assert dev["latest"]["device"]["uptime_s"] == 5
         new = State(boot="feed02", seq=0, ts=2_000, online=True, role="scanner")
         old_will = State(boot="feed01", seq=0, ts=1_000, online=False, role="scanner", reason="lwt")
-        store.write_batch(Batch(states=[("demo-scanner-1", new), ("demo-scanner-1", old_will)]))
-        assert store.get_device("demo-scanner-1")["online"] is True
-        assert [t["seq"] for t in store.telemetry("demo-scanner-1", since_ms=1_002, limit=10)] == [2, 3, 5]
+        store.ledger.write_batch(Batch(states=[("demo-scanner-1", new), ("demo-scanner-1", old_will)]))
+        assert store.devices.get_device("demo-scanner-1")["online"] is True
+        assert [t["seq"] for t in store.telemetry.readings("demo-scanner-1", since_ms=1_002, limit=10)] == [2, 3, 5]
     finally:
         store.close()
 
@@ -39,7 +40,7 @@ def test_history_pages_come_in_time_order_on_postgres(pg_url):
 
     store = Store.open(pg_url)
     try:
-        store.register_kit(load_manifest(DEMO_KIT))
+        store.registry.register_kit(load_manifest(DEMO_KIT))
         history_pages_in_time_order(store)
     finally:
         store.close()

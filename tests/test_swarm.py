@@ -34,7 +34,7 @@ def swarm_fleet(broker, tmp_path):
 
 def register(fleet, swarm: Swarm) -> None:
     for m in swarm.manifests():
-        fleet.store.register_kit(m)
+        fleet.store.registry.register_kit(m)
     fleet.ingest.refresh_devices()
 
 

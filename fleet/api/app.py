@@ -61,8 +61,8 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     # views recompute it first, then the live stream tells the dashboards (fleet/events_bus.py),
     # so a dashboard that re-fetches on the news gets the new view.
     app.state.bus = bus = EventBus()
-    store.on_change.append(lambda kits, _devices: views.invalidate(kits))
-    store.on_change.append(bus.publish)
+    store.changes.listeners.append(lambda kits, _devices: views.invalidate(kits))
+    store.changes.listeners.append(bus.publish)
     # Pushing to devices goes through the ingest worker's client unless told otherwise.
     app.state.publisher = publisher or (Publisher.for_ingest(store, ingest) if ingest is not None else None)
     if ingest is not None:  # a device back online gets what it was asked while it was away
@@ -76,7 +76,7 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
         app.state.tickets.attach()
     app.state.auth = Auth(key, UserStore(store.engine), ttl_s=settings.token_ttl_s)
     app.add_middleware(AuditMiddleware, audit=ApiAudit(store.engine), store=store)
-    app.include_router(alert_routes.router)  # fleet/alerts.py: GET /api/v1/alerts, acknowledge, resolve
+    app.include_router(alert_routes.router)  # fleet/alerts/rules.py: GET /api/v1/alerts, acknowledge, resolve
     for module in (kits, devices, commands, config, events, revocations, dead_letters, health, audit, stream, venues,
                    auth_routes, users, pages):
         app.include_router(module.router)

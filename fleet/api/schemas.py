@@ -369,5 +369,5 @@ def refusals(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 
 # Routes with a JSON body: a body that cannot be read at all (not UTF-8) is 400 (FastAPI's).
 BAD_BODY = {400: "the body could not be read (not UTF-8 JSON)"}
-# Routes that publish to devices (fleet/commands.py): no broker connection in this process, or it failed.
+# Routes that publish to devices (fleet/commands/): no broker connection in this process, or it failed.
 NO_BROKER = {503: "not published: this fleet process has no broker connection, or the publish failed"}

@@ -16,7 +16,7 @@ import anyio
 from sqlalchemy import Engine
 
 from fleet import db
-from fleet.store import now_ms
+from fleet.db import now_ms
 
 log = logging.getLogger("popkit.fleet.audit")
 
@@ -44,10 +44,10 @@ def _touched(store, params: dict) -> tuple[str | None, str | None]:
     """The kit and the venue a request's path names (directly, or through its device or alert)."""
     kit_id = params.get("kit_id")
     if kit_id is None and "device_id" in params:
-        ref = store.device_ref(params["device_id"])
+        ref = store.registry.device_ref(params["device_id"])
         kit_id = ref.kit_id if ref else None
     if kit_id is None and str(params.get("alert_id", "")).isdigit():
-        alert = store.get_alert(int(params["alert_id"]), history=False)
+        alert = store.alerts.get(int(params["alert_id"]), history=False)
         kit_id = alert["kit_id"] if alert else None
     return kit_id, params.get("venue_id")
 

@@ -45,7 +45,7 @@ def kit_visible(user: User, kit_id: str) -> None:
 def device_visible(user: User, store, device_id: str) -> None:
     if user.role == "ops":
         return  # the route answers 404 for a device that does not exist
-    ref = store.device_ref(device_id)
+    ref = store.registry.device_ref(device_id)
     if ref is None or not sees_kit(user, ref.kit_id):
         raise not_found(f"no device {device_id!r}")
 
@@ -53,7 +53,7 @@ def device_visible(user: User, store, device_id: str) -> None:
 def alert_visible(user: User, store, alert_id: str) -> None:
     if user.role == "ops" or not alert_id.isdigit():
         return  # a malformed id is the route's 422
-    alert = store.get_alert(int(alert_id), history=False)
+    alert = store.alerts.get(int(alert_id), history=False)
     if alert is None or not sees_kit(user, alert["kit_id"]):
         raise not_found(f"no alert {alert_id}")
 
@@ -68,7 +68,7 @@ def scanners_of(store, kits: set[str] | None) -> set[str] | None:
     """The scanners of ``kits`` (None: every scanner)."""
     if kits is None:
         return None
-    return {r.id for r in store.device_refs().values() if r.role == "scanner" and r.kit_id in kits}
+    return {r.id for r in store.registry.device_refs().values() if r.role == "scanner" and r.kit_id in kits}
 
 
 def event_kits(store, event_id: str) -> set[str]:
@@ -78,7 +78,7 @@ def event_kits(store, event_id: str) -> set[str]:
     with store.engine.connect() as conn:
         kits = {r[0] for r in conn.execute(select(d.kit_id).distinct().select_from(
             db.checkins.join(db.devices, d.id == c.device_id)).where(c.event_id == event_id))}
-    for kit_id, _device, cfg in store.desired_configs():
+    for kit_id, _device, cfg in store.config.all_desired():
         revoked = (cfg.data or {}).get("revoked")
         if isinstance(revoked, dict) and event_id in revoked:
             kits.add(kit_id)

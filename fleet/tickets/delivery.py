@@ -23,7 +23,9 @@ from typing import Any, Callable
 from sqlalchemy import select
 
 from fleet import db
-from fleet.store import PayloadTooLarge, Store, now_ms
+from fleet.commands import PayloadTooLarge
+from fleet.db import now_ms
+from fleet.store import Store
 from fleet.tickets.model import FLEET, KeySpec, Revocation, UnknownEvent, scanner_data
 from fleet.tickets.store import TicketStore
 from kits.contract import Config, RevocationData, encode
@@ -52,7 +54,7 @@ class TicketDelivery:
         c = db.checkins.c
         with self.store.engine.connect() as conn:
             events = {e for (e,) in conn.execute(select(c.event_id).distinct()) if e}
-        for _kit, _device, cfg in self.store.desired_configs():
+        for _kit, _device, cfg in self.store.config.all_desired():
             revoked = (cfg.data or {}).get("revoked")
             if isinstance(revoked, dict):
                 events |= set(revoked)
@@ -88,10 +90,10 @@ class TicketDelivery:
         revoked = self.tickets.revoked_ids()
         for event_id, ids in adding.items():
             revoked[event_id] = revoked.get(event_id, []) + [t for t in ids if t not in revoked.get(event_id, [])]
-        for ref in self.store.device_refs().values():
+        for ref in self.store.registry.device_refs().values():
             if ref.role != "scanner" or (kits is not None and ref.kit_id not in kits):
                 continue
-            current = self.store.desired_config(ref.id) or {}
+            current = self.store.config.desired(ref.id) or {}
             data = scanner_data(current.get("data"), ref.kit_id, keys, revoked, now // 1000)
             size = len(encode(Config(version=2**31, ts=now, data=data)))
             if size > SCANNER_MAX_CONFIG:
@@ -110,14 +112,14 @@ class TicketDelivery:
     def _push(self, kits, now: int, force: bool) -> list[tuple[str, Config]]:
         from fleet.commands import NoScanners
 
-        scanners = {r.id: r.kit_id for r in self.store.device_refs().values()
+        scanners = {r.id: r.kit_id for r in self.store.registry.device_refs().values()
                     if r.role == "scanner" and (kits is None or r.kit_id in kits)}
         if not scanners:
             raise NoScanners("no scanner is registered" + (" in those kits" if kits is not None else "")
                              + ": nothing to push keys or revocations to")
         keys, revoked = self.tickets.keys(), self.tickets.revoked_ids()
         if not force:
-            desired = {d: self.store.desired_config(d) for d in scanners}
+            desired = {d: self.store.config.desired(d) for d in scanners}
             scanners = {d: k for d, k in scanners.items()
                         if (desired[d] or {}).get("data") != scanner_data((desired[d] or {}).get("data"), k, keys,
                                                                           revoked, now // 1000)}
@@ -141,7 +143,7 @@ class TicketDelivery:
             except ValueError as exc:  # validated at decode already; a bad one is skipped, never fatal
                 log.warning("revocation event from %s ignored: %s", m.device_id, exc)
                 continue
-            ref = self.store.device_ref(m.device_id)
+            ref = self.store.registry.device_ref(m.device_id)
             if ref is None or ref.role != "agent":
                 # Only a kit's agent revokes: a door (or anything else) saying so is not heeded.
                 log.warning("revocation event from %s ignored: only a kit's agent revokes", m.device_id)
@@ -181,6 +183,6 @@ class TicketDelivery:
 
     def attach(self) -> "TicketDelivery":
         """Hook into the store's ingest: record kit revocations in each batch, push after it commits."""
-        self.store.event_hooks.append(self.record_kit_events)
-        self.store.on_change.append(self.push_pending)
+        self.store.ledger.event_hooks.append(self.record_kit_events)
+        self.store.changes.listeners.append(self.push_pending)
         return self

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from fleet.store import Store, now_ms
+from fleet.db import now_ms
+from fleet.store import Store
 from fleet.venues.compiler import CompileError, compile_timeline, opening_spans, preview, schedule_windows
 from fleet.venues.store import VenueDocs, VenueStore
 from kits.contract import Config, encode
@@ -94,7 +95,7 @@ class VenueLighting:
             publisher = self.publisher()
             out = []
             for device_id, (timeline, h, size) in compiled.items():
-                desired = self.store.desired_config(device_id)
+                desired = self.store.config.desired(device_id)
                 if desired is None:
                     log.warning("venue %s: controller %s is not a registered device; not pushed", venue_id, device_id)
                     continue
@@ -116,7 +117,7 @@ class VenueLighting:
             if docs is None:
                 continue
             for device_id in docs.controllers():
-                desired = self.store.desired_config(device_id)
+                desired = self.store.config.desired(device_id)
                 if desired is None:
                     continue
                 end = _horizon_end_ms(desired)
@@ -145,8 +146,8 @@ class VenueLighting:
             return []
         out = []
         for device_id in docs.controllers():
-            dev = self.store.get_device(device_id)
-            desired = self.store.desired_config(device_id)
+            dev = self.store.devices.get_device(device_id)
+            desired = self.store.config.desired(device_id)
             latest = (dev or {}).get("latest", {})
             out.append(dict(
                 device_id=device_id, kit_id=(dev or {}).get("kit_id"), registered=dev is not None,

@@ -209,7 +209,7 @@ def test_every_checkin_reaches_the_fleet_once_with_its_scan_time(broker, fleet, 
         expect_boot, (expect_seq, expect_ts) = (boot1, first_run[ticket]) if ticket in first_run else (boot2, second_run[ticket])
         assert (boot, seq, ts) == (expect_boot, expect_seq, expect_ts), ticket
     assert [p.name for p in flash.iterdir() if p.suffix == ".log"] == [], "the outbox ends empty"
-    assert fleet.store.dead_letters(10) == []
+    assert fleet.store.ledger.dead_letters(10) == []
     assert assert_fits_contract(seen) >= 30  # what a subscriber saw before the outages; the fleet validated all
     dev2.kill()
 

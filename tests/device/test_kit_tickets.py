@@ -135,9 +135,9 @@ def test_a_ticket_revoked_at_the_kit_is_refused_at_once_and_the_fleet_keeps_the_
             "key": key.secret.hex(), "not_before": now - 3600, "expires": now + 86400}).status_code == 200
         r = fleet.api.post(f"/api/v1/events/{EVENT}/revocations", json={"tickets": ["R3"]})
         assert r.status_code == 200, r.text
-        wait_until(lambda: {"R1", "R3"} <= set((fleet.store.desired_config(SCANNER)["data"].get("revoked") or {})
+        wait_until(lambda: {"R1", "R3"} <= set((fleet.store.config.desired(SCANNER)["data"].get("revoked") or {})
                                                .get(EVENT, [])), 20, what="the kit's revocation in the fleet's config")
-        final = fleet.store.desired_config(SCANNER)
+        final = fleet.store.config.desired(SCANNER)
         dev.expect(rf"CONFIG {final['version']} ", timeout=10)
         assert door(sim, tickets["R3"]) == "red"  # revoked at the fleet
         assert door(sim, tickets["R1"]) == "red"  # revoked at the kit: still, whichever list came last

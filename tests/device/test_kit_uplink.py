@@ -122,7 +122,7 @@ def bridged_kit(tmp_path):
     except BaseException:
         net.close()
         raise
-    fleet.store.historical_after_ms = 3000  # the outage here lasts seconds, not the minute a venue's would
+    fleet.store.telemetry.historical_after_ms = fleet.store.activity.historical_after_ms = 3000  # the outage here lasts seconds, not the minute a venue's would
     agent = KitAgent(manifest, net.kit_url(manifest.agent), tmp_path / "agent")
     yield dict(fleet=fleet, agent=agent, fleet_broker=net.fleet_broker, kit_broker=net.kit_broker,
                fleet_side=net.fleet_side, kit_side=net.kit_side)

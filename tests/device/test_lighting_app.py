@@ -183,7 +183,7 @@ def test_scene_commands_fade_the_outputs_end_to_end_and_all_it_sends_fits_the_co
         assert live - names <= PEAK_TARGET, live
         n = fits_contract(seen)
         assert n >= 1 + 52 + 1
-        assert fleet.store.dead_letters(10) == []
+        assert fleet.store.ledger.dead_letters(10) == []
     finally:
         dev.kill()
         pub.publish(f"{TREE}/config", b"", qos=1, retain=True).wait_for_publish(5)

@@ -209,7 +209,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
     assert att["by_scanner"] == {SCANNER: {"admitted": 200, "refused": sum(on_event.values()) - 200}}
     assert att["double_entries"] == []
     assert fleet.api.get("/api/v1/events/OTHER-1/attendance").json()["by_verdict"] == {"wrong_event": 1}
-    assert fleet.store.dead_letters(10) == []
+    assert fleet.store.ledger.dead_letters(10) == []
 
     n = 0
     kinds = Counter()

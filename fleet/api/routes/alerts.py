@@ -1,4 +1,4 @@
-"""Alerts (fleet/alerts.py): list with filters and keyset pagination, one with its history,
+"""Alerts (fleet/alerts/rules.py): list with filters and keyset pagination, one with its history,
 acknowledge and resolve."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def list_alerts(
         kits = kits & {kit} if kit is not None else kits
     # A crew user's page: each of their kits' newest, merged (ids are global, so the merge is exact).
     items = sorted((a for k in (sorted(kits) if kits is not None else [kit])
-                    for a in store.list_alerts(state=state, kit_id=k, rule=rule, severity=severity, subject=subject,
+                    for a in store.alerts.list(state=state, kit_id=k, rule=rule, severity=severity, subject=subject,
                                                before_id=cursor, limit=limit + 1)),
                    key=lambda a: a["id"], reverse=True)[: limit + 1]
     more = len(items) > limit
@@ -113,20 +113,20 @@ def list_alerts(
 @router.get("/{alert_id}", response_model=AlertDetailOut, responses={404: {"description": "no such alert"}})
 def get_alert(alert_id: AlertId, store: StoreDep):
     """One alert with its history: opened, updated, acknowledged, resolved, notified, notify_failed."""
-    alert = store.get_alert(alert_id)
+    alert = store.alerts.get(alert_id)
     if alert is None:
         raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
     return alert
 
 
 def _act(store, alert_id: int, body: AlertAction, action: str, by: str):
-    fn = store.acknowledge_alert if action == "acknowledge" else store.resolve_alert
+    fn = store.alerts.acknowledge if action == "acknowledge" else store.alerts.resolve
     outcome = fn(alert_id, by, body.note)
     if outcome == "missing":
         raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
     if outcome == "resolved":
         raise HTTPException(status_code=409, detail=f"alert {alert_id} is resolved already: nothing to {action}")
-    return store.get_alert(alert_id)
+    return store.alerts.get(alert_id)
 
 
 @router.post("/{alert_id}/acknowledge", response_model=AlertDetailOut,

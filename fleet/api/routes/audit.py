@@ -20,4 +20,4 @@ def audit(store: StoreDep, user: UserDep, limit: Annotated[int, Query(ge=1, le=5
     change made through the API (``PUT /api/v1/venues/{venue_id}``, ...): who (the signed-in user), what,
     when, and the result, newest first. Page back with ``before`` = the last item's ``ts``.
     Crew users see their kits' entries, venue users their venues'; both see their own changes."""
-    return store.audit(limit, before, kits=visible_kits(user), venues=visible_venues(user), me=user.name)
+    return store.activity.audit(limit, before, kits=visible_kits(user), venues=visible_venues(user), me=user.name)

@@ -8,7 +8,7 @@ from fleet.api.deps import PublisherDep, StoreDep
 from fleet.api.schemas import BAD_BODY, NO_BROKER, CommandIn, CommandOut, refusals
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
 from fleet.commands import PublishFailed, UnknownDevice
-from fleet.store import PayloadTooLarge
+from fleet.commands import PayloadTooLarge
 
 router = APIRouter(prefix="/api/v1/devices", tags=["commands"], dependencies=guard("ops", "crew"),
                    responses=AUTH_RESPONSES)
@@ -32,6 +32,6 @@ def post_command(device_id: str, body: CommandIn, publisher: PublisherDep, user:
 @router.get("/{device_id}/commands", response_model=list[CommandOut], responses=refusals({404: "no such device"}))
 def list_commands(device_id: str, store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50):
     """A device's commands, newest first, with the status its acks gave them."""
-    if store.device_ref(device_id) is None:
+    if store.registry.device_ref(device_id) is None:
         raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
-    return store.commands(device_id, limit)
+    return store.commands.for_device(device_id, limit)

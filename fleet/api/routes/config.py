@@ -6,7 +6,7 @@ from fleet.api.deps import PublisherDep, StoreDep
 from fleet.api.schemas import BAD_BODY, NO_BROKER, ConfigIn, ConfigOut, DesiredConfigOut, refusals
 from fleet.auth.deps import AUTH_RESPONSES, guard
 from fleet.commands import PublishFailed, UnknownDevice
-from fleet.store import PayloadTooLarge
+from fleet.commands import PayloadTooLarge
 
 router = APIRouter(prefix="/api/v1/devices", tags=["config"], dependencies=guard("ops", "crew"),
                    responses=AUTH_RESPONSES)
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/v1/devices", tags=["config"], dependencies=guard
 @router.get("/{device_id}/config", response_model=DesiredConfigOut, responses=refusals({404: "no such device"}))
 def get_config(device_id: str, store: StoreDep):
     """The desired config, the version the device reports applied, and whether they match."""
-    cfg = store.desired_config(device_id)
+    cfg = store.config.desired(device_id)
     if cfg is None:
         raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
     return cfg

@@ -24,7 +24,7 @@ def list_dead_letters(
 ):
     """Rejected messages, newest first: id, reason, topic and the first bytes of the payload.
     Continue with ``before_id`` = the last id of a page."""
-    rows = store.dead_letters(limit, reason=reason, topic_prefix=topic_prefix, before_id=before_id)
+    rows = store.ledger.dead_letters(limit, reason=reason, topic_prefix=topic_prefix, before_id=before_id)
     for r in rows:
         r["payload_head"] = r["payload_head"].decode("utf-8", errors="replace")
     return rows

@@ -12,7 +12,7 @@ from fleet.api.routes.kits import health_config
 from fleet.api.schemas import DB_INT_MAX, DeviceDetailOut, TelemetryOut, refusals
 from fleet.auth.deps import AUTH_RESPONSES, guard
 from fleet.retention import MINUTE_MS, pick_bucket_ms
-from fleet.store import now_ms
+from fleet.db import now_ms
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], dependencies=guard("ops", "crew"),
                    responses=AUTH_RESPONSES)
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v1/devices", tags=["devices"], dependencies=guar
 def get_device(device_id: str, request: Request, store: StoreDep):
     """One device: state, latest readings, its sequence streams with any gaps, its health, and
     for a power bank the time-to-empty forecast."""
-    device = store.device_with_health(device_id, health_config(request))
+    device = store.health.device_with_health(device_id, health_config(request))
     if device is None:
         raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
     return device
@@ -67,24 +67,24 @@ def list_telemetry(
     ``last`` the bucket's last reading), and for a battery also ``v, i, p, soc`` (the averages, so a
     chart of readings draws them alike), ``v_min, v_avg, v_max, i_min, i_avg, i_max, p_avg, soc_min,
     soc_avg, soc_max``. Their ``next_since`` is the start of the next bucket."""
-    if store.device_ref(device_id) is None:
+    if store.registry.device_ref(device_id) is None:
         raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
     if resolution == "auto":
         now = now_ms()
         end = until if until is not None else now
         start = since if since is not None else max(0, end - DAY_MS)
         raw_from = now - int(_raw_days(request) * DAY_MS)
-        if start >= raw_from and store.count_raw_telemetry(device_id, start, end, kind, cap=points) <= points:
+        if start >= raw_from and store.telemetry.count_raw(device_id, start, end, kind, cap=points) <= points:
             resolution, since, until = "raw", start, end
         else:
-            items, nxt = store.telemetry_buckets(device_id, start, end, pick_bucket_ms(end - start, points),
+            items, nxt = store.telemetry.buckets(device_id, start, end, pick_bucket_ms(end - start, points),
                                                  limit, kind)
             return {"device_id": device_id, "items": items, "next_since": nxt, "resolution": "1m",
                     "bucket_ms": pick_bucket_ms(end - start, points)}
     if resolution == "1m":
-        items, nxt = store.telemetry_buckets(device_id, since, until, MINUTE_MS, limit, kind)
+        items, nxt = store.telemetry.buckets(device_id, since, until, MINUTE_MS, limit, kind)
         return {"device_id": device_id, "items": items, "next_since": nxt, "resolution": "1m", "bucket_ms": MINUTE_MS}
-    readings, _n, next_since = store.telemetry_page(device_id, since, until, limit, kind)
+    readings, _n, next_since = store.telemetry.page(device_id, since, until, limit, kind)
     # The stored readings are spliced in as sent (a day of a power bank is 720 of them): parsing
     # and re-encoding them cost more than the query (Store.telemetry_page).
     head = json.dumps({"device_id": device_id, "next_since": next_since, "resolution": "raw", "bucket_ms": None},

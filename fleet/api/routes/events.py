@@ -22,7 +22,7 @@ def get_attendance(event_id: Annotated[str, Path(pattern=f"^{EVENT_ID_RE}$")], s
     and the tickets revoked (who, where, when).
     Crew users: the scans of their kits' scanners only (404 when those saw none of the event)."""
     kits = visible_kits(user)
-    attendance = store.attendance(event_id, devices=scanners_of(store, kits))
+    attendance = store.activity.attendance(event_id, devices=scanners_of(store, kits))
     if attendance is None:
         raise HTTPException(status_code=404, detail=f"no check-ins for event {event_id!r}")
     # Who revoked which ticket, and where: at the fleet, or at a kit (crew users: the fleet's and their kits').

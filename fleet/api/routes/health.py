@@ -25,7 +25,7 @@ _METRICS_REFUSALS = {code: {**r, "content": _JSON_DETAIL} for code, r in AUTH_RE
 def get_health(store: StoreDep, ingest: IngestDep, user: Annotated[User | None, Depends(optional_user)]):
     """Liveness and readiness: the database answers and ingest is connected to the broker. Public
     (for load balancers and service managers); the device counts only for a signed-in ops user."""
-    online, total = store.online_counts()
+    online, total = store.devices.online_counts()
     broker = ingest is None or ingest.connected.is_set()
     body = {"status": "ok" if broker else "degraded", "broker_connected": broker}
     if user is not None and user.role == "ops":
@@ -38,11 +38,11 @@ def get_metrics(request: Request, store: StoreDep, ingest: IngestDep):
     """Prometheus text: messages ingested, rejected by reason, duplicates, devices online, alerts
     firing by rule and severity, webhook notifications failed, the kit views' recomputation, logins
     succeeded, failed and throttled. ops only."""
-    online, total = store.online_counts()
+    online, total = store.devices.online_counts()
     metrics = ingest.metrics if ingest else IngestMetrics()
     depth = ingest.queue_depth if ingest else 0
     text = render_prometheus(metrics, online, total, depth)
-    text += render_alert_metrics(store.alert_open_counts(), RULES, SEVERITIES)
+    text += render_alert_metrics(store.alerts.open_counts(), RULES, SEVERITIES)
     text += render_view_metrics(request.app.state.views.stats)
     text += render_login_metrics(request.app.state.auth.metrics)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -65,7 +65,7 @@ def get_kit(kit_id: str, request: Request):
 @router.get("/{kit_id}/checkins", response_model=list[CheckinOut], responses=refusals({404: "no such kit"}))
 def recent_checkins(kit_id: str, store: StoreDep, limit: int = Query(20, ge=1, le=500)):
     """The kit's latest door scans (all verdicts), newest scan first, with the time each was scanned."""
-    rows = store.recent_checkins(kit_id, limit)
+    rows = store.activity.recent_checkins(kit_id, limit)
     if rows is None:
         raise HTTPException(status_code=404, detail=f"no kit {kit_id!r}")
     return rows
@@ -106,6 +106,6 @@ async def put_kit(kit_id: str, request: Request, store: StoreDep):
         raise HTTPException(status_code=422, detail=str(exc)) from None
     if manifest.id != kit_id:
         raise HTTPException(status_code=409, detail=f"the manifest is kit {manifest.id!r}, not {kit_id!r} of the path")
-    await to_thread.run_sync(store.register_kit, manifest)  # the database write off the event loop
+    await to_thread.run_sync(store.registry.register_kit, manifest)  # the database write off the event loop
     body = await to_thread.run_sync(views(request).get, kit_id)
     return _json(body)

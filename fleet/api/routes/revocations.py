@@ -12,7 +12,7 @@ from fleet.api.schemas import (BAD_BODY, NO_BROKER, EventKeyIn, EventKeyOut, Rev
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard, require_role
 from fleet.auth.scope import event_kits, visible_kits
 from fleet.commands import NoScanners, PublishFailed
-from fleet.store import PayloadTooLarge
+from fleet.commands import PayloadTooLarge
 from fleet.tickets.delivery import TicketDelivery
 from fleet.tickets.model import ConfigConflict, ExpiredKey, KeySpec, UnknownEvent
 from kits.contract import EVENT_ID_RE

@@ -61,7 +61,7 @@ class ScopedChanges:
 
     def _mine(self) -> set[str]:
         if self.kits is not None and self.kits:
-            return {d for d, ref in self.state.store.device_refs().items() if ref.kit_id in self.kits}
+            return {d for d, ref in self.state.store.registry.device_refs().items() if ref.kit_id in self.kits}
         found: set[str] = set()
         for venue_id in self.venues or ():
             docs = self.state.venue_lighting.docs.load(venue_id)

@@ -22,7 +22,7 @@ from fleet.api.schemas import BAD_BODY, refusals
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard, require_role
 from fleet.auth.scope import visible_venues
 
-from fleet.store import now_ms
+from fleet.db import now_ms
 from fleet.venues.compiler import CompileError, preview
 from fleet.venues.delivery import LIGHT_ROLES, VenueLighting
 from fleet.venues.model import Override, Scene, Schedule, Venue, Zone, ZoneLevel
@@ -296,7 +296,7 @@ def put_zone(venue_id: str, zone_id: str, body: Zone, request: Request):
     # kit's lights are not theirs, and are refused as if they did not exist.
     own = None if request.state.user.role == "ops" else _controllers_of(request, venue_id)
     for i, out in enumerate(body.outputs):
-        ref = store.device_ref(out.controller)
+        ref = store.registry.device_ref(out.controller)
         if ref is None or ref.role not in LIGHT_ROLES or (own is not None and out.controller not in own):
             raise _invalid(("body", "outputs", i, "controller"), f"outputs[{i}].controller: {out.controller!r} "
                            "is not a registered lighting controller or light", out.controller)

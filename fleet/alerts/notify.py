@@ -133,12 +133,12 @@ class Notifier:
     def run_once(self, now_ms: int | None = None) -> int:
         """Send every notification due now; returns how many were attempted."""
         now = now_ms if now_ms is not None else self.clock()
-        due = self.store.alerts_to_notify(now, int(self.cfg.grace_s * 1000), int(self.cfg.repeat_s * 1000))
+        due = self.store.alerts.due_notifications(now, int(self.cfg.grace_s * 1000), int(self.cfg.repeat_s * 1000))
         tried = 0
         for alert in due:
             if self._stop.is_set():
                 break
-            if not self.store.claim_alert_notification(alert, now):
+            if not self.store.alerts.claim_notification(alert, now):
                 continue  # another worker has it
             if alert["state"] == "resolved":
                 event = "resolved"
@@ -147,7 +147,7 @@ class Notifier:
             tried += 1
             ok, detail = self.deliver(payload(alert, event, now))
             try:
-                self.store.record_alert_notification(alert["id"], ok, f"{event}: {detail}", self.clock())
+                self.store.alerts.record_notification(alert["id"], ok, f"{event}: {detail}", self.clock())
             except Exception:  # noqa: BLE001
                 log.exception("could not record the notification of alert %s", alert["id"])
         return tried

@@ -165,7 +165,7 @@ def device_offline(dev: dict, cfg: AlertConfig, now_ms: int, host_down: bool = F
 
 
 def forecast_short(battery: dict, kit_id: str, cfg: AlertConfig, now_ms: int) -> Firing | None:
-    """``battery``: one entry of a kit's ``batteries`` (Store.kits_with_health: reading + forecast)."""
+    """``battery``: one entry of a kit's ``batteries`` (HealthViews.kits_with_health: reading + forecast)."""
     if battery.get("lasts_until_end") is not False:
         return None
     short_min = -battery["margin_min"]
@@ -252,8 +252,9 @@ def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = 
     """Every (subject, rule) firing now, from the store's current facts (read-only). ``kits``: the
     fleet's views already computed (KitViews.snapshot); None: computed here."""
     if kits is None:
-        kits = store.kits_with_health(cfg.health, now=now_ms)
-    errors = store.scanner_error_counts(now_ms - int(cfg.scanner_window_s * 1000), SCANNER_ERROR_VERDICTS)
+        kits = store.health.kits_with_health(cfg.health, now=now_ms)
+    errors = store.alerts.scanner_error_counts(now_ms - int(cfg.scanner_window_s * 1000), SCANNER_ERROR_VERDICTS)
+    infos = store.registry.kit_infos()  # each kit's event window: one read for the whole pass
     out: list[Firing] = []
     unknown: set[tuple[str, str]] = set()
     for kit in kits:
@@ -270,7 +271,7 @@ def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = 
             f = scanner_errors(dev, errors.get(dev["id"], 0), cfg, now_ms)
             if f:
                 out.append(f)
-        info = store.kit_info(kit["id"])
+        info = infos.get(kit["id"])
         if info is None or info.ends_ms is None:
             # No event window known here: neither rule can be judged; leave their alerts alone.
             unknown.update((d["id"], "forecast_short") for d in devs)
@@ -294,7 +295,7 @@ def evaluate(store: Any, now_ms: int | None = None, cfg: AlertConfig | None = No
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     cfg = cfg or AlertConfig()
     a = assess(store, cfg, now_ms, kits)
-    result = store.sync_alerts(a.firing, a.unknown, now_ms)
+    result = store.alerts.sync(a.firing, a.unknown, now_ms)
     result.firing = len(a.firing)
     return result
 

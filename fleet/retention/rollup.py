@@ -217,9 +217,9 @@ def run_once(store: Any, cfg: RetentionConfig | None = None, now_ms: int | None 
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     t0 = time.monotonic()
     res = RetentionResult()
-    res.minutes, res.watermark = store.rollup_telemetry(now_ms, chunk=cfg.chunk)
-    res.raw_deleted = store.delete_rolled_up_telemetry(now_ms - cfg.raw_ms, chunk=cfg.chunk)
-    res.rollups_deleted = store.delete_old_rollups(now_ms - cfg.rollup_ms, chunk=cfg.chunk)
+    res.minutes, res.watermark = store.retention.rollup(now_ms, chunk=cfg.chunk)
+    res.raw_deleted = store.retention.delete_rolled_up(now_ms - cfg.raw_ms, chunk=cfg.chunk)
+    res.rollups_deleted = store.retention.delete_old_rollups(now_ms - cfg.rollup_ms, chunk=cfg.chunk)
     res.took_ms = int((time.monotonic() - t0) * 1000)
     return res
 

@@ -31,11 +31,15 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fleet.metrics import IngestMetrics
 from fleet.settings import FleetSettings
-from fleet.store import Store, now_ms
+from fleet.db import now_ms
 from kits.contract import RECEIPT_MAX_RANGES, Receipt, ranges
+
+if TYPE_CHECKING:
+    from fleet.store import Store
 
 log = logging.getLogger("popkit.fleet.gaps")
 
@@ -94,14 +98,14 @@ class GapDetector:
             return 0
         moved = self._moved()
         keys = list(moved | {k for k, st in self._streams.items() if st.holes})
-        counts = self.store.gapped_streams(keys) if keys else {}
+        counts = self.store.ledger.gapped_streams(keys) if keys else {}
         spans = {}
         for key in keys:
             max_seq, received = counts.get(key, (0, 0))
             span = self._span_to_read(key, max_seq, max_seq - received, now, key in moved)
             if span is not None:
                 spans[key] = span
-        for key, missing in (self.store.missing_seqs(spans) if spans else {}).items():
+        for key, missing in (self.store.ledger.missing_seqs(spans) if spans else {}).items():
             max_seq, received = counts[key]
             self._update(key, missing, max_seq, max_seq - received, now)
         asked = 0 if backlogged else self._ask_due(now)
@@ -114,7 +118,7 @@ class GapDetector:
 
     def _lead(self) -> bool:
         ttl_ms = int(max(LEASE_TTL_S, 3 * self.settings.gap_check_s) * 1000)
-        leading = self.store.hold_lease(LEASE, self._holder, now_ms(), ttl_ms)
+        leading = self.store.leases.hold(LEASE, self._holder, now_ms(), ttl_ms)
         if leading != self._leading:
             log.info("gap detection %s on this worker", "starts" if leading else "moved to another worker")
             # Asks and read positions are the leader's; a new leader starts from the database again.
@@ -125,8 +129,8 @@ class GapDetector:
 
     def _moved(self) -> set[tuple[str, str]]:
         if not self._after:
-            self._after = self._from = [max(0, top - LOOKBACK_ROWS) for top in self.store.ledger_tops()]
-        moved, tel_top, ev_top = self.store.streams_written(self._from[0], self._from[1], ROWS_PER_TICK)
+            self._after = self._from = [max(0, top - LOOKBACK_ROWS) for top in self.store.ledger.tops()]
+        moved, tel_top, ev_top = self.store.ledger.streams_written(self._from[0], self._from[1], ROWS_PER_TICK)
         self._from = self._after
         self._after = [max(self._after[0], tel_top), max(self._after[1], ev_top)]
         return moved

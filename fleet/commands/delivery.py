@@ -1,7 +1,7 @@
 """Pushing to devices: commands (channel ``cmd``) and desired config (channel ``config``).
 
 The database is the record, the broker only carries: a command is stored as ``pending``
-before it is published (so its ``ack`` always finds it, see Store._record_acks), and a
+before it is published (so its ``ack`` always finds it, see CommandStore.settle_acks), and a
 desired config is committed, with its new version, before it is published retained.
 
 Which MQTT client: the ingest worker's own. It is already connected (and reconnects) with
@@ -17,10 +17,14 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fleet.store import PayloadTooLarge, Store, now_ms
+from fleet.commands.store import PayloadTooLarge
+from fleet.db import now_ms
 from kits.contract import MAX_DEVICE_PAYLOAD, Command, Config, encode, topic
+
+if TYPE_CHECKING:
+    from fleet.store import Store
 
 log = logging.getLogger("popkit.fleet.commands")
 
@@ -62,7 +66,7 @@ class Publisher:
     def send_command(self, device_id: str, action: str, args: dict[str, Any] | None = None,
                      ttl_s: int = DEFAULT_TTL_S, requested_by: str | None = None) -> dict:
         """Store the command as pending, then publish it (QoS 1, never retained). Returns its view."""
-        ref = self.store.device_ref(device_id)
+        ref = self.store.registry.device_ref(device_id)
         if ref is None:
             raise UnknownDevice(device_id)
         ts = now_ms()
@@ -70,17 +74,17 @@ class Publisher:
         payload = encode(cmd)
         if len(payload) > MAX_DEVICE_PAYLOAD:
             raise PayloadTooLarge(f"cmd would be {len(payload)} bytes; the contract allows {MAX_DEVICE_PAYLOAD}")
-        self.store.add_command(device_id, cmd, requested_by)
+        self.store.commands.add(device_id, cmd, requested_by)
         self._publish(topic(ref.kit_id, device_id, "cmd"), payload, retain=False)
-        return self.store.get_command(cmd.id)
+        return self.store.commands.get(cmd.id)
 
     def resend_pending(self, device_ids: list[str]) -> int:
         """Publish again each command these devices have not answered (they came online). A device
         runs an id once (device/lib/link.py keeps the recent ids), so a copy that also arrives from
         the broker's queue is answered, not run twice. Returns how many were sent."""
         n = 0
-        for device_id, cmd in self.store.pending_commands(device_ids, now_ms() - RESEND_WINDOW_MS):
-            ref = self.store.device_ref(device_id)
+        for device_id, cmd in self.store.commands.pending(device_ids, now_ms() - RESEND_WINDOW_MS):
+            ref = self.store.registry.device_ref(device_id)
             if ref is not None:
                 self._publish(topic(ref.kit_id, device_id, "cmd"), encode(cmd), retain=False)
                 n += 1
@@ -92,7 +96,7 @@ class Publisher:
 
     def put_config(self, device_id: str, data: dict[str, Any]) -> Config:
         """Replace a device's desired config; published retained under the next version."""
-        ref = self.store.device_ref(device_id)
+        ref = self.store.registry.device_ref(device_id)
         if ref is None:
             raise UnknownDevice(device_id)
         return self._update({device_id: ref.kit_id}, lambda _old: data)[0][1]
@@ -113,14 +117,14 @@ class Publisher:
         Harmless otherwise, as a device applies a version only once."""
         n = 0
         with self._config_lock:
-            for kit_id, device_id, cfg in self.store.desired_configs():
+            for kit_id, device_id, cfg in self.store.config.all_desired():
                 self._publish(topic(kit_id, device_id, "config"), encode(cfg), retain=True)
                 n += 1
         return n
 
     def _update(self, kits_by_device: dict[str, str], change) -> list[tuple[str, Config]]:
         with self._config_lock:
-            configs = self.store.update_configs(list(kits_by_device), change)
+            configs = self.store.config.update(list(kits_by_device), change)
             for device_id, cfg in configs:
                 self._publish(topic(kits_by_device[device_id], device_id, "config"), encode(cfg), retain=True)
         return configs
