@@ -1,6 +1,6 @@
 """Each power bank's time-to-empty fit, kept between the fleet's passes over every kit.
 
-The fleet-wide views (fleet/kitviews.py) recompute every kit every few seconds. Fitting a pack's
+The fleet-wide views (fleet/views/cache.py) recompute every kit every few seconds. Fitting a pack's
 forecast reads and decodes its readings of the last ``forecast_window_s`` (180 at one every 5 s)
 and fits a line through them: about 1 ms a pack, a second a pass at 1,000 kits, where the rest
 of a kit's view costs a third of that. A 15-minute fit barely moves in half a minute, so a pass

@@ -122,7 +122,7 @@ def render_alert_metrics(open_counts: dict[tuple[str, str], int], rules, severit
     return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------ kit views (fleet/kitviews.py)
+# ------------------------------------------------------------ kit views (fleet/views/cache.py)
 
 
 def render_view_metrics(stats) -> str:

@@ -55,7 +55,7 @@ class FleetSettings(BaseSettings):
     config_grace_s: float = Field(default=60.0, ge=0, description="time a device has to apply a new desired config")
     clock_drift_s: float = Field(default=120.0, gt=0, description="a device whose clock is further than this off "
                                  "the fleet's is degraded and alerts (clock_drift), judged from its messages as they arrive")
-    # The overview's and kit pages' views (fleet/kitviews.py): recomputed on every change this process
+    # The overview's and kit pages' views (fleet/views/cache.py): recomputed on every change this process
     # sees, and all of them this often (health also moves with the clock alone).
     view_refresh_s: float = Field(default=10.0, gt=0, le=3600, description="how often every kit's view is "
                                   "recomputed (changes seen by this process recompute a kit at once)")

@@ -22,7 +22,7 @@ from fleet.commands import Publisher
 from fleet.events_bus import EventBus
 from fleet.health import HealthConfig
 from fleet.ingest import Ingest
-from fleet.kitviews import KitViews
+from fleet.views.cache import KitViews
 from fleet.settings import FleetSettings
 from fleet.store import Store
 from fleet.tickets.delivery import TicketDelivery

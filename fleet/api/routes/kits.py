@@ -12,7 +12,7 @@ from fleet.api.schemas import CheckinOut, HealthStatus, KitOut, KitPageOut, refu
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard, require_role
 from fleet.auth.scope import visible_kits
 from fleet.health import HealthConfig
-from fleet.kitviews import KitViews
+from fleet.views.cache import KitViews
 from kits.manifest import ManifestError, parse_manifest
 
 router = APIRouter(prefix="/api/v1/kits", tags=["kits"], dependencies=guard("ops", "crew"), responses=AUTH_RESPONSES)
@@ -28,7 +28,7 @@ def views(request: Request) -> KitViews:
 
 
 def _json(body: bytes) -> Response:
-    # The views are encoded once, when computed (fleet/kitviews.py); tests check them against the models.
+    # The views are encoded once, when computed (fleet/views/cache.py); tests check them against the models.
     return Response(content=body, media_type="application/json")
 
 
