@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def view_metrics(port: int) -> dict:
-    """What keeping the kit views fresh cost the server: its own /metrics (fleet/kitviews.py)."""
+    """What keeping the kit views fresh cost the server: its own /metrics (fleet/views/cache.py)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         _status, body = request(conn, "/metrics")

@@ -484,7 +484,7 @@ def test_in_the_service_the_evaluator_judges_the_kit_views_instead_of_computing_
     once for the dashboard and the alerts, and a change reaches the alerts through the views."""
     from fleet.alerts import Evaluator
     from fleet.health import HealthConfig
-    from fleet.kitviews import KitViews
+    from fleet.views.cache import KitViews
     from fleet.metrics import AlertMetrics
 
     store = fleet.store

@@ -1,4 +1,4 @@
-"""The overview and kit pages served from kept views (fleet/kitviews.py): pages, filters and search
+"""The overview and kit pages served from kept views (fleet/views/cache.py): pages, filters and search
 by the fleet, every view in the shape the OpenAPI promises, and never stale after a change."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fleet.auth.testing import ops_client
 from fleet.api.app import create_app
 from fleet.api.schemas import KitOut, KitPageOut
 from fleet.health import HealthConfig
-from fleet.kitviews import KitViews
+from fleet.views.cache import KitViews
 from fleet.ledger import Batch, LedgerMessage
 from fleet.store import Store
 from kits.contract import BatteryTelemetry, DeviceTelemetry, State, encode
