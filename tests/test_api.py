@@ -82,7 +82,7 @@ def test_a_reading_the_kit_held_through_an_outage_is_marked_historical(api, tmp_
 
 def history_pages_in_time_order(store: Store) -> None:
     """Readings stored out of time order (ids against ts) come back in time order, page by page,
-    the database joining each page (Store.telemetry_page): every reading once, none skipped."""
+    the database joining each page (TelemetryViews.page): every reading once, none skipped."""
     import json
     import random
 

@@ -1,6 +1,6 @@
 """Alert notifications by webhook: a JSON POST per alert, from a thread of its own.
 
-When (Store.alerts_to_notify):
+When (AlertStore.due_notifications):
 
 * an alert still ``open`` (not acknowledged) ``grace_s`` after it opened: ``event: "opened"``;
   one that resolves within the grace period is never notified (a blip);

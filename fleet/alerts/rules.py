@@ -4,7 +4,7 @@
 Each rule is a small function of what the store knows now (latest readings, health, battery
 forecast, readiness, the kit's event window, recent check-ins) and yields ``Firing`` values: a
 subject (device or kit id), the rule, a severity, a message and its details. ``evaluate`` then, in
-one transaction (``Store.sync_alerts``):
+one transaction (``AlertStore.sync``):
 
 * opens an alert for each (subject, rule) firing without one;
 * updates the one already open or acknowledged (last seen, message, severity; ``count`` goes up

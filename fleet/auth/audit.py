@@ -5,7 +5,7 @@ or venue it touched, the HTTP status and when.
 AuditMiddleware records it as the response starts, before the client hears back: once a client
 knows its change went through, the record is there. The user is the one fleet/auth/deps.py
 current_user put on request.state. Commands and alert actions keep their own richer records (the
-command's outcome from the device's ack, the alert's history): Store.audit shows those for them.
+command's outcome from the device's ack, the alert's history): ActivityViews.audit shows those for them.
 """
 
 from __future__ import annotations

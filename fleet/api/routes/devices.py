@@ -86,7 +86,7 @@ def list_telemetry(
         return {"device_id": device_id, "items": items, "next_since": nxt, "resolution": "1m", "bucket_ms": MINUTE_MS}
     readings, _n, next_since = store.telemetry.page(device_id, since, until, limit, kind)
     # The stored readings are spliced in as sent (a day of a power bank is 720 of them): parsing
-    # and re-encoding them cost more than the query (Store.telemetry_page).
+    # and re-encoding them cost more than the query (TelemetryViews.page).
     head = json.dumps({"device_id": device_id, "next_since": next_since, "resolution": "raw", "bucket_ms": None},
                       separators=(",", ":"))
     body = head[:-1] + ',"items":[' + readings + "]}"
