@@ -27,6 +27,7 @@ from agent.energy import EnergyMeter
 from agent.errors import DriverError
 from agent.hub import DoorHub
 from agent.tickets import KIND as TICKETS_KIND, KitTickets, UnknownEvent
+from agent.updates.server import start_update_server
 from agent.kitclock import start_kit_clock
 from agent.kitup import AGENT_FW, power_up
 from agent.kitview import LogView
@@ -386,10 +387,13 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
+        updates = await start_update_server(settings, data)  # None unless POPKIT_UPDATE_LISTEN names an address
         try:
             await agent.run()
         finally:
             restart = agent.restart
+            if updates is not None:
+                await updates.close()
             await hw.close()
 
     try:

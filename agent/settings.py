@@ -43,6 +43,16 @@ class AgentSettings(BaseSettings):
                             "(popkit kit provision writes it): `popkit tickets revoke --kit` takes them before any "
                             "ticket of theirs was scanned")
 
+    # Field updates (agent/updates/, docs/updates.md): the kit-network server is off unless a kit
+    # address to listen on is set.
+    update_listen: str = Field(default="", description="kit address the ESP32s download updates from "
+                               "(e.g. 192.168.4.1); empty: no update server")
+    update_port: int = Field(default=8468, ge=0, le=65535, description="the update server's TCP port (0: any free one)")
+    update_keys: Path = Field(default=Path("/etc/popkit/update-keys.json"),
+                              description="device id -> update key (0600), written by popkit kit provision")
+    release_pubkey: Path | None = Field(default=None, description="the release public key file: bundles are "
+                                        "checked against it before the kit keeps them")
+
     @field_validator("mqtt_url")
     @classmethod
     def _a_broker_url(cls, url: str) -> str:
