@@ -37,7 +37,7 @@ _VERSION = re.compile(r"^(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 # A path an ESP32's littlefs and a Pi's ext4 both take, that cannot leave the slot it is written to.
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
 
 
 class BundleError(Exception):
@@ -60,7 +60,7 @@ def check_path(path: str) -> str:
     """A manifest file path, or ValueError: relative, '/'-separated, no '..', '.', empty or hidden
     segment, so that joining it under a slot or a cache folder can never land outside it."""
     segments = path.split("/")
-    if not path or len(path) > 200 or any(not _SEGMENT.match(s) or s in (".", "..") for s in segments):
+    if not path or len(path) > 255 or any(not _SEGMENT.match(s) or s in (".", "..") for s in segments):
         raise ValueError(f"file path {path!r} is not a plain relative path (segments of letters, digits, "
                          f"'_.+-', no '..', not starting with '.' or '/')")
     return path

@@ -599,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--dry-run", action="store_true", help="print the mpremote commands (or the files) only")
     fl.set_defaults(func=_device)
 
+    from popkit.release import add_parser as add_release  # popkit release keygen|build|verify (issue 18)
+    add_release(sub)
+
     tickets = sub.add_parser("tickets", help="signed event tickets").add_subparsers(dest="tickets_command", required=True)
     iss = tickets.add_parser("issue", help="issue a batch of tickets into a CSV (ticket_id, tier, payload)")
     iss.add_argument("--event", required=True, type=str.upper, help="event id, e.g. FEST25")
