@@ -107,6 +107,9 @@ class FleetSettings(BaseSettings):
     secret_key: SecretStr | None = Field(default=None, description="signs the API's tokens: 32+ random characters")
     secret_key_file: str | None = Field(default=None, description="a file holding secret_key (e.g. a mounted secret)")
     demo: bool = Field(default=False, description="local demo: a random signing key if none is given")
+    # Field updates (fleet/updates/): uploaded bundles are checked with the release public key and kept here.
+    release_pubkey: str | None = Field(default=None, description="file with the release public key (`popkit release keygen`); unset: uploads refused")
+    release_dir: str = Field(default="var/releases", description="where uploaded release bundles are kept")
     token_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86_400, description="how long a login lasts")
 
     @property

@@ -27,6 +27,7 @@ from fleet.ledger.model import HISTORICAL_AFTER_MS
 from fleet.ledger.store import LedgerStore
 from fleet.registry.store import RegistryStore
 from fleet.retention.store import RetentionStore
+from fleet.updates.store import UpdateStore
 from fleet.views.activity import ActivityViews
 from fleet.views.devices import DeviceViews
 from fleet.views.health import HealthViews
@@ -49,6 +50,7 @@ class Store:
         self.telemetry = TelemetryViews(engine, historical_after_ms)
         self.health = HealthViews(engine, self.devices, self.registry)
         self.activity = ActivityViews(engine, historical_after_ms)
+        self.updates = UpdateStore(engine)  # releases, rollouts, device updates, kit holds (fleet/updates/)
 
     @classmethod
     def open(cls, url: str, **kwargs) -> "Store":

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fleet.api.routes import (audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations,
                                stream, users, venues)
 from fleet.api.routes import alerts as alert_routes
+from fleet.api.routes import updates as update_routes
 from fleet.api.routes import auth as auth_routes
 from fleet.auth.audit import ApiAudit, AuditMiddleware
 from fleet.auth.deps import check_routes
@@ -26,6 +27,7 @@ from fleet.views.cache import KitViews
 from fleet.settings import FleetSettings
 from fleet.store import Store
 from fleet.tickets.delivery import TicketDelivery
+from fleet.updates.delivery import UpdateDelivery
 from fleet.venues.delivery import VenueLighting
 
 
@@ -74,11 +76,14 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     app.state.tickets = TicketDelivery(store, lambda: app.state.publisher)
     if ingest is not None:  # this process ingests: it merges what kits revoked as their events arrive
         app.state.tickets.attach()
+    app.state.updates = UpdateDelivery(store)  # releases and rollouts (fleet/updates/)
     app.state.auth = Auth(key, UserStore(store.engine), ttl_s=settings.token_ttl_s)
     app.add_middleware(AuditMiddleware, audit=ApiAudit(store.engine), store=store)
     app.include_router(alert_routes.router)  # fleet/alerts/rules.py: GET /api/v1/alerts, acknowledge, resolve
     for module in (kits, devices, commands, config, events, revocations, dead_letters, health, audit, stream, venues,
                    auth_routes, users, pages):
         app.include_router(module.router)
+    for router in update_routes.routers:
+        app.include_router(router)
     check_routes(app.routes, PUBLIC)
     return app

@@ -111,6 +111,8 @@ SCOPE_CHECKS: dict[str, Callable[[User, Request, str], None] | None] = {
     "event_id": None,
     # Users: the routes are for ops only.
     "name": None,
+    # Releases and rollouts (fleet/updates/): the routes are for ops only.
+    "release_id": None, "rollout_id": None,
 }
 
 

@@ -16,6 +16,7 @@ from alembic import context
 from alembic.script import ScriptDirectory
 
 from fleet import db
+from fleet.updates import tables as _update_tables  # noqa: F401 - its tables join db.metadata
 from fleet.migrations import locked
 
 log = logging.getLogger("popkit.fleet")

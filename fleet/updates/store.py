@@ -1,0 +1,237 @@
+"""Releases, rollouts, device updates and kit holds in the database (fleet/updates/tables.py).
+
+Each change is one transaction. A device's move from pending to offered is a conditional update,
+so two fleet workers stepping the same rollout cannot offer one device twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sqlalchemy import Engine, and_, delete, func, select, update
+
+from fleet.db import now_ms, upsert_for
+from fleet.updates import tables as t
+from fleet.updates.model import (FAILED, FINAL, NOT_STARTED, DeviceUpdate, KitWindow, Plan, Release, Rollout,
+                                 Target, apply_report, assign_groups)
+
+ACTIVE = ("running", "paused")
+
+
+class UpdateConflict(Exception):
+    """The change contradicts what is stored (a release uploaded twice, a device in two rollouts...)."""
+
+
+def _release(r) -> Release:
+    return Release(r.role, r.version, r.fw, r.manifest, r.key_id, r.size, r.created_ms, r.retired_ms, r.created_by)
+
+
+def _rollout(r) -> Rollout:
+    target = r.target or {}
+    return Rollout(r.id, r.release_id, r.role, Target(tuple(target.get("kits") or ()), tuple(target.get("devices") or ())),
+                   tuple(r.groups), r.success_threshold, r.error_threshold, r.rate_per_min, r.state, r.pause_reason,
+                   r.failures_acknowledged, r.created_ms, r.created_by, r.updated_ms)
+
+
+def _update(r) -> DeviceUpdate:
+    return DeviceUpdate(r.device_id, r.kit_id, r.rollout_id, r.group_index, r.state, r.reason, r.offered_ms,
+                        r.updated_ms)
+
+
+class UpdateStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._insert = upsert_for(engine)
+
+    # ------------------------------------------------------------ releases
+
+    def add_release(self, release: Release, manifest_sha256: str) -> None:
+        """Raises UpdateConflict if a release of that role and version is there already (a version is
+        never re-used for other bytes: devices compare versions, not contents)."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(t.releases.c.id).where(t.releases.c.id == release.id)).first():
+                raise UpdateConflict(f"release {release.id} exists: give the new build a new version")
+            conn.execute(t.releases.insert().values(
+                id=release.id, role=release.role, version=release.version, fw=release.fw, manifest=release.manifest,
+                manifest_sha256=manifest_sha256, key_id=release.key_id, size=release.size,
+                created_ms=release.created_ms, created_by=release.by))
+
+    def releases(self) -> list[Release]:
+        r = t.releases.c
+        with self.engine.connect() as conn:
+            return [_release(x) for x in conn.execute(select(t.releases).order_by(r.created_ms.desc(), r.id))]
+
+    def release(self, release_id: str) -> Release | None:
+        with self.engine.connect() as conn:
+            x = conn.execute(select(t.releases).where(t.releases.c.id == release_id)).first()
+        return _release(x) if x else None
+
+    def manifest_sha256(self, release_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.releases.c.manifest_sha256).where(t.releases.c.id == release_id)).scalar()
+
+    def retire(self, release_id: str, by: str, now: int | None = None) -> Release:
+        """Raises KeyError (no such release) or UpdateConflict (a running or paused rollout uses it)."""
+        with self.engine.begin() as conn:
+            if not conn.execute(select(t.releases.c.id).where(t.releases.c.id == release_id)).first():
+                raise KeyError(release_id)
+            busy = conn.execute(select(t.rollouts.c.id).where(and_(
+                t.rollouts.c.release_id == release_id, t.rollouts.c.state.in_(ACTIVE)))).scalar()
+            if busy is not None:
+                raise UpdateConflict(f"release {release_id} is in rollout {busy}: abort it first")
+            conn.execute(update(t.releases).where(and_(t.releases.c.id == release_id, t.releases.c.retired_ms.is_(None)))
+                         .values(retired_ms=now or now_ms(), retired_by=by))
+        return self.release(release_id)
+
+    # ------------------------------------------------------------ rollouts
+
+    def create_rollout(self, release: Release, target: Target, groups: tuple[str, ...], success_threshold: float,
+                       error_threshold: float, rate_per_min: int, devices: list[tuple[str, str]], by: str,
+                       now: int | None = None) -> Rollout:
+        """A running rollout of ``release`` to ``devices`` ((device, kit), already narrowed to the target),
+        each put in its group. Raises UpdateConflict for a retired release, no device, or a device whose
+        update in another running or paused rollout is not over."""
+        now = now or now_ms()
+        if release.retired_ms is not None:
+            raise UpdateConflict(f"release {release.id} is retired")
+        members = assign_groups(groups, devices)
+        if not members:
+            raise UpdateConflict(f"no {release.role} device matches the target")
+        u, r = t.device_updates.c, t.rollouts.c
+        with self.engine.begin() as conn:
+            busy = conn.execute(select(u.device_id, u.rollout_id).select_from(
+                t.device_updates.join(t.rollouts, r.id == u.rollout_id)).where(and_(
+                    r.state.in_(ACTIVE), u.state.not_in(FINAL), u.device_id.in_([d for d, _k, _g in members])))
+            ).first()
+            if busy is not None:
+                raise UpdateConflict(f"device {busy.device_id} is in rollout {busy.rollout_id}, not over: "
+                                     f"abort that one first")
+            rollout_id = conn.execute(t.rollouts.insert().values(
+                release_id=release.id, role=release.role,
+                target=dict(kits=list(target.kits), devices=list(target.devices)), groups=list(groups),
+                success_threshold=success_threshold, error_threshold=error_threshold, rate_per_min=rate_per_min,
+                state="running", failures_acknowledged=0, created_ms=now, created_by=by, updated_ms=now,
+                updated_by=by).returning(r.id)).scalar_one()
+            conn.execute(t.device_updates.insert(), [
+                dict(rollout_id=rollout_id, device_id=d, kit_id=k, group_index=g, state="pending", updated_ms=now)
+                for d, k, g in members])
+        return self.rollout(rollout_id)
+
+    def rollouts(self, states: tuple[str, ...] | None = None) -> list[Rollout]:
+        r = t.rollouts.c
+        q = select(t.rollouts).order_by(r.id.desc())
+        if states:
+            q = q.where(r.state.in_(states))
+        with self.engine.connect() as conn:
+            return [_rollout(x) for x in conn.execute(q)]
+
+    def rollout(self, rollout_id: int) -> Rollout | None:
+        with self.engine.connect() as conn:
+            x = conn.execute(select(t.rollouts).where(t.rollouts.c.id == rollout_id)).first()
+        return _rollout(x) if x else None
+
+    def updates(self, rollout_id: int) -> list[DeviceUpdate]:
+        u = t.device_updates.c
+        with self.engine.connect() as conn:
+            return [_update(x) for x in conn.execute(select(t.device_updates).where(u.rollout_id == rollout_id)
+                                                      .order_by(u.group_index, u.device_id))]
+
+    def set_state(self, rollout_id: int, state: str, by: str, reason: str | None = None,
+                  only_from: tuple[str, ...] = ACTIVE, now: int | None = None) -> Rollout | None:
+        """Move a rollout to ``state`` if it is in one of ``only_from``; None if it was not (nothing changed).
+        Resuming acknowledges the failures seen so far: only a new one pauses it again."""
+        r, u = t.rollouts.c, t.device_updates.c
+        values = dict(state=state, pause_reason=reason, updated_ms=now or now_ms(), updated_by=by)
+        with self.engine.begin() as conn:
+            if state == "running":
+                values["failures_acknowledged"] = conn.execute(select(func.count()).where(and_(
+                    u.rollout_id == rollout_id, u.state.in_(FAILED)))).scalar_one()
+            done = conn.execute(update(t.rollouts).where(and_(r.id == rollout_id, r.state.in_(only_from)))
+                                .values(**values)).rowcount
+        return self.rollout(rollout_id) if done else None
+
+    def apply_plan(self, rollout: Rollout, plan: Plan, offers: dict[str, dict], now: int | None = None) -> list[str]:
+        """Record a step of the planner in one transaction: the offered devices (each with its offer),
+        why the others wait, a pause or the end. Returns the devices this call offered (another
+        worker may have offered one first)."""
+        now = now or now_ms()
+        u, r = t.device_updates.c, t.rollouts.c
+        offered = []
+        with self.engine.begin() as conn:
+            # Only a rollout still running is stepped: a pause or abort that just landed wins.
+            if not conn.execute(update(t.rollouts).where(and_(r.id == rollout.id, r.state == "running"))
+                                .values(updated_ms=r.updated_ms)).rowcount:
+                return []
+            for device in plan.offer:
+                if conn.execute(update(t.device_updates).where(and_(
+                        u.rollout_id == rollout.id, u.device_id == device, u.state.in_(NOT_STARTED))).values(
+                        state="offered", reason=None, offered_ms=now, updated_ms=now, offer=offers.get(device))).rowcount:
+                    offered.append(device)
+            for device, why in plan.waits.items():
+                conn.execute(update(t.device_updates).where(and_(
+                    u.rollout_id == rollout.id, u.device_id == device, u.state.in_(NOT_STARTED),
+                    func.coalesce(u.reason, "") != why[:300])).values(state="waiting", reason=why[:300], updated_ms=now))
+            if plan.pause or plan.done:
+                conn.execute(update(t.rollouts).where(and_(r.id == rollout.id, r.state == "running")).values(
+                    state="paused" if plan.pause else "done", pause_reason=plan.pause and plan.pause[:300],
+                    updated_ms=now, updated_by="auto"))
+        return offered
+
+    def device_reported(self, device: str, state: str, reason: str | None = None,
+                        now: int | None = None) -> DeviceUpdate | None:
+        """A device said where its update is (offered, downloading, trial, committed, rolled_back,
+        failed): applied to its update in the latest rollout that offered it. None when it changes
+        nothing (no such update, or a state behind the one recorded, or an update already over)."""
+        now = now or now_ms()
+        u = t.device_updates.c
+        with self.engine.begin() as conn:
+            row = conn.execute(select(t.device_updates).where(and_(
+                u.device_id == device, u.state.not_in(NOT_STARTED))).order_by(u.rollout_id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            new = apply_report(_update(row), state, reason and reason[:300], now)
+            if new is None:
+                return None
+            conn.execute(update(t.device_updates).where(and_(u.rollout_id == row.rollout_id, u.device_id == device,
+                                                             u.state == row.state))
+                         .values(state=new.state, reason=new.reason, updated_ms=now))
+        return new
+
+    def kit_updates(self, kit_id: str) -> list[tuple[DeviceUpdate, str]]:
+        """Each device of the kit in its latest rollout: (its update, the rollout's release)."""
+        u, r = t.device_updates.c, t.rollouts.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.device_updates, r.release_id).select_from(
+                t.device_updates.join(t.rollouts, r.id == u.rollout_id)).where(u.kit_id == kit_id)
+                .order_by(u.device_id, u.rollout_id.desc())).all()
+        latest: dict[str, tuple[DeviceUpdate, str]] = {}
+        for x in rows:
+            latest.setdefault(x.device_id, (_update(x), x.release_id))
+        return list(latest.values())
+
+    # ------------------------------------------------------------ holds
+
+    def hold(self, kit_id: str, by: str, reason: str | None = None, now: int | None = None) -> dict:
+        row = dict(kit_id=kit_id, by=by, reason=reason, since_ms=now or now_ms())
+        stmt = self._insert(t.kit_update_holds).values(**row)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["kit_id"],
+                                                    set_=dict(by=by, reason=reason, since_ms=row["since_ms"])))
+        return row
+
+    def lift_hold(self, kit_id: str) -> bool:
+        with self.engine.begin() as conn:
+            return bool(conn.execute(delete(t.kit_update_holds).where(t.kit_update_holds.c.kit_id == kit_id)).rowcount)
+
+    def holds(self) -> dict[str, dict]:
+        with self.engine.connect() as conn:
+            return {x.kit_id: dict(x._mapping) for x in conn.execute(select(t.kit_update_holds))}
+
+    def windows(self, kit_infos: dict) -> dict[str, KitWindow]:
+        """What the planner knows of each kit: its event window (``kit_infos``: the registry's KitInfo
+        by kit) and its hold."""
+        holds = self.holds()
+        out = {k: KitWindow(i.doors_open_ms, i.ends_ms) for k, i in kit_infos.items()}
+        for k, h in holds.items():
+            out[k] = replace(out.get(k, KitWindow()), held_by=h["by"], hold_reason=h["reason"])
+        return out
