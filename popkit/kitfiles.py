@@ -53,6 +53,7 @@ ETC = Path("/etc/popkit")
 AGENT_ENV = ETC / "agent.env"
 KIT_TOML = ETC / "kit.toml"
 AGENT_ACCOUNT = ETC / "mqtt-account.json"
+UPDATE_KEYS = ETC / "update-keys.json"  # each ESP32's update key, for the agent's tags (docs/updates.md)
 AGENT_DATA = Path("/var/lib/popkit")
 AGENT_UNIT = Path("/etc/systemd/system/popkit-agent.service")
 POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-popkit-poweroff.rules")
@@ -266,6 +267,9 @@ def write_pi_files(done: Provisioned, manifest: KitManifest, manifest_text: str,
     put(PiFile(AGENT_ENV, "root", "popkit", 0o640, AGENT_SERVICE), agent_env(port, tls, [e["event"] for e in creds.get("flash", {}).get("events", ())]))
     put(PiFile(KIT_TOML, "root", "popkit", 0o640, AGENT_SERVICE), manifest_text)
     put(PiFile(AGENT_ACCOUNT, "root", "popkit", 0o640, AGENT_SERVICE), agent_file.read_bytes())
+    # 0600 and the agent's own: anyone who reads a device's key can make that device take a manifest
+    put(PiFile(UPDATE_KEYS, "popkit", "popkit", 0o600),  # no restart: the agent re-reads it when it changes
+        json.dumps(creds.get("update_keys", {}), indent=2, sort_keys=True) + "\n")
     put(PiFile(AGENT_UNIT, "root", "root", 0o644, AGENT_SERVICE), _deploy_file("popkit-agent.service"))
     put(PiFile(POLKIT_RULE, "root", "root", 0o644), _deploy_file("50-popkit-poweroff.rules"))
 

@@ -3,8 +3,9 @@ file and ACL that pin each one to its own topic tree (docs/security.md).
 
 What ``provision`` writes, into a folder outside the repository (mode 0700, files 0600):
 
-    credentials.json          every account's password, kept so that provisioning again changes
-                              only what it is asked to (a new device, a rotation, a revocation)
+    credentials.json          every account's password and every ESP32's update key, kept so that
+                              provisioning again changes only what it is asked to (a new device, a
+                              rotation, a revocation)
     mosquitto/passwd          Mosquitto's password file: PBKDF2-SHA512 hashes ($7$), no password
     mosquitto/acl             Mosquitto's ACL file: each account's topics, read or write
     devices/<device>.json     what a device needs to reach the broker as itself (for flashing)
@@ -288,8 +289,9 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
         events = {e["event"]: e for e in flash.get("events", [])}
         events.update({k.event: {"event": k.event, "key": k.secret.hex()} for k in event_keys})
         flash["events"] = sorted(events.values(), key=lambda e: e["event"])
-    write_atomic(store, json.dumps({"accounts": accounts, "acl": acls, "flash": flash}, indent=2, sort_keys=True)
-                   + "\n")
+    update_keys = _update_keys(kept.get("update_keys", {}), manifest, accounts)
+    write_atomic(store, json.dumps({"accounts": accounts, "acl": acls, "flash": flash, "update_keys": update_keys},
+                                   indent=2, sort_keys=True) + "\n")
     write_atomic(folder / "mosquitto" / "passwd", _passwd(folder / "mosquitto" / "passwd", accounts))
     write_atomic(folder / "mosquitto" / "acl", "# written by popkit kit provision: every topic spelled out\n"
                    + "\n".join(acl))
@@ -324,6 +326,8 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
         config = {"kit": kit, "device": device, "broker": login(name)}
         if device != manifest.agent and "wifi" in flash:  # ESP32s: the board joins it (board.configure)
             config["wifi"] = flash["wifi"]
+        if device in update_keys:  # what it checks an update's tag with (docs/updates.md)
+            config["update_key"] = update_keys[device]
         if device in scanners and flash.get("events"):  # what the door checks tickets with
             config["gate"] = {"leeway": 60, "events": flash["events"]}
         spec = specs.get(device)
@@ -336,6 +340,21 @@ def provision(manifest: KitManifest, folder: Path, *, broker_host: str = "127.0.
     for name in revoked:  # a revoked device's secret does not stay on disk
         (folder / "devices" / f"{name.split('.', 1)[1]}.json").unlink(missing_ok=True)
     return Provisioned(folder, {n: a["password"] for n, a in accounts.items()}, created, rotated, revoked, files)
+
+
+def _update_keys(kept: dict, manifest: KitManifest, accounts: dict) -> dict[str, str]:
+    """Each ESP32's update key (32 random bytes, hex): the agent tags an update's manifest with it and
+    the device checks the tag (docs/updates.md). Kept across provisioning, rotation included (a
+    rotation is of the broker password: the Pi's side of it is the password file alone), since the
+    board holds it until it is flashed again; gone with the device's account when it is revoked, so
+    a device added back gets a new one."""
+    keys = {}
+    for spec in manifest.devices:
+        if spec.hosted or spec.role not in _FIRMWARE_ROLES or account(manifest.id, spec.id) not in accounts:
+            continue
+        old = kept.get(spec.id)
+        keys[spec.id] = old if isinstance(old, str) else secrets.token_hex(32)
+    return keys
 
 
 def register_kit(manifest_text: str, kit_id: str, fleet_url: str, token: str, timeout: float = 10.0) -> dict:
