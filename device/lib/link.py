@@ -65,6 +65,11 @@ _INFO = const(3)
 
 
 class Link:
+    # The A/B state to report ({"mode": "safe"|"trial", "state": "committed"|"rolled_back", "why": ...}),
+    # set by the app or safe mode. Not in `state` yet: kits/contract.py's State refuses unknown fields
+    # until the fleet side of issue 18 adds it (a class attribute: no heap until set).
+    update = None
+
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
                  hub=False, kit_subs=(), time_sync=None, reset_cause=None, dedup=True, outbox_buf=512, **mqtt):

@@ -1,0 +1,20 @@
+# The boot stage (device/boot/abboot.py): pick the slot, then run its app, or safe mode. Never updated.
+import abboot
+
+_d, _m = abboot.boot(ROLE_SAFE_BOOTS)
+del abboot
+import gc
+import sys
+
+del sys.modules["abboot"]
+sys.path.insert(0, _d)  # the slot's modules before anything else of that name
+gc.collect()
+if _m == "safe":
+    import safemode
+else:
+    try:
+        import app_main
+    except Exception as e:  # the app raised at import: reset (a trial then rolls back)
+        import abboot
+
+        abboot.failed(e)

@@ -1,0 +1,55 @@
+# Safe mode (device/boot/abboot.py decides it, after too many fast reboots in a row): the network,
+# MQTT and `state` saying so, and the one thing ops can ask for here: a rollback to the other slot
+# (an update comes in the same way, by switching to a staged slot: update.py). Nothing of the role
+# runs: no scanning, no lights; whatever looped is left alone. The smallest link there is: no
+# outbox traffic beyond its state, no clock or kit topics.
+import asyncio
+import json
+
+import abboot
+import board
+import link
+import tcp
+
+
+def _config():
+    for role in ("scanner", "lighting"):
+        try:
+            with open(board.config_path(role)) as f:
+                return role, json.load(f)
+        except OSError:
+            pass
+    raise OSError("no device config")
+
+
+def main():
+    role, cfg = _config()
+    board.configure(cfg)
+    n = abboot.boots()
+    print("SAFE", role, n)
+    connect, user, password = tcp.connector(cfg["broker"], board.connect_tcp)
+    lk = None
+
+    def on_cmd(cmd):
+        if cmd.get("action") == "rollback":
+            abboot.rollback("ops asked, in safe mode")
+            abboot.boots(0)
+            return lk.reboot(cmd, board.reset)
+        return ("rejected", "safe mode: only rollback or an update")
+
+    lk = link.Link(cfg["kit"], cfg["device"], role, connect, board.epoch_ms, board.flash_dir() + "/outbox",
+                   fw=cfg.get("fw"), on_cmd=on_cmd, user=user, password=password,
+                   dedup=False, outbox_buf=128, rx_buf=256)
+    lk.update = {"mode": "safe", "boots": n}
+    cfg = None
+    lk.start()
+
+    async def idle():
+        while True:
+            board.feed()
+            await asyncio.sleep_ms(1000)
+
+    asyncio.run(idle())
+
+
+main()

@@ -1,0 +1,183 @@
+# Staging a release into the spare A/B slot (docs/updates.md, "A/B slots and safe mode on the ESP32").
+#
+# The agent hands the device a release's manifest.json with a tag, HMAC-SHA256 under this device's
+# own update_key (its config, from provisioning): the agent checked the release key's Ed25519
+# signature, the device checks the tag (hmac256.py), before anything is written. Then each file
+# arrives in chunks, appended to the spare slot and hashed as it comes (sha256, one context: the
+# heap stays the same whatever the size); a chunk must start where the file ends (resume after a
+# cut: ask from its size; a repeat or a gap is refused). switch() re-reads and checks every file,
+# then points the boot stage (abboot.py) at the slot, on trial.
+# Imported only while an update is under way; the app drops it after (none of it stays resident).
+import json
+import os
+import sys
+from binascii import unhexlify
+from hashlib import sha256
+
+_BUF = 512  # the read buffer for hashing a file on flash
+
+
+class Refused(Exception):
+    """A release this device will not take; str() says why (reported to the fleet). The running
+    slot is never touched by a refusal."""
+
+
+def version(v):
+    """"scanner-0.3.1" or "0.3.1" -> (0, 3, 1)."""
+    return tuple(int(x) for x in v.split("-")[-1].split("."))
+
+
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return -1
+
+
+def _hash(path, h, buf):
+    """``h`` updated with the file's bytes, read ``buf`` at a time."""
+    with open(path, "rb") as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                return h
+            h.update(memoryview(buf)[:n])
+
+
+def _wipe(d):
+    try:
+        names = os.listdir(d)
+    except OSError:
+        os.mkdir(d)
+        return
+    for n in names:
+        p = d + "/" + n
+        try:
+            os.remove(p)
+        except OSError:  # a folder
+            _wipe(p)
+            os.rmdir(p)
+
+
+def _free():
+    try:
+        s = os.statvfs("/" if sys.platform == "esp32" else ".")
+        return s[0] * s[4]
+    except (OSError, AttributeError):
+        return 1 << 30
+
+
+class Stage:
+    def __init__(self, manifest_json, tag, cfg, running, rollback=False):
+        """Check the release (tag, role, ABI, version, room) and open the spare slot for it: a slot
+        already holding this very manifest is resumed, anything else there is cleared."""
+        import abboot  # the boot stage's, at the flash's root (not in a ROMFS or frozen run)
+        from hmac256 import compare_digest, hmac_sha256
+
+        self._ab = abboot
+
+        key = cfg.get("update_key")
+        if not key:
+            raise Refused("no update_key in the device config (popkit kit provision)")
+        if isinstance(tag, str):
+            tag = unhexlify(tag)
+        if not compare_digest(hmac_sha256(unhexlify(key), manifest_json), tag):
+            raise Refused("bad tag: the manifest is not what the kit's agent vouched for")
+        m = json.loads(manifest_json)
+        role = running.split("-")[0]
+        if m.get("role") != role:
+            raise Refused("wrong role: %s, this device is a %s" % (m.get("role"), role))
+        if m.get("mpy_abi") != sys.implementation._mpy:
+            raise Refused("mpy ABI %s, this firmware runs %d" % (m.get("mpy_abi"), sys.implementation._mpy))
+        if version(m["version"]) <= version(running) and not rollback:
+            raise Refused("version %s is not newer than the running %s" % (m["version"], running))
+        t = abboot.trial()
+        if t and t[0] == abboot.current():
+            raise Refused("a trial is under way: the spare slot holds the last good app")
+        self.slot = abboot.other(abboot.current())
+        self.files = {}
+        for e in m["files"]:
+            p = e["path"]
+            if ".." in p or p.startswith("/"):
+                raise Refused("bad path " + p)
+            self.files[p] = (e["size"], unhexlify(e["sha256"]))
+        self.fw = m.get("fw")
+        mine = self.slot + "/manifest.json"
+        resume = _size(mine) == len(manifest_json)
+        if resume:
+            with open(mine, "rb") as f:
+                resume = f.read() == manifest_json
+        have = 0
+        if resume:
+            for p in self.files:
+                have += max(_size(self.slot + "/" + p), 0)
+        if m["total_size"] - have + 4096 > _free():
+            raise Refused("too big: %d bytes, %d free on flash" % (m["total_size"] - have, _free()))
+        if not resume:
+            _wipe(self.slot)
+            with open(mine, "wb") as f:
+                f.write(manifest_json)
+        self._h = None  # (path, sha256 context) of the file being received
+        self._buf = bytearray(_BUF)
+
+    def have(self, path):
+        """Bytes of ``path`` already in the slot: where its download goes on from."""
+        return max(_size(self.slot + "/" + path), 0)
+
+    def write(self, path, offset, data):
+        """Append a chunk at ``offset`` of ``path``; True when that file is complete (and its hash
+        matched). Refused: an unknown file, a chunk not at the file's end, a file over its size or
+        with another hash (the bad file is removed, to be fetched again)."""
+        e = self.files.get(path)
+        if e is None:
+            raise Refused("not in the manifest: " + path)
+        full = self.slot + "/" + path
+        size = _size(full)
+        if size < 0:
+            size = 0
+            self._dirs(path)
+        if offset != size:
+            raise Refused("chunk of %s at %d, the file holds %d: %s chunk" % (
+                path, offset, size, "repeated" if offset < size else "missing a"))
+        if size + len(data) > e[0]:
+            os.remove(full)
+            raise Refused("%s longer than its %d bytes" % (path, e[0]))
+        h = self._h
+        if h is None or h[0] != path:
+            h = (path, _hash(full, sha256(), self._buf) if size else sha256())  # a resumed file
+            self._h = h
+        h[1].update(data)
+        with open(full, "ab") as f:
+            f.write(data)
+        if size + len(data) < e[0]:
+            return False
+        self._h = None
+        if h[1].digest() != e[1]:
+            os.remove(full)
+            raise Refused("hash mismatch: " + path)
+        return True
+
+    def _dirs(self, path):
+        d = self.slot
+        for part in path.split("/")[:-1]:
+            d += "/" + part
+            try:
+                os.mkdir(d)
+            except OSError:
+                pass
+
+    def verify(self):
+        """Every file there, at its size, with its hash, read back from flash."""
+        for p, e in self.files.items():
+            full = self.slot + "/" + p
+            if _size(full) != e[0]:
+                raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), e[0]))
+            if _hash(full, sha256(), self._buf).digest() != e[1]:
+                os.remove(full)
+                raise Refused("hash mismatch: " + p)
+
+    def switch(self):
+        """Verified, then the pointer moves (abboot.switch: atomic); the next boot is the trial."""
+        self.verify()
+        self._ab.switch(self.slot)
+        return self.slot

@@ -1,0 +1,74 @@
+# Test driver for device/lib/update.py, run in the flash tree's folder (cwd) as the firmware would run
+# the update: the release from a bundle folder, in chunks, into the spare slot, then the switch.
+#   micropython ab_stage.py BUNDLE RUNNING_FW [stop] [mode] [rollback]
+# stop: a step at which to hang (the test SIGKILLs it there: a power cut): opened, midchunk (half a
+# chunk appended to the file by hand, as a write cut short leaves it), files (every file written,
+# before verify), midswitch (trial marker and slot.tmp written, before the rename).
+# mode: normal | repeat (a chunk sent twice) | gap (a chunk skipped) | short (a file's last chunk never sent)
+import sys
+
+sys.path.insert(0, "")
+import abboot
+
+sys.path.insert(0, abboot.current())  # the running slot's update.py, as the app would import it
+import json
+import time
+
+import update
+
+CHUNK = 256
+bundle, running = sys.argv[1], sys.argv[2]
+stop = sys.argv[3] if len(sys.argv) > 3 else "-"
+mode = sys.argv[4] if len(sys.argv) > 4 else "normal"
+rollback = len(sys.argv) > 5 and sys.argv[5] == "rollback"
+
+
+def step(name):
+    print("STEP", name)
+    if name == stop:
+        while True:
+            time.sleep(1)
+
+
+with open("scanner.json") as f:
+    cfg = json.load(f)
+with open(bundle + "/manifest.json", "rb") as f:
+    mj = f.read()
+with open(bundle + "/tag") as f:
+    tag = f.read().strip()
+try:
+    st = update.Stage(mj, tag, cfg, running, rollback)
+    step("opened")
+    sent = 0
+    for path in st.files:
+        size = st.files[path][0]
+        off = st.have(path)
+        print("RESUME", path, off)
+        with open(bundle + "/files/" + path, "rb") as f:
+            f.seek(off)
+            while off < size:
+                data = f.read(CHUNK)
+                sent += 1
+                if mode == "short" and off + len(data) >= size:
+                    break
+                if mode == "gap" and sent == 2:
+                    off += len(data)
+                    continue
+                if stop == "midchunk" and sent == 3:
+                    with open(st.slot + "/" + path, "ab") as out:
+                        out.write(data[: len(data) // 2])
+                    step("midchunk")
+                st.write(path, off, data)
+                if mode == "repeat" and sent == 2:
+                    st.write(path, off, data)
+                off += len(data)
+    step("files")
+    if stop == "midswitch":
+        st.verify()
+        abboot._put("trial", st.slot + " 0")
+        with open("slot.tmp", "w") as f:
+            f.write(st.slot)
+        step("midswitch")
+    print("SWITCHED", st.switch())
+except update.Refused as e:
+    print("REFUSED", e)
