@@ -103,7 +103,7 @@ class World:
         return dict(kit_id=kit, device_id="demo-scanner-1" if mine else "other-scanner",
                     alert_id=str(self.alert[kit]), event_id="MINE-1" if mine else "THEIRS-1", venue_id=venue,
                     zone_id="z", scene_id="s", schedule_id="sch", override_id=self.override[venue],
-                    name="crew-a" if mine else "ops-olga")
+                    name="crew-a" if mine else "ops-olga", release_id="scanner-9.9.9", rollout_id="1")
 
 
 @pytest.fixture
@@ -159,6 +159,16 @@ ID_ROUTES = {
     ("DELETE", "/api/v1/venues/{venue_id}/schedules/{schedule_id}"): "venue",
     ("PUT", "/api/v1/venues/{venue_id}/zones/{zone_id}"): "venue",
     ("DELETE", "/api/v1/venues/{venue_id}/zones/{zone_id}"): "venue",
+    ("GET", "/api/v1/kits/{kit_id}/updates"): "crew",
+    ("POST", "/api/v1/kits/{kit_id}/updates/hold"): "crew",
+    ("DELETE", "/api/v1/kits/{kit_id}/updates/hold"): "crew",
+    # Releases and rollouts (fleet/updates/): ops only, as the users routes.
+    ("GET", "/api/v1/releases/{release_id}"): "user",
+    ("POST", "/api/v1/releases/{release_id}/retire"): "user",
+    ("GET", "/api/v1/rollouts/{rollout_id}"): "user",
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): "user",
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): "user",
+    ("POST", "/api/v1/rollouts/{rollout_id}/abort"): "user",
 }
 # A body that passes validation, so what answers is the scope check and not a 422.
 BODIES = {
