@@ -1,7 +1,7 @@
 # Deploy manifest for the lighting controller role (micropython-lib style: freeze with
 # `manifest_lighting.py` as FROZEN_MANIFEST, or cross-compile the listed modules with mpy-cross).
 # Bump the version by hand on every change to a module below; it is the `fw` the device reports.
-metadata(description="PopKit lighting controller (ESP32: RGBW PWM + DMX512)", version="0.4.0")
+metadata(description="PopKit lighting controller (ESP32: RGBW PWM + DMX512)", version="0.4.1")
 
 # shared libraries (device/lib)
 module("log.py", base_path="lib")
@@ -17,6 +17,8 @@ module("flashlog.py", base_path="lib")
 module("pkmqtt.py", base_path="lib")
 module("link.py", base_path="lib")
 module("tcp.py", base_path="lib")
+module("hmac256.py", base_path="lib")  # update.py checks a release's tag with it
+module("update.py", base_path="lib")  # staging a release in the spare A/B slot (imported only then)
 
 # board layer (the unix build uses boards/unix instead)
 module("board.py", base_path="boards/esp32")

@@ -9,10 +9,10 @@
 # Needs on the board's flash: scanner.json (kit, device, broker, gate: event keys) and wifi.json
 # (ssid, password) for boards/esp32/board.py (Wi-Fi, NTP-set RTC, flash folder).
 
-VERSION = "scanner-0.3.0"
+VERSION = "scanner-0.3.1"
 
 LIBS = ("atomic", "clock", "flashlog", "hmac256", "link", "log", "pkmqtt", "redemptions", "scanline", "tcp",
-        "ticket", "verdict")
+        "ticket", "update", "verdict")
 BOARD = ("board", "scanner_hw")  # from device/boards/<port>/
 APP = "apps/scanner/main.py"
 

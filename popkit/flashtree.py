@@ -1,11 +1,15 @@
 """``popkit device flash``: the tree a board boots, built once and written whole, to an ESP32 or a folder.
 
 One layout for the ESP32 and the unix port (the unix port boots it as ``cd DIR && micropython main.py``,
-the way an ESP32 boots ``/main.py``)::
+the way an ESP32 boots ``/main.py``), with two app slots (docs/updates.md, "A/B slots and safe mode")::
 
-    main.py          import app_main            what the board runs at power-up
-    app_main.mpy     the role's app             (its manifest's main.py, compiled for the port)
-    <module>.mpy     the role's libs and board layer, as its deploy manifest lists them
+    main.py          the boot stage (device/boot/main.py): picks the slot, then imports its app_main;
+                     never replaced by an update
+    abboot.mpy       the boot stage's logic (device/boot/abboot.py): slot, trial, fast-boot count
+    safemode.mpy     what runs after too many fast reboots (device/lib/safemode.py)
+    slot             "a": the pointer (an update writes the spare slot, then renames a new pointer in)
+    a/app_main.mpy   the role's app             (its manifest's main.py, compiled for the port)
+    a/<module>.mpy   the role's libs and board layer, as its deploy manifest lists them
     <role>.json      the device's whole config: kit, device, broker, wifi; a lighting controller's outputs
                      and fallback look
     data/            what the firmware writes at run time (outbox, redemptions, saved config)
@@ -34,11 +38,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from popkit.firmware import ROLES, FirmwareError, build, read_manifest, tool
+from popkit.firmware import DEVICE, ROLES, FirmwareError, build, read_manifest, tool
 
-BOOT = "import app_main\n"  # main.py: the compiled app is imported, so it runs as bytecode
+BOOT = DEVICE / "boot" / "main.py"  # the boot stage; it imports the slot's compiled app_main
+ROOT_MODULES = (DEVICE / "boot" / "abboot.py", DEVICE / "lib" / "safemode.py")  # beside main.py, never updated
 APP = "app_main"
 DATA = "data"
+SLOT = "a"  # the slot a flash fills; "b" is the spare the first update writes
+SAFE_BOOTS = 5  # fast reboots in a row before safe mode (the device file's "safe_boots")
+# What the boot stage leaves at the root, cleared by a flash (a fresh slot a is neither on trial nor looping)
+AB_STATE = ("slot", "trial", "boots", "abwhy")
 
 
 def load_device_file(role: str, config: Path, port: str, wifi: Path | None = None,
@@ -134,10 +143,16 @@ def stage(role: str, port: str, cfg: dict, into: Path) -> Path:
     """Write the whole tree for ``role`` on ``port`` into the new folder ``into``; returns it."""
     compiled = build(role, port)
     into.mkdir(mode=0o700)
+    (into / SLOT).mkdir()
     for src in read_manifest(role, port).sources:  # the manifest's list, not whatever the build folder holds
         name = APP if src.stem == "main" and src.parent.parent.name == "apps" else src.stem
-        shutil.copyfile(compiled / f"{src.stem}.mpy", into / f"{name}.mpy")
-    (into / "main.py").write_text(BOOT)
+        shutil.copyfile(compiled / f"{src.stem}.mpy", into / SLOT / f"{name}.mpy")
+    _compile_root(port, into)
+    (into / "slot").write_text(SLOT)
+    safe = cfg.get("safe_boots", SAFE_BOOTS)
+    if not isinstance(safe, int) or isinstance(safe, bool) or safe < 1:
+        raise FirmwareError(f"safe_boots: {safe!r}: needs a whole number of fast reboots, 1 or more")
+    (into / "main.py").write_text(BOOT.read_text().replace("ROLE_SAFE_BOOTS", str(safe)))
     fd = os.open(into / f"{role}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds passwords
     with os.fdopen(fd, "w") as f:
         json.dump(cfg, f, indent=2)
@@ -145,9 +160,19 @@ def stage(role: str, port: str, cfg: dict, into: Path) -> Path:
     return into
 
 
+def _compile_root(port: str, into: Path) -> None:
+    """The boot stage's modules, compiled for ``port``, at the tree's root."""
+    arch = ["-march=xtensawin"] if port == "esp32" else []
+    for src in ROOT_MODULES:
+        r = subprocess.run([tool("mpy-cross"), *arch, "-o", str(into / f"{src.stem}.mpy"), str(src)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise FirmwareError(f"{src.name} does not compile: {r.stderr.strip()}")
+
+
 def tree_files(tree: Path) -> list[str]:
     """The tree's files, as paths from its root ("main.py", "scanner.json", ...), main.py last."""
-    files = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
     return sorted(files, key=lambda f: f == "main.py")
 
 
@@ -226,7 +251,9 @@ def board_commands(tree: Path, device_port: str, remove: list[str] | tuple[str, 
     cmds = [base + (["fs", "rm", "-r", f":{n}"] if n == DATA else ["fs", "rm", f":{n}"]) for n in remove]
     cmds.append(base + ["exec", "import os\n"
                         "try:\n os.remove('main.py')\nexcept OSError:\n pass\n"
-                        f"try:\n os.mkdir('{DATA}')\nexcept OSError:\n pass\n"])
+                        f"for n in {AB_STATE!r}:\n try:\n  os.remove(n)\n except OSError:\n  pass\n"
+                        f"try:\n for n in os.listdir('{SLOT}'):\n  os.remove('{SLOT}/' + n)\nexcept OSError:\n pass\n"
+                        f"for d in ('{DATA}', '{SLOT}'):\n try:\n  os.mkdir(d)\n except OSError:\n  pass\n"])
     # mpremote stops the running app, but not a watchdog it started (machine.WDT cannot be stopped):
     # that would reset the board mid-copy. Reset it now, with no main.py, so nothing starts one.
     cmds.append(base + ["reset", "sleep", "2"])

@@ -144,8 +144,8 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
 
         # The scanner and the lighting controller are the firmware, in the unix-port micropython.
         devices = {d["id"]: d for d in kit["devices"]}
-        assert devices["demo-scanner-1"]["fw"] == "scanner-0.3.0"
-        assert devices["demo-lights-1"]["fw"] == "lighting-0.4.0"
+        assert devices["demo-scanner-1"]["fw"] == "scanner-0.3.1"
+        assert devices["demo-lights-1"]["fw"] == "lighting-0.4.1"
         kids = children_of(demo.proc.pid)
         firmware = [cmdline(p) for p in kids if "micropython" in cmdline(p)]
         assert len(firmware) == 2 and all("heapsize=" in c and "vfs.VfsRom" in c for c in firmware), firmware

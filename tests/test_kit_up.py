@@ -101,7 +101,7 @@ def test_a_healthy_kit_is_ready_in_seconds_and_says_so_to_the_fleet(manifest, br
     code, out, took = kit_up(manifest, broker, tmp_path)
     assert code == 0, out
     assert "Test kit: READY" in out
-    for words in ("online, firmware scanner-0.3.0", "online, firmware lighting-0.4.0", "test label printed",
+    for words in ("online, firmware scanner-0.3.1", "online, firmware lighting-0.4.1", "test label printed",
                   "flashed", "12."):
         assert words in out, (words, out)
     assert readiness(seen) == {"status": "ready", "problems": [], "took_ms": readiness(seen)["took_ms"]}
@@ -133,7 +133,7 @@ def test_a_missing_scanner_is_not_ready(manifest, broker, collect, tmp_path):
     seen = collect("popkit/v1/tk/+/event")
     code, out, _ = kit_up(manifest, broker, tmp_path, "vanish=tk-door")
     assert code == 2, out
-    assert "scanner tk-door is not online" in out and "online, firmware lighting-0.4.0" in out
+    assert "scanner tk-door is not online" in out and "online, firmware lighting-0.4.1" in out
     assert [p["device"] for p in readiness(seen)["problems"]] == ["tk-door"]
 
 

@@ -68,7 +68,7 @@ class Link:
     # The A/B state to report ({"mode": "safe"|"trial", "state": "committed"|"rolled_back", "why": ...}),
     # set by the app or safe mode. Not in `state` yet: kits/contract.py's State refuses unknown fields
     # until the fleet side of issue 18 adds it (a class attribute: no heap until set).
-    update = None
+    update = None  # type: dict | None
 
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,

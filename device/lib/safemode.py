@@ -22,23 +22,23 @@ def _config():
     raise OSError("no device config")
 
 
+def _on_cmd(lk, cmd):
+    if cmd.get("action") == "rollback":
+        abboot.rollback("ops asked, in safe mode")
+        abboot.boots(0)
+        return lk.reboot(cmd, board.reset)
+    return ("rejected", "safe mode: only a rollback or an update")
+
+
 def main():
     role, cfg = _config()
     board.configure(cfg)
     n = abboot.boots()
     print("SAFE", role, n)
     connect, user, password = tcp.connector(cfg["broker"], board.connect_tcp)
-    lk = None
-
-    def on_cmd(cmd):
-        if cmd.get("action") == "rollback":
-            abboot.rollback("ops asked, in safe mode")
-            abboot.boots(0)
-            return lk.reboot(cmd, board.reset)
-        return ("rejected", "safe mode: only rollback or an update")
-
+    lk = None  # type: link.Link | None  # (the command handler's, once made)
     lk = link.Link(cfg["kit"], cfg["device"], role, connect, board.epoch_ms, board.flash_dir() + "/outbox",
-                   fw=cfg.get("fw"), on_cmd=on_cmd, user=user, password=password,
+                   fw=cfg.get("fw"), on_cmd=lambda cmd: _on_cmd(lk, cmd), user=user, password=password,
                    dedup=False, outbox_buf=128, rx_buf=256)
     lk.update = {"mode": "safe", "boots": n}
     cfg = None

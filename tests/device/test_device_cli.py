@@ -82,9 +82,11 @@ def test_flash_dry_run_lists_mpremote_calls_that_write_the_tree_the_board_boots(
     assert cmds[0][3:] == ["fs", "ls", ":"], "what the board holds is looked at before anything is written"
     written, order = board_writes(cmds)
     config_path, flash_dir, _ = board_paths(ESP32_BOARD)
-    modules = {f"/{src.stem}.mpy" for src in firmware.read_manifest("scanner", "esp32").sources
+    modules = {f"/a/{src.stem}.mpy" for src in firmware.read_manifest("scanner", "esp32").sources
                if src.parent.parent.name != "apps"}
-    assert set(written) == {config_path("scanner"), "/main.py", "/app_main.mpy"} | modules
+    # the boot stage (main.py, abboot, safemode) and the pointer at the root, the app in slot a
+    assert set(written) == {config_path("scanner"), "/main.py", "/abboot.mpy", "/safemode.mpy", "/slot",
+                            "/a/app_main.mpy"} | modules
     assert order[-1] == "/main.py" and cmds[-1][3:] == ["reset"]
     r = popkit("device", "flash", "--role", "scanner", "--port", "/dev/ttyUSB0", "--config", str(tmp_path / "nope.json"))
     assert r.returncode == 2 and f"{tmp_path / 'nope.json'}: no such file" in r.stderr

@@ -50,11 +50,12 @@ def stub_dirs(into: Path) -> tuple[Path, Path]:
 
 
 def run_mypy(app: str, work: Path) -> subprocess.CompletedProcess:
-    """mypy over the shared libs, the ESP32 board layer and one app's main.py."""
+    """mypy over the shared libs, the ESP32 board layer, the A/B boot stage and one app's main.py
+    (the boot stage's main.py is a template: popkit/flashtree.py fills in its safe_boots)."""
     typeshed, stubs = stub_dirs(work)
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(CONFIG), "--custom-typeshed-dir", str(typeshed),
            "--cache-dir", str(work / "mypy-cache"), "--no-error-summary", "--show-error-codes",
-           "lib", "boards/esp32", f"apps/{app}/main.py"]
+           "lib", "boards/esp32", "boot/abboot.py", f"apps/{app}/main.py"]
     env = dict(os.environ, MYPYPATH=str(stubs))
     return subprocess.run(cmd, cwd=DEVICE, env=env, capture_output=True, text=True, timeout=120)
 

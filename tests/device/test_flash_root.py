@@ -105,10 +105,12 @@ def test_a_door_booted_from_its_flashed_tree_admits_a_ticket_and_the_fleet_has_i
     finally:
         dev.kill()
         sim.close()
-    # what it wrote is under data/ (board.flash_dir()), nothing beside the tree's own files
+    # what it wrote is under data/ (board.flash_dir()), nothing beside the tree's own files but the
+    # boot stage's fast-boot count (device/boot/abboot.py: "boots", once the door has been up 10 s)
     assert (root / "data" / "outbox").is_dir() and (root / "data" / "gate").is_dir()
-    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".mpy")) == ["data", "main.py",
-                                                                                    "scanner.json"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".mpy") and p.name != "boots") == [
+        "a", "data", "main.py", "scanner.json", "slot"]
+    assert not list((root / "a").glob("*.json")) and not (root / "trial").exists()
 
 
 def test_a_controller_booted_from_its_flashed_tree_drives_its_outputs_for_the_fleet(kit, tmp_path):

@@ -103,11 +103,15 @@ def test_an_esp32_flash_writes_every_file_where_the_board_and_the_app_read_it(ro
     assert config_path(role) in written, f"nothing written at {config_path(role)}: the board could not boot"
     assert json.loads(written[config_path(role)].read_text()) == json.loads(device_file.read_text())
     assert json.loads(written[config_path(role)].read_text())["wifi"] == WIFI
-    # main.py boots the compiled app; every module the deploy manifest lists is on the board's path (/)
-    assert (tree / "main.py").read_text() == "import app_main\n" and "/app_main.mpy" in written
+    # main.py is the boot stage (A/B: docs/updates.md), its module beside it; the pointer names slot a,
+    # which holds the compiled app and every module the deploy manifest lists (the boot stage puts the
+    # slot first on the board's path)
+    assert (tree / "main.py").read_text() == flashtree.BOOT.read_text().replace("ROLE_SAFE_BOOTS", "5")
+    assert "import app_main" in (tree / "main.py").read_text() and "/a/app_main.mpy" in written
+    assert {"/abboot.mpy", "/safemode.mpy", "/slot"} <= set(written) and (tree / "slot").read_text() == "a"
     for src in read_manifest(role, "esp32").sources:
         name = "app_main" if src.parent.parent.name == "apps" else src.stem
-        assert f"/{name}.mpy" in written, f"{src.name} is not flashed"
+        assert f"/a/{name}.mpy" in written, f"{src.name} is not flashed"
     assert set(written) == {"/" + f for f in flashtree.tree_files(tree)}, "exactly the staged tree"
     # main.py goes last, after it was removed first: a flash cut short boots nothing, not half an app
     assert order[-1] == "/main.py"
@@ -115,8 +119,10 @@ def test_an_esp32_flash_writes_every_file_where_the_board_and_the_app_read_it(ro
     assert cmds.index(first) == 0 and "os.remove('main.py')" in first[4]
     assert cmds[1][3:5] == ["reset", "sleep"], "reset with no main.py: a watchdog the old app started stops too"
     assert cmds[-1][3:] == ["reset"]
-    # the data folder the exec makes is the one the firmware writes to
-    assert flash_dir() == "/" + flashtree.DATA and f"os.mkdir('{flashtree.DATA}')" in first[4]
+    # the data folder the exec makes is the one the firmware writes to; it makes slot a too, empties
+    # it, and clears what the boot stage kept (a fresh flash is neither on trial nor in a boot loop)
+    assert flash_dir() == "/" + flashtree.DATA and f"for d in ('{flashtree.DATA}', 'a')" in first[4]
+    assert "os.remove('a/' + n)" in first[4] and "('slot', 'trial', 'boots', 'abwhy')" in first[4]
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -125,7 +131,7 @@ def test_the_unix_tree_is_the_esp32_tree_and_holds_what_the_unix_board_reads(rol
     esp = flashtree.stage(role, "esp32", flashtree.load_device_file(role, device_file, "esp32"), tmp_path / "esp")
     unix = flashtree.stage(role, "unix", flashtree.load_device_file(role, device_file, "unix"), tmp_path / "unix")
     assert flashtree.tree_files(esp) == flashtree.tree_files(unix)
-    assert (esp / "board.mpy").read_bytes() != (unix / "board.mpy").read_bytes(), "each with its own board layer"
+    assert (esp / "a" / "board.mpy").read_bytes() != (unix / "a" / "board.mpy").read_bytes(), "each with its own board layer"
     config_path, flash_dir, _ = board_paths(UNIX_BOARD)
     assert (unix / config_path(role)).is_file() and (unix / flash_dir()).is_dir()
 

@@ -221,7 +221,7 @@ def test_a_door_admits_refuses_and_the_fleet_counts_every_scan_once(broker, flee
             n += 1
     assert kinds[("event", "checkin")] >= 60 and kinds[("telemetry", "device")] >= 1, kinds
     states = [json.loads(p) for p in seen.on("/state")]
-    assert any(s.get("config_version") == version and s["fw"] == "scanner-0.3.0" for s in states)
+    assert any(s.get("config_version") == version and s["fw"] == "scanner-0.3.1" for s in states)
     assert fleet.api.get(f"/api/v1/devices/{SCANNER}/config").json()["in_sync"] is True
 
     image = dev2.image_bytes  # the flash stand-in, not heap a device has

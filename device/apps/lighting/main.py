@@ -32,7 +32,7 @@ import lighting_hw
 from lighting import Lighting
 
 TICK_MS = 10
-FW = "lighting-0.4.0"
+FW = "lighting-0.4.1"
 
 
 def load_config():
@@ -56,6 +56,8 @@ class App:
         self.cfg = cfg
         self.peak = 0
         self.every = cfg.get("telemetry_s", 30) * 1000
+        self.trial_s = cfg.get("trial_s", 60)  # the healthy window a new release's trial must hold
+        self.ticked = ticks_ms()  # the outputs' last refresh
         slots = cfg.get("dmx_slots", 24)
         self.state_dir = cfg.get("state_dir") or board.flash_dir()
         self.cause = board.reset_cause(self.state_dir)  # read first: the watchdog and reset() leave theirs there
@@ -123,6 +125,7 @@ class App:
         while True:
             board.feed()  # the watchdog (started by the first feed): a loop that stops passing here resets the board
             light.tick(now_s(), ticks_ms())
+            self.ticked = ticks_ms()
             a = gc.mem_alloc()
             if a > self.peak:
                 self.peak = a
@@ -142,9 +145,27 @@ class App:
                 fields["scene"] = self.light.scene
             lk.emit("telemetry", "device", fields)
 
+    def healthy(self):
+        """A trial's health: the broker reached, and the ticker refreshing the outputs."""
+        return self.link.mqtt.up.is_set() and ticks_diff(ticks_ms(), self.ticked) < 1000
+
+    async def settle(self):
+        # The A/B boot stage's (device/boot/abboot.py): this boot lasted, and a trial commits once
+        # healthy for trial_s. Imported for that window only; a ROMFS or frozen run has none.
+        try:
+            import abboot
+        except ImportError:
+            return
+        r = await abboot.settle(self.healthy, self.trial_s)
+        del sys.modules["abboot"]
+        if r:
+            print("UPDATE", r[0], r[1])
+            self.link.update = {"state": r[0], "why": r[1]}
+
     async def run(self):
         asyncio.create_task(self.ticker())  # the lights first
         self.start_link()
+        asyncio.create_task(self.settle())
         await self.telemetry()
 
 
