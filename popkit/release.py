@@ -157,9 +157,10 @@ def agent_files(version: str, wheels: Path | None, pip_args: tuple[str, ...]) ->
     requirements.txt pinning every one of them by version and SHA-256."""
     with tempfile.TemporaryDirectory(prefix="popkit-wheels-") as tmp:
         if wheels is None:
-            wheels = Path(tmp)
+            wheels = Path(tmp) / "wheels"
+            src = _clean_source(Path(tmp) / "src")
             r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
-                                *pip_args, f"{REPO}[agent]"], capture_output=True, text=True)
+                                *pip_args, f"{src}[agent]"], capture_output=True, text=True)
             if r.returncode != 0:
                 raise ReleaseError(f"pip wheel failed: {(r.stderr or r.stdout).strip()[-800:]}")
         files = {p.name: p.read_bytes() for p in sorted(Path(wheels).glob("*.whl"))}
@@ -174,6 +175,21 @@ def agent_files(version: str, wheels: Path | None, pip_args: tuple[str, ...]) ->
         raise ReleaseError("no popkit wheel among the agent's wheels")
     files["requirements.txt"] = "".join(sorted(pins)).encode()
     return files
+
+
+def _clean_source(into: Path) -> Path:
+    """The files git tracks, as they are in the work tree, copied to ``into``: setuptools builds in
+    its source folder, and the checkout's own build/ (whose build/lib keeps modules since deleted)
+    and untracked files must not end up in a release; nor may the build touch the checkout."""
+    r = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, timeout=60)
+    if r.returncode != 0:
+        raise ReleaseError(f"the agent's release is built from a git checkout of PopKit; {REPO} is not one")
+    for rel in filter(None, r.stdout.decode().split("\0")):
+        src = REPO / rel
+        if src.is_file():  # a tracked file deleted in the work tree is not in the release
+            (into / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, into / rel)
+    return into
 
 
 # ------------------------------------------------------------------ the commands
