@@ -217,6 +217,8 @@ def verify_files(folder: Path, manifest: ReleaseManifest) -> None:
     """Every file of the manifest present under ``folder/files`` with its size and SHA-256, and no
     other file there; BundleError naming the first that is not."""
     root = Path(folder) / FILES
+    if root.is_symlink():
+        raise BundleError(f"the bundle's {FILES}/ is a symbolic link")
     if not root.is_dir():
         raise BundleError(f"the bundle has no {FILES}/ folder")
     present = set()

@@ -108,6 +108,13 @@ def test_symlink_refused(bundle: Path, key: bytes):
     refused(bundle, public_key_of(key), "symbolic link")
 
 
+def test_files_folder_as_a_link_refused(bundle: Path, key: bytes, tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    (bundle / "files").rename(elsewhere)
+    (bundle / "files").symlink_to(elsewhere)
+    refused(bundle, public_key_of(key), "symbolic link")
+
+
 def test_missing_signature_or_manifest_refused(bundle: Path, key: bytes, tmp_path: Path):
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy, symlinks=True)
