@@ -10,6 +10,8 @@
 #   boots    fast boots in a row (the app clears it once it has been up for FAST_S); on the ESP32 also
 #            in RTC memory, which survives a reset but not a power cut
 #   abwhy    the last rollback's reason, for the app to report (removed once reported)
+#   fwtrial  a new MicroPython firmware image boots on trial (ESP32 only: boards/esp32/fwimage.py);
+#            the bootloader rolls it back unless commit() marks it valid
 # main.py calls boot() and drops this module before importing the app: none of it stays in the
 # app's heap. The app imports it again only for settle(), during its first seconds or its trial.
 import os
@@ -96,8 +98,17 @@ def switch(slot):
 
 
 def commit():
-    """The trial slot is now the last good one: one removal, atomic."""
+    """The trial slot is now the last good one: one removal, atomic. A new firmware image on trial
+    (device/boards/esp32/fwimage.py: "fwtrial") is marked valid for the bootloader too."""
     _rm("trial")
+    if _read("fwtrial") is not None:
+        try:
+            from esp32 import Partition
+
+            Partition.mark_app_valid_cancel_rollback()
+        except (ImportError, OSError):
+            pass
+        _rm("fwtrial")
 
 
 def rollback(why):
@@ -160,7 +171,7 @@ async def settle(healthy, trial_s=60, fast_s=FAST_S):
     if why:
         _rm("abwhy")
         return "rolled_back", why
-    if trial() is None:
+    if trial() is None and _read("fwtrial") is None:
         return None
     ok = 0
     while ok < trial_s:

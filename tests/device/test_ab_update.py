@@ -324,3 +324,16 @@ def test_the_flash_tree_boots_its_app_through_the_boot_stage(tmp_path):
     dev.expect(r"ABBOOT a normal 1$")
     dev.expect(r"READY", timeout=20)
     dev.kill()
+
+
+def test_the_esp32_firmware_image_path_compiles_for_the_esp32(tmp_path):
+    """device/boards/esp32/fwimage.py (esp32.Partition OTA) cannot run here: it compiles for the ESP32's
+    xtensawin, and tests/device/test_firmware_types.py type-checks it against the ESP32 stubs."""
+    for src in (DEVICE / "boards" / "esp32" / "fwimage.py", DEVICE / "boot" / "abboot.py"):
+        r = subprocess.run([mpy_cross(), "-march=xtensawin", "-o", str(tmp_path / f"{src.stem}.mpy"), str(src)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    text = (DEVICE / "boards" / "esp32" / "fwimage.py").read_text()
+    for call in ("get_next_update()", "set_boot()", "writeblocks("):
+        assert call in text
+    assert "mark_app_valid_cancel_rollback()" in (DEVICE / "boot" / "abboot.py").read_text()
