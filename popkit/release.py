@@ -1,9 +1,9 @@
 """``popkit release keygen|build|verify``: the release key, and signed bundles (kits/release.py's
 format) of a role's firmware or of the agent. docs/updates.md says where each key lives.
 
-- ESP32 roles: the files ``popkit device flash`` puts in a device tree (popkit/flashtree.py), less
-  what belongs to the device and not to the release: main.py (the boot stage, never updated by an
-  update), the device's ``<role>.json`` and ``data/``.
+- ESP32 roles: the files ``popkit device flash`` puts in a device tree's app slot
+  (popkit/flashtree.py): ``app_main.mpy`` and the role's modules; never the boot stage at the root
+  (main.py and what it imports, which no update replaces), the device's ``<role>.json`` or ``data/``.
 - The agent: the popkit wheel with its ``agent`` extra's dependency wheels, and a requirements.txt
   pinning each by version and hash, so the kit installs exactly these, offline
   (``pip install --no-index --find-links files/ --require-hashes -r files/requirements.txt``).
@@ -99,29 +99,21 @@ def build(role: str, version: str, key: Path, out: Path, port: str = "esp32", wh
 
 
 def esp32_files(role: str, version: str, port: str) -> tuple[dict[str, bytes], int]:
-    """(path -> content, mpy_abi) of a role's release: the flash tree less main.py, config and data/."""
+    """(path -> content, mpy_abi) of a role's release: the app slot of the tree a flash writes."""
     from popkit.firmware import read_manifest
-    from popkit.flashtree import DATA, stage, tree_files
+    from popkit.flashtree import SLOT, stage, tree_files
 
     reports = read_manifest(role, port).version
     if reports != f"{role}-{version}":
         # The device reports what its code says; a bundle named otherwise would never be seen to commit.
         raise ReleaseError(f"the {role} code reports {reports} (VERSION in device/manifest_{role}.py, FW in its "
                            f"app), not {role}-{version}: bump both, then build")
-    import popkit.flashtree as flashtree
-
     with tempfile.TemporaryDirectory(prefix="popkit-release-") as tmp:
         tree = stage(role, port, {}, Path(tmp) / "tree")
-        slot = getattr(flashtree, "SLOT", None)
-        if slot and (tree / slot).is_dir():
-            # A/B layout: the app slot a flash fills is exactly what an update replaces; the boot
-            # stage and its state at the root are never updated.
-            files = {rel[len(slot) + 1:]: (tree / rel).read_bytes() for rel in tree_files(tree)
-                     if rel.startswith(slot + "/")}
-        else:
-            device_own = {"main.py", f"{role}.json"}
-            files = {rel: (tree / rel).read_bytes() for rel in tree_files(tree)
-                     if rel not in device_own and rel.split("/")[0] != DATA}
+        # The app slot a flash fills is exactly what an update replaces; the boot stage and its
+        # state at the root, the device's config and data/ are never part of a release.
+        files = {rel[len(SLOT) + 1:]: (tree / rel).read_bytes() for rel in tree_files(tree)
+                 if rel.startswith(SLOT + "/")}
     return files, mpy_abi(port, files)
 
 
