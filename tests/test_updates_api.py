@@ -79,7 +79,11 @@ def test_a_signed_bundle_is_kept_and_listed_and_a_bad_one_is_refused_with_its_re
     assert (kept / "files" / "scanner.mpy").read_bytes() == b"M\x06 scanner" and len((kept / SIGNATURE).read_bytes()) == 64
     assert [r["id"] for r in world.ops.get("/api/v1/releases").json()] == ["scanner-0.4.0"]
     assert world.ops.get("/api/v1/releases/scanner-0.4.0").json() == rel
-    assert world.ops.post("/api/v1/releases", json=upload_body(bundle(world))).status_code == 409  # a version once
+    first = (kept / MANIFEST).read_bytes()
+    again = upload_body(bundle(world))  # the same version built again: other bytes (its created_ms)
+    assert again["manifest"].encode() != first
+    assert world.ops.post("/api/v1/releases", json=again).status_code == 409  # a version once
+    assert (kept / MANIFEST).read_bytes() == first  # and the kept bundle is still the one its row describes
 
     def refused(body: dict, why: str) -> None:
         r = world.ops.post("/api/v1/releases", json=body)

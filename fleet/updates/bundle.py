@@ -57,7 +57,7 @@ def accept(release_dir: Path, manifest_json: bytes, sig: bytes, files: dict[str,
         (tmp / MANIFEST).write_bytes(manifest_json)
         verify_files(tmp, manifest)
         final = release_dir / manifest.name
-        if final.exists():  # a bundle kept by an upload whose database write never happened
+        if final.exists():  # kept by an upload whose database row was never written (the caller checked)
             shutil.rmtree(final)
         os.rename(tmp, final)
     except BaseException:

@@ -28,7 +28,7 @@ from fleet.updates.model import NOT_STARTED, Release, Rollout, Target, kit_wait,
 from fleet.updates.schemas import (RELEASE_ID, HoldIn, HoldOut, KitUpdatesOut, LiftOut, PauseIn, ReleaseIn,
                                    ReleaseOut, RolloutIn, RolloutOut, RolloutSummaryOut)
 from fleet.updates.store import UpdateConflict
-from kits.release import BundleError
+from kits.release import BundleError, parse_manifest
 
 ops = APIRouter(prefix="/api/v1", tags=["updates"], dependencies=guard("ops"), responses=AUTH_RESPONSES)
 kits = APIRouter(prefix="/api/v1/kits/{kit_id}/updates", tags=["updates"], dependencies=guard("ops", "crew"),
@@ -100,17 +100,20 @@ def upload_release(body: ReleaseIn, request: Request, store: StoreDep, user: Use
     except bundle.NoReleaseKey as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
     files = {p: _b64(p, text) for p, text in body.files.items()}
-    release_dir = FilePath(settings.release_dir)
     try:
-        manifest, digest = bundle.accept(release_dir, body.manifest.encode(), bytes.fromhex(body.sig), files, key)
+        name = parse_manifest(body.manifest.encode()).name
+        # Before anything is written: the bundle kept for a release must stay the one it was made from.
+        if store.updates.release(name) is not None:
+            raise HTTPException(status_code=409, detail=f"release {name} exists: give the new build a new version")
+        manifest, digest = bundle.accept(FilePath(settings.release_dir), body.manifest.encode(),
+                                         bytes.fromhex(body.sig), files, key)
     except BundleError as exc:
         raise HTTPException(status_code=422, detail=f"bundle refused: {exc.reason}") from None
     release = Release(manifest.role, manifest.version, manifest.fw, manifest.model_dump(mode="json"),
                       manifest.key_id, manifest.total_size, now_ms(), by=user.name)
     try:
         store.updates.add_release(release, digest)
-    except UpdateConflict as exc:
-        # The one already there keeps its bundle: accept() only replaced it with the same signed bytes.
+    except UpdateConflict as exc:  # the same version uploaded twice at once: the first one's row stands
         raise HTTPException(status_code=409, detail=str(exc)) from None
     return _release_out(store, store.updates.release(release.id))
 
