@@ -9,6 +9,7 @@ Each concern owns its tables and its transactions, in the package of its feature
 * ``retention`` rollups and deletion of old telemetry (fleet/retention/)
 * ``leases``    which worker runs a singleton job (fleet/leases.py)
 * ``devices``, ``telemetry``, ``health``, ``activity``  the read models behind the API (fleet/views/)
+* ``updates``   releases, rollouts, each device's update and crews' holds (fleet/updates/)
 
 Feature packages with tables of their own (fleet/venues/, fleet/tickets/, fleet/auth/) build
 their stores over ``engine`` the same way. Writes tell ``changes`` after their commit.

@@ -167,10 +167,16 @@ class UpdateStore:
                         u.rollout_id == rollout.id, u.device_id == device, u.state.in_(NOT_STARTED))).values(
                         state="offered", reason=None, offered_ms=now, updated_ms=now, offer=offers.get(device))).rowcount:
                     offered.append(device)
+            # One statement per reason, not per device: a thousand devices waiting for the same group
+            # get their new count ("4/10 committed") together.
+            by_reason: dict[str, list[str]] = {}
             for device, why in plan.waits.items():
-                conn.execute(update(t.device_updates).where(and_(
-                    u.rollout_id == rollout.id, u.device_id == device, u.state.in_(NOT_STARTED),
-                    func.coalesce(u.reason, "") != why[:300])).values(state="waiting", reason=why[:300], updated_ms=now))
+                by_reason.setdefault(why[:300], []).append(device)
+            for why, devices in by_reason.items():
+                for i in range(0, len(devices), 500):
+                    conn.execute(update(t.device_updates).where(and_(
+                        u.rollout_id == rollout.id, u.device_id.in_(devices[i:i + 500]), u.state.in_(NOT_STARTED),
+                        func.coalesce(u.reason, "") != why)).values(state="waiting", reason=why, updated_ms=now))
             if plan.pause or plan.done:
                 conn.execute(update(t.rollouts).where(and_(r.id == rollout.id, r.state == "running")).values(
                     state="paused" if plan.pause else "done", pause_reason=plan.pause and plan.pause[:300],
