@@ -17,6 +17,7 @@
 import os
 
 FAST_S = 10  # a boot whose app ran less than this is a fast reboot
+GIVE_UP = 5  # a trial not healthy for trial_s in a row within GIVE_UP * trial_s resets (and rolls back)
 _RTC_TAG = b"PKAB"
 
 
@@ -146,6 +147,13 @@ def failed(exc):
     why = "app raised " + repr(exc)[:80]
     sys.print_exception(exc)
     print("ABBOOT failed", why)
+    _give_up(why)
+
+
+def _give_up(why):
+    """End a trial that failed: its reason in the marker, then a reset (the next boot rolls back)."""
+    import sys
+
     t = trial()
     if t and t[0] == current():
         _put("trial", "%s %d %s" % (t[0], max(t[1], 1), why))
@@ -174,8 +182,13 @@ async def settle(healthy, trial_s=60, fast_s=FAST_S):
     if trial() is None and _read("fwtrial") is None:
         return None
     ok = 0
+    waited = 0
     while ok < trial_s:
         ok = ok + 1 if healthy() else 0
+        waited += 1
+        if waited > GIVE_UP * trial_s:  # a release that cannot show it works is not kept waiting for
+            print("ABBOOT trial never healthy")
+            _give_up("never healthy in %d s" % waited)
         await asyncio.sleep_ms(1000)
     commit()
     return "committed", current()
