@@ -246,13 +246,17 @@ def to_remove(names: set[str], held: tuple[str, str | None] | None, replacing: b
 def board_commands(tree: Path, device_port: str, remove: list[str] | tuple[str, ...] = ()) -> list[list[str]]:
     """The mpremote calls that write ``tree`` to the board at ``device_port``: ``remove`` (names at the
     board's root, data/ with what it holds) first, then main.py removed (a flash cut short boots
-    nothing), every file to its path, main.py last, then a reset."""
+    nothing) with the boot stage's state, slot a's and the root's modules, every file to its path,
+    main.py last, then a reset."""
     base = ["mpremote", "connect", device_port]
     cmds = [base + (["fs", "rm", "-r", f":{n}"] if n == DATA else ["fs", "rm", f":{n}"]) for n in remove]
     cmds.append(base + ["exec", "import os\n"
                         "try:\n os.remove('main.py')\nexcept OSError:\n pass\n"
                         f"for n in {AB_STATE!r}:\n try:\n  os.remove(n)\n except OSError:\n  pass\n"
                         f"try:\n for n in os.listdir('{SLOT}'):\n  os.remove('{SLOT}/' + n)\nexcept OSError:\n pass\n"
+                        # modules at the root from a flash before the A/B layout would shadow none of
+                        # slot a's, but would stand in for a module a later release drops
+                        "for n in os.listdir():\n if n.endswith('.mpy'):\n  os.remove(n)\n"
                         f"for d in ('{DATA}', '{SLOT}'):\n try:\n  os.mkdir(d)\n except OSError:\n  pass\n"])
     # mpremote stops the running app, but not a watchdog it started (machine.WDT cannot be stopped):
     # that would reset the board mid-copy. Reset it now, with no main.py, so nothing starts one.

@@ -123,6 +123,7 @@ def test_an_esp32_flash_writes_every_file_where_the_board_and_the_app_read_it(ro
     # it, and clears what the boot stage kept (a fresh flash is neither on trial nor in a boot loop)
     assert flash_dir() == "/" + flashtree.DATA and f"for d in ('{flashtree.DATA}', 'a')" in first[4]
     assert "os.remove('a/' + n)" in first[4] and "('slot', 'trial', 'boots', 'abwhy')" in first[4]
+    assert "if n.endswith('.mpy')" in first[4], "a flat tree's modules from before the A/B layout go"
 
 
 @pytest.mark.parametrize("role", ROLES)
