@@ -239,3 +239,39 @@ def test_a_plain_folder_venv_is_adopted_and_can_be_rolled_back_to(tmp_path, on_v
     outcome = r.update(bundles["3.0.0"], key[1])
     assert outcome.status == "rolled_back" and outcome.previous == LEGACY
     assert r.current() == LEGACY and run_release(root) == (True, "1.0.0")
+
+
+def test_the_default_health_check_asks_the_agents_control_channel(tmp_path):
+    """control_health against the real control channel (agent/control.py) a restarted agent opens."""
+    import asyncio
+    import threading
+
+    from agent import control
+    from agent.updates.selfupdate import control_health
+
+    answers = {"verdict": None}
+
+    async def selftest(_req, reply):
+        reply({"step": {"device": "kit-agent", "label": "link"}})
+        reply({"verdict": answers["verdict"], "end": True})
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    check = control_health(tmp_path, "kit-1", "kit-agent")
+    assert check(1.5) == (False, f"no agent listens at {control.socket_path(tmp_path)} (No such file or directory)")
+
+    server = asyncio.run_coroutine_threadsafe(
+        control.ControlServer(control.socket_path(tmp_path), "kit-1", {"selftest": selftest}).start(), loop).result(5)
+    try:
+        ok = {"detail": "connected", "problems": []}
+        no_link = {"detail": "no broker", "problems": [{"device": "kit-agent", "severity": "warning", "what": "no link"}]}
+        answers["verdict"] = {"status": "ready", "took_ms": 5, "results": {"kit-agent": ok}}
+        assert check(5) == (True, "")
+        answers["verdict"] = {"status": "degraded", "took_ms": 5, "results": {"kit-agent": no_link}}
+        assert check(5) == (False, "no link to the broker")
+        answers["verdict"] = {"status": "not_ready", "took_ms": 5, "results": {"kit-agent": ok}}
+        assert check(5) == (False, "self-test: not ready")
+        assert control_health(tmp_path, "kit-2", "kit-agent")(1.5)[0] is False  # another kit's agent is no answer
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
