@@ -243,3 +243,30 @@ def test_a_device_is_in_one_rollout_at_a_time(world):
     assert r.status_code == 409 and "nope" in r.json()["detail"]
     assert world.ops.post("/api/v1/rollouts", json={"release": "scanner-9.0.0"}).status_code == 404
     assert world.ops.post("/api/v1/rollouts", json={"release": "scanner-0.5.0", "groups": ["0"]}).status_code == 422
+
+
+def test_a_device_already_on_the_release_counts_as_committed_and_a_newer_one_needs_a_downgrade(world):
+    from fleet.ledger import Batch
+    from kits.contract import State
+
+    upload(world, "0.4.0")
+    boot, now = "beef0001", now_ms()
+    states = [(d, State(boot=boot, seq=0, ts=now, online=True, role="scanner", fw=fw))
+              for d, fw in (("alpha-scanner-0", "scanner-0.4.0"), ("alpha-scanner-1", "scanner-0.5.0"),
+                            ("alpha-scanner-2", "scanner-0.3.9"))]
+    world.store.ledger.write_batch(Batch(states=states))
+    r = world.ops.post("/api/v1/rollouts", json={"release": "scanner-0.4.0", "kits": ["alpha"], "groups": ["100%"]})
+    got = {d["device_id"]: (d["state"], d["reason"]) for d in r.json()["device_updates"]}
+    assert got["alpha-scanner-0"] == ("committed", "already runs scanner-0.4.0")
+    assert "alpha-scanner-1" not in got  # runs 0.5.0: not rolled back unless ops ask
+    assert got["alpha-scanner-2"] == ("pending", None) and got["alpha-scanner-3"] == ("pending", None)
+    assert not r.json()["downgrade"]
+    assert world.ops.post(f"/api/v1/rollouts/{r.json()['id']}/abort").status_code == 200
+
+    r = world.ops.post("/api/v1/rollouts", json={"release": "scanner-0.4.0", "devices": ["alpha-scanner-1"]})
+    assert r.status_code == 409 and "a rollback needs downgrade" in r.json()["detail"]
+    r = world.ops.post("/api/v1/rollouts", json={"release": "scanner-0.4.0", "devices": ["alpha-scanner-1"],
+                                                 "downgrade": True})
+    assert r.status_code == 201 and r.json()["downgrade"]
+    [offer] = world.app.state.updates.step()
+    assert offer["device"] == "alpha-scanner-1" and offer["downgrade"] is True

@@ -9,8 +9,11 @@ is recorded with the device's update as a contract-shaped dict: what the kit's a
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
+from fleet import db
 from fleet.db import now_ms
-from fleet.updates.model import DEFAULT_LEAD_MS, Plan, Release, Rollout, Target, plan
+from fleet.updates.model import DEFAULT_LEAD_MS, Plan, Release, Rollout, Target, plan, running_version
 from fleet.updates.store import UpdateConflict
 
 
@@ -24,13 +27,30 @@ class UpdateDelivery:
         return sorted((r.id, r.kit_id) for r in self.store.registry.device_refs().values()
                       if r.role == role and target.matches(r.id, r.kit_id))
 
+    def running(self) -> dict[str, str | None]:
+        """device -> the fw it last reported running (its retained state)."""
+        with self.store.engine.connect() as conn:
+            return dict(conn.execute(select(db.devices.c.id, db.devices.c.fw)).all())
+
     def create(self, release: Release, target: Target, groups: tuple[str, ...], success_threshold: float,
-               error_threshold: float, rate_per_min: int, by: str) -> Rollout:
+               error_threshold: float, rate_per_min: int, by: str, downgrade: bool = False) -> Rollout:
+        """A rollout of ``release`` to the target's devices. A device that runs a newer version is left
+        out unless ops ask for a downgrade (a rollback); one that runs the release already counts as
+        committed. Raises UpdateConflict (the reason) when the rollout cannot be made."""
         missing = [d for d in target.devices if d not in {x for x, _k in self.targets(release.role, Target())}]
         if missing:
             raise UpdateConflict(f"device {missing[0]} is not a registered {release.role}")
+        fw, version = self.running(), release_version(release)
+        devices, newer = [], []
+        for d, k in self.targets(release.role, target):
+            v = running_version(fw.get(d), release.role)
+            (newer if v is not None and v > version and not downgrade else devices).append((d, k))
+        if newer and not devices:
+            raise UpdateConflict(f"every target device runs a version newer than {release.version} "
+                                 f"({newer[0][0]}: {fw[newer[0][0]]}): a rollback needs downgrade")
         return self.store.updates.create_rollout(release, target, groups, success_threshold, error_threshold,
-                                                 rate_per_min, self.targets(release.role, target), by)
+                                                 rate_per_min, devices, by, downgrade=downgrade,
+                                                 running={d for d, _k in devices if fw.get(d) == release.fw})
 
     def plan(self, rollout: Rollout, now: int | None = None) -> tuple[Plan, list]:
         """The planner's answer for ``rollout`` now, and its device updates (what the API shows)."""
@@ -63,4 +83,8 @@ def offer(rollout: Rollout, release: Release, manifest_sha256: str, kit: str, in
     return {"kind": "update_offer", "rollout": rollout.id, "release": release.id, "role": release.role,
             "version": release.version, "fw": release.fw, "size": release.size, "key_id": release.key_id,
             "manifest_sha256": manifest_sha256, "kit": kit, "agent": info.agent if info else None,
-            "device": device, "ts": now}
+            "device": device, "downgrade": rollout.downgrade, "ts": now}
+
+
+def release_version(release: Release) -> tuple[int, int, int]:
+    return running_version(release.fw, release.role) or (0, 0, 0)

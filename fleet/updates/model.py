@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Literal
 
+from kits.release import parse_version
+
 ROLES = ("scanner", "lighting", "agent")
 RolloutState = Literal["running", "paused", "aborted", "done"]
 DeviceState = Literal["pending", "waiting", "offered", "downloading", "trial", "committed", "rolled_back", "failed"]
@@ -85,6 +87,8 @@ class Rollout:
     created_ms: int = 0
     created_by: str | None = None
     updated_ms: int = 0
+    # Ops asked for an older version (a rollback): a device takes a version older than its own only then.
+    downgrade: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,16 @@ def group_sizes(specs: tuple[str, ...], total: int) -> list[int]:
         sizes.append(want - reached)
         reached = want
     return sizes
+
+
+def running_version(fw: str | None, role: str) -> tuple[int, int, int] | None:
+    """The version a device reports running (its ``fw``, "scanner-0.3.1"), or None if it says none we can read."""
+    if not fw or not fw.startswith(role + "-"):
+        return None
+    try:
+        return parse_version(fw[len(role) + 1:])
+    except ValueError:
+        return None
 
 
 def assign_groups(rollout_specs: tuple[str, ...], devices: list[tuple[str, str]]) -> list[tuple[str, str, int]]:

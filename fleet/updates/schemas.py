@@ -62,6 +62,8 @@ class RolloutIn(BaseModel):
     error_threshold: float = Field(default=0.2, gt=0, le=1, description="fraction of a group failed or "
                                    "rolled back that pauses the rollout")
     rate_per_min: int = Field(default=20, ge=1, le=100_000, description="devices offered per minute, at most")
+    downgrade: bool = Field(default=False, description="a rollback ops ask for: devices running a newer "
+                            "version take this one (else they are left out, and refuse it)")
 
     @field_validator("groups")
     @classmethod
@@ -107,6 +109,7 @@ class RolloutSummaryOut(BaseModel):
     success_threshold: float
     error_threshold: float
     rate_per_min: int
+    downgrade: bool
     state: Literal["running", "paused", "aborted", "done"]
     pause_reason: str | None
     created_ms: int

@@ -30,7 +30,7 @@ def _rollout(r) -> Rollout:
     target = r.target or {}
     return Rollout(r.id, r.release_id, r.role, Target(tuple(target.get("kits") or ()), tuple(target.get("devices") or ())),
                    tuple(r.groups), r.success_threshold, r.error_threshold, r.rate_per_min, r.state, r.pause_reason,
-                   r.failures_acknowledged, r.created_ms, r.created_by, r.updated_ms)
+                   r.failures_acknowledged, r.created_ms, r.created_by, r.updated_ms, r.downgrade)
 
 
 def _update(r) -> DeviceUpdate:
@@ -87,9 +87,10 @@ class UpdateStore:
 
     def create_rollout(self, release: Release, target: Target, groups: tuple[str, ...], success_threshold: float,
                        error_threshold: float, rate_per_min: int, devices: list[tuple[str, str]], by: str,
-                       now: int | None = None) -> Rollout:
+                       now: int | None = None, downgrade: bool = False, running: set[str] = frozenset()) -> Rollout:
         """A running rollout of ``release`` to ``devices`` ((device, kit), already narrowed to the target),
-        each put in its group. Raises UpdateConflict for a retired release, no device, or a device whose
+        each put in its group; those of ``running`` already run the release, so their update is committed
+        from the start. Raises UpdateConflict for a retired release, no device, or a device whose
         update in another running or paused rollout is not over."""
         now = now or now_ms()
         if release.retired_ms is not None:
@@ -110,11 +111,12 @@ class UpdateStore:
                 release_id=release.id, role=release.role,
                 target=dict(kits=list(target.kits), devices=list(target.devices)), groups=list(groups),
                 success_threshold=success_threshold, error_threshold=error_threshold, rate_per_min=rate_per_min,
-                state="running", failures_acknowledged=0, created_ms=now, created_by=by, updated_ms=now,
+                downgrade=downgrade, state="running", failures_acknowledged=0, created_ms=now, created_by=by, updated_ms=now,
                 updated_by=by).returning(r.id)).scalar_one()
             conn.execute(t.device_updates.insert(), [
-                dict(rollout_id=rollout_id, device_id=d, kit_id=k, group_index=g, state="pending", updated_ms=now)
-                for d, k, g in members])
+                dict(rollout_id=rollout_id, device_id=d, kit_id=k, group_index=g, updated_ms=now,
+                     **(dict(state="committed", reason=f"already runs {release.fw}") if d in running
+                        else dict(state="pending", reason=None))) for d, k, g in members])
         return self.rollout(rollout_id)
 
     def rollouts(self, states: tuple[str, ...] | None = None) -> list[Rollout]:

@@ -7,7 +7,7 @@ env.py imports it for autogenerate.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, Float, ForeignKey, Index, Integer, String, Table
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, String, Table
 
 from fleet.db import BigId, metadata
 
@@ -43,6 +43,7 @@ rollouts = Table(
     Column("success_threshold", Float, nullable=False),
     Column("error_threshold", Float, nullable=False),
     Column("rate_per_min", Integer, nullable=False),
+    Column("downgrade", Boolean, nullable=False),  # ops asked for an older version: a rollback
     Column("state", String(8), nullable=False),
     Column("pause_reason", String(300), nullable=True),
     Column("failures_acknowledged", Integer, nullable=False),

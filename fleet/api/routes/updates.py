@@ -56,7 +56,7 @@ def _release_out(store, release: Release) -> dict:
 def _summary(r: Rollout) -> dict:
     return dict(id=r.id, release=r.release, role=r.role, kits=list(r.target.kits), devices=list(r.target.devices),
                 groups=list(r.groups), success_threshold=r.success_threshold, error_threshold=r.error_threshold,
-                rate_per_min=r.rate_per_min, state=r.state, pause_reason=r.pause_reason, created_ms=r.created_ms,
+                rate_per_min=r.rate_per_min, downgrade=r.downgrade, state=r.state, pause_reason=r.pause_reason, created_ms=r.created_ms,
                 created_by=r.created_by, updated_ms=r.updated_ms)
 
 
@@ -160,7 +160,7 @@ def create_rollout(body: RolloutIn, request: Request, store: StoreDep, user: Use
     try:
         rollout = delivery(request).create(release, Target(tuple(body.kits), tuple(body.devices)),
                                            parse_groups(body.groups), body.success_threshold, body.error_threshold,
-                                           body.rate_per_min, user.name)
+                                           body.rate_per_min, user.name, downgrade=body.downgrade)
     except UpdateConflict as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
     return _rollout_out(request, rollout)

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("success_threshold", sa.Float(), nullable=False),
         sa.Column("error_threshold", sa.Float(), nullable=False),
         sa.Column("rate_per_min", sa.Integer(), nullable=False),
+        sa.Column("downgrade", sa.Boolean(), nullable=False),
         sa.Column("state", sa.String(8), nullable=False),
         sa.Column("pause_reason", sa.String(300), nullable=True),
         sa.Column("failures_acknowledged", sa.Integer(), nullable=False),
