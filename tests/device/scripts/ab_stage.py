@@ -4,6 +4,9 @@
 # stop: a step at which to hang (the test SIGKILLs it there: a power cut): opened, midchunk (half a
 # chunk appended to the file by hand, as a write cut short leaves it), files (every file written,
 # before verify), midswitch (trial marker and slot.tmp written, before the rename).
+# Prints CODE <bytes> (update.py and hmac256.py loaded) and HEAP <bytes>: the most the staging held
+# live (after a collection) between chunks, code and the device's config aside: the manifest, the tag,
+# the hash context, the buffers.
 # mode: normal | repeat (a chunk sent twice) | gap (a chunk skipped) | short (a file's last chunk never sent)
 import sys
 
@@ -11,10 +14,17 @@ sys.path.insert(0, "")
 import abboot
 
 sys.path.insert(0, abboot.current())  # the running slot's update.py, as the app would import it
+import gc
 import json
 import time
 
+gc.collect()
+base = gc.mem_alloc()
+import hmac256  # noqa: F401 - update.py's, imported here to be counted as code
 import update
+
+gc.collect()
+print("CODE", gc.mem_alloc() - base)  # update.py and hmac256.py loaded into the heap (a ROMFS or frozen build: flash)
 
 CHUNK = 256
 bundle, running = sys.argv[1], sys.argv[2]
@@ -31,7 +41,9 @@ def step(name):
 
 
 with open("scanner.json") as f:
-    cfg = json.load(f)
+    cfg = json.load(f)  # the device's config (the app reads update_key from it for an update)
+gc.collect()
+base = gc.mem_alloc()
 with open(bundle + "/manifest.json", "rb") as f:
     mj = f.read()
 with open(bundle + "/tag") as f:
@@ -40,6 +52,7 @@ try:
     st = update.Stage(mj, tag, cfg, running, rollback)
     step("opened")
     sent = 0
+    peak = 0
     for path in st.files:
         size = st.files[path][0]
         off = st.have(path)
@@ -62,6 +75,9 @@ try:
                 if mode == "repeat" and sent == 2:
                     st.write(path, off, data)
                 off += len(data)
+                data = None
+                gc.collect()
+                peak = max(peak, gc.mem_alloc() - base)
     step("files")
     if stop == "midswitch":
         st.verify()
@@ -69,6 +85,7 @@ try:
         with open("slot.tmp", "w") as f:
             f.write(st.slot)
         step("midswitch")
+    print("HEAP", peak)  # the live heap the staging held beyond its code and the config
     print("SWITCHED", st.switch())
 except update.Refused as e:
     print("REFUSED", e)
