@@ -131,6 +131,7 @@ class Fill:
         fill asks for it again from the start) and is refused."""
         if missing := self.missing():
             raise CacheError(f"{self.name} is not whole yet: {len(missing)} file(s) short")
+        assert self.cache.public_key is not None  # begin() refused to start without it
         try:
             verify_bundle(self.stage, self.cache.public_key)
         except BundleError as exc:

@@ -75,7 +75,7 @@ class AgentReleases:
         self.restart = restart or _systemctl_restart
         self.healthy = healthy
         # The new venv's interpreter: the one this venv was made from (a venv's own python is a link to it).
-        self.python = python or getattr(sys, "_base_executable", sys.executable)
+        self.python: str = python or getattr(sys, "_base_executable", None) or sys.executable
         self.requirement = requirement
         self.health_timeout_s = health_timeout_s
         self._step = step or (lambda name: None)  # tests: raise here to crash between steps

@@ -46,7 +46,7 @@ class UpdateServer:
     def __init__(self, cache: UpdateCache, keys: DeviceKeys, host: str, port: int = DEFAULT_PORT):
         self.cache, self.keys, self.host, self.port = cache, keys, host, port
         self.refused: collections.Counter[str] = collections.Counter()  # device id -> 403s
-        self.served = collections.Counter()  # "manifest" / "chunk" -> responses sent
+        self.served: collections.Counter[str] = collections.Counter()  # "manifest" / "chunk" -> responses sent
         self._server: asyncio.base_events.Server | None = None
         self._clients = 0
 
@@ -107,7 +107,7 @@ class UpdateServer:
             return
         m = _PATH.fullmatch(target.split("?", 1)[0])
         folder = self.cache.folder(m.group(1)) if m else None
-        if folder is None:
+        if m is None or folder is None:
             await _respond(writer, 404)
             return
         try:
