@@ -33,7 +33,7 @@ class UpdateDelivery:
             return dict(conn.execute(select(db.devices.c.id, db.devices.c.fw)).all())
 
     def create(self, release: Release, target: Target, groups: tuple[str, ...], success_threshold: float,
-               error_threshold: float, rate_per_min: int, by: str, downgrade: bool = False) -> Rollout:
+               error_threshold: float, rate_per_min: int, by: str, downgrade: bool = False) -> Rollout | None:
         """A rollout of ``release`` to the target's devices. A device that runs a newer version is left
         out unless ops ask for a downgrade (a rollback); one that runs the release already counts as
         committed. Raises UpdateConflict (the reason) when the rollout cannot be made."""
@@ -41,7 +41,8 @@ class UpdateDelivery:
         if missing:
             raise UpdateConflict(f"device {missing[0]} is not a registered {release.role}")
         fw, version = self.running(), release_version(release)
-        devices, newer = [], []
+        devices: list[tuple[str, str]] = []
+        newer: list[tuple[str, str]] = []
         for d, k in self.targets(release.role, target):
             v = running_version(fw.get(d), release.role)
             (newer if v is not None and v > version and not downgrade else devices).append((d, k))

@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Literal, cast
 
 from kits.release import parse_version
 
@@ -172,7 +172,8 @@ def assign_groups(rollout_specs: tuple[str, ...], devices: list[tuple[str, str]]
     """(device, kit, group) for every target device, in device order: the canary is the first.
     Devices past the last group's share (its spec below 100%) are not part of the rollout."""
     ordered = sorted(devices)
-    out, start = [], 0
+    out: list[tuple[str, str, int]] = []
+    start = 0
     for g, size in enumerate(group_sizes(rollout_specs, len(ordered))):
         out.extend((d, k, g) for d, k in ordered[start:start + size])
         start += size
@@ -246,9 +247,9 @@ def plan(rollout: Rollout, updates: list[DeviceUpdate], kits: dict[str, KitWindo
             out.waits[u.device] = (f"group {u.group + 1} waits for group {g.index + 1}: {g.committed}/{g.size} "
                                    f"committed (needs {need})")
             continue
-        why = kit_wait(kits.get(u.kit), now_ms, lead_ms)
-        if why is not None:
-            out.waits[u.device] = why
+        held = kit_wait(kits.get(u.kit), now_ms, lead_ms)
+        if held is not None:
+            out.waits[u.device] = held
         elif budget <= 0:
             out.waits[u.device] = f"rate limit: {rollout.rate_per_min} devices a minute"
         else:
@@ -264,4 +265,4 @@ def apply_report(update: DeviceUpdate, state: str, reason: str | None, now_ms: i
         return None
     if state in PROGRESS and PROGRESS.index(state) <= PROGRESS.index(update.state):
         return None
-    return replace(update, state=state, reason=reason, updated_ms=now_ms)
+    return replace(update, state=cast(DeviceState, state), reason=reason, updated_ms=now_ms)

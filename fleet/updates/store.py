@@ -70,7 +70,7 @@ class UpdateStore:
         with self.engine.connect() as conn:
             return conn.execute(select(t.releases.c.manifest_sha256).where(t.releases.c.id == release_id)).scalar()
 
-    def retire(self, release_id: str, by: str, now: int | None = None) -> Release:
+    def retire(self, release_id: str, by: str, now: int | None = None) -> Release | None:
         """Raises KeyError (no such release) or UpdateConflict (a running or paused rollout uses it)."""
         with self.engine.begin() as conn:
             if not conn.execute(select(t.releases.c.id).where(t.releases.c.id == release_id)).first():
@@ -87,7 +87,7 @@ class UpdateStore:
 
     def create_rollout(self, release: Release, target: Target, groups: tuple[str, ...], success_threshold: float,
                        error_threshold: float, rate_per_min: int, devices: list[tuple[str, str]], by: str,
-                       now: int | None = None, downgrade: bool = False, running: set[str] = frozenset()) -> Rollout:
+                       now: int | None = None, downgrade: bool = False, running: frozenset[str] | set[str] = frozenset()) -> Rollout | None:
         """A running rollout of ``release`` to ``devices`` ((device, kit), already narrowed to the target),
         each put in its group; those of ``running`` already run the release, so their update is committed
         from the start. Raises UpdateConflict for a retired release, no device, or a device whose
