@@ -270,3 +270,45 @@ def test_a_device_already_on_the_release_counts_as_committed_and_a_newer_one_nee
     assert r.status_code == 201 and r.json()["downgrade"]
     [offer] = world.app.state.updates.step()
     assert offer["device"] == "alpha-scanner-1" and offer["downgrade"] is True
+
+
+def test_an_aborted_rollout_offers_no_other_device(world):
+    upload(world)
+    r = world.ops.post("/api/v1/rollouts", json={"release": "scanner-0.4.0", "kits": ["alpha"], "groups": [1, "100%"]})
+    rid, delivery = r.json()["id"], world.app.state.updates
+    [canary] = delivery.step()
+    assert world.ops.post(f"/api/v1/rollouts/{rid}/abort").json()["state"] == "aborted"
+    world.store.updates.device_reported(canary["device"], "committed")  # mid-update: it finishes its own
+    assert delivery.step() == []
+    got = world.ops.get(f"/api/v1/rollouts/{rid}").json()
+    assert {d["device_id"]: (d["state"], d["reason"]) for d in got["device_updates"]} == {
+        "alpha-scanner-0": ("committed", None), **{f"alpha-scanner-{n}": ("waiting", "rollout aborted")
+                                                   for n in (1, 2, 3)}}
+
+
+def test_two_workers_stepping_at_once_offer_each_device_once(world):
+    import threading
+
+    upload(world)
+    world.ops.post("/api/v1/rollouts", json={"release": "scanner-0.4.0", "kits": ["alpha"], "groups": ["100%"]})
+    url = world.store.engine.url.render_as_string(hide_password=False)
+    other = Store(world.store.engine) if url.startswith("sqlite") else Store.open(url)
+    from fleet.updates.delivery import UpdateDelivery
+
+    workers = [world.app.state.updates, UpdateDelivery(other)]
+    got: list[list[dict]] = [[], []]
+    start = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        start.wait()
+        got[i] = workers[i].step()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    offered = sorted(o["device"] for o in got[0] + got[1])
+    assert offered == [f"alpha-scanner-{n}" for n in range(4)]  # every device once, by one worker or the other
+    if other.engine is not world.store.engine:
+        other.close()
