@@ -257,3 +257,73 @@ def test_settings_start_the_server_only_when_configured(tmp_path, release, keys_
             await server.close()
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- in the agent
+
+
+KIT = """
+id = "uk"
+name = "Update kit"
+agent = "uk-agent"
+
+[[devices]]
+id = "uk-flood"
+role = "light"
+model = "relay"
+bus = "gpio:17"
+"""
+
+
+def test_the_running_agent_serves_its_cache_from_its_settings_file(broker, tmp_path, release, keys_file):
+    """`popkit agent run` as the service starts it (an EnvironmentFile), serving what its cache holds,
+    until it is stopped."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder, pub, _ = release
+    data = tmp_path / "data"
+    UpdateCache(data / "updates", pub).add(folder)
+    with socket.socket() as s:  # a free port for the agent's setting
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "release.pub").write_text(pub.hex())
+    (tmp_path / "kit.toml").write_text(KIT)
+    (tmp_path / "agent.env").write_text(f"POPKIT_MQTT_URL={broker.url}\nPOPKIT_AGENT_DATA={data}\n"
+                                        f"POPKIT_UPDATE_LISTEN=127.0.0.1\nPOPKIT_UPDATE_PORT={port}\n"
+                                        f"POPKIT_UPDATE_KEYS={keys_file}\nPOPKIT_RELEASE_PUBKEY={tmp_path / 'release.pub'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPKIT_")}
+    popkit = Path(sys.executable).with_name("popkit")
+    proc = subprocess.Popen([str(popkit), "agent", "run", "--kit", str(tmp_path / "kit.toml"), "--simulate",
+                             "--env", str(tmp_path / "agent.env")], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "wb"))
+    server = type("At", (), {"port": port})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r, body = get(server, f"{BASE}/manifest.json")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "agent.log").read_text()[-2000:]
+                time.sleep(0.2)
+        assert r.status == 200 and r.getheader("X-Popkit-Tag") == device_tag(DOOR_KEY, body).hex()
+        r, body = get(server, f"{BASE}/files/app_main.mpy", headers={"Range": "bytes=100-199"})
+        assert r.status == 206 and body == APP[100:200]
+        # Stopped once its start is over (a SIGTERM during the power-up self-test is another matter).
+        from agent import control
+
+        assert any("verdict" in m for m in control.request(control.socket_path(data), "uk", "selftest"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(30) == 0, (tmp_path / "agent.log").read_text()[-2000:]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    with pytest.raises(OSError):  # stopped with the agent
+        get(server, f"{BASE}/manifest.json")
