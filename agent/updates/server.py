@@ -101,8 +101,10 @@ class UpdateServer:
         device = headers.get("x-popkit-device", "")
         key = self.keys.get(device) if device else None
         if key is None:
-            self.refused[device or "-"] += 1
-            log.warning("update request from %s refused: not a device of this kit", device or "a client with no id")
+            who = device[:64] or "-"
+            self.refused[who] += 1
+            if self.refused[who] == 1:  # once per id: a client that keeps asking does not fill the journal
+                log.warning("update request from %r refused: not a device of this kit", who)
             await _respond(writer, 403)
             return
         m = _PATH.fullmatch(target.split("?", 1)[0])
