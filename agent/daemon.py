@@ -101,8 +101,16 @@ class Agent:
             tasks.append(asyncio.create_task(self._light(self.specs[dev], light)))
         sdnotify.ready(f"kit {self.manifest.id}")
         self._running.set()  # the control channel's requests wait for this (the print queues, the panel)
-        await self.selftest()
-        await self._stop.wait()
+        # A stop (systemd's SIGTERM) during the power-up self-test ends it there: a step may wait
+        # seconds for a device that is not coming, and the unit's stop must not wait for it.
+        first = asyncio.create_task(self.selftest())
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({first, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            log.info("stopped during the power-up self-test")
+        await stopping
         sdnotify.stopping()
         if self.control is not None:
             await self.control.close()

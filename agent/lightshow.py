@@ -262,10 +262,7 @@ class LightShow:
             await self._step(show)
             now = self.clock()
             delay = 1.0 - (now % 1.0) + 0.005  # the next whole second: every window edge is one
-            try:
-                await asyncio.wait_for(wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await _woken(wake, delay)
 
     async def _step(self, show: _Show) -> None:
         if show.timeline is None:
@@ -320,11 +317,8 @@ class LightShow:
                 if wake is None:
                     await asyncio.sleep(FADE_STEP_S)
                 else:
-                    try:
-                        await asyncio.wait_for(wake.wait(), FADE_STEP_S)
+                    if await _woken(wake, FADE_STEP_S):
                         return False
-                    except TimeoutError:
-                        pass
         return True
 
     async def _write(self, show: _Show, target: Any) -> None:
@@ -341,6 +335,18 @@ class LightShow:
             if prev is None or not prev.on:
                 await light.on()
         show.written = target
+
+
+async def _woken(wake: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for ``wake`` at most ``timeout_s``: True if it was set. Not asyncio.wait_for: on 3.11 it
+    swallows a cancel that lands as the event is set (the agent stopping just after its self-test
+    refreshed the lights), and the light's loop then runs on, so the agent never exits."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await wake.wait()
+        return True
+    except TimeoutError:
+        return False
 
 
 def _is_relay(light: Any) -> bool:

@@ -81,3 +81,51 @@ def test_agent_sigkilled_with_500_in_its_outbox_delivers_all_once_after_restart(
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(15)
+
+
+LIGHTS_KIT = """
+id = "lk"
+name = "Agent stop test"
+agent = "lk-agent"
+
+[[devices]]
+id = "lk-door"
+role = "scanner"
+
+[[devices]]
+id = "lk-lamp"
+role = "light"
+model = "elk-bledom"
+bus = "ble:AA:BB:CC:DD:EE:10"
+"""
+
+
+def test_a_stop_during_the_power_up_self_test_ends_the_agent(broker, tmp_path):
+    """systemd's SIGTERM while the self-test waits for a door that is not coming: the agent stops
+    there. It used to hang for good: the self-test's end woke the lights' loops just as they were
+    cancelled, and asyncio.wait_for (3.11) swallowed the cancel."""
+    import time
+
+    manifest = tmp_path / "kit.toml"
+    manifest.write_text(LIGHTS_KIT)
+    agent = subprocess.Popen([sys.executable, "-m", "popkit.cli", "agent", "run", "--kit", str(manifest), "--mqtt",
+                              broker.url, "--data", str(tmp_path / "agent"), "--simulate"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the self-test has begun (and waits on the door)
+            line = agent.stdout.readline()
+            log.append(line)
+            if "self-test of" in line:
+                break
+        assert any("self-test of" in ln for ln in log), "".join(log)
+        time.sleep(0.5)
+        agent.send_signal(signal.SIGTERM)
+        out, _ = agent.communicate(timeout=15)
+        assert agent.returncode == 0, "".join(log) + out
+        assert "stopped during the power-up self-test" in out
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(5)
