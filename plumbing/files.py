@@ -30,10 +30,10 @@ def write_atomic(path: Path, data: bytes | str, private: bool = True) -> None:
             os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
 
 
-def _sync_dir(folder: Path) -> None:
+def sync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX: the directory entry is the folder's data)."""
     try:
         dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

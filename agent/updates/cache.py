@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from kits.release import BundleError, ReleaseManifest, file_sha256, verify_bundle, verify_signature
-from plumbing.files import write_atomic
+from plumbing.files import sync_dir, write_atomic
 
 PARTIAL = ".partial"
 NAME = re.compile(r"[a-z]+-\d+\.\d+\.\d+")  # <role>-<version>: the only folder names served or written
@@ -143,7 +143,7 @@ class Fill:
         if final.exists():
             shutil.rmtree(final)  # the same version again (it verified, so it is the same bytes or a re-signed build)
         os.replace(self.stage, final)
-        _sync_dir(final.parent)
+        sync_dir(final.parent)
         return final
 
 
@@ -168,12 +168,4 @@ def _sync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _sync_dir(Path(dirpath))
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        sync_dir(Path(dirpath))

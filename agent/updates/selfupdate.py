@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kits.release import BundleError, parse_public_key, parse_version, verify_bundle
-from plumbing.files import write_atomic
+from plumbing.files import sync_dir, write_atomic
 
 log = logging.getLogger("popkit.agent.selfupdate")
 
@@ -206,7 +206,7 @@ class AgentReleases:
             tmp.unlink()
         os.symlink(Path(RELEASES) / version / "venv", tmp)
         os.replace(tmp, self.root / CURRENT)
-        _sync_dir(self.root)
+        sync_dir(self.root)
 
     def _adopt_legacy(self) -> None:
         """The plain-folder venv becomes releases/legacy/venv and ``venv`` a symlink to it, in one
@@ -222,7 +222,7 @@ class AgentReleases:
             if not placeholder.is_symlink():
                 os.symlink(Path(RELEASES) / LEGACY / "venv", placeholder)  # resolves once it sits at root/venv
             _exchange(placeholder, link)
-            _sync_dir(self.root)
+            sync_dir(self.root)
         if not (home / INSTALLED).is_file():
             write_atomic(home / INSTALLED, LEGACY, private=False)
 
@@ -250,7 +250,7 @@ class AgentReleases:
             (self.root / JOURNAL).unlink()
         except FileNotFoundError:
             return
-        _sync_dir(self.root)
+        sync_dir(self.root)
 
     def _prune(self, keep: set[str | None]) -> None:
         """Only the running release and the one before it stay: a Pi's SD card is small."""
@@ -270,14 +270,6 @@ def _run(cmd: list[str]) -> None:
 def _systemctl_restart() -> None:
     # Type=notify: this returns once the new agent has said READY=1 (or systemd gave up on it).
     subprocess.run(RESTART, check=True, timeout=180)
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2
