@@ -147,6 +147,19 @@ ClockState = Literal["synced", "kit", "unset"]
 ResetCause = Literal["power", "watchdog", "reset", "soft", "other"]
 
 
+UpdateState = Literal["trial", "committed", "rolled_back", "safe_mode", "failed"]
+
+
+class UpdateReport(_Model):
+    """What a device has to say about its A/B slots (docs/updates.md): a release on trial, the
+    outcome of its last switch, or safe mode after a boot loop. ``why``: the reason of a rollback
+    or a failure, or what was committed; ``fw``: the fw of the slot concerned, when not ``State.fw``."""
+
+    state: UpdateState
+    why: str | None = Field(default=None, max_length=120)
+    fw: str | None = Field(default=None, max_length=40)
+
+
 class State(Envelope):
     """Retained device state: birth on connect, death as the Last Will.
 
@@ -162,6 +175,8 @@ class State(Envelope):
     config_version: int | None = Field(default=None, ge=0)
     clock: ClockState | None = None
     reset_cause: ResetCause | None = Field(default=None, description="why the device last (re)booted")
+    update: UpdateReport | None = Field(default=None, description="the A/B update's news; absent when "
+                                        "there is none (and from the agent and older devices)")
 
 
 class BatteryTelemetry(Envelope):

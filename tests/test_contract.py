@@ -70,6 +70,29 @@ def test_state_and_receipt_shapes():
     assert r.seqs == [(1, 3), (5, 5), (9, 9)]
 
 
+def test_a_state_may_carry_its_update_news_and_a_bad_one_is_refused():
+    base = '{"boot":"ab12","seq":0,"ts":1,"online":true,"role":"scanner","fw":"scanner-0.3.1"'
+    assert decode("state", (base + "}").encode()).update is None  # an older device, or the agent
+    s = decode("state", (base + ',"update":{"state":"rolled_back","why":"never healthy in 300 s"}}').encode())
+    assert s.update is not None and s.update.state == "rolled_back" and s.update.why == "never healthy in 300 s"
+    s = decode("state", (base + ',"update":{"state":"committed","fw":"scanner-0.3.2"}}').encode())
+    assert s.update is not None and s.update.fw == "scanner-0.3.2" and s.update.why is None
+    for state in ("trial", "safe_mode", "failed"):
+        assert decode("state", (base + ',"update":{"state":"%s"}}' % state).encode()).update.state == state
+    bad = {
+        "a state the contract does not know": '{"state":"bricked"}',
+        "a why over 120 characters": '{"state":"failed","why":"%s"}' % ("x" * 121),
+        "no state": '{"why":"x"}',
+        "an unknown field": '{"state":"trial","mode":"safe"}',
+    }
+    for what, update in bad.items():
+        with pytest.raises(ContractError) as err:
+            decode("state", (base + ',"update":' + update + "}").encode())
+        assert err.value.reason == "invalid" and "update" in str(err.value), what
+    why = "y" * 120
+    assert decode("state", (base + ',"update":{"state":"failed","why":"%s"}}' % why).encode()).update.why == why
+
+
 def test_the_example_kits_load():
     for path in (REPO / "kits" / "examples").glob("*.toml"):
         manifest = load_manifest(path)
