@@ -52,6 +52,7 @@ class Store:
         self.health = HealthViews(engine, self.devices, self.registry)
         self.activity = ActivityViews(engine, historical_after_ms)
         self.updates = UpdateStore(engine)  # releases, rollouts, device updates, kit holds (fleet/updates/)
+        self.ledger.state_hooks.append(self.updates.states_reported)  # a device's A/B news moves its update
 
     @classmethod
     def open(cls, url: str, **kwargs) -> "Store":

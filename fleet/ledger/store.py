@@ -36,6 +36,9 @@ class LedgerStore:
         # ack settles; fleet/tickets: a kit's revocations) is then never behind the receipt that
         # lets the kit forget it.
         self.event_hooks: list[Callable[[Any, list], None]] = []
+        # Called the same way with the batch's device states, [(device id, State)]: what a state
+        # says of a feature (fleet/updates: an A/B update's outcome) is kept with it, or not at all.
+        self.state_hooks: list[Callable[[Any, list], None]] = []
         self._upsert_streams = self._streams_upsert()
         self._upsert_latest = self._latest_upsert()
 
@@ -60,6 +63,9 @@ class LedgerStore:
             dup_by_device = self._update_devices(conn, batch, new, received_ms)
             for device_id, state in batch.states:
                 self._apply_state(conn, device_id, state, received_ms)
+            if batch.states:
+                for hook in self.state_hooks:
+                    hook(conn, batch.states)
             self._dead_letter(conn, batch.rejected, received_ms)
         self._batch_changed(batch)
         return BatchResult(inserted=len(inserted), duplicates=sum(dup_by_device.values()))

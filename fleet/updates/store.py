@@ -186,23 +186,38 @@ class UpdateStore:
         return offered
 
     def device_reported(self, device: str, state: str, reason: str | None = None,
-                        now: int | None = None) -> DeviceUpdate | None:
+                        now: int | None = None, fw: str | None = None) -> DeviceUpdate | None:
         """A device said where its update is (offered, downloading, trial, committed, rolled_back,
         failed): applied to its update in the latest rollout that offered it. None when it changes
         nothing (no such update, or a state behind the one recorded, or an update already over)."""
-        now = now or now_ms()
-        u = t.device_updates.c
         with self.engine.begin() as conn:
-            row = conn.execute(select(t.device_updates).where(and_(
-                u.device_id == device, u.state.not_in(NOT_STARTED))).order_by(u.rollout_id.desc()).limit(1)).first()
-            if row is None:
-                return None
-            new = apply_report(_update(row), state, reason and reason[:300], now)
-            if new is None:
-                return None
-            conn.execute(update(t.device_updates).where(and_(u.rollout_id == row.rollout_id, u.device_id == device,
-                                                             u.state == row.state))
-                         .values(state=new.state, reason=new.reason, updated_ms=now))
+            return self._report(conn, device, state, reason, now or now_ms(), fw)
+
+    def states_reported(self, conn, states: list) -> None:
+        """The ledger's state hook (fleet/ledger/store.py): each device state carrying ``update``
+        (kits/contract.py) moves that device's update, in the batch's own transaction. Safe mode is
+        not a step of an update: the device's state shows it, its update record stays where it is."""
+        now = now_ms()
+        for device, st in states:
+            u = st.update
+            if u is not None and u.state != "safe_mode":
+                self._report(conn, device, u.state, u.why, now, u.fw)
+
+    def _report(self, conn, device: str, state: str, reason: str | None, now: int,
+                fw: str | None) -> DeviceUpdate | None:
+        u = t.device_updates.c
+        row = conn.execute(select(t.device_updates).where(and_(
+            u.device_id == device, u.state.not_in(NOT_STARTED))).order_by(u.rollout_id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        if fw and row.offer and row.offer.get("fw") and row.offer["fw"] != fw:
+            return None  # news of another release's slot (a state retained from before this offer)
+        new = apply_report(_update(row), state, reason and reason[:300], now)
+        if new is None:
+            return None
+        conn.execute(update(t.device_updates).where(and_(u.rollout_id == row.rollout_id, u.device_id == device,
+                                                         u.state == row.state))
+                     .values(state=new.state, reason=new.reason, updated_ms=now))
         return new
 
     def kit_updates(self, kit_id: str) -> list[tuple[DeviceUpdate, str]]:
