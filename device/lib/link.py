@@ -65,10 +65,20 @@ _INFO = const(3)
 
 
 class Link:
-    # The A/B state to report ({"mode": "safe"|"trial", "state": "committed"|"rolled_back", "why": ...}),
-    # set by the app or safe mode. Not in `state` yet: kits/contract.py's State refuses unknown fields
-    # until the fleet side of issue 18 adds it (a class attribute: no heap until set).
-    update = None  # type: dict | None
+    # The A/B news for `state` (kits/contract.py UpdateReport: {"state": "trial"|"committed"|
+    # "rolled_back"|"safe_mode"|"failed", "why": ...}), set by the app or safe mode; setting it
+    # publishes the state again. A class attribute until set: no heap for a device with nothing to say.
+    _update = None  # type: dict | None
+
+    @property
+    def update(self):
+        return self._update
+
+    @update.setter
+    def update(self, u):
+        self._update = u
+        self._restate = True
+        self._kick.set()
 
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
@@ -433,6 +443,12 @@ class Link:
             s += ',"clock":"%s"' % clock.state(self._time)
         if self.reset_cause:
             s += ',"reset_cause":"%s"' % self.reset_cause
+        u = self._update
+        if u:
+            s += ',"update":{"state":"%s"' % u["state"]
+            if u.get("why"):
+                s += ',"why":' + json.dumps(u["why"][:120])  # the contract's bound
+            s += "}"
         return (s + "}").encode()
 
 

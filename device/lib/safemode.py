@@ -40,7 +40,7 @@ def main():
     lk = link.Link(cfg["kit"], cfg["device"], role, connect, board.epoch_ms, board.flash_dir() + "/outbox",
                    fw=cfg.get("fw"), on_cmd=lambda cmd: _on_cmd(lk, cmd), user=user, password=password,
                    dedup=False, outbox_buf=128, rx_buf=256)
-    lk.update = {"mode": "safe", "boots": n}
+    lk.update = {"state": "safe_mode", "why": "%d fast boots in a row" % n}
     cfg = None
     lk.start()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from kits import release
+from kits.contract import decode
 from popkit import flashtree
 from tests.conftest import wait_until
 from tests.device.firmware import SCRIPTS, Device, mpy_cross
@@ -316,6 +317,10 @@ def test_a_boot_loop_comes_up_in_safe_mode_online_and_an_update_fixes_it(tmp_pat
     dev.expect(r"ABBOOT a safe 4$")
     dev.expect(r"SAFE scanner 4$")
     wait_until(lambda: any(json.loads(p).get("online") for p in seen.on("/state")), 15, what="safe mode online")
+    # It says so in its state, in the contract's terms (the fleet reads it: kits/contract.py UpdateReport).
+    born = [decode("state", p) for p in seen.on("/state") if json.loads(p).get("online")]
+    assert born[-1].update is not None and born[-1].update.state == "safe_mode", born[-1]
+    assert born[-1].update.why == "4 fast boots in a row"
     assert not dev.matching(r"APP "), "safe mode runs nothing of the role"
     dev.kill()
 
