@@ -102,6 +102,16 @@ class Device:
                     dict(os.environ, MICROPYPATH=".frozen"), cwd)
         return self
 
+    @classmethod
+    def from_tree(cls, tree: Path, heap: str) -> "Device":
+        """`cd tree && micropython main.py`, as a board powers up: no config argument, no MICROPYPATH
+        (the flashed tree is the path)."""
+        self = cls.__new__(cls)
+        self.script, self.args = "main.py", []
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
+        self._spawn(["-X", f"heapsize={heap}", "main.py"], env, tree)
+        return self
+
     running: "weakref.WeakSet[Device]" = weakref.WeakSet()  # every device started, for kill_leftovers()
 
     def _spawn(self, argv: list[str], env: dict, cwd: Path | None) -> None:

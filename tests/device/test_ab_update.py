@@ -128,12 +128,7 @@ def bundle(tmp_path: Path, mpy: Path, abi: int, version: str, app: str, tweak=No
 
 
 def boot(tree: Path) -> Device:
-    """`cd tree && micropython main.py`, as a board powers up."""
-    dev = Device.__new__(Device)
-    dev.script, dev.args = "main.py", []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
-    dev._spawn(["-X", f"heapsize={HEAP}", "main.py"], env, tree)
-    return dev
+    return Device.from_tree(tree, HEAP)
 
 
 def stage(tree: Path, folder: Path, *args: str, running: str = RUNNING) -> Device:

@@ -13,7 +13,6 @@ provisioned file is where they listen (`--sim`).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -50,12 +49,7 @@ def free_port() -> int:
 
 
 def boot(tree: Path) -> Device:
-    """`cd tree && micropython main.py`: no config argument, no MICROPYPATH (the tree is the path)."""
-    dev = Device.__new__(Device)
-    dev.script, dev.args = "main.py", []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROPY")}
-    dev._spawn(["-X", f"heapsize={HEAP}", "main.py"], env, tree)
-    return dev
+    return Device.from_tree(tree, HEAP)
 
 
 @pytest.fixture
