@@ -1,6 +1,7 @@
 """A device's A/B news reaches its rollout through ingest (kits/contract.py State.update, the ledger's
 state hook, fleet/updates/store.py): written in the batch that stores the state, on real SQLite and
-PostgreSQL. A state without news, safe mode, and news of another release's slot move nothing."""
+PostgreSQL. A state without news, safe mode, news of another release's slot and news from a session
+older than the offer move nothing."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def test_a_state_saying_committed_moves_its_device_in_a_running_rollout(world): 
     assert device_state() == ("offered", None)  # safe mode is the device's state, not a step of its update
     # News of another release's slot (a state retained from before this offer) is not this update's.
     ledger.write_batch(Batch(states=[(dev, state('{"state":"committed","fw":"scanner-0.3.9"}'))]))
+    assert device_state() == ("offered", None)
+    # ... nor is news from a session begun well before the offer (a retained state of an earlier
+    # update, with no fw to tell), where the device's clock is set; an unset clock's ts proves nothing.
+    hour_ago = now_ms() - 3_600_000
+    ledger.write_batch(Batch(states=[(dev, state('{"state":"rolled_back","why":"old"}', ts=hour_ago))]))
     assert device_state() == ("offered", None)
     ledger.write_batch(Batch(states=[(dev, state('{"state":"trial","fw":"scanner-0.4.0"}'))]))
     assert device_state() == ("trial", None)

@@ -17,6 +17,11 @@ from fleet.updates.model import (FAILED, FINAL, NOT_STARTED, DeviceUpdate, KitWi
 
 ACTIVE = ("running", "paused")
 
+# A device's news counts for an offer only from a session begun after it, give or take this much:
+# the kit's clock may be behind the fleet's, and a retained state of an earlier update (days old)
+# is far outside it. (The switch to the new slot reboots the device: a new session.)
+STALE_SESSION_MS = 15 * 60_000
+
 
 class UpdateConflict(Exception):
     """The change contradicts what is stored (a release uploaded twice, a device in two rollouts...)."""
@@ -201,10 +206,12 @@ class UpdateStore:
         for device, st in states:
             u = st.update
             if u is not None and u.state != "safe_mode":
-                self._report(conn, device, u.state, u.why, now, u.fw)
+                # A session's start is only a time where the device's clock was set.
+                session = st.ts if st.clock != "unset" else None
+                self._report(conn, device, u.state, u.why, now, u.fw, session)
 
     def _report(self, conn, device: str, state: str, reason: str | None, now: int,
-                fw: str | None) -> DeviceUpdate | None:
+                fw: str | None, session_ms: int | None = None) -> DeviceUpdate | None:
         u = t.device_updates.c
         row = conn.execute(select(t.device_updates).where(and_(
             u.device_id == device, u.state.not_in(NOT_STARTED))).order_by(u.rollout_id.desc()).limit(1)).first()
@@ -212,6 +219,8 @@ class UpdateStore:
             return None
         if fw and row.offer and row.offer.get("fw") and row.offer["fw"] != fw:
             return None  # news of another release's slot (a state retained from before this offer)
+        if session_ms is not None and row.offered_ms and session_ms < row.offered_ms - STALE_SESSION_MS:
+            return None  # a session begun well before the offer: its news is of an earlier update (retained)
         new = apply_report(_update(row), state, reason and reason[:300], now)
         if new is None:
             return None
