@@ -28,6 +28,23 @@ from tests.field.kitnet import popen_in
 _WRITABLE = ("/var/lib/popkit", "/var/lib/mosquitto", "/var/log/mosquitto")
 
 
+def reachable_by_others(path: Path):
+    """Let other users pass through (o+x, never read) each folder above ``path`` that stops them,
+    and return the undo. The Pi's unit runs as ``popkit`` from this checkout's venv, which a clone
+    in a private folder (``mktemp -d``, a 0700 home) would hide from it."""
+    changed = []
+    for folder in reversed(path.resolve().parents):
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(folder, mode | 0o001)
+            changed.append((folder, mode))
+
+    def undo() -> None:
+        for folder, mode in reversed(changed):
+            os.chmod(folder, mode)
+    return undo
+
+
 def unit_service(path: Path) -> dict[str, list[str]]:
     """A systemd unit's [Service] keys, every value of a repeated key in order (Environment=)."""
     keys: dict[str, list[str]] = {}

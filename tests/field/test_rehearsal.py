@@ -47,7 +47,7 @@ from tests.device.firmware import Device
 from tests.device.mpy import micropython_binary
 from tests.device.test_scanner_app import door
 from tests.field.kitnet import PI_LAN_ADDR, call_in, kit_net, popen_in
-from tests.field.pi import Pi
+from tests.field.pi import Pi, reachable_by_others
 from tests.kitroot import probe_refusal, seed_root
 
 KIT, AGENT, EVENT = "rehearsal", "rh-agent", "REHEARSAL-NIGHT"
@@ -189,6 +189,7 @@ def _power_on(net, tmp_path: Path, stack: list) -> dict:
     popkit("kit", "install", str(prov / "pi"), "--root", str(root), "--no-venv")
     (root / "opt" / "popkit").mkdir(parents=True, exist_ok=True)
     (root / "opt" / "popkit" / "venv").symlink_to(Path(sys.prefix))  # this checkout's venv as the installed one
+    stack.append(reachable_by_others(Path(sys.prefix)))
     pi = Pi(net.pi_ns, root)
     stack.append(pi.close)
     import pwd
