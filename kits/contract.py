@@ -43,12 +43,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic_core import from_json
 
 ROOT = "popkit/v1"
-CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt", "claim", "claimed")
+CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt", "claim", "claimed", "update")
 # Channels a device publishes; the fleet subscribes to exactly these.
 DEVICE_CHANNELS = ("state", "telemetry", "event", "ack")
 # The door's question to the kit's hub and the hub's answer (QoS 0, never retained, never stored:
 # the check-in event that follows is the record). They stay inside the kit.
 HUB_CHANNELS = ("claim", "claimed")
+# The kit's agent to one ESP32: the release it should run, served from the kit's cache (retained at
+# the kit broker, never bridged: the fleet tells the agent, the agent tells its devices).
+UPDATE_CHANNEL = "update"
 # Channels that carry a sequence number and go through a producer's outbox.
 LEDGER_CHANNELS = ("telemetry", "event", "ack")
 # The kit's clock, published by the kit's agent for its ESP32s: popkit/v1/<kit>/time (not a device tree).
@@ -147,7 +150,7 @@ ClockState = Literal["synced", "kit", "unset"]
 ResetCause = Literal["power", "watchdog", "reset", "soft", "other"]
 
 
-UpdateState = Literal["trial", "committed", "rolled_back", "safe_mode", "failed"]
+UpdateState = Literal["downloading", "trial", "committed", "rolled_back", "safe_mode", "failed"]
 
 
 class UpdateReport(_Model):
@@ -407,6 +410,40 @@ class KitTime(_Model):
     synced: bool = Field(description="the Pi's clock is disciplined (NTP or RTC); false on its last known time")
 
 
+class UpdateOffer(_Model):
+    """The kit's agent to one ESP32 on ``popkit/v1/<kit>/<device>/update`` (retained at the kit broker,
+    QoS 1; an empty payload withdraws it): take this release from the kit's update server
+    (docs/updates.md). The device fetches ``http://<host>:<port>/updates/<release>/...`` in chunks,
+    checks the manifest's tag under its own update key, and reports in its ``state.update``. A device
+    that runs ``fw`` already, or whose last try of this ``id`` failed, does nothing."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="this offer; a new id asks again")]
+    release: Annotated[str, Field(pattern=r"^(scanner|lighting)-[0-9]+\.[0-9]+\.[0-9]+$")]
+    fw: str = Field(max_length=40, description="what the device reports in state.fw once it runs the release")
+    host: str = Field(max_length=64, description="the agent's address on the kit network")
+    port: int = Field(ge=1, le=65535)
+    rollback: bool = Field(default=False, description="ops asked for an older version: the device takes it")
+    ts: EpochMs
+
+
+class UpdateCommandArgs(_Model):
+    """``args`` of the fleet's ``update`` command to a kit's agent: fetch this release into the kit's
+    cache (once per kit) from ``url`` with ``token``, then offer it to ``device`` (the agent itself
+    for an agent release). Acked ``ok`` when taken; the device's own state reports its progress."""
+
+    rollout: int = Field(ge=0)
+    release: Annotated[str, Field(pattern=r"^(scanner|lighting|agent)-[0-9]+\.[0-9]+\.[0-9]+$")]
+    device: Id
+    fw: str = Field(max_length=40)
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    url: str = Field(max_length=300, description="the bundle's folder on the fleet, ending in /: "
+                     "<url>manifest.json, <url>manifest.sig, <url>files/<path> (Range honoured)")
+    token: str = Field(max_length=300, description="sent as `Authorization: Bearer <token>`: this kit, this "
+                       "release, until it expires")
+    downgrade: bool = False
+
+
 CHANNEL_MODELS: dict[str, Any] = {
     "state": State,
     "telemetry": Telemetry,
@@ -417,6 +454,7 @@ CHANNEL_MODELS: dict[str, Any] = {
     "receipt": Receipt,
     "claim": Claim,
     "claimed": Claimed,
+    "update": UpdateOffer,
 }
 # Kit-level messages: one topic per kit (popkit/v1/<kit>/<name>), not in any device tree.
 class KitKey(_Model):

@@ -123,6 +123,10 @@ def _contract_examples() -> dict[str, list[dict]]:
         "claim": [c.Claim(id=9, event="FEST25", ticket="K7QX2MBA", ts=1)],
         "claimed": [c.Claimed(id=9, admit=False, first=c.FirstScan(device="door-a", ts=1)),
                     c.Claimed(id=9, admit=True)],
+        "update": [c.UpdateOffer(id="r7-door-a", release="scanner-0.3.2", fw="scanner-0.3.2", host="10.42.0.1",
+                                 port=8468, ts=1),
+                   c.UpdateOffer(id="r8-door-a", release="scanner-0.3.1", fw="scanner-0.3.1", host="10.42.0.1",
+                                 port=8468, rollback=True, ts=2)],
     }
     return {ch: [json.loads(c.encode(m)) for m in ms] for ch, ms in models.items()}
 
