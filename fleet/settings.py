@@ -110,6 +110,16 @@ class FleetSettings(BaseSettings):
     # Field updates (fleet/updates/): uploaded bundles are checked with the release public key and kept here.
     release_pubkey: str | None = Field(default=None, description="file with the release public key (`popkit release keygen`); unset: uploads refused")
     release_dir: str = Field(default="var/releases", description="where uploaded release bundles are kept")
+    # The rollout worker (fleet/updates/worker.py) and the bundle route the kits' agents fetch from.
+    public_url: str | None = Field(default=None, description="the fleet's base URL as kits' agents reach it, for "
+                                   "the bundle URL in update commands; unset: http://<http>")
+    update_step_s: float = Field(default=5.0, gt=0, le=3600, description="how often running rollouts are stepped")
+    update_offer_timeout_s: float = Field(default=7200.0, ge=60, le=7 * 86_400, description="an offered device "
+                                          "with no news this long (no ack of its command, no state) has failed")
+    update_command_ttl_s: int = Field(default=6 * 3600, ge=60, le=86_400, description="expiry of an update "
+                                      "command: a slow fetch through the kit's uplink still acks within it")
+    update_token_ttl_s: int = Field(default=24 * 3600, ge=60, le=7 * 86_400, description="how long a bundle "
+                                    "token lets a kit's agent fetch its release (resumes included)")
     token_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86_400, description="how long a login lasts")
 
     @property
@@ -119,3 +129,8 @@ class FleetSettings(BaseSettings):
     @property
     def http_port(self) -> int:
         return int(self.http.rsplit(":", 1)[1])
+
+    @property
+    def bundle_base(self) -> str:
+        """The fleet's base URL for kits' agents, without a trailing slash."""
+        return (self.public_url or f"http://{self.http}").rstrip("/")

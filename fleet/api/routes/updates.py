@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from fleet import db
 from fleet.api.deps import StoreDep
+from fleet.api.routes import bundle as bundle_routes
 from fleet.api.schemas import BAD_BODY, refusals
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
 from fleet.db import now_ms
@@ -33,7 +34,10 @@ from kits.release import BundleError, parse_manifest
 ops = APIRouter(prefix="/api/v1", tags=["updates"], dependencies=guard("ops"), responses=AUTH_RESPONSES)
 kits = APIRouter(prefix="/api/v1/kits/{kit_id}/updates", tags=["updates"], dependencies=guard("ops", "crew"),
                  responses=AUTH_RESPONSES)
-routers = (ops, kits)
+# The bundle for the kits' agents (fleet/api/routes/bundle.py): authorised by its own token, not a user's.
+agents = APIRouter()
+agents.routes.extend(bundle_routes.routes)
+routers = (ops, kits, agents)
 
 ReleaseId = Annotated[str, Path(pattern=RELEASE_ID, max_length=40)]
 RolloutId = Annotated[int, Path(ge=1, le=2**53)]
