@@ -50,6 +50,7 @@ from agent.link import backoff_delay
 from kits.contract import topic
 from kits.manifest import DeviceSpec, KitManifest
 from plumbing.mqtt import parse_mqtt_url, read_account, tls_context
+from simulators.swarm_updates import SwarmUpdates, UpdateBehaviour, UpdateLog
 from simulators.swarm_mqtt import (
     CONNACK_REASONS,
     PINGREQ_PACKET,
@@ -180,7 +181,7 @@ class SimDevice:
     __slots__ = ("swarm", "kit", "id", "role", "boot", "started_ms", "seq", "outbox", "receipted", "scans", "scene",
                  "conn", "conn_started", "up", "up_since", "ever_up", "attempt", "connecting", "retry_handle",
                  "tick_handle", "next_tick", "resend_after", "_mid", "_t_tele", "_t_event", "_t_state", "_tele",
-                 "_checkin", "_birth", "_shutdown", "_connect_pkt", "_subscribe_topic", "soc", "draw_a")
+                 "_checkin", "_birth", "_shutdown", "_connect_pkt", "_subscribe_topic", "soc", "draw_a", "fw", "update")
 
     def __init__(self, swarm: "Swarm", kit: str, device_id: str, role: str):
         self.swarm = swarm
@@ -219,22 +220,45 @@ class SimDevice:
         if role == "powerbank":
             self.soc = swarm.rng.uniform(45.0, 98.0)  # %
             self.draw_a = swarm.rng.uniform(1.5, 7.0)  # the kit's load: a 6 to 60 h pack
+        self.fw = FW
+        self.update: bytes | None = None  # the A/B update's news in the state (simulators/swarm_updates.py)
         event = f"SWARM-{kit}".upper().encode()
         self._checkin = head + b'"kind":"checkin","data":{"event":"' + event + \
             b'","ticket":"T%06d","tier":"GA","verdict":"%s"}}'
+        self._states()
+
+    def _states(self) -> None:
+        """The birth, the goodbye and the Will (in the CONNECT) for what the device now runs."""
+        t, sw = self.swarm.target, self.swarm
         self._birth = self.state_payload(True, "birth")
         self._shutdown = self.state_payload(False, "shutdown")
-        t = swarm.target
-        self._connect_pkt = connect_packet(f"{kit}-{device_id}".encode(), swarm.keepalive_s, clean=False,
-                                       will=(self._t_state[2:], self.state_payload(False, "lwt"), 1, True),
-                                       username=t.username, password=t.password)
+        self._connect_pkt = connect_packet(f"{self.kit}-{self.id}".encode(), sw.keepalive_s, clean=False,
+                                           will=(self._t_state[2:], self.state_payload(False, "lwt"), 1, True),
+                                           username=t.username, password=t.password)
 
     # payloads (the hot path, and what the test decodes) --------------------
 
     def state_payload(self, online: bool, reason: str) -> bytes:
-        return (b'{"boot":"%s","seq":0,"ts":%d,"online":%s,"role":"%s","fw":"%s","reason":"%s"}'
-                % (self.boot.encode(), self.started_ms, b"true" if online else b"false", self.role.encode(), FW,
-                   reason.encode()))
+        update = b',"update":' + self.update if self.update else b""
+        return (b'{"boot":"%s","seq":0,"ts":%d,"online":%s,"role":"%s","fw":"%s","reason":"%s"%s}'
+                % (self.boot.encode(), self.started_ms, b"true" if online else b"false", self.role.encode(), self.fw,
+                   reason.encode(), update))
+
+    def set_update(self, news: bytes) -> None:
+        """New A/B news (and perhaps a new fw): the retained state says it now, and every later birth and Will."""
+        self.update = news
+        self._states()
+        if self.up:
+            self._publish(self._t_state, self._birth, retain=True)
+
+    def ack(self, cmd_id: str, status: str, detail: str | None) -> None:
+        """The answer to a fleet command: a ledger message like any other (outbox, receipt)."""
+        body = {"boot": self.boot, "seq": self.seq + 1, "ts": int(time.time() * 1000), "cmd_id": cmd_id,
+                "status": status}
+        if detail:
+            body["detail"] = detail[:200]
+        self.seq += 1
+        self._emit(lp(topic(self.kit, self.id, "ack").encode()), json.dumps(body, separators=(",", ":")).encode())
 
     def telemetry_payload(self, seq: int, ts: int) -> bytes:
         rng = self.swarm.rng
@@ -271,6 +295,7 @@ class SimDevice:
         self._emit(self._t_tele, self.telemetry_payload(self.seq, ts))
         if self.role == "scanner":
             if sw.rng.random() < sw.checkin_p:
+                sw.updates.last_checkin[self.kit] = sw.loop.time()  # the kit is in use: its agent defers offers
                 self.scans += 1
                 self.seq += 1
                 self._emit(self._t_event, self.checkin_payload(self.seq, ts))
@@ -377,7 +402,10 @@ class SimDevice:
         self._mid = self._mid % 0xFFFF + 1
         # Subscribe on every connect (the broker may have lost the session), be born, then send
         # everything unreceipted: what was in flight when the link dropped may be lost.
-        conn.send(subscribe_packet(self._mid, [(self._subscribe_topic, 1)]))
+        topics = [(self._subscribe_topic, 1)]
+        if self.role == "agent":  # the fleet's commands reach a kit through its agent (update, identify)
+            topics.append((topic(self.kit, self.id, "cmd").encode(), 1))
+        conn.send(subscribe_packet(self._mid, topics))
         self._publish(self._t_state, self._birth, retain=True)
         if self.outbox:
             self._resend(list(self.outbox.values()), now)
@@ -386,9 +414,13 @@ class SimDevice:
             self.next_tick = now + sw.rng.random() * sw.period_s
             self.tick_handle = sw.loop.call_at(self.next_tick, self._tick)
 
-    def on_message(self, conn: MqttConnection, _topic: bytes, payload: bytes) -> None:
-        """A receipt (the only thing subscribed): drop what it names, resend at once what it calls missing."""
+    def on_message(self, conn: MqttConnection, topic_: bytes, payload: bytes) -> None:
+        """A receipt: drop what it names, resend at once what it calls missing. (An agent's commands go
+        to simulators/swarm_updates.py.)"""
         sw = self.swarm
+        if topic_.endswith(b"/cmd"):
+            sw.updates.on_command(self, payload)
+            return
         sw.receipts += 1
         try:
             r = json.loads(payload)
@@ -522,7 +554,7 @@ class Swarm:
     def __init__(self, kits: int, devices_per_kit: int = 5, mqtt_url: str = "mqtt://127.0.0.1:1883",
                  period_s: float = 5.0, seed: int | None = None, *, first_kit: int = 1, checkin_p: float = 0.1,
                  keepalive_s: int = 30, connect_rate: float = 500.0, resend_after_s: float = 15.0,
-                 resend_cap_s: float = 120.0, power: bool = True):
+                 resend_cap_s: float = 120.0, power: bool = True, updates: UpdateBehaviour | None = None):
         import random
 
         if kits < 1 or devices_per_kit < 1 or period_s <= 0:
@@ -543,6 +575,8 @@ class Swarm:
         self.pacer = _ConnectPacer(self, connect_rate)
         self.devices = [SimDevice(self, kit_id(k), d, role) for k in range(first_kit, first_kit + kits)
                         for d, role in device_plan(kit_id(k), devices_per_kit, power)]
+        # The kits' agents answer the fleet's commands, and their ESP32s take updates (swarm_updates.py).
+        self.updates = SwarmUpdates(self, updates or UpdateBehaviour(seed=seed or 0))
         self.emitting = True
         self.stopping = False
         # Counters (the loop's thread writes them; other threads only read).
@@ -618,6 +652,7 @@ class Swarm:
 
     async def _shutdown(self) -> None:
         self.emitting = False
+        self.updates.cancel()
         for d in self.devices:
             if d.tick_handle:
                 d.tick_handle.cancel()
@@ -724,6 +759,14 @@ class Swarm:
             publishes=self.publishes, resends=self.resends, missing_resends=self.missing_resends,
             pubacks=self.pubacks, receipts=self.receipts, bad_receipts=self.bad_receipts, startup_s=self.startup_s,
             waves=self.waves, last_recovery_s=self.last_recovery_s)
+
+    def update_log(self) -> UpdateLog:
+        """A copy of what the kits saw and did of updates (simulators/swarm_updates.py)."""
+        def copy() -> UpdateLog:
+            lg = self.updates.log
+            return UpdateLog(list(lg.commands), lg.duplicates, lg.bad_commands, lg.acks.copy(), lg.fetches,
+                             lg.deferred, lg.reports.copy(), dict(lg.final))
+        return self._on_loop(copy)
 
     def ledger(self) -> dict[str, DeviceLedger]:
         """Per device: boot, what was emitted, receipted and is outstanding."""
