@@ -143,6 +143,7 @@ class SwarmUpdates:
             self.log.duplicates += 1
             answer = self._answers[key]
             if answer is not None:
+                self.log.acks[answer[0]] += 1
                 agent.ack(cmd.id, *answer)
             return
         args = cmd.args if cmd.action == "update" else {}
