@@ -4,6 +4,7 @@
 
 import { showLogin, whoAmI, wireLogin } from "./login.js";
 import { renderVenue, renderVenues, venueRoute, wireVenueEvents } from "./venues.js";
+import { initUpdates, kitUpdatesFor, renderUpdatesPage, updatesChanged, updatesRoute } from "./updates.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -344,13 +345,15 @@ function route() {
 const currentKit = () => { const r = route(); return r.kit ? state.kits.get(r.kit) : null; };
 
 function render() {
-  const v = venueRoute();
+  const v = venueRoute(), u = updatesRoute();
   $("#venue-page").hidden = !v;
-  if (v) { $("#overview").hidden = $("#kit-page").hidden = true; return; }  // rendered by renderVenuePage
+  $("#updates-page").hidden = !u;
+  if (v || u) { $("#overview").hidden = $("#kit-page").hidden = true; kitUpdatesFor(null); return; }  // rendered by their modules
   const r = route();
   $("#overview").hidden = !!r.kit;
   $("#kit-page").hidden = !r.kit;
   if (r.kit) renderKitPage(r.kit); else renderOverview();
+  kitUpdatesFor(r.kit && state.kits.has(r.kit) ? r.kit : null);  // its own section after the page (updates.js)
 }
 
 async function loadAlerts() {
@@ -463,6 +466,7 @@ function connect() {
     c.kits.forEach(k => pending.kits.add(k));
     c.devices.forEach(d => pending.devices.add(d));
     applyChanges();
+    updatesChanged();
   });
   es.onerror = () => { live.dataset.state = "error"; live.textContent = "reconnecting…"; };
 }
@@ -475,6 +479,7 @@ function renderVenuePage() {
 
 function onRoute(rerender = true) {
   if (venueRoute()) { render(); renderVenuePage(); window.scrollTo?.(0, 0); return; }
+  if (updatesRoute()) { render(); renderUpdatesPage($("#updates-page")); window.scrollTo?.(0, 0); return; }
   const r = route();
   if (r.kit && state.loaded && !isFull(state.kits.get(r.kit))) {
     // From the overview: the kit's summary is there, its whole view is one request away.
@@ -529,6 +534,7 @@ wireLogin();
 whoAmI().then(me => {
   if (!me) return;
   if (me.role === "venue" && !venueRoute()) location.hash = "#/venues";
+  initUpdates(me);
   connect();
   if (me.role !== "venue") loadAll(); else renderVenuePage();
 }).catch(e => { $("#status").textContent = `fleet unreachable: ${e.message || e}`; });
