@@ -466,7 +466,7 @@ function connect() {
     c.kits.forEach(k => pending.kits.add(k));
     c.devices.forEach(d => pending.devices.add(d));
     applyChanges();
-    updatesChanged();
+    updatesChanged(c);
   });
   es.onerror = () => { live.dataset.state = "error"; live.textContent = "reconnecting…"; };
 }

@@ -16,7 +16,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
 
-const ctx = { me: null, kit: null, busy: false, again: false, soon: null };
+const ctx = { me: null, kit: null, rolloutKits: new Set(), busy: false, again: false, soon: null };
 const isOps = () => ctx.me?.role === "ops";
 
 export const updatesRoute = () => {
@@ -226,6 +226,7 @@ async function refreshRollout(page, id) {
   if (r.status === 404) { $("#rollout-head", page).innerHTML = `<p>No rollout #${id}.</p>`; return; }
   if (!r.ok) throw new Error(reasonText(r.body, r.status));
   const ro = r.body, head = $("#rollout-head", page);
+  ctx.rolloutKits = new Set(ro.device_updates.map(u => u.kit_id));
   head.dataset.state = ro.state;
   head.innerHTML = rolloutHead(ro);
   $("#rollout-groups", page).innerHTML = groupRows(ro);
@@ -354,10 +355,14 @@ async function refresh() {
   }
 }
 
-// The live stream said kits or devices changed (app.js): a device's state may carry its update.
-export function updatesChanged() {
-  clearTimeout(ctx.soon);
-  ctx.soon = setTimeout(refresh, 300);
+// The live stream said kits or devices changed (app.js's change event): a device's state may carry
+// its update. Only a view showing one of those kits is redrawn, at most once a second however busy
+// the stream (the releases list, a rollout each, waits for its poll).
+export function updatesChanged(change) {
+  const r = updatesRoute();
+  const mine = r?.rollout ? ctx.rolloutKits : !r && ctx.kit ? new Set([ctx.kit]) : null;
+  if (!mine || ctx.soon || !(change?.all || (change?.kits ?? []).some(k => mine.has(k)))) return;
+  ctx.soon = setTimeout(() => { ctx.soon = null; refresh(); }, 1000);
 }
 
 export function initUpdates(me) {
