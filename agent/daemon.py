@@ -27,7 +27,8 @@ from agent.energy import EnergyMeter
 from agent.errors import DriverError
 from agent.hub import DoorHub
 from agent.tickets import KIND as TICKETS_KIND, KitTickets, UnknownEvent
-from agent.updates.server import start_update_server
+from agent.updates.offers import UpdateOffers, agent_update_report
+from agent.updates.server import open_cache, start_update_server
 from agent.kitclock import start_kit_clock
 from agent.kitup import AGENT_FW, power_up
 from agent.kitview import LogView
@@ -51,6 +52,7 @@ class Agent:
                  simulate: bool = False):
         self.manifest, self.link, self.hw, self.watch, self.data = manifest, link, hw, watch, data
         self.tickets: KitTickets | None = None  # the kit's ticket list (run_agent sets it for a kit with doors)
+        self.offers: UpdateOffers | None = None  # field updates (run_agent sets it): the fleet's `update` command
         self.simulate = simulate
         self.specs = {s.id: s for s in manifest.devices}
         self.queues: dict = {}
@@ -296,12 +298,13 @@ class Agent:
 
     async def _command(self, device: str, cmd: Command) -> None:
         try:
-            status, detail = await self._execute(device, cmd)
+            answer = await self._execute(device, cmd)
         except (DriverError, ValueError) as exc:
-            status, detail = "error", str(exc)
-        self.link.ack(device, cmd.id, status, detail)
+            answer = "error", str(exc)
+        if answer is not None:  # None: acked later (an update offer waiting for the kit to be quiet)
+            self.link.ack(device, cmd.id, *answer)
 
-    async def _execute(self, device: str, cmd: Command) -> tuple[str, str | None]:
+    async def _execute(self, device: str, cmd: Command) -> tuple[str, str | None] | None:
         a = cmd.action
         if device == self.manifest.agent:
             if a in ("selftest", "identify"):
@@ -309,7 +312,11 @@ class Agent:
                 return "ok", report.status
             if a == "reboot":
                 return self._restart(cmd)
-            return "rejected", f"the agent does not know {a!r} (selftest, identify, reboot)"
+            if a == "update":
+                if self.offers is None:
+                    return "rejected", "this agent takes no updates"
+                return await self.offers.handle(cmd)
+            return "rejected", f"the agent does not know {a!r} (selftest, identify, reboot, update)"
         spec = self.specs.get(device)
         if spec is not None and spec.role == "printer" and device in self.queues:
             from agent.drivers.printer import InvalidPrintJob
@@ -359,6 +366,17 @@ async def _set_light(light, args: dict) -> None:
     await _call(light.on)
 
 
+def agent_fw() -> str:
+    """``agent-<version>`` of the installed package: after a self-update the agent's state says the
+    release it runs (the release build refuses a version the package does not report)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"agent-{version('popkit')}"
+    except PackageNotFoundError:
+        return AGENT_FW
+
+
 def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts | None = None) -> int:
     """The agent until it is stopped; ``parts``: a simulated kit's (simulators/kit.py) instead of hardware."""
     manifest = load_manifest(manifest_path)
@@ -367,8 +385,10 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
     control.ensure_free(control.socket_path(data))  # before our link speaks for the agent
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
     link = FleetLink(manifest.id, manifest.agent, "agent", settings.mqtt_url, data / f"{manifest.id}-outbox.db",
-                     hosted=hosted, fw=AGENT_FW, resend_after_s=settings.resend_after_s,
-                     outbox_cap=settings.outbox_cap).start()
+                     hosted=hosted, fw=agent_fw(), resend_after_s=settings.resend_after_s,
+                     outbox_cap=settings.outbox_cap)
+    link.update = agent_update_report(data)  # the last self-update's rollback or failure, in the agent's state
+    link.start()
     log.info("agent for kit %s: boot %s, %d messages waiting in the outbox", manifest.id, link.boot, len(link.outbox))
     # The kit's scanners ask the hub before they admit (agent/hub.py); a kit without doors needs none.
     hub = tickets = None
@@ -395,11 +415,19 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
-        updates = await start_update_server(settings, data)  # None unless POPKIT_UPDATE_LISTEN names an address
+        cache = open_cache(settings, data)
+        updates = await start_update_server(settings, data, cache)  # None unless POPKIT_UPDATE_LISTEN names an address
+        agent.offers = UpdateOffers(manifest, settings.mqtt_url, data, cache, link.ack,
+                                    host=updates.host if updates else None, port=updates.port if updates else None,
+                                    quiet_s=settings.update_quiet_s).start()
+        offering = asyncio.create_task(agent.offers.run())
         try:
             await agent.run()
         finally:
             restart = agent.restart
+            offering.cancel()
+            await asyncio.gather(offering, return_exceptions=True)
+            agent.offers.stop()
             if updates is not None:
                 await updates.close()
             await hw.close()

@@ -38,6 +38,7 @@ from kits.contract import (
     Config,
     ContractError,
     Role,
+    UpdateReport,
     State,
     decode,
     encode,
@@ -99,6 +100,9 @@ class FleetLink:
         self.configs_bad = 0
         self.config_versions: dict[str, int] = {}  # device -> config version applied (goes into its state)
         self.clock: str | None = None  # this producer's clock (synced | kit | unset: agent/kitclock.py), in its state
+        # This producer's own update news (the agent's last self-update rolled back or failed:
+        # agent/updates/offers.py agent_update_report), in its state; set before start().
+        self.update: UpdateReport | None = None
         self.connected = threading.Event()
         self.receipts = 0
         self.gap_requests = 0  # receipts that asked for missing seqs again
@@ -384,4 +388,5 @@ class FleetLink:
         return State(boot=self.boot, seq=0, ts=self.started_ms, online=online, role=role,
                      fw=self.fw, reason=reason if not online else "birth",
                      config_version=self.config_versions.get(device),
-                     clock=self.clock if device == self.device else None)
+                     clock=self.clock if device == self.device else None,
+                     update=self.update if device == self.device else None)

@@ -52,6 +52,8 @@ class AgentSettings(BaseSettings):
                               description="device id -> update key (0600), written by popkit kit provision")
     release_pubkey: Path | None = Field(default=None, description="the release public key file: bundles are "
                                         "checked against it before the kit keeps them")
+    update_quiet_s: float = Field(default=600.0, ge=0, le=86400, description="an update offer waits until no door "
+                                  "has checked anyone in for this long (the kit is in use)")
 
     @field_validator("mqtt_url")
     @classmethod

@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("/var/lib/popkit"))
     p.add_argument("--allow-older", action="store_true", help="a rollback ops asked for")
     p.add_argument("--recover", action="store_true", help="only undo a switch a crash left undecided")
+    p.add_argument("--result", type=Path, help="also write the outcome's JSON line here, for the agent's state "
+                   "(the unit: /var/lib/popkit/updates/agent-update.json)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.recover:  # the unit's ExecStartPre: the agent is being started anyway, so no restart here
@@ -344,11 +346,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--bundle and --pubkey are needed (or --recover)")
     try:
         outcome = releases.update(args.bundle, parse_public_key(args.pubkey.read_bytes()), allow_older=args.allow_older)
-    except SelfUpdateError as exc:
-        print(json.dumps({"status": "failed", "reason": str(exc)}))
+    except (SelfUpdateError, OSError, ValueError) as exc:
+        _result(args.result, {"status": "failed", "version": _bundle_version(args.bundle), "reason": str(exc)})
         return 1
-    print(json.dumps(asdict(outcome)))
+    _result(args.result, asdict(outcome))
     return 0 if outcome.status != "rolled_back" else 3
+
+
+def _result(path: Path | None, result: dict) -> None:
+    """The outcome on stdout (the unit's journal) and, for the agent that started us, in ``path``:
+    after a rollback the agent runs the old release, and only this file tells it what happened."""
+    line = json.dumps(result)
+    print(line)
+    if path is not None:
+        write_atomic(path, line + "\n", private=False)
+
+
+def _bundle_version(bundle: Path | None) -> str | None:
+    # "agent-<version>": the folder's own name, as the cache names it (the bundle may not verify)
+    name = bundle.name if bundle is not None else ""
+    return name.split("-", 1)[1] if name.startswith("agent-") else None
 
 
 if __name__ == "__main__":

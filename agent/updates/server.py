@@ -171,11 +171,9 @@ async def _respond(writer: asyncio.StreamWriter, status: int, headers: dict | No
     await writer.drain()
 
 
-async def start_update_server(settings, data: Path) -> UpdateServer | None:
-    """The server when the settings name a kit address to listen on (POPKIT_UPDATE_LISTEN), else None.
-    A fault here is logged and the kit runs on without updates: a show outranks its next release."""
-    if not settings.update_listen:
-        return None
+def open_cache(settings, data: Path) -> UpdateCache:
+    """The kit's cache, with the release public key from the settings (None when unset or
+    unreadable, logged: cached bundles are served, new ones refused)."""
     from kits.release import parse_public_key
 
     pub = None
@@ -185,7 +183,15 @@ async def start_update_server(settings, data: Path) -> UpdateServer | None:
         except (OSError, ValueError) as exc:
             log.error("release public key %s unusable (%s): cached bundles are served, new ones refused",
                       settings.release_pubkey, exc)
-    server = UpdateServer(UpdateCache(data / "updates", pub), DeviceKeys(settings.update_keys),
+    return UpdateCache(data / "updates", pub)
+
+
+async def start_update_server(settings, data: Path, cache: UpdateCache | None = None) -> UpdateServer | None:
+    """The server when the settings name a kit address to listen on (POPKIT_UPDATE_LISTEN), else None.
+    A fault here is logged and the kit runs on without updates: a show outranks its next release."""
+    if not settings.update_listen:
+        return None
+    server = UpdateServer(cache or open_cache(settings, data), DeviceKeys(settings.update_keys),
                           settings.update_listen, settings.update_port)
     try:
         return await server.start()
