@@ -52,7 +52,7 @@ from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench.ingest import cpu_speed_us, say
+from bench.ingest import cpu_speed_us
 
 QUICK = dict(kits=100)
 FULL = dict(kits=1000)
@@ -64,6 +64,11 @@ SHOW_EVERY = 20  # every 20th kit is in its show: 5 %
 RATE_PER_MIN = 20_000
 DELAYS = dict(fetch_s=(0.2, 0.6), download_s=(0.3, 1.0), trial_s=(0.3, 0.8))  # simulated, seconds
 HEAP_BUDGET_KB = 48
+
+
+def say(text: str) -> None:
+    """Progress, on stderr: stdout ends with the one JSON line."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def device_part(quick: bool) -> dict:
@@ -180,12 +185,12 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
 
     # Baselines: worker steps with no rollout; a plain command to every agent.
     idle = [timed(worker.tick)[1] for _ in range(20)]
-    sends = [timed(publisher.send_command, a, "identify", ttl_s=600, requested_by="bench")[1] for a in agents]
     t_cmd = time.monotonic()
+    sends = [timed(publisher.send_command, a, "identify", ttl_s=600, requested_by="bench")[1] for a in agents]
     wait_for(lambda: swarm.update_log().acks["ok"] >= len(agents), 120, "every agent answering its plain command")
     cmd_round_s = time.monotonic() - t_cmd
     say(f"baseline: idle step {statistics.median(idle):.1f} ms; plain command {statistics.mean(sends):.2f} ms "
-        f"each, all {len(agents)} answered in {cmd_round_s:.1f} s")
+        f"each, all {len(agents)} answered {cmd_round_s:.1f} s after the first was sent")
 
     r = ops.post("/api/v1/releases", json=upload_body(bundle))
     if r.status_code != 201:
@@ -266,6 +271,7 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
                offer_ms=round(offer_ms / max(offers, 1), 2), cmd_ms=round(statistics.mean(sends), 2),
                step_idle_ms=round(statistics.median(idle), 2),
                step_rollout_ms=round(statistics.median(planning), 2) if planning else None,
+               step_us_per_device=round(1000 * statistics.median(planning) / len(scanners), 1) if planning else None,
                cmd_round_s=round(cmd_round_s, 2))
     out["offer_vs_cmd"] = round(out["offer_ms"] / out["cmd_ms"], 1) if out["cmd_ms"] else None
     out["step_vs_idle"] = round(out["step_rollout_ms"] / out["step_idle_ms"], 1) \
