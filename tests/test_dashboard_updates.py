@@ -242,6 +242,12 @@ def test_ops_starts_a_rollout_from_the_form_watches_it_move_and_pauses_resumes_a
         assert page.locator('[data-testid="rollout-form"] select[name="release"] option').all_inner_texts() == [
             "no release to roll out"]
         page.screenshot(path=str(ARTIFACTS / "dashboard-releases.png"), full_page=True)
+
+        # A kit's page says why none of its devices would be offered now (its show), and links ops to the rollout.
+        page.goto(f"{fleet.base}/#/kit/beta")
+        page.wait_for_selector('[data-testid="kit-update-beta-scanner-0"]', timeout=5000)
+        assert page.locator('[data-testid="kit-waits"]').inner_text() == f"No update now: {in_show}"
+        assert page.locator(f'[data-testid="kit-update-beta-scanner-0"] a[href="#/rollouts/{rid}"]').count() == 1
         assert not errors, errors
     finally:
         page.context.close()
