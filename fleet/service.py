@@ -16,6 +16,7 @@ from fleet.metrics import ALERT_METRICS
 from fleet.retention import Maintenance
 from fleet.settings import FleetSettings
 from fleet.store import Store
+from fleet.updates.worker import RolloutWorker
 from fleet.venues.delivery import RePusher
 from kits.manifest import load_manifest
 from plumbing.mqtt import redacted
@@ -74,6 +75,9 @@ def serve(settings: FleetSettings) -> None:
     maintenance = Maintenance.from_settings(store, settings).start()
     # Venue lighting timelines pushed again before their horizon runs out (fleet/venues/delivery.py).
     repusher = RePusher(app.state.venue_lighting, settings.venue_repush_interval_s).start()
+    # Rollouts stepped and their offers sent to the kits' agents as update commands (fleet/updates/worker.py),
+    # with bundle tokens signed by the key the app checks them with.
+    rollouts = RolloutWorker(store, app.state.publisher, settings, key=app.state.auth.key).start()
     log.info("fleet API on http://%s/ (OpenAPI at /docs), ingesting from %s, storing in %s",
              settings.http, redacted(settings.mqtt_url), settings.db_url.split("@")[-1])
     try:
@@ -82,6 +86,7 @@ def serve(settings: FleetSettings) -> None:
         evaluator.stop()
         maintenance.stop()
         repusher.stop()
+        rollouts.stop()
         if notifier:
             notifier.stop()
         ingest.stop()

@@ -53,6 +53,7 @@ class Store:
         self.activity = ActivityViews(engine, historical_after_ms)
         self.updates = UpdateStore(engine)  # releases, rollouts, device updates, kit holds (fleet/updates/)
         self.ledger.state_hooks.append(self.updates.states_reported)  # a device's A/B news moves its update
+        self.ledger.event_hooks.append(self.updates.acks_reported)  # an agent's answer to an update command
 
     @classmethod
     def open(cls, url: str, **kwargs) -> "Store":

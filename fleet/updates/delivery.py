@@ -2,9 +2,9 @@
 
 ``step`` is what a fleet worker runs every few seconds (under a lease, so one worker steps at a
 time; the store's conditional updates keep two from offering one device twice anyway). Each offer
-is recorded with the device's update as a contract-shaped dict: what the kit's agent will be sent
-(over MQTT, next: only the publishing is missing). A device's reports come back through
-``UpdateStore.device_reported``.
+is recorded with the device's update as a dict: what the kit's agent is sent, as an ``update``
+command (fleet/updates/worker.py turns each offer into one). A device's reports come back through
+its state and its agent's acks (``UpdateStore.states_reported``, ``acks_reported``).
 """
 
 from __future__ import annotations
@@ -55,19 +55,22 @@ class UpdateDelivery:
 
     def plan(self, rollout: Rollout, now: int | None = None) -> tuple[Plan, list]:
         """The planner's answer for ``rollout`` now, and its device updates (what the API shows)."""
+        now = now if now is not None else now_ms()
         updates = self.store.updates.updates(rollout.id)
-        windows = self.store.updates.windows(self.store.registry.kit_infos())
-        return plan(rollout, updates, windows, now if now is not None else now_ms(), self.lead_ms), updates
+        windows = self.store.updates.windows(self.store.registry.kit_infos(), now)
+        return plan(rollout, updates, windows, now, self.lead_ms), updates
 
     def step(self, now: int | None = None) -> list[dict]:
         """Advance every running rollout once; returns the offers made (to publish to the kits' agents)."""
         now = now if now is not None else now_ms()
         out = []
-        infos = None
+        infos = windows = None
         for rollout in self.store.updates.rollouts(("running",)):
-            infos = infos if infos is not None else self.store.registry.kit_infos()
+            if infos is None:  # once a step, for every rollout: the kits' windows, holds and check-ins
+                infos = self.store.registry.kit_infos()
+                windows = self.store.updates.windows(infos, now)
             updates = self.store.updates.updates(rollout.id)
-            p = plan(rollout, updates, self.store.updates.windows(infos), now, self.lead_ms)
+            p = plan(rollout, updates, windows, now, self.lead_ms)
             release = self.store.updates.release(rollout.release)
             digest = self.store.updates.manifest_sha256(rollout.release)
             by_device = {u.device: u for u in updates}

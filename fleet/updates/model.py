@@ -7,7 +7,8 @@ applies the answer; the API shows it.
 
 "Never during a show": no device of a kit is offered from ``lead_ms`` before its doors open until
 its event ends (a kit whose manifest gives an end but no doors-open time waits until the end: it
-may already be open), and none of a kit a crew holds. A device offered before doors open must
+may already be open), none of a kit in use (a check-in at any of its doors within IN_USE_MS), and
+none of a kit a crew holds. A device offered before doors open must
 have time to download, try and commit the new app before the doors open: that is the lead.
 """
 
@@ -34,6 +35,8 @@ NOT_STARTED = frozenset({"pending", "waiting"})
 REPORTED = frozenset(PROGRESS) | FINAL
 
 DEFAULT_LEAD_MS = 30 * 60_000
+# A kit with a check-in this recent is in use (a door is open, whatever its manifest says): it waits.
+IN_USE_MS = 10 * 60_000
 GROUP_RE = re.compile(r"^(?:[1-9][0-9]{0,5}|(?:100|[1-9][0-9]?(?:\.[0-9]{1,2})?)%)$")
 
 
@@ -111,6 +114,10 @@ class KitWindow:
     ends_ms: int | None = None
     held_by: str | None = None
     hold_reason: str | None = None
+    # The latest check-in at any of its doors within IN_USE_MS (None: none): the kit is in use.
+    last_checkin_ms: int | None = None
+    # An update reaches a kit's devices only through its agent: a kit without one is never offered.
+    has_agent: bool = True
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,11 @@ def kit_wait(window: KitWindow | None, now_ms: int, lead_ms: int = DEFAULT_LEAD_
             return f"in show until {hhmm(window.ends_ms)}"
         if now_ms >= window.doors_open_ms - lead_ms:
             return f"doors open at {hhmm(window.doors_open_ms)}: in show until {hhmm(window.ends_ms)}"
+    if window.last_checkin_ms is not None and now_ms - window.last_checkin_ms < IN_USE_MS:
+        ago = max(now_ms - window.last_checkin_ms, 0) // 60_000
+        return f"in use: last check-in {ago} min ago" if ago else "in use: last check-in under a minute ago"
+    if not window.has_agent:
+        return "no agent registered for this kit: nothing to deliver the update through"
     return None
 
 

@@ -10,10 +10,11 @@ from dataclasses import replace
 
 from sqlalchemy import Engine, and_, delete, func, select, update
 
+from fleet import db
 from fleet.db import now_ms, upsert_for
 from fleet.updates import tables as t
-from fleet.updates.model import (FAILED, FINAL, NOT_STARTED, DeviceUpdate, KitWindow, Plan, Release, Rollout,
-                                 Target, apply_report, assign_groups)
+from fleet.updates.model import (FAILED, FINAL, IN_USE_MS, NOT_STARTED, DeviceUpdate, KitWindow, Plan, Release,
+                                 Rollout, Target, apply_report, assign_groups)
 
 ACTIVE = ("running", "paused")
 
@@ -205,17 +206,71 @@ class UpdateStore:
         now = now_ms()
         for device, st in states:
             u = st.update
+            # A session's start is only a time where the device's clock was set.
+            session = st.ts if st.clock != "unset" else None
             if u is not None and u.state != "safe_mode":
-                # A session's start is only a time where the device's clock was set.
-                session = st.ts if st.clock != "unset" else None
                 self._report(conn, device, u.state, u.why, now, u.fw, session)
+            elif u is None and st.role == "agent" and st.fw and st.online:
+                # An agent says nothing of a self-update that worked: it runs the new version (its fw).
+                self._report(conn, device, "committed", f"runs {st.fw}", now, st.fw, session, same_fw=True)
+
+    def acks_reported(self, conn, new: list) -> None:
+        """The ledger's event hook: a kit's agent's answer to an ``update`` command (fleet/updates/worker.py)
+        moves the device it was for. ``error``, ``rejected`` or ``expired``: that device's update has
+        failed, with the agent's reason. ``ok``: news, so the offer's timeout counts from it. In the
+        batch's own transaction, after the command itself is settled (fleet/commands/store.py)."""
+        acks = {m.msg.cmd_id: m for m in new if m.channel == "ack"}
+        if not acks:
+            return
+        c = db.commands.c
+        rows = conn.execute(select(c.id, c.device_id, c.args).where(and_(
+            c.id.in_(list(acks)), c.action == "update"))).all()
+        now = now_ms()
+        u = t.device_updates.c
+        for r in rows:
+            m = acks[r.id]
+            args = r.args or {}
+            if m.device_id != r.device_id or not isinstance(args.get("rollout"), int) or not args.get("device"):
+                continue  # only the agent the command went to answers for it
+            mine = and_(u.rollout_id == args["rollout"], u.device_id == args["device"])
+            status, detail = m.msg.status, (m.msg.detail or "").strip()
+            if status == "ok":
+                conn.execute(update(t.device_updates).where(and_(mine, u.state == "offered")).values(updated_ms=now))
+                continue
+            why = {"error": detail or "the kit's agent could not take it",
+                   "rejected": f"refused by the kit's agent: {detail or 'no reason given'}",
+                   "expired": "the update command expired before the kit's agent got it"}[status]
+            conn.execute(update(t.device_updates).where(and_(mine, u.state.not_in(FINAL | NOT_STARTED)))
+                         .values(state="failed", reason=why[:300], updated_ms=now))
+
+    def expire_offers(self, older_than_ms: int, reason: str, now: int | None = None) -> int:
+        """Offered devices with no news since ``older_than_ms`` (no ack of their command, no state) have
+        failed, with ``reason``: they count toward their rollout's error threshold. Returns how many."""
+        u = t.device_updates.c
+        with self.engine.begin() as conn:
+            return conn.execute(update(t.device_updates).where(and_(u.state == "offered", u.updated_ms < older_than_ms))
+                                .values(state="failed", reason=reason[:300], updated_ms=now or now_ms())).rowcount
+
+    def not_sent(self, rollout_id: int, device: str, reason: str, failed: bool, now: int | None = None) -> None:
+        """An offer that never left the fleet: back to waiting (``reason``: why; the next step offers it
+        again), or failed for good."""
+        u = t.device_updates.c
+        values = (dict(state="failed", reason=reason[:300]) if failed
+                  else dict(state="waiting", reason=reason[:300], offered_ms=None, offer=None))
+        with self.engine.begin() as conn:
+            conn.execute(update(t.device_updates).where(and_(
+                u.rollout_id == rollout_id, u.device_id == device, u.state == "offered"))
+                .values(updated_ms=now or now_ms(), **values))
 
     def _report(self, conn, device: str, state: str, reason: str | None, now: int,
-                fw: str | None, session_ms: int | None = None) -> DeviceUpdate | None:
+                fw: str | None, session_ms: int | None = None, same_fw: bool = False) -> DeviceUpdate | None:
+        """``same_fw``: the report counts only if ``fw`` is the offered release's (an agent's state)."""
         u = t.device_updates.c
         row = conn.execute(select(t.device_updates).where(and_(
             u.device_id == device, u.state.not_in(NOT_STARTED))).order_by(u.rollout_id.desc()).limit(1)).first()
         if row is None:
+            return None
+        if same_fw and not (row.offer and row.offer.get("fw") == fw):
             return None
         if fw and row.offer and row.offer.get("fw") and row.offer["fw"] != fw:
             return None  # news of another release's slot (a state retained from before this offer)
@@ -259,11 +314,22 @@ class UpdateStore:
         with self.engine.connect() as conn:
             return {x.kit_id: dict(x._mapping) for x in conn.execute(select(t.kit_update_holds))}
 
-    def windows(self, kit_infos: dict) -> dict[str, KitWindow]:
-        """What the planner knows of each kit: its event window (``kit_infos``: the registry's KitInfo
-        by kit) and its hold."""
+    def windows(self, kit_infos: dict, now: int | None = None) -> dict[str, KitWindow]:
+        """What the planner knows of each kit as of ``now``: its event window and agent (``kit_infos``:
+        the registry's KitInfo by kit), its hold, and its latest check-in if it is in use."""
         holds = self.holds()
-        out = {k: KitWindow(i.doors_open_ms, i.ends_ms) for k, i in kit_infos.items()}
+        in_use = self.last_checkins((now or now_ms()) - IN_USE_MS)
+        out = {k: KitWindow(i.doors_open_ms, i.ends_ms, last_checkin_ms=in_use.get(k), has_agent=bool(i.agent))
+               for k, i in kit_infos.items()}
         for k, h in holds.items():
             out[k] = replace(out.get(k, KitWindow()), held_by=h["by"], hold_reason=h["reason"])
         return out
+
+    def last_checkins(self, since_ms: int) -> dict[str, int]:
+        """kit -> its latest check-in (scan time) after ``since_ms``: one range scan of the check-ins'
+        scan time (ix_checkins_scan_ms) for every kit at once."""
+        c, d = db.checkins.c, db.devices.c
+        q = (select(d.kit_id, func.max(c.scan_ms)).select_from(db.checkins.join(db.devices, d.id == c.device_id))
+             .where(c.scan_ms > since_ms).group_by(d.kit_id))
+        with self.engine.connect() as conn:
+            return {k: ms for k, ms in conn.execute(q)}

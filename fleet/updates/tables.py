@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, String, Table
 
-from fleet.db import BigId, metadata
+from fleet.db import BigId, checkins, metadata
 
 # One row per uploaded bundle whose signature checked out: its manifest as signed, and where its
 # files are (release_dir/<id>/, the bundle's own layout). Retired: no new rollout may use it.
@@ -81,3 +81,7 @@ kit_update_holds = Table(
     Column("reason", String(300), nullable=True),
     Column("since_ms", BigInteger, nullable=False),
 )
+
+# Which kits are in use (a check-in in the last 10 minutes; fleet/updates/model.py IN_USE_MS): one
+# range scan a step for the whole fleet. On the ledger's table, kept here with the query that needs it.
+ix_checkins_scan_ms = Index("ix_checkins_scan_ms", checkins.c.scan_ms)
