@@ -176,7 +176,7 @@ def _kit_provision(args: argparse.Namespace) -> int:
 
     from kits.manifest import ManifestError, load_manifest
     from kits.tickets import EventKey, KeyFileError
-    from popkit.kitfiles import KitFilesError, kit_wifi, write_pi_files
+    from popkit.kitfiles import KitFilesError, keep_release_pub, kit_wifi, write_pi_files
     from popkit.provision import ProvisionError, provision, register_kit
 
     try:
@@ -191,6 +191,8 @@ def _kit_provision(args: argparse.Namespace) -> int:
                          rotate=tuple(args.rotate), revoke=tuple(args.revoke), tls=args.tls,
                          bridge_to=_bridge_target(args), wifi=wifi,
                          event_keys=tuple(EventKey.load(Path(f)) for f in args.event_key))
+        if args.release_pub:
+            keep_release_pub(done.folder, Path(args.release_pub))
         pi = write_pi_files(done, manifest, Path(args.manifest).read_text(encoding="utf-8"), net)
         fleet = args.fleet or os.environ.get("POPKIT_FLEET_URL")
         registered = None
@@ -538,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an event's key file (popkit tickets): the scanners' files check its tickets")
     prov.add_argument("--bridge-to", metavar="HOST:PORT", help="the fleet broker the kit broker bridges to (TLS)")
     prov.add_argument("--bridge-ca", metavar="FILE", help="the fleet broker's CA certificate, for --bridge-to")
+    prov.add_argument("--release-pub", metavar="FILE", help="the release public key (popkit release keygen's "
+                      "release.pub): the agent keeps only bundles it signed (/etc/popkit/release.pub; kept for "
+                      "the next provisioning)")
     prov.add_argument("--rotate", action="append", default=[], metavar="DEVICE", help="new credentials for DEVICE")
     prov.add_argument("--revoke", action="append", default=[], metavar="DEVICE",
                       help="remove DEVICE's credentials (a lost scanner)")
@@ -601,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from popkit.release import add_parser as add_release  # popkit release keygen|build|verify (issue 18)
     add_release(sub)
+    from popkit.updates_cli import add_parsers as add_updates, subcommands  # release upload, rollout, kit hold
+    add_updates(sub, kit, subcommands(sub.choices["release"]))
 
     tickets = sub.add_parser("tickets", help="signed event tickets").add_subparsers(dest="tickets_command", required=True)
     iss = tickets.add_parser("issue", help="issue a batch of tickets into a CSV (ticket_id, tier, payload)")
