@@ -24,6 +24,11 @@ with full jitter (agent.link.backoff_delay), and connection attempts pass a
 pacer (``connect_rate`` per second), so a broker restart or a cold start is no
 SYN flood.
 
+Commands and field updates: each kit's agent subscribes to its ``cmd`` topic and answers as the
+real agent does (``identify``/``selftest``: ok; ``update``: simulators/swarm_updates.py, where the
+agent fetches the release once per kit and its ESP32 reports downloading, trial and the outcome in
+its retained ``state``; anything else: rejected). An ack is a ledger message like the others.
+
 The swarm speaks MQTT 3.1.1 (as the firmware does) whatever the URL's ``?protocol=`` says;
 ``mqtts://`` and a login in the URL (or ``?account=FILE``) work as in plumbing/mqtt.py.
 

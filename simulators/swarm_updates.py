@@ -48,6 +48,7 @@ log = logging.getLogger("popkit.sim.swarm")
 
 FAIL_WHY = "sha256 mismatch"
 ROLLBACK_WHY = "never healthy in 300 s"
+AGENT_ROLLBACK_WHY = "health check failed: the link never came up in 120 s"
 PLAIN_ACTIONS = ("identify", "selftest")  # what the real agent answers for itself ("ok", its self-test)
 
 
@@ -225,14 +226,17 @@ class SwarmUpdates:
                     self._report(device, release, "failed", FAIL_WHY, fw)
                     return
             old = device.fw
-            device.fw = fw.encode()  # switched: the new slot runs, on trial
-            self._report(device, release, "trial", None, fw)
+            if download:  # an ESP32 switched: the new slot runs, on trial
+                device.fw = fw.encode()
+                self._report(device, release, "trial", None, fw)
+            # (The agent installs beside itself, switches, restarts and is health-checked: no trial to report.)
             await asyncio.sleep(self.delay(self.behaviour.trial_s))
             if outcome == "committed":
+                device.fw = fw.encode()
                 self._report(device, release, "committed", None, fw)
             else:  # a failed agent release also ends here: its health check failed, so it rolls back
                 device.fw = old
-                self._report(device, release, "rolled_back", ROLLBACK_WHY if download else "health check failed", fw)
+                self._report(device, release, "rolled_back", ROLLBACK_WHY if download else AGENT_ROLLBACK_WHY, fw)
         finally:
             self._busy.discard(device.id)
 

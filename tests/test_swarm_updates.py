@@ -175,3 +175,30 @@ def test_a_kit_in_use_defers_its_offer_until_its_doors_go_quiet(broker, swarm_fl
         assert swarm_fleet.store.commands.get(cmd["id"])["status"] == "ok"
     finally:
         swarm.stop(flush_s=10)
+
+
+def test_an_agent_release_updates_the_kits_agent_itself_or_rolls_it_back(broker, swarm_fleet):
+    release = "agent-0.2.0"
+    behaviour = UpdateBehaviour(rollback_p=0.5, seed=next(s for s in range(100) if {
+        UpdateBehaviour(rollback_p=0.5, seed=s).outcome(a, release) for a in ("k0001-agent", "k0002-agent")} == {
+        "committed", "rolled_back"}), **QUICK)
+    expected = {a: behaviour.outcome(a, release) for a in ("k0001-agent", "k0002-agent")}
+    swarm = Swarm(2, 3, swarm_fleet.settings.mqtt_url, period_s=1.0, seed=3, checkin_p=0.0, updates=behaviour)
+    register(swarm_fleet, swarm)
+    pub = Publisher.for_ingest(swarm_fleet.store, swarm_fleet.ingest)
+    swarm.start_in_thread()
+    try:
+        wait_until(lambda: swarm.stats().connected == 6, 20, what="6 devices connected")
+        for agent in expected:
+            pub.send_command(agent, "update", args_for(dict(rollout=1, release=release, device=agent, fw=release,
+                                                            manifest_sha256="ab" * 32, size=10, downgrade=False)))
+        wait_until(lambda: len(swarm.update_log().final) == 2, 15, what="both agents' updates over")
+        running = UpdateDelivery(swarm_fleet.store).running
+        want = {a: release if s == "committed" else "swarm-0.1.0" for a, s in expected.items()}
+        wait_until(lambda: {a: running().get(a) for a in expected} == want, 10, what="the agents' fw in the fleet")
+        log = swarm.update_log()
+    finally:
+        swarm.stop(flush_s=10)
+    assert {a: s for a, (s, _r) in log.final.items()} == expected
+    assert log.reports["downloading"] == 0 and log.reports["trial"] == 0  # no ESP32 download, no A/B trial
+    assert log.acks == Counter(ok=2) and log.fetches == 2
