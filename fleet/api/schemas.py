@@ -60,6 +60,17 @@ class BatteryForecastOut(BaseModel):
 ClockStateOut = Literal["synced", "kit", "unset"]
 
 
+class DeviceUpdateStateOut(BaseModel):
+    """The device's update in its latest rollout (fleet/updates/; docs/updates.md, "Rollouts")."""
+
+    state: Literal["pending", "waiting", "offered", "downloading", "trial", "committed", "rolled_back", "failed"]
+    why: str | None = Field(description="why it waits, or what the device or its kit's agent reported")
+    fw: str = Field(description="the release's fw: what the device reports once it runs it")
+    rollout: int
+    release: str
+    updated_ms: int
+
+
 class DeviceOut(BaseModel):
     id: str
     kit_id: str
@@ -85,6 +96,8 @@ class DeviceOut(BaseModel):
                                        "(fleet clock)")
     clock_lag_ms: int | None = Field(default=None, description="the least late of its recent messages (received - "
                                      "ts, ms): about how far its clock is behind the fleet's (negative: ahead)")
+    update: DeviceUpdateStateOut | None = Field(default=None, description="its update in its latest rollout; "
+                                                "null: never in one")
 
 
 class StreamOut(BaseModel):

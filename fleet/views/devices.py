@@ -9,6 +9,7 @@ from collections import defaultdict
 from sqlalchemy import Engine, and_, func, or_, select, true
 
 from fleet import db
+from fleet.updates import tables as ut
 
 
 class DeviceViews:
@@ -91,6 +92,7 @@ class DeviceViews:
         if host_ids:
             for r in conn.execute(select(d.id, d.online).where(d.id.in_(host_ids))):
                 online_by_id[r.id] = bool(r.online)
+        updates = self._updates(conn, [r[0] for r in rows] if where else None) if rows else {}
         out = []
         for (id_, kit_id, role, model, host_id, online, boot, fw, config_version, last_seen_ms, received,
              duplicates, clock, reset_cause, clock_since_ms, lag, lag_prev) in rows:
@@ -99,8 +101,25 @@ class DeviceViews:
                 online=bool(online) and (host_id is None or online_by_id.get(host_id, False)),
                 boot=boot, fw=fw, config_version=config_version, last_seen_ms=last_seen_ms, received=received,
                 duplicates=duplicates, latest=latest.get(id_, {}), clock=clock, reset_cause=reset_cause,
-                clock_since_ms=clock_since_ms, clock_lag_ms=_smallest(lag, lag_prev)))
+                clock_since_ms=clock_since_ms, clock_lag_ms=_smallest(lag, lag_prev), update=updates.get(id_)))
         return out
+
+    @staticmethod
+    def _updates(conn, device_ids: list[str] | None) -> dict[str, dict]:
+        """Each device's update in its latest rollout (fleet/updates/): state, why, the release's fw, the
+        rollout. One query: these devices (ix_device_updates_device), or every device's latest."""
+        u, r = ut.device_updates.c, ut.rollouts.c
+        latest = select(u.device_id, func.max(u.rollout_id).label("rollout_id")).group_by(u.device_id)
+        if device_ids is not None:
+            latest = latest.where(u.device_id.in_(device_ids))
+        latest = latest.subquery()
+        q = (select(u.device_id, u.rollout_id, u.state, u.reason, u.updated_ms, r.release_id, ut.releases.c.fw)
+             .select_from(ut.device_updates
+                          .join(latest, and_(latest.c.device_id == u.device_id, latest.c.rollout_id == u.rollout_id))
+                          .join(ut.rollouts, r.id == u.rollout_id)
+                          .join(ut.releases, ut.releases.c.id == r.release_id)))
+        return {x.device_id: dict(state=x.state, why=x.reason, fw=x.fw, rollout=x.rollout_id, release=x.release_id,
+                                  updated_ms=x.updated_ms) for x in conn.execute(q)}
 
     @staticmethod
     def _kit_view(kit, devs: list[dict]) -> dict:
