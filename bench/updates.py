@@ -1,13 +1,13 @@
 """Field updates, end to end: one real scanner taking a bundle while it scans, and a staged rollout to
 a thousand simulated kits.
 
-    python -m bench.updates [--quick] [--kits N] [--db URL] [--seed S] [--no-device]
+    python -m bench.updates [--quick] [--kits N] [--db URL|pg] [--seed S] [--no-device]
 
 1. The device: bench.update_device.measure(quick), the real scanner firmware in the unix-port
    MicroPython taking a bundle from the kit's cache while it keeps scanning (bundle_kb,
    device_update_s, device_peak_heap_kb, scans_during_update, scans_unanswered).
 2. The rollout, all on this machine: a private Mosquitto, the fleet's ingest and API on ``--db``
-   (default: a SQLite file) with its rollout worker (fleet/updates/worker.py; the bench calls its
+   (default: a SQLite file; ``pg``: a throwaway database on the local PostgreSQL) with its rollout worker (fleet/updates/worker.py; the bench calls its
    ``tick()`` every STEP_S), and the swarm (simulators/swarm.py) of N kits (1,000; --quick 100),
    each an agent, its power bank and one scanner, that take updates as real kits do
    (simulators/swarm_updates.py): a seeded FAIL_P of the scanners fail ("sha256 mismatch") and
@@ -119,6 +119,26 @@ def with_show(manifest, now: datetime, over: bool = False):
                                                             ends=ends)})
 
 
+def throwaway_pg(stack: ExitStack) -> str:
+    """A new database on the local PostgreSQL server (POPKIT_BENCH_PG, as bench.scale), dropped at the end."""
+    from sqlalchemy import create_engine
+
+    from bench.scale import PG_ADMIN
+
+    admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    name = f"popkit_bench_updates_{secrets.token_hex(3)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    stack.callback(drop)
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -150,7 +170,7 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
     bundle, pub = signed_bundle(work)
     broker = stack.enter_context(MosquittoBroker(data_dir=work / "broker"))
     broker.start()
-    db_url = args.db or f"sqlite:///{work / 'fleet.db'}"
+    db_url = throwaway_pg(stack) if args.db == "pg" else args.db or f"sqlite:///{work / 'fleet.db'}"
     settings = FleetSettings(mqtt_url=broker.url, db_url=db_url, client_id=f"fleet-bench-{secrets.token_hex(3)}",
                              secret_key=secrets.token_urlsafe(48), release_pubkey=str(pub),
                              release_dir=str(work / "releases"), public_url="http://127.0.0.1:9",
@@ -298,7 +318,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help=f"smaller: {QUICK}")
     p.add_argument("--kits", type=int)
     p.add_argument("--period", type=float, default=10.0, help="seconds between one device's telemetry")
-    p.add_argument("--db", help="the fleet's database URL (default: a SQLite file)")
+    p.add_argument("--db", help="the fleet's database URL (default: a SQLite file; pg: a throwaway PostgreSQL database)")
     p.add_argument("--seed", type=int, default=18, help="which devices fail and roll back")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds each rollout phase may take")
     p.add_argument("--no-device", action="store_true", help="skip the real scanner's part")
