@@ -54,8 +54,11 @@ AGENT_ENV = ETC / "agent.env"
 KIT_TOML = ETC / "kit.toml"
 AGENT_ACCOUNT = ETC / "mqtt-account.json"
 UPDATE_KEYS = ETC / "update-keys.json"  # each ESP32's update key, for the agent's tags (docs/updates.md)
+RELEASE_PUB = ETC / "release.pub"  # the release public key the agent checks bundles with (--release-pub)
+RELEASE_PUB_KEPT = "release.pub"  # its copy in the provisioning folder: provisioning again keeps it
 AGENT_DATA = Path("/var/lib/popkit")
 AGENT_UNIT = Path("/etc/systemd/system/popkit-agent.service")
+UPDATE_UNIT = Path("/etc/systemd/system/popkit-agent-update@.service")  # the agent's self-update, as root
 POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-popkit-poweroff.rules")
 NM_DIR = Path("/etc/NetworkManager/system-connections")
 CHRONY_CONF = Path("/etc/chrony/chrony.conf")
@@ -152,15 +155,22 @@ def uplink_conf(bridge_text: str) -> tuple[str, Path | None]:
     return "\n".join(lines) + "\n", ca
 
 
-def agent_env(port: int, tls: bool, events: list[str] = ()) -> str:
+def agent_env(port: int, tls: bool, events: list[str] = (), update_listen: str = "", release_pub: bool = False) -> str:
     scheme = "mqtts" if tls else "mqtt"
     flashed = ("# The events whose keys the scanners were flashed with (ids only; the keys stay on the doors).\n"
                f"POPKIT_KIT_EVENTS={','.join(events)}\n") if events else ""
+    updates = ""
+    if update_listen:
+        updates = ("# Field updates (docs/updates.md): the ESP32s download releases from the agent at the Pi's\n"
+                   f"# address on the kit network (port 8468).\nPOPKIT_UPDATE_LISTEN={update_listen}\n")
+    if release_pub:
+        updates += ("# The release public key: a bundle from the fleet is kept only if it signed it.\n"
+                    f"POPKIT_RELEASE_PUBKEY={RELEASE_PUB}\n")
     return ("# /etc/popkit/agent.env: the agent's settings (written by popkit kit provision; 0640 root:popkit).\n"
             "# The kit broker on this Pi, over TLS; the login (account <kit>.<agent>) and the kit's CA are in\n"
             f"# {AGENT_ACCOUNT}, never in this URL.\n"
             f"POPKIT_MQTT_URL={scheme}://127.0.0.1:{port}?account={AGENT_ACCOUNT}\n"
-            f"POPKIT_AGENT_DATA={AGENT_DATA}\n{flashed}")
+            f"POPKIT_AGENT_DATA={AGENT_DATA}\n{flashed}{updates}")
 
 
 def hotspot_keyfile(kit: str, wifi: dict, net: KitNetwork) -> str:
@@ -224,6 +234,20 @@ def _deploy_file(name: str) -> str:
         raise KitFilesError(f"{path}: cannot read it ({exc.strerror}): provision from a clone of PopKit") from None
 
 
+def keep_release_pub(folder: Path, path: Path) -> None:
+    """``--release-pub FILE``: checked, and kept in the provisioning folder, so that provisioning
+    again without it keeps it on the Pi."""
+    from kits.release import parse_public_key
+
+    try:
+        key = parse_public_key(Path(path).read_bytes())
+    except OSError as exc:
+        raise KitFilesError(f"--release-pub {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise KitFilesError(f"--release-pub {path}: {exc}") from None
+    write_atomic(Path(folder) / RELEASE_PUB_KEPT, key.hex() + "\n", private=False)
+
+
 def write_pi_files(done: Provisioned, manifest: KitManifest, manifest_text: str, net: KitNetwork) -> Path:
     """``<folder>/pi``: the Pi's files for ``manifest``'s kit, as provisioned in ``done`` (written
     whole each time: a file no longer wanted, e.g. a bridge taken away, is gone from it)."""
@@ -264,13 +288,19 @@ def write_pi_files(done: Provisioned, manifest: KitManifest, manifest_text: str,
         put(PiFile(UPLINK_CONF, mosq, mosq, 0o600, BROKER_SERVICE), text)
         put(PiFile(MOSQUITTO_DIR / "fleet-ca.crt", "root", "root", 0o644, BROKER_SERVICE), fleet_ca.read_bytes())
 
-    put(PiFile(AGENT_ENV, "root", "popkit", 0o640, AGENT_SERVICE), agent_env(port, tls, [e["event"] for e in creds.get("flash", {}).get("events", ())]))
+    release_pub = done.folder / RELEASE_PUB_KEPT
+    events = [e["event"] for e in creds.get("flash", {}).get("events", ())]
+    put(PiFile(AGENT_ENV, "root", "popkit", 0o640, AGENT_SERVICE),
+        agent_env(port, tls, events, update_listen=net.host, release_pub=release_pub.is_file()))
+    if release_pub.is_file():  # public: the self-update unit (root) and the agent read it
+        put(PiFile(RELEASE_PUB, "root", "popkit", 0o644, AGENT_SERVICE), release_pub.read_bytes())
     put(PiFile(KIT_TOML, "root", "popkit", 0o640, AGENT_SERVICE), manifest_text)
     put(PiFile(AGENT_ACCOUNT, "root", "popkit", 0o640, AGENT_SERVICE), agent_file.read_bytes())
     # 0600 and the agent's own: anyone who reads a device's key can make that device take a manifest
     put(PiFile(UPDATE_KEYS, "popkit", "popkit", 0o600),  # no restart: the agent re-reads it when it changes
         json.dumps(creds.get("update_keys", {}), indent=2, sort_keys=True) + "\n")
     put(PiFile(AGENT_UNIT, "root", "root", 0o644, AGENT_SERVICE), _deploy_file("popkit-agent.service"))
+    put(PiFile(UPDATE_UNIT, "root", "root", 0o644), _deploy_file("popkit-agent-update@.service"))  # started on demand
     put(PiFile(POLKIT_RULE, "root", "root", 0o644), _deploy_file("50-popkit-poweroff.rules"))
 
     keyfile = hotspot_keyfile(manifest.id, wifi, net) if net.topology == "ap" else lan_keyfile(manifest.id, net)

@@ -107,6 +107,7 @@ def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
             if spec.role == "scanner":  # it asks the kit's hub before it admits
                 lines += [f"topic write {ROOT}/{kit}/{spec.id}/claim", f"topic read {ROOT}/{kit}/{spec.id}/claimed"]
             lines.append(f"topic read {ROOT}/{kit}/time")  # the kit's clock (the Pi's agent publishes it)
+            lines.append(f"topic read {ROOT}/{kit}/{spec.id}/update")  # its update offer, from the kit's agent
             if spec.role == "scanner":  # the kit's own ticket list (agent/tickets.py)
                 lines.append(f"topic read {ROOT}/{kit}/revocations")
             rules[account(kit, spec.id)] = lines
@@ -115,6 +116,9 @@ def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
               f"topic read {ROOT}/{kit}/+/event",
               f"topic read {ROOT}/{kit}/+/state",  # the panel's ready/not ready (agent/statewatch.py)
               f"topic write {ROOT}/{kit}/time",  # the kit's clock, for its ESP32s
+              # update offers to its ESP32s (agent/updates/offers.py); never bridged: the fleet tells the
+              # agent, the agent its devices
+              f"topic write {ROOT}/{kit}/+/update",
               # the kit's ticket list: the scanners' configs in (their keys), the list out, requests in
               f"topic read {ROOT}/{kit}/+/config",
               f"topic readwrite {ROOT}/{kit}/revocations", f"topic readwrite {ROOT}/{kit}/revoke"]
