@@ -289,3 +289,31 @@ def test_the_second_of_two_workers_does_not_step_while_the_first_holds_the_lease
     assert line.cmds.on("/cmd") == []
     assert len(other.tick()) == 4
     assert len(update_commands(line, 4)) == 4
+
+
+def test_an_agent_release_is_committed_once_the_agents_state_reports_its_version(line):
+    from kits.release import write_bundle
+
+    folder = write_bundle(line.tmp / "agent-build", "agent", "0.2.0", None,
+                          {"requirements.txt": b"popkit==0.2.0\n"}, line.pem, created_ms=now_ms())
+    assert line.ops.post("/api/v1/releases", json=upload_body(folder)).status_code == 201
+    r = line.ops.post("/api/v1/rollouts", json={"release": "agent-0.2.0", "kits": ["alpha"], "groups": ["100%"]})
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    [sent] = line.worker.tick()
+    assert (sent["device"], sent["agent"]) == ("alpha-agent", "alpha-agent")  # the agent updates itself
+    [(_t, cmd)] = update_commands(line, 1)
+    agent_acks(line, "alpha", cmd, "ok")
+
+    def agent_state(fw: str) -> None:
+        line.seq[0] += 1
+        body = {"boot": "a902", "seq": 0, "ts": now_ms(), "online": True, "role": "agent", "fw": fw,
+                "reason": "birth", "clock": "synced"}
+        publish(line, "popkit/v1/alpha/alpha-agent/state", json.dumps(body).encode(), retain=True)
+
+    agent_state("agent-0.1.0")  # still the old one (it restarts into the new one once installed)
+    wait_until(lambda: line.ingest.metrics.states >= 1, what="the agent's state stored")
+    assert devices(line, rid)["alpha-agent"] == ("offered", None)
+    agent_state("agent-0.2.0")
+    wait_until(lambda: devices(line, rid)["alpha-agent"][0] == "committed", what="the agent's update committed")
+    assert devices(line, rid)["alpha-agent"] == ("committed", "runs agent-0.2.0")
