@@ -269,6 +269,9 @@ def test_a_crew_sees_its_kits_update_state_on_a_phone_and_holds_and_lifts_update
         page.wait_for_selector('[data-testid="kit-update-alpha-scanner-0"][data-state="offered"]', timeout=5000)
         assert page.locator('[data-testid^="kit-update-alpha-"]').count() == 4
         assert RELEASE in section.inner_text()
+        # Phone-first: right under the kit's card, above its devices, chart and check-ins.
+        devices = page.locator('#kit-page .grid').bounding_box()
+        assert section.bounding_box()["y"] < devices["y"]
         assert page.locator('[data-testid="kit-hold"]').get_attribute("data-held") == "false"
         # Live: a device's state report shows without a reload.
         report(pub, "alpha", "alpha-scanner-2", "downloading")
@@ -301,6 +304,11 @@ def test_a_crew_sees_its_kits_update_state_on_a_phone_and_holds_and_lifts_update
         page.wait_for_selector('[data-testid="kit-hold"][data-held="false"]', timeout=5000)
         assert fleet.api.get("/api/v1/kits/alpha/updates").json()["hold"] is None
         assert [e["by"] for e in fleet.api.get("/api/v1/audit").json()][:2] == ["crew-a", "crew-a"]
+
+        # Another crew's kit: no kit, no update section.
+        page.goto(f"{fleet.base}/#/kit/beta")
+        page.wait_for_selector('#kit-page >> text=No kit', timeout=5000)
+        assert section.is_hidden()
 
         # The releases page is for ops: refused, with no form.
         page.goto(f"{fleet.base}/#/releases")

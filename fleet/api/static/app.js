@@ -207,11 +207,14 @@ function readiness(k) {
   </section>`;
 }
 
+// The kit page is its head (the kit's card), then its update section (updates.js, drawn apart so
+// its hold form survives these redraws), then the rest.
 function renderKitPage(id) {
-  const page = $("#kit-page");
+  const page = $("#kit-head"), body = $("#kit-body");
   const k = state.kits.get(id);
   if (!k || !isFull(k)) {
     page.innerHTML = state.loaded && !k ? `<p><a href="#/">← all kits</a></p><p>No kit <code>${esc(id)}</code>.</p>` : "<p>loading…</p>";
+    body.innerHTML = "";
     return;
   }
   const st = kitState(k);
@@ -224,8 +227,8 @@ function renderKitPage(id) {
       <div>battery: <span data-testid="battery">${esc(battery(k.battery))}</span></div>
       ${forecast(k)}
       ${alertList(alerts, true)}
-    </article>
-    <div class="grid">
+    </article>`;
+  body.innerHTML = `<div class="grid">
       <section class="card"><h3>Devices</h3><ul class="devices">${k.devices.map(deviceRow).join("")}</ul></section>
       <section class="card chart" data-testid="battery-chart">
         <h3 style="display:flex;justify-content:space-between;gap:.5rem"><span>Battery${power ? ` <span class="muted small">${esc(power.id)}</span>` : ""}</span>
@@ -353,7 +356,7 @@ function render() {
   $("#overview").hidden = !!r.kit;
   $("#kit-page").hidden = !r.kit;
   if (r.kit) renderKitPage(r.kit); else renderOverview();
-  kitUpdatesFor(r.kit && state.kits.has(r.kit) ? r.kit : null);  // its own section after the page (updates.js)
+  kitUpdatesFor(r.kit && state.kits.has(r.kit) ? r.kit : null);
 }
 
 async function loadAlerts() {
@@ -485,7 +488,7 @@ function onRoute(rerender = true) {
     // From the overview: the kit's summary is there, its whole view is one request away.
     if (rerender) render();
     loadKit(r.kit).then(() => { if (route().kit === r.kit) { if (state.kits.has(r.kit)) onRoute(); else render(); } })
-      .catch(e => { $("#kit-page").textContent = `kit unavailable: ${e.message || e}`; });
+      .catch(e => { $("#kit-head").textContent = `kit unavailable: ${e.message || e}`; });
     return;
   }
   if (rerender) render();
