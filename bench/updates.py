@@ -280,6 +280,7 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
     disagree = sorted(d for d in states if states[d] != reported.get(d))
     after_show = [c for c in log.commands if c.kit in show and c.action == "update" and c.received_ms >= show_end_ms]
     out = dict(kits=args.kits, devices=len(swarm.devices), scanners=len(scanners), db=db_url.split(":")[0],
+               release=release["id"], release_kb=round(release["size"] / 1024, 1),
                rollout_s=round(rollout_s, 1), rollout_done_s=round(rollout_done_s, 1),
                failed=sum(s == "failed" for s in reported.values()),
                rolled_back=sum(s == "rolled_back" for s in reported.values()),
