@@ -13,8 +13,8 @@ from sqlalchemy import Engine, and_, delete, func, select, update
 from fleet import db
 from fleet.db import now_ms, upsert_for
 from fleet.updates import tables as t
-from fleet.updates.model import (FAILED, FINAL, IN_USE_MS, NOT_STARTED, DeviceUpdate, KitWindow, Plan, Release,
-                                 Rollout, Target, apply_report, assign_groups)
+from fleet.updates.model import (FAILED, FINAL, IN_USE_MS, NOT_STARTED, PROGRESS, DeviceUpdate, KitWindow, Plan,
+                                 Release, Rollout, Target, apply_report, assign_groups)
 
 ACTIVE = ("running", "paused")
 
@@ -204,14 +204,21 @@ class UpdateStore:
         (kits/contract.py) moves that device's update, in the batch's own transaction. Safe mode is
         not a step of an update: the device's state shows it, its update record stays where it is."""
         now = now_ms()
+        # An agent says nothing of a self-update that worked: it runs the new version (its fw). Agents'
+        # births come in storms (a thousand kits reconnecting): one query finds those mid-update.
+        agents = [d for d, st in states if st.update is None and st.role == "agent" and st.fw and st.online]
+        mid_update: set[str] = set()
+        if agents:
+            u = t.device_updates.c
+            mid_update = set(conn.execute(select(u.device_id).where(and_(
+                u.device_id.in_(agents), u.state.in_(PROGRESS)))).scalars())
         for device, st in states:
-            u = st.update
+            news = st.update
             # A session's start is only a time where the device's clock was set.
             session = st.ts if st.clock != "unset" else None
-            if u is not None and u.state != "safe_mode":
-                self._report(conn, device, u.state, u.why, now, u.fw, session)
-            elif u is None and st.role == "agent" and st.fw and st.online:
-                # An agent says nothing of a self-update that worked: it runs the new version (its fw).
+            if news is not None and news.state != "safe_mode":
+                self._report(conn, device, news.state, news.why, now, news.fw, session)
+            elif device in mid_update:
                 self._report(conn, device, "committed", f"runs {st.fw}", now, st.fw, session, same_fw=True)
 
     def acks_reported(self, conn, new: list) -> None:
