@@ -27,10 +27,16 @@ export const updatesRoute = () => {
 
 // ------------------------------------------------------------------ API and formatting
 
+// Never throws: a fleet out of reach is an answer like a refusal (status 0), said where the answer goes.
 async function call(path, method = "GET", body) {
   const opts = { method };
   if (body !== undefined) Object.assign(opts, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  const r = await fetch(API + path, opts);
+  let r;
+  try {
+    r = await fetch(API + path, opts);
+  } catch (e) {
+    return { ok: false, status: 0, body: { detail: `fleet unreachable: ${e.message || e}` } };
+  }
   if (r.status === 401) showLogin("your session ended: sign in again");
   return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
 }
