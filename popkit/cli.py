@@ -605,9 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     fl.set_defaults(func=_device)
 
     from popkit.release import add_parser as add_release  # popkit release keygen|build|verify (issue 18)
-    add_release(sub)
-    from popkit.updates_cli import add_parsers as add_updates, subcommands  # release upload, rollout, kit hold
-    add_updates(sub, kit, subcommands(sub.choices["release"]))
+    release = add_release(sub)
+    from popkit.updates_cli import add_parsers as add_updates  # release upload, rollout, kit hold
+    add_updates(sub, kit, release)
 
     tickets = sub.add_parser("tickets", help="signed event tickets").add_subparsers(dest="tickets_command", required=True)
     iss = tickets.add_parser("issue", help="issue a batch of tickets into a CSV (ticket_id, tier, payload)")

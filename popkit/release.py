@@ -224,8 +224,8 @@ def _print_bundle(what: str, folder: Path, pub: bytes) -> None:
           + (f", mpy abi {m.mpy_abi:#x}" if m.mpy_abi is not None else ""))
 
 
-def add_parser(sub) -> None:
-    """``popkit release``: keygen, build, verify."""
+def add_parser(sub):
+    """``popkit release``: keygen, build, verify. Returns its subcommands, for the fleet's (upload)."""
     rel = sub.add_parser("release", help="signed update bundles: the release key, build, verify").add_subparsers(
         dest="release_command", required=True)
     kg = rel.add_parser("keygen", help="a new Ed25519 release key: release.key (0600) and release.pub in --out")
@@ -246,3 +246,4 @@ def add_parser(sub) -> None:
     v.add_argument("bundle", metavar="DIR")
     v.add_argument("--pub", required=True, metavar="KEY", help="release.pub (64 hex characters, or PEM)")
     v.set_defaults(func=main)
+    return rel

@@ -131,11 +131,6 @@ def _common(p: argparse.ArgumentParser, what: str) -> None:
     p.set_defaults(func=run, what=what)
 
 
-def subcommands(parser: argparse.ArgumentParser):
-    """The subcommands action of ``parser`` (a command group another module made), to add ours to it."""
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
 def add_parsers(sub, kit, release) -> None:
     """Ours into ``popkit`` (``sub``), ``popkit kit`` (``kit``) and ``popkit release`` (``release``: subparsers)."""
     up = release.add_parser("upload", help="upload a bundle to the fleet (ops; POPKIT_TOKEN)")

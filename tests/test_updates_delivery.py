@@ -187,7 +187,8 @@ def test_the_bundle_route_serves_ranges_and_refuses_what_it_must_counting_each_r
     counted = {k: bundle_route.REFUSED[k] - before.get(k, 0) for k in bundle_route.REASONS}
     assert counted == {"missing_token": 1, "bad_token": 0, "expired_token": 0, "other_release": 1,
                        "unknown_release": 1, "unknown_file": 2, "bad_range": 5}
-    assert 'popkit_bundle_refused_total{reason="bad_range"}' in bundle_route.render_metrics()
+    shown = line.ops.get("/metrics").text  # the count reaches Prometheus through /metrics
+    assert f'popkit_bundle_refused_total{{reason="bad_range"}} {bundle_route.REFUSED["bad_range"]}' in shown
 
 
 # ---------------------------------------------------------------- acks and states through the broker
