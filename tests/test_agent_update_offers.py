@@ -496,3 +496,62 @@ def test_the_agent_state_carries_its_last_self_update_rollback(broker, tmp_path)
         states.close()
     (data / "updates" / RESULT_FILE).write_text('{"status": "committed", "version": "0.2.0"}')
     assert agent_update_report(data) is None  # a commit needs no news: the fw says it
+
+
+def test_popkit_agent_run_takes_the_command_and_offers_its_own_update_server(broker, bundles, releases, keys, tmp_path):
+    """The agent as the service starts it (settings file, its update server on a free port): the
+    offer names that server, and a door asking it for the manifest gets it, tagged with its key."""
+    import http.client
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from kits.release import device_tag
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    door_key = bytes(range(32))
+    (tmp_path / "update-keys.json").write_text(json.dumps({"door-1": door_key.hex()}))
+    (tmp_path / "update-keys.json").chmod(0o600)
+    (tmp_path / "release.pub").write_text(keys[1].hex())
+    (tmp_path / "kit.toml").write_text(KIT)
+    data = tmp_path / "data"
+    (tmp_path / "agent.env").write_text(
+        f"POPKIT_MQTT_URL={broker.url}\nPOPKIT_AGENT_DATA={data}\nPOPKIT_UPDATE_LISTEN=127.0.0.1\n"
+        f"POPKIT_UPDATE_PORT={port}\nPOPKIT_UPDATE_KEYS={tmp_path / 'update-keys.json'}\n"
+        f"POPKIT_RELEASE_PUBKEY={tmp_path / 'release.pub'}\nPOPKIT_UPDATE_QUIET_S=0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPKIT_")}
+    acks = Collector(broker.url, [topic("uk", "uk-agent", "ack")])
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("popkit")), "agent", "run", "--kit",
+                             str(tmp_path / "kit.toml"), "--simulate", "--env", str(tmp_path / "agent.env")],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "wb"))
+    pub = publisher(broker.url)
+    try:
+        wait_until(lambda: (data / "agent.sock").exists(), 30, what="the agent running")
+        now = int(time.time() * 1000)
+        rel = releases / "scanner-0.4.0"
+        cmd = Command(id="run-1", ts=now, expires=now + 3600_000, action="update", args={
+            "rollout": 1, "release": "scanner-0.4.0", "device": "door-1", "fw": "scanner-0.4.0",
+            "manifest_sha256": sha(rel), "size": 0, "url": bundles.url("scanner-0.4.0"), "token": TOKEN})
+        pub.publish(topic("uk", "uk-agent", "cmd"), encode(cmd), qos=1).wait_for_publish(5)
+        ack = wait_until(lambda: [decode("ack", p) for p in acks.on("/ack") if decode("ack", p).cmd_id == "run-1"],
+                         30, what="the agent's ack")[0]
+        assert (ack.status, ack.detail) == ("ok", "offered scanner-0.4.0 to door-1"), (tmp_path / "agent.log").read_text()
+        offer = decode("update", retained_offers(broker)["door-1"])
+        assert (offer.host, offer.port) == ("127.0.0.1", port)
+
+        conn = http.client.HTTPConnection(offer.host, offer.port, timeout=5)  # the door, as its download starts
+        conn.request("GET", f"/updates/{offer.release}/manifest.json", headers={"X-Popkit-Device": "door-1"})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        assert r.status == 200 and body == (rel / "manifest.json").read_bytes()
+        assert r.getheader("X-Popkit-Tag") == device_tag(door_key, body).hex()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        acks.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
