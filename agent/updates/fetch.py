@@ -63,7 +63,7 @@ class BundleFetcher:
         self.timeout_s = timeout_s
         self.backoff_s, self.backoff_cap_s = backoff_s, backoff_cap_s
         self.clock = clock
-        self._running: dict[str, asyncio.Future[Path]] = {}  # release -> the one fetch under way
+        self._running: dict[str, tuple[str, asyncio.Future[Path]]] = {}  # release -> (its sha, the one fetch)
         self.counts = {"fetches": 0, "retries": 0, "bytes": 0, "failed": 0}
 
     async def fetch(self, args: UpdateCommandArgs, deadline_ms: int | None = None) -> Path:
@@ -72,12 +72,21 @@ class BundleFetcher:
         have = self._cached(args)
         if have is not None:
             return have
-        running = self._running.get(args.release)
+        sha, running = self._running.get(args.release, (None, None))
         if running is None:
             running = asyncio.ensure_future(self._fetch(args, deadline_ms))
-            self._running[args.release] = running
-            running.add_done_callback(lambda _f, r=args.release: self._running.pop(r, None))
+            self._running[args.release] = (args.manifest_sha256, running)
+            running.add_done_callback(self._done(args.release))
+        elif sha != args.manifest_sha256:
+            # Two builds of one version at once: the fleet refuses a version uploaded twice, so this is
+            # a stale command; the one being fetched goes on, and this one is told so, not handed it.
+            raise FetchError(f"bundle: another build of {args.release} is being fetched (manifest_sha256 differs)")
         return await asyncio.shield(running)
+
+    def _done(self, release: str) -> Callable[[asyncio.Future[Path]], None]:
+        def forget(_f: asyncio.Future[Path]) -> None:
+            self._running.pop(release, None)
+        return forget
 
     def _cached(self, args: UpdateCommandArgs) -> Path | None:
         folder = self.cache.folder(args.release)

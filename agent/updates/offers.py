@@ -54,7 +54,7 @@ RESULT_FILE = "agent-update.json"  # in <data>/updates/: the self-update's outco
 SELFUPDATE_UNIT = "popkit-agent-update@{version}.service"
 FINAL = ("committed", "failed", "rolled_back")
 
-Ack = Callable[[str, str, str, "str | None"], None]  # (device, cmd id, status, detail)
+Ack = Callable[[str, str, str, "str | None"], object]  # (device, cmd id, status, detail)
 
 
 def systemd_selfupdate(version: str, _bundle: Path) -> None:
@@ -136,6 +136,7 @@ class UpdateOffers(KitSession):
             return "error", str(exc)[:200]
         if role == "agent":
             return await self._selfupdate(version, folder)
+        assert self.host and self.port  # refused above otherwise
         offer = UpdateOffer(id=cmd.id, release=args.release, fw=args.fw, host=self.host, port=self.port,
                             rollback=args.downgrade, ts=int(self.clock() * 1000))
         with self._lock:
