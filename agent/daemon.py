@@ -44,6 +44,7 @@ log = logging.getLogger("popkit.agent")
 
 HEALTH_PERIOD_S = 10.0
 ENERGY_SAVE_S = 60.0
+UPDATE_SERVER_RETRY_S = 30.0  # the kit's address not up yet, or the port taken: the update server tries again
 POWEROFF = ["systemctl", "poweroff"]
 
 
@@ -416,20 +417,32 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
         cache = open_cache(settings, data)
-        updates = await start_update_server(settings, data, cache)  # None unless POPKIT_UPDATE_LISTEN names an address
-        agent.offers = UpdateOffers(manifest, settings.mqtt_url, data, cache, link.ack,
-                                    host=updates.host if updates else None, port=updates.port if updates else None,
-                                    quiet_s=settings.update_quiet_s).start()
-        offering = asyncio.create_task(agent.offers.run())
+        servers = []  # the update server once it listens (None unless POPKIT_UPDATE_LISTEN names an address)
+        offers = agent.offers = UpdateOffers(manifest, settings.mqtt_url, data, cache, link.ack,
+                                             serve=bool(settings.update_listen),
+                                             quiet_s=settings.update_quiet_s).start()
+
+        async def serve_updates() -> None:
+            # The kit's interface may come up after the agent (a hotspot): try again until it listens.
+            while settings.update_listen:
+                server = await start_update_server(settings, data, cache)
+                if server is not None:
+                    servers.append(server)
+                    await asyncio.to_thread(offers.serving, server.host, server.port)
+                    return
+                await asyncio.sleep(UPDATE_SERVER_RETRY_S)
+
+        background = [asyncio.create_task(serve_updates()), asyncio.create_task(offers.run())]
         try:
             await agent.run()
         finally:
             restart = agent.restart
-            offering.cancel()
-            await asyncio.gather(offering, return_exceptions=True)
-            agent.offers.stop()
-            if updates is not None:
-                await updates.close()
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            offers.stop()
+            for server in servers:
+                await server.close()
             await hw.close()
 
     try:

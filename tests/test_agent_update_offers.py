@@ -196,7 +196,7 @@ class KitAgent:
     """The agent daemon on the test broker, with its update offers; ``acks()`` as the fleet sees them."""
 
     def __init__(self, broker, tmp_path: Path, pub: bytes | None, *, quiet_s: float = 0.0, clock=None,
-                 start_selfupdate=None):
+                 start_selfupdate=None, host: str | None = HOST, port: int | None = PORT, serve: bool | None = None):
         path = tmp_path / "kit.toml"
         path.write_text(KIT)
         self.manifest = load_manifest(path)
@@ -211,8 +211,8 @@ class KitAgent:
         self.watch = StateWatch("uk", broker.url).start()
         self.hw = open_hardware(self.manifest, SimulatedKit())
         self.agent = Agent(self.manifest, self.link, self.hw, self.watch, self.data, simulate=True)
-        self.offers = UpdateOffers(self.manifest, broker.url, self.data, self.cache, self.link.ack, host=HOST,
-                                   port=PORT, fetcher=self.fetcher, quiet_s=quiet_s, clock=clock or time.time,
+        self.offers = UpdateOffers(self.manifest, broker.url, self.data, self.cache, self.link.ack, host=host,
+                                   port=port, serve=serve, fetcher=self.fetcher, quiet_s=quiet_s, clock=clock or time.time,
                                    start_selfupdate=start_selfupdate or (lambda v, b: self.started.append((v, b))))
         self.agent.offers = self.offers.start()
         wait_until(self.offers.connected.is_set, 10, what="the offers' session at the kit broker")
@@ -415,6 +415,23 @@ def test_an_offer_waits_while_the_kit_is_in_use_and_survives_a_restart(kit_agent
     clock.t += 600  # quiet: out it goes, and the command is acked by the agent that published it
     assert k2.ack("c1") == ("ok", "offered scanner-0.4.0 to door-1")
     assert decode("update", retained_offers(broker)["door-1"]).id == "c1"
+
+
+def test_offers_wait_for_an_update_server_that_could_not_listen_yet(kit_agent, bundles, releases, broker):
+    k = kit_agent(host=None, port=None, serve=True)  # POPKIT_UPDATE_LISTEN set, its address not up yet
+    k.command("c1", "scanner-0.4.0", "door-1", bundles.url("scanner-0.4.0"), sha(releases / "scanner-0.4.0"))
+    wait_until(lambda: k.offers.counts["deferred"] == 1, 20, what="the offer waiting for the server")
+    assert retained_offers(broker) == {} and "c1" not in k.acks()
+    k.offers.serving("10.42.0.1", 8468)  # the kit's interface came up: the server listens
+    assert k.ack("c1") == ("ok", "offered scanner-0.4.0 to door-1")
+    offer = decode("update", retained_offers(broker)["door-1"])
+    assert (offer.host, offer.port) == ("10.42.0.1", 8468)
+
+    # and an agent with no update server configured refuses ESP32 releases outright
+    k.stop()
+    k2 = kit_agent(host=None, port=None)
+    k2.command("c2", "scanner-0.4.0", "door-2", bundles.url("scanner-0.4.0"), sha(releases / "scanner-0.4.0"))
+    assert k2.ack("c2") == ("rejected", "no update server on the kit network (POPKIT_UPDATE_LISTEN is not set)")
 
 
 def state(device: str, fw: str, ts: int, update: dict | None = None) -> bytes:

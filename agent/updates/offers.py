@@ -47,6 +47,7 @@ from plumbing.files import write_atomic
 
 log = logging.getLogger("popkit.agent.updates")
 
+_UNSET_HOST, _UNSET_PORT = "unset", 1  # an offer's server before it listens: replaced when it goes out
 QUIET_S = 600.0  # the kit is in use while a door checked someone in within this
 NEWS_SLACK_MS = 15 * 60 * 1000  # device clocks drift; a state older than this before the offer is old news
 OFFERS_FILE = "update-offers.json"
@@ -82,11 +83,15 @@ def agent_update_report(data: Path) -> UpdateReport | None:
 
 class UpdateOffers(KitSession):
     def __init__(self, manifest: KitManifest, mqtt_url: str, data: Path, cache: UpdateCache, ack: Ack, *,
-                 host: str | None = None, port: int | None = None, fetcher: BundleFetcher | None = None,
+                 host: str | None = None, port: int | None = None, serve: bool | None = None,
+                 fetcher: BundleFetcher | None = None,
                  quiet_s: float = QUIET_S, start_selfupdate: Callable[[str, Path], None] = systemd_selfupdate,
                  clock: Callable[[], float] = time.time):
         self.manifest, self.kit, self.data, self.cache, self.ack = manifest, manifest.id, Path(data), cache, ack
-        self.host, self.port = host, port  # the update server's own listen address; None: no server
+        self.host, self.port = host, port  # the update server's own listen address; None: not listening
+        # An update server is configured (POPKIT_UPDATE_LISTEN), listening or not yet (the kit's
+        # interface may come up after the agent): offers wait for it rather than being refused.
+        self.serve = bool(host) if serve is None else serve
         self.fetcher = fetcher or BundleFetcher(cache)
         self.quiet_s, self.start_selfupdate, self.clock = quiet_s, start_selfupdate, clock
         self.devices = {s.id: s for s in manifest.devices if not s.hosted}
@@ -126,7 +131,7 @@ class UpdateOffers(KitSession):
                 return self._reject(f"{args.device} is not an ESP32 of kit {self.kit}")
             if spec.role != role:
                 return self._reject(f"{args.device} is a {spec.role}, not a {role}")
-            if not self.host or not self.port:
+            if not self.serve:
                 return self._reject("no update server on the kit network (POPKIT_UPDATE_LISTEN is not set)")
         try:
             folder = await self.fetcher.fetch(args, deadline_ms=cmd.expires)
@@ -136,10 +141,9 @@ class UpdateOffers(KitSession):
             return "error", str(exc)[:200]
         if role == "agent":
             return await self._selfupdate(version, folder)
-        assert self.host and self.port  # refused above otherwise
-        offer = UpdateOffer(id=cmd.id, release=args.release, fw=args.fw, host=self.host, port=self.port,
-                            rollback=args.downgrade, ts=int(self.clock() * 1000))
-        with self._lock:
+        offer = UpdateOffer(id=cmd.id, release=args.release, fw=args.fw, host=self.host or _UNSET_HOST,
+                            port=self.port or _UNSET_PORT, rollback=args.downgrade, ts=int(self.clock() * 1000))
+        with self._lock:  # host and port are the server's as it listens when the offer goes out
             self.offers[args.device] = {"offer": offer.model_dump(mode="json"), "cmd": cmd.id,
                                         "agent": self.manifest.agent, "published": False, "acked": False,
                                         "deferred": False}
@@ -165,6 +169,11 @@ class UpdateOffers(KitSession):
 
     # ------------------------------------------------------------ offers out
 
+    def serving(self, host: str, port: int) -> None:
+        """The update server listens now (it could not at the agent's start): waiting offers go out."""
+        self.host, self.port = host, port
+        self.poll()
+
     def in_use(self) -> str | None:
         """Why offers wait now, or None when the kit is quiet."""
         ago = self.clock() - self.last_use
@@ -179,6 +188,8 @@ class UpdateOffers(KitSession):
         if not self.connected.is_set():
             return  # on_connect publishes them
         busy = self.in_use()
+        if busy is None and not (self.host and self.port):
+            busy = "the update server is not listening yet"
         changed = False
         with self._lock:
             for device, entry in self.offers.items():
@@ -198,6 +209,8 @@ class UpdateOffers(KitSession):
                 self._save()
 
     def _publish(self, device: str, entry: dict) -> None:
+        assert self.host and self.port
+        entry["offer"].update(host=self.host, port=self.port)
         offer = UpdateOffer.model_validate(entry["offer"])
         self._client.publish(topic(self.kit, device, "update"), encode(offer), qos=1, retain=True)
         if not entry["published"]:
@@ -231,7 +244,7 @@ class UpdateOffers(KitSession):
         self.connected.set()
         with self._lock:  # what the broker holds may be gone (a broker without persistence): ours is the truth
             for device, entry in self.offers.items():
-                if entry["published"]:
+                if entry["published"] and self.host and self.port:
                     self._publish(device, entry)
         threading.Thread(target=self.poll, daemon=True).start()  # not on the network thread: it acks
 
