@@ -155,6 +155,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2) -> flo
 
 
 def rollout_part(args, stack: ExitStack, work: Path) -> dict:
+    from pydantic import SecretStr
+
     from fleet.api.app import create_app
     from fleet.auth.testing import ops_client
     from fleet.commands.delivery import Publisher
@@ -172,7 +174,7 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
     broker.start()
     db_url = throwaway_pg(stack) if args.db == "pg" else args.db or f"sqlite:///{work / 'fleet.db'}"
     settings = FleetSettings(mqtt_url=broker.url, db_url=db_url, client_id=f"fleet-bench-{secrets.token_hex(3)}",
-                             secret_key=secrets.token_urlsafe(48), release_pubkey=str(pub),
+                             secret_key=SecretStr(secrets.token_urlsafe(48)), release_pubkey=str(pub),
                              release_dir=str(work / "releases"), public_url="http://127.0.0.1:9",
                              update_step_s=STEP_S)
     store, ingest = build(settings)
@@ -186,7 +188,8 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
     publisher = Publisher.for_ingest(store, ingest)
     worker = RolloutWorker(store, publisher, settings)
 
-    behaviour = UpdateBehaviour(fail_p=FAIL_P, rollback_p=ROLLBACK_P, seed=args.seed, **DELAYS)
+    behaviour = UpdateBehaviour(fail_p=FAIL_P, rollback_p=ROLLBACK_P, seed=args.seed, fetch_s=DELAYS["fetch_s"],
+                                download_s=DELAYS["download_s"], trial_s=DELAYS["trial_s"])
     swarm = Swarm(args.kits, 3, broker.url, period_s=args.period, seed=args.seed, checkin_p=0.0, updates=behaviour)
     now = datetime.now(timezone.utc).replace(microsecond=0)
     manifests = swarm.manifests()
@@ -228,6 +231,12 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
     offer_ms, offers, planning = 0.0, 0, []
     show_scanners = {d for d in scanners if d.rsplit("-", 2)[0] in show}
 
+    def current():
+        ro = store.updates.rollout(rollout_id)
+        if ro is None:
+            raise RuntimeError(f"rollout {rollout_id} is gone")
+        return ro
+
     def step() -> dict[str, str]:
         nonlocal offer_ms, offers
         sent, ms = timed(worker.tick)
@@ -236,7 +245,7 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
             offers += len(sent)
         else:
             planning.append(ms)
-        ro = store.updates.rollout(rollout_id)
+        ro = current()
         if ro.state == "paused":
             pauses.append(ro.pause_reason or "")
             say(f"paused: {ro.pause_reason}; resuming, as ops would")
@@ -270,7 +279,7 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
         if m.id in show:
             store.registry.register_kit(with_show(m, ended, over=True))
     say(f"the {len(show)} shows are over; their kits' turn")
-    states = run_until(lambda s: store.updates.rollout(rollout_id).state == "done", args.timeout,
+    states = run_until(lambda s: current().state == "done", args.timeout,
                        "the rollout done")
     rollout_done_s = (now_ms() - created_ms) / 1000
 
