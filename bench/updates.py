@@ -79,7 +79,11 @@ def device_part(quick: bool) -> dict:
         return dict(device_error=f"bench.update_device: {exc}")
     say("device: a real scanner taking a bundle from the kit's cache while it scans")
     t0 = time.monotonic()
-    out = measure(quick)
+    try:
+        out = measure(quick)
+    except Exception as exc:  # noqa: BLE001 - reported (exit 1); the rollout part still runs
+        say(f"device part failed: {exc!r}")
+        return dict(device_error=f"bench.update_device: {exc!r}"[:300])
     say(f"device: {out} ({time.monotonic() - t0:.0f} s)")
     return out
 
