@@ -280,11 +280,20 @@ def sha(folder: Path) -> str:
 
 
 def retained_offers(broker) -> dict[str, bytes]:
-    """What a device subscribing now would be handed: the retained update topics at the broker."""
+    """What a device subscribing now would be handed: the retained update topics at the broker, as
+    of the messages that reach a subscriber within a moment (a withdrawal still on its way to the
+    broker arrives live, after the retained offer it clears)."""
     c = Collector(broker.url, [subscription("update", kit="uk")])
     try:
         time.sleep(0.3)  # retained messages arrive right after the subscription (no timing is asserted)
-        return {t.split("/")[3]: p for t, p, retained in c.messages if retained and p}
+        offers: dict[str, bytes] = {}
+        with c._lock:
+            for t, p, _retained in c.messages:
+                if p:
+                    offers[t.split("/")[3]] = p
+                else:
+                    offers.pop(t.split("/")[3], None)
+        return offers
     finally:
         c.close()
 
@@ -572,3 +581,14 @@ def test_popkit_agent_run_takes_the_command_and_offers_its_own_update_server(bro
         acks.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_an_offer_to_a_door_already_running_the_release_is_withdrawn_once_out(kit_agent, bundles, releases, broker):
+    k = kit_agent()
+    k.pub.publish(topic("uk", "door-1", "state"), state("door-1", "scanner-0.4.0", int(time.time() * 1000)),
+                  qos=1, retain=True).wait_for_publish(5)
+    wait_until(lambda: "door-1" in k.offers.states, 10, what="door-1's state seen")
+    k.command("c1", "scanner-0.4.0", "door-1", bundles.url("scanner-0.4.0"), sha(releases / "scanner-0.4.0"))
+    assert k.ack("c1") == ("ok", "offered scanner-0.4.0 to door-1")
+    wait_until(lambda: not k.offers.offers, 10, what="the offer withdrawn")
+    assert retained_offers(broker) == {} and k.offers.counts["withdrawn"] == 1

@@ -40,8 +40,8 @@ from pydantic import ValidationError
 from agent.kitsession import KitSession
 from agent.updates.cache import UpdateCache
 from agent.updates.fetch import BundleFetcher, FetchError
-from kits.contract import (Command, ContractError, UpdateCommandArgs, UpdateOffer, UpdateReport, decode, encode,
-                           parse_topic, subscription, topic)
+from kits.contract import (Command, ContractError, State, UpdateCommandArgs, UpdateOffer, UpdateReport, decode,
+                           encode, parse_topic, subscription, topic)
 from kits.manifest import KitManifest
 from plumbing.files import write_atomic
 
@@ -100,6 +100,7 @@ class UpdateOffers(KitSession):
         self.offers: dict[str, dict] = self._load()  # device -> {offer, cmd, published, acked, deferred}
         self.last_use = clock()  # unknown after a start: in use until a whole quiet window has passed
         self.last_door: str | None = None
+        self.states: dict[str, State] = {}  # device -> its latest state: an offer that went out late is checked too
         self.counts = {"commands": 0, "rejected": 0, "errors": 0, "published": 0, "withdrawn": 0, "deferred": 0,
                        "bad": 0}
         self.connected = threading.Event()
@@ -207,6 +208,9 @@ class UpdateOffers(KitSession):
                     entry["acked"] = changed = True
             if changed:
                 self._save()
+            out = [d for d, e in self.offers.items() if e["published"]]
+        for device in out:  # a device that already runs (or gave up on) what it was offered while it waited
+            self._settle(device)
 
     def _publish(self, device: str, entry: dict) -> None:
         assert self.host and self.port
@@ -219,12 +223,13 @@ class UpdateOffers(KitSession):
         entry["published"] = True
 
     def withdraw(self, device: str, why: str) -> None:
-        with self._lock:
-            entry = self.offers.pop(device, None)
+        with self._lock:  # published before the entry goes: whoever sees it gone sees it withdrawn at the broker next
+            entry = self.offers.get(device)
             if entry is None:
                 return
+            self._client.publish(topic(self.kit, device, "update"), b"", qos=1, retain=True)
+            del self.offers[device]
             self._save()
-        self._client.publish(topic(self.kit, device, "update"), b"", qos=1, retain=True)
         self.counts["withdrawn"] += 1
         log.info("offer of %s to %s withdrawn: %s", entry["offer"]["release"], device, why)
 
@@ -274,11 +279,17 @@ class UpdateOffers(KitSession):
         self.last_door = device
 
     def _state(self, device: str, payload: bytes) -> None:
+        state = decode("state", payload)
+        self.states[device] = state
+        self._settle(device)
+
+    def _settle(self, device: str) -> None:
+        """Withdraw the device's offer if its latest state says it is done with it."""
         with self._lock:
             entry = self.offers.get(device)
-        if entry is None or not entry["published"]:
+        state = self.states.get(device)
+        if entry is None or not entry["published"] or state is None:
             return
-        state = decode("state", payload)
         fw, offered_ms = entry["offer"]["fw"], entry["offer"]["ts"]
         news = state.update
         if state.fw == fw and (news is None or news.state == "committed"):
