@@ -592,3 +592,32 @@ def test_an_offer_to_a_door_already_running_the_release_is_withdrawn_once_out(ki
     assert k.ack("c1") == ("ok", "offered scanner-0.4.0 to door-1")
     wait_until(lambda: not k.offers.offers, 10, what="the offer withdrawn")
     assert retained_offers(broker) == {} and k.offers.counts["withdrawn"] == 1
+
+
+def test_a_fetch_cut_by_an_agent_restart_resumes_from_the_partial_fill(bundles, releases, keys, tmp_path):
+    """The first agent's fetch dies with it mid-file (the uplink was down when it stopped); the next
+    agent, given the same command again, asks only for what the partial fill lacks."""
+    from kits.contract import UpdateCommandArgs
+
+    args = UpdateCommandArgs(rollout=1, release="scanner-0.4.0", device="door-1", fw="scanner-0.4.0",
+                             manifest_sha256=sha(releases / "scanner-0.4.0"), size=0,
+                             url=bundles.url("scanner-0.4.0"), token=TOKEN)
+    root = tmp_path / "updates"
+    bundles.cut_after = 150_000
+
+    async def first():
+        task = asyncio.ensure_future(BundleFetcher(UpdateCache(root, keys[1]), backoff_s=0.05,
+                                                   backoff_cap_s=0.1).fetch(args))
+        while not bundles.down.is_set():
+            await asyncio.sleep(0.02)
+        task.cancel()  # the agent stops
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(first())
+    assert UpdateCache(root, keys[1]).names() == []
+    bundles.uplink_up()
+    again = BundleFetcher(UpdateCache(root, keys[1]))
+    folder = asyncio.run(again.fetch(args))
+    assert (folder / "files" / "app_main.mpy").read_bytes() == APP
+    assert bundles.files_sent("scanner-0.4.0") == {p: len(b) for p, b in FILES.items() if b}
+    assert again.counts["bytes"] == sum(map(len, FILES.values())) - 150_000  # only what the first lacked
