@@ -621,3 +621,21 @@ def test_a_fetch_cut_by_an_agent_restart_resumes_from_the_partial_fill(bundles, 
     assert (folder / "files" / "app_main.mpy").read_bytes() == APP
     assert bundles.files_sent("scanner-0.4.0") == {p: len(b) for p, b in FILES.items() if b}
     assert again.counts["bytes"] == sum(map(len, FILES.values())) - 150_000  # only what the first lacked
+
+
+def test_a_bundle_the_kits_card_has_no_room_for_is_refused_before_its_files(bundles, releases, keys, tmp_path):
+    from agent.updates.fetch import RESERVE, FetchError
+    from kits.contract import UpdateCommandArgs
+
+    args = UpdateCommandArgs(rollout=1, release="scanner-0.4.0", device="door-1", fw="scanner-0.4.0",
+                             manifest_sha256=sha(releases / "scanner-0.4.0"), size=0,
+                             url=bundles.url("scanner-0.4.0"), token=TOKEN)
+    total = sum(map(len, FILES.values()))
+    full = BundleFetcher(UpdateCache(tmp_path / "updates", keys[1]), disk_free=lambda _p: RESERVE + total - 1)
+    with pytest.raises(FetchError) as refused:
+        asyncio.run(full.fetch(args))
+    assert str(refused.value) == (f"bundle: {total} bytes to fetch and {RESERVE + total - 1} free on the kit's card "
+                                  "(64 MB stay free for its outbox)")
+    assert bundles.files_sent("scanner-0.4.0") == {}  # not a byte of the files
+    roomy = BundleFetcher(UpdateCache(tmp_path / "updates", keys[1]), disk_free=lambda _p: RESERVE + total)
+    assert asyncio.run(roomy.fetch(args)).name == "scanner-0.4.0"

@@ -42,6 +42,7 @@ CHUNK = 64 * 1024
 TIMEOUT_S = 30.0  # per socket operation: a stalled uplink is a transient failure, resumed
 MAX_MANIFEST = 1024 * 1024
 MAX_SIG = 64
+RESERVE = 64 * 1024 * 1024  # left free on the Pi's card: its outbox and stores must not run out for a release
 _TRANSIENT_STATUS = {408, 425, 429}
 
 
@@ -58,11 +59,13 @@ class BundleFetcher:
     the longest one (tests make them short); ``opener``: urllib's (tests count requests on the server)."""
 
     def __init__(self, cache: UpdateCache, *, timeout_s: float = TIMEOUT_S, backoff_s: float = 1.0,
-                 backoff_cap_s: float = 60.0, clock: Callable[[], float] = time.time):
+                 backoff_cap_s: float = 60.0, clock: Callable[[], float] = time.time,
+                 disk_free: Callable[[Path], int] | None = None):
         self.cache = cache
         self.timeout_s = timeout_s
         self.backoff_s, self.backoff_cap_s = backoff_s, backoff_cap_s
         self.clock = clock
+        self.disk_free = disk_free or (lambda path: shutil.disk_usage(path).free)
         self._running: dict[str, tuple[str, asyncio.Future[Path]]] = {}  # release -> (its sha, the one fetch)
         self.counts = {"fetches": 0, "retries": 0, "bytes": 0, "failed": 0}
 
@@ -130,7 +133,13 @@ class BundleFetcher:
             raise FetchError(f"bundle: {exc}") from None
         if fill.name != args.release:
             raise FetchError(f"bundle: the manifest is {fill.name}, the command names {args.release}")
-        for path, offset in fill.missing().items():
+        missing = fill.missing()
+        need = sum(e.size for e in fill.manifest.files if e.path in missing) - sum(missing.values())
+        free = self.disk_free(self.cache.root)
+        if need > free - RESERVE:
+            raise FetchError(f"bundle: {need} bytes to fetch and {free} free on the kit's card "
+                             f"({RESERVE // 2**20} MB stay free for its outbox)")
+        for path, offset in missing.items():
             self._get_file(args, fill, path, offset)
         try:
             return fill.finish()
