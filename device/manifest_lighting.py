@@ -19,6 +19,7 @@ module("link.py", base_path="lib")
 module("tcp.py", base_path="lib")
 module("hmac256.py", base_path="lib")  # update.py checks a release's tag with it
 module("update.py", base_path="lib")  # staging a release in the spare A/B slot (imported only then)
+module("fetch.py", base_path="lib")  # downloading a release from the kit's agent (imported only then)
 
 # board layer (the unix build uses boards/unix instead)
 module("board.py", base_path="boards/esp32")

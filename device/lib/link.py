@@ -31,6 +31,13 @@
 #   counted (clock_refused). `state` says the clock's state ("clock") and why this boot happened
 #   ("reset_cause"), and is published again when the clock's state changes. The time topic is
 #   subscribed before the birth goes out: the agent answers a birth with the time at once.
+# * Field updates (updates=...): the device's own `update` topic, retained at the kit broker by the
+#   kit's agent (kits/contract.py UpdateOffer). An offer of another fw than the running one, whose id
+#   has not failed here before (the id and reason of the last failure are kept on flash, so a refused
+#   bundle is not fetched again at every boot, only reported again), starts the download (fetch.py,
+#   imported for it and dropped after): `state` says downloading, then the board resets into its
+#   trial, or says failed and why, the app untouched. One offered while a trial is under way waits
+#   for its outcome (the spare slot then holds the last good app).
 # * Commands: never executed when retained or past `expires` (answered
 #   "expired"), nor while the clock is unset (answered "rejected": expires cannot be checked);
 #   a redelivered id is not executed twice. Config: handed to the
@@ -69,6 +76,13 @@ class Link:
     # "rolled_back"|"safe_mode"|"failed", "why": ...}), set by the app or safe mode; setting it
     # publishes the state again. A class attribute until set: no heap for a device with nothing to say.
     _update = None  # type: dict | None
+    # Field updates, class attributes until a device takes them (no heap otherwise): the update
+    # topic, (device, config path, connect_tcp, reset, flash dir, download buffer), the offer id
+    # being fetched, an offer (bytes) waiting for a trial's outcome.
+    _t_update = None
+    _upd = None
+    _fetching = None
+    _later = None
 
     @property
     def update(self):
@@ -79,10 +93,14 @@ class Link:
         self._update = u
         self._restate = True
         self._kick.set()
+        if self._later is not None and u and u["state"] in ("committed", "rolled_back"):
+            m, self._later = self._later, None  # the trial is over: the offer that waited for it
+            self._offer(m, False)
 
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
-                 hub=False, kit_subs=(), time_sync=None, reset_cause=None, dedup=True, outbox_buf=512, **mqtt):
+                 hub=False, kit_subs=(), time_sync=None, reset_cause=None, dedup=True, outbox_buf=512,
+                 updates=None, **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
@@ -96,6 +114,10 @@ class Link:
         dedup=False: the app drops redelivered command ids itself (the lighting controller's
         CommandGate, on flash): the link keeps no list of its own. outbox_buf: the outbox's read
         buffer, the largest record read without an allocation (a controller's are small).
+        updates: (config path, connect_tcp(host, port), reset(), flash dir, buffer size): take field
+        updates offered on this device's `update` topic (the config is read again for its
+        update_key). The download's buffer is taken now, at boot: after hours of running, a heap
+        near its budget may hold no free block that big (it carries a response head, at most its size).
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
         self.fw = fw
@@ -129,6 +151,9 @@ class Link:
         self._answer = None
         self._answered = asyncio.Event() if hub else None  # a controller never asks: no Event on its heap
         self._hub_miss = None  # ticks of the last unanswered claim
+        if updates is not None:
+            self._t_update = (pre + "update").encode()
+            self._upd = (device, updates[0], updates[1], updates[2], updates[3], bytearray(updates[4]))
         self._t_out = [None]  # by flashlog channel code
         for c in CHANNELS[1:]:
             self._t_out.append((pre + c).encode())
@@ -260,7 +285,8 @@ class Link:
                     await c.up.wait()
                 if c.conns != seen:  # a new session: subscribe, be born, send all unreceipted
                     seen = c.conns
-                    for t in self._t_in + ((self._t_claimed,) if self._t_claimed else ()):
+                    for t in self._t_in + ((self._t_claimed,) if self._t_claimed else ()) + (
+                            (self._t_update,) if self._t_update else ()):
                         try:
                             await c.subscribe(t, 0 if t is self._t_claimed else 1)
                         except MQTTError as e:
@@ -385,6 +411,8 @@ class Link:
                         self.set_config_version(v)
                 elif t == self._t_time:
                     self._on_time(m, retained)
+                elif t == self._t_update:
+                    self._offer(m, retained)
                 else:
                     for kt, _q, h in self._kit_subs:
                         if t == kt:
@@ -418,6 +446,69 @@ class Link:
             elif res is not None:
                 self.ack(cid, res[0], res[1])
 
+    # ------------------------------------------------------------ field updates
+
+    def _offer(self, m, retained):
+        """An offer on the update topic (empty: withdrawn, nothing to do)."""
+        if not m or self._fetching is not None:
+            return
+        o = json.loads(m)
+        fw = o["fw"]
+        if fw == self.fw:
+            return  # running it already (its trial or commit says so in state)
+        u = self._update
+        if u and u["state"] == "trial":
+            self._later = m  # the spare slot holds the last good app until this trial's outcome
+            return
+        try:
+            with open(self._upd[4] + "/update.failed") as f:
+                last = f.read().split("\n", 1)
+        except OSError:
+            last = None
+        if last and last[0] == o["id"]:  # refused before: said again, not fetched again
+            if not u or u["state"] != "failed":
+                self.update = {"state": "failed", "why": last[1] if len(last) > 1 else "", "fw": fw}
+            return
+        self._fetching = o["id"]
+        self.update = {"state": "downloading", "fw": fw}
+        log(_INFO, "link", "update %s offered: downloading", fw)
+        asyncio.create_task(self._fetch(o))
+
+    async def _fetch(self, o):
+        import sys
+
+        dev, path, connect, reset, flash, buf = self._upd
+        why = None
+        drop = [n for n in ("fetch", "update", "hmac256", "abboot") if n not in sys.modules]  # (the app's stay)
+        try:
+            with open(path) as f:
+                cfg = json.load(f)  # read again for its update_key: the app keeps none of its config
+            import fetch
+
+            await fetch.run(o, dev, cfg, self.fw or self.role + "-0.0.0", connect, buf, flash + "/update.manifest",
+                            **(cfg.get("update") or {}))
+        except ImportError as e:  # a ROMFS or frozen run has no A/B boot stage
+            why = "no A/B slots here: %s" % e
+        except Exception as e:  # update.Refused, fetch.GiveUp: their text is the reason
+            why = str(e) or repr(e)
+        cfg = None
+        for n in drop:  # none of it stays on the heap
+            sys.modules.pop(n, None)
+        drop = None
+        if why is None:
+            print("UPDATE switched", o["fw"])
+            await self.stop(3000)  # the downloading state and the outbox out first, then the reset
+            reset()
+            return
+        print("UPDATE failed", why)
+        try:
+            with open(flash + "/update.failed", "w") as f:
+                f.write("%s\n%s" % (o["id"], why))
+        except OSError:
+            pass
+        self._fetching = None
+        self.update = {"state": "failed", "why": why, "fw": o["fw"]}
+
     def _on_time(self, m, retained):
         if retained:  # the kit's time is never retained: a stale one must not set the clock
             return
@@ -448,6 +539,8 @@ class Link:
             s += ',"update":{"state":"%s"' % u["state"]
             if u.get("why"):
                 s += ',"why":' + json.dumps(u["why"][:120])  # the contract's bound
+            if u.get("fw"):
+                s += ',"fw":' + json.dumps(u["fw"])
             s += "}"
         return (s + "}").encode()
 

@@ -68,22 +68,42 @@ def _free():
 
 
 class Stage:
-    def __init__(self, manifest_json, tag, cfg, running, rollback=False):
+    def __init__(self, manifest, tag, cfg, running, rollback=False, buf=None):
         """Check the release (tag, role, ABI, version, room) and open the spare slot for it: a slot
-        already holding this very manifest is resumed, anything else there is cleared."""
+        already holding this very manifest is resumed, anything else there is cleared.
+        ``manifest``: manifest.json's bytes, or the name of a file holding them (the downloader's:
+        hashed and parsed from flash, never whole in RAM; renamed into the slot). ``buf``: a buffer
+        to read files through (the downloader lends its own: one buffer, not two)."""
         import abboot  # the boot stage's, at the flash's root (not in a ROMFS or frozen run)
-        from hmac256 import compare_digest, hmac_sha256
+        from hmac256 import HMAC256, compare_digest
 
-        self._ab = abboot
-
+        if "abboot" in sys.modules:  # dropped again at once (heap: a download holds the rest); switch() takes it back
+            del sys.modules["abboot"]
+        self._buf = buf = buf or bytearray(_BUF)
         key = cfg.get("update_key")
         if not key:
             raise Refused("no update_key in the device config (popkit kit provision)")
         if isinstance(tag, str):
             tag = unhexlify(tag)
-        if not compare_digest(hmac_sha256(unhexlify(key), manifest_json), tag):
+        hm = HMAC256(unhexlify(key))
+        named = isinstance(manifest, str)
+        if named:  # HMAC-SHA256 (RFC 2104) over the file, through HMAC256's pads
+            h = _hash(manifest, sha256(hm._ipad), buf)
+            h2 = sha256(hm._opad)
+            h2.update(h.digest())
+            mac = h2.digest()
+            size = _size(manifest)
+        else:
+            mac = hm.digest(manifest)
+            size = len(manifest)
+        hm = h = h2 = None
+        if not compare_digest(mac, tag):
             raise Refused("bad tag: the manifest is not what the kit's agent vouched for")
-        m = json.loads(manifest_json)
+        if named:
+            with open(manifest) as f:
+                m = json.load(f)
+        else:
+            m = json.loads(manifest)
         role = running.split("-")[0]
         if m.get("role") != role:
             raise Refused("wrong role: %s, this device is a %s" % (m.get("role"), role))
@@ -102,27 +122,45 @@ class Stage:
                 raise Refused("bad path " + p)
             self.files[p] = (e["size"], unhexlify(e["sha256"]))
         self.fw = m.get("fw")
+        total = m["total_size"]
+        m = None
         mine = self.slot + "/manifest.json"
-        resume = _size(mine) == len(manifest_json)
+        resume = _size(mine) == size
         if resume:
-            with open(mine, "rb") as f:
-                resume = f.read() == manifest_json
+            if named:
+                resume = _hash(mine, sha256(), buf).digest() == _hash(manifest, sha256(), buf).digest()
+            else:
+                with open(mine, "rb") as f:
+                    resume = f.read() == manifest
         have = 0
         if resume:
             for p in self.files:
                 have += max(_size(self.slot + "/" + p), 0)
-        if m["total_size"] - have + 4096 > _free():
-            raise Refused("too big: %d bytes, %d free on flash" % (m["total_size"] - have, _free()))
+        if total - have + 4096 > _free():
+            raise Refused("too big: %d bytes, %d free on flash" % (total - have, _free()))
         if not resume:
             _wipe(self.slot)
-            with open(mine, "wb") as f:
-                f.write(manifest_json)
+            if named:
+                os.rename(manifest, mine)
+            else:
+                with open(mine, "wb") as f:
+                    f.write(manifest)
+        elif named:
+            os.remove(manifest)
         self._h = None  # (path, sha256 context) of the file being received
-        self._buf = bytearray(_BUF)
 
     def have(self, path):
         """Bytes of ``path`` already in the slot: where its download goes on from."""
         return max(_size(self.slot + "/" + path), 0)
+
+    def begin(self, path):
+        """Ready the hash of ``path`` for its next chunk; a resumed file's bytes on flash are hashed
+        here, through the buffer. The downloader calls it while the buffer it lent is free (the
+        chunk it writes then sits in that very buffer)."""
+        h = self._h
+        if h is None or h[0] != path:
+            full = self.slot + "/" + path
+            self._h = (path, _hash(full, sha256(), self._buf) if _size(full) > 0 else sha256())
 
     def write(self, path, offset, data):
         """Append a chunk at ``offset`` of ``path``; True when that file is complete (and its hash
@@ -142,13 +180,11 @@ class Stage:
         if size + len(data) > e[0]:
             os.remove(full)
             raise Refused("%s longer than its %d bytes" % (path, e[0]))
+        self.begin(path)
         h = self._h
-        if h is None or h[0] != path:
-            h = (path, _hash(full, sha256(), self._buf) if size else sha256())  # a resumed file
-            self._h = h
-        h[1].update(data)
         with open(full, "ab") as f:
             f.write(data)
+        h[1].update(data)  # after the write: a write that failed leaves the hash as the file is
         if size + len(data) < e[0]:
             return False
         self._h = None
@@ -166,18 +202,27 @@ class Stage:
             except OSError:
                 pass
 
+    def check(self, p):
+        """File ``p`` there, at its size, with its hash, read back from flash."""
+        e = self.files[p]
+        full = self.slot + "/" + p
+        if _size(full) != e[0]:
+            raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), e[0]))
+        if _hash(full, sha256(), self._buf).digest() != e[1]:
+            os.remove(full)
+            raise Refused("hash mismatch: " + p)
+
     def verify(self):
         """Every file there, at its size, with its hash, read back from flash."""
-        for p, e in self.files.items():
-            full = self.slot + "/" + p
-            if _size(full) != e[0]:
-                raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), e[0]))
-            if _hash(full, sha256(), self._buf).digest() != e[1]:
-                os.remove(full)
-                raise Refused("hash mismatch: " + p)
+        for p in self.files:
+            self.check(p)
 
-    def switch(self):
-        """Verified, then the pointer moves (abboot.switch: atomic); the next boot is the trial."""
-        self.verify()
-        self._ab.switch(self.slot)
+    def switch(self, checked=False):
+        """Verified (``checked``: the caller just ran check() on every file, yielding between them),
+        then the pointer moves (abboot.switch: atomic); the next boot is the trial."""
+        if not checked:
+            self.verify()
+        import abboot
+
+        abboot.switch(self.slot)
         return self.slot

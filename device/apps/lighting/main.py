@@ -35,11 +35,14 @@ TICK_MS = 10
 FW = "lighting-0.4.1"
 
 
+def config_path():
+    """The config named on the command line (the demo, the tests), else the flashed tree's."""
+    return sys.argv[1] if len(sys.argv) > 1 else board.config_path("lighting")
+
+
 def load_config():
-    """The config named on the command line (the demo, the tests), else the flashed tree's; the
-    board takes its part (Wi-Fi on the ESP32) before anything uses it."""
-    path = sys.argv[1] if len(sys.argv) > 1 else board.config_path("lighting")
-    with open(path) as f:
+    """The device's config; the board takes its part (Wi-Fi on the ESP32) before anything uses it."""
+    with open(config_path()) as f:
         cfg = json.load(f)
     board.configure(cfg)
     return cfg
@@ -85,7 +88,8 @@ class App:
                               response_ms=cfg.get("response_ms", 3000), backoff_ms=cfg.get("backoff_ms", 500),
                               backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password,
                               time_sync=board, reset_cause=self.cause,
-                              dedup=False, outbox_buf=256, rx_buf=256)  # the heap is tight: Lighting's
+                              dedup=False, outbox_buf=256, rx_buf=256,  # the heap is tight: Lighting's
+                              updates=(config_path(), board.connect_tcp, board.reset, self.state_dir, 256))
         # CommandGate drops redelivered ids (on flash); this role's outbox records (telemetry, acks) are
         # small, and so is what it receives but a timeline (receipts, time, scene commands): one larger
         # than rx_buf is read into a buffer of its own size, as a timeline always is
@@ -156,13 +160,16 @@ class App:
             import abboot
         except ImportError:
             return
+        fw = self.link.fw
         if abboot.trial():  # on trial: the fleet sees it proving itself, then its outcome
-            self.link.update = {"state": "trial"}
+            self.link.update = {"state": "trial", "fw": fw}
         r = await abboot.settle(self.healthy, self.trial_s)
-        del sys.modules["abboot"]
+        sys.modules.pop("abboot", None)  # (an update's staging may have dropped it already)
         if r:
             print("UPDATE", r[0], r[1])
-            self.link.update = {"state": r[0], "why": r[1]}
+            # committed: this release; rolled back: the one that failed, not known here
+            self.link.update = {"state": r[0], "why": r[1], "fw": fw} if r[0] == "committed" else \
+                {"state": r[0], "why": r[1]}
 
     async def run(self):
         asyncio.create_task(self.ticker())  # the lights first

@@ -149,7 +149,9 @@ class Scanner:
                               kit_subs=(("revocations", 1, self._on_kit),), time_sync=board, reset_cause=cause,
                               # its largest record, a check-in with every field at its longest, is 335 B
                               # (an ordinary one ~220); a longer one is still written, in four writes
-                              outbox_buf=384)
+                              outbox_buf=384,
+                              # field updates offered by the kit's agent: downloaded while the door scans
+                              updates=(_config_path(), board.connect_tcp, board.reset, flash, 512))
         self._hub_ms = cfg.get("hub_ms", 250)
         self._trial_s = cfg.get("trial_s", 60)  # the healthy window a new release's trial must hold
         self._tick = self.t0  # the UART loop's last pass
@@ -364,12 +366,14 @@ class Scanner:
         except ImportError:
             return
         if abboot.trial():  # on trial: the fleet sees it proving itself, then its outcome
-            self.link.update = {"state": "trial"}
+            self.link.update = {"state": "trial", "fw": FW}
         r = await abboot.settle(self._healthy, self._trial_s)
-        del sys.modules["abboot"]
+        sys.modules.pop("abboot", None)  # (an update's staging may have dropped it already)
         if r:
             print("UPDATE", r[0], r[1])
-            self.link.update = {"state": r[0], "why": r[1]}
+            # committed: this release; rolled back: the one that failed, not known here
+            self.link.update = {"state": r[0], "why": r[1], "fw": FW} if r[0] == "committed" else \
+                {"state": r[0], "why": r[1]}
 
     async def run(self):
         lk = self.link

@@ -1,0 +1,181 @@
+# The device's download of a release from its kit's agent (docs/updates.md, "The ESP32's download").
+#
+# The agent's kit-network server (agent/updates/server.py) speaks plain HTTP/1.1, one request a
+# connection. run() asks it for the manifest with this device's tag (X-Popkit-Device), opens
+# update.Stage on it (tag, role, ABI, version, room: a refusal raises update.Refused), then asks for
+# every file from what the spare slot already holds (stage.have: after a cut or a reboot nothing on
+# flash is fetched again), a span at a time with Range, written to the stage a chunk at a time as it
+# arrives; then every file is read back and checked and the pointer switches (the caller resets).
+#
+# Memory: one preallocated chunk buffer carries the response head, then the body, and is lent to
+# the stage for hashing what it reads back; nothing grows with the release but the manifest (held
+# while its tag is checked). Sockets are non-blocking (the board's connect_tcp, as pkmqtt's) inside
+# an asyncio Stream, every read has a timeout, and the task yields between chunks: the app's loop
+# (a door's UART) keeps turning. Network faults (the agent or the Wi-Fi gone, a cut body) are
+# retried with backoff; the count starts over whenever bytes reach the flash, and past _TRIES in a
+# row without progress the download gives up with the last fault as its reason.
+import asyncio
+
+from micropython import const
+
+import update
+
+_SPAN = const(16384)  # bytes asked for in one request: a cut costs at most what was in flight
+_MAX_MANIFEST = const(8192)  # a role's manifest is ~2 KB
+_BACKOFF_MAX_MS = const(15000)
+
+
+class GiveUp(Exception):
+    """The download cannot go on; str() says why (reported to the fleet)."""
+
+
+async def _open(connect, o, dev, path, start, end, mv, t):
+    """One request; its head read into ``mv``. -> (stream, status, content-length, X-Popkit-Tag or
+    Content-Range, where the body's first bytes start in mv, where they end). (Few functions here:
+    each costs heap while a download runs, even frozen.)"""
+    st = asyncio.StreamReader(connect(o["host"], o["port"]))
+    try:
+        # queued, not written: the TCP connect may still be under way (drain waits for it)
+        st.out_buf = ("GET /updates/%s/%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
+            o["release"], path, o["host"], dev, "Range: bytes=%d-%d\r\n" % (start, end) if start >= 0 else "")).encode()
+        await asyncio.wait_for_ms(st.drain(), t)
+        n = 0
+        at = -1
+        seen = 0  # of the "\r\n\r\n" that ends the head
+        while at < 0:
+            if n >= len(mv):  # the agent's heads are under 200 bytes
+                raise GiveUp("update server: response head over %d bytes" % len(mv))
+            k = await asyncio.wait_for_ms(st.readinto(mv[n:]), t)
+            if not k:
+                raise OSError("closed in the response head")
+            for i in range(n, n + k):
+                seen = seen + 1 if mv[i] == (13 if seen % 2 == 0 else 10) else (1 if mv[i] == 13 else 0)
+                if seen == 4:
+                    at = i + 1
+                    break
+            n += k
+        lines = bytes(mv[:at]).decode().split("\r\n")
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            raise GiveUp("update server: bad status line %r" % lines[0][:40])
+        length = -1
+        val = None
+        for ln in lines[1:]:
+            name, _, v = ln.partition(":")
+            name = name.lower()
+            if name == "content-length":
+                length = int(v)
+            elif name in ("x-popkit-tag", "content-range"):
+                val = v.strip()
+        if status != (206 if start >= 0 else 200):
+            if status == 503:
+                raise OSError("update server busy (503)")
+            raise GiveUp("update server: %s for %s" % (
+                "403, this device is not one of the kit's (update keys)" if status == 403 else "HTTP %d" % status, path))
+        if n - at > length:
+            raise GiveUp("update server: more bytes than Content-Length")
+        return st, length, val, at, n
+    except BaseException:
+        st.close()
+        raise
+
+
+async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, tries=6, backoff_ms=500):
+    """Download ``offer`` (kits/contract.py UpdateOffer) into the spare slot and switch to it (the
+    caller resets the board). Raises update.Refused or GiveUp with the reason. ``cfg``: the device's
+    config (its update_key); ``running``: the running fw; ``buf``: the buffer (the app's, taken at
+    boot: a heap that has run for hours may have no free block that big left); ``tmp``: a file
+    name for the manifest on its way. Network faults (OSError, a timeout) are
+    tried again after ``backoff_ms``, doubling; ``tries`` of them in a row with no byte reaching the
+    flash end it. Returns (body bytes received, requests, faults)."""
+    mv = memoryview(buf)
+    chunk = len(buf)
+    stage = None
+    got = asked = faults = fails = 0
+    wait = backoff_ms
+    while True:
+        path = "manifest.json"  # first the manifest, then the next span of the first file not whole
+        off = size = 0
+        if stage is not None:
+            path = None
+            for p in stage.files:
+                size = stage.files[p][0]
+                off = stage.have(p)
+                if off < size:
+                    path = p
+                    break
+            if path is None:
+                break
+            stage.begin(path)  # a resumed file's prefix hashed now, while the buffer is free
+        end = min(off + _SPAN, size) - 1
+        st = None
+        moved = False
+        asked += 1
+        try:
+            st, length, val, b0, b1 = await _open(connect, offer, device, "files/" + path if stage else path,
+                                                  off if stage else -1, end, mv, timeout_ms)
+            if stage is None:
+                if not val or not 0 < length <= _MAX_MANIFEST:
+                    raise GiveUp("update server: manifest of %d bytes, tag %r" % (length, val))
+                n = b1 - b0
+                with open(tmp, "wb") as f:  # through the buffer to flash: never whole in RAM
+                    f.write(mv[b0:b1])
+                    while n < length:
+                        k = await asyncio.wait_for_ms(st.readinto(mv[:min(chunk, length - n)]), timeout_ms)
+                        if not k:
+                            raise OSError("manifest cut short")
+                        f.write(mv[:k])
+                        n += k
+                got += n
+                stage = update.Stage(tmp, val, cfg, running, offer.get("rollback", False), buf)
+                cfg = None
+                print("FETCH", offer["release"], "to", stage.slot)
+                continue
+            if val != "bytes %d-%d/%d" % (off, end, size) or length != end - off + 1:
+                raise GiveUp("update server: %s for bytes %d-%d of %s (%d bytes)" % (val, off, end, path, size))
+            if not off:
+                print("FETCH", path)
+            mv[:b1 - b0] = mv[b0:b1]  # the body's first bytes, behind the head: to the buffer's front
+            n = b1 - b0
+            left = length
+            while left:
+                want = min(chunk, left)
+                while n < want:
+                    k = await asyncio.wait_for_ms(st.readinto(mv[n:want]), timeout_ms)
+                    if not k:
+                        break
+                    n += k
+                if n:
+                    stage.write(path, off, mv[:n])  # update.Refused (a hash mismatch...) ends it all
+                    off += n
+                    left -= n
+                    got += n
+                    moved = True
+                if n < want:
+                    raise OSError("%s cut at %d" % (path, off))
+                n = 0
+                await asyncio.sleep_ms(0)  # the app's turn between chunks
+        except (OSError, asyncio.TimeoutError) as e:
+            faults += 1
+            if moved:  # bytes reached the flash: the count starts over
+                fails = 0
+                wait = backoff_ms
+                continue
+            fails += 1
+            why = "timed out" if isinstance(e, asyncio.TimeoutError) else repr(e)[:60]
+            if fails >= tries:
+                raise GiveUp("update server %s:%d unreachable after %d tries: %s" % (
+                    offer["host"], offer["port"], fails, why))
+            print("FETCH retry", fails, why)
+            await asyncio.sleep_ms(wait)
+            wait = min(wait * 2, _BACKOFF_MAX_MS)
+        finally:
+            if st is not None:
+                st.close()
+    for p in stage.files:  # read back from flash, a file at a time, the app's turn between files
+        stage.check(p)
+        await asyncio.sleep_ms(0)
+    stage.switch(True)
+    print("FETCHED", got, asked, faults)
+    return got, asked, faults

@@ -1,0 +1,272 @@
+"""The ESP32's side of a field update (issue 18), end to end from real parts: the scanner firmware in the
+real unix-port MicroPython, flashed as `popkit device flash` stages it, a real Mosquitto as the kit
+broker, the agent's real kit-network server (agent/updates/server.py) serving a signed release from the
+kit's cache (agent/updates/cache.py), and the offer retained on the door's update topic as the agent
+publishes it (kits/contract.py UpdateOffer). tests/device/updaterig.py builds the kit.
+
+What a crew would see: a door offered a release downloads it while it keeps scanning (every guest
+answered, the heap within its 48 KB), switches, boots the release on trial and commits it, and the
+fleet reads downloading, trial, committed from its state; a download cut by a power cut or by the
+agent going away goes on from what is on flash; a release the door must refuse is reported failed
+with why and the door scans on, and is not fetched again at the next boot; a door stuck in a boot
+loop takes, from safe mode, the update that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+import pytest
+
+from kits.contract import decode
+from simulators.scanner import ScannerSim
+from tests.conftest import publisher, wait_until
+from tests.device import updaterig as rig
+from tests.device.test_scanner_app import door
+
+
+@pytest.fixture
+def sim():
+    s = ScannerSim()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def kit(tmp_path, broker, sim):
+    k = rig.Kit(tmp_path, broker.port, sim.port, rate=24 * 1024)
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def pub(broker):
+    c = publisher(broker.url)
+    yield c
+    c.disconnect()
+    c.loop_stop()
+
+
+def offer(pub, payload: bytes) -> None:
+    pub.publish(rig.topic("update"), payload, qos=1, retain=True).wait_for_publish(5)
+
+
+def updates(seen) -> list[dict]:
+    """The update news of each state the door published, in order (None: a state without)."""
+    out = []
+    for p in seen.on("/state"):
+        st = decode("state", p)
+        if st.online:
+            out.append(st.update.model_dump(exclude_none=True) if st.update else None)
+    return out
+
+
+def scan_until(dev, sim, kit, n0: int, stop) -> int:
+    """Scan fresh tickets one after another until ``stop()``; every one must light the green lamp."""
+    n = n0
+    deadline = time.monotonic() + 60
+    while not stop():
+        if dev.matching(r"UPDATE failed"):
+            dev._fail("the download failed")
+        if time.monotonic() > deadline:
+            dev._fail("the download did not end within 60 s")
+        n += 1
+        assert door(sim, kit.ticket(n)) == "green", f"ticket {n} not admitted"
+    return n - n0
+
+
+# ------------------------------------------------------------------ the whole update
+
+def test_a_door_downloads_while_scanning_switches_tries_and_commits(kit, sim, pub, collect):
+    seen = collect(rig.topic("state"))
+    release, size = kit.release("0.3.2")
+    dev = kit.door_from_tree()
+    dev.expect(r"READY", timeout=15)
+    sim.wait_connected(1)
+    wait_until(lambda: updates(seen), 15, what="the door online")
+    assert door(sim, kit.ticket(1)) == "green"
+
+    offer(pub, kit.offer(release))
+    dev.expect(r"FETCH scanner-0.3.2 to b", timeout=15)
+    during = scan_until(dev, sim, kit, 1, lambda: dev.matching(r"UPDATE switched"))
+    assert dev.wait(20) == 75, "switched: the board resets into the new slot"
+    assert during > 0, "the door scanned during the download"
+    scans = len(dev.matching(r"SCAN admitted"))
+    assert scans == during + 1, "every scan answered, each once"
+    served = kit.relay.served()
+    assert served == size, f"served {served} B of a {size} B release: each byte once"
+
+    # the next boot: the new slot on trial, healthy, committed
+    dev = kit.door_from_tree()
+    dev.expect(r"ABBOOT b trial 1", timeout=15)
+    dev.expect(r"READY", timeout=20)
+    dev.expect(r"UPDATE committed b", timeout=30)
+    assert door(sim, kit.ticket(9000)) == "green"
+    wait_until(lambda: (updates(seen) or [None])[-1] == {"state": "committed", "why": "b", "fw": release}, 15,
+               what="committed in the door's state")
+    news = [u for u in updates(seen) if u]
+    steps = [u["state"] for u in news]
+    assert steps[steps.index("downloading"):] == ["downloading", "trial", "committed"], news
+    assert all(u.get("fw") == release for u in news), news
+    born = [decode("state", p) for p in seen.on("/state")]
+    assert born[-1].fw == release
+    dev.kill()
+
+
+def files_requested(kit, after: int = 0) -> dict[str, list[tuple[int, int]]]:
+    """Per file, the (start, end) of each range the door asked for (from request ``after`` on)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for r in kit.relay.requests()[after:]:
+        if "/files/" in r.path:
+            out.setdefault(r.path.split("/files/", 1)[1], []).append((r.start, r.end))
+    return out
+
+
+def on_flash(kit) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (kit.tree / "b").iterdir() if p.name != "manifest.json"}
+
+
+# ------------------------------------------------------------------ cuts: power, the agent
+
+def test_a_power_cut_mid_download_resumes_from_what_is_on_flash(kit, pub, sim):
+    release, size = kit.release("0.3.2")
+    offer(pub, kit.offer(release))
+    dev = kit.door_from_tree()
+    dev.expect(r"FETCH scanner-0.3.2 to b", timeout=20)
+    wait_until(lambda: kit.relay.served() >= size // 2, 20, what="half the release downloaded")
+    dev.kill()  # SIGKILL: a power cut, mid-download
+    had = on_flash(kit)
+    assert 0 < sum(had.values()) < size
+    mark = len(kit.relay.requests())
+
+    dev = kit.door_from_tree()  # the retained offer again at the next boot: it resumes
+    dev.expect(r"UPDATE switched scanner-0.3.2", timeout=30)
+    assert dev.wait(20) == 75
+    again = files_requested(kit, mark)
+    for path, ranges in again.items():
+        assert ranges[0][0] == had.get(path, 0), f"{path}: asked from {ranges[0][0]}, {had.get(path, 0)} on flash"
+    assert not set(p for p, n in had.items() if n == dict(kit_sizes(kit))[p]) & set(again), \
+        "a file already whole on flash was asked for again"
+    asked_again = sum(e - s + 1 for rs in again.values() for s, e in rs)
+    assert asked_again == size - sum(had.values()), "nothing on flash fetched twice"
+    assert kit.relay.served() <= size + 16 * 1024, "at most the span in flight at the cut came twice"
+    kit.door_from_tree().expect(r"ABBOOT b trial 1", timeout=15)
+
+
+def kit_sizes(kit) -> dict[str, int]:
+    m = json.loads((kit.tree / "b" / "manifest.json").read_text())
+    return {e["path"]: e["size"] for e in m["files"]}
+
+
+def test_the_agent_gone_mid_download_is_waited_for_and_the_download_resumes(kit, pub, sim):
+    release, size = kit.release("0.3.2")
+    offer(pub, kit.offer(release))
+    dev = kit.door_from_tree()
+    dev.expect(r"FETCH scanner-0.3.2 to b", timeout=20)
+    wait_until(lambda: kit.relay.served() >= size // 3, 20, what="a third of the release downloaded")
+    kit.server.stop()  # the agent stops (its server with it) and the kit's network drops what was open
+    kit.relay.cut()
+    dev.expect(r"FETCH retry 2 ", timeout=20)  # it keeps trying, with backoff
+    had = on_flash(kit)
+    mark = len(kit.relay.requests())
+    kit.server.start()  # the agent is back, on its port
+    dev.expect(r"UPDATE switched scanner-0.3.2", timeout=30)
+    assert dev.wait(20) == 75
+    again = {p: rs for p, rs in files_requested(kit, mark).items()}
+    asked_again = sum(e - s + 1 for rs in again.values() for s, e in rs)
+    assert asked_again == size - sum(had.values()), "nothing on flash fetched twice"
+    for path, ranges in again.items():
+        assert ranges[0][0] == had.get(path, 0)
+
+
+def test_the_agent_gone_for_good_the_door_gives_up_says_why_and_scans_on(kit, pub, sim, collect):
+    seen = collect(rig.topic("state"))
+    release, _size = kit.release("0.3.2")
+    kit.server.stop()
+    dev = kit.door_from_tree()
+    dev.expect(r"READY", timeout=15)
+    sim.wait_connected(1)
+    offer(pub, kit.offer(release))
+    dev.expect(r"UPDATE failed update server 127.0.0.1:\d+ unreachable after 4 tries", timeout=60)
+    assert door(sim, kit.ticket(1)) == "green", "the door scans on"
+    wait_until(lambda: (updates(seen) or [None])[-1] and updates(seen)[-1]["state"] == "failed", 15,
+               what="failed in the door's state")
+    assert updates(seen)[-1]["fw"] == release and "unreachable" in updates(seen)[-1]["why"]
+    dev.kill()
+
+
+# ------------------------------------------------------------------ refused bundles
+
+def test_refused_bundles_report_failed_with_why_leave_the_app_running_and_are_not_fetched_again(
+        kit, pub, sim, collect):
+    seen = collect(rig.topic("state"))
+    newer, _ = kit.release("0.3.2")
+    lighting, _ = kit.release("0.4.9", role="lighting")
+    older, _ = kit.release("0.3.0")
+    before = sorted((kit.tree / "a").iterdir())
+    dev = kit.door_from_tree()
+    dev.expect(r"READY", timeout=15)
+    sim.wait_connected(1)
+    n = 0
+    cases = [
+        (newer, lambda: kit.set_key(bytes(32)), r"bad tag: the manifest is not what the kit's agent vouched for"),
+        (lighting, lambda: kit.set_key(rig.KEY), r"wrong role: lighting, this device is a scanner"),
+        (older, lambda: None, r"version 0.3.0 is not newer than the running scanner-0.3.1"),
+    ]
+    for rel, before_offer, why in cases:
+        before_offer()
+        mark = dev.mark()
+        offer(pub, kit.offer(rel))
+        dev.expect(rf"UPDATE failed {why}", timeout=20, after=mark)
+        n += 1
+        assert door(sim, kit.ticket(n)) == "green", "the door scans on"
+        wait_until(lambda: (updates(seen) or [None])[-1] == {"state": "failed", "why": why.replace("\\", ""),
+                                                             "fw": rel}, 15, what=f"failed: {why}")
+    assert sorted((kit.tree / "a").iterdir()) == before and (kit.tree / "slot").read_text() == "a"
+    assert not (kit.tree / "trial").exists()
+
+    # rebooted with the last refused offer still retained: said again, not fetched again
+    dev.kill()
+    asked = len(kit.relay.requests())
+    mark = len(seen.on("/state"))
+    dev = kit.door_from_tree()
+    dev.expect(r"READY", timeout=15)
+    wait_until(lambda: any(json.loads(p).get("update", {}).get("state") == "failed"
+                           for p in seen.on("/state")[mark:]), 15, what="the refusal reported again")
+    time.sleep(1)
+    assert len(kit.relay.requests()) == asked, "a refused offer is not fetched again"
+    assert not dev.matching(r"FETCH")
+    dev.kill()
+
+
+# ------------------------------------------------------------------ safe mode
+
+def test_a_boot_looping_door_takes_from_safe_mode_the_update_that_fixes_it(tmp_path, broker, pub, sim, collect):
+    kit = rig.Kit(tmp_path, broker.port, sim.port, safe_boots=2)
+    try:
+        seen = collect(rig.topic("state"))
+        release, _ = kit.release("0.3.2")  # built from the good slot, before it is broken
+        looping = rig.compile_app("import sys\nsys.exit(75)\n", tmp_path / "loop.mpy")  # dies at once, every boot
+        (kit.tree / "a" / "app_main.mpy").write_bytes(looping)
+        for _ in range(2):
+            assert kit.door_from_tree().wait(15) == 75
+        dev = kit.door_from_tree()
+        dev.expect(r"ABBOOT a safe 3$", timeout=15)
+        dev.expect(r"SAFE scanner 3$")
+        wait_until(lambda: (updates(seen) or [None])[-1] == {"state": "safe_mode", "why": "3 fast boots in a row"},
+                   15, what="safe mode in the door's state")
+        offer(pub, kit.offer(release))
+        dev.expect(r"UPDATE switched scanner-0.3.2", timeout=30)
+        assert dev.wait(20) == 75
+        dev = kit.door_from_tree()
+        dev.expect(r"ABBOOT b trial 1", timeout=15)
+        dev.expect(r"READY", timeout=20)
+        dev.expect(r"UPDATE committed b", timeout=30)
+        assert door(sim, kit.ticket(1)) == "green"
+        steps = [u["state"] for u in updates(seen) if u]
+        assert steps[steps.index("safe_mode"):][-3:] == ["downloading", "trial", "committed"], steps
+        dev.kill()
+    finally:
+        kit.close()
