@@ -78,7 +78,7 @@ class Agent:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._open_control()  # first: a second agent on this data folder stops here, having opened nothing
-        self.link.on_command = self._command_from_network
+        self.link.set_command_handler(self._command_from_network)  # with any that came while we started
         # Each light's first step shows what its kept timeline says is on now, at once, whatever the
         # broker is doing (one task per light: a lamp out of range delays no other).
         show = asyncio.create_task(self.lightshow.run())
@@ -387,7 +387,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
     link = FleetLink(manifest.id, manifest.agent, "agent", settings.mqtt_url, data / f"{manifest.id}-outbox.db",
                      hosted=hosted, fw=agent_fw(), resend_after_s=settings.resend_after_s,
-                     outbox_cap=settings.outbox_cap)
+                     outbox_cap=settings.outbox_cap, hold_commands=True)
     link.update = agent_update_report(data)  # the last self-update's rollback or failure, in the agent's state
     link.start()
     log.info("agent for kit %s: boot %s, %d messages waiting in the outbox", manifest.id, link.boot, len(link.outbox))

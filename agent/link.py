@@ -74,6 +74,7 @@ class FleetLink:
         keepalive: int = 10,
         on_command: Callable[[str, Command], None] | None = None,
         on_config: Callable[[str, Config], None] | None = None,
+        hold_commands: bool = False,
     ):
         self.kit, self.device, self.role, self.fw = kit, device, role, fw
         self.hosted = dict(hosted or {})
@@ -91,6 +92,11 @@ class FleetLink:
         # Commands for this producer's devices: handed over (from the network thread) once each,
         # never when retained, never past their expiry (answered "expired" here).
         self.on_command = on_command
+        # hold_commands: a command that arrives before the handler is set (the agent's start: its link
+        # connects, and the fleet sends what is unanswered at its birth, before the loop that runs
+        # commands is up) waits for set_command_handler instead of being rejected. Bounded.
+        self._held_cmds: deque[tuple[str, Command]] | None = deque(maxlen=64) if hold_commands else None
+        self._cmd_lock = threading.Lock()
         self._recent_cmds: deque[str] = deque(maxlen=256)
         # Retained `config` of the hosted lights (the compiled lighting timeline): handed over decoded,
         # at every (re)connect too; the latest per device is kept while no handler is set yet.
@@ -312,14 +318,33 @@ class FleetLink:
         if cmd.expires <= now_ms():
             self.ack(device, cmd.id, "expired")
             return
+        with self._cmd_lock:
+            if self.on_command is None and self._held_cmds is not None:
+                self._held_cmds.append((device, cmd))
+                return
+        self._hand_over(device, cmd)
+
+    def _hand_over(self, device: str, cmd: Command) -> None:
         if self.on_command is None:
             self.ack(device, cmd.id, "rejected", "no command handler here")
             return
         try:
-            self.on_command(device, cmd)  # type: ignore[misc]
+            self.on_command(device, cmd)
         except Exception as exc:  # noqa: BLE001 - a handler bug must be answered, not kill the link
             log.exception("command %s for %s failed", cmd.id, device)
             self.ack(device, cmd.id, "error", str(exc)[:200])
+
+    def set_command_handler(self, handler: Callable[[str, Command], None] | None) -> None:
+        """Hand commands to ``handler(device, Command)`` (from the network thread), starting with the
+        ones held while there was none."""
+        with self._cmd_lock:
+            self.on_command = handler
+            held, self._held_cmds = (list(self._held_cmds), deque(maxlen=64)) if self._held_cmds else ([], self._held_cmds)
+        for device, cmd in held:
+            if cmd.expires <= now_ms():
+                self.ack(device, cmd.id, "expired")
+            else:
+                self._hand_over(device, cmd)
 
     def _config(self, msg) -> None:
         device = msg.topic.split("/")[3]

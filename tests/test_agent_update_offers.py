@@ -206,8 +206,11 @@ class KitAgent:
         self.cache = UpdateCache(self.data / "updates", pub)
         self.fetcher = BundleFetcher(self.cache, timeout_s=5, backoff_s=0.05, backoff_cap_s=0.2)
         self.started: list[tuple[str, Path]] = []
-        self.acks_seen = Collector(broker.url, [topic("uk", "uk-agent", "ack")])
+        self.acks_seen = Collector(broker.url, [topic("uk", "uk-agent", "ack"), topic("uk", "uk-agent", "state")])
         self.link = FleetLink("uk", "uk-agent", "agent", broker.url, self.data / "outbox.db").start()
+        # the link's state follows its subscriptions on one connection: once it is out, commands reach it
+        wait_until(lambda: any(p and decode("state", p).boot == self.link.boot and decode("state", p).online
+                               for p in self.acks_seen.on("/state")), 10, what="the agent's link subscribed")
         self.watch = StateWatch("uk", broker.url).start()
         self.hw = open_hardware(self.manifest, SimulatedKit())
         self.agent = Agent(self.manifest, self.link, self.hw, self.watch, self.data, simulate=True)
@@ -549,13 +552,15 @@ def test_popkit_agent_run_takes_the_command_and_offers_its_own_update_server(bro
         f"POPKIT_UPDATE_PORT={port}\nPOPKIT_UPDATE_KEYS={tmp_path / 'update-keys.json'}\n"
         f"POPKIT_RELEASE_PUBKEY={tmp_path / 'release.pub'}\nPOPKIT_UPDATE_QUIET_S=0\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("POPKIT_")}
-    acks = Collector(broker.url, [topic("uk", "uk-agent", "ack")])
+    acks = Collector(broker.url, [topic("uk", "uk-agent", "ack"), topic("uk", "uk-agent", "state")])
     proc = subprocess.Popen([str(Path(sys.executable).with_name("popkit")), "agent", "run", "--kit",
                              str(tmp_path / "kit.toml"), "--simulate", "--env", str(tmp_path / "agent.env")],
                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "wb"))
     pub = publisher(broker.url)
     try:
-        wait_until(lambda: (data / "agent.sock").exists(), 30, what="the agent running")
+        # its state comes after its subscriptions (one connection, in order): a command now reaches it
+        wait_until(lambda: any(p and decode("state", p).online for p in acks.on("/state")), 30,
+                   what="the agent online")
         now = int(time.time() * 1000)
         rel = releases / "scanner-0.4.0"
         cmd = Command(id="run-1", ts=now, expires=now + 3600_000, action="update", args={
@@ -639,3 +644,32 @@ def test_a_bundle_the_kits_card_has_no_room_for_is_refused_before_its_files(bund
     assert bundles.files_sent("scanner-0.4.0") == {}  # not a byte of the files
     roomy = BundleFetcher(UpdateCache(tmp_path / "updates", keys[1]), disk_free=lambda _p: RESERVE + total)
     assert asyncio.run(roomy.fetch(args)).name == "scanner-0.4.0"
+
+
+def test_a_command_that_reaches_the_agent_while_it_starts_waits_for_its_handler(broker, tmp_path):
+    """The fleet sends what is unanswered as soon as the agent's birth reaches it, which may be before
+    the agent's loop runs commands: such a command is held, not rejected (an update refused for
+    that would fail its device)."""
+    acks = Collector(broker.url, [topic("uk", "uk-agent", "ack"), topic("uk", "uk-agent", "state")])
+    link = FleetLink("uk", "uk-agent", "agent", broker.url, tmp_path / "outbox.db", hold_commands=True).start()
+    pub = publisher(broker.url)
+    try:
+        wait_until(lambda: any(p and decode("state", p).online for p in acks.on("/state")), 10, what="the link up")
+        now = int(time.time() * 1000)
+        for cid, expires in (("early", now + 3600_000), ("stale", now + 300)):
+            pub.publish(topic("uk", "uk-agent", "cmd"), encode(Command(id=cid, ts=now, expires=expires,
+                                                                        action="selftest")), qos=1).wait_for_publish(5)
+        wait_until(lambda: len(link._held_cmds) == 2, 10, what="both commands held")
+        time.sleep(0.4)  # "stale" expires while it waits
+        ran = []
+        link.set_command_handler(lambda device, cmd: (ran.append((device, cmd.id)),
+                                                      link.ack(device, cmd.id, "ok")))
+        assert ran == [("uk-agent", "early")]
+        got = wait_until(lambda: {a.cmd_id: a.status for a in (decode("ack", p) for p in acks.on("/ack"))}
+                         if len(acks.on("/ack")) >= 2 else None, 10, what="both answered")
+        assert got == {"early": "ok", "stale": "expired"}
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        link.stop()
+        acks.close()
