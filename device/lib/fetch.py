@@ -15,6 +15,7 @@
 # retried with backoff; the count starts over whenever bytes reach the flash, and past _TRIES in a
 # row without progress the download gives up with the last fault as its reason.
 import asyncio
+import json
 
 from micropython import const
 
@@ -22,7 +23,39 @@ import update
 
 _SPAN = const(16384)  # bytes asked for in one request: a cut costs at most what was in flight
 _MAX_MANIFEST = const(8192)  # a role's manifest is ~2 KB
+_BUF = const(512)  # the buffer when the app took none at boot
 _BACKOFF_MAX_MS = const(15000)
+
+
+async def take(lk, o):
+    """The link's download of offer ``o`` (link.py, Link._offer): run(), then the reset into the new
+    slot, or the failure reported. This module and update.py leave sys.modules after, whatever
+    happens (the app's own modules stay: hmac256 is the scanner's too)."""
+    import sys
+
+    dev, path, connect, reset, flash, buf = lk._upd
+    drop = [n for n in ("fetch", "update", "hmac256", "abboot") if n not in sys.modules or n == "fetch"]
+    why = None
+    try:
+        with open(path) as f:
+            cfg = json.load(f)  # read again: the app keeps none of its config (its secrets among it)
+        key = cfg.get("update_key")
+        kw = cfg.get("update") or {}  # the download's bounds (tests, the bench)
+        cfg = None
+        await run(o, dev, {"update_key": key}, lk.fw or lk.role + "-0.0.0", connect,
+                  buf or bytearray(_BUF), flash + "/update.manifest", **kw)
+    except ImportError as e:  # a ROMFS or frozen run has no A/B boot stage (abboot)
+        why = "no A/B slots here: %s" % e
+    except Exception as e:  # update.Refused, GiveUp: their text is the reason
+        why = str(e) or repr(e)
+    for n in drop:  # none of it stays on the heap
+        sys.modules.pop(n, None)
+    if why is None:
+        print("UPDATE switched", o["fw"])
+        await lk.stop(3000)  # the downloading state and the outbox out first, then the reset
+        reset()
+        return
+    lk.failed(o, why)
 
 
 class GiveUp(Exception):
@@ -35,17 +68,20 @@ async def _open(connect, o, dev, path, start, end, mv, t):
     each costs heap while a download runs, even frozen.)"""
     st = asyncio.StreamReader(connect(o["host"], o["port"]))
     try:
-        # queued, not written: the TCP connect may still be under way (drain waits for it)
-        st.out_buf = ("GET /updates/%s/%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
-            o["release"], path, o["host"], dev, "Range: bytes=%d-%d\r\n" % (start, end) if start >= 0 else "")).encode()
-        await asyncio.wait_for_ms(st.drain(), t)
+        # queued, not written: the TCP connect may still be under way (drain waits for it);
+        # out_buf, drain, close: MicroPython's Stream, beyond the stubs' StreamReader
+        st.out_buf = (  # type: ignore[attr-defined]
+            "GET /updates/%s/%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
+            o["release"], path, o["host"], dev, "Range: bytes=%d-%d\r\n" % (start, end) if start >= 0 else "")
+        ).encode()
+        await asyncio.wait_for_ms(st.drain(), t)  # type: ignore[attr-defined]
         n = 0
         at = -1
         seen = 0  # of the "\r\n\r\n" that ends the head
         while at < 0:
             if n >= len(mv):  # the agent's heads are under 200 bytes
                 raise GiveUp("update server: response head over %d bytes" % len(mv))
-            k = await asyncio.wait_for_ms(st.readinto(mv[n:]), t)
+            k = await asyncio.wait_for_ms(st.readinto(mv[n:]), t)  # type: int
             if not k:
                 raise OSError("closed in the response head")
             for i in range(n, n + k):
@@ -77,7 +113,7 @@ async def _open(connect, o, dev, path, start, end, mv, t):
             raise GiveUp("update server: more bytes than Content-Length")
         return st, length, val, at, n
     except BaseException:
-        st.close()
+        st.close()  # type: ignore[attr-defined]
         raise
 
 
@@ -100,7 +136,7 @@ async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, 
         if stage is not None:
             path = None
             for p in stage.files:
-                size = stage.files[p][0]
+                size = stage.files[p]
                 off = stage.have(p)
                 if off < size:
                     path = p
@@ -113,7 +149,7 @@ async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, 
         moved = False
         asked += 1
         try:
-            st, length, val, b0, b1 = await _open(connect, offer, device, "files/" + path if stage else path,
+            st, length, val, b0, b1 = await _open(connect, offer, device, "files/%s" % path if stage else path,
                                                   off if stage else -1, end, mv, timeout_ms)
             if stage is None:
                 if not val or not 0 < length <= _MAX_MANIFEST:

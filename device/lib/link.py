@@ -461,7 +461,7 @@ class Link:
             self._later = m  # the spare slot holds the last good app until this trial's outcome
             return
         try:
-            with open(self._upd[4] + "/update.failed") as f:
+            with open(self._upd[4] + "/update.failed") as f:  # type: ignore[index]
                 last = f.read().split("\n", 1)
         except OSError:
             last = None
@@ -472,37 +472,19 @@ class Link:
         self._fetching = o["id"]
         self.update = {"state": "downloading", "fw": fw}
         log(_INFO, "link", "update %s offered: downloading", fw)
-        asyncio.create_task(self._fetch(o))
-
-    async def _fetch(self, o):
-        import sys
-
-        dev, path, connect, reset, flash, buf = self._upd
-        why = None
-        drop = [n for n in ("fetch", "update", "hmac256", "abboot") if n not in sys.modules]  # (the app's stay)
         try:
-            with open(path) as f:
-                cfg = json.load(f)  # read again for its update_key: the app keeps none of its config
-            import fetch
+            import fetch  # for this download only: fetch.take drops it (and update.py) when done
 
-            await fetch.run(o, dev, cfg, self.fw or self.role + "-0.0.0", connect, buf, flash + "/update.manifest",
-                            **(cfg.get("update") or {}))
-        except ImportError as e:  # a ROMFS or frozen run has no A/B boot stage
-            why = "no A/B slots here: %s" % e
-        except Exception as e:  # update.Refused, fetch.GiveUp: their text is the reason
-            why = str(e) or repr(e)
-        cfg = None
-        for n in drop:  # none of it stays on the heap
-            sys.modules.pop(n, None)
-        drop = None
-        if why is None:
-            print("UPDATE switched", o["fw"])
-            await self.stop(3000)  # the downloading state and the outbox out first, then the reset
-            reset()
-            return
+            asyncio.create_task(fetch.take(self, o))
+        except ImportError as e:  # a build without it
+            self.failed(o, "no downloader in this firmware: %s" % e)
+
+    def failed(self, o, why):
+        """An offer that cannot be taken: reported, and remembered on flash (said again, never
+        fetched again, at the next boot)."""
         print("UPDATE failed", why)
         try:
-            with open(flash + "/update.failed", "w") as f:
+            with open(self._upd[4] + "/update.failed", "w") as f:  # type: ignore[index]
                 f.write("%s\n%s" % (o["id"], why))
         except OSError:
             pass

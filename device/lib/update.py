@@ -67,6 +67,45 @@ def _free():
         return 1 << 30
 
 
+def _entries(path, buf):
+    """Each entry of a manifest's "files" list, parsed alone, then the manifest's other fields (its
+    "files" left empty): read from flash through ``buf``. Parsed whole, a role's manifest of 17
+    files takes ~7 KB of heap at once; one entry takes a few hundred bytes."""
+    top = bytearray()
+    ent = bytearray()
+    depth = 0
+    instr = esc = False
+    with open(path, "rb") as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            for i in range(n):
+                c = buf[i]
+                d = depth
+                if instr:
+                    if esc:
+                        esc = False
+                    elif c == 92:  # backslash
+                        esc = True
+                    elif c == 34:  # quote
+                        instr = False
+                elif c == 34:
+                    instr = True
+                elif c == 123 or c == 91:  # { [
+                    depth += 1
+                elif c == 125 or c == 93:  # } ]
+                    depth -= 1
+                if d >= 3 or depth >= 3:  # inside an entry of the list (the only list at the top level)
+                    ent.append(c)
+                    if depth == 2:  # its closing brace
+                        yield json.loads(bytes(ent))
+                        ent = bytearray()
+                elif d <= 1 or depth <= 1:  # the top level, the list's brackets included
+                    top.append(c)
+    yield json.loads(bytes(top))
+
+
 class Stage:
     def __init__(self, manifest, tag, cfg, running, rollback=False, buf=None):
         """Check the release (tag, role, ABI, version, room) and open the spare slot for it: a slot
@@ -93,17 +132,36 @@ class Stage:
             h2.update(h.digest())
             mac = h2.digest()
             size = _size(manifest)
+            del h, h2
         else:
             mac = hm.digest(manifest)
             size = len(manifest)
-        hm = h = h2 = None
+        del hm
         if not compare_digest(mac, tag):
             raise Refused("bad tag: the manifest is not what the kit's agent vouched for")
+        # the file table, compact (a path -> size dict, the digests in one buffer): it stays for
+        # the whole download, beside the app
+        self.files = {}
+        self._paths = []
+        sums = bytearray()
+        m = {}  # type: dict
         if named:
-            with open(manifest) as f:
-                m = json.load(f)
+            seq = _entries(manifest, buf)
         else:
             m = json.loads(manifest)
+            seq = m["files"]
+        for e in seq:
+            if "format" in e:  # the manifest's own fields, after its files
+                m = e
+                continue
+            p = e["path"]
+            if ".." in p or p.startswith("/"):
+                raise Refused("bad path " + p)
+            self.files[p] = e["size"]
+            self._paths.append(p)
+            sums.extend(unhexlify(e["sha256"]))
+        self._sums = sums
+        del seq, sums
         role = running.split("-")[0]
         if m.get("role") != role:
             raise Refused("wrong role: %s, this device is a %s" % (m.get("role"), role))
@@ -115,15 +173,9 @@ class Stage:
         if t and t[0] == abboot.current():
             raise Refused("a trial is under way: the spare slot holds the last good app")
         self.slot = abboot.other(abboot.current())
-        self.files = {}
-        for e in m["files"]:
-            p = e["path"]
-            if ".." in p or p.startswith("/"):
-                raise Refused("bad path " + p)
-            self.files[p] = (e["size"], unhexlify(e["sha256"]))
         self.fw = m.get("fw")
         total = m["total_size"]
-        m = None
+        del m
         mine = self.slot + "/manifest.json"
         resume = _size(mine) == size
         if resume:
@@ -177,18 +229,18 @@ class Stage:
         if offset != size:
             raise Refused("chunk of %s at %d, the file holds %d: %s chunk" % (
                 path, offset, size, "repeated" if offset < size else "missing a"))
-        if size + len(data) > e[0]:
+        if size + len(data) > e:
             os.remove(full)
-            raise Refused("%s longer than its %d bytes" % (path, e[0]))
+            raise Refused("%s longer than its %d bytes" % (path, e))
         self.begin(path)
-        h = self._h
+        h = self._h  # type: tuple  # type: ignore[assignment]
         with open(full, "ab") as f:
             f.write(data)
         h[1].update(data)  # after the write: a write that failed leaves the hash as the file is
-        if size + len(data) < e[0]:
+        if size + len(data) < e:
             return False
         self._h = None
-        if h[1].digest() != e[1]:
+        if h[1].digest() != self._sum(path):
             os.remove(full)
             raise Refused("hash mismatch: " + path)
         return True
@@ -202,13 +254,18 @@ class Stage:
             except OSError:
                 pass
 
+    def _sum(self, p):
+        """The SHA-256 the manifest gives ``p``."""
+        i = self._paths.index(p) * 32
+        return bytes(self._sums[i:i + 32])
+
     def check(self, p):
         """File ``p`` there, at its size, with its hash, read back from flash."""
         e = self.files[p]
         full = self.slot + "/" + p
-        if _size(full) != e[0]:
-            raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), e[0]))
-        if _hash(full, sha256(), self._buf).digest() != e[1]:
+        if _size(full) != e:
+            raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), e))
+        if _hash(full, sha256(), self._buf).digest() != self._sum(p):
             os.remove(full)
             raise Refused("hash mismatch: " + p)
 

@@ -89,7 +89,8 @@ class App:
                               backoff_max_ms=cfg.get("backoff_max_ms", 10000), user=user, password=password,
                               time_sync=board, reset_cause=self.cause,
                               dedup=False, outbox_buf=256, rx_buf=256,  # the heap is tight: Lighting's
-                              updates=(config_path(), board.connect_tcp, board.reset, self.state_dir, 256))
+                              updates=(config_path(), board.connect_tcp, board.reset, self.state_dir, 0)
+                              if cfg.get("update_key") else None)  # provisioned with an update key only
         # CommandGate drops redelivered ids (on flash); this role's outbox records (telemetry, acks) are
         # small, and so is what it receives but a timeline (receipts, time, scene commands): one larger
         # than rx_buf is read into a buffer of its own size, as a timeline always is

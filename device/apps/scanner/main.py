@@ -150,8 +150,10 @@ class Scanner:
                               # its largest record, a check-in with every field at its longest, is 335 B
                               # (an ordinary one ~220); a longer one is still written, in four writes
                               outbox_buf=384,
-                              # field updates offered by the kit's agent: downloaded while the door scans
-                              updates=(_config_path(), board.connect_tcp, board.reset, flash, 512))
+                              # field updates offered by the kit's agent, downloaded while the door scans:
+                              # a door provisioned with an update_key only (none: it could verify nothing)
+                              updates=(_config_path(), board.connect_tcp, board.reset, flash, 512)
+                              if cfg.get("update_key") else None)
         self._hub_ms = cfg.get("hub_ms", 250)
         self._trial_s = cfg.get("trial_s", 60)  # the healthy window a new release's trial must hold
         self._tick = self.t0  # the UART loop's last pass

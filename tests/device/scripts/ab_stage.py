@@ -54,7 +54,7 @@ try:
     sent = 0
     peak = 0
     for path in st.files:
-        size = st.files[path][0]
+        size = st.files[path]
         off = st.have(path)
         print("RESUME", path, off)
         with open(bundle + "/files/" + path, "rb") as f:
