@@ -15,7 +15,8 @@ holds up a fresh ticket every ``SCAN_EVERY_S`` while the door is up.
   3 s, 2 s with --quick, instead of the 60 s default), and settle() waits its 10 s fast-boot window first:
   on a board the figure is ~57 s longer.
 - ``scans_during_update``: scans the door answered within that span; ``scans_unanswered``: scans held up
-  while the door was up (its UART connected) that got no lamp within 5 s.
+  while the door was up that got no lamp within 5 s. Nobody scans from the door's ``UPDATE switched``
+  (it then leaves its broker and resets) until the restarted firmware has its UART again.
 - ``device_peak_heap_kb``: the door run from its ROMFS image as the heap tests run it, its live heap
   (MEM lines: after a collection) at its highest while it downloads and scans, less the image and the
   names a frozen build keeps in flash. The process heap is enlarged for this run (``HEAP_ROOM``), so
@@ -24,7 +25,8 @@ holds up a fresh ticket every ``SCAN_EVERY_S`` while the door is up.
 - ``bundle_kb``: the release's files.
 
 The download runs through the rig's relay at ``RATE`` bytes a second (an ESP32 on the kit's Wi-Fi,
-writing its flash; the loopback would finish before a single scan). Progress on stderr; the last stdout
+writing its flash; the loopback would finish before a single scan), at ``HEAP_RATE`` for the heap run,
+whose door prints its heap every 2 s. Progress on stderr; the last stdout
 line is one JSON object.
 """
 
@@ -47,6 +49,7 @@ from tests.device import updaterig as rig
 from tests.device.firmware import Device
 
 RATE = 32 * 1024
+HEAP_RATE = 6 * 1024  # the heap run's pace: the download spans several of the door's heap samples (every 2 s)
 SCAN_EVERY_S = 0.2
 HEAP_ROOM = 96 * 1024  # the ROMFS run's heap for the heap figure (the budget is 64 KB: see the docstring)
 
@@ -63,13 +66,14 @@ class Crowd:
         self.answered: list[float] = []  # time of each lamp
         self.unanswered = 0
         self._stop = threading.Event()
+        self.paused = False  # while the door resets: no board answers then, nobody holds a ticket up
         self._n = 0
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self) -> None:
         while not self._stop.wait(SCAN_EVERY_S):
-            if not self.sim._conn:  # (the simulator's UART link) the door is down, rebooting: no one scans
+            if self.paused or not self.sim._conn:  # (the simulator's UART link) the door is down
                 continue
             self._n += 1
             mark = self.sim.mark()
@@ -115,11 +119,15 @@ def _update(tmp: Path, broker: MosquittoBroker, quick: bool) -> dict:
         t0 = time.monotonic()
         pub.publish(rig.topic("update"), kit.offer(release), qos=1, retain=True).wait_for_publish(5)
         _wait(dev, r"UPDATE switched", 60)
+        crowd.paused = True  # the door leaves its broker, then resets
+        conns = sim.connections
         if dev.wait(20) != 75:
             raise RuntimeError(f"the door did not reset into its new slot: {dev.lines[-10:]}")
         t_switch = time.monotonic()
         _log(f"downloaded and switched in {t_switch - t0:.1f} s")
         dev = kit.door_from_tree()  # what a board does on reset
+        sim.wait_connected(conns + 1, 20)
+        crowd.paused = False
         _wait(dev, r"UPDATE committed", 60)
         t1 = time.monotonic()
         dev.kill()
@@ -140,7 +148,7 @@ def _update(tmp: Path, broker: MosquittoBroker, quick: bool) -> dict:
 def _heap(tmp: Path, broker: MosquittoBroker) -> dict:
     """The live heap peak while the door downloads and scans, run from its ROMFS image."""
     sim = ScannerSim()
-    kit = rig.Kit(tmp, broker.port, sim.port, rate=RATE)
+    kit = rig.Kit(tmp, broker.port, sim.port, rate=HEAP_RATE)
     pub = publisher(broker.url)
     try:
         release, _size = kit.release("0.3.2")

@@ -24,6 +24,7 @@ from kits.contract import decode
 from simulators.scanner import ScannerSim
 from tests.conftest import publisher, wait_until
 from tests.device import updaterig as rig
+from tests.device.firmware import rom_names_bytes
 from tests.device.test_scanner_app import door
 
 
@@ -268,5 +269,34 @@ def test_a_boot_looping_door_takes_from_safe_mode_the_update_that_fixes_it(tmp_p
         steps = [u["state"] for u in updates(seen) if u]
         assert steps[steps.index("safe_mode"):][-3:] == ["downloading", "trial", "committed"], steps
         dev.kill()
+    finally:
+        kit.close()
+
+
+# ------------------------------------------------------------------ the heap
+
+@pytest.mark.xfail(strict=True, reason="not yet within budget: a door provisioned for updates idles at ~49.2 KB "
+                   "and peaks at ~58.8 KB while it downloads (bench.update_device; docs/updates.md, "
+                   "'The ESP32's download')")
+def test_a_door_downloading_while_scanning_stays_within_its_heap_budget(tmp_path, broker, pub, sim):
+    """The heap as the scanner's heap test counts it (ROMFS image; less the image and the names a frozen
+    build keeps in flash), while it downloads and scans. The process heap is enlarged so that the
+    download completes whatever it needs: the assertion is the budget, on the live peak."""
+    # paced so that the download spans several of the door's heap samples (MEM: every 2 s)
+    kit = rig.Kit(tmp_path, broker.port, sim.port, rate=6 * 1024)
+    try:
+        release, _size = kit.release("0.3.2")
+        image = kit.image()
+        dev = rig.Device.from_rom(image, "scanner.json", budget=96 * 1024, cwd=kit.tree, role="scanner")
+        dev.expect(r"READY", timeout=15)
+        sim.wait_connected(1)
+        offer(pub, kit.offer(release))
+        dev.expect(r"FETCH scanner-0.3.2 to b", timeout=15)
+        during = scan_until(dev, sim, kit, 0, lambda: dev.matching(r"UPDATE switched"))
+        assert during > 0
+        peak = max(int(m.group(1)) for m in dev.matching(r"MEM (\d+)"))
+        peak -= image.stat().st_size + rom_names_bytes("scanner", image)
+        print(f"\nscanner downloading while scanning: live heap peak {peak} B (budget {rig.PEAK_TARGET})")
+        assert peak <= rig.PEAK_TARGET, f"the door's heap peaked at {peak} B while it downloaded"
     finally:
         kit.close()
