@@ -30,7 +30,8 @@ from agent.tickets import KIND as TICKETS_KIND, KitTickets, UnknownEvent
 from agent.updates.offers import UpdateOffers, agent_update_report
 from agent.updates.server import open_cache, start_update_server
 from agent.kitclock import start_kit_clock
-from agent.kitup import AGENT_FW, power_up
+from agent.kitup import power_up
+from agent.version import agent_fw
 from agent.kitview import LogView
 from agent.lightshow import LightShow, light_fields
 from agent.link import FleetLink
@@ -365,17 +366,6 @@ async def _set_light(light, args: dict) -> None:
         if "level" in args:
             await light.level(int(args["level"]))
     await _call(light.on)
-
-
-def agent_fw() -> str:
-    """``agent-<version>`` of the installed package: after a self-update the agent's state says the
-    release it runs (the release build refuses a version the package does not report)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"agent-{version('popkit')}"
-    except PackageNotFoundError:
-        return AGENT_FW
 
 
 def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts | None = None) -> int:

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from agent import control
-from agent.kitup import AGENT_FW, hand_back
+from agent.kitup import hand_back
+from agent.version import agent_fw
 from agent.link import FleetLink
 from kits.contract import Event
 from kits.manifest import KitManifest
@@ -116,7 +117,7 @@ def kit_down(manifest: KitManifest, mqtt_url: str, data: Path, wait_s: float = 3
     now, data_ = begin(manifest, data)
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
     link = FleetLink(manifest.id, manifest.agent, "agent", mqtt_url, data / f"{manifest.id}-outbox.db",
-                     hosted=hosted, fw=AGENT_FW).start()
+                     hosted=hosted, fw=agent_fw()).start()
     left = -1
     try:
         link.emit(manifest.agent, "event", Event, kind="summary", data=data_)

@@ -33,12 +33,12 @@ from agent.link import FleetLink
 from agent.powerup import Report, run_steps
 from agent.readiness import blink_code
 from agent.statewatch import StateWatch
+from agent.version import agent_fw
 from kits.contract import Event
 from kits.manifest import KitManifest
 
 log = logging.getLogger("popkit.agent.kitup")
 
-AGENT_FW = "agent-0.1.0"
 EXIT = {"ready": 0, "degraded": 1, "not_ready": 2}
 
 
@@ -125,7 +125,7 @@ def kit_up(manifest: KitManifest, mqtt_url: str | None, data_dir: Path, parts: S
             raise ValueError("no broker: pass --mqtt (or POPKIT_MQTT_URL)")
         hosted = {s.id: s.role for s in manifest.devices if s.hosted}
         link = FleetLink(manifest.id, manifest.agent, "agent", mqtt_url, data_dir / f"{manifest.id}-outbox.db",
-                         hosted=hosted, fw=AGENT_FW).start()
+                         hosted=hosted, fw=agent_fw()).start()
         stack.callback(link.stop, 3.0)  # the verdict reaches the broker before we go
         watch = StateWatch(manifest.id, mqtt_url).start()
         stack.callback(watch.stop)
