@@ -7,13 +7,14 @@
 # flash is fetched again), a span at a time with Range, written to the stage a chunk at a time as it
 # arrives; then every file is read back and checked and the pointer switches (the caller resets).
 #
-# Memory: one preallocated chunk buffer carries the response head, then the body, and is lent to
-# the stage for hashing what it reads back; nothing grows with the release but the manifest (held
-# while its tag is checked). Sockets are non-blocking (the board's connect_tcp, as pkmqtt's) inside
-# an asyncio Stream, every read has a timeout, and the task yields between chunks: the app's loop
-# (a door's UART) keeps turning. Network faults (the agent or the Wi-Fi gone, a cut body) are
-# retried with backoff; the count starts over whenever bytes reach the flash, and past _TRIES in a
-# row without progress the download gives up with the last fault as its reason.
+# Memory: one buffer, taken by the app at boot (link.py), carries each response head, then the
+# body (the manifest's to a file on flash, the files' to the stage), and is lent to the stage for
+# what it reads back; nothing else grows with the release but the stage's table of files. Sockets
+# are non-blocking (the board's connect_tcp, as pkmqtt's) inside an asyncio Stream, every connect
+# and read has a timeout, and the task yields between chunks: the app's loop (a door's UART) keeps
+# turning. Network faults (the agent or the Wi-Fi gone, a refused connect, a cut body, a 503) are
+# retried with a doubling backoff; the count starts over whenever bytes reach the flash, and past
+# ``tries`` in a row without progress the download gives up with the last fault as its reason.
 import asyncio
 import json
 
@@ -63,9 +64,9 @@ class GiveUp(Exception):
 
 
 async def _open(connect, o, dev, path, start, end, mv, t):
-    """One request; its head read into ``mv``. -> (stream, status, content-length, X-Popkit-Tag or
-    Content-Range, where the body's first bytes start in mv, where they end). (Few functions here:
-    each costs heap while a download runs, even frozen.)"""
+    """One request; its head read into ``mv``. -> (stream, content-length, X-Popkit-Tag or
+    Content-Range, where the body's first bytes start in mv, where they end); a status other than
+    the one asked for raises. (Few functions here: each costs heap while a download runs.)"""
     st = asyncio.StreamReader(connect(o["host"], o["port"]))
     try:
         # queued, not written: the TCP connect may still be under way (drain waits for it);
