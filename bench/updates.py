@@ -369,9 +369,13 @@ def main(argv=None) -> int:
     if not args.no_device:
         if "device_error" in device:
             bad.append(device["device_error"])
-        elif (device.get("device_peak_heap_kb") or 0) > HEAP_BUDGET_KB or device.get("scans_unanswered") \
-                or not device.get("scans_during_update"):
-            bad.append("the device part misses its acceptance")
+        else:
+            if (device.get("device_peak_heap_kb") or 0) > HEAP_BUDGET_KB:
+                bad.append(f"device_peak_heap_kb {device['device_peak_heap_kb']} is over the {HEAP_BUDGET_KB} KB budget")
+            if device.get("scans_unanswered"):
+                bad.append(f"{device['scans_unanswered']} scan(s) unanswered during the update")
+            if not device.get("scans_during_update"):
+                bad.append("no scan answered during the update")
     for b in bad:
         print(f"bench.updates: {b}", file=sys.stderr)
     print(json.dumps(result))
