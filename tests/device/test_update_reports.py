@@ -7,6 +7,8 @@ the kit's real broker (TLS, the door's own login)."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from fleet.db import now_ms
 from fleet.updates.delivery import UpdateDelivery
@@ -15,6 +17,8 @@ from simulators.scanner import ScannerSim
 from tests.conftest import wait_until
 from tests.device.test_flash_root import boot, flash_root, kit  # noqa: F401  (the fixture)
 from tests.device.test_scanner_app import SCANNER
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_door_on_trial_reports_it_and_its_commit_moves_its_rollout(kit, tmp_path):  # noqa: F811
@@ -25,7 +29,9 @@ def test_a_door_on_trial_reports_it_and_its_commit_moves_its_rollout(kit, tmp_pa
     (root / "scanner.json").write_text(json.dumps({**cfg, "trial_s": 2}))
     (root / "trial").write_text("a 0")  # as abboot.switch leaves it: slot a's first boot is a trial
 
-    release = Release("scanner", "9.9.9", "scanner-9.9.9", {}, "0" * 16, 1, now_ms(), by="ops-test")
+    # The release the flashed slot runs: a trial reports its own fw, and the fleet takes news of the offer's only.
+    fw = re.search(r'^FW = "(scanner-([0-9.]+))"', (REPO / "device/apps/scanner/main.py").read_text(), re.M)
+    release = Release("scanner", fw.group(2), fw.group(1), {}, "0" * 16, 1, now_ms(), by="ops-test")
     fleet.store.updates.add_release(release, "0" * 64)
     delivery = UpdateDelivery(fleet.store)
     rollout = delivery.create(release, Target(devices=(SCANNER,)), ("100%",), 1.0, 0.5, 60, "ops-test")
