@@ -29,6 +29,16 @@ from tests.test_agent_update_offers import APP, FILES, KIT, KitAgent, retained_o
 from tests.test_updates_api import upload_body
 
 
+def _stop_listening(sock: socket.socket) -> None:
+    """Close a listening socket another thread is blocked in accept() on. close() alone leaves the
+    port accepting on Linux until that accept() returns; shutdown() wakes it at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 class Uplink:
     """A TCP proxy to ``target``: ``cut_after`` downstream bytes of a file's response, then that
     connection is closed and the listener with it (the uplink is down) until ``up()``."""
@@ -51,7 +61,7 @@ class Uplink:
         self._listen(self.port)
 
     def close(self) -> None:
-        self.sock.close()
+        _stop_listening(self.sock)
 
     def _accept(self, sock: socket.socket) -> None:
         while True:
@@ -98,7 +108,7 @@ class Uplink:
         upstream.close()
         client.close()
         if budget is not None and sent >= budget:  # the uplink drops, and stays down
-            self.sock.close()
+            _stop_listening(self.sock)
             self.down.set()
 
     def file_bodies(self) -> dict[str, int]:

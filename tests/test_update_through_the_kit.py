@@ -177,9 +177,7 @@ def refused(port: int) -> bool:
 
 
 def down_for_real(uplink: Uplink) -> None:
-    """``Uplink`` closes its listening socket from another thread than the one blocked in accept(),
-    which on Linux keeps the port listening until that accept() returns: one connection (empty,
-    closed at once) makes it return, and the port then refuses."""
+    """The uplink down, and seen down: its port refuses connections before the test goes on."""
     uplink.close()
     wait_until(lambda: refused(uplink.port), 10, what="the uplink's port refusing connections")
 
