@@ -12,6 +12,9 @@
 #   abwhy    the last rollback's reason, for the app to report (removed once reported)
 #   fwtrial  a new MicroPython firmware image boots on trial (ESP32 only: boards/esp32/fwimage.py);
 #            the bootloader rolls it back unless commit() marks it valid
+#   upmode   a lighting controller's offer, taken from its update mode (device/lib/upmode.py, in the
+#            slot): the boot is mode "update" while it is there; a trial or safe mode drops it (a trial:
+#            the switch it led to happened; safe mode takes offers itself)
 # main.py calls boot() and drops this module before importing the app: none of it stays in the
 # app's heap. The app imports it again only for settle(), during its first seconds or its trial.
 import os
@@ -120,8 +123,16 @@ def rollback(why):
     _rm("trial")
 
 
+def _has(name):
+    try:
+        os.stat(name)
+        return True
+    except OSError:
+        return False
+
+
 def boot(safe_boots=5):
-    """(slot folder, mode) for this boot: mode "trial", "safe" or "normal"."""
+    """(slot folder, mode) for this boot: mode "trial", "safe", "update" or "normal"."""
     cur = current()
     t = trial()
     mode = "normal"
@@ -136,6 +147,11 @@ def boot(safe_boots=5):
     n = boots(boots() + 1)
     if mode == "normal" and n > safe_boots:
         mode = "safe"
+    if _has("upmode"):
+        if mode == "normal" and (_has(cur + "/upmode.mpy") or _has(cur + "/upmode.py")):
+            mode = "update"  # upmode.py bounds its own boots
+        else:
+            _rm("upmode")  # (a slot without the update mode: the marker cannot be taken)
     print("ABBOOT", cur, mode, n)
     return cur, mode
 

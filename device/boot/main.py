@@ -11,6 +11,10 @@ sys.path.insert(0, _d)  # the slot's modules before anything else of that name
 gc.collect()
 if _m == "safe":
     import safemode
+elif _m == "update":  # a lighting controller's update mode (device/lib/upmode.py: the slot's)
+    import upmode
+
+    upmode.run()
 else:
     try:
         import app_main

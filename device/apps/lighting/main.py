@@ -79,6 +79,9 @@ class App:
         import tcp
 
         cfg = self.cfg
+        upd = cfg.get("update_key")  # provisioned with an update key only
+        if upd:  # link.py's offer intake calls fetch.take(link, offer): take() below, no download here
+            sys.modules["fetch"] = self
         connect, user, password = tcp.connector(cfg["broker"], board.connect_tcp)
         self.link = link.Link(cfg["kit"], cfg["device"], "lighting", connect,
                               board.epoch_ms, self.state_dir + "/outbox", fw=cfg.get("fw", FW),
@@ -90,7 +93,7 @@ class App:
                               time_sync=board, reset_cause=self.cause,
                               dedup=False, outbox_buf=256, rx_buf=256,  # the heap is tight: Lighting's
                               updates=(config_path(), board.connect_tcp, board.reset, self.state_dir, 0)
-                              if cfg.get("update_key") else None)  # provisioned with an update key only
+                              if upd else None)
         # CommandGate drops redelivered ids (on flash); this role's outbox records (telemetry, acks) are
         # small, and so is what it receives but a timeline (receipts, time, scene commands): one larger
         # than rx_buf is read into a buffer of its own size, as a timeline always is
@@ -124,6 +127,19 @@ class App:
             return None
         print("CMD", r[0], r[1])
         return r[1], r[2]
+
+    async def take(self, lk, o):
+        # An offer the link took: no room to download beside the lights. The update mode does it
+        # (device/lib/upmode.py) after a reset, the outputs held at the levels saved here.
+        try:
+            import upmode
+
+            upmode.save(o, lk.fw, config_path(), self.state_dir, self.light.outputs)
+        except Exception as e:
+            lk.failed(o, "update mode: %r" % e)
+            return
+        await lk.stop(3000)  # `downloading` out first
+        board.reset()
 
     async def ticker(self):
         light = self.light
