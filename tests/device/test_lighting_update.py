@@ -208,6 +208,7 @@ def test_an_offered_controller_holds_its_lights_through_the_update_mode_trial_an
         dev.expect(rf"UPDATE switched {release}", timeout=30)
         assert dev.wait(20) == 75
         assert out.dmx.count > held_from, "the update mode refreshed the DMX frame"
+        assert out.pwm.sessions[mark[1] + 1].duty == DUTIES, "the update mode set the show's duties"
         assert kit.relay.served() == size, "each byte of the release once"
         assert not (kit.tree / "upmode").exists(), "switched: the marker is gone"
 
