@@ -161,6 +161,7 @@ def run():
     lk = Link(cfg["kit"], cfg["device"], "lighting", connect, board.epoch_ms, sd + "/outbox", fw=fw,
               on_cmd=lambda cmd: ("rejected", "update mode: taking %s" % o["fw"]), user=user, password=password,
               dedup=False, outbox_buf=128, rx_buf=256, max_msg=cfg.get("max_config", 4096),
+              raw_config=True,  # the retained timeline arrives here too: not parsed (no on_config), the app's
               keepalive=cfg.get("keepalive", 30), response_ms=cfg.get("response_ms", 3000),
               backoff_ms=cfg.get("backoff_ms", 500), backoff_max_ms=cfg.get("backoff_max_ms", 10000),
               updates=(path, board.connect_tcp, switched, sd, 1024))

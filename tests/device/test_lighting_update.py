@@ -351,5 +351,6 @@ def test_the_update_mode_downloads_within_the_heap_budget(tmp_path, broker, out,
         print(f"\nupdate mode downloading {size} B: live heap max {live} B, peak {peak} B "
               f"(budget {rig.PEAK_TARGET}, {len(heap)} samples)")
         assert live <= rig.PEAK_TARGET, f"the update mode's live heap reached {live} B"
+        assert peak <= rig.PEAK_TARGET, f"the update mode's heap peaked at {peak} B (uncollected garbage in)"
     finally:
         kit.close()
