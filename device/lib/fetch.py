@@ -15,6 +15,14 @@
 # turning. Network faults (the agent or the Wi-Fi gone, a refused connect, a cut body, a 503) are
 # retried with a doubling backoff; the count starts over whenever bytes reach the flash, and past
 # ``tries`` in a row without progress the download gives up with the last fault as its reason.
+#
+# Entry point (the apps, safe mode and an update mode at boot, through link.py's updates=): take(lk, o)
+# with o the offer as link.py passes it, a tuple (id, release, fw, host, port, rollback); a decoded
+# UpdateOffer dict is still taken (turned into that tuple). run() takes the same tuple.
+# Heap (the 48 KB budget, docs/updates.md): no table of files (update.Stage reads the manifest back
+# from flash), the offer as a tuple, one exception class (update.Refused: a download that cannot go
+# on), few functions; the download waits for the boot's settle window, so the boot stage's abboot
+# and the download are never on the heap together.
 import asyncio
 import json
 
@@ -26,6 +34,7 @@ _SPAN = const(16384)  # bytes asked for in one request: a cut costs at most what
 _MAX_MANIFEST = const(8192)  # a role's manifest is ~2 KB
 _BUF = const(512)  # the buffer when the app took none at boot
 _BACKOFF_MAX_MS = const(15000)
+_SETTLE_WAIT_MS = const(12000)  # the boot's settle window (abboot.FAST_S, 10 s), and a margin
 
 
 async def take(lk, o):
@@ -34,6 +43,12 @@ async def take(lk, o):
     happens (the app's own modules stay: hmac256 is the scanner's too)."""
     import sys
 
+    if isinstance(o, dict):  # a decoded UpdateOffer (older callers)
+        o = (o["id"], o["release"], o["fw"], o["host"], o["port"], o.get("rollback", False))
+    for _ in range(_SETTLE_WAIT_MS // 500):  # the boot stage's settle window first (it holds abboot)
+        if "abboot" not in sys.modules:
+            break
+        await asyncio.sleep_ms(500)
     dev, path, connect, reset, flash, buf = lk._upd
     drop = [n for n in ("fetch", "update", "hmac256", "abboot") if n not in sys.modules or n == "fetch"]
     why = None
@@ -47,33 +62,29 @@ async def take(lk, o):
                   buf or bytearray(_BUF), flash + "/update.manifest", **kw)
     except ImportError as e:  # a ROMFS or frozen run has no A/B boot stage (abboot)
         why = "no A/B slots here: %s" % e
-    except Exception as e:  # update.Refused, GiveUp: their text is the reason
+    except Exception as e:  # update.Refused: its text is the reason
         why = str(e) or repr(e)
     for n in drop:  # none of it stays on the heap
         sys.modules.pop(n, None)
     if why is None:
-        print("UPDATE switched", o["fw"])
+        print("UPDATE switched", o[2])
         await lk.stop(3000)  # the downloading state and the outbox out first, then the reset
         reset()
         return
     lk.failed(o, why)
 
 
-class GiveUp(Exception):
-    """The download cannot go on; str() says why (reported to the fleet)."""
-
-
 async def _open(connect, o, dev, path, start, end, mv, t):
     """One request; its head read into ``mv``. -> (stream, content-length, X-Popkit-Tag or
     Content-Range, where the body's first bytes start in mv, where they end); a status other than
     the one asked for raises. (Few functions here: each costs heap while a download runs.)"""
-    st = asyncio.StreamReader(connect(o["host"], o["port"]))
+    st = asyncio.StreamReader(connect(o[3], o[4]))
     try:
         # queued, not written: the TCP connect may still be under way (drain waits for it);
         # out_buf, drain, close: MicroPython's Stream, beyond the stubs' StreamReader
         st.out_buf = (  # type: ignore[attr-defined]
             "GET /updates/%s/%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
-            o["release"], path, o["host"], dev, "Range: bytes=%d-%d\r\n" % (start, end) if start >= 0 else "")
+            o[1], path, o[3], dev, "Range: bytes=%d-%d\r\n" % (start, end) if start >= 0 else "")
         ).encode()
         await asyncio.wait_for_ms(st.drain(), t)  # type: ignore[attr-defined]
         n = 0
@@ -81,7 +92,7 @@ async def _open(connect, o, dev, path, start, end, mv, t):
         seen = 0  # of the "\r\n\r\n" that ends the head
         while at < 0:
             if n >= len(mv):  # the agent's heads are under 200 bytes
-                raise GiveUp("update server: response head over %d bytes" % len(mv))
+                raise update.Refused("update server: response head over %d bytes" % len(mv))
             k = await asyncio.wait_for_ms(st.readinto(mv[n:]), t)  # type: int
             if not k:
                 raise OSError("closed in the response head")
@@ -95,7 +106,7 @@ async def _open(connect, o, dev, path, start, end, mv, t):
         try:
             status = int(lines[0].split(" ", 2)[1])
         except (IndexError, ValueError):
-            raise GiveUp("update server: bad status line %r" % lines[0][:40])
+            raise update.Refused("update server: bad status line %r" % lines[0][:40])
         length = -1
         val = None
         for ln in lines[1:]:
@@ -108,10 +119,10 @@ async def _open(connect, o, dev, path, start, end, mv, t):
         if status != (206 if start >= 0 else 200):
             if status == 503:
                 raise OSError("update server busy (503)")
-            raise GiveUp("update server: %s for %s" % (
+            raise update.Refused("update server: %s for %s" % (
                 "403, this device is not one of the kit's (update keys)" if status == 403 else "HTTP %d" % status, path))
         if n - at > length:
-            raise GiveUp("update server: more bytes than Content-Length")
+            raise update.Refused("update server: more bytes than Content-Length")
         return st, length, val, at, n
     except BaseException:
         st.close()  # type: ignore[attr-defined]
@@ -119,8 +130,8 @@ async def _open(connect, o, dev, path, start, end, mv, t):
 
 
 async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, tries=6, backoff_ms=500):
-    """Download ``offer`` (kits/contract.py UpdateOffer) into the spare slot and switch to it (the
-    caller resets the board). Raises update.Refused or GiveUp with the reason. ``cfg``: the device's
+    """Download ``offer`` ((id, release, fw, host, port, rollback): kits/contract.py UpdateOffer) into the spare slot and switch to it (the
+    caller resets the board). Raises update.Refused with the reason. ``cfg``: the device's
     config (its update_key); ``running``: the running fw; ``buf``: the buffer (the app's, taken at
     boot: a heap that has run for hours may have no free block that big left); ``tmp``: a file
     name for the manifest on its way. Network faults (OSError, a timeout) are
@@ -134,17 +145,12 @@ async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, 
     while True:
         path = "manifest.json"  # first the manifest, then the next span of the first file not whole
         off = size = 0
-        if stage is not None:
-            path = None
-            for p in stage.files:
-                size = stage.files[p]
-                off = stage.have(p)
-                if off < size:
-                    path = p
-                    break
-            if path is None:
+        if stage is not None:  # (the stage reads its manifest back from flash: no table held here)
+            nxt = stage.next()  # that file's hash readied, a resumed prefix hashed, while the buffer is free
+            if nxt is None:
                 break
-            stage.begin(path)  # a resumed file's prefix hashed now, while the buffer is free
+            path, off, size = nxt
+            nxt = None
         end = min(off + _SPAN, size) - 1
         st = None
         moved = False
@@ -154,7 +160,7 @@ async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, 
                                                   off if stage else -1, end, mv, timeout_ms)
             if stage is None:
                 if not val or not 0 < length <= _MAX_MANIFEST:
-                    raise GiveUp("update server: manifest of %d bytes, tag %r" % (length, val))
+                    raise update.Refused("update server: manifest of %d bytes, tag %r" % (length, val))
                 n = b1 - b0
                 with open(tmp, "wb") as f:  # through the buffer to flash: never whole in RAM
                     f.write(mv[b0:b1])
@@ -165,12 +171,12 @@ async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, 
                         f.write(mv[:k])
                         n += k
                 got += n
-                stage = update.Stage(tmp, val, cfg, running, offer.get("rollback", False), buf)
+                stage = update.Stage(tmp, val, cfg, running, offer[5], buf)
                 cfg = None
-                print("FETCH", offer["release"], "to", stage.slot)
+                print("FETCH", offer[1], "to", stage.slot)
                 continue
             if val != "bytes %d-%d/%d" % (off, end, size) or length != end - off + 1:
-                raise GiveUp("update server: %s for bytes %d-%d of %s (%d bytes)" % (val, off, end, path, size))
+                raise update.Refused("update server: %s for bytes %d-%d of %s (%d bytes)" % (val, off, end, path, size))
             if not off:
                 print("FETCH", path)
             mv[:b1 - b0] = mv[b0:b1]  # the body's first bytes, behind the head: to the buffer's front
@@ -202,16 +208,16 @@ async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, 
             fails += 1
             why = "timed out" if isinstance(e, asyncio.TimeoutError) else repr(e)[:60]
             if fails >= tries:
-                raise GiveUp("update server %s:%d unreachable after %d tries: %s" % (
-                    offer["host"], offer["port"], fails, why))
+                raise update.Refused("update server %s:%d unreachable after %d tries: %s" % (
+                    offer[3], offer[4], fails, why))
             print("FETCH retry", fails, why)
             await asyncio.sleep_ms(wait)
             wait = min(wait * 2, _BACKOFF_MAX_MS)
         finally:
             if st is not None:
                 st.close()
-    for p in stage.files:  # read back from flash, a file at a time, the app's turn between files
-        stage.check(p)
+    for p, n, h in stage.entries():  # read back from flash, a file at a time, the app's turn between files
+        stage.check(p, n, h)
         await asyncio.sleep_ms(0)
     stage.switch(True)
     print("FETCHED", got, asked, faults)

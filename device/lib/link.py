@@ -453,7 +453,10 @@ class Link:
         if not m or self._fetching is not None:
             return
         o = json.loads(m)
-        fw = o["fw"]
+        # kept as a tuple (id, release, fw, host, port, rollback), the dict let go: it lives as long
+        # as the download (heap: docs/updates.md, "The ESP32's download")
+        o = (o["id"], o["release"], o["fw"], o["host"], o["port"], o.get("rollback", False))
+        fw = o[2]
         if fw == self.fw:
             return  # running it already (its trial or commit says so in state)
         u = self._update
@@ -465,11 +468,12 @@ class Link:
                 last = f.read().split("\n", 1)
         except OSError:
             last = None
-        if last and last[0] == o["id"]:  # refused before: said again, not fetched again
+        if last and last[0] == o[0]:  # refused before: said again, not fetched again
             if not u or u["state"] != "failed":
                 self.update = {"state": "failed", "why": last[1] if len(last) > 1 else "", "fw": fw}
             return
-        self._fetching = o["id"]
+        last = None
+        self._fetching = o[0]
         self.update = {"state": "downloading", "fw": fw}
         log(_INFO, "link", "update %s offered: downloading", fw)
         try:
@@ -480,16 +484,16 @@ class Link:
             self.failed(o, "no downloader in this firmware: %s" % e)
 
     def failed(self, o, why):
-        """An offer that cannot be taken: reported, and remembered on flash (said again, never
-        fetched again, at the next boot)."""
+        """An offer ((id, release, fw, ...), as _offer keeps it) that cannot be taken: reported, and
+        remembered on flash (said again, never fetched again, at the next boot)."""
         print("UPDATE failed", why)
         try:
             with open(self._upd[4] + "/update.failed", "w") as f:  # type: ignore[index]
-                f.write("%s\n%s" % (o["id"], why))
+                f.write("%s\n%s" % (o[0], why))
         except OSError:
             pass
         self._fetching = None
-        self.update = {"state": "failed", "why": why, "fw": o["fw"]}
+        self.update = {"state": "failed", "why": why, "fw": o[2]}
 
     def _on_time(self, m, retained):
         if retained:  # the kit's time is never retained: a stale one must not set the clock

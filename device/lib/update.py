@@ -7,6 +7,9 @@
 # heap stays the same whatever the size); a chunk must start where the file ends (resume after a
 # cut: ask from its size; a repeat or a gap is refused). switch() re-reads and checks every file,
 # then points the boot stage (abboot.py) at the slot, on trial.
+# Heap: no table of files is kept. The manifest sits in the slot on flash and is read back an entry at
+# a time whenever one is needed (entries(), next(), check()); only the file being received is held:
+# its path, size, digest and hash context. Few functions: in a ROMFS run each one is a heap object.
 # Imported only while an update is under way; the app drops it after (none of it stays resident).
 import json
 import os
@@ -20,11 +23,6 @@ _BUF = 512  # the read buffer for hashing a file on flash
 class Refused(Exception):
     """A release this device will not take; str() says why (reported to the fleet). The running
     slot is never touched by a refusal."""
-
-
-def version(v):
-    """"scanner-0.3.1" or "0.3.1" -> (0, 3, 1)."""
-    return tuple(int(x) for x in v.split("-")[-1].split("."))
 
 
 def _size(path):
@@ -67,11 +65,13 @@ def _free():
         return 1 << 30
 
 
-def _entries(path, buf):
-    """Each entry of a manifest's "files" list, parsed alone, then the manifest's other fields (its
-    "files" left empty): read from flash through ``buf``. Parsed whole, a role's manifest of 17
-    files takes ~7 KB of heap at once; one entry takes a few hundred bytes."""
-    top = bytearray()
+def _entries(path, top=False):
+    """Each entry of a manifest's "files" list, parsed alone, then (``top``) the manifest's other
+    fields (its "files" left empty): read from flash through a small buffer of its own (the caller's
+    may be busy hashing meanwhile). Parsed whole, a role's manifest of 17 files takes ~7 KB of heap
+    at once; one entry takes a few hundred bytes."""
+    buf = bytearray(64)
+    top = bytearray() if top else None
     ent = bytearray()
     depth = 0
     instr = esc = False
@@ -101,9 +101,10 @@ def _entries(path, buf):
                     if depth == 2:  # its closing brace
                         yield json.loads(bytes(ent))
                         ent = bytearray()
-                elif d <= 1 or depth <= 1:  # the top level, the list's brackets included
+                elif top is not None and (d <= 1 or depth <= 1):  # the top level, the list's brackets included
                     top.append(c)
-    yield json.loads(bytes(top))
+    if top is not None:
+        yield json.loads(bytes(top))
 
 
 class Stage:
@@ -139,35 +140,21 @@ class Stage:
         del hm
         if not compare_digest(mac, tag):
             raise Refused("bad tag: the manifest is not what the kit's agent vouched for")
-        # the file table, compact (a path -> size dict, the digests in one buffer): it stays for
-        # the whole download, beside the app
-        self.files = {}
-        self._paths = []
-        sums = bytearray()
-        m = {}  # type: dict
-        if named:
-            seq = _entries(manifest, buf)
-        else:
-            m = json.loads(manifest)
-            seq = m["files"]
-        for e in seq:
+        # checked an entry at a time, none kept (the slot's manifest.json is the table)
+        m = e = {}  # type: dict
+        for e in _entries(manifest, True) if named else json.loads(manifest)["files"] + [json.loads(manifest)]:
             if "format" in e:  # the manifest's own fields, after its files
                 m = e
-                continue
-            p = e["path"]
-            if ".." in p or p.startswith("/"):
-                raise Refused("bad path " + p)
-            self.files[p] = e["size"]
-            self._paths.append(p)
-            sums.extend(unhexlify(e["sha256"]))
-        self._sums = sums
-        del seq, sums
+            elif ".." in e["path"] or e["path"].startswith("/") or len(e["sha256"]) != 64:
+                raise Refused("bad entry " + e["path"])
+        del e
         role = running.split("-")[0]
         if m.get("role") != role:
             raise Refused("wrong role: %s, this device is a %s" % (m.get("role"), role))
         if m.get("mpy_abi") != sys.implementation._mpy:
             raise Refused("mpy ABI %s, this firmware runs %d" % (m.get("mpy_abi"), sys.implementation._mpy))
-        if version(m["version"]) <= version(running) and not rollback:
+        v = [tuple(int(x) for x in r.split("-")[-1].split(".")) for r in (m["version"], running)]
+        if v[0] <= v[1] and not rollback:
             raise Refused("version %s is not newer than the running %s" % (m["version"], running))
         t = abboot.trial()
         if t and t[0] == abboot.current():
@@ -175,8 +162,8 @@ class Stage:
         self.slot = abboot.other(abboot.current())
         self.fw = m.get("fw")
         total = m["total_size"]
-        del m
-        mine = self.slot + "/manifest.json"
+        del m, v
+        mine = self._man = self.slot + "/manifest.json"
         resume = _size(mine) == size
         if resume:
             if named:
@@ -184,12 +171,7 @@ class Stage:
             else:
                 with open(mine, "rb") as f:
                     resume = f.read() == manifest
-        have = 0
-        if resume:
-            for p in self.files:
-                have += max(_size(self.slot + "/" + p), 0)
-        if total - have + 4096 > _free():
-            raise Refused("too big: %d bytes, %d free on flash" % (total - have, _free()))
+        self._cur = None  # [path, size, digest, sha256 context] of the file being received
         if not resume:
             _wipe(self.slot)
             if named:
@@ -199,87 +181,116 @@ class Stage:
                     f.write(manifest)
         elif named:
             os.remove(manifest)
-        self._h = None  # (path, sha256 context) of the file being received
+        have = 0
+        for p, n, _s in self.entries():
+            have += min(self.have(p), n)
+        if total - have + 4096 > _free():
+            raise Refused("too big: %d bytes, %d free on flash" % (total - have, _free()))
+
+    def entries(self):
+        """(path, size, sha256 hex) of each file, read back from the slot's manifest on flash."""
+        for e in _entries(self._man):
+            yield e["path"], e["size"], e["sha256"]
+
+    @property
+    def files(self):
+        """path -> size, built on demand (the downloader never holds it: entries(), next())."""
+        return {p: n for p, n, _s in self.entries()}
 
     def have(self, path):
         """Bytes of ``path`` already in the slot: where its download goes on from."""
         return max(_size(self.slot + "/" + path), 0)
 
-    def begin(self, path):
-        """Ready the hash of ``path`` for its next chunk; a resumed file's bytes on flash are hashed
-        here, through the buffer. The downloader calls it while the buffer it lent is free (the
-        chunk it writes then sits in that very buffer)."""
-        h = self._h
-        if h is None or h[0] != path:
-            full = self.slot + "/" + path
-            self._h = (path, _hash(full, sha256(), self._buf) if _size(full) > 0 else sha256())
+    def next(self):
+        """(path, bytes in the slot, size) of the first file not whole, made the one being received
+        (begin), or None when every file is there."""
+        for p, n, s in self.entries():
+            k = self.have(p)
+            if k < n:
+                self.begin(p, n, s)
+                return p, k, n
+        return None
+
+    def begin(self, path, size=-1, sum=None):
+        """Make ``path`` the file being received: its size and digest (looked up in the manifest when
+        not given), its hash, a resumed file's bytes on flash hashed here, through the buffer. The
+        downloader calls it while the buffer it lent is free (the chunk it writes then sits in it)."""
+        c = self._cur
+        if c is not None and c[0] == path:
+            return
+        if sum is None:
+            for p, n, s in self.entries():
+                if p == path:
+                    size, sum = n, s
+                    break
+            else:
+                raise Refused("not in the manifest: " + path)
+        full = self.slot + "/" + path
+        self._cur = [path, size, unhexlify(sum), _hash(full, sha256(), self._buf) if _size(full) > 0 else sha256()]
 
     def write(self, path, offset, data):
         """Append a chunk at ``offset`` of ``path``; True when that file is complete (and its hash
         matched). Refused: an unknown file, a chunk not at the file's end, a file over its size or
         with another hash (the bad file is removed, to be fetched again)."""
-        e = self.files.get(path)
-        if e is None:
-            raise Refused("not in the manifest: " + path)
+        self.begin(path)
+        c = self._cur  # type: list  # type: ignore[assignment]
+        e = c[1]
         full = self.slot + "/" + path
         size = _size(full)
         if size < 0:
             size = 0
-            self._dirs(path)
+            d = self.slot
+            for part in path.split("/")[:-1]:  # its folders
+                d += "/" + part
+                try:
+                    os.mkdir(d)
+                except OSError:
+                    pass
         if offset != size:
             raise Refused("chunk of %s at %d, the file holds %d: %s chunk" % (
                 path, offset, size, "repeated" if offset < size else "missing a"))
         if size + len(data) > e:
             os.remove(full)
             raise Refused("%s longer than its %d bytes" % (path, e))
-        self.begin(path)
-        h = self._h  # type: tuple  # type: ignore[assignment]
         with open(full, "ab") as f:
             f.write(data)
-        h[1].update(data)  # after the write: a write that failed leaves the hash as the file is
+        c[3].update(data)  # after the write: a write that failed leaves the hash as the file is
         if size + len(data) < e:
             return False
-        self._h = None
-        if h[1].digest() != self._sum(path):
+        self._cur = None
+        if c[3].digest() != c[2]:
             os.remove(full)
             raise Refused("hash mismatch: " + path)
         return True
 
-    def _dirs(self, path):
-        d = self.slot
-        for part in path.split("/")[:-1]:
-            d += "/" + part
-            try:
-                os.mkdir(d)
-            except OSError:
-                pass
-
-    def _sum(self, p):
-        """The SHA-256 the manifest gives ``p``."""
-        i = self._paths.index(p) * 32
-        return bytes(self._sums[i:i + 32])
-
-    def check(self, p):
-        """File ``p`` there, at its size, with its hash, read back from flash."""
-        e = self.files[p]
+    def check(self, p, size=-1, sum=None):
+        """File ``p`` there, at its size, with its hash, read back from flash (size and digest looked
+        up in the manifest when not given)."""
+        if sum is None:
+            for q, size, sum in self.entries():
+                if q == p:
+                    break
+            else:
+                raise Refused("not in the manifest: " + p)
         full = self.slot + "/" + p
-        if _size(full) != e:
-            raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), e))
-        if _hash(full, sha256(), self._buf).digest() != self._sum(p):
+        if _size(full) != size:
+            raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), size))
+        if _hash(full, sha256(), self._buf).digest() != unhexlify(sum):
             os.remove(full)
             raise Refused("hash mismatch: " + p)
-
-    def verify(self):
-        """Every file there, at its size, with its hash, read back from flash."""
-        for p in self.files:
-            self.check(p)
 
     def switch(self, checked=False):
         """Verified (``checked``: the caller just ran check() on every file, yielding between them),
         then the pointer moves (abboot.switch: atomic); the next boot is the trial."""
         if not checked:
-            self.verify()
+            for p, n, s in self.entries():
+                self.check(p, n, s)
         import abboot
 
         abboot.switch(self.slot)
         return self.slot
+
+    def verify(self):
+        """Every file there, at its size, with its hash (the test driver's; switch() does it too)."""
+        for p, n, s in self.entries():
+            self.check(p, n, s)
