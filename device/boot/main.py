@@ -12,9 +12,14 @@ gc.collect()
 if _m == "safe":
     import safemode
 elif _m == "update":  # a lighting controller's update mode (device/lib/upmode.py: the slot's)
-    import upmode
+    try:
+        import upmode
 
-    upmode.run()
+        upmode.run()
+    except Exception as e:  # reset, never the REPL: the marker bounds the retries, safe mode the rest
+        import abboot
+
+        abboot.failed(e)
 else:
     try:
         import app_main

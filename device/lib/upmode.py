@@ -135,6 +135,7 @@ def run():
     m = p[1]
     p = None
     board.configure(cfg)
+    cause = board.reset_cause(sd)  # the app's reset left its mark there; ours goes there too
 
     async def back(lk):
         # failed or refused: the marker goes, the failure is said if the broker is there, then the app
@@ -164,7 +165,7 @@ def run():
               raw_config=True,  # the retained timeline arrives here too: not parsed (no on_config), the app's
               keepalive=cfg.get("keepalive", 30), response_ms=cfg.get("response_ms", 3000),
               backoff_ms=cfg.get("backoff_ms", 500), backoff_max_ms=cfg.get("backoff_max_ms", 10000),
-              updates=(path, board.connect_tcp, switched, sd, 1024))
+              reset_cause=cause, updates=(path, board.connect_tcp, switched, sd, 1024))
     cfg = None
     if tries > TRIES:  # as link.failed does, the offer's id and why on flash (said again by the app)
         why = "update mode: %d boots without an end" % TRIES

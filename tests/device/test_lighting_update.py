@@ -354,3 +354,18 @@ def test_the_update_mode_downloads_within_the_heap_budget(tmp_path, broker, out,
         assert peak <= rig.PEAK_TARGET, f"the update mode's heap peaked at {peak} B (uncollected garbage in)"
     finally:
         kit.close()
+
+
+def test_a_marker_cut_short_is_dropped_and_the_app_runs(tmp_path, broker, out, pub):
+    kit = make_kit(tmp_path, broker, out, pub)
+    try:
+        (kit.tree / "upmode").write_bytes(b"0\n{\"id\": \"o1\", \"rel")  # a write cut mid-way (not renamed
+        # in, as the app writes it: a filesystem that lost the rename's data)
+        dev = kit.boot()
+        dev.expect(r"ABBOOT a update", timeout=15)
+        dev.expect(r"UPMODE bad marker")
+        assert dev.wait(20) == 75
+        assert not (kit.tree / "upmode").exists()
+        showing_app(kit, out).kill()
+    finally:
+        kit.close()
