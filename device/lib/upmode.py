@@ -38,10 +38,24 @@ def _rm():
         pass
 
 
+async def take(lk, o, path, state_dir, out):
+    """The app's part (its take(), called by link.py's intake as fetch.take would be): the marker
+    saved, the link left (`downloading` out first), the reset. Nothing here can be taken: failed."""
+    import board
+
+    try:
+        save(o, lk.fw, path, state_dir, out)
+    except Exception as e:
+        lk.failed(o, "update mode: %r" % e)
+        return
+    await lk.stop(3000)
+    board.reset()
+
+
 def save(o, fw, path, state_dir, out):
-    """The app's part: offer ``o`` (kits/contract.py UpdateOffer) and scene.Outputs ``out``'s levels
-    as last written (duties, DMX slots) in the marker; the caller resets. Allocates a few hundred
-    bytes, nothing that grows with the universe (the frame goes to flash from where it is)."""
+    """Offer ``o`` (kits/contract.py UpdateOffer) and scene.Outputs ``out``'s levels as last
+    written (duties, DMX slots) in the marker; the caller resets. Allocates a few hundred bytes,
+    nothing that grows with the universe (the frame goes to flash from where it is)."""
     if type(o) is not dict:  # the link may keep it as a tuple, in the contract's order
         o = dict(zip(("id", "release", "fw", "host", "port", "rollback"), o))
     d = out._last  # the duty last written per channel, -1: never written

@@ -58,8 +58,6 @@ class App:
     def __init__(self, cfg):
         self.cfg = cfg
         self.peak = 0
-        self.every = cfg.get("telemetry_s", 30) * 1000
-        self.trial_s = cfg.get("trial_s", 60)  # the healthy window a new release's trial must hold
         self.ticked = ticks_ms()  # the outputs' last refresh
         slots = cfg.get("dmx_slots", 24)
         self.state_dir = cfg.get("state_dir") or board.flash_dir()
@@ -130,16 +128,10 @@ class App:
 
     async def take(self, lk, o):
         # An offer the link took: no room to download beside the lights. The update mode does it
-        # (device/lib/upmode.py) after a reset, the outputs held at the levels saved here.
-        try:
-            import upmode
+        # (device/lib/upmode.py) after a reset, the outputs held at the levels saved now.
+        import upmode
 
-            upmode.save(o, lk.fw, config_path(), self.state_dir, self.light.outputs)
-        except Exception as e:
-            lk.failed(o, "update mode: %r" % e)
-            return
-        await lk.stop(3000)  # `downloading` out first
-        board.reset()
+        await upmode.take(lk, o, config_path(), self.state_dir, self.light.outputs)
 
     async def ticker(self):
         light = self.light
@@ -152,8 +144,7 @@ class App:
                 self.peak = a
             await asyncio.sleep_ms(TICK_MS)
 
-    async def telemetry(self):
-        every = self.every
+    async def telemetry(self, every):
         lk = self.link
         while True:
             await asyncio.sleep_ms(every)
@@ -170,7 +161,7 @@ class App:
         """A trial's health: the broker reached, and the ticker refreshing the outputs."""
         return self.link.mqtt.up.is_set() and ticks_diff(ticks_ms(), self.ticked) < 1000
 
-    async def settle(self):
+    async def settle(self, trial_s):
         # The A/B boot stage's (device/boot/abboot.py): this boot lasted, and a trial commits once
         # healthy for trial_s. Imported for that window only; a ROMFS or frozen run has none.
         try:
@@ -180,7 +171,7 @@ class App:
         fw = self.link.fw
         if abboot.trial():  # on trial: the fleet sees it proving itself, then its outcome
             self.link.update = {"state": "trial", "fw": fw}
-        r = await abboot.settle(self.healthy, self.trial_s)
+        r = await abboot.settle(self.healthy, trial_s)
         sys.modules.pop("abboot", None)  # (an update's staging may have dropped it already)
         if r:
             print("UPDATE", r[0], r[1])
@@ -190,9 +181,13 @@ class App:
 
     async def run(self):
         asyncio.create_task(self.ticker())  # the lights first
+        cfg = self.cfg  # (start_link lets it go)
+        every = cfg.get("telemetry_s", 30) * 1000
+        trial_s = cfg.get("trial_s", 60)  # the healthy window a new release's trial must hold
+        cfg = None
         self.start_link()
-        asyncio.create_task(self.settle())
-        await self.telemetry()
+        asyncio.create_task(self.settle(trial_s))
+        await self.telemetry(every)
 
 
 def main():
