@@ -1,7 +1,7 @@
 # The device's download of a release from its kit's agent (docs/updates.md, "The ESP32's download").
 #
 # The agent's kit-network server (agent/updates/server.py) speaks plain HTTP/1.1, one request a
-# connection. run() asks it for the manifest with this device's tag (X-Popkit-Device), opens
+# connection. take() asks it for the manifest with this device's tag (X-Popkit-Device), opens
 # update.Stage on it (tag, role, ABI, version, room: a refusal raises update.Refused), then asks for
 # every file from what the spare slot already holds (stage.have: after a cut or a reboot nothing on
 # flash is fetched again), a span at a time with Range, written to the stage a chunk at a time as it
@@ -9,7 +9,7 @@
 #
 # Memory: one buffer, taken by the app at boot (link.py), carries each response head, then the
 # body (the manifest's to a file on flash, the files' to the stage), and is lent to the stage for
-# what it reads back; nothing else grows with the release but the stage's table of files. Sockets
+# what it reads back; nothing grows with the release. Sockets
 # are non-blocking (the board's connect_tcp, as pkmqtt's) inside an asyncio Stream, every connect
 # and read has a timeout, and the task yields between chunks: the app's loop (a door's UART) keeps
 # turning. Network faults (the agent or the Wi-Fi gone, a refused connect, a cut body, a 503) are
@@ -18,17 +18,16 @@
 #
 # Entry point (the apps, safe mode and an update mode at boot, through link.py's updates=): take(lk, o)
 # with o the offer as link.py passes it, a tuple (id, release, fw, host, port, rollback); a decoded
-# UpdateOffer dict is still taken (turned into that tuple). run() takes the same tuple.
+# UpdateOffer dict is still taken (turned into that tuple).
 # Heap (the 48 KB budget, docs/updates.md): no table of files (update.Stage reads the manifest back
 # from flash), the offer as a tuple, one exception class (update.Refused: a download that cannot go
-# on), few functions; the download waits for the boot's settle window, so the boot stage's abboot
-# and the download are never on the heap together.
+# on), one coroutine (each function and frame costs heap in a ROMFS run; a request's head is read
+# in it, not in a helper of its own); the download waits for the boot's settle window, so the boot
+# stage's abboot and the download are never on the heap together.
 import asyncio
 import json
 
 from micropython import const
-
-import update
 
 _SPAN = const(16384)  # bytes asked for in one request: a cut costs at most what was in flight
 _MAX_MANIFEST = const(8192)  # a role's manifest is ~2 KB
@@ -38,9 +37,15 @@ _SETTLE_WAIT_MS = const(12000)  # the boot's settle window (abboot.FAST_S, 10 s)
 
 
 async def take(lk, o):
-    """The link's download of offer ``o`` (link.py, Link._offer): run(), then the reset into the new
-    slot, or the failure reported. This module and update.py leave sys.modules after, whatever
-    happens (the app's own modules stay: hmac256 is the scanner's too)."""
+    """The link's download of offer ``o`` (link.py, Link._offer) into the spare slot, then the reset
+    into it, or the failure reported (lk.failed: the app untouched). This module and update.py leave
+    sys.modules after, whatever happens (the app's own modules stay: hmac256 is the scanner's too).
+
+    One request a connection; the manifest first (its body through the buffer to a file on flash,
+    update.Stage checks it), then each file from what the slot holds, a span at a time, written to
+    the stage a buffer at a time, yielding to the app between chunks. Network faults (OSError, a
+    timeout) are tried again after ``backoff_ms``, doubling; ``tries`` of them in a row with no byte
+    reaching the flash end it. The bounds come from the device config's "update" (tests, the bench)."""
     import sys
 
     if isinstance(o, dict):  # a decoded UpdateOffer (older callers)
@@ -49,21 +54,158 @@ async def take(lk, o):
         if "abboot" not in sys.modules:
             break
         await asyncio.sleep_ms(500)
-    dev, path, connect, reset, flash, buf = lk._upd
     drop = [n for n in ("fetch", "update", "hmac256", "abboot") if n not in sys.modules or n == "fetch"]
-    why = None
+    import update  # local: let go once the download is over, while this coroutine still runs (lk.stop)
+
+    dev, cfg, connect, reset, flash, buf = lk._upd
+    why = stage = st = None
     try:
-        with open(path) as f:
+        with open(cfg) as f:
             cfg = json.load(f)  # read again: the app keeps none of its config (its secrets among it)
-        key = cfg.get("update_key")
-        kw = cfg.get("update") or {}  # the download's bounds (tests, the bench)
-        cfg = None
-        await run(o, dev, {"update_key": key}, lk.fw or lk.role + "-0.0.0", connect,
-                  buf or bytearray(_BUF), flash + "/update.manifest", **kw)
+        kw = cfg.get("update") or {}
+        t = kw.get("timeout_ms", 10000)
+        tries = kw.get("tries", 6)
+        wait = backoff = kw.get("backoff_ms", 500)
+        cfg = {"update_key": cfg.get("update_key")}
+        kw = None
+        buf = buf or bytearray(_BUF)
+        mv = memoryview(buf)
+        chunk = len(buf)
+        tmp = flash + "/update.manifest"
+        got = asked = faults = fails = 0
+        while True:
+            path = "manifest.json"  # first the manifest, then the next span of the first file not whole
+            off = size = 0
+            if stage is not None:  # (the stage reads its manifest back from flash: no table held here)
+                nxt = stage.next()  # that file's hash readied, a resumed prefix hashed, while the buffer is free
+                if nxt is None:
+                    break
+                path, off, size = nxt
+                nxt = None
+            end = min(off + _SPAN, size) - 1
+            moved = False
+            asked += 1
+            try:
+                st = asyncio.StreamReader(connect(o[3], o[4]))
+                # queued, not written: the TCP connect may still be under way (drain waits for it);
+                # out_buf, drain, close: MicroPython's Stream, beyond the stubs' StreamReader
+                st.out_buf = (  # type: ignore[attr-defined]
+                    "GET /updates/%s/%s%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
+                        o[1], "files/" if stage else "", path, o[3], dev,
+                        "Range: bytes=%d-%d\r\n" % (off, end) if stage else "")).encode()
+                await asyncio.wait_for_ms(st.drain(), t)  # type: ignore[attr-defined]
+                # the head, into the buffer (the agent's are under 200 bytes), up to its "\r\n\r\n"
+                n = 0
+                b0 = -1
+                k = 0  # of the "\r\n\r\n" seen
+                while b0 < 0:
+                    if n >= chunk:
+                        raise update.Refused("update server: response head over %d bytes" % chunk)
+                    r = await asyncio.wait_for_ms(st.readinto(mv[n:]), t)  # type: int
+                    if not r:
+                        raise OSError("closed in the response head")
+                    for i in range(n, n + r):
+                        k = k + 1 if buf[i] == (13 if k % 2 == 0 else 10) else (1 if buf[i] == 13 else 0)
+                        if k == 4:
+                            b0 = i + 1  # where the body's first bytes start
+                            break
+                    n += r
+                b1 = n  # where the bytes read end
+                lines = bytes(mv[:b0]).decode().split("\r\n")
+                try:
+                    status = int(lines[0].split(" ", 2)[1])
+                except (IndexError, ValueError):
+                    raise update.Refused("update server: bad status line %r" % lines[0][:40])
+                length = -1
+                val = None
+                for ln in lines[1:]:
+                    name, _, v = ln.partition(":")
+                    name = name.lower()
+                    if name == "content-length":
+                        length = int(v)
+                    elif name in ("x-popkit-tag", "content-range"):
+                        val = v.strip()
+                lines = None
+                if status != (206 if stage else 200):
+                    if status == 503:
+                        raise OSError("update server busy (503)")
+                    raise update.Refused("update server: %s for %s" % (
+                        "403, this device is not one of the kit's (update keys)" if status == 403 else
+                        "HTTP %d" % status, path))
+                if b1 - b0 > length:
+                    raise update.Refused("update server: more bytes than Content-Length")
+                if stage is None:
+                    if not val or not 0 < length <= _MAX_MANIFEST:
+                        raise update.Refused("update server: manifest of %d bytes, tag %r" % (length, val))
+                    n = b1 - b0
+                    with open(tmp, "wb") as f:  # through the buffer to flash: never whole in RAM
+                        f.write(mv[b0:b1])
+                        while n < length:
+                            k = await asyncio.wait_for_ms(st.readinto(mv[:min(chunk, length - n)]), t)
+                            if not k:
+                                raise OSError("manifest cut short")
+                            f.write(mv[:k])
+                            n += k
+                    got += n
+                    st.close()
+                    st = None
+                    stage = update.Stage(tmp, val, cfg, lk.fw or lk.role + "-0.0.0", o[5], buf)
+                    cfg = None
+                    print("FETCH", o[1], "to", stage.slot)
+                    continue
+                if val != "bytes %d-%d/%d" % (off, end, size) or length != end - off + 1:
+                    raise update.Refused("update server: %s for bytes %d-%d of %s (%d bytes)" % (
+                        val, off, end, path, size))
+                if not off:
+                    print("FETCH", path)
+                mv[:b1 - b0] = mv[b0:b1]  # the body's first bytes, behind the head: to the buffer's front
+                n = b1 - b0
+                left = length
+                while left:
+                    want = min(chunk, left)
+                    while n < want:
+                        k = await asyncio.wait_for_ms(st.readinto(mv[n:want]), t)
+                        if not k:
+                            break
+                        n += k
+                    if n:
+                        stage.write(path, off, mv[:n])  # update.Refused (a hash mismatch...) ends it all
+                        off += n
+                        left -= n
+                        got += n
+                        moved = True
+                    if n < want:
+                        raise OSError("%s cut at %d" % (path, off))
+                    n = 0
+                    await asyncio.sleep_ms(0)  # the app's turn between chunks
+            except (OSError, asyncio.TimeoutError) as e:
+                faults += 1
+                if moved:  # bytes reached the flash: the count starts over
+                    fails = 0
+                    wait = backoff
+                    continue
+                fails += 1
+                e = "timed out" if isinstance(e, asyncio.TimeoutError) else repr(e)[:60]
+                if fails >= tries:
+                    raise update.Refused("update server %s:%d unreachable after %d tries: %s" % (
+                        o[3], o[4], fails, e))
+                print("FETCH retry", fails, e)
+                await asyncio.sleep_ms(wait)
+                wait = min(wait * 2, _BACKOFF_MAX_MS)
+            finally:
+                if st is not None:
+                    st.close()
+                    st = None
+        for p, n, h in update.entries(stage._man):  # read back from flash, a file at a time, the app's turn between files
+            stage.check(p, n, h)
+            await asyncio.sleep_ms(0)
+        stage.switch(True)
+        print("FETCHED", got, asked, faults)
     except ImportError as e:  # a ROMFS or frozen run has no A/B boot stage (abboot)
         why = "no A/B slots here: %s" % e
     except Exception as e:  # update.Refused: its text is the reason
         why = str(e) or repr(e)
+    stage = buf = mv = update = None
     for n in drop:  # none of it stays on the heap
         sys.modules.pop(n, None)
     if why is None:
@@ -72,153 +214,3 @@ async def take(lk, o):
         reset()
         return
     lk.failed(o, why)
-
-
-async def _open(connect, o, dev, path, start, end, mv, t):
-    """One request; its head read into ``mv``. -> (stream, content-length, X-Popkit-Tag or
-    Content-Range, where the body's first bytes start in mv, where they end); a status other than
-    the one asked for raises. (Few functions here: each costs heap while a download runs.)"""
-    st = asyncio.StreamReader(connect(o[3], o[4]))
-    try:
-        # queued, not written: the TCP connect may still be under way (drain waits for it);
-        # out_buf, drain, close: MicroPython's Stream, beyond the stubs' StreamReader
-        st.out_buf = (  # type: ignore[attr-defined]
-            "GET /updates/%s/%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
-            o[1], path, o[3], dev, "Range: bytes=%d-%d\r\n" % (start, end) if start >= 0 else "")
-        ).encode()
-        await asyncio.wait_for_ms(st.drain(), t)  # type: ignore[attr-defined]
-        n = 0
-        at = -1
-        seen = 0  # of the "\r\n\r\n" that ends the head
-        while at < 0:
-            if n >= len(mv):  # the agent's heads are under 200 bytes
-                raise update.Refused("update server: response head over %d bytes" % len(mv))
-            k = await asyncio.wait_for_ms(st.readinto(mv[n:]), t)  # type: int
-            if not k:
-                raise OSError("closed in the response head")
-            for i in range(n, n + k):
-                seen = seen + 1 if mv[i] == (13 if seen % 2 == 0 else 10) else (1 if mv[i] == 13 else 0)
-                if seen == 4:
-                    at = i + 1
-                    break
-            n += k
-        lines = bytes(mv[:at]).decode().split("\r\n")
-        try:
-            status = int(lines[0].split(" ", 2)[1])
-        except (IndexError, ValueError):
-            raise update.Refused("update server: bad status line %r" % lines[0][:40])
-        length = -1
-        val = None
-        for ln in lines[1:]:
-            name, _, v = ln.partition(":")
-            name = name.lower()
-            if name == "content-length":
-                length = int(v)
-            elif name in ("x-popkit-tag", "content-range"):
-                val = v.strip()
-        if status != (206 if start >= 0 else 200):
-            if status == 503:
-                raise OSError("update server busy (503)")
-            raise update.Refused("update server: %s for %s" % (
-                "403, this device is not one of the kit's (update keys)" if status == 403 else "HTTP %d" % status, path))
-        if n - at > length:
-            raise update.Refused("update server: more bytes than Content-Length")
-        return st, length, val, at, n
-    except BaseException:
-        st.close()  # type: ignore[attr-defined]
-        raise
-
-
-async def run(offer, device, cfg, running, connect, buf, tmp, timeout_ms=10000, tries=6, backoff_ms=500):
-    """Download ``offer`` ((id, release, fw, host, port, rollback): kits/contract.py UpdateOffer) into the spare slot and switch to it (the
-    caller resets the board). Raises update.Refused with the reason. ``cfg``: the device's
-    config (its update_key); ``running``: the running fw; ``buf``: the buffer (the app's, taken at
-    boot: a heap that has run for hours may have no free block that big left); ``tmp``: a file
-    name for the manifest on its way. Network faults (OSError, a timeout) are
-    tried again after ``backoff_ms``, doubling; ``tries`` of them in a row with no byte reaching the
-    flash end it. Returns (body bytes received, requests, faults)."""
-    mv = memoryview(buf)
-    chunk = len(buf)
-    stage = None
-    got = asked = faults = fails = 0
-    wait = backoff_ms
-    while True:
-        path = "manifest.json"  # first the manifest, then the next span of the first file not whole
-        off = size = 0
-        if stage is not None:  # (the stage reads its manifest back from flash: no table held here)
-            nxt = stage.next()  # that file's hash readied, a resumed prefix hashed, while the buffer is free
-            if nxt is None:
-                break
-            path, off, size = nxt
-            nxt = None
-        end = min(off + _SPAN, size) - 1
-        st = None
-        moved = False
-        asked += 1
-        try:
-            st, length, val, b0, b1 = await _open(connect, offer, device, "files/%s" % path if stage else path,
-                                                  off if stage else -1, end, mv, timeout_ms)
-            if stage is None:
-                if not val or not 0 < length <= _MAX_MANIFEST:
-                    raise update.Refused("update server: manifest of %d bytes, tag %r" % (length, val))
-                n = b1 - b0
-                with open(tmp, "wb") as f:  # through the buffer to flash: never whole in RAM
-                    f.write(mv[b0:b1])
-                    while n < length:
-                        k = await asyncio.wait_for_ms(st.readinto(mv[:min(chunk, length - n)]), timeout_ms)
-                        if not k:
-                            raise OSError("manifest cut short")
-                        f.write(mv[:k])
-                        n += k
-                got += n
-                stage = update.Stage(tmp, val, cfg, running, offer[5], buf)
-                cfg = None
-                print("FETCH", offer[1], "to", stage.slot)
-                continue
-            if val != "bytes %d-%d/%d" % (off, end, size) or length != end - off + 1:
-                raise update.Refused("update server: %s for bytes %d-%d of %s (%d bytes)" % (val, off, end, path, size))
-            if not off:
-                print("FETCH", path)
-            mv[:b1 - b0] = mv[b0:b1]  # the body's first bytes, behind the head: to the buffer's front
-            n = b1 - b0
-            left = length
-            while left:
-                want = min(chunk, left)
-                while n < want:
-                    k = await asyncio.wait_for_ms(st.readinto(mv[n:want]), timeout_ms)
-                    if not k:
-                        break
-                    n += k
-                if n:
-                    stage.write(path, off, mv[:n])  # update.Refused (a hash mismatch...) ends it all
-                    off += n
-                    left -= n
-                    got += n
-                    moved = True
-                if n < want:
-                    raise OSError("%s cut at %d" % (path, off))
-                n = 0
-                await asyncio.sleep_ms(0)  # the app's turn between chunks
-        except (OSError, asyncio.TimeoutError) as e:
-            faults += 1
-            if moved:  # bytes reached the flash: the count starts over
-                fails = 0
-                wait = backoff_ms
-                continue
-            fails += 1
-            why = "timed out" if isinstance(e, asyncio.TimeoutError) else repr(e)[:60]
-            if fails >= tries:
-                raise update.Refused("update server %s:%d unreachable after %d tries: %s" % (
-                    offer[3], offer[4], fails, why))
-            print("FETCH retry", fails, why)
-            await asyncio.sleep_ms(wait)
-            wait = min(wait * 2, _BACKOFF_MAX_MS)
-        finally:
-            if st is not None:
-                st.close()
-    for p, n, h in stage.entries():  # read back from flash, a file at a time, the app's turn between files
-        stage.check(p, n, h)
-        await asyncio.sleep_ms(0)
-    stage.switch(True)
-    print("FETCHED", got, asked, faults)
-    return got, asked, faults

@@ -57,17 +57,9 @@ def _wipe(d):
             os.rmdir(p)
 
 
-def _free():
-    try:
-        s = os.statvfs("/" if sys.platform == "esp32" else ".")
-        return s[0] * s[4]
-    except (OSError, AttributeError):
-        return 1 << 30
-
-
-def _entries(path, top=False):
-    """Each entry of a manifest's "files" list, parsed alone, then (``top``) the manifest's other
-    fields (its "files" left empty): read from flash through a small buffer of its own (the caller's
+def entries(path, top=False):
+    """(path, size, sha256 hex) of each entry of a manifest's "files" list, parsed alone, then
+    (``top``) the manifest's other fields as a dict (its "files" left empty): read from flash through a small buffer of its own (the caller's
     may be busy hashing meanwhile). Parsed whole, a role's manifest of 17 files takes ~7 KB of heap
     at once; one entry takes a few hundred bytes."""
     buf = bytearray(64)
@@ -99,8 +91,9 @@ def _entries(path, top=False):
                 if d >= 3 or depth >= 3:  # inside an entry of the list (the only list at the top level)
                     ent.append(c)
                     if depth == 2:  # its closing brace
-                        yield json.loads(bytes(ent))
+                        e = json.loads(bytes(ent))
                         ent = bytearray()
+                        yield e["path"], e["size"], e["sha256"]
                 elif top is not None and (d <= 1 or depth <= 1):  # the top level, the list's brackets included
                     top.append(c)
     if top is not None:
@@ -142,11 +135,14 @@ class Stage:
             raise Refused("bad tag: the manifest is not what the kit's agent vouched for")
         # checked an entry at a time, none kept (the slot's manifest.json is the table)
         m = e = {}  # type: dict
-        for e in _entries(manifest, True) if named else json.loads(manifest)["files"] + [json.loads(manifest)]:
-            if "format" in e:  # the manifest's own fields, after its files
-                m = e
-            elif ".." in e["path"] or e["path"].startswith("/") or len(e["sha256"]) != 64:
-                raise Refused("bad entry " + e["path"])
+        for e in entries(manifest, True) if named else json.loads(manifest)["files"] + [json.loads(manifest)]:
+            if isinstance(e, dict):
+                if "format" in e:  # the manifest's own fields, after its files
+                    m = e
+                    continue
+                e = (e["path"], e["size"], e["sha256"])  # (a manifest given as bytes: an entry as parsed)
+            if ".." in e[0] or e[0].startswith("/") or len(e[2]) != 64:
+                raise Refused("bad entry " + e[0])
         del e
         role = running.split("-")[0]
         if m.get("role") != role:
@@ -182,20 +178,23 @@ class Stage:
         elif named:
             os.remove(manifest)
         have = 0
-        for p, n, _s in self.entries():
+        for p, n, _s in entries(self._man):
             have += min(self.have(p), n)
-        if total - have + 4096 > _free():
-            raise Refused("too big: %d bytes, %d free on flash" % (total - have, _free()))
-
-    def entries(self):
-        """(path, size, sha256 hex) of each file, read back from the slot's manifest on flash."""
-        for e in _entries(self._man):
-            yield e["path"], e["size"], e["sha256"]
+        try:
+            f = os.statvfs("/" if sys.platform == "esp32" else ".")
+            f = f[0] * f[4]
+        except (OSError, AttributeError):
+            f = 1 << 30
+        if total - have + 4096 > f:
+            raise Refused("too big: %d bytes, %d free on flash" % (total - have, f))
 
     @property
     def files(self):
-        """path -> size, built on demand (the downloader never holds it: entries(), next())."""
-        return {p: n for p, n, _s in self.entries()}
+        """path -> size, built on demand (the downloader never holds it: next(), entries())."""
+        d = {}
+        for p, n, _s in entries(self._man):
+            d[p] = n
+        return d
 
     def have(self, path):
         """Bytes of ``path`` already in the slot: where its download goes on from."""
@@ -204,7 +203,7 @@ class Stage:
     def next(self):
         """(path, bytes in the slot, size) of the first file not whole, made the one being received
         (begin), or None when every file is there."""
-        for p, n, s in self.entries():
+        for p, n, s in entries(self._man):
             k = self.have(p)
             if k < n:
                 self.begin(p, n, s)
@@ -219,7 +218,7 @@ class Stage:
         if c is not None and c[0] == path:
             return
         if sum is None:
-            for p, n, s in self.entries():
+            for p, n, s in entries(self._man):
                 if p == path:
                     size, sum = n, s
                     break
@@ -267,7 +266,7 @@ class Stage:
         """File ``p`` there, at its size, with its hash, read back from flash (size and digest looked
         up in the manifest when not given)."""
         if sum is None:
-            for q, size, sum in self.entries():
+            for q, size, sum in entries(self._man):
                 if q == p:
                     break
             else:
@@ -283,7 +282,7 @@ class Stage:
         """Verified (``checked``: the caller just ran check() on every file, yielding between them),
         then the pointer moves (abboot.switch: atomic); the next boot is the trial."""
         if not checked:
-            for p, n, s in self.entries():
+            for p, n, s in entries(self._man):
                 self.check(p, n, s)
         import abboot
 
@@ -292,5 +291,5 @@ class Stage:
 
     def verify(self):
         """Every file there, at its size, with its hash (the test driver's; switch() does it too)."""
-        for p, n, s in self.entries():
+        for p, n, s in entries(self._man):
             self.check(p, n, s)
