@@ -223,6 +223,9 @@ def test_device_reports_move_updates_on_and_the_error_threshold_pauses_the_rollo
                                   "in_flight": 1, "not_started": 0, "complete": False}
     reasons = {d["device_id"]: (d["state"], d["reason"]) for d in got["device_updates"]}
     assert reasons["alpha-scanner-1"] == ("rolled_back", "self-check failed: no QR module")
+    # The list counts every rollout's devices the same way, without a read per rollout.
+    [listed] = [x for x in world.ops.get("/api/v1/rollouts").json() if x["id"] == rid]
+    assert listed["totals"] == {"size": 4, "committed": 1, "failed": 2, "in_flight": 1, "not_started": 0}
     # Resumed: those failures are acknowledged; the last device commits and the rollout is done.
     assert world.ops.post(f"/api/v1/rollouts/{rid}/resume").json()["state"] == "running"
     updates.device_reported("alpha-scanner-3", "committed")

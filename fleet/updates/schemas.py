@@ -117,6 +117,18 @@ class RolloutSummaryOut(BaseModel):
     updated_ms: int
 
 
+class RolloutTotals(BaseModel):
+    size: int = Field(description="the rollout's devices")
+    committed: int
+    failed: int = Field(description="failed or rolled back")
+    in_flight: int = Field(description="offered, downloading or on trial")
+    not_started: int
+
+
+class RolloutListItem(RolloutSummaryOut):
+    totals: RolloutTotals
+
+
 class RolloutOut(RolloutSummaryOut):
     active_group: int | None = Field(description="the first group not yet complete (1-based); null: all are")
     progress: list[GroupOut]

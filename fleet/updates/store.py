@@ -133,6 +133,20 @@ class UpdateStore:
         with self.engine.connect() as conn:
             return [_rollout(x) for x in conn.execute(q)]
 
+    def totals(self) -> dict[int, dict[str, int]]:
+        """rollout -> its devices counted by where their update is (size, committed, failed, in_flight,
+        not_started), every rollout in one grouped query: the list shows progress without a read per rollout."""
+        u = t.device_updates.c
+        out: dict[int, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(u.rollout_id, u.state, func.count()).group_by(u.rollout_id, u.state)).all()
+        for rid, state, n in rows:
+            c = out.setdefault(rid, dict(size=0, committed=0, failed=0, in_flight=0, not_started=0))
+            c["size"] += n
+            c["committed" if state == "committed" else "failed" if state in FAILED
+              else "not_started" if state in NOT_STARTED else "in_flight"] += n
+        return out
+
     def rollout(self, rollout_id: int) -> Rollout | None:
         with self.engine.connect() as conn:
             x = conn.execute(select(t.rollouts).where(t.rollouts.c.id == rollout_id)).first()

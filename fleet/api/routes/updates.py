@@ -27,7 +27,7 @@ from fleet.updates import bundle
 from fleet.updates.delivery import UpdateDelivery
 from fleet.updates.model import NOT_STARTED, Release, Rollout, Target, kit_wait, parse_groups
 from fleet.updates.schemas import (RELEASE_ID, HoldIn, HoldOut, KitUpdatesOut, LiftOut, PauseIn, ReleaseIn,
-                                   ReleaseOut, RolloutIn, RolloutOut, RolloutSummaryOut)
+                                   ReleaseOut, RolloutIn, RolloutListItem, RolloutOut)
 from fleet.updates.store import UpdateConflict
 from kits.release import BundleError, parse_manifest
 
@@ -170,11 +170,13 @@ def create_rollout(body: RolloutIn, request: Request, store: StoreDep, user: Use
     return _rollout_out(request, rollout)
 
 
-@ops.get("/rollouts", response_model=list[RolloutSummaryOut])
+@ops.get("/rollouts", response_model=list[RolloutListItem])
 def list_rollouts(store: StoreDep, state: Annotated[Literal["running", "paused", "aborted", "done"] | None,
                                                     Query()] = None):
-    """Every rollout, newest first."""
-    return [_summary(r) for r in store.updates.rollouts((state,) if state else None)]
+    """Every rollout, newest first, with its devices counted by where their update is."""
+    totals = store.updates.totals()
+    empty = dict(size=0, committed=0, failed=0, in_flight=0, not_started=0)
+    return [dict(_summary(r), totals=totals.get(r.id, empty)) for r in store.updates.rollouts((state,) if state else None)]
 
 
 @ops.get("/rollouts/{rollout_id}", response_model=RolloutOut, responses=refusals(_NO_ROLLOUT))

@@ -11,7 +11,6 @@ import { showLogin } from "./login.js";
 
 const API = "/api/v1";
 const POLL_MS = 4000;
-const DETAILED = 10;  // rollouts on the list whose progress is fetched (the newest)
 const $ = (sel, root = document) => root.querySelector(sel);
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
@@ -116,10 +115,10 @@ function releaseRows(items) {
        ? `<button type="button" data-retire="${esc(r.id)}" data-testid="retire-${esc(r.id)}" aria-label="retire ${esc(r.id)}">retire</button>` : "no"}</td></tr>`).join("")}</table></div>`;
 }
 
-function rolloutRows(items, details) {
+function rolloutRows(items) {
   if (!items.length) return `<p class="muted">No rollout yet.</p>`;
   return `<div class="u-scroll"><table data-testid="rollouts"><tr><th>rollout</th><th>release</th><th>state</th><th>created</th><th>progress</th></tr>${items.map(r => {
-    const d = details.get(r.id), t = d && totals(d.progress);
+    const t = r.totals;
     return `<tr data-testid="rollout-${r.id}" data-state="${esc(r.state)}"><td><a href="#/rollouts/${r.id}">#${r.id}</a></td><td>${esc(r.release)}</td>
       <td>${badge(r.state)}${r.pause_reason ? `<div class="small">${esc(r.pause_reason)}</div>` : ""}</td>
       <td class="small">${esc(when(r.created_ms))}${r.created_by ? ` by ${esc(r.created_by)}` : ""}</td>
@@ -132,10 +131,8 @@ async function refreshReleases(page) {
   const [rel, ros] = await Promise.all([call("/releases"), call("/rollouts")]);
   if (rel.status === 403 || ros.status === 403) { page.innerHTML = forbidden("Releases and rollouts"); return; }
   if (!rel.ok || !ros.ok) throw new Error(reasonText(rel.ok ? ros.body : rel.body, rel.ok ? ros.status : rel.status));
-  const details = new Map((await Promise.all(ros.body.slice(0, DETAILED).map(r => call(`/rollouts/${r.id}`))))
-    .filter(x => x.ok).map(x => [x.body.id, x.body]));
   $("#releases-list", page).innerHTML = releaseRows(rel.body);
-  $("#rollouts-list", page).innerHTML = rolloutRows(ros.body, details);
+  $("#rollouts-list", page).innerHTML = rolloutRows(ros.body);
   const select = $("#rollout-form select[name=release]", page);
   if (select && document.activeElement !== select) {
     const open = rel.body.filter(r => r.retired_ms == null), was = select.value;
