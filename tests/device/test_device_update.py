@@ -6,7 +6,8 @@ publishes it (kits/contract.py UpdateOffer). tests/device/updaterig.py builds th
 
 What a crew would see: a door offered a release downloads it while it keeps scanning (every guest
 answered, the heap within its 48 KB), switches, boots the release on trial and commits it, and the
-fleet reads downloading, trial, committed from its state; a download cut by a power cut or by the
+fleet reads downloading, trial, committed from its state (it downloads within its real 64 KB heap; the
+48 KB budget on its live peak is held by a strict xfail until it fits); a download cut by a power cut or by the
 agent going away goes on from what is on flash; a release the door must refuse is reported failed
 with why and the door scans on, and is not fetched again at the next boot; a door stuck in a boot
 loop takes, from safe mode, the update that fixes it.
@@ -64,11 +65,13 @@ def updates(seen) -> list[dict]:
     return out
 
 
-def scan_until(dev, sim, kit, n0: int, stop) -> int:
-    """Scan fresh tickets one after another until ``stop()``; every one must light the green lamp."""
+def scan_until(dev, sim, kit, n0: int, stop, pace: float = 0.0) -> int:
+    """Scan fresh tickets one after another until ``stop()``, ``pace`` seconds apart (0: as fast as the door
+    answers); every one must light the green lamp."""
     n = n0
     deadline = time.monotonic() + 60
     while not stop():
+        time.sleep(pace)
         if dev.matching(r"UPDATE failed"):
             dev._fail("the download failed")
         if time.monotonic() > deadline:
@@ -275,13 +278,37 @@ def test_a_boot_looping_door_takes_from_safe_mode_the_update_that_fixes_it(tmp_p
 
 # ------------------------------------------------------------------ the heap
 
-@pytest.mark.xfail(strict=True, reason="not yet within budget: a door provisioned for updates idles at ~49.2 KB "
-                   "and peaks at ~58.8 KB while it downloads (bench.update_device; docs/updates.md, "
-                   "'The ESP32's download')")
+def test_a_door_downloads_while_scanning_within_its_real_64_kb_heap(tmp_path, broker, pub, sim):
+    """The download completes in the heap the firmware has (64 KB, the ROMFS run as the heap tests run it),
+    every scan answered meanwhile: before the file table and the offer's dict went (fetch.py, update.py),
+    it failed there with a MemoryError, reported, the door scanning on."""
+    kit = rig.Kit(tmp_path, broker.port, sim.port, rate=12 * 1024)
+    try:
+        release, _size = kit.release("0.3.2")
+        dev = kit.door_from_rom()
+        dev.expect(r"READY", timeout=15)
+        sim.wait_connected(1)
+        t0 = time.monotonic()
+        scan_until(dev, sim, kit, 0, lambda: time.monotonic() - t0 > 11, pace=0.2)  # past the settle window
+        offer(pub, kit.offer(release))
+        during = scan_until(dev, sim, kit, 1000, lambda: dev.matching(r"UPDATE switched"), pace=0.2)
+        assert during > 0
+        assert not dev.matching(r"UPDATE failed")
+        assert dev.matching(r"FETCHED \d+ \d+ 0")  # no fault on the way: not a retry that got through
+    finally:
+        kit.close()
+
+
+@pytest.mark.xfail(strict=True, reason="not yet within budget: a door provisioned for updates idles at ~50.2 KB "
+                   "in this kit (no fleet: its outbox is never receipted) and peaks at ~57.5 KB while it downloads "
+                   "(bench.update_device; docs/updates.md, 'The ESP32's download')")
 def test_a_door_downloading_while_scanning_stays_within_its_heap_budget(tmp_path, broker, pub, sim):
     """The heap as the scanner's heap test counts it (ROMFS image; less the image and the names a frozen
     build keeps in flash), while it downloads and scans. The process heap is enlarged so that the
-    download completes whatever it needs: the assertion is the budget, on the live peak."""
+    download completes whatever it needs: the assertion is the budget, on the live peak. The crowd holds
+    a ticket up every 0.2 s, as bench.update_device's does (a door's real pace is slower: scanned flat
+    out, the door's own traffic alone moves its samples by several KB), and the offer comes once the
+    boot's settle window (10 s) is over, as at a door that has been up a while."""
     # paced so that the download spans several of the door's heap samples (MEM: every 2 s)
     kit = rig.Kit(tmp_path, broker.port, sim.port, rate=6 * 1024)
     try:
@@ -290,13 +317,18 @@ def test_a_door_downloading_while_scanning_stays_within_its_heap_budget(tmp_path
         dev = rig.Device.from_rom(image, "scanner.json", budget=96 * 1024, cwd=kit.tree, role="scanner")
         dev.expect(r"READY", timeout=15)
         sim.wait_connected(1)
+        t0 = time.monotonic()
+        scan_until(dev, sim, kit, 0, lambda: time.monotonic() - t0 > 11, pace=0.2)
+        mark = len(dev.lines)
         offer(pub, kit.offer(release))
-        dev.expect(r"FETCH scanner-0.3.2 to b", timeout=15)
-        during = scan_until(dev, sim, kit, 0, lambda: dev.matching(r"UPDATE switched"))
+        during = scan_until(dev, sim, kit, 1000, lambda: dev.matching(r"UPDATE switched"), pace=0.2)
         assert during > 0
-        peak = max(int(m.group(1)) for m in dev.matching(r"MEM (\d+)"))
-        peak -= image.stat().st_size + rom_names_bytes("scanner", image)
-        print(f"\nscanner downloading while scanning: live heap peak {peak} B (budget {rig.PEAK_TARGET})")
+        off = image.stat().st_size + rom_names_bytes("scanner", image)
+        mem = [(i, int(ln.split()[1]) - off) for i, ln in enumerate(list(dev.lines)) if ln.startswith("MEM ")]
+        idle = max(a for i, a in mem if i < mark)
+        peak = max(a for _i, a in mem)
+        print(f"\nscanner downloading while scanning: live heap peak {peak} B, idle before the offer {idle} B "
+              f"(budget {rig.PEAK_TARGET})")
         assert peak <= rig.PEAK_TARGET, f"the door's heap peaked at {peak} B while it downloaded"
     finally:
         kit.close()
