@@ -59,9 +59,10 @@ def _wipe(d):
 
 def entries(path, top=False):
     """(path, size, sha256 hex) of each entry of a manifest's "files" list, parsed alone, then
-    (``top``) the manifest's other fields as a dict (its "files" left empty): read from flash through a small buffer of its own (the caller's
-    may be busy hashing meanwhile). Parsed whole, a role's manifest of 17 files takes ~7 KB of heap
-    at once; one entry takes a few hundred bytes."""
+    (``top``) the manifest's other fields as a dict (its "files" left empty): read from flash through
+    a small buffer of its own (the caller's may be busy hashing meanwhile). Parsed whole, a role's
+    manifest of 17 files takes ~7 KB of heap at once; one entry takes a few hundred bytes. A caller
+    that stops early closes it (close()): its file is not left open until a collection."""
     buf = bytearray(64)
     top = bytearray() if top else None
     ent = bytearray()
@@ -203,9 +204,11 @@ class Stage:
     def next(self):
         """(path, bytes in the slot, size) of the first file not whole, made the one being received
         (begin), or None when every file is there."""
-        for p, n, s in entries(self._man):
+        g = entries(self._man)
+        for p, n, s in g:
             k = self.have(p)
             if k < n:
+                g.close()
                 self.begin(p, n, s)
                 return p, k, n
         return None
@@ -218,9 +221,11 @@ class Stage:
         if c is not None and c[0] == path:
             return
         if sum is None:
-            for p, n, s in entries(self._man):
+            g = entries(self._man)
+            for p, n, s in g:
                 if p == path:
                     size, sum = n, s
+                    g.close()
                     break
             else:
                 raise Refused("not in the manifest: " + path)
@@ -266,8 +271,10 @@ class Stage:
         """File ``p`` there, at its size, with its hash, read back from flash (size and digest looked
         up in the manifest when not given)."""
         if sum is None:
-            for q, size, sum in entries(self._man):
+            g = entries(self._man)
+            for q, size, sum in g:
                 if q == p:
+                    g.close()
                     break
             else:
                 raise Refused("not in the manifest: " + p)
