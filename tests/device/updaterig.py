@@ -59,10 +59,15 @@ def compile_app(src_text: str, out: Path) -> bytes:
     return out.read_bytes()
 
 
-def scanner_release(tmp: Path, version: str, tree: Path, pem: bytes, role: str = "scanner") -> Path:
+def scanner_release(tmp: Path, version: str, tree: Path, pem: bytes, role: str = "scanner",
+                    app: str | None = None) -> Path:
     """A release of the real scanner at ``version``: the flashed slot's modules, its app compiled with
-    FW set to the new version (what the device then reports). ``role``: what the manifest says."""
+    FW set to the new version (what the device then reports). ``role``: what the manifest says.
+    ``app``: another app_main's source instead (a bad release: one that fails its trial)."""
     files = {p.name: p.read_bytes() for p in sorted((tree / "a").iterdir()) if p.suffix == ".mpy"}
+    if app is not None:
+        files["app_main.mpy"] = compile_app(app, tmp / f"app-bad-{version}-{os.urandom(2).hex()}.mpy")
+        return write_bundle(tmp / f"bundles-{os.urandom(3).hex()}", role, version, mpy_abi(), files, pem, 1)
     app = (DEVICE / "apps" / "scanner" / "main.py").read_text()
     assert f'FW = "{RUNNING}"' in app, "the running scanner's FW moved: update tests/device/updaterig.py RUNNING"
     files["app_main.mpy"] = compile_app(app.replace(f'FW = "{RUNNING}"', f'FW = "scanner-{version}"'),
@@ -258,9 +263,10 @@ class Kit:
         t = time.time() + self._n
         os.utime(self.keys, (t, t))  # a new mtime even within the same second: the server re-reads it
 
-    def release(self, version: str, role: str = "scanner") -> tuple[str, int]:
-        """Build, sign and cache a release; (its name, its files' total bytes)."""
-        folder = scanner_release(self.tmp, version, self.tree, self.pem, role)
+    def release(self, version: str, role: str = "scanner", app: str | None = None) -> tuple[str, int]:
+        """Build, sign and cache a release; (its name, its files' total bytes). ``app``: its app_main's
+        source, when not the real scanner's (see scanner_release)."""
+        folder = scanner_release(self.tmp, version, self.tree, self.pem, role, app)
         self.cache.add(folder)
         m = json.loads((folder / "manifest.json").read_bytes())
         return f"{role}-{version}", m["total_size"]
