@@ -10,6 +10,10 @@
 #   boots    fast boots in a row (the app clears it once it has been up for FAST_S); on the ESP32 also
 #            in RTC memory, which survives a reset but not a power cut
 #   abwhy    the last rollback's reason, for the app to report (removed once reported)
+#   tried    "<slot>\n<update.failed path>\n<offer id>": the offer that put that slot on trial (fetch.py,
+#            at the switch, before the marker). A rollback away from that slot writes the id and its
+#            reason into the link's update.failed before it moves the pointer: the offer, still retained
+#            on the door's topic, is answered rolled_back and never fetched again (link.py)
 #   fwtrial  a new MicroPython firmware image boots on trial (ESP32 only: boards/esp32/fwimage.py);
 #            the bootloader rolls it back unless commit() marks it valid
 #   upmode   a lighting controller's offer, taken from its update mode (device/lib/upmode.py, in the
@@ -93,9 +97,14 @@ def trial():
         return p[0], 1, "bad trial marker"
 
 
-def switch(slot):
+def switch(slot, tried=None):
     """Point at ``slot`` on trial: the marker first, then the pointer by rename. Cut before the
-    rename, the marker is stale (it names the slot the pointer does not) and the old slot boots."""
+    rename, the marker is stale (it names the slot the pointer does not) and the old slot boots.
+    ``tried``: (update.failed's path, the offer's id), kept for a rollback of this slot (rollback())."""
+    if tried:
+        _put("tried", "%s\n%s\n%s" % (slot, tried[0], tried[1]))
+    else:
+        _rm("tried")  # none of an earlier switch's left to name this slot's offer
     _put("trial", slot + " 0")
     _put("slot", slot)
     boots(0)
@@ -116,11 +125,17 @@ def commit():
 
 
 def rollback(why):
-    """Back to the other slot, as the good one (ops asked, or a trial failed)."""
+    """Back to the other slot, as the good one (ops asked, or a trial failed). The offer that installed
+    this slot (``tried``) is failed first: cut before the pointer moves, the next boot does it again."""
     cur = current()
-    _put("abwhy", "rolled_back " + cur + ": " + why)
+    why = "rolled_back " + cur + ": " + why
+    t = (_read("tried") or "").split("\n")
+    if len(t) == 3 and t[0] == cur:
+        _put(t[1], t[2] + "\n" + why)  # link.py's update.failed: "<offer id>\n<why>"
+    _put("abwhy", why)
     _put("slot", other(cur))  # the pointer first: cut here, the stale trial marker is dropped at boot
     _rm("trial")
+    _rm("tried")
 
 
 def _has(name):

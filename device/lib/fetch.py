@@ -199,7 +199,7 @@ async def take(lk, o):
         for p, n, h in update.entries(stage._man):  # read back from flash, a file at a time, the app's turn between files
             stage.check(p, n, h)
             await asyncio.sleep_ms(0)
-        stage.switch(True)
+        stage.switch(True, (flash + "/update.failed", o[0]))  # the offer's id: a rollback fails it (abboot)
         print("FETCHED", got, asked, faults)
     except ImportError as e:  # a ROMFS or frozen run has no A/B boot stage (abboot)
         why = "no A/B slots here: %s" % e

@@ -34,7 +34,8 @@
 # * Field updates (updates=...): the device's own `update` topic, retained at the kit broker by the
 #   kit's agent (kits/contract.py UpdateOffer). An offer of another fw than the running one, whose id
 #   has not failed here before (the id and reason of the last failure are kept on flash, so a refused
-#   bundle is not fetched again at every boot, only reported again), starts the download (fetch.py,
+#   bundle is not fetched again at every boot, only reported again; the boot stage writes there the
+#   offer of a trial it rolled back, before the app runs), starts the download (fetch.py,
 #   imported for it and dropped after): `state` says downloading, then the board resets into its
 #   trial, or says failed and why, the app untouched. One offered while a trial is under way waits
 #   for its outcome (the spare slot then holds the last good app).
@@ -468,9 +469,11 @@ class Link:
                 last = f.read().split("\n", 1)
         except OSError:
             last = None
-        if last and last[0] == o[0]:  # refused before: said again, not fetched again
-            if not u or u["state"] != "failed":
-                self.update = {"state": "failed", "why": last[1] if len(last) > 1 else "", "fw": fw}
+        if last and last[0] == o[0]:  # refused, or rolled back (abboot wrote it at boot): said again, not fetched
+            last = last[1] if len(last) > 1 else ""
+            s = "rolled_back" if last.startswith("rolled_back") else "failed"
+            if not u or u["state"] != s:
+                self.update = {"state": s, "why": last, "fw": fw}
             return
         last = None
         self._fetching = o[0]

@@ -245,6 +245,65 @@ def test_refused_bundles_report_failed_with_why_leave_the_app_running_and_are_no
     dev.kill()
 
 
+# ------------------------------------------------------------------ a trial that rolls back
+
+def test_a_release_that_rolled_back_is_not_taken_again_from_the_offer_still_retained(kit, pub, sim, collect):
+    """A release whose app raises at import fails its trial and the next boot rolls back. The agent's
+    offer is still retained (it withdraws it only once it sees the rollback in the door's state): the
+    rolled-back door must answer it with rolled_back, the fw and why, and never fetch it again, that
+    boot or the next; a new offer id for the same release (ops started a new rollout) is taken."""
+    seen = collect(rig.topic("state"))
+    release, _ = kit.release("0.3.2", app="raise RuntimeError('bad release')\n")
+    dev = kit.door_from_tree()
+    dev.expect(r"READY", timeout=15)
+    sim.wait_connected(1)
+    retained = kit.offer(release)
+    offer(pub, retained)
+    dev.expect(r"UPDATE switched scanner-0.3.2", timeout=40)
+    assert dev.wait(20) == 75
+    dev = kit.door_from_tree()  # the trial: its app raises at import, the board resets
+    dev.expect(r"ABBOOT b trial 1", timeout=15)
+    dev.expect(r"ABBOOT failed app raised RuntimeError", timeout=15)
+    assert dev.wait(20) == 75
+    asked = len(kit.relay.requests())
+    assert asked > 0
+
+    # the rolled-back boot: the same offer (still retained) arrives at once
+    dev = kit.door_from_tree()
+    dev.expect(r"ABBOOT a normal", timeout=15)
+    dev.expect(r"READY", timeout=15)
+    dev.expect(r"UPDATE rolled_back rolled_back b: app raised RuntimeError", timeout=20)  # settle(), ~10 s in
+    time.sleep(3)  # past the settle window, which a download would wait out (fetch.take)
+    assert not dev.matching(r"FETCH|UPDATE switched"), "the rolled-back release was fetched again"
+    assert len(kit.relay.requests()) == asked, "no request to the update server after the rollback"
+    news = [u for u in updates(seen) if u and u["state"] == "rolled_back" and u.get("fw") == release]
+    assert news, f"rolled_back with the release's fw in the door's state: {updates(seen)}"
+    assert "app raised RuntimeError" in news[0]["why"], news
+    assert (kit.tree / "slot").read_text() == "a" and not (kit.tree / "trial").exists()
+    assert door(sim, kit.ticket(1)) == "green", "the door scans on its old release"
+
+    # one more reboot, the offer still retained: said again, not fetched, still the old fw
+    dev.kill()
+    mark = len(seen.on("/state"))
+    dev = kit.door_from_tree()
+    dev.expect(r"ABBOOT a normal", timeout=15)
+    dev.expect(r"READY", timeout=15)
+    wait_until(lambda: any(json.loads(p).get("update", {}).get("state") == "rolled_back"
+                           and json.loads(p)["update"].get("fw") == release for p in seen.on("/state")[mark:]),
+               15, what="the rollback reported again")
+    time.sleep(13)  # past the settle window (10 s) and the download's wait for it (12 s)
+    assert not dev.matching(r"FETCH|UPDATE switched")
+    assert len(kit.relay.requests()) == asked
+    born = [decode("state", p) for p in seen.on("/state")[mark:]]
+    assert born and all(b.fw == rig.RUNNING for b in born if b.online), "the door stays on its old release"
+
+    # a new offer id for the same release: ops' call, taken
+    offer(pub, kit.offer(release))
+    dev.expect(r"FETCH scanner-0.3.2 to b", timeout=20)
+    wait_until(lambda: len(kit.relay.requests()) > asked, 15, what="the new offer fetched")
+    dev.kill()
+
+
 # ------------------------------------------------------------------ safe mode
 
 def test_a_boot_looping_door_takes_from_safe_mode_the_update_that_fixes_it(tmp_path, broker, pub, sim, collect):
