@@ -189,14 +189,6 @@ class Stage:
         if total - have + 4096 > f:
             raise Refused("too big: %d bytes, %d free on flash" % (total - have, f))
 
-    @property
-    def files(self):
-        """path -> size, built on demand (the downloader never holds it: next(), entries())."""
-        d = {}
-        for p, n, _s in entries(self._man):
-            d[p] = n
-        return d
-
     def have(self, path):
         """Bytes of ``path`` already in the slot: where its download goes on from."""
         return max(_size(self.slot + "/" + path), 0)
@@ -285,18 +277,14 @@ class Stage:
             os.remove(full)
             raise Refused("hash mismatch: " + p)
 
-    def switch(self, checked=False):
+    def switch(self, checked=False, tried=None):
         """Verified (``checked``: the caller just ran check() on every file, yielding between them),
-        then the pointer moves (abboot.switch: atomic); the next boot is the trial."""
+        then the pointer moves (abboot.switch: atomic); the next boot is the trial. ``tried``:
+        (update.failed's path, the offer's id), failed by the boot stage if this trial rolls back."""
         if not checked:
             for p, n, s in entries(self._man):
                 self.check(p, n, s)
         import abboot
 
-        abboot.switch(self.slot)
+        abboot.switch(self.slot, tried)
         return self.slot
-
-    def verify(self):
-        """Every file there, at its size, with its hash (the test driver's; switch() does it too)."""
-        for p, n, s in entries(self._man):
-            self.check(p, n, s)

@@ -3,7 +3,8 @@
 #   micropython ab_stage.py BUNDLE RUNNING_FW [stop] [mode] [rollback]
 # stop: a step at which to hang (the test SIGKILLs it there: a power cut): opened, midchunk (half a
 # chunk appended to the file by hand, as a write cut short leaves it), files (every file written,
-# before verify), midswitch (trial marker and slot.tmp written, before the rename).
+# before the check), midswitch (tried, trial marker and slot.tmp written, before the rename).
+# The switch names offer "ab-offer" (data/update.failed): a rollback of its trial fails it there.
 # Prints CODE <bytes> (update.py and hmac256.py loaded) and HEAP <bytes>: the most the staging held
 # live (after a collection) between chunks, code and the device's config aside: the manifest, the tag,
 # the hash context, the buffers.
@@ -53,8 +54,7 @@ try:
     step("opened")
     sent = 0
     peak = 0
-    for path in st.files:
-        size = st.files[path]
+    for path, size, _h in update.entries(st._man):
         off = st.have(path)
         print("RESUME", path, off)
         with open(bundle + "/files/" + path, "rb") as f:
@@ -79,13 +79,16 @@ try:
                 gc.collect()
                 peak = max(peak, gc.mem_alloc() - base)
     step("files")
+    tried = ("data/update.failed", "ab-offer")  # as fetch.py names the offer that installs the slot
     if stop == "midswitch":
-        st.verify()
+        for p, n, h in update.entries(st._man):  # switch()'s check, without its switch
+            st.check(p, n, h)
+        abboot._put("tried", "%s\n%s\n%s" % (st.slot, tried[0], tried[1]))
         abboot._put("trial", st.slot + " 0")
         with open("slot.tmp", "w") as f:
             f.write(st.slot)
         step("midswitch")
     print("HEAP", peak)  # the live heap the staging held beyond its code and the config
-    print("SWITCHED", st.switch())
+    print("SWITCHED", st.switch(False, tried))
 except update.Refused as e:
     print("REFUSED", e)
