@@ -373,9 +373,12 @@ class Scanner:
         sys.modules.pop("abboot", None)  # (an update's staging may have dropped it already)
         if r:
             print("UPDATE", r[0], r[1])
-            # committed: this release; rolled back: the one that failed, not known here
-            self.link.update = {"state": r[0], "why": r[1], "fw": FW} if r[0] == "committed" else \
-                {"state": r[0], "why": r[1]}
+            # committed: this release. Rolled back: the failed release is not known here; the link
+            # has told it already (with its fw) if its offer is still retained, and that stands.
+            if r[0] == "committed":
+                self.link.update = {"state": r[0], "why": r[1], "fw": FW}
+            elif not self.link.update:
+                self.link.update = {"state": r[0], "why": r[1]}
 
     async def run(self):
         lk = self.link
