@@ -125,7 +125,7 @@ async def take(lk, o):
                         length = int(v)
                     elif name in ("x-popkit-tag", "content-range"):
                         val = v.strip()
-                lines = None
+                lines = None  # type: ignore[assignment]
                 if status != (206 if stage else 200):
                     if status == 503:
                         raise OSError("update server busy (503)")
@@ -147,7 +147,7 @@ async def take(lk, o):
                             f.write(mv[:k])
                             n += k
                     got += n
-                    st.close()
+                    st.close()  # type: ignore[attr-defined]
                     st = None
                     stage = update.Stage(tmp, val, cfg, lk.fw or lk.role + "-0.0.0", o[5], buf)
                     cfg = None
@@ -185,7 +185,7 @@ async def take(lk, o):
                     wait = backoff
                     continue
                 fails += 1
-                e = "timed out" if isinstance(e, asyncio.TimeoutError) else repr(e)[:60]
+                e = "timed out" if isinstance(e, asyncio.TimeoutError) else repr(e)[:60]  # type: ignore[assignment]
                 if fails >= tries:
                     raise update.Refused("update server %s:%d unreachable after %d tries: %s" % (
                         o[3], o[4], fails, e))
@@ -194,7 +194,7 @@ async def take(lk, o):
                 wait = min(wait * 2, _BACKOFF_MAX_MS)
             finally:
                 if st is not None:
-                    st.close()
+                    st.close()  # type: ignore[attr-defined]
                     st = None
         for p, n, h in update.entries(stage._man):  # read back from flash, a file at a time, the app's turn between files
             stage.check(p, n, h)
@@ -205,9 +205,9 @@ async def take(lk, o):
         why = "no A/B slots here: %s" % e
     except Exception as e:  # update.Refused: its text is the reason
         why = str(e) or repr(e)
-    stage = buf = mv = update = None
-    for n in drop:  # none of it stays on the heap
-        sys.modules.pop(n, None)
+    stage = buf = mv = update = None  # type: ignore[assignment]
+    for n in drop:  # type: ignore[assignment]  # (an int above) none of it stays on the heap
+        sys.modules.pop(n, None)  # type: ignore[call-overload]
     if why is None:
         print("UPDATE switched", o[2])
         await lk.stop(3000)  # the downloading state and the outbox out first, then the reset

@@ -141,7 +141,7 @@ class Stage:
                 if "format" in e:  # the manifest's own fields, after its files
                     m = e
                     continue
-                e = (e["path"], e["size"], e["sha256"])  # (a manifest given as bytes: an entry as parsed)
+                e = (e["path"], e["size"], e["sha256"])  # type: ignore[assignment]  # (a manifest given as bytes: an entry as parsed)
             if ".." in e[0] or e[0].startswith("/") or len(e[2]) != 64:
                 raise Refused("bad entry " + e[0])
         del e
