@@ -163,24 +163,30 @@ def held_load(args, stack: ExitStack, work: Path) -> dict:
 
 # ---------------------------------------------------------------- scaling: one worker, then two
 
+def throwaway_pg(stack: ExitStack, prefix: str) -> str:
+    """A new database ``<prefix>_<random>`` on the local PostgreSQL server (PG_ADMIN), dropped when
+    ``stack`` closes; its URL. Raises when there is no server."""
+    from sqlalchemy import create_engine
+
+    admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    stack.callback(drop)
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
 def scale_db(args, stack: ExitStack, work: Path) -> str:
     if args.scale_db:
         return args.scale_db
     try:
-        from sqlalchemy import create_engine
-
-        admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
-        name = f"popkit_bench_scale_{secrets.token_hex(3)}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-
-        def drop() -> None:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.dispose()
-
-        stack.callback(drop)
-        return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        return throwaway_pg(stack, "popkit_bench_scale")
     except Exception as exc:  # noqa: BLE001 - no server: measure on SQLite and say so
         print(f"bench.scale: no PostgreSQL at {PG_ADMIN} ({exc}); scaling measured on SQLite", file=sys.stderr)
         return f"sqlite:///{work / 'scale.db'}"

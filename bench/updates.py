@@ -53,6 +53,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench.ingest import cpu_speed_us
+from bench.scale import throwaway_pg
 
 QUICK = dict(kits=100)
 FULL = dict(kits=1000)
@@ -123,26 +124,6 @@ def with_show(manifest, now: datetime, over: bool = False):
                                                             ends=ends)})
 
 
-def throwaway_pg(stack: ExitStack) -> str:
-    """A new database on the local PostgreSQL server (POPKIT_BENCH_PG, as bench.scale), dropped at the end."""
-    from sqlalchemy import create_engine
-
-    from bench.scale import PG_ADMIN
-
-    admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
-    name = f"popkit_bench_updates_{secrets.token_hex(3)}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-    stack.callback(drop)
-    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-
-
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -176,7 +157,7 @@ def rollout_part(args, stack: ExitStack, work: Path) -> dict:
     bundle, pub = signed_bundle(work)
     broker = stack.enter_context(MosquittoBroker(data_dir=work / "broker"))
     broker.start()
-    db_url = throwaway_pg(stack) if args.db == "pg" else args.db or f"sqlite:///{work / 'fleet.db'}"
+    db_url = throwaway_pg(stack, "popkit_bench_updates") if args.db == "pg" else args.db or f"sqlite:///{work / 'fleet.db'}"
     settings = FleetSettings(mqtt_url=broker.url, db_url=db_url, client_id=f"fleet-bench-{secrets.token_hex(3)}",
                              secret_key=SecretStr(secrets.token_urlsafe(48)), release_pubkey=str(pub),
                              release_dir=str(work / "releases"), public_url="http://127.0.0.1:9",

@@ -297,33 +297,14 @@ def _tickets_issue(args: argparse.Namespace) -> int:
 
 
 def _fleet_call(what: str, method: str, url: str, body: dict, timeout: float) -> dict | None:
-    """One authenticated call to the fleet's API (urllib: httpx is only a dev extra); None after
-    printing why it failed."""
-    import json
-    import os
-    import urllib.error
-    import urllib.request
+    """One authenticated call to the fleet's API (popkit/fleetapi.py); None after printing why it failed."""
+    from popkit.fleetapi import FleetRefused, call
 
-    token = os.environ.get("POPKIT_TOKEN")  # from the environment only: never on a command line (ps, history)
-    if not token:
-        print(f"popkit tickets {what}: set POPKIT_TOKEN to an API token of a crew or ops user "
-              "(POST /api/v1/auth/token)", file=sys.stderr)
-        return None
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method=method,
-                                 headers={"Content-Type": "application/json", "Accept": "application/json",
-                                          "Authorization": f"Bearer {token}"})
+    fleet, path = url.split("/api/", 1)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail)["detail"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        print(f"popkit tickets {what}: the fleet said {exc.code}: {detail}", file=sys.stderr)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"popkit tickets {what}: cannot reach the fleet at {url.split('/api/')[0]}: {exc}", file=sys.stderr)
+        return call(fleet, method, "/api/" + path, body, timeout)  # type: ignore[return-value]
+    except FleetRefused as exc:
+        print(f"popkit tickets {what}: {exc}", file=sys.stderr)
     return None
 
 

@@ -14,42 +14,23 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
+
+from popkit import fleetapi
+from popkit.fleetapi import FleetRefused
 
 DEFAULT_FLEET = "http://127.0.0.1:8000"
 
 
-class FleetRefused(Exception):
-    """The fleet could not be reached, or said no: the message says which and why."""
+# Which token each command needs, for the hint when POPKIT_TOKEN is unset.
+NEEDS = "ops for releases and rollouts, the kit's crew or ops for a hold"
 
 
 def call(fleet: str, method: str, path: str, body: dict | None = None, timeout: float = 30.0) -> dict | list:
-    token = os.environ.get("POPKIT_TOKEN")
-    if not token:
-        raise FleetRefused("set POPKIT_TOKEN to an API token (POST /api/v1/auth/token): ops for releases and "
-                           "rollouts, the kit's crew or ops for a hold")
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(fleet.rstrip("/") + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json", "Accept": "application/json",
-                                          "Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail)["detail"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise FleetRefused(f"the fleet said {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise FleetRefused(f"cannot reach the fleet at {fleet}: {exc}") from None
+    return fleetapi.call(fleet, method, path, body, timeout, needs=NEEDS)
 
 
 def bundle_body(folder: Path) -> dict:
