@@ -121,6 +121,7 @@ class TsplModel:
         self.direction = 0
         self._buf = bytearray()
         self._held: list[str] = []
+        self._corrupt: bytes | None = None
         self._canvas: Any = None
         self._texts: list[str] = []
         self._symbols: list[tuple[str, str]] = []
@@ -143,6 +144,11 @@ class TsplModel:
         return not (s["head_open"] or s["paper_jam"] or s["paper_out"] or s["ribbon_out"] or s["paused"]
                     or s["cover_open"])
 
+    def corrupt_next_status(self, reply: bytes = b"\x00\xff") -> None:
+        """Answer the next ``<ESC>!?`` with ``reply`` (line noise, a wrong device) instead of the status."""
+        with self.lock:
+            self._corrupt = reply
+
     def status_byte(self) -> int:
         return sum(1 << i for i, name in enumerate(_STATUS_BITS) if self.state[name])
 
@@ -157,7 +163,11 @@ class TsplModel:
             while (i := self._buf.find(STATUS_REQUEST)) >= 0:
                 del self._buf[i:i + len(STATUS_REQUEST)]
                 self.status_requests += 1
-                replies.append(self.status_byte())
+                if self._corrupt is not None:
+                    replies += self._corrupt
+                    self._corrupt = None
+                else:
+                    replies.append(self.status_byte())
             while (end := self._buf.find(b"\n")) >= 0:
                 raw = bytes(self._buf[:end]).rstrip(b"\r")
                 del self._buf[:end + 1]
