@@ -26,6 +26,7 @@ from kits.retail.labels import (
     TextField,
     escpos_job,
     layout,
+    product_fields,
     render_tspl,
     render_zpl,
     template,
@@ -302,3 +303,21 @@ def test_bad_templates_and_products_are_refused() -> None:
         render_tspl(template("shelf-40x30"), TEE, copies=0)
     with pytest.raises(LabelError, match="cannot be printed on labels"):
         render_tspl(template("shelf-40x30"), dict(TEE, name='12" record'))
+
+
+def test_catalog_product_prints_its_current_price_and_variants(tspl) -> None:
+    from kits.retail.catalog import PriceVersion, Product, reprice
+
+    tee = Product(sku=alnum_sku("tee", "blk", "m"), name="Tour Tee", stock=5, kit="kit-a", event="FEST25",
+                  variants={"size": "M", "colour": "Black"},
+                  prices=(PriceVersion(version=1, price=2500, tax_bp=2000, from_ms=0),))
+    tee = reprice(tee, 1999, 2000, 1_000)
+    fields = product_fields(tee)
+    assert (fields["price"], fields["variant"]) == (1999, "Black / M")
+    sim, printer = tspl
+    printer.print_job(render_tspl(template("shelf-40x30"), fields))
+    wait_for(lambda: sim.labels, "the label")
+    assert sim.labels[0].texts == ["Tour Tee", "Black / M", "19.99 EUR"]
+    assert decode(sim.labels[0]) == [("Code128", "TEE-BLK-M")]
+    with pytest.raises(LabelError, match="product price"):
+        render_tspl(template("shelf-40x30"), dict(fields, currency="XXXX"))

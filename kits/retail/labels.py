@@ -6,9 +6,10 @@ into the printer's command text; ``escpos_job`` turns them into the job descript
 agent's ``agent.drivers.receipt.Receipt.from_dict`` encodes, so the ESC/POS bytes stay in one
 place (kits may not import agent/; see docs/architecture.md).
 
-A product is any mapping with ``sku`` and ``name``, and optionally ``variant``, ``price`` (text
-already formatted for the label, e.g. "12.50 EUR") and ``barcode`` (the value to encode when it
-is not the SKU). Everything that cannot print right is refused with :class:`LabelError` before a
+A product is any mapping with ``sku`` and ``name``, and optionally ``variant``, ``price`` (integer
+minor units, printed with ``currency`` by :func:`kits.retail.money.format_price`, or text already
+formatted) and ``barcode`` (the value to encode when it is not the SKU);
+:func:`product_fields` makes one from a catalog ``Product``. Everything that cannot print right is refused with :class:`LabelError` before a
 byte is sent: an EAN-13 with a wrong check digit, a Code128 value with characters it cannot carry,
 text or a symbol that does not fit the label.
 """
@@ -16,11 +17,15 @@ text or a symbol that does not fit the label.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kits.retail.money import MoneyError, format_price
 from kits.retail.sku import SkuError, barcode_kind, is_ean13
+
+if TYPE_CHECKING:
+    from kits.retail.catalog import Product
 
 MM_PER_INCH = 25.4
 
@@ -137,10 +142,22 @@ def template(name: str) -> LabelTemplate:
 # --- what goes on the label ---------------------------------------------------------------------
 
 
+def product_fields(product: Product) -> dict[str, object]:
+    """What a label prints of a catalog product: its current price, variants as one line."""
+    return {"sku": product.sku, "name": product.name, "variant": product.variant_text(),
+            "price": product.price, "currency": product.currency}
+
+
 def _text(product: Mapping[str, object], field: FieldName) -> str:
     value = product.get(field)
     if value is None:
         return ""
+    if field == "price" and isinstance(value, int) and not isinstance(value, bool):
+        currency = product.get("currency", "EUR")
+        try:
+            return format_price(value, currency)  # type: ignore[arg-type]
+        except MoneyError as exc:
+            raise LabelError(f"product price: {exc}") from exc
     if not isinstance(value, str):
         raise LabelError(f"product {field} must be text, got {value!r}")
     if any(ord(c) < 0x20 for c in value):
