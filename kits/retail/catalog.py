@@ -158,13 +158,19 @@ def generated_rcn(name: str, variants: dict[str, str]) -> str:
 
 
 def generated_alnum(code: str, name: str, variants: dict[str, str]) -> str:
-    """A readable SKU: the ``code`` column (or the name's first word, 4 characters) then each
-    variant's first 3 letters/digits, colour before size: ``Tee`` black M -> ``TEE-BLA-M``."""
-    head = _alnum(code) if code.strip() else _alnum(name.split()[0] if name.split() else "")[:4]
+    """A readable SKU: the ``code`` column (or the name's first word, 3 characters) then each
+    variant's first 3 letters/digits, colour before size: ``Tee`` black M -> ``TEE-BLA-M``.
+    When that is longer than a label takes, the variant parts shrink to 2, then 1 character
+    (``TEE-BL-XX``); if even that does not fit, the message asks for a sku or a shorter code."""
+    head = _alnum(code) if code.strip() else _alnum(name.split()[0] if name.split() else "")[:3]
     order = [k for k in ("colour", "size") if k in variants] + sorted(k for k in variants if k not in KNOWN_VARIANTS)
-    parts = [head] + [_alnum(variants[k])[:3] for k in order]
-    if not all(parts):
+    full = [_alnum(variants[k]) for k in order]
+    if not head or not all(full):
         raise skus.SkuError("cannot make an alphanumeric SKU: a part has no letters or digits; give sku or code")
+    for width in (3, 2, 1):
+        parts = [head] + [v[:width] for v in full]
+        if len("-".join(parts)) <= skus.ALNUM_MAX_LEN:
+            break
     return skus.alnum_sku(*parts)
 
 
