@@ -321,3 +321,26 @@ def test_catalog_product_prints_its_current_price_and_variants(tspl) -> None:
     assert decode(sim.labels[0]) == [("Code128", "TEE-BLK-M")]
     with pytest.raises(LabelError, match="product price"):
         render_tspl(template("shelf-40x30"), dict(fields, currency="XXXX"))
+
+
+def test_usb_class_device_path_prints_through_the_raw_file_driver() -> None:
+    # /dev/usb/lp* is opened as a plain file, not through pyserial; the simulator's pty slave is a
+    # real device file, so the same byte path runs here.
+    from agent.drivers.tspl import RawDevice
+
+    with TsplSimulator() as sim:
+        printer = TsplPrinter(RawDevice(sim.path), status_timeout=2.0)
+        try:
+            assert printer.status().can_print
+            printer.print_job(render_tspl(template("price-50x25"), POSTER))
+            wait_for(lambda: sim.labels, "the label")
+        finally:
+            printer.close()
+        assert decode(sim.labels[0]) == [("Code128", POSTER["sku"])]
+
+
+def test_missing_usb_printer_is_a_clear_error() -> None:
+    from agent.errors import PrinterError
+
+    with pytest.raises(PrinterError, match="cannot open label printer port /dev/usb/lp97"):
+        TsplPrinter.open("/dev/usb/lp97")

@@ -1,4 +1,4 @@
-"""TSPL label printer (TSC and the common cheap 203 dpi label printers) over pyserial.
+"""TSPL label printer (TSC and the common cheap 203 dpi label printers) over serial or USB.
 
 What to print is TSPL text from :func:`kits.retail.labels.render_tspl`; the policy of when to
 send (status first, confirm after) is :class:`agent.drivers.printer.Printer`'s, as for the
@@ -73,6 +73,43 @@ def printer_status(s: TsplStatus) -> PrinterStatus:
     )
 
 
+class RawDevice:
+    """A printer class device (Linux usblp: ``/dev/usb/lp0``) read and written as a file.
+
+    Most USB label printers show up as usblp, not as a serial port, and pyserial cannot open
+    that (no termios). Reads are non-blocking so the driver's own deadline applies.
+    """
+
+    def __init__(self, path: str) -> None:
+        import os
+
+        self._os = os
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+
+    def read(self, size: int = 1) -> bytes:
+        try:
+            return self._os.read(self.fd, size)
+        except BlockingIOError:
+            return b""
+
+    def write(self, data: bytes) -> int:
+        view, sent = memoryview(data), 0
+        deadline = time.monotonic() + 5.0
+        while sent < len(data):
+            try:
+                sent += self._os.write(self.fd, view[sent:])
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DriverTimeout(f"label printer took {sent} of {len(data)} bytes in 5 s") from None
+                time.sleep(0.005)
+        return sent
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            self._os.close(fd)
+
+
 class TsplPrinter(Printer):
     """A TSPL printer on an open serial port (or anything with read/write)."""
 
@@ -86,8 +123,12 @@ class TsplPrinter(Printer):
     @classmethod
     def open(cls, path: str, baudrate: int = 9600, device_id: str = "label-printer",
              status_timeout: float = 1.0) -> TsplPrinter:
+        """A serial port or pyserial URL; a ``/dev/usb/lp*`` path opens the USB printer class device."""
         try:
-            port = serial.serial_for_url(path, baudrate=baudrate, timeout=0.05, write_timeout=5.0)
+            if path.startswith("/dev/usb/lp"):
+                port: object = RawDevice(path)
+            else:
+                port = serial.serial_for_url(path, baudrate=baudrate, timeout=0.05, write_timeout=5.0)
         except _PORT_ERRORS as exc:
             raise PrinterError(f"cannot open label printer port {path}: {exc}") from exc
         return cls(port, device_id, status_timeout)
