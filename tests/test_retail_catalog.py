@@ -352,6 +352,11 @@ def test_line_numbers_follow_the_file_across_quoted_newlines_and_blank_lines():
     assert errors[-1].startswith("line 5, price: price '2.555'")
 
 
+def test_spreadsheet_line_endings_keep_line_numbers():
+    text = csv_of(GOOD, "", GOOD.replace("TEE-BLK-M", "TEE-BLK-L").replace("25.00", "2.555")).replace("\n", "\r\n")
+    assert refused(text) == ["line 4, price: price '2.555': more than two decimals"]
+
+
 def test_broken_quoting_and_bom():
     assert refused(csv_of('TEE-BLK-M,"Tee,25,20,1,kit-a,FEST25'))[0].startswith("line 2: not valid CSV")
     products, errors = parse_catalog_csv("\ufeff" + csv_of(GOOD))
@@ -474,3 +479,29 @@ def test_cli_import_refuses_bad_file_and_writes_nothing(tmp_path, capsys):
     notjson.write_text("{}")
     assert main(["retail", "export", str(notjson), "--out", str(tmp_path / "x.csv")]) == 1
     assert "popkit-catalog/1" in capsys.readouterr().err
+
+
+_cells = st.sampled_from(["", "TEE-BLK-M", "0400000000015", "Tee", "25.00", "2.555", "-1", "20", "7.5", "12", "x",
+                          "kit-a", "FEST25", "black", "M", "alnum", "rcn", "\"", ",", "\n", "\x00", "é", " ", "EUR"])
+
+
+@props(400)
+@given(st.lists(st.lists(_cells, max_size=10).map(",".join), max_size=6),
+       st.sampled_from([HEADER, HEADER + ",colour,size,sku_kind,code", "sku,name", ""]))
+def test_any_text_gives_products_or_located_errors_never_a_crash(lines, header):
+    text = "\n".join([header, *lines])
+    products, errors = parse_catalog_csv(text)
+    assert (products == []) != (errors == [])
+    n_lines = text.count("\n") + 1
+    for e in errors:
+        assert 1 <= e.line <= n_lines + 1 and e.reason.strip() and not e.reason.endswith(":")
+    for p in products:
+        assert sku.valid_sku(p.sku)
+
+
+@props(300)
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_crashes(text):
+    products, errors = parse_catalog_csv(HEADER + "\n" + text)
+    assert (products == []) != (errors == [])
+    assert all(str(e).strip() for e in errors)
