@@ -152,11 +152,21 @@ class TsplPrinter(Printer):
         except _PORT_ERRORS as exc:
             raise PrinterError(f"label printer port failed: {exc}") from exc
 
-    def _read(self) -> bytes:
+    def _read(self, size: int = 1) -> bytes:
         try:
-            return self.port.read(16)
+            return self.port.read(size)
         except _PORT_ERRORS as exc:
             raise PrinterError(f"label printer port failed: {exc}") from exc
+
+    def _read_waiting(self) -> bytes:
+        """What has already arrived, without waiting out the port's read timeout."""
+        try:
+            waiting = getattr(self.port, "in_waiting", None)
+        except _PORT_ERRORS as exc:
+            raise PrinterError(f"label printer port failed: {exc}") from exc
+        if waiting is None:  # RawDevice: its reads never block
+            return self._read(64)
+        return self._read(waiting) if waiting else b""
 
     def raw_status(self, timeout: float | None = None) -> TsplStatus:
         """Ask ``<ESC>!?`` and parse the byte. DriverTimeout: no answer; CorruptStatus: not one byte."""
@@ -176,8 +186,9 @@ class TsplPrinter(Printer):
                 raise DriverTimeout(f"label printer did not answer <ESC>!? within {timeout:g}s "
                                     f"(switched off or unplugged?)")
         # A status is one byte; anything right behind it in the same burst makes it suspect.
+        # (read(1) returns at the first byte; a bigger read would wait out the port timeout.)
         time.sleep(0.02)
-        reply += self._read()
+        reply += self._read_waiting()
         try:
             self.last_status = parse_status(reply)
         except CorruptStatus:
