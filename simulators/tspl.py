@@ -216,6 +216,11 @@ class TsplModel:
             raise TsplCommandError("DIRECTION takes n[,mirror]")
         self.direction = _int(args[0], "DIRECTION", 0, 1)
 
+    def _codepage(self, args: list[str]) -> None:
+        # Text is decoded as UTF-8 whatever the code page; only the names are checked.
+        if len(args) != 1 or args[0].upper() not in ("UTF-8", "437", "850", "852", "1252"):
+            raise TsplCommandError(f"CODEPAGE {','.join(args)!r} is not one this printer has")
+
     def _cls(self, args: list[str]) -> None:
         from PIL import Image
 
@@ -335,7 +340,7 @@ class TsplModel:
 
 
 _HANDLERS = {
-    "SIZE": TsplModel._size, "GAP": TsplModel._gap, "DIRECTION": TsplModel._direction, "CLS": TsplModel._cls,
+    "CODEPAGE": TsplModel._codepage, "SIZE": TsplModel._size, "GAP": TsplModel._gap, "DIRECTION": TsplModel._direction, "CLS": TsplModel._cls,
     "TEXT": TsplModel._text, "BARCODE": TsplModel._barcode, "QRCODE": TsplModel._qrcode, "PRINT": TsplModel._print,
 }
 

@@ -359,3 +359,14 @@ def test_escpos_label_png_decodes_to_the_sku() -> None:
         sim.stop()
     found = [(r.format.name, r.text) for r in zxingcpp.read_barcodes(sim.roll.to_png())]
     assert found == [("Code128", POSTER["sku"])]
+
+
+def test_non_ascii_text_is_sent_as_utf8_under_codepage(tspl) -> None:
+    sim, printer = tspl
+    cafe = {"sku": alnum_sku("caf", "1"), "name": "Café crème", "price": "3.50 EUR"}
+    data = render_tspl(template("price-50x25"), cafe)
+    assert data.startswith(b"CODEPAGE UTF-8\r\n") and "Café crème".encode() in data
+    assert not render_tspl(template("price-50x25"), POSTER).startswith(b"CODEPAGE")
+    printer.print_job(data)
+    wait_for(lambda: sim.labels, "the label")
+    assert sim.bad_commands == [] and sim.labels[0].texts[0] == "Café crème"

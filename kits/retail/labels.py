@@ -318,7 +318,12 @@ def render_tspl(t: LabelTemplate, product: Mapping[str, object], copies: int = 1
             lines.append(f'BARCODE {b.x},{b.y},"{kind}",{b.height},{int(b.human_readable)},0,'
                          f'{b.module},{b.module},"{value}"')
     lines.append(f"PRINT 1,{copies}")
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+    text = "\r\n".join(lines) + "\r\n"
+    if not text.isascii():
+        # "Café": TSPL2 printers take UTF-8 once told; ASCII-only labels leave the code page alone,
+        # so the oldest clones (no CODEPAGE UTF-8) still print every label that needs nothing more.
+        text = "CODEPAGE UTF-8\r\n" + text
+    return text.encode("utf-8")
 
 
 def render_zpl(t: LabelTemplate, product: Mapping[str, object], copies: int = 1) -> bytes:
