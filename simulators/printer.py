@@ -494,6 +494,8 @@ class PaperRoll:
                 page.paste(bitmap, (_x(line.align, bitmap.width, width), y))
             elif line.kind == "cut":
                 draw.line((0, y + h // 2, width, y + h // 2), fill=0)
+            elif _draw_symbol(page, line, width, y, h):
+                pass  # drawn module for module by a real encoder, so a decoder can read the PNG
             elif line.kind in ("qr", "pdf417", "barcode"):
                 box_w = h if line.kind == "qr" else width * 2 // 3
                 x = _x(line.align, box_w, width)
@@ -508,6 +510,43 @@ class PaperRoll:
         if path is not None:
             page.save(path, "PNG")
         return page
+
+
+def _draw_symbol(page, line: PrintedLine, width: int, y: int, h: int) -> bool:
+    """Draw a QR code (segno) or a CODE128 / EAN13 barcode (python-barcode) as the printer would,
+    if those encoders are installed; False leaves the line to the placeholder box."""
+    from PIL import ImageDraw
+
+    data = line.data or ""
+    try:
+        if line.kind == "qr":
+            import segno
+
+            matrix = segno.make_qr(data, error="m", boost_error=False).matrix
+            cell = max(1, (h - 8) // len(matrix))
+            rows = [[bool(v) for v in row] for row in matrix]
+        elif line.kind == "barcode" and line.text.startswith(("[BARCODE CODE128:", "[BARCODE EAN13:")):
+            import barcode
+            from barcode.errors import BarcodeError
+
+            kind = "code128" if "CODE128" in line.text else "ean13"
+            try:
+                modules = barcode.get(kind, data if kind == "code128" else data[:12]).build()[0]
+            except BarcodeError:
+                return False
+            cell = 2
+            rows = [[m == "1" for m in modules]] * ((h - 8) // cell)
+        else:
+            return False
+    except (ImportError, ValueError):
+        return False
+    draw = ImageDraw.Draw(page)
+    x0 = _x(line.align, len(rows[0]) * cell, width)
+    for r, row in enumerate(rows):
+        for c, dark in enumerate(row):
+            if dark:
+                draw.rectangle((x0 + c * cell, y + 4 + r * cell, x0 + (c + 1) * cell - 1, y + 4 + (r + 1) * cell - 1), fill=0)
+    return True
 
 
 def _x(align: str, item_width: int, page_width: int) -> int:

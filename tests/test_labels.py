@@ -346,8 +346,6 @@ def test_missing_usb_printer_is_a_clear_error() -> None:
         TsplPrinter.open("/dev/usb/lp97")
 
 
-@pytest.mark.xfail(strict=True, reason="simulators/printer.py draws symbols as boxes with their data written in; "
-                   "decoding its PNG needs it to draw them with a real encoder (asked for in helper M's report)")
 def test_escpos_label_png_decodes_to_the_sku() -> None:
     sim = PrinterSimulator().start()
     printer = EscPosPrinter.open(sim.path)
