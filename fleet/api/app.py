@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fleet.api.routes import (audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations,
                                stream, users, venues)
 from fleet.api.routes import alerts as alert_routes
+from fleet.api.routes import retail as retail_routes
 from fleet.api.routes import updates as update_routes
 from fleet.api.routes import auth as auth_routes
 from fleet.auth.audit import ApiAudit, AuditMiddleware
@@ -85,5 +86,6 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
         app.include_router(module.router)
     for router in update_routes.routers:
         app.include_router(router)
+    app.include_router(retail_routes.router)  # fleet/retail/: each kit's catalog (issue 19)
     check_routes(app.routes, PUBLIC)
     return app
