@@ -2,11 +2,13 @@
 
     popkit retail sku --rcn N | --alnum TEE BLK M | --check CODE
     popkit retail import catalog.csv [--out catalog.json] [--force]
+    popkit retail import catalog.csv --kit KIT --fleet URL      (POPKIT_TOKEN: a crew or ops token)
     popkit retail export catalog.json --out catalog.csv [--force]
 
 ``import`` checks every line and prints each problem as ``FILE line N, COLUMN: reason``; any
-problem exits 1 and writes nothing (all or nothing). Until the fleet stores catalogs
-(fleet/retail), the normalised catalog is written as JSON, price history included.
+problem exits 1 and writes nothing (all or nothing). ``--out`` writes the normalised catalog as
+JSON, price history included; ``--fleet`` sends it to the fleet as the kit's catalog (it replaces
+the catalog of each event the file names; a changed price becomes a new version there).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from kits.retail import catalog, sku
+from popkit import fleetapi
 
 
 def _sku(args: argparse.Namespace) -> int:
@@ -54,6 +57,9 @@ def _read(path: Path) -> str | None:
 
 
 def _import(args: argparse.Namespace) -> int:
+    if bool(args.fleet) != bool(args.kit):
+        print("popkit retail import: --fleet and --kit go together", file=sys.stderr)
+        return 2
     src = Path(args.csv)
     text = _read(src)
     if text is None:
@@ -73,6 +79,26 @@ def _import(args: argparse.Namespace) -> int:
         if not _write(Path(args.out), json.dumps(catalog.catalog_json(products), indent=1) + "\n", args.force):
             return 1
         print(f"-> {args.out}")
+    if args.fleet:
+        return _send(args, products)
+    return 0
+
+
+def _send(args: argparse.Namespace, products: list[catalog.Product]) -> int:
+    """POST the checked catalog to the fleet (its JSON form: the fleet checks it again)."""
+    other = sorted({p.kit for p in products if p.kit != args.kit})
+    if other:
+        print(f"popkit retail import: the file has products for kit {', '.join(other)}, not {args.kit}; "
+              f"nothing sent", file=sys.stderr)
+        return 1
+    try:
+        r = fleetapi.call(args.fleet, "POST", f"/api/v1/kits/{args.kit}/catalog", catalog.catalog_json(products),
+                          timeout=args.timeout)
+    except fleetapi.FleetRefused as e:
+        print(f"popkit retail import: {e}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{len(r[k])} {k}" for k in ("added", "repriced", "updated", "unchanged", "removed"))
+    print(f"fleet: kit {r['kit']}, event{'s' if len(r['events']) > 1 else ''} {', '.join(r['events'])}: {counts}")
     return 0
 
 
@@ -105,6 +131,9 @@ def add_parsers(sub) -> None:
     im.add_argument("csv", metavar="CATALOG.csv")
     im.add_argument("--out", metavar="FILE.json", help="write the normalised catalog (SKUs filled in) as JSON")
     im.add_argument("--force", action="store_true", help="replace --out if it exists")
+    im.add_argument("--fleet", metavar="URL", help="send it to the fleet as the kit's catalog (POPKIT_TOKEN)")
+    im.add_argument("--kit", metavar="KIT", help="the kit whose catalog it is (with --fleet)")
+    im.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the fleet (default 30)")
     im.set_defaults(func=_import)
     ex = retail.add_parser("export", help="a catalog JSON back to CSV")
     ex.add_argument("json", metavar="CATALOG.json")
