@@ -20,6 +20,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from fleet import db
 from fleet.api.deps import StoreDep
@@ -42,6 +43,7 @@ MAX_BODY = 2 * 1024 * 1024  # a catalog of thousands of lines is well under this
 EventQ = Annotated[str | None, Query(pattern=f"^{EVENT_ID_RE}$", description="one event's catalog (e.g. FEST25)")]
 SkuP = Annotated[str, Path(min_length=1, max_length=13)]
 _NO_KIT = {404: "no such kit"}
+_AT_ONCE = "another change to this catalog was made at the same moment: read it and try again"
 _IMPORT_BODY = {"requestBody": {"required": True, "content": {
     "text/csv": {"schema": {"type": "string"}, "example": "sku,name,price,tax_rate,stock,kit,event\n"
                                                            "0400000000017,Tee,20.00,20,30,alpha,FEST25\n"},
@@ -121,6 +123,7 @@ def _products(kit_id: str, body: bytes, content_type: str) -> list[Product]:
 
 
 @router.post("/catalog", responses=refusals({**BAD_BODY, **_NO_KIT, 413: "the body is over 2 MiB",
+                                              409: "another change to the catalog at the same moment",
                                               415: "neither CSV nor JSON",
                                               422: "the catalog is refused: every problem, each with its line "
                                                    "and column; nothing is stored"}),
@@ -134,7 +137,10 @@ async def import_catalog(kit_id: str, request: Request, store: StoreDep, user: U
     if len(body) > MAX_BODY:
         raise HTTPException(status_code=413, detail=f"the catalog is {len(body)} bytes; at most {MAX_BODY}")
     products = _products(kit_id, body, request.headers.get("content-type", "").lower())
-    r = RetailStore(store.engine).replace(kit_id, products, user.name)
+    try:
+        r = RetailStore(store.engine).replace(kit_id, products, user.name)
+    except IntegrityError:  # two changes to one catalog at once made the same version: the first stands
+        raise HTTPException(status_code=409, detail=_AT_ONCE) from None
 
     def keys(pairs):
         return [dict(event=e, sku=s) for e, s in pairs]
@@ -164,8 +170,8 @@ def export_catalog(kit_id: str, store: StoreDep, event: EventQ = None):
 
 
 @router.put("/catalog/{sku}/price", responses=refusals({**BAD_BODY, 404: "no such kit, or no such SKU in its "
-                                                        "catalog", 409: "the SKU is in several events' catalogs: "
-                                                        "name the event", 422: "a bad price, tax rate or instant"}))
+                                                        "catalog", 409: "the SKU is in several events' catalogs (name "
+                                                        "the event), or another change at the same moment", 422: "a bad price, tax rate or instant"}))
 def set_price(kit_id: str, sku: SkuP, body: PriceIn, store: StoreDep, user: UserDep):
     """A new price version for the SKU, from ``from_ms`` (now by default); the old versions are kept."""
     _kit_or_404(store, kit_id)
@@ -196,6 +202,8 @@ def set_price(kit_id: str, sku: SkuP, body: PriceIn, store: StoreDep, user: User
         raise _invalid(problems)
     try:
         product = retail.reprice(kit_id, event, sku, price, tax, user.name, from_ms=body.from_ms)
+    except IntegrityError:
+        raise HTTPException(status_code=409, detail=_AT_ONCE) from None
     except NoProduct as exc:
         raise HTTPException(status_code=404, detail=exc.args[0]) from None
     except PriceRefused as exc:
