@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from fleet import db
 from fleet.api.app import create_app
 from fleet.auth.testing import client_as, ops_client, token_as
+from fleet.retail import metrics as retail_metrics
 from fleet.retail import tables as retail_tables
 from fleet.retail.store import RetailStore
 from fleet.store import Store
@@ -77,6 +78,7 @@ def test_a_csv_import_is_stored_with_version_one_prices_and_the_generated_skus(w
 
 
 def test_a_bad_file_is_422_with_every_line_and_column_and_nothing_is_stored(world):
+    counted = dict(retail_metrics.CHANGES)
     assert world.ops.post("/api/v1/kits/alpha/catalog", content=GOOD, headers=CSV).status_code == 200
     before = catalog(world)
     bad = GOOD.replace("20.00,20,12", "20.005,20,12").replace("12.50,20,40", "12.50,20,-4") + (
@@ -99,6 +101,10 @@ def test_a_bad_file_is_422_with_every_line_and_column_and_nothing_is_stored(worl
     r = world.ops.post("/api/v1/kits/alpha/catalog", content=HEADER, headers=CSV)
     assert r.status_code == 422 and "no products" in r.json()["detail"][0]["msg"]
     assert catalog(world) == before
+    # Every refusal is counted by why, for /metrics.
+    delta = {k: v - counted.get(k, 0) for k, v in retail_metrics.CHANGES.items() if v != counted.get(k, 0)}
+    assert delta == {"imported": 1, "lines": 2, "kit": 1, "body": 2}
+    assert 'popkit_catalog_changes_total{outcome="kit"}' in retail_metrics.render_catalog_metrics()
 
 
 def test_a_price_change_is_a_new_version_and_the_old_one_is_kept(world):

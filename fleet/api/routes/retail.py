@@ -27,6 +27,7 @@ from fleet.api.deps import StoreDep
 from fleet.api.schemas import BAD_BODY, refusals
 from fleet.auth.deps import AUTH_RESPONSES, SCOPE_CHECKS, UserDep, guard
 from fleet.db import now_ms
+from fleet.retail.metrics import count
 from fleet.retail.store import NoProduct, PriceRefused, RetailStore
 from kits.contract import EVENT_ID_RE
 from kits.retail import money
@@ -69,6 +70,16 @@ def _kit_or_404(store, kit_id: str) -> None:
 def _invalid(problems: list[tuple[list, str]]) -> HTTPException:
     return HTTPException(status_code=422, detail=[{"loc": ["body", *loc], "msg": msg, "type": "catalog"}
                                                   for loc, msg in problems])
+
+
+def _why(exc: HTTPException) -> str:
+    """The outcome a refused import is counted under (fleet/retail/metrics.py)."""
+    if exc.status_code != 422 or not isinstance(exc.detail, list):
+        return "body"
+    locs = [e["loc"] for e in exc.detail]
+    if all(len(loc) > 3 and loc[3] == "kit" for loc in locs):
+        return "kit"
+    return "lines" if locs and locs[0][1] == "line" else "body"
 
 
 def _data_lines(text: str) -> list[int]:
@@ -135,12 +146,19 @@ async def import_catalog(kit_id: str, request: Request, store: StoreDep, user: U
     _kit_or_404(store, kit_id)
     body = await request.body()
     if len(body) > MAX_BODY:
+        count("body")
         raise HTTPException(status_code=413, detail=f"the catalog is {len(body)} bytes; at most {MAX_BODY}")
-    products = _products(kit_id, body, request.headers.get("content-type", "").lower())
+    try:
+        products = _products(kit_id, body, request.headers.get("content-type", "").lower())
+    except HTTPException as exc:
+        count(_why(exc))
+        raise
     try:
         r = RetailStore(store.engine).replace(kit_id, products, user.name)
     except IntegrityError:  # two changes to one catalog at once made the same version: the first stands
+        count("at_once")
         raise HTTPException(status_code=409, detail=_AT_ONCE) from None
+    count("imported")
 
     def keys(pairs):
         return [dict(event=e, sku=s) for e, s in pairs]
@@ -199,13 +217,17 @@ def set_price(kit_id: str, sku: SkuP, body: PriceIn, store: StoreDep, user: User
     except money.MoneyError as exc:
         problems.append((["tax_rate"], str(exc)))
     if problems:
+        count("price_refused")
         raise _invalid(problems)
     try:
         product = retail.reprice(kit_id, event, sku, price, tax, user.name, from_ms=body.from_ms)
     except IntegrityError:
+        count("at_once")
         raise HTTPException(status_code=409, detail=_AT_ONCE) from None
     except NoProduct as exc:
         raise HTTPException(status_code=404, detail=exc.args[0]) from None
     except PriceRefused as exc:
+        count("price_refused")
         raise _invalid([(["from_ms"], str(exc))]) from None
+    count("repriced")
     return product.model_dump(mode="json")
