@@ -28,6 +28,7 @@ from fleet.ledger.model import HISTORICAL_AFTER_MS
 from fleet.ledger.store import LedgerStore
 from fleet.registry.store import RegistryStore
 from fleet.retention.store import RetentionStore
+from fleet.retail.store import RetailStore
 from fleet.updates.store import UpdateStore
 from fleet.views.activity import ActivityViews
 from fleet.views.devices import DeviceViews
@@ -52,6 +53,7 @@ class Store:
         self.health = HealthViews(engine, self.devices, self.registry)
         self.activity = ActivityViews(engine, historical_after_ms)
         self.updates = UpdateStore(engine)  # releases, rollouts, device updates, kit holds (fleet/updates/)
+        self.retail = RetailStore(engine)  # each kit's catalog (fleet/retail/)
         self.ledger.state_hooks.append(self.updates.states_reported)  # a device's A/B news moves its update
         self.ledger.event_hooks.append(self.updates.acks_reported)  # an agent's answer to an update command
 

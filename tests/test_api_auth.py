@@ -103,7 +103,8 @@ class World:
         return dict(kit_id=kit, device_id="demo-scanner-1" if mine else "other-scanner",
                     alert_id=str(self.alert[kit]), event_id="MINE-1" if mine else "THEIRS-1", venue_id=venue,
                     zone_id="z", scene_id="s", schedule_id="sch", override_id=self.override[venue],
-                    name="crew-a" if mine else "ops-olga", release_id="scanner-9.9.9", rollout_id="1")
+                    name="crew-a" if mine else "ops-olga", release_id="scanner-9.9.9", rollout_id="1",
+                    sku="TEE-BLK-M")
 
 
 @pytest.fixture
@@ -162,6 +163,11 @@ ID_ROUTES = {
     ("GET", "/api/v1/kits/{kit_id}/updates"): "crew",
     ("POST", "/api/v1/kits/{kit_id}/updates/hold"): "crew",
     ("DELETE", "/api/v1/kits/{kit_id}/updates/hold"): "crew",
+    # A kit's catalog (fleet/retail/): its crew and ops.
+    ("GET", "/api/v1/kits/{kit_id}/catalog"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/catalog.csv"): "crew",
+    ("POST", "/api/v1/kits/{kit_id}/catalog"): "crew",
+    ("PUT", "/api/v1/kits/{kit_id}/catalog/{sku}/price"): "crew",
     # Releases and rollouts (fleet/updates/): ops only, as the users routes.
     ("GET", "/api/v1/releases/{release_id}"): "user",
     ("POST", "/api/v1/releases/{release_id}/retire"): "user",

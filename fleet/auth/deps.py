@@ -113,6 +113,8 @@ SCOPE_CHECKS: dict[str, Callable[[User, Request, str], None] | None] = {
     "name": None,
     # Releases and rollouts (fleet/updates/): the routes are for ops only.
     "release_id": None, "rollout_id": None,
+    # A kit's catalog (fleet/retail/): a SKU is reached only under its kit_id, which is checked.
+    "sku": None,
 }
 
 

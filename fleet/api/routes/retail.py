@@ -25,17 +25,13 @@ from sqlalchemy.exc import IntegrityError
 from fleet import db
 from fleet.api.deps import StoreDep
 from fleet.api.schemas import BAD_BODY, refusals
-from fleet.auth.deps import AUTH_RESPONSES, SCOPE_CHECKS, UserDep, guard
+from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
 from fleet.db import now_ms
 from fleet.retail.metrics import count
-from fleet.retail.store import NoProduct, PriceRefused, RetailStore
+from fleet.retail.store import NoProduct, PriceRefused
 from kits.contract import EVENT_ID_RE
 from kits.retail import money
 from kits.retail.catalog import Product, catalog_from_json, catalog_json, export_catalog_csv, parse_catalog_csv
-
-# A SKU is reached only under its kit_id, which the guard checks. (Belongs in SCOPE_CHECKS in
-# fleet/auth/deps.py itself; set here until that file names it, so check_routes accepts the route.)
-SCOPE_CHECKS.setdefault("sku", None)
 
 router = APIRouter(prefix="/api/v1/kits/{kit_id}", tags=["retail"], dependencies=guard("ops", "crew"),
                    responses=AUTH_RESPONSES)
@@ -154,7 +150,7 @@ async def import_catalog(kit_id: str, request: Request, store: StoreDep, user: U
         count(_why(exc))
         raise
     try:
-        r = RetailStore(store.engine).replace(kit_id, products, user.name)
+        r = store.retail.replace(kit_id, products, user.name)
     except IntegrityError:  # two changes to one catalog at once made the same version: the first stands
         count("at_once")
         raise HTTPException(status_code=409, detail=_AT_ONCE) from None
@@ -173,7 +169,7 @@ def get_catalog(kit_id: str, store: StoreDep, event: EventQ = None):
     """The kit's catalog (of one event, or all), every product with its whole price history: the
     JSON form ``popkit retail export`` reads."""
     _kit_or_404(store, kit_id)
-    return dict(catalog_json(RetailStore(store.engine).catalog(kit_id, event)), kit=kit_id)
+    return dict(catalog_json(store.retail.catalog(kit_id, event)), kit=kit_id)
 
 
 @router.get("/catalog.csv", response_class=Response, responses={
@@ -181,7 +177,7 @@ def get_catalog(kit_id: str, store: StoreDep, event: EventQ = None):
 def export_catalog(kit_id: str, store: StoreDep, event: EventQ = None):
     """The catalog as CSV, current prices: the import's own format, so it can be edited and sent back."""
     _kit_or_404(store, kit_id)
-    text = export_catalog_csv(RetailStore(store.engine).catalog(kit_id, event))
+    text = export_catalog_csv(store.retail.catalog(kit_id, event))
     name = f"catalog-{kit_id}" + (f"-{event}" if event else "") + ".csv"
     return Response(text, media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
@@ -193,7 +189,7 @@ def export_catalog(kit_id: str, store: StoreDep, event: EventQ = None):
 def set_price(kit_id: str, sku: SkuP, body: PriceIn, store: StoreDep, user: UserDep):
     """A new price version for the SKU, from ``from_ms`` (now by default); the old versions are kept."""
     _kit_or_404(store, kit_id)
-    retail = RetailStore(store.engine)
+    retail = store.retail
     sku = sku.upper()
     event = body.event
     if event is None:
