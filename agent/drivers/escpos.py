@@ -18,17 +18,8 @@ from typing import Protocol
 import serial
 
 from agent.drivers.printer import CorruptStatus, Paper, Printer, PrinterStatus
+from agent.drivers.serialport import PORT_ERRORS, close_port
 from agent.errors import DriverTimeout, PrinterError
-
-# What a port raises when its device is gone: pyserial wraps most of it, but not
-# termios calls (tcflush on an unplugged USB-serial adapter or a closed pty).
-_PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError)
-try:
-    import termios
-
-    _PORT_ERRORS += (termios.error,)
-except ImportError:  # pragma: no cover - not POSIX
-    pass
 
 DLE = 0x10
 EOT = 0x04
@@ -193,17 +184,12 @@ class EscPosPrinter(Printer):
         # hanging the agent.
         try:
             port = serial.serial_for_url(path, baudrate=baudrate, timeout=0.05, write_timeout=5.0)
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"cannot open printer port {path}: {exc}") from exc
         return cls(port, device_id, status_timeout)
 
     def close(self) -> None:
-        close = getattr(self.port, "close", None)
-        if close is not None:
-            try:
-                close()
-            except _PORT_ERRORS:
-                pass  # a vanished device: there is nothing left to release
+        close_port(self.port)
 
     def __enter__(self) -> EscPosPrinter:
         return self
@@ -216,7 +202,7 @@ class EscPosPrinter(Printer):
                 flush()
         except serial.SerialTimeoutException as exc:
             raise DriverTimeout(f"printer did not accept data: {exc}") from exc
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"printer port failed: {exc}") from exc
 
     def _discard_input(self) -> None:
@@ -226,14 +212,14 @@ class EscPosPrinter(Printer):
             reset = getattr(self.port, "reset_input_buffer", None)
             if reset is not None:
                 reset()
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"printer port failed: {exc}") from exc
 
     def _read_byte(self, deadline: float) -> int | None:
         while True:
             try:
                 data = self.port.read(1)
-            except _PORT_ERRORS as exc:
+            except PORT_ERRORS as exc:
                 raise PrinterError(f"printer port failed: {exc}") from exc
             if data:
                 return data[0]

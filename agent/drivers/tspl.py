@@ -20,18 +20,11 @@ from typing import TYPE_CHECKING
 import serial
 
 from agent.drivers.printer import CorruptStatus, InvalidPrintJob, Printer, PrinterStatus
+from agent.drivers.serialport import PORT_ERRORS, close_port
 from agent.errors import DriverTimeout, PrinterError
 
 if TYPE_CHECKING:
     from agent.drivers.receipt import Receipt
-
-_PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError)
-try:
-    import termios
-
-    _PORT_ERRORS += (termios.error,)
-except ImportError:  # pragma: no cover - not POSIX
-    pass
 
 STATUS_REQUEST = b"\x1b!?"
 
@@ -129,17 +122,12 @@ class TsplPrinter(Printer):
                 port: object = RawDevice(path)
             else:
                 port = serial.serial_for_url(path, baudrate=baudrate, timeout=0.05, write_timeout=5.0)
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"cannot open label printer port {path}: {exc}") from exc
         return cls(port, device_id, status_timeout)
 
     def close(self) -> None:
-        close = getattr(self.port, "close", None)
-        if close is not None:
-            try:
-                close()
-            except _PORT_ERRORS:
-                pass  # a vanished device: nothing left to release
+        close_port(self.port)
 
     def write(self, data: bytes) -> None:
         try:
@@ -149,20 +137,20 @@ class TsplPrinter(Printer):
                 flush()
         except serial.SerialTimeoutException as exc:
             raise DriverTimeout(f"label printer did not accept data: {exc}") from exc
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"label printer port failed: {exc}") from exc
 
     def _read(self, size: int = 1) -> bytes:
         try:
             return self.port.read(size)
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"label printer port failed: {exc}") from exc
 
     def _read_waiting(self) -> bytes:
         """What has already arrived, without waiting out the port's read timeout."""
         try:
             waiting = getattr(self.port, "in_waiting", None)
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"label printer port failed: {exc}") from exc
         if waiting is None:  # RawDevice: its reads never block
             return self._read(64)
@@ -175,7 +163,7 @@ class TsplPrinter(Printer):
             reset = getattr(self.port, "reset_input_buffer", None)
             if reset is not None:
                 reset()  # a late reply to an earlier query must not answer this one
-        except _PORT_ERRORS as exc:
+        except PORT_ERRORS as exc:
             raise PrinterError(f"label printer port failed: {exc}") from exc
         self.write(STATUS_REQUEST)
         deadline = time.monotonic() + timeout

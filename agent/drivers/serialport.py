@@ -1,0 +1,26 @@
+"""What the printers' serial ports share: the errors a vanished device raises, and a close that
+survives one."""
+
+from __future__ import annotations
+
+import serial
+
+# What a port raises when its device is gone: pyserial wraps most of it, but not
+# termios calls (tcflush on an unplugged USB-serial adapter or a closed pty).
+PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError)
+try:
+    import termios
+
+    PORT_ERRORS += (termios.error,)
+except ImportError:  # pragma: no cover - not POSIX
+    pass
+
+
+def close_port(port: object) -> None:
+    """Release ``port`` if it can be closed; a vanished device leaves nothing to release."""
+    close = getattr(port, "close", None)
+    if close is not None:
+        try:
+            close()
+        except PORT_ERRORS:
+            pass
