@@ -171,3 +171,66 @@ def test_stock_above_one_print_command_is_split() -> None:
     p = batch.plan(batch.select(parse_catalog_csv(text)[0]), template("shelf-40x30"), skus=["TEE-BLK-M"],
                    all_stock=True)
     assert [j.copies for j in p.jobs] == [999, 999, 502]
+
+
+# --- the receipt printer (ESC/POS): no copy count, one job per label ------------------------------
+
+
+@pytest.fixture
+def escpos_sim():
+    from simulators.printer import PrinterSimulator
+
+    s = PrinterSimulator().start()
+    yield s
+    s.stop()
+
+
+def test_escpos_all_stock_prints_one_job_per_label_each_decoding_to_its_sku(escpos_sim, catalog_csv) -> None:
+    assert labels_cli(str(catalog_csv), "--template", "shelf-40x30", "--all-stock", "--kind", "escpos",
+                      "--printer", escpos_sim.path) == 0
+    wait_for(lambda: escpos_sim.roll.cuts == 9, "nine cut labels")
+    assert Counter(escpos_sim.roll.codes("barcode")) == STOCK
+    # zxing-cpp reports identical symbols on one image once, so the PNG proves each SKU reads back;
+    # the count is the wire's. The receipt encoder has no EAN-13 block: the RCN-13 prints as
+    # Code128 of the same digits.
+    found = zxingcpp.read_barcodes(escpos_sim.roll.to_png())
+    assert {(r.format.name, r.text) for r in found} == {("Code128", sku) for sku in STOCK}
+
+
+def test_escpos_paper_out_stops_between_two_labels_of_one_sku(escpos_sim) -> None:
+    from agent.drivers.escpos import EscPosPrinter
+
+    t = template("shelf-40x30")
+    plan = batch.plan(batch.select(parse_catalog_csv(CATALOG)[0]), t, all_stock=True, kind="escpos")
+    sent = []
+
+    def roll_runs_out(job) -> None:
+        sent.append(job.sku)
+        if len(sent) == 2:
+            wait_for(lambda: escpos_sim.roll.cuts == 2, "two labels")
+            escpos_sim.paper_out()
+
+    with EscPosPrinter.open(escpos_sim.path, status_timeout=2.0) as printer:
+        result = print_batch(printer, "escpos", t, plan.jobs, after_each=roll_runs_out)
+    assert "paper out" in result.error and result.uncertain == []
+    assert [(j.sku, j.copies) for j in result.printed] == [("TEE-BLK-M", 1)] * 2
+    assert batch.remaining(result.not_printed) == {1: ["TEE-BLK-M"], 2: ["TEE-BLK-L"], 4: ["0400000000015"]}
+    assert escpos_sim.roll.codes("barcode") == ["TEE-BLK-M"] * 2
+
+
+def test_a_printer_that_vanishes_mid_batch_leaves_that_job_uncertain(escpos_sim) -> None:
+    from agent.drivers.escpos import EscPosPrinter
+
+    t = template("shelf-40x30")
+    plan = batch.plan(batch.select(parse_catalog_csv(CATALOG)[0]), t, skus=["TEE-BLK-M", "TEE-BLK-L", "PST-A2"],
+                      kind="escpos")
+
+    def unplugged(job) -> None:
+        escpos_sim.vanish()
+
+    with EscPosPrinter.open(escpos_sim.path, status_timeout=0.5) as printer:
+        result = print_batch(printer, "escpos", t, plan.jobs, after_each=unplugged)
+    assert result.error.startswith("printer failed: ")
+    assert [j.sku for j in result.printed] == ["TEE-BLK-M"]
+    assert [j.sku for j in result.uncertain] == ["TEE-BLK-L"]
+    assert [j.sku for j in result.not_printed] == ["PST-A2"]
