@@ -5,7 +5,6 @@ nothing; a printer out of paper mid-batch says what printed and how to finish.""
 from __future__ import annotations
 
 import shlex
-import time
 from collections import Counter
 
 import pytest
@@ -19,6 +18,7 @@ from kits.retail.labels import template
 from kits.retail.sku import is_ean13
 from popkit.cli import main
 from simulators.tspl import TsplSimulator
+from tests.conftest import wait_until
 
 CATALOG = """sku,name,price,tax_rate,stock,kit,event,colour,size
 TEE-BLK-M,Tour tee,25.00,20,3,alpha,FEST25,black,M
@@ -27,14 +27,6 @@ TEE-BLK-L,Tour tee,25.00,20,2,alpha,FEST25,black,L
 PST-A2,Poster A2,12.00,20,0,alpha,FEST25,,
 """
 STOCK = {"TEE-BLK-M": 3, "TEE-BLK-L": 2, "0400000000015": 4}
-
-
-def wait_for(cond, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def test_all_stock_prints_one_label_per_unit_and_each_decodes_to_its_sku(sim, ca
     assert labels_cli(str(catalog_csv), "--template", "shelf-40x30", "--all-stock", "--printer", sim.path) == 0
     out = capsys.readouterr().out
     assert "no stock, no labels: PST-A2" in out and "9 labels printed (3 jobs" in out
-    wait_for(lambda: len(sim.labels) == 3, "three label designs")
+    wait_until(lambda: len(sim.labels) == 3, 5, interval=0.01, what="three label designs")
     assert sim.bad_commands == []
     assert decoded_skus(sim.labels) == STOCK
 
@@ -81,14 +73,14 @@ def test_all_stock_prints_one_label_per_unit_and_each_decodes_to_its_sku(sim, ca
 def test_all_stock_of_one_product(sim, catalog_csv) -> None:
     assert labels_cli(str(catalog_csv), "--template", "price-50x25", "--all-stock", "--sku", "0400000000015",
                       "--printer", sim.path) == 0
-    wait_for(lambda: sim.labels, "the label")
+    wait_until(lambda: sim.labels, 5, interval=0.01, what="the label")
     assert decoded_skus(sim.labels) == {"0400000000015": 4}
 
 
 def test_reprint_two_skus_three_times(sim, catalog_csv) -> None:
     assert labels_cli(str(catalog_csv), "--template", "shelf-40x30", "--sku", "TEE-BLK-L", "0400000000015",
                       "--copies", "3", "--printer", sim.path) == 0
-    wait_for(lambda: len(sim.labels) == 2, "two label designs")
+    wait_until(lambda: len(sim.labels) == 2, 5, interval=0.01, what="two label designs")
     assert [label.copies for label in sim.labels] == [3, 3]
     assert decoded_skus(sim.labels) == {"TEE-BLK-L": 3, "0400000000015": 3}
 
@@ -118,7 +110,7 @@ def test_paper_out_mid_batch_reports_what_printed(sim, catalog_csv) -> None:
 
     def roll_runs_out(job) -> None:
         if job.sku == "TEE-BLK-M":
-            wait_for(lambda: sim.labels, "the first label")
+            wait_until(lambda: sim.labels, 5, interval=0.01, what="the first label")
             sim.set_state(paper_out=True)
 
     with TsplPrinter.open(sim.path, status_timeout=2.0) as printer:
@@ -141,7 +133,7 @@ def test_paper_out_cli_exits_nonzero_and_its_reprint_lines_finish_the_batch(sim,
     sim.set_state(paper_out=False)
     for line in lines:
         assert main(shlex.split(line)[1:]) == 0
-    wait_for(lambda: len(sim.labels) == 3, "the finished batch")
+    wait_until(lambda: len(sim.labels) == 3, 5, interval=0.01, what="the finished batch")
     assert decoded_skus(sim.labels) == STOCK
 
 
@@ -188,7 +180,7 @@ def escpos_sim():
 def test_escpos_all_stock_prints_one_job_per_label_each_decoding_to_its_sku(escpos_sim, catalog_csv) -> None:
     assert labels_cli(str(catalog_csv), "--template", "shelf-40x30", "--all-stock", "--kind", "escpos",
                       "--printer", escpos_sim.path) == 0
-    wait_for(lambda: escpos_sim.roll.cuts == 9, "nine cut labels")
+    wait_until(lambda: escpos_sim.roll.cuts == 9, 5, interval=0.01, what="nine cut labels")
     assert Counter(escpos_sim.roll.codes("barcode")) == STOCK
     # zxing-cpp reports identical symbols on one image once, so the PNG proves each SKU reads back;
     # the count is the wire's. The receipt encoder has no EAN-13 block: the RCN-13 prints as
@@ -207,7 +199,7 @@ def test_escpos_paper_out_stops_between_two_labels_of_one_sku(escpos_sim) -> Non
     def roll_runs_out(job) -> None:
         sent.append(job.sku)
         if len(sent) == 2:
-            wait_for(lambda: escpos_sim.roll.cuts == 2, "two labels")
+            wait_until(lambda: escpos_sim.roll.cuts == 2, 5, interval=0.01, what="two labels")
             escpos_sim.paper_out()
 
     with EscPosPrinter.open(escpos_sim.path, status_timeout=2.0) as printer:

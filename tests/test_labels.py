@@ -7,8 +7,6 @@ TSPL wire is checked against the simulator, whose bars come from python-barcode 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import zxingcpp
 from pydantic import ValidationError
@@ -35,17 +33,10 @@ from kits.retail.sku import alnum_sku, ean13_check, is_ean13, rcn13
 from simulators.printer import PrinterSimulator
 from simulators.pty import PtyPair
 from simulators.tspl import TsplSimulator
+from tests.conftest import wait_until
 
 TEE = {"sku": rcn13(1234), "name": "Tour Tee", "variant": "Black M", "price": "25.00 EUR"}
 POSTER = {"sku": alnum_sku("pst", "a2"), "name": "Poster A2", "price": "12.00 EUR"}
-
-
-def wait_for(cond, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -107,7 +98,7 @@ def test_builtin_widths_in_dots_at_203_dpi() -> None:
 def test_tspl_label_prints_and_its_barcode_decodes_to_the_sku(tspl, name: str, product: dict) -> None:
     sim, printer = tspl
     printer.print_job(render_tspl(template(name), product))
-    wait_for(lambda: sim.labels, "the label")
+    wait_until(lambda: sim.labels, 5, interval=0.01, what="the label")
     assert sim.bad_commands == []
     label = sim.labels[0]
     assert label.copies == 1
@@ -129,7 +120,7 @@ def test_copies_and_several_labels_in_one_stream(tspl) -> None:
     sim, printer = tspl
     t = template("shelf-40x30")
     printer.print_job(render_tspl(t, TEE, copies=3) + render_tspl(t, POSTER))
-    wait_for(lambda: len(sim.labels) == 2, "two label designs")
+    wait_until(lambda: len(sim.labels) == 2, 5, interval=0.01, what="two label designs")
     assert [lab.copies for lab in sim.labels] == [3, 1]
     assert [decode(lab)[0][1] for lab in sim.labels] == [TEE["sku"], POSTER["sku"]]
 
@@ -154,14 +145,14 @@ def test_faults_refuse_the_job_and_nothing_is_sent(tspl, flag: str, fault: str) 
     assert sim.model.commands == []  # only status requests went over the wire
     sim.set_state(**{flag: False})
     printer.print_job(render_tspl(template("shelf-40x30"), TEE))
-    wait_for(lambda: sim.labels, "the label after the fault cleared")
+    wait_until(lambda: sim.labels, 5, interval=0.01, what="the label after the fault cleared")
 
 
 def test_paper_out_printer_holds_what_it_receives_and_prints_it_on_load(tspl) -> None:
     sim, printer = tspl
     sim.set_state(paper_out=True)
     printer.write(render_tspl(template("shelf-40x30"), TEE))  # past the driver's check, as a race would
-    wait_for(lambda: len(sim.model.commands) == 9, "the job's commands")
+    wait_until(lambda: len(sim.model.commands) == 9, 5, interval=0.01, what="the job's commands")
     assert sim.labels == []
     sim.set_state(paper_out=False)
     assert len(sim.labels) == 1 and decode(sim.labels[0])[0][1] == TEE["sku"]
@@ -205,7 +196,7 @@ def test_receipt_refused_by_the_tspl_driver(tspl) -> None:
 def test_self_test_prints_a_decodable_label(tspl) -> None:
     sim, printer = tspl
     assert printer.self_test() == []
-    wait_for(lambda: sim.labels, "the self-test label")
+    wait_until(lambda: sim.labels, 5, interval=0.01, what="the self-test label")
     assert decode(sim.labels[0]) == [("Code128", "SELFTEST")]
 
 
@@ -220,7 +211,7 @@ def test_simulator_counts_bad_commands_with_reasons(tspl) -> None:
                   b'TEXT 300,10,"3",0,1,1,"off the edge"\r\n'
                   b'QRCODE 10,10,M,4,A,0,"unterminated\r\n'
                   b"PRINT 1\r\n")
-    wait_for(lambda: sim.labels, "the PRINT")
+    wait_until(lambda: sim.labels, 5, interval=0.01, what="the PRINT")
     reasons = [reason for _, reason in sim.bad_commands]
     assert len(reasons) == 7, reasons
     assert "SIZE and CLS first" in reasons[0]
@@ -242,7 +233,7 @@ def test_escpos_label_prints_on_the_receipt_printer_with_the_sku_in_its_symbol(n
     printer = EscPosPrinter.open(sim.path)
     try:
         printer.print_job(Receipt.from_dict(escpos_job(template(name), TEE)))
-        wait_for(lambda: sim.roll.cuts == 1, "the cut")
+        wait_until(lambda: sim.roll.cuts == 1, 5, interval=0.01, what="the cut")
     finally:
         printer.close()
         sim.stop()
@@ -316,7 +307,7 @@ def test_catalog_product_prints_its_current_price_and_variants(tspl) -> None:
     assert (fields["price"], fields["variant"]) == (1999, "Black / M")
     sim, printer = tspl
     printer.print_job(render_tspl(template("shelf-40x30"), fields))
-    wait_for(lambda: sim.labels, "the label")
+    wait_until(lambda: sim.labels, 5, interval=0.01, what="the label")
     assert sim.labels[0].texts == ["Tour Tee", "Black / M", "19.99 EUR"]
     assert decode(sim.labels[0]) == [("Code128", "TEE-BLK-M")]
     with pytest.raises(LabelError, match="product price"):
@@ -333,7 +324,7 @@ def test_usb_class_device_path_prints_through_the_raw_file_driver() -> None:
         try:
             assert printer.status().can_print
             printer.print_job(render_tspl(template("price-50x25"), POSTER))
-            wait_for(lambda: sim.labels, "the label")
+            wait_until(lambda: sim.labels, 5, interval=0.01, what="the label")
         finally:
             printer.close()
         assert decode(sim.labels[0]) == [("Code128", POSTER["sku"])]
@@ -351,7 +342,7 @@ def test_escpos_label_png_decodes_to_the_sku() -> None:
     printer = EscPosPrinter.open(sim.path)
     try:
         printer.print_job(Receipt.from_dict(escpos_job(template("price-50x25"), POSTER)))
-        wait_for(lambda: sim.roll.cuts == 1, "the cut")
+        wait_until(lambda: sim.roll.cuts == 1, 5, interval=0.01, what="the cut")
     finally:
         printer.close()
         sim.stop()
@@ -366,5 +357,5 @@ def test_non_ascii_text_is_sent_as_utf8_under_codepage(tspl) -> None:
     assert data.startswith(b"CODEPAGE UTF-8\r\n") and "Café crème".encode() in data
     assert not render_tspl(template("price-50x25"), POSTER).startswith(b"CODEPAGE")
     printer.print_job(data)
-    wait_for(lambda: sim.labels, "the label")
+    wait_until(lambda: sim.labels, 5, interval=0.01, what="the label")
     assert sim.bad_commands == [] and sim.labels[0].texts[0] == "Café crème"

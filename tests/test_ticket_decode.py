@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -20,20 +19,11 @@ from agent.drivers.receipt import Receipt
 from kits.tickets import check, issue, load_or_create_key, parse, verify
 from popkit.cli import main
 from simulators.printer import PrinterSimulator
+from tests.conftest import wait_until
 from tests.device.test_ticket_firmware import device_json, gate_config
-
-pytest.importorskip("segno")  # the QR sheet needs the qr extra
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 FROM, UNTIL = NOW - timedelta(hours=1), NOW + timedelta(hours=10)
-
-
-def wait_for(cond, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -85,7 +75,7 @@ def print_ticket(payload: str) -> str:
             t = parse(payload)
             printer.print_job(Receipt().text(f"{t.event} {t.tier}", bold=True).text(t.ticket_id)
                               .qr(payload, module=6).cut())
-            wait_for(lambda: sim.roll.cuts == 1, "the cut")
+            wait_until(lambda: sim.roll.cuts == 1, 5, interval=0.01, what="the cut")
         assert sim.roll.codes("qr") == [payload]  # the bytes on the wire carry the payload
         found = zxingcpp.read_barcodes(sim.roll.to_png())
     finally:
