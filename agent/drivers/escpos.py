@@ -18,7 +18,7 @@ from typing import Protocol
 import serial
 
 from agent.drivers.printer import CorruptStatus, Paper, Printer, PrinterStatus
-from agent.drivers.serialport import PORT_ERRORS, close_port
+from agent.drivers.serialport import PORT_ERRORS, close_port, write_port
 from agent.errors import DriverTimeout, PrinterError
 
 DLE = 0x10
@@ -195,15 +195,7 @@ class EscPosPrinter(Printer):
         return self
 
     def write(self, data: bytes) -> None:
-        try:
-            self.port.write(data)
-            flush = getattr(self.port, "flush", None)
-            if flush is not None:
-                flush()
-        except serial.SerialTimeoutException as exc:
-            raise DriverTimeout(f"printer did not accept data: {exc}") from exc
-        except PORT_ERRORS as exc:
-            raise PrinterError(f"printer port failed: {exc}") from exc
+        write_port(self.port, data, "printer")
 
     def _discard_input(self) -> None:
         # A reply that arrived after an earlier query timed out would otherwise

@@ -129,10 +129,14 @@ class Printer(ABC):
         # goes in: that is not a reason to send the job again.
         self.status()
 
-    def self_test(self, device_id: str | None = None) -> list[Problem]:
-        """Power-up check: status mapped to crew fixes; prints a test label when it can print."""
+    def test_job(self, device: str) -> Receipt | bytes:
+        """What the power-up check prints: a receipt-printer test label (a label printer overrides it)."""
         from agent.drivers.receipt import self_test_label
 
+        return self_test_label(device)
+
+    def self_test(self, device_id: str | None = None) -> list[Problem]:
+        """Power-up check: status mapped to crew fixes; prints a test label when it can print."""
         device = device_id or self.device_id
         try:
             status = self.status()
@@ -142,7 +146,7 @@ class Printer(ABC):
         if not status.can_print:
             return problems
         try:
-            self.print_job(self_test_label(device))
+            self.print_job(self.test_job(device))
         except PrinterNotReady as exc:
             return problems + [p for p in exc.problems if p not in problems]
         except DriverError as exc:

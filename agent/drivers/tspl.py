@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import serial
 
 from agent.drivers.printer import CorruptStatus, InvalidPrintJob, Printer, PrinterStatus
-from agent.drivers.serialport import PORT_ERRORS, close_port
+from agent.drivers.serialport import PORT_ERRORS, close_port, write_port
 from agent.errors import DriverTimeout, PrinterError
 
 if TYPE_CHECKING:
@@ -130,15 +130,7 @@ class TsplPrinter(Printer):
         close_port(self.port)
 
     def write(self, data: bytes) -> None:
-        try:
-            self.port.write(data)
-            flush = getattr(self.port, "flush", None)
-            if flush is not None:
-                flush()
-        except serial.SerialTimeoutException as exc:
-            raise DriverTimeout(f"label printer did not accept data: {exc}") from exc
-        except PORT_ERRORS as exc:
-            raise PrinterError(f"label printer port failed: {exc}") from exc
+        write_port(self.port, data, "label printer")
 
     def _read(self, size: int = 1) -> bytes:
         try:
@@ -193,24 +185,8 @@ class TsplPrinter(Printer):
             raise InvalidPrintJob("a TSPL printer takes TSPL bytes (kits.retail.labels.render_tspl), not a receipt")
         super().print_job(job)
 
-    def self_test(self, device_id: str | None = None):
-        """Status mapped to crew fixes, and a small TSPL test label when it can print."""
-        from agent.drivers.printer import PrinterNotReady, link_problem, status_problems
-        from agent.errors import DriverError
+    def test_job(self, device: str) -> bytes:
+        """A small TSPL test label (Printer.self_test prints it when the printer can print)."""
         from kits.retail.labels import render_tspl, template
 
-        device = device_id or self.device_id
-        try:
-            status = self.status()
-        except DriverError as exc:
-            return [link_problem(device, exc)]
-        problems = status_problems(device, status)
-        if not status.can_print:
-            return problems
-        try:
-            self.print_job(render_tspl(template("shelf-40x30"), {"sku": "SELFTEST", "name": "PopKit test"}))
-        except PrinterNotReady as exc:
-            return problems + [p for p in exc.problems if p not in problems]
-        except DriverError as exc:
-            return problems + [link_problem(device, exc)]
-        return problems
+        return render_tspl(template("shelf-40x30"), {"sku": "SELFTEST", "name": "PopKit test"})
