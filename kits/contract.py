@@ -43,12 +43,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic_core import from_json
 
 ROOT = "popkit/v1"
-CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt", "claim", "claimed", "update")
+CHANNELS = ("state", "telemetry", "event", "cmd", "ack", "config", "receipt", "claim", "claimed", "update",
+            "till", "tilled")
 # Channels a device publishes; the fleet subscribes to exactly these.
 DEVICE_CHANNELS = ("state", "telemetry", "event", "ack")
 # The door's question to the kit's hub and the hub's answer (QoS 0, never retained, never stored:
 # the check-in event that follows is the record). They stay inside the kit.
 HUB_CHANNELS = ("claim", "claimed")
+# A scanner in till mode to the kit's till (the agent), and the till's answer: a product label
+# scanned, to add to the open order of the scanner's till station (QoS 0, never retained, never
+# stored: the order is the record, made on the agent). They stay inside the kit.
+TILL_CHANNELS = ("till", "tilled")
 # The kit's agent to one ESP32: the release it should run, served from the kit's cache (retained at
 # the kit broker, never bridged: the fleet tells the agent, the agent tells its devices).
 UPDATE_CHANNEL = "update"
@@ -444,6 +449,144 @@ class UpdateCommandArgs(_Model):
     downgrade: bool = False
 
 
+# ---------------------------------------------------------------- micro-retail (issue 19, docs/retail.md)
+# Orders and refunds are made on the kit's till (the agent) and travel as its events ("order",
+# "refund") through its outbox, so the fleet's end-to-end receipts cover money as they cover
+# check-ins. Money is integer minor units, tax basis points (kits/retail/money.py); an order carries
+# each line's price version, so it keeps the price it was sold at. Ids are UUIDs made on the till:
+# the fleet stores the same id with the same body once, and the same id with another body as a
+# conflict, flagged, never merged.
+
+from kits.retail import money as _money  # noqa: E402  (pure: no import back into this module)
+from kits.retail import sku as _skus  # noqa: E402
+
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+OrderId = Annotated[str, Field(pattern=f"^{UUID_RE}$", description="a UUID made where the order is made, lowercase")]
+SkuCode = Annotated[str, Field(min_length=1, max_length=13)]
+Minor = Annotated[int, Field(ge=0, le=_money.MAX_PRICE_MINOR * _money.MAX_QTY)]
+PAYMENTS = ("cash", "card_terminal", "other")
+Payment = Literal["cash", "card_terminal", "other"]  # no card processing: an external terminal is recorded
+MAX_ORDER_LINES = 24  # an order event stays inside MAX_DEVICE_PAYLOAD (a line is ~110 bytes)
+TILL_CODE_MAX = 32
+
+
+def _sku_checked(value: str) -> str:
+    problem = _skus.sku_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class OrderLine(_Model):
+    """One product sold: ``qty`` x ``unit`` at ``tax_bp`` (tax included), as money.line_total computes it."""
+
+    sku: SkuCode
+    qty: int = Field(ge=1, le=_money.MAX_QTY)
+    unit: int = Field(ge=0, le=_money.MAX_PRICE_MINOR, description="unit price, gross, minor units")
+    price_version: int = Field(ge=1, description="the catalog's price version this unit price is")
+    tax_bp: int = Field(ge=0, le=_money.MAX_TAX_BP)
+    net: Minor
+    tax: Minor
+    gross: Minor
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> "OrderLine":
+        _sku_checked(self.sku)
+        want = _money.line_total(self.unit, self.qty, self.tax_bp)
+        if (self.net, self.tax, self.gross) != tuple(want):
+            raise ValueError(f"line {self.sku}: net/tax/gross must be {want.net}/{want.tax}/{want.gross} "
+                             f"for {self.qty} x {self.unit} at {self.tax_bp} bp")
+        return self
+
+
+class _Sale(_Model):
+    """What an order and a refund share: where and when the till made it, and by whom."""
+
+    id: OrderId
+    kit: Id
+    event: EventId
+    till: Id = Field(description="the till station (a phone's page and the scanners set to it)")
+    n: int = Field(ge=1, lt=2**31, description="the station's own running number: the local order, "
+                   "kept when the clock is unset")
+    ts: EpochMs
+    # "unset": the till had no trusted time (issue 9): ts is its own clock, n keeps the order.
+    clock: Literal["unset"] | None = None
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    net: Minor
+    tax: Minor
+    gross: Minor
+    by: str = Field(min_length=1, max_length=63, description="the crew login that took it")
+
+    def _totals(self, lines: list) -> None:
+        if (self.net, self.tax, self.gross) != (sum(x.net for x in lines), sum(x.tax for x in lines),
+                                                 sum(x.gross for x in lines)):
+            raise ValueError("net/tax/gross must be the sums of the lines")
+
+
+class Order(_Sale):
+    """``data`` of an ``order`` event from a kit's till. Never edited: refunds and voids are new records."""
+
+    lines: list[OrderLine] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    payment: Payment
+    # SKUs this order took below zero stock: sold anyway (stall counts are often wrong) and flagged.
+    oversold: list[SkuCode] = Field(default_factory=list, max_length=MAX_ORDER_LINES)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Order":
+        self._totals(self.lines)
+        return self
+
+
+class RefundLine(_Model):
+    sku: SkuCode
+    qty: int = Field(ge=1, le=_money.MAX_QTY)
+    net: Minor
+    tax: Minor
+    gross: Minor
+
+
+class Refund(_Sale):
+    """``data`` of a ``refund`` event: money (and by default stock) back for lines of ``order``.
+    ``kind`` "void": the whole order cancelled at the till (every line, in full)."""
+
+    order: OrderId
+    kind: Literal["refund", "void"]
+    lines: list[RefundLine] = Field(min_length=1, max_length=MAX_ORDER_LINES)
+    restock: bool = True
+    reason: str = Field(default="", max_length=120)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Refund":
+        self._totals(self.lines)
+        if self.order == self.id:
+            raise ValueError("a refund has its own id, not its order's")
+        return self
+
+
+class TillScan(_Model):
+    """Scanner (till mode) to the kit's till on ``popkit/v1/<kit>/<device>/till``: this code was scanned."""
+
+    id: ClaimId = Field(description="the scanner's question number; the answer repeats it")
+    code: str = Field(min_length=1, max_length=TILL_CODE_MAX, description="the text the scan module read")
+    till: Id = Field(default="main", description="the station whose open order takes the line")
+    ts: EpochMs
+
+
+class TillAnswer(_Model):
+    """The till to the scanner on ``.../tilled``: the line was added (lamp green, one beep), or why not
+    (lamp red, long beep; the order is unchanged)."""
+
+    id: ClaimId
+    ok: bool
+    sku: SkuCode | None = None
+    qty: int | None = Field(default=None, ge=1, description="that SKU's quantity on the open order now")
+    reason: Literal["unknown_sku", "bad_code", "no_till", "full"] | None = None
+
+
+EVENT_DATA_MODELS["order"] = Order
+EVENT_DATA_MODELS["refund"] = Refund
+
+
 CHANNEL_MODELS: dict[str, Any] = {
     "state": State,
     "telemetry": Telemetry,
@@ -455,6 +598,8 @@ CHANNEL_MODELS: dict[str, Any] = {
     "claim": Claim,
     "claimed": Claimed,
     "update": UpdateOffer,
+    "till": TillScan,
+    "tilled": TillAnswer,
 }
 # Kit-level messages: one topic per kit (popkit/v1/<kit>/<name>), not in any device tree.
 class KitKey(_Model):
