@@ -318,7 +318,11 @@ class Agent:
                 if self.offers is None:
                     return "rejected", "this agent takes no updates"
                 return await self.offers.handle(cmd)
-            return "rejected", f"the agent does not know {a!r} (selftest, identify, reboot, update)"
+            if a == "labels":  # labels from the dashboard, on one of the kit's printers (agent/labels_cmd.py)
+                from agent.labels_cmd import run_labels
+
+                return await asyncio.to_thread(run_labels, cmd.args, self.queues, getattr(self, "till", None))
+            return "rejected", f"the agent does not know {a!r} (selftest, identify, reboot, update, labels)"
         spec = self.specs.get(device)
         if spec is not None and spec.role == "printer" and device in self.queues:
             from agent.drivers.printer import InvalidPrintJob
