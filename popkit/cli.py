@@ -591,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_updates(sub, kit, release)
     from popkit.retail_cli import add_parsers as add_retail  # retail sku|import|export (issue 19)
     add_retail(sub)
+    from popkit.till_cli import add_parsers as add_till  # till login add|list|remove (issue 19)
+    add_till(sub)
 
     tickets = sub.add_parser("tickets", help="signed event tickets").add_subparsers(dest="tickets_command", required=True)
     iss = tickets.add_parser("issue", help="issue a batch of tickets into a CSV (ticket_id, tier, payload)")
