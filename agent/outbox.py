@@ -136,6 +136,12 @@ class Outbox:
             self._count -= removed
         return removed
 
+    def waiting(self, device: str, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of ``device``'s (boot, seq) are still here: not receipted by the fleet yet."""
+        with self._lock:
+            return {(b, s) for b, s in keys if self._db.execute(
+                "SELECT 1 FROM outbox WHERE device = ? AND boot = ? AND seq = ?", (device, b, s)).fetchone()}
+
     def keys(self) -> set[tuple[str, str, int]]:
         with self._lock:
             return {tuple(r) for r in self._db.execute("SELECT device, boot, seq FROM outbox")}
