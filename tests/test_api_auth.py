@@ -168,6 +168,7 @@ ID_ROUTES = {
     ("GET", "/api/v1/kits/{kit_id}/catalog.csv"): "crew",
     ("POST", "/api/v1/kits/{kit_id}/catalog"): "crew",
     ("PUT", "/api/v1/kits/{kit_id}/catalog/{sku}/price"): "crew",
+    ("POST", "/api/v1/kits/{kit_id}/labels"): "crew",  # labels printed by the kit's agent
     # Releases and rollouts (fleet/updates/): ops only, as the users routes.
     ("GET", "/api/v1/releases/{release_id}"): "user",
     ("POST", "/api/v1/releases/{release_id}/retire"): "user",
