@@ -265,6 +265,10 @@ class DeviceTelemetry(Envelope):
     scans: int | None = Field(default=None, ge=0)
     clock_refused: int | None = Field(default=None, ge=0, description="kit time messages refused since boot "
                                       "(a jump backwards, or far ahead of a clock already set)")
+    # The kit's till (agent only): orders and refunds the fleet has not receipted yet, and the oldest
+    # one's ts, so the fleet can alert on a kit sitting on sales (Square's 24 h rule). Absent: no till.
+    orders_pending: int | None = Field(default=None, ge=0, description="till orders/refunds not yet receipted")
+    orders_oldest_ms: EpochMs | None = Field(default=None, description="ts of the oldest of orders_pending")
 
 
 Telemetry = Annotated[Union[BatteryTelemetry, PrinterTelemetry, LightTelemetry, DeviceTelemetry],
