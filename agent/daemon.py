@@ -6,7 +6,9 @@ per part at its own cadence (battery, printer status and queue, lights), a print
 printer, the door hub for the scanners (agent/hub.py), the kit panel (press: self-test again;
 hold: safe shutdown), fleet commands for the agent and its parts (print, set, identify, selftest) answered with acks, and
 systemd's watchdog, and the hosted lights' compiled timelines (agent/lightshow.py, from their
-retained ``config``, kept on disk so they run with no broker). Everything owed to the fleet goes through the link's on-disk outbox.
+retained ``config``, kept on disk so they run with no broker), and the kit's till (agent/till/: the
+catalog from the agent's own retained ``config``, the scanners in till mode, receipts on the kit's
+printer). Everything owed to the fleet goes through the link's on-disk outbox.
 The power-up self-test runs at start and its verdict is published and shown on the panel.
 ``popkit kit up`` and ``kit down`` run beside it ask it over its local control channel
 (agent/control.py, ``<data>/agent.sock``) rather than open the hardware it holds.
@@ -37,7 +39,8 @@ from agent.lightshow import LightShow, light_fields
 from agent.link import FleetLink
 from agent.settings import AgentSettings
 from agent.statewatch import StateWatch
-from kits.contract import BatteryTelemetry, Command, DeviceTelemetry, Event, LightTelemetry, PrinterTelemetry
+from agent.till.runner import TillRunner, control_request, receipt_printer, till_wanted
+from kits.contract import BatteryTelemetry, Command, Config, DeviceTelemetry, Event, LightTelemetry, PrinterTelemetry
 from kits.manifest import DeviceSpec, KitManifest, load_manifest
 from plumbing.exits import RESTART_EXIT
 
@@ -55,6 +58,7 @@ class Agent:
         self.manifest, self.link, self.hw, self.watch, self.data = manifest, link, hw, watch, data
         self.tickets: KitTickets | None = None  # the kit's ticket list (run_agent sets it for a kit with doors)
         self.offers: UpdateOffers | None = None  # field updates (run_agent sets it): the fleet's `update` command
+        self.till: TillRunner | None = None  # the kit's till (run_agent sets it when POPKIT_TILL wants one)
         self.simulate = simulate
         self.specs = {s.id: s for s in manifest.devices}
         self.queues: dict = {}
@@ -84,13 +88,15 @@ class Agent:
         # broker is doing (one task per light: a lamp out of range delays no other).
         show = asyncio.create_task(self.lightshow.run())
         await asyncio.sleep(0)  # the runner has its loop: configs can be handed over
-        self.link.set_config_handler(self.lightshow.on_config_threadsafe)
+        self.link.set_config_handler(self._config_from_network)
         from agent.drivers.printer import open_printer
         from agent.printing import PrintQueue
 
         for dev, port in self.hw.printer_ports.items():
             self.queues[dev] = PrintQueue(self.data / f"{self.manifest.id}-{dev}-print.db",
                                           lambda port=port, dev=dev: open_printer(port, device_id=dev)).start()
+        if self.till is not None:
+            self.till.attach_queues(self.queues)  # receipts that waited for the printer go now
         if self.hw.panel_spec is not None:
             from agent.panel import KitPanel
 
@@ -164,7 +170,8 @@ class Agent:
             self.control = await control.ControlServer(
                 control.socket_path(self.data), self.manifest.id,
                 {"selftest": self._control_selftest, "kitdown": self._control_kitdown,
-                 **({"revoke": self._control_revoke} if self.tickets is not None else {})}).start()
+                 **({"revoke": self._control_revoke} if self.tickets is not None else {}),
+                 **({"till": self._control_till} if self.till is not None else {})}).start()
         except control.ControlError:
             raise
         except OSError as exc:
@@ -185,6 +192,17 @@ class Agent:
             reply({"error": str(exc), "known": self.tickets.known_events()})
             return
         reply({"revoked": new, "known": self.tickets.known_events(), "end": True})
+
+    async def _control_till(self, req: dict, reply) -> None:
+        """The till from the Pi's console (agent/till/runner.py control_request)."""
+        assert self.till is not None
+        await self._running.wait()  # receipts need the print queues
+        try:
+            result = await asyncio.to_thread(control_request, self.till.till, req)
+        except (TypeError, ValueError) as exc:  # TillError is a ValueError: the crew's message
+            reply({"error": str(exc)})
+            return
+        reply({"result": result, "end": True})
 
     async def _control_kitdown(self, req: dict, reply) -> None:
         """End of event: totals from our stores, the summary into our outbox, and how much of the
@@ -234,9 +252,21 @@ class Agent:
 
     async def _health(self) -> None:
         while True:
+            till = {}
+            if self.till is not None:  # the oldest sale the fleet has not receipted: its alert's input
+                pending = await asyncio.to_thread(self.till.till.pending)
+                till = {"orders_pending": pending["orders"], "orders_oldest_ms": pending["oldest_ms"]}
             self.link.emit(self.link.device, "telemetry", DeviceTelemetry, uptime_s=int(time.monotonic() - self.started),
-                           outbox=len(self.link.outbox), dropped=self.link.outbox.dropped)
+                           outbox=len(self.link.outbox), dropped=self.link.outbox.dropped, **till)
             await asyncio.sleep(HEALTH_PERIOD_S)
+
+    def _config_from_network(self, device: str, cfg: Config) -> None:
+        """The link's retained configs: the agent's own is the till's catalog, the rest the lights' timelines."""
+        if device == self.manifest.agent:
+            if self.till is not None:
+                self.till.intake.on_config(cfg)
+            return
+        self.lightshow.on_config_threadsafe(device, cfg)
 
     async def _watchdog(self) -> None:
         period = sdnotify.watchdog_period()
@@ -379,9 +409,12 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
     data.mkdir(parents=True, exist_ok=True)
     control.ensure_free(control.socket_path(data))  # before our link speaks for the agent
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
+    selling = till_wanted(manifest, settings)
+    if selling:
+        receipt_printer(manifest, settings)  # a wrong POPKIT_TILL_PRINTER stops us before anything is opened
     link = FleetLink(manifest.id, manifest.agent, "agent", settings.mqtt_url, data / f"{manifest.id}-outbox.db",
                      hosted=hosted, fw=agent_fw(), resend_after_s=settings.resend_after_s,
-                     outbox_cap=settings.outbox_cap, hold_commands=True)
+                     outbox_cap=settings.outbox_cap, hold_commands=True, own_config=selling)
     link.update = agent_update_report(data)  # the last self-update's rollback or failure, in the agent's state
     link.start()
     log.info("agent for kit %s: boot %s, %d messages waiting in the outbox", manifest.id, link.boot, len(link.outbox))
@@ -399,6 +432,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
         tickets.scanned_events = lambda: hub.book.events() | flashed  # and an event scanned at the doors is the kit's
     watch = StateWatch(manifest.id, settings.mqtt_url).start()
     clock = start_kit_clock(manifest.id, settings, data, link, watch)  # the kit's time, served to its ESP32s
+    till = TillRunner(manifest, settings, data, link, clock).start() if selling else None
 
     restart = False
 
@@ -407,6 +441,7 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
         hw = open_hardware(manifest, parts)
         agent = Agent(manifest, link, hw, watch, data, simulate=parts is not None)
         agent.tickets = tickets
+        agent.till = till
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
@@ -442,6 +477,8 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
     try:
         asyncio.run(main())
     finally:
+        if till is not None:
+            till.stop()
         clock.stop()
         watch.stop()
         if hub is not None:

@@ -75,6 +75,7 @@ class FleetLink:
         on_command: Callable[[str, Command], None] | None = None,
         on_config: Callable[[str, Config], None] | None = None,
         hold_commands: bool = False,
+        own_config: bool = False,
     ):
         self.kit, self.device, self.role, self.fw = kit, device, role, fw
         self.hosted = dict(hosted or {})
@@ -98,9 +99,11 @@ class FleetLink:
         self._held_cmds: deque[tuple[str, Command]] | None = deque(maxlen=64) if hold_commands else None
         self._cmd_lock = threading.Lock()
         self._recent_cmds: deque[str] = deque(maxlen=256)
-        # Retained `config` of the hosted lights (the compiled lighting timeline): handed over decoded,
+        # Retained `config` of the hosted lights (the compiled lighting timeline) and, with own_config,
+        # this producer's own (the till's catalog): handed over decoded,
         # at every (re)connect too; the latest per device is kept while no handler is set yet.
         self._on_config = on_config
+        self.own_config = own_config
         self._config_lock = threading.Lock()
         self._pending_configs: dict[str, Config] = {}
         self.configs_bad = 0
@@ -267,6 +270,8 @@ class FleetLink:
             return
         subs = [(topic(self.kit, d, ch), 1) for d in self._devices() for ch in ("receipt", "cmd")]
         subs += [(topic(self.kit, d, "config"), 1) for d, role in self.hosted.items() if role == "light"]
+        if self.own_config:
+            subs.append((topic(self.kit, self.device, "config"), 1))
         client.subscribe(subs)
         client.publish(topic(self.kit, self.device, "state"), encode(self._state(self.device, self.role, True)), qos=1, retain=True)
         for device, role in self.hosted.items():

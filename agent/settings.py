@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,12 @@ class AgentSettings(BaseSettings):
                                         "checked against it before the kit keeps them")
     update_quiet_s: float = Field(default=600.0, ge=0, le=86400, description="an update offer waits until no door "
                                   "has checked anyone in for this long (the kit is in use)")
+
+    # The till (agent/till/, docs/retail.md "The till"): auto runs it on a kit with a receipt printer.
+    till: Literal["auto", "on", "off"] = Field(default="auto", description="the kit's till: auto (on when the "
+                                                "manifest has a printer), on, off")
+    till_printer: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$",
+                              description="the printer (device id) for till receipts; empty: the manifest's first")
 
     @field_validator("mqtt_url")
     @classmethod
