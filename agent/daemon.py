@@ -351,7 +351,8 @@ class Agent:
             if a == "labels":  # labels from the dashboard, on one of the kit's printers (agent/labels_cmd.py)
                 from agent.labels_cmd import run_labels
 
-                return await asyncio.to_thread(run_labels, cmd.args, self.queues, getattr(self, "till", None))
+                till = self.till.till if self.till is not None else None  # its catalog: the till's prices
+                return await asyncio.to_thread(run_labels, cmd.args, self.queues, till)
             return "rejected", f"the agent does not know {a!r} (selftest, identify, reboot, update, labels)"
         spec = self.specs.get(device)
         if spec is not None and spec.role == "printer" and device in self.queues:

@@ -15,6 +15,7 @@ their job ids; the queue's own state says when they printed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -22,6 +23,9 @@ from agent.printing import PrintQueue
 from kits.retail.catalog import Product
 from kits.retail.labelcmd import LabelsArgs
 from kits.retail.labels import LabelError, escpos_job, product_fields, template
+
+if TYPE_CHECKING:
+    from agent.till.service import Till
 
 MAX_DETAIL = 200  # an ack's detail (kits/contract.py)
 
@@ -62,7 +66,7 @@ def label_jobs(args: LabelsArgs, catalog: Iterable[Product] = ()) -> tuple[list[
     return jobs, refused
 
 
-def run_labels(raw_args: dict, queues: Mapping[str, PrintQueue], till=None) -> tuple[str, str]:
+def run_labels(raw_args: dict, queues: Mapping[str, PrintQueue], till: Till | None = None) -> tuple[str, str]:
     """The agent's answer to a ``labels`` command: ("ok", what was queued) or ("rejected", why).
     Blocking (a committed SQLite write per label): call it off the event loop."""
     try:

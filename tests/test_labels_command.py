@@ -9,6 +9,8 @@ fleet, the broker and the printer's wire are real."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from agent.labels_cmd import label_jobs, run_labels
 from agent.link import FleetLink
 from agent.printing import PrintQueue
 from agent.statewatch import StateWatch
+from agent.till.service import Till
 from fleet.auth.testing import client_as
 from kits.contract import MAX_DEVICE_PAYLOAD, decode
 from kits.manifest import load_manifest
@@ -106,6 +109,12 @@ def settled(fleet, command_id: str, device: str = "dk-agent") -> dict:
     return wait_until(done, 15, what=f"the agent's ack of command {command_id}")
 
 
+def queue_job(queue: PrintQueue, job_id: int) -> dict:
+    """A queued job's description, as the queue stored it."""
+    with sqlite3.connect(queue.path) as db:
+        return json.loads(db.execute("SELECT job FROM print_jobs WHERE id = ?", (job_id,)).fetchone()[0])
+
+
 def ask(client, **body):
     return client.post("/api/v1/kits/dk/labels", json={"event": EVENT, **body})
 
@@ -178,9 +187,15 @@ def test_the_agent_refuses_what_it_cannot_print_and_queues_nothing(kit):
 def test_the_tills_catalog_gives_the_price_the_till_sells_at(tmp_path):
     products, errors = parse_catalog_csv(CATALOG.replace("20.00,20,3", "18.00,20,3"), from_ms=0)
     assert not errors
+    till = Till(tmp_path / "till.db", "dk")
+    till.load_catalog(products, "upload", None)
+    queue = PrintQueue(tmp_path / "q.db", open_printer=lambda: pytest.fail("not started: nothing prints"))
     args = LabelsArgs(event=EVENT, items=[
         {"sku": "TEE-BLK-M", "n": 2, "name": "Tee", "variant": "black / M", "price": 2000, "currency": "EUR"},
         {"sku": "MUG-1", "n": 1, "name": "Mug", "price": 900, "currency": "EUR"}])
+    assert run_labels(args.model_dump(), {"dk-printer": queue}, till)[0] == "ok"
+    assert "18.00" in " ".join(b.get("text", "") for b in queue_job(queue, 1)["blocks"])
+    till.close()
     jobs, refused = label_jobs(args, products)
     assert refused == [] and [(sku, n) for sku, n, _ in jobs] == [("TEE-BLK-M", 2), ("MUG-1", 1)]
     texts = [[b["text"] for b in job["blocks"] if b["kind"] == "text"] for _, _, job in jobs]
