@@ -28,6 +28,7 @@ Rules that shape it (issue 19; docs/retail.md "The till"):
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -44,7 +45,8 @@ from agent.till.errors import (CatalogRefused, EmptyCart, NoCatalog, NotInCatalo
                                UnknownOrder)
 from agent.till.store import SaleRow, TillStore
 from agent.till.uplink import Uplink
-from kits.contract import MAX_ORDER_LINES, PAYMENTS, Order, OrderLine, Refund, RefundLine, is_valid_id
+from kits.contract import (MAX_DEVICE_PAYLOAD, MAX_ORDER_LINES, PAYMENTS, Event, Order, OrderLine, Refund, RefundLine,
+                           encode, is_valid_id)
 from kits.retail import money
 from kits.retail.catalog import Product, catalog_from_json, catalog_json, price_at, reprice
 from kits.retail.sku import sku_problem
@@ -283,6 +285,7 @@ class Till:
                                   currency=self._currency, net=total.net, tax=total.tax, gross=total.gross, by=by,
                                   lines=lines, payment=payment, oversold=oversold)
                     body = order.model_dump(mode="json", exclude_none=True)
+                    _fits_one_message("order", body)
                     self.store.add_sale("order", body)
                     for x in lines:
                         self.store.add_move(order.id, self._event, x.sku, sold=x.qty)
@@ -326,6 +329,7 @@ class Till:
                                     tax=sum(x.tax for x in out), gross=sum(x.gross for x in out), by=by,
                                     order=order_id, kind=kind, lines=out, restock=restock, reason=reason)
                     body = refund.model_dump(mode="json", exclude_none=True)
+                    _fits_one_message(kind, body)
                     self.store.add_sale(kind, body, order_id=order_id)
                     for x in out:
                         self.store.add_move(refund.id, order["event"], x.sku,
@@ -467,6 +471,18 @@ class Till:
         except Exception:  # noqa: BLE001 - committed already: queued again at the next start
             self.counts["send_failed"] += 1
             log.exception("till: %s could not be queued for the fleet; it will be at the next start", sale_id)
+
+
+# The longest envelope the link can put around a sale: a 32-hex boot, the largest seq, a 13-digit ts.
+_ENVELOPE = len(encode(Event(boot="f" * 32, seq=2**53 - 1, ts=2**53 - 1, kind="x" * len("refund"), data={}))) - 2
+
+
+def _fits_one_message(kind: str, body: dict) -> None:
+    """Refused before it is written: a sale the fleet would refuse as oversize would never upload."""
+    size = _ENVELOPE + len(json.dumps(body, separators=(",", ":")))
+    if size > MAX_DEVICE_PAYLOAD:
+        raise TillError(f"this {kind} is too big to upload as one message ({size} > {MAX_DEVICE_PAYLOAD} bytes): "
+                        "take some lines off and sell them as a second order")
 
 
 def _price(p: Product, ts: int, unset: bool):
