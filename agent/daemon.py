@@ -463,6 +463,9 @@ def run_agent(manifest_path: str, settings: AgentSettings, parts: SimulatedParts
                 await asyncio.sleep(UPDATE_SERVER_RETRY_S)
 
         background = [asyncio.create_task(serve_updates()), asyncio.create_task(offers.run())]
+        if till is not None:  # the till page for the crew's phones on the kit network (docs/till.md)
+            from agent.till.web import serve_till
+            background.append(asyncio.create_task(serve_till(till.till, settings)))
         try:
             await agent.run()
         finally:

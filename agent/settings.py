@@ -61,6 +61,9 @@ class AgentSettings(BaseSettings):
                                                 "manifest has a printer), on, off")
     till_printer: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9_-]{0,62})?$",
                               description="the printer (device id) for till receipts; empty: the manifest's first")
+    till_listen: str = Field(default="", pattern=r"^(([0-9A-Za-z.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)?$",
+                             description="host[:port] of the till page (docs/till.md); empty: the kit network's "
+                             "address (POPKIT_UPDATE_LISTEN) on port 8090, or no page without one")
 
     @field_validator("mqtt_url")
     @classmethod
