@@ -5,6 +5,7 @@
 import { showLogin, whoAmI, wireLogin } from "./login.js";
 import { renderVenue, renderVenues, venueRoute, wireVenueEvents } from "./venues.js";
 import { initUpdates, kitUpdatesFor, renderUpdatesPage, updatesChanged, updatesRoute } from "./updates.js";
+import { initRetail, renderRetail, retailChanged, retailRoute, wireRetailEvents } from "./retail.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -348,10 +349,11 @@ function route() {
 const currentKit = () => { const r = route(); return r.kit ? state.kits.get(r.kit) : null; };
 
 function render() {
-  const v = venueRoute(), u = updatesRoute();
+  const v = venueRoute(), u = updatesRoute(), rt = retailRoute();
   $("#venue-page").hidden = !v;
   $("#updates-page").hidden = !u;
-  if (v || u) { $("#overview").hidden = $("#kit-page").hidden = true; kitUpdatesFor(null); return; }  // rendered by their modules
+  $("#retail-page").hidden = !rt;
+  if (v || u || rt) { $("#overview").hidden = $("#kit-page").hidden = true; kitUpdatesFor(null); return; }  // rendered by their modules
   const r = route();
   $("#overview").hidden = !!r.kit;
   $("#kit-page").hidden = !r.kit;
@@ -470,6 +472,7 @@ function connect() {
     c.devices.forEach(d => pending.devices.add(d));
     applyChanges();
     updatesChanged(c);
+    retailChanged(c);
   });
   es.onerror = () => { live.dataset.state = "error"; live.textContent = "reconnecting…"; };
 }
@@ -483,6 +486,7 @@ function renderVenuePage() {
 function onRoute(rerender = true) {
   if (venueRoute()) { render(); renderVenuePage(); window.scrollTo?.(0, 0); return; }
   if (updatesRoute()) { render(); renderUpdatesPage($("#updates-page")); window.scrollTo?.(0, 0); return; }
+  if (retailRoute()) { render(); renderRetail($("#retail-page")); window.scrollTo?.(0, 0); return; }
   const r = route();
   if (r.kit && state.loaded && !isFull(state.kits.get(r.kit))) {
     // From the overview: the kit's summary is there, its whole view is one request away.
@@ -524,6 +528,7 @@ setInterval(() => document.querySelectorAll("[data-age]").forEach(el => {
 }), 5000);
 
 wireVenueEvents(renderVenuePage);
+wireRetailEvents();
 // A venue page follows its controllers (applied versions, scenes) now and then, unless being edited.
 setInterval(() => { if (venueRoute() && !document.activeElement?.closest("form")) renderVenuePage(); }, 10000);
 
@@ -538,6 +543,7 @@ whoAmI().then(me => {
   if (!me) return;
   if (me.role === "venue" && !venueRoute()) location.hash = "#/venues";
   initUpdates(me);
+  initRetail(me);
   connect();
   if (me.role !== "venue") loadAll(); else renderVenuePage();
 }).catch(e => { $("#status").textContent = `fleet unreachable: ${e.message || e}`; });
