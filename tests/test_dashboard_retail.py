@@ -113,7 +113,7 @@ def shop(broker, tmp_path):
         s = kit.fleet.api.get(f"/api/v1/kits/dk/sales?event={EVENT}").json()
         return s["orders"] == 3 and s["refunds"] == 1 and s["conflicts"] == 1 and s["pending"]["late"]
     wait_until(arrived, 15, what="the sales ingested")
-    yield type("Shop", (), dict(kit=kit, app=app, base=f"http://127.0.0.1:{port}", tee=tee, twice=twice))
+    yield type("Shop", (), dict(kit=kit, app=app, base=f"http://127.0.0.1:{port}", tee=tee, twice=twice, seller=seller))
     seller.close()
     server.should_exit = True
     thread.join(10)
@@ -186,6 +186,11 @@ def test_ops_sees_a_kits_sales_stock_refunds_conflicts_and_late_uploads_and_prin
         wait_until(lambda: shop.kit.printed() == Counter({"TEE-BLK-M": 2}), 15, what="two tee labels on paper")
         found = {(r.format.name, r.text) for r in zxingcpp.read_barcodes(shop.kit.roll.to_png())}
         assert ("Code128", "TEE-BLK-M") in found
+        # Live: a sale uploaded now shows without a reload, and the form keeps what was typed.
+        shop.seller.order([("TEE-BLK-M", 1, 2000)], "other")
+        page.wait_for_selector('[data-testid="total-orders"] >> text="4"', timeout=10_000)
+        assert "20.00" in page.locator('[data-testid="payment-other"]').inner_text()
+        assert form.locator('[data-testid="labels-count"]').input_value() == "2"
         # A refusal is said on the page and prints nothing: the poster has no stock.
         form.locator('input[value="one"]').check()
         form.locator('[data-testid="labels-sku"]').select_option("POSTER-A2")

@@ -17,8 +17,10 @@ const enc = encodeURIComponent;
 // The fleet's built-in label templates (kits/retail/labels.py); a name it does not know is refused with the list.
 const TEMPLATES = ["shelf-40x30", "price-50x25", "tag-62"];
 const ACK_WAIT_MS = 120_000;
+const REFRESH_MS = 3000;  // a kit's devices report every few seconds: redraw at most this often
 
-const ctx = { me: null, page: null, view: null, busy: false, again: false };
+// route: the route the page was built for; view: "<kit>/<event>" shown (the route may leave the event out).
+const ctx = { me: null, page: null, route: null, view: null, event: null, busy: false, again: false, last: 0, timer: null };
 
 export const retailRoute = () => {
   if (location.hash === "#/retail") return { list: true };
@@ -202,17 +204,19 @@ async function refreshKit(page, kit, event) {
   }
 }
 
+// Built once per route (the kit's events and printers looked up then); redrawn as data after.
 async function renderKit(page, kit, wanted) {
-  const [catalog, sales, view] = await Promise.all([get(`/kits/${enc(kit)}/catalog`), get(`/kits/${enc(kit)}/sales`), get(`/kits/${enc(kit)}`)]);
-  const events = [...new Set([...catalog.products.map(p => p.event), ...sales.products.map(p => p.event)])].sort();
-  const event = wanted ?? events[events.length - 1] ?? null;
-  const key = `${kit}/${event}`;
-  if (ctx.view !== key) {
-    const printers = view.devices.filter(d => d.role === "printer").map(d => d.id);
-    page.innerHTML = kitSkeleton(kit, event, events, printers);
-    ctx.view = key;
+  const route = `${kit}/${wanted ?? ""}`;
+  if (ctx.route !== route) {
+    const [catalog, sales, view] = await Promise.all([get(`/kits/${enc(kit)}/catalog`), get(`/kits/${enc(kit)}/sales`),
+      get(`/kits/${enc(kit)}`)]);
+    const events = [...new Set([...catalog.products.map(p => p.event), ...sales.products.map(p => p.event)])].sort();
+    ctx.event = wanted ?? events[events.length - 1] ?? null;
+    page.innerHTML = kitSkeleton(kit, ctx.event, events, view.devices.filter(d => d.role === "printer").map(d => d.id));
+    ctx.route = route;
+    ctx.view = `${kit}/${ctx.event}`;
   }
-  await refreshKit(page, kit, event);
+  await refreshKit(page, kit, ctx.event);
 }
 
 // ------------------------------------------------------------------ labels
@@ -284,11 +288,11 @@ export async function renderRetail(page) {
       ctx.again = false;
       const r = retailRoute();
       if (!r) return;
-      if (ctx.me?.role === "venue") { page.innerHTML = `<p data-testid="retail-forbidden">Retail is for ops and crew users.</p>`; ctx.view = null; return; }
+      if (ctx.me?.role === "venue") { page.innerHTML = `<p data-testid="retail-forbidden">Retail is for ops and crew users.</p>`; ctx.route = ctx.view = null; return; }
       try {
-        if (r.list) { ctx.view = null; await renderList(page); } else await renderKit(page, r.kit, r.event);
+        if (r.list) { ctx.route = ctx.view = null; await renderList(page); } else await renderKit(page, r.kit, r.event);
       } catch (e) {
-        ctx.view = null;
+        ctx.route = ctx.view = null;
         page.innerHTML = `<p><a href="#/retail">← retail</a></p><p data-testid="retail-error">${String(e.message).startsWith("404")
           ? `No kit <code>${esc(r.kit)}</code>.` : `retail unavailable: ${esc(e.message || e)}`}</p>`;
       }
@@ -298,11 +302,15 @@ export async function renderRetail(page) {
   }
 }
 
-// The live stream's news: redraw the data when it is about the kit on screen.
+// The live stream's news: redraw the data when it is about the kit on screen, at most every REFRESH_MS.
 export function retailChanged(change) {
   const r = retailRoute();
-  if (!r || !ctx.page) return;
-  if (r.list || change.all || change.kits.includes(r.kit)) renderRetail(ctx.page);
+  if (!r || !ctx.page || ctx.timer || !(r.list || change.all || change.kits.includes(r.kit))) return;
+  ctx.timer = setTimeout(() => {
+    ctx.timer = null;
+    ctx.last = Date.now();
+    if (retailRoute()) renderRetail(ctx.page);
+  }, Math.max(0, ctx.last + REFRESH_MS - Date.now()));
 }
 
 export function wireRetailEvents() {
