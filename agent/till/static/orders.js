@@ -3,6 +3,7 @@
 // edited).
 import { api } from "./api.js";
 import { $, clock, h, say, twoTaps } from "./dom.js";
+import { productName } from "./sell.js";
 
 const PAYMENT = { cash: "cash", card_terminal: "card terminal", other: "other" };
 let oldest = null; // the station number to page back from
@@ -41,7 +42,8 @@ function drawOrder(o) {
 }
 
 function lineRow(o, l) {
-  const row = h("li", {}, h("span", {}, `${l.qty} × ${l.sku}`), h("span", {}, l.gross_text));
+  const row = h("li", {}, h("span", {}, `${l.qty} × ${productName(l.sku)}`, h("small", {}, l.sku)),
+    h("span", { class: "amount" }, l.gross_text));
   if (!o.voided) {
     const b = h("button", { type: "button", "data-testid": `refund-${o.id}-${l.sku}` }, "Refund 1");
     twoTaps(b, "Tap again to refund", () => act(o, () => api("POST", `/orders/${o.id}/refunds`,

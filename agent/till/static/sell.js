@@ -4,6 +4,12 @@ import { api, atStation } from "./api.js";
 import { $, h, say, twoTaps } from "./dom.js";
 
 let products = [];
+
+// "Night-market tee, black / M" for a SKU of the catalog (the orders list shows names, not codes).
+export function productName(sku) {
+  const p = products.find((x) => x.sku === sku);
+  return p ? [p.name, p.variant].filter(Boolean).join(", ") : sku;
+}
 let shownCart = "";
 let busy = 0; // a change of ours in flight: the poll does not draw a cart older than it
 
