@@ -120,6 +120,9 @@ class FleetSettings(BaseSettings):
                                       "command: a slow fetch through the kit's uplink still acks within it")
     update_token_ttl_s: int = Field(default=24 * 3600, ge=60, le=7 * 86_400, description="how long a bundle "
                                     "token lets a kit's agent fetch its release (resumes included)")
+    # Micro-retail (fleet/retail/): the orders_not_uploaded alert (Square's rule: offline payments upload within 24 h).
+    retail_pending_alert_s: float = Field(default=24 * 3600.0, gt=0, description="a kit whose till last reported "
+                                          "an order not uploaded for this long alerts (orders_not_uploaded)")
     token_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86_400, description="how long a login lasts")
 
     @property

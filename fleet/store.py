@@ -53,7 +53,8 @@ class Store:
         self.health = HealthViews(engine, self.devices, self.registry)
         self.activity = ActivityViews(engine, historical_after_ms)
         self.updates = UpdateStore(engine)  # releases, rollouts, device updates, kit holds (fleet/updates/)
-        self.retail = RetailStore(engine)  # each kit's catalog (fleet/retail/)
+        self.retail = RetailStore(engine)  # each kit's catalog, the tills' orders (fleet/retail/)
+        self.ledger.event_hooks.append(self.retail.orders.record)  # orders held before their receipt goes out
         self.ledger.state_hooks.append(self.updates.states_reported)  # a device's A/B news moves its update
         self.ledger.event_hooks.append(self.updates.acks_reported)  # an agent's answer to an update command
 

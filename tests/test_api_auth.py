@@ -32,6 +32,7 @@ from fleet.store import Store
 from kits.contract import Event, encode
 from kits.manifest import load_manifest, parse_manifest
 from tests.conftest import DEMO_KIT, REPO, known_event, wait_until
+from tests.test_retail_orders import order_data
 
 OTHER_KIT = """
 id = "other"
@@ -54,6 +55,11 @@ PASSWORD = "correct horse battery staple"
 def checkin(device: str, event: str, seq: int) -> LedgerMessage:
     msg = Event(boot="b0070001", seq=seq, ts=1_000_000 + seq, kind="checkin",
                 data={"event": event, "ticket": f"T{seq}", "verdict": "admitted"})
+    return LedgerMessage(device, "event", msg, encode(msg).decode())
+
+
+def sale(device: str, data: dict, seq: int) -> LedgerMessage:
+    msg = Event(boot="b0070001", seq=seq, ts=data["ts"], kind="order", data=data)
     return LedgerMessage(device, "event", msg, encode(msg).decode())
 
 
@@ -82,8 +88,11 @@ class World:
         self.store = Store.open(f"sqlite:///{tmp_path / 'auth.db'}")
         self.store.registry.register_kit(load_manifest(DEMO_KIT))
         self.store.registry.register_kit(parse_manifest(OTHER_KIT))
+        mine, theirs = order_data([("MUG-WHT", 1)], kit="demo"), order_data([("MUG-WHT", 1)], kit="other")
+        self.order = {"demo": mine["id"], "other": theirs["id"]}
         self.store.ledger.write_batch(Batch(ledger=[checkin("demo-scanner-1", "MINE-1", 1),
-                                             checkin("other-scanner", "THEIRS-1", 2)]))
+                                             checkin("other-scanner", "THEIRS-1", 2),
+                                             sale("demo-agent", mine, 3), sale("other-agent", theirs, 4)]))
         t = now_ms()
         self.store.alerts.sync([Firing("demo-printer", "demo", "paper_out", "warning", "paper out"),
                                 Firing("other-scanner", "other", "scanner_errors", "warning", "errors")], set(), t)
@@ -104,7 +113,7 @@ class World:
                     alert_id=str(self.alert[kit]), event_id="MINE-1" if mine else "THEIRS-1", venue_id=venue,
                     zone_id="z", scene_id="s", schedule_id="sch", override_id=self.override[venue],
                     name="crew-a" if mine else "ops-olga", release_id="scanner-9.9.9", rollout_id="1",
-                    sku="TEE-BLK-M")
+                    sku="TEE-BLK-M", order_id=self.order[kit])
 
 
 @pytest.fixture
@@ -168,6 +177,14 @@ ID_ROUTES = {
     ("GET", "/api/v1/kits/{kit_id}/catalog.csv"): "crew",
     ("POST", "/api/v1/kits/{kit_id}/catalog"): "crew",
     ("PUT", "/api/v1/kits/{kit_id}/catalog/{sku}/price"): "crew",
+    # The kits' orders (fleet/retail/): their crew and ops.
+    ("GET", "/api/v1/kits/{kit_id}/orders"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/orders.csv"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/orders/{order_id}"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/orders-pending"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/sales"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/sales.csv"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/stock"): "crew",
     ("POST", "/api/v1/kits/{kit_id}/labels"): "crew",  # labels printed by the kit's agent
     # Releases and rollouts (fleet/updates/): ops only, as the users routes.
     ("GET", "/api/v1/releases/{release_id}"): "user",

@@ -14,6 +14,7 @@ from fleet.api.routes import (audit, commands, config, dead_letters, devices, ev
 from fleet.api.routes import alerts as alert_routes
 from fleet.api.routes import labels as label_routes
 from fleet.api.routes import retail as retail_routes
+from fleet.api.routes import retail_orders
 from fleet.api.routes import updates as update_routes
 from fleet.api.routes import auth as auth_routes
 from fleet.auth.audit import ApiAudit, AuditMiddleware
@@ -88,6 +89,8 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     for router in update_routes.routers:
         app.include_router(router)
     app.include_router(retail_routes.router)  # fleet/retail/: each kit's catalog (issue 19)
+    app.include_router(retail_orders.router)  # fleet/retail/: the tills' orders, sales and stock
+    app.include_router(retail_orders.fleet_router)
     app.include_router(label_routes.router)  # labels from the dashboard, printed by the kit's agent
     check_routes(app.routes, PUBLIC)
     return app

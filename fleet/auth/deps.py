@@ -115,6 +115,8 @@ SCOPE_CHECKS: dict[str, Callable[[User, Request, str], None] | None] = {
     "release_id": None, "rollout_id": None,
     # A kit's catalog (fleet/retail/): a SKU is reached only under its kit_id, which is checked.
     "sku": None,
+    # A kit's orders (fleet/retail/): reached only under their kit_id, which is checked.
+    "order_id": None,
 }
 
 

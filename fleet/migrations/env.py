@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from fleet import db
 from fleet.updates import tables as _update_tables  # noqa: F401 - its tables join db.metadata
 from fleet.retail import tables as _retail_tables  # noqa: F401 - its tables join db.metadata
+from fleet.retail import order_tables as _order_tables  # noqa: F401 - its tables join db.metadata
 from fleet.migrations import locked
 
 log = logging.getLogger("popkit.fleet")

@@ -16,6 +16,8 @@ from sqlalchemy import Engine, and_, select, update
 
 from fleet.db import now_ms
 from fleet.retail import tables as t
+from fleet.retail.orders import OrderStore
+from fleet.retail.sales import SalesViews
 from kits.retail.catalog import PriceVersion, Product
 
 P, V = t.retail_products.c, t.retail_prices.c
@@ -43,6 +45,8 @@ class ImportResult:
 class RetailStore:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.orders = OrderStore(engine)  # the tills' orders and refunds, recorded at ingest
+        self.sales = SalesViews(engine)  # sales and stock added up from them
 
     # ------------------------------------------------------------ reads
 

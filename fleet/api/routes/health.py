@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from fleet.api.deps import IngestDep, StoreDep
 from fleet.api.routes import bundle
-from fleet.retail.metrics import render_catalog_metrics
+from fleet.retail.metrics import render_catalog_metrics, render_order_metrics
 from fleet.auth.deps import AUTH_RESPONSES, guard, optional_user
 from fleet.auth.users import User
 from fleet.alerts import RULES, SEVERITIES
@@ -49,4 +49,5 @@ def get_metrics(request: Request, store: StoreDep, ingest: IngestDep):
     text += render_login_metrics(request.app.state.auth.metrics)
     text += bundle.render_metrics()  # the kits' bundle downloads refused, by reason
     text += render_catalog_metrics()  # catalog imports and price changes refused, by reason
+    text += render_order_metrics(store.retail.orders.counts())  # the tills' orders: duplicates, conflicts
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

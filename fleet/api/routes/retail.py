@@ -6,7 +6,9 @@ fleet/auth/audit.py, which records each POST and PUT that was not refused, with 
 
 The import is all or nothing and checked by the same code as ``popkit retail import``
 (kits/retail/catalog.py): a bad file is a 422 listing every problem, each with its line and column,
-and nothing is stored.
+and nothing is stored. A catalog that would not fit in the till's config (64 KB) is refused the
+same way. After a change, the kit's till gets the catalog of the event changed (fleet/retail/push.py);
+the answer's ``till`` says whether it went out, under which config version.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fleet.api.schemas import BAD_BODY, refusals
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
 from fleet.db import now_ms
 from fleet.retail.metrics import count
+from fleet.retail.push import CatalogPush, CatalogTooBig
 from fleet.retail.store import NoProduct, PriceRefused
 from kits.contract import EVENT_ID_RE
 from kits.retail import money
@@ -61,6 +64,11 @@ def _kit_or_404(store, kit_id: str) -> None:
     with store.engine.connect() as conn:
         if conn.execute(select(db.kits.c.id).where(db.kits.c.id == kit_id)).first() is None:
             raise HTTPException(status_code=404, detail=f"no kit {kit_id!r}")
+
+
+def _pusher(request: Request) -> CatalogPush:
+    """The catalog's way to the kit's till (fleet/retail/push.py): its agent's retained config."""
+    return CatalogPush(request.app.state.store, lambda: request.app.state.publisher)
 
 
 def _invalid(problems: list[tuple[list, str]]) -> HTTPException:
@@ -149,6 +157,12 @@ async def import_catalog(kit_id: str, request: Request, store: StoreDep, user: U
     except HTTPException as exc:
         count(_why(exc))
         raise
+    push = _pusher(request)
+    try:
+        push.fits(kit_id, products)
+    except CatalogTooBig as exc:
+        count("too_big")
+        raise _invalid([(["products"], str(exc))]) from None
     try:
         r = store.retail.replace(kit_id, products, user.name)
     except IntegrityError:  # two changes to one catalog at once made the same version: the first stands
@@ -159,9 +173,10 @@ async def import_catalog(kit_id: str, request: Request, store: StoreDep, user: U
     def keys(pairs):
         return [dict(event=e, sku=s) for e, s in pairs]
 
-    return dict(kit=kit_id, products=len(products), events=sorted({p.event for p in products}),
+    events = sorted({p.event for p in products})
+    return dict(kit=kit_id, products=len(products), events=events,
                 added=keys(r.added), updated=keys(r.updated), repriced=keys(r.repriced),
-                unchanged=keys(r.unchanged), removed=keys(r.removed))
+                unchanged=keys(r.unchanged), removed=keys(r.removed), till=push.push(kit_id, events[-1]))
 
 
 @router.get("/catalog", responses=refusals(_NO_KIT))
@@ -186,7 +201,7 @@ def export_catalog(kit_id: str, store: StoreDep, event: EventQ = None):
 @router.put("/catalog/{sku}/price", responses=refusals({**BAD_BODY, 404: "no such kit, or no such SKU in its "
                                                         "catalog", 409: "the SKU is in several events' catalogs (name "
                                                         "the event), or another change at the same moment", 422: "a bad price, tax rate or instant"}))
-def set_price(kit_id: str, sku: SkuP, body: PriceIn, store: StoreDep, user: UserDep):
+def set_price(kit_id: str, sku: SkuP, body: PriceIn, request: Request, store: StoreDep, user: UserDep):
     """A new price version for the SKU, from ``from_ms`` (now by default); the old versions are kept."""
     _kit_or_404(store, kit_id)
     retail = store.retail
@@ -226,4 +241,4 @@ def set_price(kit_id: str, sku: SkuP, body: PriceIn, store: StoreDep, user: User
         count("price_refused")
         raise _invalid([(["from_ms"], str(exc))]) from None
     count("repriced")
-    return product.model_dump(mode="json")
+    return dict(product.model_dump(mode="json"), till=_pusher(request).push(kit_id, event))
