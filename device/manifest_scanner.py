@@ -12,7 +12,7 @@
 VERSION = "scanner-0.3.1"
 
 LIBS = ("atomic", "clock", "fetch", "flashlog", "hmac256", "link", "log", "pkmqtt", "redemptions", "scanline", "tcp",
-        "ticket", "update", "verdict")
+        "ticket", "till", "update", "verdict")
 BOARD = ("board", "scanner_hw")  # from device/boards/<port>/
 APP = "apps/scanner/main.py"
 

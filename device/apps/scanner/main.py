@@ -23,10 +23,12 @@
 #    "flash": "flash",                                 # default board.flash_dir()
 #    "telemetry_s": 30,
 #    "hub_ms": 250,                                    # the longest wait for the hub's answer
+#    "mode": "door", "till": "main",                   # or till mode: scans go to that till (lib/till.py)
 #    "gate": {"leeway": 0, "events": [{"event", "key", "expires", "capacity", "revoked"}]}}
 # The retained `config` channel carries event keys and revocations from the fleet:
 #   {"version": N, "data": {"keys": [{"event", "key", "not_before", "expires"}],
 #                           "revoked": {"EVENT": [ids]}}}      (or "revoked": [ids], every event)
+# and "mode", "till", which override the file's.
 # Its keys add to the file's events and replace them by event; a key whose window is over is
 # dropped with its redemption log (only on a trusted clock). The kit's own list comes on
 # popkit/v1/<kit>/revocations (retained at the kit broker, published by the kit's agent:
@@ -121,6 +123,13 @@ class Scanner:
         self._beep_at = 0
         self._beep_on = False
         br = cfg["broker"]
+        # till mode (device/lib/till.py, imported only for it): the fleet's config (data.mode, data.till)
+        # over the flashed file's ("mode": "door" | "till", "till": station)
+        self.till = None
+        self._own = (cfg.get("till") or "main") if cfg.get("mode") == "till" else None
+        if self._own:
+            import till
+            self.till = till.switch(self, self._own)
         version = None
         saved = atomic.read(self._saved)
         if saved:  # the last keys and revocations from the fleet, applied before the link is up
@@ -161,6 +170,8 @@ class Scanner:
     # ------------------------------------------------------------ one scan
 
     async def scan(self, line):
+        if self.till:  # a product code for the kit's till, never a check-in
+            return await self.till.scan(line)
         scan_ms = board.epoch_ms()
         gate = self.gate
         # No trusted time (docs/tickets.md): signature and event decide, not the ticket's window,
@@ -261,7 +272,13 @@ class Scanner:
                 atomic.write(self._saved, json.dumps(cfg).encode())
             except OSError as e:
                 print("CONFIG not saved", repr(e))
-        print("CONFIG", cfg["version"], self._take(cfg.get("data") or {}, None))
+        data = cfg.get("data") or {}
+        print("CONFIG", cfg["version"], self._take(data, None))
+        m = data.get("mode")
+        st = self._own if m is None else (data.get("till") or "main") if m == "till" else None
+        if st or self.till:
+            import till
+            self.till = till.switch(self, st)
         return True
 
     def _on_kit(self, payload, retained, save=True):

@@ -1,0 +1,298 @@
+"""The door scanner in till mode (device/lib/till.py): a product label scanned adds a line at the kit's till.
+
+The real firmware from its ROMFS image in the unix port (64 KB heap, as test_scanner_app), its QR
+module simulated (simulators/scanner.py sends a 1D code as a GM65 does: the text and CR), a real
+Mosquitto, and a till answering on the contract's till/tilled channels (kits/contract.py TillScan,
+TillAnswer). What the crew at the stall sees and hears: green and one short beep when the line is on
+the order; red and one long low beep when the till says no (unknown SKU: the order is unchanged) or
+the code is no product (a ticket is never admitted in till mode); red and two short low beeps, "scan
+again", when no answer comes. A scan at the till is not a check-in. Switched back to door by the
+fleet's config, the door admits tickets as before.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from kits.contract import TillAnswer, TillScan, decode, encode, parse_topic, subscription, topic
+from kits.retail.sku import alnum_sku, ean13_check, rcn13, sku_problem
+from kits.tickets import EventKey, issue
+from plumbing.mqtt import new_client, parse_mqtt_url
+from simulators.scanner import ScannerSim
+from tests.conftest import publisher, wait_until
+from tests.device.firmware import UNIX_BOARD, Device, rom_images, rom_names_bytes  # noqa: F401 - fixture
+from tests.device.mpy import run_mpy
+from tests.device.test_scanner_app import PEAK_TARGET, SCANNER, free_port, scans, start, write_config
+
+KIT = "demo"
+TREE = f"popkit/v1/{KIT}/{SCANNER}"
+EVENT = "STALL-1"
+MUG, PRINT, TEE = rcn13(1), rcn13(2), "TEE-BLK-M"
+CATALOG = {MUG: "Mug", PRINT: "Print", TEE: "Tee black M"}
+UNKNOWN = rcn13(77)  # a well-formed RCN-13 the catalog does not carry
+
+# Till mode holds device/lib/till.py (from ROMFS its functions, class and names take ~1.3 KB of heap;
+# frozen on an ESP32 the code stays in flash) and one Till (~0.6 KB: the question's buffer, an Event).
+TILL_HEAP = 2 * 1024
+
+GREEN_BEEP = [("2700", "120")]
+LONG_LOW = [("600", "500")]
+SCAN_AGAIN = [("600", "120"), ("600", "120")]
+
+
+class AnsweringTill:
+    """The kit's till as the scanner meets it: TillScan in on popkit/v1/<kit>/+/till, TillAnswer out on
+    .../tilled, one open order per station. ``silent`` stops answering (a till gone quiet); ``hold``
+    keeps the next answer back until the question after it, then sends both, the late one first."""
+
+    def __init__(self, url: str):
+        self.carts: dict[str, dict[str, int]] = {}
+        self.asked: list[TillScan] = []
+        self.silent = False
+        self.hold = False
+        self._held: tuple[str, bytes] | None = None
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.client = new_client("till-under-test")
+        self.client.on_connect = lambda c, *_: c.subscribe(subscription("till", kit=KIT), qos=0)
+        self.client.on_subscribe = lambda *_: self.ready.set()
+        self.client.on_message = self._on_message
+        target = parse_mqtt_url(url)
+        self.client.connect(target.host, target.port)
+        self.client.loop_start()
+        assert self.ready.wait(10), "the till's subscription"
+
+    def cart(self, station: str) -> dict[str, int]:
+        with self._lock:
+            return dict(self.carts.get(station, {}))
+
+    def _on_message(self, client, _u, msg) -> None:
+        _kit, device, _ch = parse_topic(msg.topic)
+        scan = decode("till", msg.payload)  # what the firmware sends is the contract's, or this raises
+        with self._lock:
+            self.asked.append(scan)
+            if self.silent:
+                return
+            lines = self.carts.setdefault(scan.till, {})
+            if scan.code in CATALOG:
+                lines[scan.code] = lines.get(scan.code, 0) + 1
+                answer = TillAnswer(id=scan.id, ok=True, sku=scan.code, qty=lines[scan.code])
+            else:
+                answer = TillAnswer(id=scan.id, ok=False, reason="unknown_sku")
+            out = (topic(KIT, device, "tilled"), encode(answer))
+            if self.hold:
+                self.hold, self._held = False, out
+                return
+            held, self._held = self._held, None
+        for t, p in ([held] if held else []) + [out]:
+            client.publish(t, p, qos=0)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def till_config(path: Path, sim: ScannerSim, port: int, flash: Path, keys: list[EventKey], **mode) -> Path:
+    write_config(path, sim, port, flash, keys)
+    cfg = json.loads(path.read_text())
+    path.write_text(json.dumps({**cfg, **mode}))
+    return path
+
+
+def show(sim: ScannerSim, code: str) -> tuple[str, list[tuple[str, str]]]:
+    """Scan ``code``; the lamp, and the beeps (Hz, ms) sounded until the lamp went dark."""
+    mark = sim.mark()
+    sim.scan(code)
+    lamp = sim.wait_signal("LED", after=mark, timeout=5).args[0]
+    sim.wait_signal("LED", after=mark, timeout=5, exclude=("green", "red"))  # dark again: the pattern is over
+    beeps = [s.args for s in sim.since(mark) if s.kind == "BUZZ" and s.args[0] != "0"]
+    return lamp, beeps
+
+
+def tills(dev: Device) -> list[tuple[str, str, str]]:
+    """(outcome, sku, qty) of each till-mode scan, as the device printed them."""
+    return [(m.group(1), m.group(2), m.group(3)) for m in dev.matching(r"TILL (\w+) (\S+) (\S+) \S+")]
+
+
+def wait_online(seen, before: int = 0) -> None:
+    """Wait for the scanner's birth: an online state after the ``before`` states already seen."""
+    def born() -> bool:
+        states = [json.loads(p) for p in seen.on("/state")[before:]]
+        return bool(states) and states[-1]["online"] is True
+    wait_until(born, 15, what="the scanner online")
+
+
+def set_mode(broker, version: int, data: dict) -> None:
+    """The fleet's retained desired config for the scanner, as PUT /api/v1/devices/<id>/config sends it."""
+    client = publisher(broker.url)
+    try:
+        body = json.dumps({"version": version, "ts": int(time.time() * 1000), "data": data}).encode()
+        client.publish(f"{TREE}/config", body, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, collect, rom_images, tmp_path):  # noqa: F811
+    seen = collect(f"{TREE}/state", f"{TREE}/event")
+    key = EventKey.generate(EVENT)
+    now = int(time.time())
+    guest = issue(key, EVENT, "G00001", "GA", now - 60, now + 3600)
+    till = AnsweringTill(broker.url)
+    sim = ScannerSim()
+    cfg = till_config(tmp_path / "scanner.json", sim, broker.port, tmp_path / "flash", [key], mode="till", till="stall-2")
+    try:
+        dev = start(rom_images, cfg, sim)
+        dev.expect(r"MODE till stall-2")
+        wait_online(seen)
+
+        assert show(sim, MUG) == ("green", GREEN_BEEP)
+        assert show(sim, MUG) == ("green", GREEN_BEEP)
+        assert show(sim, TEE) == ("green", GREEN_BEEP)
+        assert till.cart("stall-2") == {MUG: 2, TEE: 1}
+        dev.expect(r"MEM", after=dev.mark(), timeout=5)
+        after_first = len(dev.matching(r"MEM")) - 1
+
+        # an unknown SKU: the scanner says so, the order stays as it was
+        assert show(sim, UNKNOWN) == ("red", LONG_LOW)
+        assert till.cart("stall-2") == {MUG: 2, TEE: 1}
+
+        # what is no product code is refused at the scanner, the till never asked: a guest's ticket, a
+        # misread EAN-13 (check digit), a SKU in lowercase, a poster's URL
+        asked = len(till.asked)
+        for code in (guest, MUG[:-1] + str((int(MUG[-1]) + 1) % 10), TEE.lower(), "https://example.com/x"):
+            assert show(sim, code) == ("red", LONG_LOW), code
+        assert len(till.asked) == asked
+
+        # the till falls silent: red and "scan again"; back, the next scan is answered
+        till.silent = True
+        assert show(sim, PRINT) == ("red", SCAN_AGAIN)
+        till.silent = False
+        assert show(sim, PRINT) == ("green", GREEN_BEEP)
+        # an answer that comes late belongs to the scan it answers, not to the next one
+        till.hold = True
+        assert show(sim, PRINT) == ("red", SCAN_AGAIN)
+        assert show(sim, TEE) == ("green", GREEN_BEEP)
+        assert till.cart("stall-2") == {MUG: 2, TEE: 2, PRINT: 2}
+
+        # the broker gone: "scan again" at once; back, the scanner subscribes again and is answered
+        born = len(seen.on("/state"))
+        broker.kill()
+        assert show(sim, MUG) == ("red", SCAN_AGAIN)
+        broker.start()
+        till.stop()
+        till = AnsweringTill(broker.url)
+        wait_online(seen, born)
+        assert show(sim, MUG) == ("green", GREEN_BEEP)
+        assert till.cart("stall-2") == {MUG: 1}  # this till's fresh order
+
+        assert tills(dev) == [
+            ("ok", MUG, "1"), ("ok", MUG, "2"), ("ok", TEE, "1"), ("unknown_sku", "-", "-"),
+            *[("bad_code", "-", "-")] * 4,
+            ("no_answer", "-", "-"), ("ok", PRINT, "1"), ("no_answer", "-", "-"), ("ok", TEE, "2"),
+            ("no_answer", "-", "-"), ("ok", MUG, "1")]
+        assert {a.till for a in till.asked} == {"stall-2"}
+        # none of it was a check-in: no verdict, nothing in the outbox, no event on the wire
+        assert scans(dev) == []
+        assert not seen.on("/event")
+
+        # the heap: nothing kept per scan, and the door's budget plus what the till's module and objects take
+        dev.expect(r"MEM", after=dev.mark(), timeout=5)
+        image = dev.image_bytes
+        mem = [int(m.group(1)) - image for m in dev.matching(r"MEM (\d+)")]
+        peak = max(mem)
+        names = rom_names_bytes("scanner", rom_images["scanner"])
+        print(f"\nscanner heap in till mode: live {mem[after_first]} B after the first scans, {mem[-1]} B at the end, "
+              f"peak {peak} B, {peak - names} B without the {names} B of names")
+        assert mem[-1] - mem[after_first] <= 256, "the live heap grew with the scans"
+        assert peak - names <= PEAK_TARGET + TILL_HEAP
+    finally:
+        sim.close()
+        till.stop()
+
+
+def test_the_fleets_config_switches_door_and_till_and_the_door_is_unchanged(broker, collect, rom_images, tmp_path):  # noqa: F811
+    seen = collect(f"{TREE}/state")
+    key = EventKey.generate(EVENT)
+    now = int(time.time())
+    first, second = (issue(key, EVENT, f"G{n:05d}", "GA", now - 60, now + 3600) for n in (1, 2))
+    till = AnsweringTill(broker.url)
+    sim = ScannerSim()
+    cfg = till_config(tmp_path / "scanner.json", sim, broker.port, tmp_path / "flash", [key])  # a door: no mode
+    try:
+        door = start(rom_images, cfg, sim)
+        wait_online(seen)
+        assert show(sim, first)[0] == "green"
+        assert show(sim, MUG) == ("red", SCAN_AGAIN)  # a door reads a product label as a bad ticket, as ever
+
+        set_mode(broker, 1, {"mode": "till"})
+        door.expect(r"MODE till main")
+        assert show(sim, MUG) == ("green", GREEN_BEEP)
+        assert show(sim, second) == ("red", LONG_LOW)  # never admitted at the till
+        born = len(seen.on("/state"))
+        door.kill()  # power cut: the config saved on flash keeps it a till
+
+        dev = start(rom_images, cfg, sim)
+        dev.expect(r"CONFIG 1 ")
+        dev.expect(r"MODE till main")
+        wait_online(seen, born)
+        assert show(sim, MUG) == ("green", GREEN_BEEP)
+        assert till.cart("main") == {MUG: 2}
+
+        set_mode(broker, 2, {"mode": "door"})
+        dev.expect(r"MODE door")
+        assert show(sim, second)[0] == "green"  # refused at the till, so not admitted: it comes in now
+        assert show(sim, first)[0] == "red"  # admitted before the switches
+        assert show(sim, MUG) == ("red", SCAN_AGAIN)
+        assert till.cart("main") == {MUG: 2}
+
+        assert [v for v, *_ in scans(door)] == ["admitted", "malformed"]
+        assert tills(door) == [("ok", MUG, "1"), ("bad_code", "-", "-")]
+        assert [v for v, *_ in scans(dev)] == ["admitted", "already_admitted", "malformed"]
+        assert tills(dev) == [("ok", MUG, "2")]
+    finally:
+        sim.close()
+        till.stop()
+
+
+def test_a_till_with_no_link_says_scan_again(rom_images, tmp_path):  # noqa: F811
+    sim = ScannerSim()
+    cfg = till_config(tmp_path / "scanner.json", sim, free_port(), tmp_path / "flash", [EventKey.generate(EVENT)],
+                      mode="till")
+    try:
+        with start(rom_images, cfg, sim) as dev:
+            assert show(sim, MUG) == ("red", SCAN_AGAIN)
+            assert show(sim, "PK1:STALL-1:X") == ("red", LONG_LOW)
+            assert tills(dev) == [("no_answer", "-", "-"), ("bad_code", "-", "-")]
+    finally:
+        sim.close()
+
+
+def test_the_scanner_sends_every_code_a_catalog_can_hold_and_never_a_ticket(tmp_path):
+    """device/lib/till.product() in the real MicroPython against kits/retail/sku.py: every SKU the catalog
+    takes goes to the till; what goes there and is no SKU is for the till to refuse (a Code128 SKU
+    longer than today's label allows, a country-specific EAN-13 prefix), never a ticket or junk."""
+    key = EventKey.generate(EVENT)
+    now = int(time.time())
+    skus = [rcn13(n) for n in (1, 2, 99, 123456, 9_999_999_999)] + ["4006381333931", "5901234123457"]
+    skus += [alnum_sku("tee", "blk", "m"), alnum_sku("a"), alnum_sku("p1"), alnum_sku("x", "1", "2", "3")]
+    body = [f"{n:012d}" for n in (4 * 10**10, 123456789012, 290000000001, 777)]
+    skus += [b + str(ean13_check(b)) for b in body if sku_problem(b + str(ean13_check(b))) is None]
+    for_the_till = ["LONG-SKU-NAME-XL", "Z" * 32, "291234567890" + str(ean13_check("291234567890"))]  # a shape the scanner cannot judge
+    refused = ([issue(key, EVENT, "G1", "GA", now, now + 60), "PK1:STALL-1:X", "https://example.com/p/1", "tee-blk-m",
+                "TEE--M", "-TEE", "TEE-", "12-34", "1234-56789012", "040000000001", "04000000000150", "Z" * 33,
+                "TEE BLK", "TEE_BLK", "ÉTÉ"]
+               + [b + str((ean13_check(b) + 1) % 10) for b in body])
+    codes = skus + for_the_till + refused
+    assert all(sku_problem(c) is None for c in skus)
+    assert all(sku_problem(c) for c in for_the_till + refused)
+    (tmp_path / "codes.json").write_text(json.dumps(codes))
+    out = run_mpy("import json, till\n"
+                  f"codes = json.load(open({str(tmp_path / 'codes.json')!r}))\n"
+                  "print(json.dumps([till.product(c.encode()) for c in codes]))\n", UNIX_BOARD).stdout
+    sent = dict(zip(codes, json.loads(out.splitlines()[-1])))
+    assert [c for c in skus + for_the_till if not sent[c]] == []
+    assert [c for c in refused if sent[c]] == []
