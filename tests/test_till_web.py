@@ -327,3 +327,41 @@ def test_serve_till_serves_the_page_on_its_address_and_stops_when_cancelled(kit,
 
     asyncio.run(run())
     assert os.path.exists(logins_path(tmp_path))
+
+
+def test_serve_till_waits_for_its_address_and_listens_once_the_port_is_free(kit, tmp_path, monkeypatch):
+    """The kit's address may come up after the agent, or the port be held a moment: the page tries
+    again instead of ending the agent's loop (uvicorn would exit the process on a failed bind)."""
+    from agent.till import web
+
+    monkeypatch.setattr(web, "RETRY_S", 0.05)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    settings = types.SimpleNamespace(till_listen=f"127.0.0.1:{port}", update_listen="", agent_data=tmp_path)
+    bound: list[tuple[str, int]] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(serve_till(kit.till, settings, started=lambda h, p: bound.append((h, p))))
+        for _ in range(5):  # several tries while the port is held
+            await asyncio.sleep(0.05)
+        assert not bound and not task.done()
+        holder.close()
+        while not bound:
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/till/")).status_code == 200
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(run())
+    assert bound == [("127.0.0.1", port)]
+
+
+def test_sign_in_with_an_unreadable_logins_file_says_so_and_signs_nobody_in(kit):
+    kit.logins.path.write_text("{not json", encoding="utf-8")
+    resp = kit.sign_in()
+    assert resp.status_code == 503 and "till logins cannot be read" in detail(resp)
+    assert web_auth.COOKIE not in kit.client.cookies and kit.counts()["logins_unreadable"] == 1

@@ -27,6 +27,7 @@ FREE_FAILURES = 5
 FIRST_LOCK_S = 30.0
 MAX_LOCK_S = 600.0
 MAX_TRACKED = 4096  # (name, address) pairs remembered; the oldest go first past this
+MAX_SESSIONS = 512  # a kit has a handful of phones: past this the session nearest its end goes
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Sessions:
         session = Session(login, time.time() + self.ttl_s)
         with self._lock:
             self._forget_expired()
+            while len(self._by_token) >= MAX_SESSIONS:
+                del self._by_token[min(self._by_token, key=lambda t: self._by_token[t].expires)]
             self._by_token[token] = session
         return token, session
 

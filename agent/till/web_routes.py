@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.till import web_auth
 from agent.till.errors import CatalogRefused
+from agent.till.logins import LoginError
 from kits.contract import ID_PATTERN, TILL_CODE_MAX, Payment
 from kits.retail import catalog as catalogs, money
 
@@ -93,7 +94,12 @@ async def sign_in(body: SignIn, request: Request, response: Response) -> dict:
         st.counts["signin_throttled"] += 1
         raise HTTPException(429, f"too many wrong passphrases for {body.name!r}: try again in {int(wait) + 1} s",
                             headers={"Retry-After": str(int(wait) + 1)})
-    ok = await asyncio.to_thread(st.logins.check, body.name, body.passphrase)
+    try:
+        ok = await asyncio.to_thread(st.logins.check, body.name, body.passphrase)
+    except LoginError as exc:  # the file was damaged or made unreadable by hand: say so, sign nobody in
+        log.error("till page: %s", exc)
+        st.counts["logins_unreadable"] += 1
+        raise HTTPException(503, f"the kit's till logins cannot be read: {exc}") from None
     if not ok:
         st.throttle.failed(body.name, address)
         st.counts["signin_failed"] += 1
