@@ -38,6 +38,10 @@ clock_unset     device   online, and its state has said its clock is unset (no t
 clock_drift     device   online, and its clock is off the fleet's by more than clock_drift_s:
                          even the least late of its recent messages arrived that late (behind),
                          or one arrived with a ts that far ahead of its receipt (ahead)
+orders_not_     kit      the kit's till last reported an order (or refund) not yet uploaded
+uploaded                 taken more than retail_pending_alert_s ago (24 h, Square's rule;
+                         critical past three times that), judged against the clock, so a kit
+                         silent since still alerts (fleet/retail/pending.py)
 ==============  =======  ==================================================================
 """
 
@@ -54,7 +58,7 @@ from fleet.health import EMPTY_SOC, HealthConfig, clock_drift_ms
 log = logging.getLogger("popkit.fleet.alerts")
 
 RULES = ("low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
-         "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift")
+         "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift", "orders_not_uploaded")
 SEVERITIES = ("warning", "critical")
 STATES = ("open", "acknowledged", "resolved")
 SCANNER_ERROR_VERDICTS = ("malformed", "bad_signature")
@@ -70,13 +74,14 @@ class AlertConfig:
     scanner_errors: int = 5
     scanner_window_s: float = 600.0
     clock_grace_s: float = 120.0
+    orders_pending_s: float = 24 * 3600.0
 
     @classmethod
     def from_settings(cls, s: Any) -> "AlertConfig":
         return cls(health=HealthConfig.from_settings(s), low_soc=s.battery_low_soc,
                    offline_grace_s=s.alert_offline_grace_s, scanner_errors=s.alert_scanner_errors,
                    scanner_window_s=s.alert_scanner_window_s,
-                   clock_grace_s=s.alert_clock_grace_s)
+                   clock_grace_s=s.alert_clock_grace_s, orders_pending_s=s.retail_pending_alert_s)
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,26 @@ def clock_drift(dev: dict, cfg: AlertConfig, now_ms: int) -> Firing | None:
                   dict(drift_ms=drift, bound_s=cfg.health.clock_drift_s, clock=dev.get("clock")), dev.get("boot"))
 
 
+def orders_not_uploaded(kit_id: str, report: dict | None, cfg: AlertConfig, now_ms: int) -> Firing | None:
+    """``report``: the kit's latest pending report (fleet/retail/pending.py). Judged against now, not
+    the report's time: a kit that went silent still holds those orders, and they only grow older."""
+    if not report or not report["orders"] or report["oldest_ms"] is None:
+        return None
+    age_ms = now_ms - report["oldest_ms"]
+    if age_ms < cfg.orders_pending_s * 1000:
+        return None
+    severity = "critical" if age_ms >= 3 * cfg.orders_pending_s * 1000 else "warning"
+    n = report["orders"]
+    silent = now_ms - report["reported_ms"]
+    return Firing(kit_id, kit_id, "orders_not_uploaded", severity,
+                  f"kit {kit_id}: {n} order{'s' if n != 1 else ''} not uploaded, the oldest taken {age_ms / 3_600_000:.0f} h "
+                  f"ago (alert past {cfg.orders_pending_s / 3600:.0f} h)"
+                  + (f"; the kit last reported {_minutes(silent)} ago" if silent >= 15 * 60_000 else ""),
+                  dict(orders=n, oldest_ms=report["oldest_ms"], reported_ms=report["reported_ms"],
+                       reported_by=report.get("device"), threshold_s=cfg.orders_pending_s),
+                  report["oldest_ms"])
+
+
 DEVICE_RULES: tuple[Callable[[dict, AlertConfig, int], Firing | None], ...] = (low_soc, bms_protection, paper_out,
                                                                                 config_not_applied, clock_unset,
                                                                                 clock_drift)
@@ -255,6 +280,7 @@ def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = 
         kits = store.health.kits_with_health(cfg.health, now=now_ms)
     errors = store.alerts.scanner_error_counts(now_ms - int(cfg.scanner_window_s * 1000), SCANNER_ERROR_VERDICTS)
     infos = store.registry.kit_infos()  # each kit's event window: one read for the whole pass
+    pending = store.retail.orders.pending.latest()  # each kit's till: orders not uploaded
     out: list[Firing] = []
     unknown: set[tuple[str, str]] = set()
     for kit in kits:
@@ -280,6 +306,9 @@ def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = 
                 f = forecast_short(bat, kit["id"], cfg, now_ms)
                 if f:
                     out.append(f)
+        f = orders_not_uploaded(kit["id"], pending.get(kit["id"]), cfg, now_ms)
+        if f:
+            out.append(f)
         if info is None or info.doors_open_ms is None:
             unknown.add((kit["id"], "kit_not_ready"))
         else:
