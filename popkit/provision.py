@@ -106,6 +106,8 @@ def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
             lines = _tree(kit, spec.id)
             if spec.role == "scanner":  # it asks the kit's hub before it admits
                 lines += [f"topic write {ROOT}/{kit}/{spec.id}/claim", f"topic read {ROOT}/{kit}/{spec.id}/claimed"]
+                # in till mode (its config may switch it any time) it asks the kit's till about a product code
+                lines += [f"topic write {ROOT}/{kit}/{spec.id}/till", f"topic read {ROOT}/{kit}/{spec.id}/tilled"]
             lines.append(f"topic read {ROOT}/{kit}/time")  # the kit's clock (the Pi's agent publishes it)
             lines.append(f"topic read {ROOT}/{kit}/{spec.id}/update")  # its update offer, from the kit's agent
             if spec.role == "scanner":  # the kit's own ticket list (agent/tickets.py)
@@ -113,6 +115,8 @@ def acl_rules(manifest: KitManifest) -> dict[str, list[str]]:
             rules[account(kit, spec.id)] = lines
     # the hub: every door's claims in, answers out, and the doors' check-ins to learn lone admissions
     agent += [f"topic read {ROOT}/{kit}/+/claim", f"topic write {ROOT}/{kit}/+/claimed",
+              # the till: the scanners' product codes in, the answers out (kept in the kit, like the claims)
+              f"topic read {ROOT}/{kit}/+/till", f"topic write {ROOT}/{kit}/+/tilled",
               f"topic read {ROOT}/{kit}/+/event",
               f"topic read {ROOT}/{kit}/+/state",  # the panel's ready/not ready (agent/statewatch.py)
               f"topic write {ROOT}/{kit}/time",  # the kit's clock, for its ESP32s

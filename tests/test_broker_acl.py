@@ -159,6 +159,28 @@ def test_the_agent_speaks_for_what_it_hosts_and_answers_the_doors(kit):
     assert b"agent-posing-as-controller" not in {p for _, p in fleet.got}
 
 
+def test_a_scanner_in_till_mode_asks_the_agents_till_and_only_the_till_answers(kit):
+    _manifest, _creds, _broker, login = kit
+    fleet, agent, door, lights = (login(FLEET_USER), login(account(KIT, AGENT)), login(account(KIT, DOOR)),
+                                  login(account(KIT, LIGHTS)))
+    fleet.c.subscribe(f"popkit/v1/{KIT}/+/+", qos=0)
+    agent.c.subscribe(f"popkit/v1/{KIT}/+/till", qos=0)
+    door.c.subscribe(f"popkit/v1/{KIT}/{DOOR}/tilled", qos=0)
+    lights.c.subscribe(f"popkit/v1/{KIT}/{DOOR}/tilled", qos=0)  # listening in on another device's answers
+    time.sleep(0.3)
+    attempt(login, account(KIT, LIGHTS), f"popkit/v1/{KIT}/{DOOR}/till", b"lights-posing-as-the-door")
+    attempt(login, account(KIT, LIGHTS), f"popkit/v1/{KIT}/{LIGHTS}/till", b"lights-at-the-till")
+    attempt(login, account(KIT, DOOR), f"popkit/v1/{KIT}/{DOOR}/tilled", b"door-answering-itself")
+    door.c.publish(f"popkit/v1/{KIT}/{DOOR}/till", b"0400000000015", qos=0)
+    wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/till", b"0400000000015") in agent.got, 5, what="the scan at the till")
+    agent.c.publish(f"popkit/v1/{KIT}/{DOOR}/tilled", b"line-added", qos=0)
+    wait_until(lambda: (f"popkit/v1/{KIT}/{DOOR}/tilled", b"line-added") in door.got, 5, what="the till's answer")
+    time.sleep(0.5)  # what must not arrive has had the time to
+    assert agent.got == [(f"popkit/v1/{KIT}/{DOOR}/till", b"0400000000015")], agent.got
+    assert door.got == [(f"popkit/v1/{KIT}/{DOOR}/tilled", b"line-added")], door.got
+    assert lights.got == [] and fleet.got == [], "the till's questions and answers stay between the door and the agent"
+
+
 def test_rotation_changes_one_device_and_a_revoked_one_is_disconnected_and_refused(kit, tmp_path):
     manifest, creds, broker, login = kit
     old_door, old_lights = creds.accounts[account(KIT, DOOR)], creds.accounts[account(KIT, LIGHTS)]
