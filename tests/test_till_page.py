@@ -141,6 +141,7 @@ def test_a_crew_member_sells_refunds_and_watches_stock_on_a_phone(stall, phone):
     page.locator(tid("tab-stock")).tap()
     page.wait_for_selector(tid(f"stock-{TEE}"), timeout=WAIT_MS)
     assert left_of(page, TEE) == "12" and left_of(page, STICKERS) == "100"
+    assert "6 products for NM26, from the fleet (version 1)" in page.locator(tid("catalog-info")).inner_text()
     page.locator(tid("tab-sell")).tap()
 
     # Tapping a product, +1 on its line, a code typed (or a wedge scanner's) with Enter.
@@ -198,6 +199,22 @@ def test_a_crew_member_sells_refunds_and_watches_stock_on_a_phone(stall, phone):
     page.screenshot(path=str(ARTIFACTS / "till-phone-orders.png"), full_page=True)
     page.locator(tid("tab-stock")).tap()
     page.wait_for_selector(f'{tid(f"stock-{TEE}")}[data-left="11"]', timeout=WAIT_MS)
+
+    # No uplink to bring a catalog: one loaded on the page, checked whole first.
+    good = CATALOG.read_text(encoding="utf-8")
+    page.locator(tid("catalog-file")).set_input_files(files=[{"name": "catalog.csv", "mimeType": "text/csv",
+                                                               "buffer": good.replace("18.5,", "18.555,").encode()}])
+    page.locator(f'{tid("catalog-form")} button[type="submit"]').tap()
+    page.wait_for_selector(f'{tid("catalog-status")}[data-error="true"]', timeout=WAIT_MS)
+    status = page.locator(tid("catalog-status")).inner_text()
+    assert "nothing loaded" in status and "line 5, price" in status and "more than two decimals" in status
+    page.locator(tid("catalog-file")).set_input_files(files=[{"name": "catalog.csv", "mimeType": "text/csv",
+                                                               "buffer": good.encode()}])
+    page.locator(f'{tid("catalog-form")} button[type="submit"]').tap()
+    page.wait_for_selector(f'{tid("catalog-status")}[data-error="false"]', timeout=WAIT_MS)
+    assert page.locator(tid("catalog-status")).inner_text() == "Loaded 6 products."
+    page.wait_for_function("document.querySelector('[data-testid=catalog-info]').textContent.includes('loaded at the till')",
+                           timeout=WAIT_MS)
 
     # Signing out ends the session: the form again, and the till's API answers no more.
     page.locator(tid("signout")).tap()

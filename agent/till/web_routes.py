@@ -138,8 +138,9 @@ def _product(p) -> dict:
 
 @catalog.get("")
 def list_catalog(request: Request, _login: Crew) -> dict:
-    """The products this till sells."""
-    return {"products": [_product(p) for p in _till(request).catalog()]}
+    """The products this till sells, and where its catalog came from (fleet version or upload)."""
+    till = _till(request)
+    return {"products": [_product(p) for p in till.catalog()], "info": till.catalog_info()}
 
 
 class CatalogUpload(_Body):

@@ -4,7 +4,11 @@ import { api } from "./api.js";
 import { $, h } from "./dom.js";
 
 export async function loadStock() {
-  const rows = (await api("GET", "/stock")).stock;
+  const [rows, catalog] = await Promise.all([api("GET", "/stock").then((r) => r.stock), api("GET", "/catalog")]);
+  const i = catalog.info || {};
+  $("#catalog-info").textContent = i.products
+    ? `Catalog: ${i.products} products for ${i.event}, ${i.source === "fleet" ? `from the fleet (version ${i.version})` : "loaded at the till"}.`
+    : "No catalog at this till yet.";
   $("#stock").replaceChildren(...rows.map((s) =>
     h("tr", { "data-testid": `stock-${s.sku}`, "data-left": s.left, "data-oversold": String(s.left < 0) },
       h("td", {}, s.name || s.sku), h("td", {}, s.carried), h("td", {}, s.sold), h("td", {}, s.refunded),
