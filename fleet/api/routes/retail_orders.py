@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from fleet.api.deps import StoreDep
 from fleet.api.routes.retail import EventQ, _kit_or_404
-from fleet.api.schemas import refusals
+from fleet.api.schemas import DB_INT_MAX, refusals
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
 from fleet.auth.scope import visible_kits
 from fleet.db import now_ms
@@ -63,7 +63,7 @@ def _csv(rows: list[list], header: list[str], name: str) -> Response:
 
 @router.get("/orders", responses=refusals(_NO_KIT))
 def list_orders(kit_id: str, store: StoreDep, event: EventQ = None,
-                limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0):
+                limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0):
     """The kit's orders, newest first, each as its till made it with its refunds, ``duplicates``
     (the same body uploaded again) and ``conflict`` (another body under its id: ``conflicting``
     lists them; the first received stands). ``unmatched_refunds``: refunds whose order has not arrived."""
