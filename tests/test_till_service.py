@@ -289,3 +289,27 @@ def test_an_order_too_big_for_one_message_is_refused_and_the_cart_kept(tmp_path,
     t.set_qty(long, big[0].sku, 0)
     assert t.pay(long, "card_terminal", "b" * 63).n == 1
     t.close()
+
+
+def test_the_kits_clock_decides_when_an_order_is_flagged_clock_unset(tmp_path):
+    """The till takes its time from the kit's clock (agent/kitclock.py) as the daemon wires it: a Pi
+    booted behind its last known time sells with that time running on, and says so in each order."""
+    from types import SimpleNamespace
+
+    from agent.kitclock import KitClock
+    from agent.till.runner import kit_clock
+    from tests.test_kitclock import T0, FakeClock, keep
+
+    keep(tmp_path / "clock.json", int(T0 * 1000))
+    hw = FakeClock(now=T0 - 3000)  # no RTC, no uplink: the system clock came up behind
+    t = Till(tmp_path / "till.db", KIT, clock=kit_clock(SimpleNamespace(clock=KitClock(tmp_path / "clock.json", hw))))
+    t.load_catalog(CATALOG, "fleet", 1)
+    t.add("main", MUG)
+    hw.elapse(5)
+    offline = t.pay("main", "cash", "anna")
+    assert (offline.clock, offline.ts) == ("unset", int(T0 * 1000) + 5000)  # never behind the last known time
+    hw.synced, hw.wall = True, T0 + 600  # the uplink is back: chrony stepped the clock
+    t.add("main", MUG)
+    synced = t.pay("main", "cash", "anna")
+    assert (synced.clock, synced.ts, synced.n) == (None, int((T0 + 600) * 1000), 2)
+    t.close()
