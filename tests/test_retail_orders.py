@@ -297,3 +297,26 @@ def test_a_catalog_too_big_for_the_tills_config_is_refused_and_nothing_stored(wo
     assert str(MAX_CONFIG_PAYLOAD) in problem["msg"] and "FEST25" in problem["msg"]
     assert world.api.get(f"/api/v1/kits/{KIT}/catalog").json()["products"] == []
     assert world.store.config.desired(AGENT)["version"] is None  # nothing pushed
+
+
+def test_one_batch_holding_an_order_its_repeats_and_another_body_stores_each_once(world):
+    """What a till resending its outbox puts in one batch: the same order under several seqs, a body
+    that conflicts with it, and that conflicting body again (written as ingest writes a batch)."""
+    from fleet.ledger import Batch, LedgerMessage
+
+    a = order_data([(TEE, 1)], n=1)
+    other = dict(a, by="crew-b")
+    r = refund_data(a)
+    seq = iter(range(1, 100))
+
+    def msg(kind: str, data: dict) -> LedgerMessage:
+        ev = Event(boot="b0b0b0b0", seq=next(seq), ts=data["ts"], kind=kind, data=data)
+        return LedgerMessage(AGENT, "event", ev, encode(ev).decode())
+
+    world.store.ledger.write_batch(Batch(ledger=[msg("refund", r), msg("order", a), msg("order", a),
+                                                 msg("order", other), msg("order", other), msg("refund", r)]))
+    got = world.api.get(f"/api/v1/kits/{KIT}/orders/{a['id']}").json()
+    assert (got["by"], got["duplicates"], got["conflict"]) == ("crew-a", 2, True)
+    assert [c["body"]["by"] for c in got["conflicting"]] == ["crew-b"]
+    assert [(x["id"], x["duplicates"]) for x in got["refunds"]] == [(r["id"], 1)]
+    assert orders(world)["total"] == 1

@@ -50,6 +50,33 @@ def _sale_row(d: dict, device_id: str, received_ms: int) -> dict:
                 duplicates=0, conflicts=0)
 
 
+def _order_row(d: dict, device_id: str, received_ms: int) -> dict:
+    return dict(_sale_row(d, device_id, received_ms), payment=d["payment"], oversold=list(d.get("oversold") or []))
+
+
+def _order_lines(d: dict) -> list[dict]:
+    return [dict(order_id=d["id"], line=i, kit_id=d["kit"], event_id=d["event"], sku=x["sku"], qty=x["qty"],
+                 unit=x["unit"], price_version=x["price_version"], tax_bp=x["tax_bp"], net=x["net"], tax=x["tax"],
+                 gross=x["gross"]) for i, x in enumerate(d["lines"])]
+
+
+def _refund_row(d: dict, device_id: str, received_ms: int) -> dict:
+    return dict(_sale_row(d, device_id, received_ms), order_id=d["order"], kind=d["kind"],
+                restock=d.get("restock", True), reason=d.get("reason", ""))
+
+
+def _refund_lines(d: dict) -> list[dict]:
+    return [dict(refund_id=d["id"], line=i, kit_id=d["kit"], event_id=d["event"], sku=x["sku"], qty=x["qty"],
+                 net=x["net"], tax=x["tax"], gross=x["gross"], restock=d.get("restock", True))
+            for i, x in enumerate(d["lines"])]
+
+
+# kind -> (its table, its lines' table, its row, its lines' rows)
+_SHAPES = {"order": (t.retail_orders, t.retail_order_lines, _order_row, _order_lines),
+           "refund": (t.retail_refunds, t.retail_refund_lines, _refund_row, _refund_lines)}
+INSERT_CHUNK = 200  # sales per INSERT: ~20 parameters each, well inside SQLite's and PostgreSQL's limits
+
+
 class OrderStore:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -65,7 +92,7 @@ class OrderStore:
         if not sales:
             return
         kits = self._agents(conn, {m.device_id for m in sales})
-        received = db.now_ms()
+        accepted: dict[str, list[tuple[str, dict]]] = {kind: [] for kind in KINDS}
         for m in sales:
             d = m.msg.data  # validated against kits.contract.Order / Refund at decode
             kit = kits.get(m.device_id)
@@ -76,10 +103,11 @@ class OrderStore:
                 log.warning("%s %s from %s refused (%s): only a kit's agent records its own kit's sales",
                             m.msg.kind, d.get("id"), m.device_id, reason)
                 continue
-            if m.msg.kind == "order":
-                self._order(conn, d, m.device_id, received)
-            else:
-                self._refund(conn, d, m.device_id, received)
+            accepted[m.msg.kind].append((m.device_id, d))
+        received = db.now_ms()
+        for kind, items in accepted.items():
+            if items:
+                self._write(conn, kind, items, received)
 
     @staticmethod
     def _agents(conn, device_ids: set[str]) -> dict[str, str]:
@@ -87,51 +115,60 @@ class OrderStore:
         rows = conn.execute(select(d.id, d.kit_id).where(and_(d.id.in_(sorted(device_ids)), d.role == "agent")))
         return {r.id: r.kit_id for r in rows}
 
-    def _first(self, conn, table, row: dict) -> bool:
-        """Insert ``row`` unless its id is there; True when it was inserted (another worker's
-        insert of the same id waits for that worker's commit, then this does nothing)."""
-        stmt = self._insert(table).values(**row).on_conflict_do_nothing(index_elements=["id"])
-        # RETURNING, not rowcount: psycopg's pipeline mode reports no rowcount for a skipped insert.
-        return conn.execute(stmt.returning(table.c.id)).first() is not None
+    def _write(self, conn, kind: str, items: list[tuple[str, dict]], received_ms: int) -> None:
+        """A batch's orders (or refunds) in a few statements: the first of each id is inserted unless
+        the id is stored already; the rest are duplicates or conflicts of what is stored."""
+        table, lines, row_of, lines_of = _SHAPES[kind]
+        first: dict[str, tuple[str, dict]] = {}
+        again: list[tuple[str, dict]] = []
+        for device_id, d in items:
+            if d["id"] in first:
+                again.append((device_id, d))
+            else:
+                first[d["id"]] = (device_id, d)
+        inserted: set[str] = set()
+        rows = [row_of(d, device_id, received_ms) for device_id, d in first.values()]
+        for i in range(0, len(rows), INSERT_CHUNK):
+            # Another worker's insert of the same id waits for its commit, then this skips it. RETURNING,
+            # not rowcount: psycopg's pipeline mode reports no rowcount for a skipped row.
+            stmt = self._insert(table).values(rows[i:i + INSERT_CHUNK]).on_conflict_do_nothing(index_elements=["id"])
+            inserted.update(conn.execute(stmt.returning(table.c.id)).scalars())
+        line_rows = [x for sale_id in inserted for x in lines_of(first[sale_id][1])]
+        if line_rows:
+            conn.execute(lines.insert(), line_rows)
+        again = [first[i] for i in first if i not in inserted] + again
+        if again:
+            self._again(conn, table, kind, again, received_ms)
 
-    def _again(self, conn, table, kind: str, d: dict, device_id: str, received_ms: int) -> None:
-        """An id already stored: a duplicate when the body is the same, else a conflict kept beside it."""
+    @staticmethod
+    def _again(conn, table, kind: str, items: list[tuple[str, dict]], received_ms: int) -> None:
+        """Ids already stored: a duplicate when the body is one already held under the id (the stored
+        one or a conflicting one), else a conflict, kept beside it and flagged."""
         c = table.c
-        stored = conn.execute(select(c.body, c.kit_id).where(c.id == d["id"])).one()
-        if canonical(stored.body) == canonical(d):
-            conn.execute(update(table).where(c.id == d["id"]).values(duplicates=c.duplicates + 1))
-            return
-        seen = conn.execute(select(t.retail_sale_conflicts.c.body).where(and_(
-            C.sale_id == d["id"], C.kind == kind))).scalars().all()
-        if any(canonical(b) == canonical(d) for b in seen):  # this conflicting body, uploaded again
-            conn.execute(update(table).where(c.id == d["id"]).values(duplicates=c.duplicates + 1))
-            return
-        conn.execute(t.retail_sale_conflicts.insert().values(sale_id=d["id"], kind=kind, kit_id=d["kit"], body=d,
-                                                             device_id=device_id, received_ms=received_ms))
-        conn.execute(update(table).where(c.id == d["id"]).values(conflicts=c.conflicts + 1))
-        log.warning("%s %s: another body under the same id from %s (kit %s), kept and flagged",
-                    kind, d["id"], device_id, d["kit"])
-
-    def _order(self, conn, d: dict, device_id: str, received_ms: int) -> None:
-        row = dict(_sale_row(d, device_id, received_ms), payment=d["payment"], oversold=list(d.get("oversold") or []))
-        if not self._first(conn, t.retail_orders, row):
-            self._again(conn, t.retail_orders, "order", d, device_id, received_ms)
-            return
-        conn.execute(t.retail_order_lines.insert(), [
-            dict(order_id=d["id"], line=i, kit_id=d["kit"], event_id=d["event"], sku=x["sku"], qty=x["qty"],
-                 unit=x["unit"], price_version=x["price_version"], tax_bp=x["tax_bp"], net=x["net"], tax=x["tax"],
-                 gross=x["gross"]) for i, x in enumerate(d["lines"])])
-
-    def _refund(self, conn, d: dict, device_id: str, received_ms: int) -> None:
-        restock = d.get("restock", True)
-        row = dict(_sale_row(d, device_id, received_ms), order_id=d["order"], kind=d["kind"], restock=restock,
-                   reason=d.get("reason", ""))
-        if not self._first(conn, t.retail_refunds, row):
-            self._again(conn, t.retail_refunds, "refund", d, device_id, received_ms)
-            return
-        conn.execute(t.retail_refund_lines.insert(), [
-            dict(refund_id=d["id"], line=i, kit_id=d["kit"], event_id=d["event"], sku=x["sku"], qty=x["qty"],
-                 net=x["net"], tax=x["tax"], gross=x["gross"], restock=restock) for i, x in enumerate(d["lines"])])
+        ids = sorted({d["id"] for _, d in items})
+        held: dict[str, set[str]] = {}
+        for sale_id, body in conn.execute(select(c.id, c.body).where(c.id.in_(ids))):
+            held.setdefault(sale_id, set()).add(canonical(body))
+        for sale_id, body in conn.execute(select(C.sale_id, C.body).where(and_(C.kind == kind, C.sale_id.in_(ids)))):
+            held.setdefault(sale_id, set()).add(canonical(body))
+        dups: Counter = Counter()
+        conflicts: list[dict] = []
+        for device_id, d in items:
+            body = canonical(d)
+            if body in held[d["id"]]:
+                dups[d["id"]] += 1
+                continue
+            held[d["id"]].add(body)
+            conflicts.append(dict(sale_id=d["id"], kind=kind, kit_id=d["kit"], body=d, device_id=device_id,
+                                  received_ms=received_ms))
+            log.warning("%s %s: another body under the same id from %s (kit %s), kept and flagged",
+                        kind, d["id"], device_id, d["kit"])
+        if conflicts:
+            conn.execute(t.retail_sale_conflicts.insert(), conflicts)
+        more = Counter(x["sale_id"] for x in conflicts)
+        for sale_id in sorted(set(dups) | set(more)):
+            conn.execute(update(table).where(c.id == sale_id).values(
+                duplicates=c.duplicates + dups[sale_id], conflicts=c.conflicts + more[sale_id]))
 
     # ------------------------------------------------------------ reads
 
