@@ -4,10 +4,11 @@
 # * Imported only while the scanner is in till mode (apps/scanner/main.py, Scanner.till): a door's
 #   heap never holds this module, and switch(..., None) drops it again when the config says door.
 # * A scanned line is a product code (kits/retail/sku.py) or it is refused here, with no question
-#   asked: 13 digits with their EAN-13 check digit, or uppercase A-Z/0-9 segments joined by single
-#   dashes with at least one letter, at most _CODE_MAX long. A ticket's QR (PK1:...), a URL, a
-#   lowercase or damaged code: red and the long low beep, "bad_code", never admitted, never sent.
-#   Which codes the catalog knows (and the label width's limit on SKUs) is the till's to say.
+#   asked: 13 digits with their EAN-13 check digit, or A-Z/0-9 segments joined by single dashes with
+#   at least one letter, at most _CODE_MAX long (the till takes letters in either case, as typed). A
+#   ticket's QR (PK1:...), a URL, a damaged code: red and the long low beep, "bad_code", never
+#   admitted, never sent. Which codes the catalog knows (and the label width's limit on SKUs) is the
+#   till's to say.
 # * Question: TillScan {"id", "code", "till", "ts"} on popkit/v1/<kit>/<device>/till, QoS 0, never
 #   retained; answer: TillAnswer on .../tilled (kits/contract.py). An answer whose id is not the
 #   question's is a late one for an earlier scan and is ignored, as the hub's claims are (link.py).
@@ -44,7 +45,7 @@ def product(line):
     s = 0
     for i in range(n):
         c = line[i]
-        if 65 <= c <= 90:
+        if 65 <= c <= 90 or 97 <= c <= 122:
             letter = True
         elif c == 45:
             if dash or i == 0 or i == n - 1:  # one dash between two segments, no more

@@ -2,8 +2,8 @@
 
 The real firmware from its ROMFS image in the unix port (64 KB heap, as test_scanner_app), its QR
 module simulated (simulators/scanner.py sends a 1D code as a GM65 does: the text and CR), a real
-Mosquitto, and a till answering on the contract's till/tilled channels (kits/contract.py TillScan,
-TillAnswer). What the crew at the stall sees and hears: green and one short beep when the line is on
+Mosquitto, and the agent's real till (agent/till/: Till, and TillScans answering on the till/tilled
+channels, kits/contract.py TillScan and TillAnswer). What the crew at the stall sees and hears: green and one short beep when the line is on
 the order; red and one long low beep when the till says no (unknown SKU: the order is unchanged) or
 the code is no product (a ticket is never admitted in till mode); red and two short low beeps, "scan
 again", when no answer comes. A scan at the till is not a check-in. Switched back to door by the
@@ -13,25 +13,28 @@ fleet's config, the door admits tickets as before.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
-from kits.contract import TillAnswer, TillScan, decode, encode, parse_topic, subscription, topic
+import pytest
+
+from agent.till.scans import TillScans
+from agent.till.service import Till
+from kits.contract import TillAnswer, encode, topic
 from kits.retail.sku import alnum_sku, ean13_check, rcn13, sku_problem
 from kits.tickets import EventKey, issue
-from plumbing.mqtt import new_client, parse_mqtt_url
 from simulators.scanner import ScannerSim
 from tests.conftest import publisher, wait_until
 from tests.device.firmware import UNIX_BOARD, Device, rom_images, rom_names_bytes  # noqa: F401 - fixture
 from tests.device.mpy import run_mpy
 from tests.device.test_scanner_app import PEAK_TARGET, SCANNER, free_port, scans, start, write_config
+from tests.test_till_service import product
 
 KIT = "demo"
 TREE = f"popkit/v1/{KIT}/{SCANNER}"
 EVENT = "STALL-1"
 MUG, PRINT, TEE = rcn13(1), rcn13(2), "TEE-BLK-M"
-CATALOG = {MUG: "Mug", PRINT: "Print", TEE: "Tee black M"}
+CATALOG = [product(MUG, "Mug", 800, 5), product(PRINT, "Print", 1500, 3), product(TEE, "Tee", 1250, 2)]
 UNKNOWN = rcn13(77)  # a well-formed RCN-13 the catalog does not carry
 
 # Till mode holds device/lib/till.py (from ROMFS its functions, class and names take ~1.3 KB of heap;
@@ -43,56 +46,38 @@ LONG_LOW = [("600", "500")]
 SCAN_AGAIN = [("600", "120"), ("600", "120")]
 
 
-class AnsweringTill:
-    """The kit's till as the scanner meets it: TillScan in on popkit/v1/<kit>/+/till, TillAnswer out on
-    .../tilled, one open order per station. ``silent`` stops answering (a till gone quiet); ``hold``
-    keeps the next answer back until the question after it, then sends both, the late one first."""
+class KitTill:
+    """The agent's till with its catalog, and its answering of the scanners (which a test may stop)."""
 
-    def __init__(self, url: str):
-        self.carts: dict[str, dict[str, int]] = {}
-        self.asked: list[TillScan] = []
-        self.silent = False
-        self.hold = False
-        self._held: tuple[str, bytes] | None = None
-        self._lock = threading.Lock()
-        self.ready = threading.Event()
-        self.client = new_client("till-under-test")
-        self.client.on_connect = lambda c, *_: c.subscribe(subscription("till", kit=KIT), qos=0)
-        self.client.on_subscribe = lambda *_: self.ready.set()
-        self.client.on_message = self._on_message
-        target = parse_mqtt_url(url)
-        self.client.connect(target.host, target.port)
-        self.client.loop_start()
-        assert self.ready.wait(10), "the till's subscription"
+    def __init__(self, url: str, path: Path):
+        self.url = url
+        self.till = Till(path, KIT, "Demo stall").start()
+        self.till.load_catalog(CATALOG, "fleet", 1)
+        self.scans: TillScans | None = None
+        self.listen()
+
+    def listen(self) -> None:
+        self.scans = TillScans(KIT, self.url, self.till).start()
+        wait_until(self.scans.ready.is_set, what="the till subscribed to the scanners")
+
+    def deaf(self) -> None:
+        self.scans.stop()
+        self.scans = None
 
     def cart(self, station: str) -> dict[str, int]:
-        with self._lock:
-            return dict(self.carts.get(station, {}))
+        return {x["sku"]: x["qty"] for x in self.till.cart(station)["lines"]}
 
-    def _on_message(self, client, _u, msg) -> None:
-        _kit, device, _ch = parse_topic(msg.topic)
-        scan = decode("till", msg.payload)  # what the firmware sends is the contract's, or this raises
-        with self._lock:
-            self.asked.append(scan)
-            if self.silent:
-                return
-            lines = self.carts.setdefault(scan.till, {})
-            if scan.code in CATALOG:
-                lines[scan.code] = lines.get(scan.code, 0) + 1
-                answer = TillAnswer(id=scan.id, ok=True, sku=scan.code, qty=lines[scan.code])
-            else:
-                answer = TillAnswer(id=scan.id, ok=False, reason="unknown_sku")
-            out = (topic(KIT, device, "tilled"), encode(answer))
-            if self.hold:
-                self.hold, self._held = False, out
-                return
-            held, self._held = self._held, None
-        for t, p in ([held] if held else []) + [out]:
-            client.publish(t, p, qos=0)
+    def close(self) -> None:
+        if self.scans is not None:
+            self.scans.stop()
+        self.till.close()
 
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+
+@pytest.fixture
+def kit_till(broker, tmp_path):
+    t = KitTill(broker.url, tmp_path / "till.db")
+    yield t
+    t.close()
 
 
 def till_config(path: Path, sim: ScannerSim, port: int, flash: Path, keys: list[EventKey], **mode) -> Path:
@@ -136,12 +121,22 @@ def set_mode(broker, version: int, data: dict) -> None:
         client.loop_stop()
 
 
-def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, collect, rom_images, tmp_path):  # noqa: F811
+def late_answer(broker, question: int) -> None:
+    """An answer to an earlier question, arriving late (the till was slow, the network held it)."""
+    client = publisher(broker.url)
+    try:
+        body = encode(TillAnswer(id=question, ok=True, sku=PRINT, qty=99))
+        client.publish(topic(KIT, SCANNER, "tilled"), body, qos=0).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, collect, kit_till, rom_images, tmp_path):  # noqa: F811
     seen = collect(f"{TREE}/state", f"{TREE}/event")
     key = EventKey.generate(EVENT)
     now = int(time.time())
     guest = issue(key, EVENT, "G00001", "GA", now - 60, now + 3600)
-    till = AnsweringTill(broker.url)
     sim = ScannerSim()
     cfg = till_config(tmp_path / "scanner.json", sim, broker.port, tmp_path / "flash", [key], mode="till", till="stall-2")
     try:
@@ -151,51 +146,51 @@ def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, collect, rom_i
 
         assert show(sim, MUG) == ("green", GREEN_BEEP)
         assert show(sim, MUG) == ("green", GREEN_BEEP)
-        assert show(sim, TEE) == ("green", GREEN_BEEP)
-        assert till.cart("stall-2") == {MUG: 2, TEE: 1}
+        assert show(sim, TEE.lower()) == ("green", GREEN_BEEP)  # letter case is the till's business: same SKU
+        assert kit_till.cart("stall-2") == {MUG: 2, TEE: 1}
+        assert kit_till.cart("main") == {}
         dev.expect(r"MEM", after=dev.mark(), timeout=5)
         after_first = len(dev.matching(r"MEM")) - 1
 
         # an unknown SKU: the scanner says so, the order stays as it was
         assert show(sim, UNKNOWN) == ("red", LONG_LOW)
-        assert till.cart("stall-2") == {MUG: 2, TEE: 1}
+        assert kit_till.cart("stall-2") == {MUG: 2, TEE: 1}
 
         # what is no product code is refused at the scanner, the till never asked: a guest's ticket, a
-        # misread EAN-13 (check digit), a SKU in lowercase, a poster's URL
-        asked = len(till.asked)
-        for code in (guest, MUG[:-1] + str((int(MUG[-1]) + 1) % 10), TEE.lower(), "https://example.com/x"):
+        # misread EAN-13 (check digit), a poster's URL
+        asked = kit_till.scans.counts["scanned"]
+        for code in (guest, MUG[:-1] + str((int(MUG[-1]) + 1) % 10), "https://example.com/x"):
             assert show(sim, code) == ("red", LONG_LOW), code
-        assert len(till.asked) == asked
+        assert kit_till.scans.counts["scanned"] == asked
 
-        # the till falls silent: red and "scan again"; back, the next scan is answered
-        till.silent = True
+        # the till stops answering: red and "scan again"; an answer that comes late belongs to the scan
+        # it answers, not to the next one; answering again, the till is heard at once
+        kit_till.deaf()
         assert show(sim, PRINT) == ("red", SCAN_AGAIN)
-        till.silent = False
-        assert show(sim, PRINT) == ("green", GREEN_BEEP)
-        # an answer that comes late belongs to the scan it answers, not to the next one
-        till.hold = True
-        assert show(sim, PRINT) == ("red", SCAN_AGAIN)
-        assert show(sim, TEE) == ("green", GREEN_BEEP)
-        assert till.cart("stall-2") == {MUG: 2, TEE: 2, PRINT: 2}
+        missed = int(dev.matching(r"TILL no_answer - - (\d+)")[-1].group(1))
+        kit_till.listen()
+        mark = sim.mark()
+        sim.scan(PRINT)
+        late_answer(broker, missed)
+        assert sim.wait_signal("LED", after=mark).args[0] == "green"
+        sim.wait_signal("LED", after=mark, exclude=("green", "red"))
+        assert kit_till.cart("stall-2") == {MUG: 2, TEE: 1, PRINT: 1}
 
         # the broker gone: "scan again" at once; back, the scanner subscribes again and is answered
         born = len(seen.on("/state"))
         broker.kill()
         assert show(sim, MUG) == ("red", SCAN_AGAIN)
         broker.start()
-        till.stop()
-        till = AnsweringTill(broker.url)
         wait_online(seen, born)
+        wait_until(kit_till.scans.ready.is_set, what="the till back on the broker")
         assert show(sim, MUG) == ("green", GREEN_BEEP)
-        assert till.cart("stall-2") == {MUG: 1}  # this till's fresh order
 
         assert tills(dev) == [
             ("ok", MUG, "1"), ("ok", MUG, "2"), ("ok", TEE, "1"), ("unknown_sku", "-", "-"),
-            *[("bad_code", "-", "-")] * 4,
-            ("no_answer", "-", "-"), ("ok", PRINT, "1"), ("no_answer", "-", "-"), ("ok", TEE, "2"),
-            ("no_answer", "-", "-"), ("ok", MUG, "1")]
-        assert {a.till for a in till.asked} == {"stall-2"}
-        # none of it was a check-in: no verdict, nothing in the outbox, no event on the wire
+            *[("bad_code", "-", "-")] * 3,
+            ("no_answer", "-", "-"), ("ok", PRINT, "1"), ("no_answer", "-", "-"), ("ok", MUG, "3")]
+        assert kit_till.cart("stall-2") == {MUG: 3, TEE: 1, PRINT: 1}
+        # none of it was a check-in: no verdict, no event on the wire
         assert scans(dev) == []
         assert not seen.on("/event")
 
@@ -211,15 +206,14 @@ def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, collect, rom_i
         assert peak - names <= PEAK_TARGET + TILL_HEAP
     finally:
         sim.close()
-        till.stop()
 
 
-def test_the_fleets_config_switches_door_and_till_and_the_door_is_unchanged(broker, collect, rom_images, tmp_path):  # noqa: F811
+def test_the_fleets_config_switches_door_and_till_and_the_door_is_unchanged(broker, collect, kit_till, rom_images,  # noqa: F811
+                                                                            tmp_path):
     seen = collect(f"{TREE}/state")
     key = EventKey.generate(EVENT)
     now = int(time.time())
     first, second = (issue(key, EVENT, f"G{n:05d}", "GA", now - 60, now + 3600) for n in (1, 2))
-    till = AnsweringTill(broker.url)
     sim = ScannerSim()
     cfg = till_config(tmp_path / "scanner.json", sim, broker.port, tmp_path / "flash", [key])  # a door: no mode
     try:
@@ -240,14 +234,14 @@ def test_the_fleets_config_switches_door_and_till_and_the_door_is_unchanged(brok
         dev.expect(r"MODE till main")
         wait_online(seen, born)
         assert show(sim, MUG) == ("green", GREEN_BEEP)
-        assert till.cart("main") == {MUG: 2}
+        assert kit_till.cart("main") == {MUG: 2}
 
         set_mode(broker, 2, {"mode": "door"})
         dev.expect(r"MODE door")
         assert show(sim, second)[0] == "green"  # refused at the till, so not admitted: it comes in now
         assert show(sim, first)[0] == "red"  # admitted before the switches
         assert show(sim, MUG) == ("red", SCAN_AGAIN)
-        assert till.cart("main") == {MUG: 2}
+        assert kit_till.cart("main") == {MUG: 2}
 
         assert [v for v, *_ in scans(door)] == ["admitted", "malformed"]
         assert tills(door) == [("ok", MUG, "1"), ("bad_code", "-", "-")]
@@ -255,18 +249,22 @@ def test_the_fleets_config_switches_door_and_till_and_the_door_is_unchanged(brok
         assert tills(dev) == [("ok", MUG, "2")]
     finally:
         sim.close()
-        till.stop()
 
 
-def test_a_till_with_no_link_says_scan_again(rom_images, tmp_path):  # noqa: F811
+def test_a_till_with_no_link_says_scan_again_and_a_bad_station_leaves_a_door(rom_images, tmp_path):  # noqa: F811
     sim = ScannerSim()
-    cfg = till_config(tmp_path / "scanner.json", sim, free_port(), tmp_path / "flash", [EventKey.generate(EVENT)],
-                      mode="till")
+    key = EventKey.generate(EVENT)
+    cfg = till_config(tmp_path / "scanner.json", sim, free_port(), tmp_path / "flash", [key], mode="till")
+    bad = till_config(tmp_path / "bad.json", sim, free_port(), tmp_path / "flash2", [key], mode="till", till="Stall 2")
     try:
         with start(rom_images, cfg, sim) as dev:
-            assert show(sim, MUG) == ("red", SCAN_AGAIN)
+            assert show(sim, MUG) == ("red", SCAN_AGAIN)  # no broker: nobody to ask, said at once
             assert show(sim, "PK1:STALL-1:X") == ("red", LONG_LOW)
             assert tills(dev) == [("no_answer", "-", "-"), ("bad_code", "-", "-")]
+        with start(rom_images, bad, sim) as dev:  # a station no till can have: said, and the scanner stays a door
+            dev.expect(r"MODE bad till station 'Stall 2'")
+            assert show(sim, MUG) == ("red", SCAN_AGAIN)
+            assert [v for v, *_ in scans(dev)] == ["malformed"] and tills(dev) == []
     finally:
         sim.close()
 
@@ -281,8 +279,8 @@ def test_the_scanner_sends_every_code_a_catalog_can_hold_and_never_a_ticket(tmp_
     skus += [alnum_sku("tee", "blk", "m"), alnum_sku("a"), alnum_sku("p1"), alnum_sku("x", "1", "2", "3")]
     body = [f"{n:012d}" for n in (4 * 10**10, 123456789012, 290000000001, 777)]
     skus += [b + str(ean13_check(b)) for b in body if sku_problem(b + str(ean13_check(b))) is None]
-    for_the_till = ["LONG-SKU-NAME-XL", "Z" * 32, "291234567890" + str(ean13_check("291234567890"))]  # a shape the scanner cannot judge
-    refused = ([issue(key, EVENT, "G1", "GA", now, now + 60), "PK1:STALL-1:X", "https://example.com/p/1", "tee-blk-m",
+    for_the_till = ["tee-blk-m", "LONG-SKU-NAME-XL", "Z" * 32, "291234567890" + str(ean13_check("291234567890"))]  # a shape the scanner cannot judge
+    refused = ([issue(key, EVENT, "G1", "GA", now, now + 60), "PK1:STALL-1:X", "https://example.com/p/1",
                 "TEE--M", "-TEE", "TEE-", "12-34", "1234-56789012", "040000000001", "04000000000150", "Z" * 33,
                 "TEE BLK", "TEE_BLK", "ÉTÉ"]
                + [b + str((ean13_check(b) + 1) % 10) for b in body])
