@@ -5,8 +5,9 @@ queue to the ESC/POS simulator on a pty.
 
 A crew member signs in (a wrong passphrase says so), taps products and types a code, sees a line a
 till-mode scanner added appear by itself, pays cash, watches the receipt wait for paper and then
-print, sees the offline banner while the orders wait for the fleet, refunds one item, and sees the
-stock drop and come back. Screenshots go to test-artifacts/."""
+print, sees the offline banner while the orders wait for the fleet, refunds one item, sees the
+stock drop and come back, and loads a catalog CSV on the page (a bad line refused by line and
+column first). Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 

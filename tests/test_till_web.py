@@ -365,3 +365,53 @@ def test_sign_in_with_an_unreadable_logins_file_says_so_and_signs_nobody_in(kit)
     resp = kit.sign_in()
     assert resp.status_code == 503 and "till logins cannot be read" in detail(resp)
     assert web_auth.COOKIE not in kit.client.cookies and kit.counts()["logins_unreadable"] == 1
+
+
+def test_the_agent_serves_the_till_page_and_stops_on_sigterm(broker, tmp_path):
+    """``popkit agent run`` on a kit with a printer: the page on POPKIT_TILL_LISTEN, a sale through
+    it with its receipt printed on the simulated printer, and SIGTERM still stops the agent (the
+    page's server leaves the agent's signal handlers alone)."""
+    import signal
+    import subprocess
+    import sys
+
+    from popkit.broker import free_port
+
+    port = free_port()
+    data = tmp_path / "data"
+    passphrase = Logins(logins_path(data)).add("sam")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POPKIT_")}
+    env.update(POPKIT_TILL_LISTEN=f"127.0.0.1:{port}", POPKIT_MQTT_URL=broker.url)
+    log = open(tmp_path / "agent.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("popkit")), "agent", "run", "--kit",
+                             str(REPO / "kits" / "examples" / "night-market.toml"), "--simulate", "--data", str(data)],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        base = f"http://127.0.0.1:{port}/till/api"
+
+        def page_up() -> bool:
+            try:
+                return httpx.get(f"{base}/session", timeout=2).status_code == 401
+            except httpx.TransportError:
+                assert proc.poll() is None, (tmp_path / "agent.log").read_text()
+                return False
+
+        wait_until(page_up, timeout=30, what="the agent's till page")
+        with httpx.Client(base_url=base, timeout=10) as c:
+            assert c.post("/session", json={"name": "sam", "passphrase": passphrase}).status_code == 200
+            assert c.put("/catalog", json={"csv": CATALOG.read_text(encoding="utf-8")}).json() == {"products": 6}
+            assert c.post("/cart/lines", json={"code": TEE}).status_code == 200
+            order = c.post("/pay", json={"payment": "cash"}).json()["order"]
+            wait_until(lambda: c.get(f"/orders/{order['id']}").json()["receipt"]["state"] == "done", timeout=20,
+                       what="the receipt printed on the kit's simulated printer")
+            [tee] = [s for s in c.get("/stock").json()["stock"] if s["sku"] == TEE]
+            assert (tee["carried"], tee["sold"], tee["left"]) == (12, 1, 11)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base}/session", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
