@@ -369,8 +369,7 @@ def test_sign_in_with_an_unreadable_logins_file_says_so_and_signs_nobody_in(kit)
 
 def test_the_agent_serves_the_till_page_and_stops_on_sigterm(broker, tmp_path):
     """``popkit agent run`` on a kit with a printer: the page on POPKIT_TILL_LISTEN, a sale through
-    it with its receipt printed on the simulated printer, and SIGTERM still stops the agent (the
-    page's server leaves the agent's signal handlers alone)."""
+    it with its receipt printed on the simulated printer, and SIGTERM stops the agent, page and all."""
     import signal
     import subprocess
     import sys
