@@ -8,8 +8,11 @@ restarted) replaces the old one.
 
 Simulator -> firmware (the module's TX): exactly the bytes the module sends at
 9600 8N1, i.e. each decoded code as ASCII text ended by CR (``\\r``; CR LF when
-``crlf`` is set). ``scan()`` paces the bytes at the line rate when ``paced`` is
-set (~1.04 ms a byte); ``write()`` sends raw bytes (partial writes, noise,
+``crlf`` is set). A 1D barcode (a product label's EAN-13 or Code128) comes the
+same way as a QR code: its digits or text and the terminator, no symbology
+prefix (the module's default), so ``scan("0400000000015")`` is a label
+scanned. ``scan()`` paces the bytes at the line rate when ``paced`` is set
+(~1.04 ms a byte); ``write()`` sends raw bytes (partial writes, noise,
 over-long lines).
 
 Firmware -> simulator (what the crew sees; not on a real UART, on the ESP32
