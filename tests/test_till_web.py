@@ -137,6 +137,15 @@ def test_sign_in_with_a_wrong_passphrase_is_refused_counted_and_then_held_back(k
     assert kit.sign_in("alex", alex).status_code == 200
 
 
+def test_sign_in_trying_name_after_name_from_one_phone_is_held_back(kit):
+    tries = web_auth.FREE_FAILURES * web_auth.ADDRESS_FACTOR
+    for i in range(tries):  # never more than 1 wrong try per name: only the phone's count grows
+        assert kit.sign_in(f"guess{i}", "not-the-passphrase").status_code == 401
+    held = kit.sign_in()
+    assert held.status_code == 429 and "too many wrong passphrases from this phone: try again in" in detail(held)
+    assert kit.counts()["signin_failed"] == tries
+
+
 def test_removing_a_login_signs_its_phones_out_at_their_next_request(signed_in):
     assert signed_in.client.get("/till/api/cart").status_code == 200
     Logins(signed_in.logins.path).remove("sam")  # as `popkit till login remove sam` does, beside the agent

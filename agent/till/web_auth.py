@@ -8,7 +8,8 @@
 * Failed sign-ins are counted and slowed: each failure answers after ``FAIL_DELAY_S``; after
   ``FREE_FAILURES`` failures for the same name from the same address, further tries are refused
   (429 with Retry-After) for ``FIRST_LOCK_S``, doubling with each further failure up to ``MAX_LOCK_S``. A success
-  clears that name's count. Other names and other phones are not held up.
+  clears that name's count. One address failing ``ADDRESS_FACTOR`` times as often, over any names,
+  is held the same way (someone trying name after name). Other phones are not held up.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ FREE_FAILURES = 5
 FIRST_LOCK_S = 30.0
 MAX_LOCK_S = 600.0
 MAX_TRACKED = 4096  # (name, address) pairs remembered; the oldest go first past this
+ADDRESS_FACTOR = 4  # one address may fail this many times FREE_FAILURES, over all names, before it is held
+ANY_NAME = ""  # the per-address count's key (no login name is empty)
 MAX_SESSIONS = 512  # a kit has a handful of phones: past this the session nearest its end goes
 
 
@@ -75,7 +78,8 @@ class Sessions:
 
 
 class Throttle:
-    """Failed sign-ins per (name, address): counted, and held back once there are too many."""
+    """Failed sign-ins per (name, address), and per address whatever the name: counted, and held
+    back once there are too many (the second stops one phone trying name after name)."""
 
     def __init__(self, free: int = FREE_FAILURES, max_lock_s: float = MAX_LOCK_S):
         self.free, self.max_lock_s = free, max_lock_s
@@ -83,24 +87,31 @@ class Throttle:
         self._fails: collections.OrderedDict[tuple[str, str], tuple[int, float]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def wait_s(self, name: str, address: str) -> float:
-        """Seconds before this name may try again from this address (0: now)."""
+    def wait_s(self, name: str, address: str) -> tuple[float, bool]:
+        """Seconds before this name may try again from this address (0: now), and whether it is the
+        address that is held (too many wrong tries over all names) rather than the name."""
+        now = time.monotonic()
         with self._lock:
-            _count, until = self._fails.get((name, address), (0, 0.0))
-        return max(0.0, until - time.monotonic())
+            name_until = self._fails.get((name, address), (0, 0.0))[1]
+            address_until = self._fails.get((ANY_NAME, address), (0, 0.0))[1]
+        return max(0.0, name_until - now, address_until - now), address_until > name_until
 
     def failed(self, name: str, address: str) -> int:
         """Count a failure; how many in a row for this name and address."""
-        key = (name, address)
         with self._lock:
             self.failed_total += 1
-            count = self._fails.pop(key, (0, 0.0))[0] + 1
-            over = count - self.free  # 0 at the last free failure: held from then on
-            lock_s = min(self.max_lock_s, FIRST_LOCK_S * 2.0 ** over) if over >= 0 else 0.0
-            self._fails[key] = (count, time.monotonic() + lock_s)
+            self._bump((ANY_NAME, address), self.free * ADDRESS_FACTOR)
+            count = self._bump((name, address), self.free)
             while len(self._fails) > MAX_TRACKED:
                 self._fails.popitem(last=False)
             return count
+
+    def _bump(self, key: tuple[str, str], free: int) -> int:
+        count = self._fails.pop(key, (0, 0.0))[0] + 1
+        over = count - free  # 0 at the last free failure: held from then on
+        lock_s = min(self.max_lock_s, FIRST_LOCK_S * 2.0 ** over) if over >= 0 else 0.0
+        self._fails[key] = (count, time.monotonic() + lock_s)
+        return count
 
     def succeeded(self, name: str, address: str) -> None:
         with self._lock:

@@ -89,10 +89,11 @@ async def sign_in(body: SignIn, request: Request, response: Response) -> dict:
     """Sign in with a kit login; sets the session cookie."""
     st = _state(request)
     address = request.client.host if request.client else "-"
-    wait = st.throttle.wait_s(body.name, address)
+    wait, whole_phone = st.throttle.wait_s(body.name, address)
     if wait > 0:
         st.counts["signin_throttled"] += 1
-        raise HTTPException(429, f"too many wrong passphrases for {body.name!r}: try again in {int(wait) + 1} s",
+        who = "from this phone" if whole_phone else f"for {body.name!r}"
+        raise HTTPException(429, f"too many wrong passphrases {who}: try again in {int(wait) + 1} s",
                             headers={"Retry-After": str(int(wait) + 1)})
     try:
         ok = await asyncio.to_thread(st.logins.check, body.name, body.passphrase)
