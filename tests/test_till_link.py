@@ -80,8 +80,8 @@ def test_the_catalog_arrives_as_the_agents_retained_config_and_a_bad_one_keeps_t
     intake = CatalogIntake(till, link, AGENT)
     link.set_config_handler(lambda device, cfg: intake.on_config(cfg) if device == AGENT else None)
     retained_config(broker.url, 5, {"catalog": catalog_json(CATALOG)})
-    wait_until(lambda: till.catalog_info()["version"] == 5, what="the fleet's catalog at the till")
-    assert {p.sku for p in till.catalog()} == {TEE, MUG} and link.config_versions[AGENT] == 5
+    wait_until(lambda: link.config_versions.get(AGENT) == 5, what="the fleet's catalog applied at the till")
+    assert {p.sku for p in till.catalog()} == {TEE, MUG} and till.catalog_info()["version"] == 5
 
     retained_config(broker.url, 6, {"catalog": {"format": "spreadsheet"}})
     retained_config(broker.url, 7, {"lights": []})
@@ -134,3 +134,28 @@ def test_bad_scans_are_counted_and_the_till_answers_the_next_good_one(broker, co
     bad = {k: v for k, v in scans.counts.items() if k.startswith("bad:")}
     assert sum(bad.values()) == 4 and bad.get("bad:bad_json", 0) >= 1 and bad.get("bad:invalid", 0) >= 2
     assert till.cart("bar")["lines"][0]["sku"] == MUG and till.cart("main")["lines"] == []
+
+
+def test_after_a_restart_the_same_retained_catalog_changes_nothing_and_the_state_names_its_version(broker, tmp_path):
+    def start():
+        lk = FleetLink(KIT, AGENT, "agent", broker.url, tmp_path / "outbox.db", own_config=True)
+        t = Till(tmp_path / "till.db", KIT, uplink=LinkUplink(lk, AGENT), clock=Clock()).start()
+        intake = CatalogIntake(t, lk, AGENT)
+        lk.set_config_handler(lambda device, cfg: intake.on_config(cfg) if device == AGENT else None)
+        return lk.start(), t
+
+    retained_config(broker.url, 5, {"catalog": catalog_json(CATALOG)})
+    link, till = start()
+    wait_until(lambda: link.config_versions.get(AGENT) == 5, what="version 5 applied")
+    till.load_catalog([product(MUG, "Mug", 700, 3)], "upload", None)  # the crew's own sheet, offline
+    link.stop()
+    till.close()
+
+    link, till = start()  # the agent restarted: the broker hands it the same retained version 5
+    try:
+        wait_until(lambda: link.config_versions.get(AGENT) == 5, what="the agent's state naming version 5 again")
+        assert till.catalog_info()["source"] == "upload" and [p.sku for p in till.catalog()] == [MUG]
+        assert till.counts["catalog_refused"] == 0
+    finally:
+        link.stop()
+        till.close()

@@ -241,7 +241,8 @@ def test_the_same_fleet_version_again_does_not_undo_a_crew_upload(till):
     assert (tee.price, tee.price_version, tee.stock) == (1100, 2, 9)  # the upload repriced: version 2
     assert till.catalog_info()["source"] == "upload"
     assert till.load_catalog(CATALOG, "fleet", 2) is True  # a new fleet version wins
-    assert till.catalog_info() == {"source": "fleet", "version": 2, "event": EVENT, "currency": "EUR", "products": 2}
+    assert till.catalog_info() == {"source": "fleet", "version": 2, "event": EVENT, "currency": "EUR", "products": 2,
+                                   "fleet_version": 2}
 
 
 @pytest.mark.parametrize(("products", "why"), [

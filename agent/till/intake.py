@@ -44,6 +44,8 @@ class CatalogIntake:
             self.till.counts["catalog_refused"] += 1
             log.warning("till: catalog refused, the one in use stays: %s", exc)
             return False
-        if applied and self.link is not None and self.device is not None:
+        # Said again for a version applied before a restart: the agent's state starts without it.
+        if self.till.catalog_info()["fleet_version"] == cfg.version and self.link is not None \
+                and self.device is not None:
             self.link.set_config_version(self.device, cfg.version)
         return applied

@@ -126,10 +126,12 @@ class Till:
             return list(self._products.values())
 
     def catalog_info(self) -> dict:
-        """Where the catalog came from: {"source", "version", "event", "currency", "products"}."""
+        """Where the catalog came from: {"source", "version", "event", "currency", "products"}, and
+        "fleet_version": the last fleet version applied (a crew upload may have replaced it since)."""
         with self._lock:
             return {"source": self._catalog_source, "version": self._catalog_version, "event": self._event,
-                    "currency": self._currency if self._products else None, "products": len(self._products)}
+                    "currency": self._currency if self._products else None, "products": len(self._products),
+                    "fleet_version": self._fleet_version}
 
     def load_catalog(self, products: list[Product], source: str, version: int | None) -> bool:
         """Take a whole catalog (``source``: "fleet" or "upload"). True when it replaced the one in
