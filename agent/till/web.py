@@ -41,6 +41,7 @@ log = logging.getLogger("popkit.agent.till.web")
 DEFAULT_PORT = 8090
 RETRY_S = 30.0
 STATIC = Path(__file__).resolve().parent / "static"
+_WHERE = ("body", "query", "path")  # a field's name says enough: "qty: ...", "station: ..."
 
 
 def create_app(till, logins: Logins, *, secure_cookie: bool = False, fail_delay_s: float = web_auth.FAIL_DELAY_S,
@@ -78,7 +79,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+        problems = [f"{'.'.join(str(p) for p in e['loc'] if p not in _WHERE) or 'body'}: {e['msg']}"
                     for e in exc.errors()]
         return refused(request, 422, "bad_request", {"message": "; ".join(problems), "errors": problems})
 
@@ -100,11 +101,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        resp = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        if exc.status_code == 404 and not request.url.path.startswith("/till/api/"):
-            return resp
+        # The routes' own refusals (401, 404 unknown code, 429, ...): counted where raised, logged here.
         log.info("till page: %s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.detail)
-        return resp
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 def till_address(settings) -> tuple[str, int] | None:
