@@ -320,3 +320,32 @@ def test_one_batch_holding_an_order_its_repeats_and_another_body_stores_each_onc
     assert [c["body"]["by"] for c in got["conflicting"]] == ["crew-b"]
     assert [(x["id"], x["duplicates"]) for x in got["refunds"]] == [(r["id"], 1)]
     assert orders(world)["total"] == 1
+
+
+def test_two_ingest_workers_sharing_the_stream_store_each_order_once(broker, pg_url):
+    """Scaled out (a shared subscription, one PostgreSQL): the same order uploaded again and again
+    lands on both workers, and still is one order with every other upload counted."""
+    from tests.test_shared_ingest import worker
+
+    workers = [worker(broker, pg_url, n) for n in (1, 2)]
+    till = Till(broker.url)
+    try:
+        same = order_data([(TEE, 1)], n=1)
+        others = [order_data([(MUG, 1)], n=i) for i in range(2, 202)]
+        keys = []
+        for i, o in enumerate(others):
+            keys.append(till.send("order", o))
+            if i % 5 == 0:
+                keys.append(till.send("order", same))
+        till.wait_receipted(*keys)
+        assert min(ingest.metrics.ingested for _s, ingest in workers) > 0  # both took part
+        store = workers[0][0]
+        total, page = store.retail.orders.orders(KIT, limit=500)
+        assert total == 201 and len({o["id"] for o in page}) == 201
+        [got] = [o for o in page if o["id"] == same["id"]]
+        assert got["duplicates"] == 39 and got["conflict"] is False
+    finally:
+        till.close()
+        for store, ingest in workers:
+            ingest.stop()
+            store.close()
