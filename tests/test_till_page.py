@@ -180,7 +180,8 @@ def test_a_crew_member_sells_refunds_and_watches_stock_on_a_phone(stall, phone):
     page.wait_for_selector(f'{tid("offline-banner")}[data-pending="1"]', state="visible", timeout=WAIT_MS)
     assert "not uploaded yet" in page.locator(tid("offline-banner")).inner_text()
 
-    # Stock dropped by what was sold.
+    # Stock dropped by what was sold: on the product's button, and on the Stock tab.
+    page.wait_for_selector(f'{tid(f"product-{TEE}")} .left:text-is("10 left")', timeout=WAIT_MS)
     page.locator(tid("tab-stock")).tap()
     page.wait_for_selector(f'{tid(f"stock-{TEE}")}[data-left="10"]', timeout=WAIT_MS)
     assert left_of(page, STICKERS) == "99"

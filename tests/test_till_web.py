@@ -24,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent.printing import PrintQueue
+from agent.settings import AgentSettings
 from agent.till import web_auth
 from agent.till.logins import Logins, logins_path
 from agent.till.service import Till
@@ -307,6 +308,10 @@ def test_till_address_comes_from_till_listen_else_the_kit_network_else_no_page()
     assert till_address(s(till_listen="10.42.0.1:8091", update_listen="")) == ("10.42.0.1", 8091)
     assert till_address(s(till_listen="", update_listen="10.42.0.1")) == ("10.42.0.1", DEFAULT_PORT)
     assert till_address(s(till_listen="", update_listen="")) is None
+    assert till_address(AgentSettings(till_listen="[::1]")) == ("::1", DEFAULT_PORT)
+    for bad in ("::1", "10.42.0.1:http", "10.42.0.1 8090"):  # refused at start, naming the setting
+        with pytest.raises(ValueError, match="till_listen"):
+            AgentSettings(till_listen=bad)
 
 
 def test_serve_till_serves_the_page_on_its_address_and_stops_when_cancelled(kit, tmp_path):

@@ -13,8 +13,12 @@ export function productName(sku) {
 let shownCart = "";
 let busy = 0; // a change of ours in flight: the poll does not draw a cart older than it
 
+let left = {}; // sku -> stock left, shown on its button
+
 export async function loadProducts() {
-  products = (await api("GET", "/catalog")).products;
+  const [catalog, stock] = await Promise.all([api("GET", "/catalog"), api("GET", "/stock")]);
+  products = catalog.products;
+  left = Object.fromEntries(stock.stock.map((s) => [s.sku, s.left]));
   drawProducts();
 }
 
@@ -23,7 +27,8 @@ function drawProducts() {
   const shown = products.filter((p) => !q || `${p.name} ${p.variant} ${p.sku}`.toLowerCase().includes(q));
   $("#products").replaceChildren(...shown.map((p) =>
     h("button", { type: "button", "data-testid": `product-${p.sku}`, onclick: () => add({ sku: p.sku }) },
-      h("span", {}, p.name), h("small", {}, p.variant || p.sku), h("strong", {}, `${p.price_text} ${p.currency}`))));
+      h("span", {}, p.name), h("small", {}, p.variant || p.sku), h("strong", {}, `${p.price_text} ${p.currency}`),
+      h("small", { class: "left", "data-low": String((left[p.sku] ?? 1) <= 0) }, `${left[p.sku] ?? "?"} left`))));
   if (!products.length) $("#products").append(h("p", { class: "empty" }, "No catalog at this till yet: it comes from the fleet, or load a CSV under Stock."));
 }
 
@@ -85,6 +90,7 @@ async function pay(payment, button) {
     const o = res.order;
     say(`Order #${o.n} paid: ${o.gross_text} ${o.currency} (${button.textContent.toLowerCase()})`);
     followReceipt(o);
+    loadProducts().catch(() => {}); // the stock left on the buttons
   } catch (e) {
     say(e.message, true);
     pollCart().catch(() => {});
