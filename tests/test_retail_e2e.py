@@ -1,0 +1,126 @@
+"""Issue 19 end to end: a stall sells 600 orders with its uplink cut, then the fleet reconciles them.
+
+The stall as in the field (tests/retail_rig.py): the kit broker bridged to the fleet broker as
+provisioned, the agent as its own process with its till and till page, receipts on the ESC/POS
+simulator, one scanner in till mode running the real firmware, and the fleet's ingest on
+PostgreSQL. The catalog is imported at the fleet and reaches the till across the bridge.
+
+With the venue's internet out the crew takes 600 orders on the till page, one in ten with a line
+scanned at the scanner, refunds one order and voids another; every receipt prints at once. When the
+uplink returns the fleet has each order once, no conflict, the same money per order, the same
+totals and the same stock as the till, and the till owes nothing. One receipt's QR decodes from the
+paper back to its order.
+
+A power cut in the middle of taking orders is tests/test_till_process.py (SIGKILL of the agent
+process, then the fleet comes): not repeated here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import zxingcpp
+
+from simulators.printer import EscPosStreamParser, PaperRoll
+from tests.conftest import wait_until
+from tests.device.firmware import rom_images  # noqa: F401 - fixture
+from tests.retail_rig import KIT, POSTER, SCANNED, STICKERS, TEE, TOTE, Stall
+
+ORDERS = 600
+PAYMENTS = ("cash", "card_terminal", "other")
+
+
+def basket(i: int) -> list[tuple[str, int]]:
+    """Order ``i``'s lines tapped on the page: one product in turn, every seventh with a second."""
+    lines = [((TEE, TOTE, POSTER, STICKERS)[i % 4], 1 + (i % 5 == 0))]
+    if i % 7 == 0:
+        lines.append((TOTE if lines[0][0] != TOTE else TEE, 2))
+    return lines
+
+
+def decoded_receipt(stall: Stall, order_id: str) -> list[str]:
+    """The receipt of ``order_id`` alone, as the printer got it, rendered and read back with zxing-cpp."""
+    roll = PaperRoll()
+    roll.feed(EscPosStreamParser().feed(stall.printer.receipt_bytes(order_id)))
+    return [r.text for r in zxingcpp.read_barcodes(roll.to_png())]
+
+
+def test_600_orders_taken_offline_reach_the_fleet_once_each_with_the_tills_stock_and_totals(
+        rom_images, pg_url, tmp_path):  # noqa: F811
+    stall = Stall(tmp_path, pg_url)
+    try:
+        stall.start(rom_images["scanner"])
+        stall.cut_uplink()
+
+        scanned: dict[str, str] = {}  # order id -> the SKU its scanned line added
+        for i in range(ORDERS):
+            for sku, qty in basket(i):
+                stall.add(sku, qty)
+            if i % 10 == 0:
+                code = SCANNED[(i // 10) % 2]
+                lamp, _s = stall.scan(code)
+                assert lamp == "green", f"order {i}: the scanner's lamp said {lamp} for {code}"
+            order, _t = stall.pay(PAYMENTS[i % 3])
+            if i % 10 == 0:
+                scanned[order["id"]] = code
+        ids = list(stall.confirmed)
+        assert len(set(ids)) == ORDERS
+        for oid, code in scanned.items():  # the scanner's line is on the order it was scanned into
+            assert code in {x["sku"] for x in stall.confirmed[oid]["lines"]}, stall.confirmed[oid]
+        assert [stall.confirmed[o]["n"] for o in ids] == list(range(1, ORDERS + 1))
+
+        page = stall.page
+        refund = page.post(f"/till/api/orders/{ids[5]}/refunds",
+                           json={"lines": [{"sku": TOTE, "qty": 1}], "reason": "torn", "restock": True})
+        assert refund.status_code == 200, refund.text
+        void = page.post(f"/till/api/orders/{ids[9]}/void", json={"reason": "rang twice"})
+        assert void.status_code == 200, void.text
+
+        # Every receipt printed with the uplink still out, each once (a receipt carries its order's id as a QR).
+        wait_until(lambda: set(stall.printer.printed) >= set(ids), timeout=60, what="every receipt printed")
+        qrs = Counter(stall.printer.roll.codes("qr"))
+        assert {o: qrs[o] for o in ids} == {o: 1 for o in ids}
+        assert decoded_receipt(stall, ids[0]) == [ids[0]]  # decodes from the paper
+        assert stall.fleet_order_ids() == []  # nothing got past the cut
+        assert page.get("/till/api/pending").json()["orders"] == ORDERS + 2
+
+        stall.restore_uplink()
+        wait_until(lambda: len(stall.fleet_order_ids()) == ORDERS, timeout=90, what="the fleet has all 600 orders")
+        wait_until(lambda: page.get("/till/api/pending").json()["orders"] == 0, timeout=60,
+                   what="the till owes the fleet nothing")
+
+        # Once each: one row per id and one upload stored per order, no conflict.
+        fleet = stall.fleet
+        assert sorted(stall.fleet_order_ids()) == sorted(ids)
+        assert sorted(stall.fleet_order_events()) == sorted(ids)
+        counts = fleet.store.retail.orders.counts()
+        assert (counts["orders"], counts["order_conflicts"], counts["refunds"], counts["refund_conflicts"]) == \
+            (ORDERS, 0, 2, 0)
+        with fleet.store.engine.connect() as conn:
+            money = {r[0]: tuple(r[1:]) for r in conn.exec_driver_sql(
+                "SELECT id, net, tax, gross, payment FROM retail_orders").all()}
+        assert money == {o: (c["net"], c["tax"], c["gross"], c["payment"]) for o, c in stall.confirmed.items()}
+
+        # The fleet's sales and stock are the till's.
+        sales = fleet.api.get(f"/api/v1/kits/{KIT}/sales").json()
+        till_orders = stall.confirmed.values()
+        refunded = refund.json()["refund"]["gross"] + void.json()["refund"]["gross"]
+        assert sales["orders"] == ORDERS and sales["refunds"] == 2 and sales["conflicts"] == 0
+        assert sales["totals"]["sold"]["gross"] == sum(o["gross"] for o in till_orders)
+        assert sales["totals"]["refunded"]["gross"] == refunded
+        sold = Counter()
+        for o in till_orders:
+            for x in o["lines"]:
+                sold[x["sku"]] += x["qty"]
+        assert {p["sku"]: p["sold"]["qty"] for p in sales["products"]} == dict(sold)
+        till_stock = {s["sku"]: s for s in page.get("/till/api/stock").json()["stock"]}
+        fleet_stock = {s["sku"]: s for s in fleet.api.get(f"/api/v1/kits/{KIT}/stock").json()["products"]}
+        assert {k: s["left"] for k, s in fleet_stock.items()} == {k: s["left"] for k, s in till_stock.items()}
+        assert {k: s["sold"] for k, s in fleet_stock.items()} == {k: s["sold"] for k, s in till_stock.items()}
+        assert fleet_stock[POSTER]["oversold"] and till_stock[POSTER]["oversold"]  # sold past zero, flagged on both
+        assert not fleet_stock[STICKERS]["oversold"]
+        print(f"\n{ORDERS} orders offline: {len(stall.printer.printed)} receipts, fleet sold "
+              f"{json.dumps(sales['totals']['sold'])}, upload duplicates dropped {counts['order_duplicates']}")
+    finally:
+        stall.close()
