@@ -349,3 +349,18 @@ def test_two_ingest_workers_sharing_the_stream_store_each_order_once(broker, pg_
         for store, ingest in workers:
             ingest.stop()
             store.close()
+
+
+def test_orders_and_sales_filter_by_event_and_page(world):
+    fest = [order_data([(TEE, 1)], n=i) for i in range(1, 6)]
+    late = order_data([(MUG, 2)], n=6, event="LATE26")
+    world.till.wait_receipted(*[world.till.send("order", o) for o in (*fest, late)])
+    assert orders(world)["total"] == 6
+    page = orders(world, event=EVENT, limit=2, offset=1)
+    assert page["total"] == 5 and [o["n"] for o in page["orders"]] == [4, 3]  # newest first
+    assert [o["id"] for o in orders(world, event="LATE26")["orders"]] == [late["id"]]
+    s = world.api.get(f"/api/v1/kits/{KIT}/sales", params={"event": "LATE26"}).json()
+    assert [(p["event"], p["sku"], p["qty"]) for p in s["products"]] == [("LATE26", MUG, 2)]
+    both = world.api.get(f"/api/v1/kits/{KIT}/sales").json()
+    assert {(p["event"], p["sku"]) for p in both["products"]} == {(EVENT, TEE), ("LATE26", MUG)}
+    assert world.api.get(f"/api/v1/kits/{KIT}/orders", params={"event": "bad event"}).status_code == 422
