@@ -127,12 +127,20 @@ class Stall:
     # ------------------------------------------------------------ bring-up
 
     def start(self, rom_image: Path) -> "Stall":
+        return self.start_network().start_kit(rom_image)
+
+    def start_network(self) -> "Stall":
+        """The printer, both brokers bridged and the fleet: no agent, no scanner yet."""
         self.sim.start()
         self.manifest = self.work / "stall.toml"
         self.manifest.write_text(manifest_text(self.sim.path))
         self.net = start_bridged(self.work, self.manifest)
         self.fleet = start_fleet(self.net.fleet_url, self.db_url, kits=(self.manifest,))
         self.say("brokers bridged, fleet up")
+        return self
+
+    def start_kit(self, rom_image: Path) -> "Stall":
+        """The agent process with its till, the catalog from the fleet, the page signed in, the scanner."""
         self.passphrase = Logins(logins_path(self.data)).add(CREW)  # as `popkit till login add sam` on the Pi
         self.page_port = free_port()
         self._spawn_agent()
