@@ -152,7 +152,8 @@ class Stall:
     def _spawn_agent(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "POPKIT_TILL_LISTEN": f"127.0.0.1:{self.page_port}"}
-        self._log = open(self.work / "agent.log", "ab")
+        if self._log is None:
+            self._log = open(self.work / "agent.log", "ab")
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "popkit.cli", "agent", "run", "--kit", str(self.manifest),
              "--mqtt", self.net.kit_url(AGENT), "--data", str(self.data)],
@@ -207,7 +208,11 @@ class Stall:
         self.scanner.expect(r"READY", timeout=15)
         self.scanner_uart.wait_connected(1, timeout=10)
         self.scanner.expect(r"MODE till main", timeout=10)
-        # Online and subscribed: the first scan that is answered (until then: "scan again").
+        self._scanner_answered()
+
+    def _scanner_answered(self) -> None:
+        """Wait for the first scan that is answered (until the scanner is online and the till subscribed:
+        "scan again"); the open order is left empty."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.scan(STICKERS)[0] == "green":
@@ -240,6 +245,22 @@ class Stall:
         order = r.json()["order"]
         self.confirmed[order["id"]] = order
         return order, t
+
+    # ------------------------------------------------------------ a power cut
+
+    def power_cut(self) -> None:
+        """SIGKILL the agent: what pulling the Pi's plug does to it."""
+        self.agent.kill()
+        self.agent.wait(10)
+
+    def power_back(self) -> None:
+        """The agent again on the same data folder and port; the crew signs in again (sessions are in
+        the agent's memory) and the scanner is answered again. The open order the cut left is emptied:
+        the crew starts that sale again."""
+        self.page.close()
+        self._spawn_agent()
+        self._sign_in()
+        self._scanner_answered()
 
     # ------------------------------------------------------------ the uplink
 
