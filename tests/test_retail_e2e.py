@@ -94,7 +94,7 @@ def test_600_orders_taken_offline_reach_the_fleet_once_each_with_the_tills_stock
         wait_until(lambda: set(stall.printer.printed) >= set(ids), timeout=60, what="every receipt printed")
         qrs = Counter(stall.printer.roll.codes("qr"))
         assert {o: qrs[o] for o in ids} == {o: 1 for o in ids}
-        for oid in ids[::60]:  # ten receipts, the first with a scanned line, decode from the paper to their order
+        for oid in ids[::60]:  # ten receipts (orders with a scanned line) decode from the paper to their order
             assert decoded_receipt(stall, oid) == [oid]
         assert stall.fleet_order_ids() == []  # nothing got past the cut
         assert page.get("/till/api/pending").json()["orders"] == ORDERS + 2
