@@ -27,7 +27,7 @@ from simulators.scanner import ScannerSim
 from tests.conftest import publisher, wait_until
 from tests.device.firmware import UNIX_BOARD, Device, rom_images, rom_names_bytes  # noqa: F401 - fixture
 from tests.device.mpy import run_mpy
-from tests.device.test_scanner_app import PEAK_TARGET, SCANNER, free_port, scans, start, write_config
+from tests.device.test_scanner_app import PEAK_TARGET, SCANNER, free_port, scans, start, stored, write_config
 from tests.test_till_service import product
 
 KIT = "demo"
@@ -134,7 +134,7 @@ def late_answer(broker, question: int) -> None:
         client.loop_stop()
 
 
-def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, collect, kit_till, rom_images, tmp_path):  # noqa: F811
+def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, fleet, collect, kit_till, rom_images, tmp_path):  # noqa: F811
     seen = collect(f"{TREE}/state", f"{TREE}/event")
     key = EventKey.generate(EVENT)
     now = int(time.time())
@@ -207,9 +207,11 @@ def test_till_mode_lamp_and_beeps_follow_the_tills_answer(broker, collect, kit_t
             ("no_answer", "-", "-"), ("ok", PRINT, "1"), ("no_answer", "-", "-"), ("ok", MUG, "3"),
             *[("ok", PRINT, str(n)) for n in range(2, 62)]]
         assert kit_till.cart("stall-2") == {MUG: 3, TEE: 1, PRINT: 61}
-        # none of it was a check-in: no verdict, no event on the wire
+        # none of it was a check-in: no verdict, no event on the wire, nothing in the fleet's attendance
         assert scans(dev) == []
         assert not seen.on("/event")
+        wait_until(lambda: fleet.ingest.metrics.ingested > 0, what="the scanner's telemetry in the fleet")
+        assert stored(fleet) == []
 
         # the heap: the door's budget plus what the till's module and objects take
         image = dev.image_bytes
