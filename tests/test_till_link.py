@@ -117,6 +117,26 @@ def test_a_scanner_in_till_mode_adds_lines_and_hears_why_not(broker, collect, ti
     assert [(x["sku"], x["qty"]) for x in till.cart("main")["lines"]] == [(TEE, 2), (MUG, 1)]
 
 
+def test_a_question_asked_again_is_answered_again_without_a_second_line(broker, collect, till, scans):
+    """A scanner with no answer yet asks the same question again (QoS 0 loses either way): one scan is one
+    line. The same id at another scan time is a new scan (a rebooted scanner numbers from 0 again)."""
+    till.load_catalog(CATALOG, "fleet", 1)
+    answers = collect(topic(KIT, SCANNER, "tilled"))
+    client = publisher(broker.url)
+    try:
+        for scan in (TillScan(id=0, code=TEE, ts=1000), TillScan(id=0, code=TEE, ts=1000),
+                     TillScan(id=0, code=TEE, ts=1000), TillScan(id=0, code=TEE, ts=2000)):
+            client.publish(topic(KIT, SCANNER, "till"), encode(scan), qos=0)
+        wait_until(lambda: len(answers.on("/tilled")) == 4, what="four answers")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert [decode("tilled", p) for p in answers.on("/tilled")] == [TillAnswer(id=0, ok=True, sku=TEE, qty=1)] * 3 + [
+        TillAnswer(id=0, ok=True, sku=TEE, qty=2)]
+    assert [(x["sku"], x["qty"]) for x in till.cart("main")["lines"]] == [(TEE, 2)]
+    assert scans.counts["repeated"] == 2 and scans.counts["scanned"] == 2
+
+
 def test_bad_scans_are_counted_and_the_till_answers_the_next_good_one(broker, collect, till, scans):
     till.load_catalog(CATALOG, "fleet", 1)
     answers = collect(topic(KIT, SCANNER, "tilled"))

@@ -6,7 +6,11 @@ A scanner set to till mode publishes what it read on ``popkit/v1/<kit>/<scanner>
 never retained): the line was added, or why not (an unknown SKU leaves the order unchanged).
 
 Both are questions asked now, like the door's claims (agent/hub.py): nothing queued for later, so
-a clean session. A payload that is not a TillScan is counted (``counts["bad:<reason>"]``) and
+a clean session. QoS 0 loses messages, so a scanner with no answer yet asks again with the same
+question (id, code and scan time): the till answers a repeat from its recent answers without adding
+the line again, so one scan is one line however many times it is asked.
+
+A payload that is not a TillScan is counted (``counts["bad:<reason>"]``) and
 logged at most once a minute per reason; the scanner then hears nothing and says so itself.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from agent.kitsession import KitSession
 from agent.till.errors import TillError
@@ -23,6 +27,8 @@ from agent.till.service import Till
 from kits.contract import ContractError, TillAnswer, decode, encode, parse_topic, subscription, topic
 
 log = logging.getLogger("popkit.agent.till.scans")
+
+ANSWERS_KEPT = 512  # recent answers for repeated questions: a few seconds of every scanner of a kit
 
 
 class TillScans(KitSession):
@@ -33,6 +39,9 @@ class TillScans(KitSession):
         self.counts: Counter[str] = Counter()  # scanned, added, refused:<reason>, bad:<reason>
         self.ready = threading.Event()
         self._last_warn: dict[str, float] = {}
+        # (device, id, ts, code) -> the answer given: a scanner asks again for 1.5 s at most, and
+        # numbers its questions from 0 at every boot, so the scan time is part of the key.
+        self._answered: OrderedDict[tuple[str, int, int, str], bytes] = OrderedDict()
         self._open(mqtt_url, client_id or f"{kit}-till", default_protocol="3.1.1")
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -59,6 +68,12 @@ class TillScans(KitSession):
         except ContractError as exc:
             self._bad(exc.reason, f"{msg.topic}: {exc}")
             return
+        key = (device, scan.id, scan.ts, scan.code)
+        again = self._answered.get(key)
+        if again is not None:
+            self.counts["repeated"] += 1
+            client.publish(topic(self.kit, device, "tilled"), again, qos=0)
+            return
         self.counts["scanned"] += 1
         try:
             res = self.till.add(scan.till, scan.code)
@@ -72,7 +87,11 @@ class TillScans(KitSession):
             answer = TillAnswer(id=scan.id, ok=res.ok, sku=res.sku if res.ok else None,
                                 qty=res.qty if res.ok else None, reason=res.reason)
             self.counts["added" if res.ok else f"refused:{res.reason}"] += 1
-        client.publish(topic(self.kit, device, "tilled"), encode(answer), qos=0)
+        body = encode(answer)
+        self._answered[key] = body
+        while len(self._answered) > ANSWERS_KEPT:
+            self._answered.popitem(last=False)
+        client.publish(topic(self.kit, device, "tilled"), body, qos=0)
 
     def _bad(self, reason: str, detail: str) -> None:
         self.counts[f"bad:{reason}"] += 1

@@ -10,7 +10,8 @@
 #   admitted, never sent. Which codes the catalog knows (and the label width's limit on SKUs) is the
 #   till's to say.
 # * Question: TillScan {"id", "code", "till", "ts"} on popkit/v1/<kit>/<device>/till, QoS 0, never
-#   retained; answer: TillAnswer on .../tilled (kits/contract.py). An answer whose id is not the
+#   retained, asked again every _RESEND_MS until answered (the till answers a repeat without adding);
+#   answer: TillAnswer on .../tilled (kits/contract.py). An answer whose id is not the
 #   question's is a late one for an earlier scan and is ignored, as the hub's claims are (link.py).
 # * Lamp and beeper, the door's patterns: the line added -> green, one short high beep; the till says
 #   no (unknown SKU, bad code, no open till, order full) -> red, one long low beep, the order as it
@@ -31,6 +32,7 @@ import board
 import ticket
 
 _ANSWER_MS = const(1500)  # the longest wait for the till's answer before "scan again"
+_RESEND_MS = const(500)  # the question again, if no answer yet (the same bytes)
 _CODE_MAX = const(32)  # kits.contract.TILL_CODE_MAX
 _ID_MAX = const(63)  # a station is an Id (kits.contract.ID_PATTERN)
 _BUF = const(160)  # the question at its longest: code 32, station 63, two ints, the keys
@@ -96,8 +98,18 @@ class Till:
                      str(ts).encode(), b"}"):
             b[i:i + len(part)] = part
             i += len(part)
-        await c.publish(pre + b"till", memoryview(b)[:i], False, 0)
-        await self._ev.wait()
+        t = pre + b"till"
+        q = memoryview(b)[:i]
+        ev = self._ev
+        # QoS 0 both ways: a question or an answer lost (or late) is asked again, the same id and ts,
+        # which the till answers once (agent/till/scans.py keeps its recent answers): a line is never
+        # added twice for one scan, and "scan again" means the till truly did not hear.
+        while True:
+            await c.publish(t, q, False, 0)
+            for _ in range(_RESEND_MS // 10):
+                if ev.is_set():
+                    return
+                await asyncio.sleep_ms(10)
 
     async def scan(self, line):
         s = self._s
