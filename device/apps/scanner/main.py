@@ -374,8 +374,10 @@ class Scanner:
             await asyncio.sleep_ms(200)
 
     def _healthy(self):
-        """A trial's health: the broker reached, the UART loop turning, keys to check tickets with."""
-        return self.link.mqtt.up.is_set() and ticks_diff(ticks_ms(), self._tick) < 1000 and bool(self.gate._events)
+        """A trial's health: the broker reached, the UART loop turning, keys to check tickets with (a
+        scanner at the till checks no tickets: it may have none)."""
+        return (self.link.mqtt.up.is_set() and ticks_diff(ticks_ms(), self._tick) < 1000
+                and (bool(self.gate._events) or self.till is not None))
 
     async def settle(self):
         # The A/B boot stage's (device/boot/abboot.py): this boot lasted, and a trial commits once
