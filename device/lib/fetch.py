@@ -7,7 +7,8 @@
 # flash is fetched again), a span at a time with Range, written to the stage a chunk at a time as it
 # arrives; then every file is read back and checked and the pointer switches (the caller resets).
 #
-# Memory: one buffer, taken by the app at boot (link.py), carries each response head, then the
+# Memory: one buffer, taken by the app at boot (link.py; a door lends its outbox's read buffer
+# instead, which the outbox does without meanwhile), carries each response head, then the
 # body (the manifest's to a file on flash, the files' to the stage), and is lent to the stage for
 # what it reads back; nothing grows with the release. Sockets
 # are non-blocking (the board's connect_tcp, as pkmqtt's) inside an asyncio Stream, every connect
@@ -58,7 +59,7 @@ async def take(lk, o):
     import update  # local: let go once the download is over, while this coroutine still runs (lk.stop)
 
     dev, cfg, connect, reset, flash, buf = lk._upd
-    why = stage = st = None
+    why = stage = st = ob = None
     try:
         with open(cfg) as f:
             cfg = json.load(f)  # read again: the app keeps none of its config (its secrets among it)
@@ -68,7 +69,11 @@ async def take(lk, o):
         wait = backoff = kw.get("backoff_ms", 500)
         cfg = {"update_key": cfg.get("update_key")}
         kw = None
-        buf = buf or bytearray(_BUF)
+        if buf == -1:  # the outbox's read buffer, lent (link.py, updates=): one buffer resident, not two
+            ob = lk.outbox
+            buf, ob._buf = ob._buf, None
+        elif not buf:
+            buf = bytearray(_BUF)
         mv = memoryview(buf)
         chunk = len(buf)
         tmp = flash + "/update.manifest"
@@ -205,6 +210,8 @@ async def take(lk, o):
         why = "no A/B slots here: %s" % e
     except Exception as e:  # update.Refused: its text is the reason
         why = str(e) or repr(e)
+    if ob is not None:
+        ob._buf = buf  # back to the outbox, before lk.stop() flushes it
     stage = buf = mv = update = None  # type: ignore[assignment]
     for n in drop:  # type: ignore[assignment]  # (an int above) none of it stays on the heap
         sys.modules.pop(n, None)  # type: ignore[call-overload]

@@ -37,7 +37,10 @@
 #
 # RAM does not depend on the log's size: the segment range is two integers,
 # files are streamed record by record through one buffer, and no method keeps
-# a file open across calls except the head it appends to.
+# a file open across calls except the head it appends to. The buffer may be lent
+# (a device's download takes it, link.py: _buf is None meanwhile): records are
+# then written in parts and read into buffers of their own size, so the one who
+# borrowed it finds it as it left it after every await.
 
 import binascii
 import os
@@ -68,7 +71,7 @@ class FlashLog:
         self.over_cap = 0  # undroppable records kept past the cap since this boot
         self._segn = seg_records
         self._hdr = bytearray(_HDR)
-        self._buf = bytearray(buf_size)
+        self._buf = bytearray(buf_size)  # type: bytearray | None  # (None: lent, see the module's text)
         self._acks = bytearray(seg_records)  # removed-flags of the segment at hand
         self._new = bytearray(seg_records)  # indexes removed by the operation at hand
         self._head = None  # the file this boot appends to: segment _hi
@@ -140,7 +143,7 @@ class FlashLog:
         f = self._head
         b = self._buf
         n = _HDR + len(boot) + len(payload) + 4
-        if one and n <= len(b):  # one write: a kill cannot leave half a header
+        if one and b is not None and n <= len(b):  # one write: a kill cannot leave half a header
             b[0:_HDR] = h
             b[_HDR:_HDR + len(boot)] = boot
             i = _HDR + len(boot)
@@ -325,7 +328,7 @@ class FlashLog:
         except OSError:
             return 0
         got = 0
-        b = self._buf
+        b = self._buf or bytearray(len(acks))  # (lent: a segment's ack file is about one byte a record)
         while True:
             m = f.readinto(b)
             if not m:
@@ -373,7 +376,8 @@ class FlashLog:
             return False
         if want_payload:
             boot = f.read(bl)
-            pb = bytearray(pl) if pl > len(self._buf) else memoryview(self._buf)[:pl]
+            b = self._buf
+            pb = memoryview(b)[:pl] if b is not None and pl <= len(b) else bytearray(pl)
             if f.readinto(pb) != pl:
                 return False
             if struct.unpack(">I", f.read(4))[0] != binascii.crc32(pb, binascii.crc32(boot, binascii.crc32(h))):

@@ -119,6 +119,9 @@ class Link:
         updates offered on this device's `update` topic (the config is read again for its
         update_key). The download's buffer is taken now, at boot: after hours of running, a heap
         near its budget may hold no free block that big (it carries a response head, at most its size).
+        A size of -1: no buffer of its own, the outbox's read buffer is lent to the download (fetch.py;
+        the outbox reads and writes without it meanwhile), one buffer resident, not two; 0: one is
+        allocated when a download starts.
         Other keyword arguments go to pkmqtt.Client (keepalive, response_ms, max_msg, ...)."""
         self.role = role
         self.fw = fw
@@ -154,7 +157,8 @@ class Link:
         self._hub_miss = None  # ticks of the last unanswered claim
         if updates is not None:
             self._t_update = (pre + "update").encode()
-            self._upd = (device, updates[0], updates[1], updates[2], updates[3], bytearray(updates[4]))
+            n = updates[4]
+            self._upd = (device, updates[0], updates[1], updates[2], updates[3], bytearray(n) if n > 0 else n)
         self._t_out = [None]  # by flashlog channel code
         for c in CHANNELS[1:]:
             self._t_out.append((pre + c).encode())

@@ -160,8 +160,9 @@ class Scanner:
                               # (an ordinary one ~220); a longer one is still written, in four writes
                               outbox_buf=384,
                               # field updates offered by the kit's agent, downloaded while the door scans:
-                              # a door provisioned with an update_key only (none: it could verify nothing)
-                              updates=(_config_path(), board.connect_tcp, board.reset, flash, 512)
+                              # a door provisioned with an update_key only (none: it could verify nothing),
+                              # through the outbox's buffer (-1: lent, no second one resident)
+                              updates=(_config_path(), board.connect_tcp, board.reset, flash, -1)
                               if cfg.get("update_key") else None)
         self._hub_ms = cfg.get("hub_ms", 250)
         self._trial_s = cfg.get("trial_s", 60)  # the healthy window a new release's trial must hold
