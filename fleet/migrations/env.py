@@ -19,6 +19,7 @@ from fleet import db
 from fleet.updates import tables as _update_tables  # noqa: F401 - its tables join db.metadata
 from fleet.retail import tables as _retail_tables  # noqa: F401 - its tables join db.metadata
 from fleet.retail import order_tables as _order_tables  # noqa: F401 - its tables join db.metadata
+from fleet.machines import tables as _machine_tables  # noqa: F401 - its tables join db.metadata
 from fleet.migrations import locked
 
 log = logging.getLogger("popkit.fleet")
