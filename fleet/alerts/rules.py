@@ -42,6 +42,10 @@ orders_not_     kit      the kit's till last reported an order (or refund) not y
 uploaded                 taken more than retail_pending_alert_s ago (24 h, Square's rule;
                          critical past three times that), judged against the clock, so a kit
                          silent since still alerts (fleet/retail/pending.py)
+double_entry    kit      a ticket admitted twice (two doors each let it in: a hub that was
+                         down, or a backlog reconciled late), the later admission at one of
+                         the kit's doors in the last double_entry_window_s (12 h); the
+                         details hold both scans of each ticket
 ==============  =======  ==================================================================
 """
 
@@ -58,7 +62,7 @@ from fleet.health import EMPTY_SOC, HealthConfig, clock_drift_ms
 log = logging.getLogger("popkit.fleet.alerts")
 
 RULES = ("low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
-         "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift", "orders_not_uploaded")
+         "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift", "orders_not_uploaded", "double_entry")
 SEVERITIES = ("warning", "critical")
 STATES = ("open", "acknowledged", "resolved")
 SCANNER_ERROR_VERDICTS = ("malformed", "bad_signature")
@@ -75,6 +79,8 @@ class AlertConfig:
     scanner_window_s: float = 600.0
     clock_grace_s: float = 120.0
     orders_pending_s: float = 24 * 3600.0
+    # A night's doors: a double entry stays on the crew's screen through the event it happened in.
+    double_entry_window_s: float = 12 * 3600.0
 
     @classmethod
     def from_settings(cls, s: Any) -> "AlertConfig":
@@ -268,6 +274,18 @@ def orders_not_uploaded(kit_id: str, report: dict | None, cfg: AlertConfig, now_
                   report["oldest_ms"])
 
 
+def double_entry(kit_id: str, doubles: list[dict], cfg: AlertConfig, now_ms: int) -> Firing | None:
+    """``doubles``: the kit's tickets admitted twice lately (AlertStore.double_entries), each with both
+    (or every) admitting scan. The evidence is how many: another double entry counts up the alert."""
+    if not doubles:
+        return None
+    n = len(doubles)
+    named = ", ".join(f"{d['ticket']} ({' and '.join(s['device_id'] for s in d['scans'])})" for d in doubles[:3])
+    return Firing(kit_id, kit_id, "double_entry", "warning",
+                  f"kit {kit_id}: {n} ticket{'s' if n != 1 else ''} admitted twice: {named}" + (" ..." if n > 3 else ""),
+                  dict(doubles=doubles[:20], window_s=cfg.double_entry_window_s), n)
+
+
 DEVICE_RULES: tuple[Callable[[dict, AlertConfig, int], Firing | None], ...] = (low_soc, bms_protection, paper_out,
                                                                                 config_not_applied, clock_unset,
                                                                                 clock_drift)
@@ -281,6 +299,7 @@ def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = 
     errors = store.alerts.scanner_error_counts(now_ms - int(cfg.scanner_window_s * 1000), SCANNER_ERROR_VERDICTS)
     infos = store.registry.kit_infos()  # each kit's event window: one read for the whole pass
     pending = store.retail.orders.pending.latest()  # each kit's till: orders not uploaded
+    doubles = store.alerts.double_entries(now_ms - int(cfg.double_entry_window_s * 1000))
     out: list[Firing] = []
     unknown: set[tuple[str, str]] = set()
     for kit in kits:
@@ -307,6 +326,9 @@ def assess(store: Any, cfg: AlertConfig, now_ms: int, kits: list[dict] | None = 
                 if f:
                     out.append(f)
         f = orders_not_uploaded(kit["id"], pending.get(kit["id"]), cfg, now_ms)
+        if f:
+            out.append(f)
+        f = double_entry(kit["id"], doubles.get(kit["id"], []), cfg, now_ms)
         if f:
             out.append(f)
         if info is None or info.doors_open_ms is None:

@@ -26,6 +26,30 @@ class AlertStore:
         with self.engine.connect() as conn:
             return {r.device_id: int(r.n) for r in conn.execute(q)}
 
+    def double_entries(self, since_ms: int) -> dict[str, list[dict]]:
+        """Tickets admitted more than once whose latest admission was scanned at or after ``since_ms``,
+        by the kit of that latest door: ``{kit: [{event, ticket, scans: [{device_id, scan_ms,
+        hub_checked}]}]}``, scans oldest first. Only recent admissions are looked up, then each one's
+        ticket through ix_checkins_event_ticket: the night's scans, not the whole table."""
+        c, d = db.checkins.c, db.devices.c
+        recent = (select(c.event_id, c.ticket).where(c.verdict == "admitted", c.scan_ms >= since_ms)
+                  .distinct().subquery())
+        q = (select(c.event_id, c.ticket, c.device_id, c.scan_ms, c.hub_checked, d.kit_id)
+             .select_from(db.checkins.join(recent, and_(c.event_id == recent.c.event_id, c.ticket == recent.c.ticket))
+                          .join(db.devices, d.id == c.device_id))
+             .where(c.verdict == "admitted").order_by(c.event_id, c.ticket, c.scan_ms, c.id))
+        by_ticket: dict[tuple, list] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                by_ticket.setdefault((r.event_id, r.ticket), []).append(r)
+        out: dict[str, list[dict]] = {}
+        for (event, ticket), rows in by_ticket.items():
+            if len(rows) < 2:
+                continue
+            scans = [dict(device_id=r.device_id, scan_ms=r.scan_ms, hub_checked=bool(r.hub_checked)) for r in rows]
+            out.setdefault(rows[-1].kit_id, []).append(dict(event=event, ticket=ticket, scans=scans))
+        return out
+
     def sync(self, firing: list, unknown: set, now: int, attempts: int = 3):
         """Open, update and auto-resolve alerts to match ``firing`` (fleet.alerts.Firing), in one
         transaction: the alerts evaluator's write. (subject, rule) pairs in ``unknown`` are left as

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], dependencies=guard(
                    responses=AUTH_RESPONSES)
 
 Rule = Literal["low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
-               "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift", "orders_not_uploaded"]
+               "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift", "orders_not_uploaded", "double_entry"]
 assert set(Rule.__args__) == set(RULES)  # noqa: S101 - the API names every rule the evaluator has
 Severity = Literal["warning", "critical"]
 AlertState = Literal["open", "acknowledged", "resolved"]
