@@ -364,7 +364,7 @@ def test_a_killed_device_turns_offline_on_screen_within_seconds_of_its_last_will
         kit.wait_for(timeout=5000)
         page.click(f'[data-testid="kit-{KIT}"] h2 a')
         page.wait_for_selector(dev_sel(DOOMED, True, "#kit-page"), timeout=5000)
-        page.wait_for_selector('[data-testid="battery-chart"] svg polyline', timeout=5000)
+        page.wait_for_selector('[data-testid="battery-chart"] [role="img"] canvas', timeout=5000)
         assert page.locator(f'#kit-page [data-testid="kit-{KIT}"]').get_attribute("data-state") == "online"
 
         # Record, in the page, when the device's row turns offline (the DOM change itself).
@@ -412,7 +412,7 @@ def test_the_dashboard_fits_a_phone(live, broker, browser):
                                   has_touch=True)
         page = ctx.new_page()
         for path, ready in (("/", f'[data-testid="kit-{KIT}"]'),
-                            (f"/#/kit/{KIT}", '[data-testid="battery-chart"] svg')):
+                            (f"/#/kit/{KIT}", '[data-testid="battery-chart"] canvas')):
             page.goto(live.base + path)
             page.wait_for_selector(ready, timeout=5000)
             width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")

@@ -1,11 +1,12 @@
 // The fleet dashboard: overview of every kit (#/) and one kit's page (#/kit/<id>).
 // Data comes from the fleet's JSON API; GET /api/v1/stream (server-sent events) says what changed,
-// and the page re-fetches just that. No build step, no dependencies.
+// and the page re-fetches just that. No build step; the charts are uPlot's (charts.js, vendor/).
 
 import { showLogin, whoAmI, wireLogin } from "./login.js";
 import { renderVenue, renderVenues, venueRoute, wireVenueEvents } from "./venues.js";
 import { initUpdates, kitUpdatesFor, renderUpdatesPage, updatesChanged, updatesRoute } from "./updates.js";
 import { initRetail, renderRetail, retailChanged, retailRoute, wireRetailEvents } from "./retail.js";
+import { timeLine } from "./charts.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -235,12 +236,13 @@ function renderKitPage(id) {
         <h3 style="display:flex;justify-content:space-between;gap:.5rem"><span>Battery${power ? ` <span class="muted small">${esc(power.id)}</span>` : ""}</span>
           <span class="windows">${[[3600_000, "1 h"], [6 * 3600_000, "6 h"]].map(([ms, label]) =>
             `<button type="button" data-window="${ms}" aria-pressed="${ms === state.chartWindow}">${label}</button>`).join("")}</span></h3>
-        <div id="chart">${power ? chartSVG(state.history.get(power.id)) : "<p class='muted'>This kit has no power bank.</p>"}</div>
+        <div id="chart">${power ? "" : "<p class='muted'>This kit has no power bank.</p>"}</div>
       </section>
       ${readiness(k)}
       ${k.devices.some(d => d.role === "scanner") ? `<section class="card" data-testid="checkins"><h3>Recent check-ins</h3>
         <div id="checkins">${checkinList(state.checkins.get(k.id))}</div></section>` : ""}
     </div>`;
+  if (power) drawBattery(state.history.get(power.id));
 }
 
 function checkinList(rows) {
@@ -259,30 +261,26 @@ async function loadCheckins(kitId) {
   if (el && currentKit()?.id === kitId) el.innerHTML = checkinList(rows);
 }
 
-// A line chart of state of charge (or voltage when the pack gives no SoC), as inline SVG.
-function chartSVG(h) {
+// A line chart of state of charge (or voltage when the pack gives no SoC), with its figures in words.
+function drawBattery(h) {
+  const el = $("#chart");
+  if (!el) return;
   const items = (h?.items ?? []).filter(i => i.kind === "battery");
-  if (!h) return "<p class='muted'>loading…</p>";
-  if (items.length < 2) return "<p class='muted'>Not enough readings yet.</p>";
+  if (!h || items.length < 2) { el.innerHTML = `<p class='muted'>${h ? "Not enough readings yet." : "loading…"}</p>`; return; }
   const useSoc = items.every(i => i.soc != null);
-  const ys = items.map(i => useSoc ? i.soc : i.v), xs = items.map(i => i.ts);
-  let lo = Math.min(...ys), hi = Math.max(...ys);
-  if (useSoc) { lo = Math.max(0, Math.floor(lo / 10) * 10); hi = Math.min(100, Math.ceil(hi / 10) * 10); }
-  if (hi - lo < 1e-6) { lo -= 1; hi += 1; }
-  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-  const W = 600, H = 220, L = 40, R = 8, T = 10, B = 24;
-  const px = x => L + (x - x0) / (x1 - x0) * (W - L - R), py = y => T + (1 - (y - lo) / (hi - lo)) * (H - T - B);
-  const step = Math.max(1, Math.floor(items.length / 600)); // at most ~600 points drawn
-  const pts = items.filter((_, n) => n % step === 0 || n === items.length - 1)
-    .map(i => `${px(i.ts).toFixed(1)},${py(useSoc ? i.soc : i.v).toFixed(1)}`).join(" ");
-  const ticks = [lo, (lo + hi) / 2, hi];
-  const t = ms => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  const last = items[items.length - 1];
-  return `<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="battery ${useSoc ? "state of charge" : "voltage"} over time">
-    ${ticks.map(v => `<line class="grid-line" x1="${L}" x2="${W - R}" y1="${py(v)}" y2="${py(v)}"/><text x="${L - 4}" y="${py(v) + 4}" text-anchor="end">${+v.toFixed(1)}</text>`).join("")}
-    <polyline class="line" points="${pts}"/>
-    <text x="${L}" y="${H - 6}">${t(x0)}</text><text x="${W - R}" y="${H - 6}" text-anchor="end">${t(x1)}</text>
-  </svg><div class="small muted">${useSoc ? "state of charge, %" : "voltage, V"} · ${items.length} readings · last ${esc(battery(last))}</div>`;
+  const ys = items.map(i => useSoc ? i.soc : i.v);
+  let range = null;
+  if (useSoc) {
+    const lo = Math.max(0, Math.floor(Math.min(...ys) / 10) * 10), hi = Math.min(100, Math.ceil(Math.max(...ys) / 10) * 10);
+    range = hi > lo ? [lo, hi] : [Math.max(0, lo - 10), Math.min(100, hi + 10)];
+  }
+  if (!el.querySelector(".b-plot")) el.innerHTML = `<div class="b-plot" data-testid="battery-plot"></div><div class="small muted" data-testid="battery-note"></div>`;
+  const what = useSoc ? "state of charge, %" : "voltage, V", last = items[items.length - 1];
+  const fmt = v => `${+v.toFixed(useSoc ? 1 : 2)}${useSoc ? " %" : " V"}`;
+  timeLine(el.querySelector(".b-plot"), { xs: items.map(i => i.ts), ys, label: what, unit: useSoc ? "%" : "V", range,
+    summary: `battery ${what} over the last ${hours(h.window_ms / 3600_000)}: from ${fmt(ys[0])} to ${fmt(ys[ys.length - 1])}, `
+      + `lowest ${fmt(Math.min(...ys))}` });
+  el.querySelector("[data-testid=battery-note]").textContent = `${what} · ${items.length} readings · last ${battery(last)}`;
 }
 
 async function loadHistory(deviceId, incremental) {
@@ -304,7 +302,7 @@ async function loadHistory(deviceId, incremental) {
   h.items = h.items.filter(i => i.ts >= cut);
   state.history.set(deviceId, h);
   const k = currentKit();
-  if (k && powerDevice(k)?.id === deviceId) $("#chart").innerHTML = chartSVG(h);
+  if (k && powerDevice(k)?.id === deviceId) drawBattery(h);
 }
 
 async function loadCommands(deviceId) {
