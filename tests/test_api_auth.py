@@ -152,9 +152,11 @@ ID_ROUTES = {
     ("GET", "/api/v1/kits/{kit_id}"): "crew",
     ("PUT", "/api/v1/kits/{kit_id}"): "crew",
     ("GET", "/api/v1/kits/{kit_id}/checkins"): "crew",
+    ("GET", "/api/v1/kits/{kit_id}/readiness"): "crew",
     ("GET", "/api/v1/users/{name}"): "user",
     ("PUT", "/api/v1/users/{name}"): "user",
     ("DELETE", "/api/v1/users/{name}"): "user",
+    ("POST", "/api/v1/users/{name}/password"): "user",
     ("PUT", "/api/v1/venues/{venue_id}"): "venue",
     ("GET", "/api/v1/venues/{venue_id}"): "venue",
     ("DELETE", "/api/v1/venues/{venue_id}"): "venue",
@@ -169,6 +171,12 @@ ID_ROUTES = {
     ("DELETE", "/api/v1/venues/{venue_id}/schedules/{schedule_id}"): "venue",
     ("PUT", "/api/v1/venues/{venue_id}/zones/{zone_id}"): "venue",
     ("DELETE", "/api/v1/venues/{venue_id}/zones/{zone_id}"): "venue",
+    # The venue page's draft, publish, undo, outputs and live scene preview.
+    ("POST", "/api/v1/venues/{venue_id}/draft"): "venue",
+    ("POST", "/api/v1/venues/{venue_id}/publish"): "venue",
+    ("POST", "/api/v1/venues/{venue_id}/undo"): "venue",
+    ("GET", "/api/v1/venues/{venue_id}/outputs"): "venue",
+    ("POST", "/api/v1/venues/{venue_id}/scene-preview"): "venue",
     ("GET", "/api/v1/kits/{kit_id}/updates"): "crew",
     ("POST", "/api/v1/kits/{kit_id}/updates/hold"): "crew",
     ("DELETE", "/api/v1/kits/{kit_id}/updates/hold"): "crew",
@@ -202,6 +210,11 @@ BODIES = {
     ("PUT", "/api/v1/events/{event_id}/key"): {"key": "00" * 32, "not_before": 0, "expires": 4_000_000_000},
     ("PUT", "/api/v1/venues/{venue_id}/scenes/{scene_id}"): {"id": "s", "levels": {"z": {"level": 10}}},
     ("POST", "/api/v1/venues/{venue_id}/overrides"): {"scene": "s", "minutes": 5},
+    ("POST", "/api/v1/venues/{venue_id}/draft"): {"venue": {"id": "x", "name": "X", "tz": "UTC", "latitude": 0,
+                                                          "longitude": 0}},
+    ("POST", "/api/v1/venues/{venue_id}/publish"): {"venue": {"id": "x", "name": "X", "tz": "UTC", "latitude": 0,
+                                                            "longitude": 0}},
+    ("POST", "/api/v1/venues/{venue_id}/scene-preview"): {"levels": None},
 }
 
 

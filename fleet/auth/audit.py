@@ -25,7 +25,7 @@ CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOT_AUDITED = frozenset({"/api/v1/auth/token", "/api/v1/auth/logout"})
 # These write their own audit records (commands.requested_by, alert_events.by): one entry each, not two.
 OWN_RECORDS = frozenset({"/api/v1/devices/{device_id}/commands", "/api/v1/alerts/{alert_id}/acknowledge",
-                         "/api/v1/alerts/{alert_id}/resolve"})
+                         "/api/v1/alerts/{alert_id}/resolve", "/api/v1/alerts/acknowledge"})
 
 
 class ApiAudit:

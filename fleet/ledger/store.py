@@ -248,6 +248,14 @@ class LedgerStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
+    def dead_letter_reasons(self) -> list[dict]:
+        """Rejected messages counted per reason, with the newest of each, most first."""
+        c = db.dead_letters.c
+        q = (select(c.reason, func.count().label("count"), func.max(c.received_ms).label("last_ms"),
+                    func.max(c.id).label("last_id")).group_by(c.reason).order_by(func.count().desc(), c.reason))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
     def tops(self) -> tuple[int, int]:
         """The highest row ids of telemetry and of events (primary key lookups)."""
         with self.engine.connect() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, literal, select
 
 from fleet import db
 from fleet.commands.store import command_view
@@ -59,12 +59,15 @@ class ActivityViews:
                 for r in rows]
 
     def audit(self, limit: int = 100, before_ms: int | None = None, kits: set[str] | None = None,
-              venues: set[str] | None = None, me: str | None = None) -> list[dict]:
+              venues: set[str] | None = None, me: str | None = None, by: str | None = None,
+              action: str | None = None, kit: str | None = None, since_ms: int | None = None) -> list[dict]:
         """Who did what to which device or alert, when, and how it ended: commands and alert
         acknowledgements/resolutions by people, and every other change made through the API
         (fleet/auth/audit.py), newest first (``before_ms``: the next page).
         A crew or venue user's view: ``kits`` and ``venues`` they see (None: all), and ``me``, whose
-        own changes they always see."""
+        own changes they always see. Filters: ``by`` who, ``action`` words in what they did
+        ("command", "alert acknowledged", "PUT /api/v1/users"; case-insensitive), ``kit`` the kit
+        it touched, ``since_ms`` (inclusive) to ``before_ms`` (exclusive)."""
         c, e, a, r = db.commands.c, db.alert_events.c, db.alerts.c, db.api_audit.c
         cq = select(db.commands).order_by(c.ts_ms.desc()).limit(limit)
         eq = (select(e.ts_ms, e.what, e.by, e.detail, a.id, a.rule, a.subject)
@@ -73,6 +76,20 @@ class ActivityViews:
         rq = select(db.api_audit).order_by(r.ts_ms.desc(), r.id.desc()).limit(limit)
         if before_ms is not None:
             cq, eq, rq = cq.where(c.ts_ms < before_ms), eq.where(e.ts_ms < before_ms), rq.where(r.ts_ms < before_ms)
+        if since_ms is not None:
+            cq, eq, rq = cq.where(c.ts_ms >= since_ms), eq.where(e.ts_ms >= since_ms), rq.where(r.ts_ms >= since_ms)
+        if by is not None:
+            cq, eq, rq = cq.where(c.requested_by == by), eq.where(e.by == by), rq.where(r.by == by)
+        if action:
+            # Matched against the text each row shows as "what", in SQL, so a page holds ``limit`` matches.
+            words = action.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = f"%{words}%"
+            cq = cq.where(literal("command ").concat(c.action).ilike(like, escape="\\"))
+            eq = eq.where(literal("alert ").concat(e.what).ilike(like, escape="\\"))
+            rq = rq.where(r.method.concat(" ").concat(r.route).ilike(like, escape="\\"))
+        if kit is not None:
+            cq = cq.where(c.device_id.in_(select(db.devices.c.id).where(db.devices.c.kit_id == kit)))
+            eq, rq = eq.where(a.kit_id == kit), rq.where(r.kit_id == kit)
         if kits is not None or venues is not None:
             kits, venues = sorted(kits or ()), sorted(venues or ())
             cq = cq.where(c.device_id.in_(select(db.devices.c.id).where(db.devices.c.kit_id.in_(kits))))

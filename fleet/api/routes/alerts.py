@@ -1,5 +1,5 @@
 """Alerts (fleet/alerts/rules.py): list with filters and keyset pagination, one with its history,
-acknowledge and resolve."""
+acknowledge and resolve, one at a time or many at once (the ops page's bulk acknowledge)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fleet.alerts import RULES
 from fleet.api.deps import StoreDep
 from fleet.api.schemas import BAD_BODY, DB_INT_MAX
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
-from fleet.auth.scope import visible_kits
+from fleet.auth.scope import sees_kit, visible_kits
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"], dependencies=guard("ops", "crew"),
                    responses=AUTH_RESPONSES)
@@ -80,6 +80,25 @@ class AlertAction(BaseModel):
         return v
 
 
+class BulkAcknowledge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[int, Field(ge=1, le=DB_INT_MAX)]] = Field(min_length=1, max_length=500,
+                                                                   description="the alerts to acknowledge")
+    note: str | None = Field(default=None, max_length=500)
+
+
+class BulkOutcome(BaseModel):
+    id: int
+    outcome: Literal["done", "already", "resolved", "missing"] = Field(
+        description='"done": acknowledged now; "already": acknowledged before; "resolved": closed, '
+                    'nothing to acknowledge; "missing": no such alert (or not one of your kits)')
+
+
+class BulkAcknowledgeOut(BaseModel):
+    items: list[BulkOutcome] = Field(description="one per id asked, in the order asked")
+
+
 AlertId = Annotated[int, Path(ge=1, le=DB_INT_MAX, description="the alert's id")]
 
 
@@ -117,6 +136,21 @@ def get_alert(alert_id: AlertId, store: StoreDep):
     if alert is None:
         raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
     return alert
+
+
+@router.post("/acknowledge", response_model=BulkAcknowledgeOut, responses={400: {"description": BAD_BODY[400]}})
+def acknowledge_alerts(body: BulkAcknowledge, store: StoreDep, user: UserDep):
+    """Acknowledge many alerts at once (the signed-in user), each as its own acknowledge would: the
+    answer says, per id, whether it was acknowledged now, before, was resolved, or is not there.
+    Crew users: an alert of another kit is "missing", as for one that does not exist."""
+    items = []
+    for alert_id in dict.fromkeys(body.ids):  # an id asked twice is acknowledged once
+        alert = store.alerts.get(alert_id, history=False)
+        if alert is None or not sees_kit(user, alert["kit_id"]):
+            items.append({"id": alert_id, "outcome": "missing"})
+            continue
+        items.append({"id": alert_id, "outcome": store.alerts.acknowledge(alert_id, user.name, body.note)})
+    return {"items": items}
 
 
 def _act(store, alert_id: int, body: AlertAction, action: str, by: str):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
 from fleet.api.deps import StoreDep
 from fleet.auth.deps import AUTH_RESPONSES, guard
@@ -11,6 +12,13 @@ from fleet.api.schemas import DB_INT_MAX
 # ops only: rejected messages come from anywhere (unknown devices too), so they are in no one's scope.
 router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"], dependencies=guard("ops"),
                    responses=AUTH_RESPONSES)
+
+
+class ReasonOut(BaseModel):
+    reason: str
+    count: int = Field(description="rejected messages kept with this reason")
+    last_ms: int = Field(description="when the newest of them arrived, ms since the epoch")
+    last_id: int = Field(description="the newest one's id (list it with ?reason=)")
 
 
 @router.get("")
@@ -28,3 +36,9 @@ def list_dead_letters(
     for r in rows:
         r["payload_head"] = r["payload_head"].decode("utf-8", errors="replace")
     return rows
+
+
+@router.get("/reasons", response_model=list[ReasonOut])
+def dead_letter_reasons(store: StoreDep):
+    """How many rejected messages are kept per reason, and when the newest came: the most common first."""
+    return store.ledger.dead_letter_reasons()

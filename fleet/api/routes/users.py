@@ -1,5 +1,6 @@
-"""The API's users, for ops: list, one, create or change (role, scope, password, disabled), delete.
-Password hashes never leave the database; a password set here is never echoed back."""
+"""The API's users, for ops: list, one, create or change (role, scope, password, disabled), delete,
+and a generated password. Password hashes never leave the database; a password set here is never
+echoed back, and a generated one is in the one answer that made it and nowhere else."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ class UserIn(BaseModel):
     password: SecretStr | None = Field(default=None, description=f"a new password ({passwords.MIN_LENGTH}+ "
                                        "characters); every token issued before stops working. Omitted: unchanged")
     disabled: bool = Field(default=False, description="true: cannot sign in, and every token stops working")
+
+
+class NewPasswordOut(BaseModel):
+    name: str
+    password: str = Field(description="shown once: the fleet keeps only its hash")
 
 
 def _users(request: Request):
@@ -94,3 +100,18 @@ def delete_user(name: UserName, request: Request, me: UserDep):
     if not _users(request).delete(name):
         raise HTTPException(status_code=404, detail=f"no user {name!r}")
     return Response(status_code=204)
+
+
+@router.post("/{name}/password", response_model=NewPasswordOut, responses=refusals({404: "no such user"}))
+async def new_user_password(name: UserName, request: Request, response: Response):
+    """Give the user a new generated password, returned in this answer only (no cache keeps it):
+    every token they had stops working. How ops hand a new user their first password."""
+    users = _users(request)
+    user = users.get(name)
+    if user is None:
+        raise HTTPException(status_code=404, detail=f"no user {name!r}")
+    secret = passwords.new_password()
+    hashed = await to_thread.run_sync(passwords.hash_password, secret)  # ~50 ms of argon2id
+    await to_thread.run_sync(lambda: users.put(name, user.role, user.kits, user.venues, password_hash=hashed))
+    response.headers["Cache-Control"] = "no-store"
+    return {"name": name, "password": secret}
