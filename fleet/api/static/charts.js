@@ -63,7 +63,7 @@ export function bars(el, { names, values, format, summary }) {
   const labelWidth = Math.min(160, 16 + 7 * Math.max(...short.map(s => s.length)));
   const top = Math.max(1, ...values);
   const opts = {
-    height: Math.max(90, 40 + 30 * n),
+    height: 60 + 32 * n,
     legend: { show: false },
     cursor: { show: false },
     scales: {

@@ -9,6 +9,7 @@
 
 import { showLogin } from "./login.js";
 import { reasonText } from "./updates.js";
+import { bars } from "./charts.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -153,18 +154,30 @@ function headHTML(s) {
     ${s.conflicts ? `<p class="warn small" data-testid="conflicts">${s.conflicts} upload${s.conflicts === 1 ? "" : "s"} conflicting with an order or refund already received: the first stands, see below</p>` : ""}`;
 }
 
-// Bars per product: what stayed sold, to scale with the best seller.
+// What stayed sold per product: a bar chart (drawn by salesChart once in the page), then the table.
 function salesHTML(s) {
   const cur = s.currency;
   if (!s.products.length) return `<p class="muted small">No sales yet.</p>`;
-  const top = Math.max(1, ...s.products.map(p => p.gross));
   const rows = s.products.map(p => `<tr data-testid="sales-${esc(p.sku)}"><td><strong>${esc(p.name ?? p.sku)}</strong><div class="small muted">${esc(p.sku)}</div></td>
       <td>${p.sold.qty}${p.refunded.qty ? ` <span class="small muted">−${p.refunded.qty}</span>` : ""}</td>
-      <td>${money(p.gross, cur)}<div class="r-bar" role="img" aria-label="${esc(money(p.gross, cur))}"><span style="width:${(100 * Math.max(0, p.gross) / top).toFixed(1)}%"></span></div></td></tr>`).join("");
+      <td>${money(p.gross, cur)}</td></tr>`).join("");
   const pay = s.payments.map(m => `<tr data-testid="payment-${esc(m.payment)}"><td>${esc(m.payment)}</td><td>${m.orders}</td><td>${m.refunds || ""}</td><td>${money(m.gross, cur)}</td></tr>`).join("");
-  return `<div class="u-scroll"><table><tr><th>product</th><th>sold</th><th>kept</th></tr>${rows}</table></div>
+  return `<div class="r-plot" data-testid="sales-chart"></div>
+    <div class="u-scroll"><table><tr><th>product</th><th>sold</th><th>kept</th></tr>${rows}</table></div>
     <h3 class="r-sub">By payment</h3>
     <div class="u-scroll"><table data-testid="payments"><tr><th>method</th><th>orders</th><th>refunds</th><th>kept</th></tr>${pay}</table></div>`;
+}
+
+// Best sellers first; what was refunded whole (kept below zero) counts as nothing kept.
+function salesChart(el, s) {
+  if (!el) return;
+  const top = [...s.products].sort((a, b) => b.gross - a.gross).slice(0, 12);
+  const more = s.products.length - top.length;
+  const names = top.map(p => p.name ?? p.sku);
+  const format = v => money(Math.round(v), s.currency);
+  bars(el, { names, values: top.map(p => Math.max(0, p.gross)), format,
+    summary: `kept per product${more > 0 ? `, the ${top.length} best sellers` : ""}: `
+      + top.map((p, i) => `${names[i]} ${money(p.gross, s.currency)}`).join(", ") });
 }
 
 function stockHTML(stock) {
@@ -196,6 +209,7 @@ async function refreshKit(page, kit, event) {
   if (ctx.view !== `${kit}/${event}`) return;  // moved on meanwhile
   $("#retail-head", page).innerHTML = headHTML(sales);
   $("#retail-sales", page).innerHTML = salesHTML(sales);
+  salesChart($("[data-testid=sales-chart]", page), sales);
   $("#retail-stock", page).innerHTML = stockHTML(stock);
   $("#retail-refunds", page).innerHTML = refundsHTML(orders, sales.currency);
   const sel = $("select[name=sku]", page);
