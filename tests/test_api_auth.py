@@ -113,7 +113,7 @@ class World:
                     alert_id=str(self.alert[kit]), event_id="MINE-1" if mine else "THEIRS-1", venue_id=venue,
                     zone_id="z", scene_id="s", schedule_id="sch", override_id=self.override[venue],
                     name="crew-a" if mine else "ops-olga", release_id="scanner-9.9.9", rollout_id="1",
-                    sku="TEE-BLK-M", order_id=self.order[kit])
+                    sku="TEE-BLK-M", order_id=self.order[kit], token_id="1")
 
 
 @pytest.fixture
@@ -201,6 +201,8 @@ ID_ROUTES = {
     ("POST", "/api/v1/rollouts/{rollout_id}/pause"): "user",
     ("POST", "/api/v1/rollouts/{rollout_id}/resume"): "user",
     ("POST", "/api/v1/rollouts/{rollout_id}/abort"): "user",
+    # Machine tokens (fleet/machines/): ops only, as the users routes.
+    ("POST", "/api/v1/machine-tokens/{token_id}/revoke"): "user",
 }
 # A body that passes validation, so what answers is the scope check and not a 422.
 BODIES = {

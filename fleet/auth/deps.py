@@ -1,9 +1,11 @@
 """The dependencies every router of the API uses (fleet/api/routes/):
 
 - ``current_user``: who is asking, from the bearer token (``Authorization: Bearer``) or the
-  dashboard's HttpOnly cookie; 401 without a valid one. A change (POST, PUT, DELETE) authenticated by
-  the cookie alone must also come from our own page (Origin or Referer on this host): a browser
-  sends the cookie with requests another site makes it send (CSRF).
+  dashboard's HttpOnly cookie; 401 without a valid one. A machine token (``pkm_...``, bearer only:
+  fleet/machines/) reads as ops or a one-kit crew user, GET only, limited further by its scope.
+  A change (POST, PUT, DELETE) authenticated by the cookie alone must also come from our own page
+  (Origin or Referer on this host): a browser sends the cookie with requests another site makes it
+  send (CSRF).
 - ``require_role(...)``: 403 for a role that may never use the route (a venue user on /kits).
 - ``in_scope``: every id in the path is checked against what the user sees (fleet/auth/scope.py):
   404 when it is not theirs. SCOPE_CHECKS names, for every path parameter of the API, how it is
@@ -26,6 +28,8 @@ from fleet.auth import scope
 from fleet.auth.login import Auth
 from fleet.auth.tokens import BadToken
 from fleet.auth.users import Role, User
+from fleet.machines.model import allows as machine_allows
+from fleet.machines.model import is_machine_token, scope_kit
 
 COOKIE = "popkit_token"
 TOKEN_URL = "/api/v1/auth/token"
@@ -68,6 +72,8 @@ def current_user(request: Request, bearer: Annotated[str | None, Depends(oauth2_
         token, by_cookie = request.cookies.get(COOKIE), True
     if not token:
         raise _unauthorized("not signed in: send a bearer token from POST /api/v1/auth/token")
+    if not by_cookie and is_machine_token(token):
+        return _machine(request, token)
     try:
         user = get_auth(request).user_for(token)
     except BadToken:
@@ -76,6 +82,23 @@ def current_user(request: Request, bearer: Annotated[str | None, Depends(oauth2_
         raise HTTPException(status_code=403, detail="cross-site request refused: a change signed in by the "
                                                     "cookie must come from this site's page")
     request.state.user = user  # for the audit log (fleet/auth/audit.py)
+    return user
+
+
+def _machine(request: Request, token: str) -> User:
+    """A machine token (fleet/machines/) as the user its scope reads as: ops for metrics and read, a
+    crew user of the one kit for kit:<id>; then what the scope allows of this route."""
+    found = request.app.state.store.machines.check(token)
+    if found is None:
+        raise _unauthorized("invalid, revoked or expired machine token")
+    kit = scope_kit(found.scope)
+    user = User(name=f"machine:{found.name}", role="crew" if kit else "ops", kits=(kit,) if kit else (),
+                machine_scope=found.scope)
+    route = request.scope.get("route")
+    refused = machine_allows(found.scope, request.method, getattr(route, "path", request.url.path))
+    if refused:
+        raise HTTPException(status_code=403, detail=refused)
+    request.state.user = user
     return user
 
 
@@ -117,6 +140,8 @@ SCOPE_CHECKS: dict[str, Callable[[User, Request, str], None] | None] = {
     "sku": None,
     # A kit's orders (fleet/retail/): reached only under their kit_id, which is checked.
     "order_id": None,
+    # Machine tokens (fleet/machines/): the routes are for ops only.
+    "token_id": None,
 }
 
 

@@ -37,6 +37,8 @@ class User:
     password_hash: str | None = field(default=None, repr=False)  # never in a repr, a log or a response
     created_ms: int = 0
     updated_ms: int = 0
+    # A machine token's scope (fleet/machines/): this "user" is a machine, read-only, no users row.
+    machine_scope: str | None = None
 
     def public(self) -> dict:
         """What the API shows of a user: never the hash."""
