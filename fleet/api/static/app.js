@@ -7,6 +7,7 @@ import { renderVenue, renderVenues, venueRoute, wireVenueEvents } from "./venues
 import { initUpdates, kitUpdatesFor, renderUpdatesPage, updatesChanged, updatesRoute } from "./updates.js";
 import { initRetail, renderRetail, retailChanged, retailRoute, wireRetailEvents } from "./retail.js";
 import { timeLine } from "./charts.js";
+import { initOps, opsRoute, renderOps } from "./ops.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -347,11 +348,12 @@ function route() {
 const currentKit = () => { const r = route(); return r.kit ? state.kits.get(r.kit) : null; };
 
 function render() {
-  const v = venueRoute(), u = updatesRoute(), rt = retailRoute();
+  const v = venueRoute(), u = updatesRoute(), rt = retailRoute(), o = opsRoute();
+  $("#ops-page").hidden = !o;
   $("#venue-page").hidden = !v;
   $("#updates-page").hidden = !u;
   $("#retail-page").hidden = !rt;
-  if (v || u || rt) { $("#overview").hidden = $("#kit-page").hidden = true; kitUpdatesFor(null); return; }  // rendered by their modules
+  if (v || u || rt || o) { $("#overview").hidden = $("#kit-page").hidden = true; kitUpdatesFor(null); return; }  // rendered by their modules
   const r = route();
   $("#overview").hidden = !!r.kit;
   $("#kit-page").hidden = !r.kit;
@@ -485,6 +487,7 @@ function onRoute(rerender = true) {
   if (venueRoute()) { render(); renderVenuePage(); window.scrollTo?.(0, 0); return; }
   if (updatesRoute()) { render(); renderUpdatesPage($("#updates-page")); window.scrollTo?.(0, 0); return; }
   if (retailRoute()) { render(); renderRetail($("#retail-page")); window.scrollTo?.(0, 0); return; }
+  if (opsRoute()) { render(); renderOps($("#ops-page")); window.scrollTo?.(0, 0); return; }
   const r = route();
   if (r.kit && state.loaded && !isFull(state.kits.get(r.kit))) {
     // From the overview: the kit's summary is there, its whole view is one request away.
@@ -542,6 +545,7 @@ whoAmI().then(me => {
   if (me.role === "venue" && !venueRoute()) location.hash = "#/venues";
   initUpdates(me);
   initRetail(me);
+  initOps(me);
   connect();
   if (me.role !== "venue") loadAll(); else renderVenuePage();
 }).catch(e => { $("#status").textContent = `fleet unreachable: ${e.message || e}`; });
