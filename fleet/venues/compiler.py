@@ -424,3 +424,9 @@ def preview(venue: Venue, zones: Sequence[Zone], scenes: Sequence[Scene], schedu
             level, layer = z.floor_level, "floor"
         out[z.id] = {"level": level, "rgb": rgb, "scene": None if sid == OFF else sid, "layer": layer}
     return out
+
+
+# What the venue page's helpers share with the compiler, so a planner's window or a previewed scene
+# is expanded and mapped to outputs exactly as the timeline is (fleet/venues/week.py, the routes).
+occurrences = _occurrences
+levels_object = _levels_object

@@ -87,6 +87,9 @@ class Venue(_Model):
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
     hours: list[OpeningHours] = Field(default_factory=list)
+    controllers: list[Id] = Field(default_factory=list, max_length=64, description=(
+        "the lighting controllers and agent lights ops gave this venue: what its users may map zones to "
+        "(besides those its zones already use); only ops change it"))
 
     @field_validator("tz")
     @classmethod

@@ -5,13 +5,19 @@ Every write is compiled for every controller of the venue before it is stored: a
 overlaps another of the same priority is refused (409, naming both), as is a scene or zone another
 item still needs. What is stored is then pushed (fleet/venues/delivery.py) to the controllers
 whose timeline changed, as their retained config.
+
+The venue page edits a draft of the whole set (venue, zones, scenes, schedules): ``draft`` compiles it
+without storing (the compiler's conflict message, the week's windows, what would change on each
+controller), ``publish`` stores and pushes it at once, ``undo`` puts back the set before the last
+change. ``scene-preview`` shows a scene on the real outputs (a ``scene`` command to each lighting
+controller, ``set`` to each agent light) until the timeline next changes, or puts the timeline's back.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
@@ -23,8 +29,11 @@ from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard, require_role
 from fleet.auth.scope import visible_venues
 
 from fleet.db import now_ms
-from fleet.venues.compiler import CompileError, preview
+from fleet.commands import PublishFailed
+from fleet.venues.compiler import CompileError, levels_object, preview
 from fleet.venues.delivery import LIGHT_ROLES, VenueLighting
+from fleet.venues.diff import timeline_diff
+from fleet.venues.week import week_windows
 from fleet.venues.model import Override, Scene, Schedule, Venue, Zone, ZoneLevel
 from fleet.venues.store import VenueDocs
 from kits.contract import Id
@@ -125,6 +134,63 @@ class PlanOut(BaseModel):
     zones: list[ZonePlanOut]
 
 
+class VenueSet(BaseModel):
+    """The whole of what a venue's users edit: what a publish stores at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    venue: Venue
+    zones: list[Zone] = Field(default_factory=list)
+    scenes: list[Scene] = Field(default_factory=list)
+    schedules: list[Schedule] = Field(default_factory=list)
+
+
+class ControllerDiff(BaseModel):
+    device_id: str
+    changed: bool
+    windows_added: list[dict[str, Any]] = Field(description="{start, end (ms), scene, priority, text (local time)}")
+    windows_removed: list[dict[str, Any]]
+    scenes_changed: list[str] = Field(description="scenes shown in both whose levels differ on this controller")
+    floor_changed: bool
+
+
+class DraftOut(BaseModel):
+    problem: str | None = Field(description="the compiler's refusal (null: it compiles), e.g. a conflict naming "
+                                "both schedules and the overlap in local time")
+    conflict: list[str] | None = Field(description="the two schedules of a conflict")
+    windows: list[dict[str, Any]] = Field(description="the week's windows, local and UTC, conflicts included")
+    diff: list[ControllerDiff] = Field(description="per controller, what a publish would change (empty on a problem)")
+
+
+class PublishOut(WriteOut):
+    diff: list[ControllerDiff]
+
+
+class OutputsOut(BaseModel):
+    device_id: str
+    role: str
+    kit_id: str | None
+    online: bool
+    channels: list[str] = Field(description="its PWM (or lamp) channels: r, g, b, w")
+    dmx: bool = Field(description="it has a DMX line (slots 1..512)")
+    used: list[dict[str, Any]] = Field(description="outputs a zone of this venue already has: {zone, kind, channel|slot, count}")
+    scene: str | None
+
+
+class ScenePreviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    levels: dict[Id, ZoneLevel] | None = Field(description="zone -> level to show now; null: back to the timeline")
+    fade_ms: int = Field(default=0, ge=0, le=3_600_000)
+    zones: list[Zone] | None = Field(default=None, description="the draft's zones (default: the stored ones)")
+
+
+class SentOut(BaseModel):
+    device_id: str
+    command_id: str
+    action: str
+
+
 # What the routes refuse with, besides a bad request (422). A write is compiled for every controller
 # before it is stored (409 when it does not compile), then pushed (503 when it cannot be: it is stored).
 _NO_VENUE = {404: "no such venue"}
@@ -211,8 +277,35 @@ def _who(request: Request) -> str:
 
 
 def _controllers_of(request: Request, venue_id: str) -> set[str]:
+    """What a venue user may map zones to: the controllers ops gave the venue, and those its zones use."""
     docs = lighting(request).docs.load(venue_id, now_ms())
-    return set(docs.controllers()) if docs else set()
+    return set(docs.controllers()) | set(docs.venue.controllers) if docs else set()
+
+
+def _check_outputs(request: Request, venue_id: str, zones: list[Zone], loc: tuple = ("body",)) -> None:
+    store = request.app.state.store
+    # A venue user lights what their venue has (ops give it its controllers): another venue's or a
+    # kit's lights are not theirs, and are refused as if they did not exist.
+    own = None if request.state.user.role == "ops" else _controllers_of(request, venue_id)
+    for zone in zones:
+        for i, out in enumerate(zone.outputs):
+            ref = store.registry.device_ref(out.controller)
+            if ref is None or ref.role not in LIGHT_ROLES or (own is not None and out.controller not in own):
+                raise _invalid((*loc, "outputs", i, "controller"), f"zone {zone.id!r}: outputs[{i}].controller: "
+                               f"{out.controller!r} is not a registered lighting controller or light", out.controller)
+
+
+def _check_venue_controllers(request: Request, venue: Venue, stored: Venue | None) -> None:
+    """Only ops give a venue its controllers; a venue user's write keeps them as they are."""
+    if request.state.user.role == "ops":
+        for i, c in enumerate(venue.controllers):
+            ref = request.app.state.store.registry.device_ref(c)
+            if ref is None or ref.role not in LIGHT_ROLES:
+                raise _invalid(("body", "controllers", i), f"controllers[{i}]: {c!r} is not a registered lighting "
+                               "controller or light", c)
+        return
+    if venue.controllers != (stored.controllers if stored else []):
+        raise HTTPException(status_code=403, detail="controllers: only ops give a venue its controllers")
 
 
 # ---------------------------------------------------------------- venues
@@ -238,9 +331,11 @@ def put_venue(venue_id: str, body: Venue, request: Request):
     _same_id("venue", venue_id, body.id)
     lit = lighting(request)
     docs = lit.docs.load(venue_id, now_ms())
+    _check_venue_controllers(request, body, docs.venue if docs else None)
     if docs is not None:
         docs.venue = body
         _compile_or_refuse(lit, docs)
+        lit.docs.remember(venue_id, now_ms(), by=_who(request))
     lit.docs.put(venue_id, "venue", venue_id, body.model_dump(mode="json"), now_ms(), by=_who(request))
     return _push(lit, venue_id)
 
@@ -271,6 +366,7 @@ def _put_item(request: Request, venue_id: str, kind: str, item_id: str, item) ->
     attr = kind + "s"
     setattr(docs, attr, _replace(getattr(docs, attr), item))
     _compile_or_refuse(lit, docs)
+    lit.docs.remember(venue_id, now_ms(), by=_who(request))
     lit.docs.put(venue_id, kind, item_id, item.model_dump(mode="json"), now_ms(), by=_who(request))
     return _push(lit, venue_id)
 
@@ -283,6 +379,7 @@ def _delete_item(request: Request, venue_id: str, kind: str, item_id: str) -> Wr
         raise HTTPException(status_code=404, detail=f"no {kind} {item_id!r} at venue {venue_id!r}")
     setattr(docs, attr, _replace(getattr(docs, attr), None, item_id))
     _compile_or_refuse(lit, docs)  # e.g. a scene still uses this zone
+    lit.docs.remember(venue_id, now_ms(), by=_who(request))
     lit.docs.delete(venue_id, kind, item_id)
     return _push(lit, venue_id)
 
@@ -291,15 +388,7 @@ def _delete_item(request: Request, venue_id: str, kind: str, item_id: str) -> Wr
 def put_zone(venue_id: str, zone_id: str, body: Zone, request: Request):
     """A zone and the outputs it lights: PWM channels or DMX slots of a lighting controller, or a
     light the kit's agent drives (a BLE lamp or a relay: its channels r, g, b, w)."""
-    store = request.app.state.store
-    # A venue user lights what their venue has (ops give it its controllers): another venue's or a
-    # kit's lights are not theirs, and are refused as if they did not exist.
-    own = None if request.state.user.role == "ops" else _controllers_of(request, venue_id)
-    for i, out in enumerate(body.outputs):
-        ref = store.registry.device_ref(out.controller)
-        if ref is None or ref.role not in LIGHT_ROLES or (own is not None and out.controller not in own):
-            raise _invalid(("body", "outputs", i, "controller"), f"outputs[{i}].controller: {out.controller!r} "
-                           "is not a registered lighting controller or light", out.controller)
+    _check_outputs(request, venue_id, [body])
     return _put_item(request, venue_id, "zone", zone_id, body)
 
 
@@ -401,3 +490,177 @@ def get_controllers(venue_id: str, request: Request):
     lit = lighting(request)
     return lit.controllers(venue_id, _docs(lit, venue_id))
 
+
+
+# ---------------------------------------------------------------- the page's draft: check, publish, undo
+
+def _proposed(lit: VenueLighting, venue_id: str, body: VenueSet, now: int) -> tuple[VenueDocs | None, VenueDocs]:
+    """(what is stored, the draft with the stored overrides): the draft must compile with them."""
+    current = lit.docs.load(venue_id, now)
+    draft = VenueDocs(body.venue, list(body.zones), list(body.scenes), list(body.schedules),
+                      list(current.overrides) if current else [])
+    return current, draft
+
+
+def _check_set(request: Request, venue_id: str, body: VenueSet, current: VenueDocs | None) -> None:
+    _same_id("venue", venue_id, body.venue.id)
+    _check_venue_controllers(request, body.venue, current.venue if current else None)
+    _check_outputs(request, venue_id, body.zones, ("body", "zones"))
+
+
+def _diff(lit: VenueLighting, current: VenueDocs | None, draft: VenueDocs, now: int) -> list[ControllerDiff]:
+    """Each controller's timeline now vs after the draft, compiled at the same instant."""
+    before = set(current.controllers()) if current else set()
+    after = set(draft.controllers())
+    out = []
+    for c in sorted(before | after):
+        old = lit.compile(current, c, now)[0] if c in before else None  # type: ignore[arg-type]
+        new = lit.compile(draft, c, now)[0] if c in after else None
+        out.append(ControllerDiff(device_id=c, **timeline_diff(old, new, draft.venue.tz)))
+    return out
+
+
+def _week_start(value: str | None, tz) -> date:
+    if value is None:
+        today = datetime.now(tz).date()
+        return today - timedelta(days=today.weekday())
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise _invalid(("query", "week"), f"week: a local date YYYY-MM-DD, not {value!r}", value) from None
+
+
+@router.post("/{venue_id}/draft", response_model=DraftOut, responses=refusals({**BAD_BODY}))
+def check_draft(venue_id: str, body: VenueSet, request: Request,
+                week: Annotated[str | None, Query(description="the planner's first day, local YYYY-MM-DD; "
+                                                  "default this week's Monday")] = None):
+    """Compile a draft of the whole venue without storing it: the compiler's refusal (a conflict names
+    both schedules and the overlap in local time), the week's windows, and what a publish would change."""
+    lit = lighting(request)
+    now = now_ms()
+    current, draft = _proposed(lit, venue_id, body, now)
+    _check_set(request, venue_id, body, current)
+    windows = week_windows(body.venue, body.schedules, _week_start(week, body.venue.zone))
+    try:
+        lit.check(draft, now)
+        return DraftOut(problem=None, conflict=None, windows=windows, diff=_diff(lit, current, draft, now))
+    except CompileError as exc:
+        return DraftOut(problem=str(exc), conflict=list(getattr(exc, "schedules", ())) or None, windows=windows,
+                        diff=[])
+
+
+@router.post("/{venue_id}/publish", response_model=PublishOut, responses=refusals({**BAD_BODY, **_WRITE}))
+def publish_draft(venue_id: str, body: VenueSet, request: Request):
+    """Store the draft in place of the venue's set (one transaction) and push it; the set before is
+    what ``undo`` puts back. Refused (409) as a single write would be, and then nothing changes."""
+    lit = lighting(request)
+    now = now_ms()
+    current, draft = _proposed(lit, venue_id, body, now)
+    _check_set(request, venue_id, body, current)
+    _compile_or_refuse(lit, draft)
+    diff = _diff(lit, current, draft, now)
+    lit.docs.replace_set(venue_id, body.model_dump(mode="json"), now, by=_who(request))
+    return PublishOut(pushed=_push(lit, venue_id).pushed, diff=diff)
+
+
+@router.post("/{venue_id}/undo", response_model=PublishOut, responses=refusals({
+    **_NO_VENUE, **_WRITE, 409: "nothing to undo, or the set before no longer compiles (named)"}))
+def undo_change(venue_id: str, request: Request):
+    """Put back the venue, zones, scenes and schedules as they were before the last change, and push
+    them (undoing again redoes it). Overrides stay as they are."""
+    lit = lighting(request)
+    now = now_ms()
+    current = _docs(lit, venue_id, now)
+    before = lit.docs.last_revision(venue_id)
+    if before is None:
+        raise HTTPException(status_code=409, detail="nothing to undo: no change since the venue was made")
+    try:
+        body = VenueSet.model_validate(before)
+    except ValidationError as exc:  # a revision stored by an older fleet with a shape this one refuses
+        raise HTTPException(status_code=409, detail=f"the set before cannot be read back: {exc}") from None
+    draft = VenueDocs(body.venue, list(body.zones), list(body.scenes), list(body.schedules), list(current.overrides))
+    _compile_or_refuse(lit, draft)
+    diff = _diff(lit, current, draft, now)
+    lit.docs.replace_set(venue_id, before, now, by=_who(request))
+    return PublishOut(pushed=_push(lit, venue_id).pushed, diff=diff)
+
+
+# ---------------------------------------------------------------- outputs and a scene on them, live
+
+@router.get("/{venue_id}/outputs", response_model=list[OutputsOut], responses=refusals(_NO_VENUE))
+def list_outputs(venue_id: str, request: Request):
+    """The controllers a zone may use, with their outputs and which a zone has already: for a venue
+    user, those ops gave the venue and those its zones use; for ops, every lighting controller and light."""
+    lit = lighting(request)
+    store = request.app.state.store
+    docs = _docs(lit, venue_id)
+    refs = store.registry.device_refs()
+    if request.state.user.role == "ops":
+        ids = {d for d, r in refs.items() if r.role in LIGHT_ROLES}
+    else:
+        ids = (set(docs.controllers()) | set(docs.venue.controllers)) & set(refs)
+    out = []
+    for device_id in sorted(ids):
+        ref = refs[device_id]
+        dev = store.devices.get_device(device_id) or {}
+        latest = dev.get("latest", {})
+        used = [dict(zone=z.id, kind=o.kind, channel=o.channel, slot=o.slot, count=o.count)
+                for z in docs.zones for o in z.outputs if o.controller == device_id]
+        out.append(OutputsOut(device_id=device_id, role=ref.role, kit_id=ref.kit_id, online=bool(dev.get("online")),
+                              channels=["r", "g", "b", "w"], dmx=ref.role == "lighting", used=used,
+                              scene=(latest.get("device") or {}).get("scene") or (latest.get("light") or {}).get("scene")))
+    return out
+
+
+def _light_args(levels: dict) -> dict:
+    """A levels object as an agent light's ``set`` takes it: a lamp's colour and level, or off."""
+    r, g, b, w = (int(levels.get(c, 0)) for c in "rgbw")
+    if not any((r, g, b, w)):
+        return {"on": False}
+    args: dict[str, Any] = {"level": max(r, g, b, w)}
+    if r or g or b:
+        args["rgb"] = [r, g, b]
+    return args
+
+
+@router.post("/{venue_id}/scene-preview", response_model=list[SentOut], responses=refusals({
+    **BAD_BODY, **_NO_VENUE, 503: "no broker connection, or the publish failed"}))
+def preview_scene(venue_id: str, body: ScenePreviewIn, request: Request):
+    """Show levels on the venue's real outputs now (a scene command; it holds until the timeline next
+    changes), or, with ``levels`` null, put back what the timeline shows now."""
+    lit = lighting(request)
+    now = now_ms()
+    docs = _docs(lit, venue_id, now)
+    zones = docs.zones if body.zones is None else body.zones
+    if body.zones is not None:
+        _check_outputs(request, venue_id, body.zones, ("body", "zones"))
+    publisher = request.app.state.publisher
+    if publisher is None:
+        raise HTTPException(status_code=503, detail="this fleet process has no broker connection to publish through")
+    refs = request.app.state.store.registry.device_refs()
+    sent = []
+    for device_id in sorted({o.controller for z in zones for o in z.outputs}):
+        role = refs[device_id].role if device_id in refs else None
+        if body.levels is not None:
+            levels = levels_object(zones, device_id, body.levels)
+            action, args = ("scene", {"levels": levels, "fade_ms": body.fade_ms}) if role == "lighting" \
+                else ("set", _light_args(levels))
+        elif role == "lighting":
+            action, args = "scene", _timeline_now(lit, docs, device_id, now)
+        else:
+            continue  # an agent light follows its timeline again at its next change
+        try:
+            cmd = publisher.send_command(device_id, action, args, 30, requested_by=_who(request))
+        except PublishFailed as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
+        sent.append(SentOut(device_id=device_id, command_id=cmd["id"], action=action))
+    return sent
+
+
+def _timeline_now(lit: VenueLighting, docs: VenueDocs, controller: str, now: int) -> dict:
+    """The scene command that shows what the controller's timeline shows at ``now``."""
+    timeline = lit.compile(docs, controller, now)[0]
+    t = now // 1000
+    live = [w for w in timeline["windows"] if w[0] <= t < w[1]]
+    best = max(live, key=lambda w: w[3]) if live else None
+    return {"scene": best[2]} if best else {"levels": {}}
