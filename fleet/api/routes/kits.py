@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from fleet.api.deps import StoreDep
-from fleet.api.schemas import CheckinOut, HealthStatus, KitOut, KitPageOut, refusals
+from fleet.api.schemas import DB_INT_MAX, CheckinOut, HealthStatus, KitOut, KitPageOut, ReadinessOut, refusals
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard, require_role
 from fleet.auth.scope import visible_kits
 from fleet.health import HealthConfig
 from fleet.views.cache import KitViews
+from fleet.views.kitup import readiness_history
 from kits.manifest import ManifestError, parse_manifest
 
 router = APIRouter(prefix="/api/v1/kits", tags=["kits"], dependencies=guard("ops", "crew"), responses=AUTH_RESPONSES)
@@ -66,6 +67,18 @@ def get_kit(kit_id: str, request: Request):
 def recent_checkins(kit_id: str, store: StoreDep, limit: int = Query(20, ge=1, le=500)):
     """The kit's latest door scans (all verdicts), newest scan first, with the time each was scanned."""
     rows = store.activity.recent_checkins(kit_id, limit)
+    if rows is None:
+        raise HTTPException(status_code=404, detail=f"no kit {kit_id!r}")
+    return rows
+
+
+@router.get("/{kit_id}/readiness", response_model=list[ReadinessOut], responses=refusals({404: "no such kit"}))
+def list_readiness(kit_id: str, store: StoreDep, limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                   before: Annotated[int | None, Query(ge=0, le=DB_INT_MAX, description="ms since the epoch: "
+                                                       "the reports before this one's ts")] = None):
+    """The kit's kit-up history: each self-test its agent reported (at power-up, the panel's button,
+    ``popkit kit up``), newest first, with every problem and its fix."""
+    rows = readiness_history(store.engine, kit_id, limit, before)
     if rows is None:
         raise HTTPException(status_code=404, detail=f"no kit {kit_id!r}")
     return rows
