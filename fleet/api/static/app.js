@@ -8,6 +8,7 @@ import { initUpdates, kitUpdatesFor, renderUpdatesPage, updatesChanged, updatesR
 import { initRetail, renderRetail, retailChanged, retailRoute, wireRetailEvents } from "./retail.js";
 import { timeLine } from "./charts.js";
 import { initOps, opsRoute, renderOps } from "./ops.js";
+import { crewChanged, crewRoute, initCrew, renderCrew } from "./crew.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -223,7 +224,7 @@ function renderKitPage(id) {
   const st = kitState(k);
   const alerts = alertsOf(k);
   const power = powerDevice(k);
-  page.innerHTML = `<p><a href="#/" data-testid="back">← all kits</a></p>
+  page.innerHTML = `<p><a href="#/" data-testid="back">← all kits</a> · <a href="#/crew/${enc(k.id)}" data-testid="crew-page-link">doors, tickets and controls</a></p>
     <article class="card" data-testid="kit-${esc(k.id)}" data-kit="${esc(k.id)}" data-state="${st}">
       <h2>${esc(k.name)} <span><span class="badge ${st}" data-testid="kit-state">${st}</span>${st === "online" ? healthBadge(k.health) : ""}</span></h2>
       <div class="muted small">${esc(k.id)} · ${k.devices_online}/${k.devices_total} devices online</div>
@@ -348,12 +349,13 @@ function route() {
 const currentKit = () => { const r = route(); return r.kit ? state.kits.get(r.kit) : null; };
 
 function render() {
-  const v = venueRoute(), u = updatesRoute(), rt = retailRoute(), o = opsRoute();
+  const v = venueRoute(), u = updatesRoute(), rt = retailRoute(), o = opsRoute(), cr = crewRoute();
+  $("#crew-page").hidden = !cr;
   $("#ops-page").hidden = !o;
   $("#venue-page").hidden = !v;
   $("#updates-page").hidden = !u;
   $("#retail-page").hidden = !rt;
-  if (v || u || rt || o) { $("#overview").hidden = $("#kit-page").hidden = true; kitUpdatesFor(null); return; }  // rendered by their modules
+  if (v || u || rt || o || cr) { $("#overview").hidden = $("#kit-page").hidden = true; kitUpdatesFor(null); return; }  // rendered by their modules
   const r = route();
   $("#overview").hidden = !!r.kit;
   $("#kit-page").hidden = !r.kit;
@@ -473,6 +475,7 @@ function connect() {
     applyChanges();
     updatesChanged(c);
     retailChanged(c);
+    crewChanged(c);
   });
   es.onerror = () => { live.dataset.state = "error"; live.textContent = "reconnecting…"; };
 }
@@ -488,6 +491,7 @@ function onRoute(rerender = true) {
   if (updatesRoute()) { render(); renderUpdatesPage($("#updates-page")); window.scrollTo?.(0, 0); return; }
   if (retailRoute()) { render(); renderRetail($("#retail-page")); window.scrollTo?.(0, 0); return; }
   if (opsRoute()) { render(); renderOps($("#ops-page")); window.scrollTo?.(0, 0); return; }
+  if (crewRoute()) { render(); renderCrew($("#crew-page")); window.scrollTo?.(0, 0); return; }
   const r = route();
   if (r.kit && state.loaded && !isFull(state.kits.get(r.kit))) {
     // From the overview: the kit's summary is there, its whole view is one request away.
@@ -546,6 +550,7 @@ whoAmI().then(me => {
   initUpdates(me);
   initRetail(me);
   initOps(me);
+  initCrew(me);
   connect();
   if (me.role !== "venue") loadAll(); else renderVenuePage();
 }).catch(e => { $("#status").textContent = `fleet unreachable: ${e.message || e}`; });
