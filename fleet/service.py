@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from fleet.alerts import Evaluator
 from fleet.alerts.notify import Notifier
 from fleet.api.app import create_app
+from fleet.api.https import check_tls, warn_if_plain
 from fleet.auth.secret import signing_key
 from fleet.ingest import Ingest
 from fleet.metrics import ALERT_METRICS
@@ -56,8 +57,11 @@ def quiet_gc() -> None:
 def serve(settings: FleetSettings) -> None:
     import uvicorn
 
-    # The API's signing key first: without a usable one nothing starts (InsecureSecret says why).
+    # The API's signing key first: without a usable one nothing starts (InsecureSecret says why);
+    # then the certificate and key, if HTTPS is asked for.
     settings = with_signing_key(settings)
+    check_tls(settings)
+    warn_if_plain(settings)
     store, ingest = build(settings)
     quiet_gc()
     ingest.start()
@@ -78,10 +82,16 @@ def serve(settings: FleetSettings) -> None:
     # Rollouts stepped and their offers sent to the kits' agents as update commands (fleet/updates/worker.py),
     # with bundle tokens signed by the key the app checks them with.
     rollouts = RolloutWorker(store, app.state.publisher, settings, key=app.state.auth.key).start()
-    log.info("fleet API on http://%s/ (OpenAPI at /docs), ingesting from %s, storing in %s",
-             settings.http, redacted(settings.mqtt_url), settings.db_url.split("@")[-1])
+    log.info("fleet API on %s://%s/ (OpenAPI at /docs), ingesting from %s, storing in %s",
+             "https" if settings.tls else "http", settings.http, redacted(settings.mqtt_url),
+             settings.db_url.split("@")[-1])
     try:
-        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")
+        uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                    ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
+                    # Only a trusted proxy's forwarded headers: from anyone else they would let a client
+                    # claim HTTPS (or another address) it does not have.
+                    proxy_headers=settings.forwarded_allow_ips is not None,
+                    forwarded_allow_ips=settings.forwarded_allow_ips or "127.0.0.1")
     finally:
         evaluator.stop()
         maintenance.stop()

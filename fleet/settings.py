@@ -124,6 +124,16 @@ class FleetSettings(BaseSettings):
     retail_pending_alert_s: float = Field(default=24 * 3600.0, gt=0, description="a kit whose till last reported "
                                           "an order not uploaded for this long alerts (orders_not_uploaded)")
     token_ttl_s: int = Field(default=12 * 3600, ge=60, le=30 * 86_400, description="how long a login lasts")
+    # HTTPS (docs/https.md): served by the fleet itself (tls_cert and tls_key, both or neither), or by a
+    # reverse proxy in front whose X-Forwarded-Proto/-For the fleet believes only from forwarded_allow_ips.
+    # Either way a request that came over HTTPS gets HSTS and a Secure session cookie.
+    tls_cert: str | None = Field(default=None, description="PEM certificate (chain) to serve HTTPS with")
+    tls_key: str | None = Field(default=None, description="PEM private key of tls_cert")
+    forwarded_allow_ips: str | None = Field(default=None, description="comma-separated addresses (or *) of the "
+                                            "reverse proxy whose X-Forwarded-Proto and X-Forwarded-For are "
+                                            "believed; unset: none (the fleet faces clients itself)")
+    hsts_max_age_s: int = Field(default=365 * 86_400, ge=0, le=2 * 365 * 86_400, description="Strict-Transport-"
+                                "Security max-age sent on HTTPS answers; 0: no HSTS header")
 
     @property
     def http_host(self) -> str:
@@ -132,6 +142,10 @@ class FleetSettings(BaseSettings):
     @property
     def http_port(self) -> int:
         return int(self.http.rsplit(":", 1)[1])
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert or self.tls_key)
 
     @property
     def bundle_base(self) -> str:

@@ -13,7 +13,8 @@ def _fleet_serve(args: argparse.Namespace) -> int:
     from fleet.settings import FleetSettings
 
     overrides = {k: v for k, v in dict(mqtt_url=args.mqtt, db_url=args.db, http=args.http, client_id=args.client_id,
-                                       share_group=args.share_group).items() if v is not None}
+                                       share_group=args.share_group, tls_cert=args.tls_cert,
+                                       tls_key=args.tls_key).items() if v is not None}
     if args.kit:
         overrides["kits"] = args.kit
     serve(FleetSettings(**overrides))
@@ -449,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-id", help="MQTT client id of this worker (POPKIT_CLIENT_ID)")
     serve.add_argument("--share-group", help="MQTT shared-subscription group for several workers")
     serve.add_argument("--kit", action="append", help="register this kit manifest at start (repeatable)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (POPKIT_TLS_CERT)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (POPKIT_TLS_KEY)")
     serve.set_defaults(func=_fleet_serve)
     user = fleet.add_parser("user", help="the API's users (ops, crew, venue)").add_subparsers(
         dest="user_command", required=True)

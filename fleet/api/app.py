@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from fleet.api.https import HstsMiddleware
 from fleet.api.routes import (audit, commands, config, dead_letters, devices, events, health, kits, pages, revocations,
                                stream, users, venues)
 from fleet.api.routes import alerts as alert_routes
@@ -83,6 +84,8 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     app.state.updates = UpdateDelivery(store)  # releases and rollouts (fleet/updates/)
     app.state.auth = Auth(key, UserStore(store.engine), ttl_s=settings.token_ttl_s)
     app.add_middleware(AuditMiddleware, audit=ApiAudit(store.engine), store=store)
+    if settings.hsts_max_age_s:  # answers to HTTPS requests only (fleet/api/https.py)
+        app.add_middleware(HstsMiddleware, max_age_s=settings.hsts_max_age_s)
     app.include_router(alert_routes.router)  # fleet/alerts/rules.py: GET /api/v1/alerts, acknowledge, resolve
     for module in (kits, devices, commands, config, events, revocations, dead_letters, health, audit, stream, venues,
                    auth_routes, users, pages):

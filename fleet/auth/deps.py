@@ -142,6 +142,8 @@ SCOPE_CHECKS: dict[str, Callable[[User, Request, str], None] | None] = {
     "order_id": None,
     # Machine tokens (fleet/machines/): the routes are for ops only.
     "token_id": None,
+    # Notification targets (fleet/notify/): the routes are for ops only.
+    "target_id": None,
 }
 
 
