@@ -11,6 +11,7 @@
 // page, and nothing lists it again. Plain DOM, as app.js; every answer's refusal shown as text.
 
 import { showLogin } from "./login.js";
+import { machinesPage } from "./machines.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -20,7 +21,7 @@ const enc = encodeURIComponent;
 // The alert rules the fleet evaluates (fleet/alerts/rules.py RULES; the API refuses any other).
 const RULES = ["low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
   "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift", "orders_not_uploaded", "double_entry"];
-const PAGES = [["alerts", "Alerts"], ["users", "Users"], ["kits", "Kits"], ["audit", "Audit log"], ["dead-letters", "Dead letters"]];
+const PAGES = [["alerts", "Alerts"], ["users", "Users"], ["kits", "Kits"], ["audit", "Audit log"], ["dead-letters", "Dead letters"], ["machines", "Machine tokens"]];
 const AUDIT_PAGE = 100;
 
 // built: the sub-page on screen (built once per visit, so a stream's redraw never wipes a form).
@@ -93,7 +94,7 @@ export function renderOps(page) {
     `<a href="#/ops/${p}" data-testid="ops-nav-${p}"${p === r.page ? ' aria-current="page"' : ""}>${label}</a>`).join("")}</nav>
     <div id="ops-body"></div>`;
   const body = $("#ops-body", page);
-  ({ alerts: alertsPage, users: usersPage, kits: kitsPage, audit: auditPage, "dead-letters": deadLettersPage })[r.page](body);
+  ({ alerts: alertsPage, users: usersPage, kits: kitsPage, audit: auditPage, "dead-letters": deadLettersPage, machines: machinesPage })[r.page](body);
 }
 
 // ------------------------------------------------------------------ alerts
