@@ -23,7 +23,7 @@ export function showLogin(message = "") {
   if (!form.hidden && !message) return;
   $("main").hidden = true;
   $("#whoami").hidden = true;
-  form.hidden = false;
+  form.hidden = form.parentElement.hidden = false;
   $("#login-status").textContent = message;
   form.querySelector("input[name=username]").focus();
 }
