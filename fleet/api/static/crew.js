@@ -70,7 +70,7 @@ function why(r) {
 }
 
 const time = ms => ms == null ? "—" : new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-const when = ms => ms == null ? "—" : new Date(ms).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+const when = ms => ms == null ? "—" : new Date(ms).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const doorsOf = k => (k?.devices ?? []).filter(d => d.role === "scanner");
 
 // ------------------------------------------------------------------ page frame
@@ -337,10 +337,11 @@ function printerCard(d) {
     <p class="cmd-status" data-testid="cmd-${esc(d.id)}" id="cmd-${esc(d.id)}" role="status"></p></section>`;
 }
 
+// A relay is on or off; a lamp also takes a brightness (0..255, the contract's level).
 function lightCard(d) {
   return `<section class="card c-sec" data-testid="light-${esc(d.id)}"><h3>${esc(d.id)} <span class="muted small">light${d.model ? ` · ${esc(d.model)}` : ""}</span></h3>
     <form class="c-form" data-light-form="${esc(d.id)}">
-      <label>Brightness <input type="range" name="level" min="0" max="255" value="255" data-testid="light-level-${esc(d.id)}"></label>
+      ${d.model === "relay" ? "" : `<label>Brightness <input type="range" name="level" min="0" max="255" value="255" data-testid="light-level-${esc(d.id)}"></label>`}
       <div class="c-actions"><button type="submit" name="on" value="1" data-testid="light-on-${esc(d.id)}">Turn on</button>
         <button type="submit" name="on" value="0" data-testid="light-off-${esc(d.id)}">Turn off</button></div>
     </form>
@@ -379,7 +380,8 @@ async function buildControls(body) {
       if (lines.length) command(f.dataset.labelForm, "print", labelJob(lines, f.code.value.trim()), out(f.dataset.labelForm));
     } else if (f.dataset.lightForm) {
       const on = ev.submitter?.value !== "0";
-      command(f.dataset.lightForm, "set", on ? { on: true, level: +f.level.value } : { on: false }, out(f.dataset.lightForm));
+      const args = !on ? { on: false } : f.level ? { on: true, level: +f.level.value } : { on: true };
+      command(f.dataset.lightForm, "set", args, out(f.dataset.lightForm));
     } else if (f.dataset.sceneForm) {
       command(f.dataset.sceneForm, "scene", { scene: f.scene.value, fade_ms: Math.round(+f.fade.value * 1000) }, out(f.dataset.sceneForm));
     }
@@ -388,12 +390,18 @@ async function buildControls(body) {
 
 // ------------------------------------------------------------------ audit
 
+// The kit's rows (its devices, alerts and routes), and the revocations of the events its doors hold: a
+// revocation names an event, not a kit, so the kit filter alone would leave them out.
 async function buildAudit(body) {
   body.innerHTML = `<div id="c-audit"></div>`;
-  const r = await call(`/audit?kit=${enc(ctx.kit.id)}&limit=50`);
+  await loadEvents();
+  const [r, revs] = await Promise.all([call(`/audit?kit=${enc(ctx.kit.id)}&limit=50`), call("/audit?action=revocations&limit=50")]);
   const box = $("#c-audit");
   if (!r.ok) { box.innerHTML = `<p class="warn">${esc(why(r))}</p>`; return; }
-  box.innerHTML = r.body.length ? `<ul class="c-list c-audit" data-testid="crew-audit-rows">${r.body.map(a => `<li data-testid="audit-row">
+  const held = new Set(ctx.events.map(e => `/api/v1/events/${e}/revocations`));
+  const rows = [...r.body, ...(revs.ok ? revs.body.filter(a => held.has(a.target)) : [])]
+    .filter((a, n, all) => all.findIndex(x => x.ref === a.ref) === n).sort((x, y) => y.ts - x.ts).slice(0, 50);
+  box.innerHTML = rows.length ? `<ul class="c-list c-audit" data-testid="crew-audit-rows">${rows.map(a => `<li data-testid="audit-row">
       <div><strong>${esc(a.what)}</strong> <span class="small muted">${when(a.ts)}</span></div>
       <div class="small">${esc(a.by ?? "—")} → ${esc(a.target)} · ${esc(a.result)}</div></li>`).join("")}</ul>`
     : `<p data-testid="crew-audit-none">Nothing done at this kit yet.</p>`;
