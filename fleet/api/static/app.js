@@ -552,5 +552,5 @@ whoAmI().then(me => {
   initOps(me);
   initCrew(me);
   connect();
-  if (me.role !== "venue") loadAll(); else renderVenuePage();
+  if (me.role !== "venue") loadAll(); else { render(); renderVenuePage(); }  // render() shows the venue page opened by its link
 }).catch(e => { $("#status").textContent = `fleet unreachable: ${e.message || e}`; });
