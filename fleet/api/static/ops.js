@@ -418,7 +418,7 @@ async function loadReasons(body) {
   if (!r.ok) { say(status, why(r), false); return; }
   $("#o-reason-rows", body).innerHTML = r.body.map(x => `<tr data-testid="ops-reason-${esc(x.reason)}" data-count="${x.count}">
     <td>${esc(x.reason)}</td><td>${x.count}</td><td>${esc(when(x.last_ms))}</td>
-    <td><button type="button" data-reason="${esc(x.reason)}">show the latest</button></td></tr>`).join("");
+    <td><button type="button" data-reason="${esc(x.reason)}" aria-label="show the latest ${esc(x.reason)}">show the latest</button></td></tr>`).join("");
   say(status, r.body.length ? "" : "no dead letters: every message was stored", true);
 }
 
