@@ -11,7 +11,7 @@
 # instead, which the outbox does without meanwhile), carries each response head, then the
 # body (the manifest's to a file on flash, the files' to the stage), and is lent to the stage for
 # what it reads back; nothing grows with the release. Sockets
-# are non-blocking (the board's connect_tcp, as pkmqtt's) inside an asyncio Stream, every connect
+# are non-blocking (the board's connect_tcp, as pkmqtt's) inside a Stream (tcp.py), every connect
 # and read has a timeout, and the task yields between chunks: the app's loop (a door's UART) keeps
 # turning. Network faults (the agent or the Wi-Fi gone, a refused connect, a cut body, a 503) are
 # retried with a doubling backoff; the count starts over whenever bytes reach the flash, and past
@@ -29,6 +29,8 @@ import asyncio
 import json
 
 from micropython import const
+
+from tcp import Stream
 
 _SPAN = const(16384)  # bytes asked for in one request: a cut costs at most what was in flight
 _MAX_MANIFEST = const(8192)  # a role's manifest is ~2 KB
@@ -91,14 +93,13 @@ async def take(lk, o):
             moved = False
             asked += 1
             try:
-                st = asyncio.StreamReader(connect(o[3], o[4]))
-                # queued, not written: the TCP connect may still be under way (drain waits for it);
-                # out_buf, drain, close: MicroPython's Stream, beyond the stubs' StreamReader
-                st.out_buf = (  # type: ignore[attr-defined]
+                st = Stream(connect(o[3], o[4]))
+                # queued, not written: the TCP connect may still be under way (drain waits for it)
+                st.out_buf = (
                     "GET /updates/%s/%s%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
                         o[1], "files/" if stage else "", path, o[3], dev,
                         "Range: bytes=%d-%d\r\n" % (off, end) if stage else "")).encode()
-                await asyncio.wait_for_ms(st.drain(), t)  # type: ignore[attr-defined]
+                await asyncio.wait_for_ms(st.drain(), t)
                 # the head, into the buffer (the agent's are under 200 bytes), up to its "\r\n\r\n"
                 n = 0
                 b0 = -1
@@ -152,7 +153,7 @@ async def take(lk, o):
                             f.write(mv[:k])
                             n += k
                     got += n
-                    st.close()  # type: ignore[attr-defined]
+                    st.close()
                     st = None
                     stage = update.Stage(tmp, val, cfg, lk.fw or lk.role + "-0.0.0", o[5], buf)
                     cfg = None
@@ -199,7 +200,7 @@ async def take(lk, o):
                 wait = min(wait * 2, _BACKOFF_MAX_MS)
             finally:
                 if st is not None:
-                    st.close()  # type: ignore[attr-defined]
+                    st.close()
                     st = None
         for p, n, h in update.entries(stage._man):  # read back from flash, a file at a time, the app's turn between files
             stage.check(p, n, h)

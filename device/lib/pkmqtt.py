@@ -10,7 +10,8 @@
 # Transport contract: `connect()` returns (or, if it is a coroutine, returns
 # when awaited) a non-blocking socket-like object with read/readinto/write/close
 # that select.poll understands; its TCP connect may still be in progress. The
-# caller's loop is never blocked: all I/O goes through an asyncio Stream.
+# caller's loop is never blocked: all I/O goes through a Stream (tcp.py: asyncio's, less the rest
+# of asyncio/stream.py).
 #
 # Two tasks while started: the keeper (connects with backoff and jitter, then
 # pings, retransmits and watches for missed ping responses) and, per
@@ -32,6 +33,7 @@ from time import ticks_ms, ticks_diff
 from micropython import const
 
 from log import log
+from tcp import Stream
 
 _CONNECT = const(0x10)
 _CONNACK = const(0x20)
@@ -509,7 +511,7 @@ class Client:
             if isinstance(s, _GEN):
                 s = await s
             self._sock = s
-            st = self._st = asyncio.StreamReader(s)
+            st = self._st = Stream(s)
             # CONNECT goes in the Stream's queue and drains once the socket is writable: connected.
             st.out_buf = self._cpkt
             await st.drain()
