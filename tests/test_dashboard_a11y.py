@@ -39,10 +39,16 @@ PAGES = [
     ("overview", "crew", "/", f'[data-testid="kit-{KIT}"]', PHONE),
     ("kit", "crew", f"/#/kit/{KIT}", '[data-testid="battery-chart"] canvas', PHONE),
     ("venues", "ops", "/#/venues", f'[data-testid="venue-{VENUE}"]', DESKTOP),
-    ("venue", "venue", f"/#/venue/{VENUE}", '[data-testid="plan"] [data-testid="zone-stage"]', DESKTOP),
+    ("venue", "venue", f"/#/venue/{VENUE}", '#venue-page h2', DESKTOP),
     ("releases", "ops", "/#/releases", '[data-testid="updates-page"] h2', DESKTOP),
     ("retail", "ops", "/#/retail", '[data-testid="retail-list"] table, [data-testid="retail-list"] p', DESKTOP),
     ("retail-kit", "crew", f"/#/retail/{KIT}", '[data-testid="retail-kit"]', PHONE),
+    ("crew-kits", "crew", "/#/crew", '[data-testid="crew-kits"]', PHONE),
+    *((f"crew-{p}", "crew", f"/#/crew/{KIT}/{p}", f'[data-testid="crew-{p}"]', PHONE)
+      for p in ("doors", "revoke", "kitup", "controls", "audit")),
+    *((f"ops-{p}", "ops", f"/#/ops/{p}", f'[data-testid="ops-{p}"]', DESKTOP)
+      for p in ("alerts", "users", "kits", "audit", "dead-letters")),
+    ("ops-machines", "ops", "/#/ops/machines", '[data-testid="machines"]', DESKTOP),
 ]
 
 BLOCKING = {"serious", "critical"}
@@ -104,6 +110,20 @@ def describe(violations: list[dict]) -> str:
     return "\n".join(f"  {v['impact']}: {v['id']} ({v['help']}): "
                      + "; ".join(" ".join(n["target"]) if isinstance(n["target"], list) else str(n["target"])
                                  for n in v["nodes"][:5]) for v in violations)
+
+
+def test_axe_finds_an_unlabelled_field_and_faint_text_on_a_dashboard_page(live, world, chromium):  # noqa: F811
+    """The check below can fail: the same run flags what it is there to catch."""
+    ctx, page, _ = open_page(chromium, live, world["ops"], DESKTOP)
+    try:
+        page.goto(live.base + "/")
+        page.wait_for_selector(f'[data-testid="kit-{KIT}"]', timeout=10_000)
+        page.evaluate("""() => document.querySelector('main').insertAdjacentHTML('beforeend',
+            '<input id="canary-field"><p id="canary-text" style="color:#bbb;background:#fff">faint</p>')""")
+        flagged = {(v["id"], n["target"][0]) for v in run_axe(page) if v["impact"] in BLOCKING for n in v["nodes"]}
+        assert {("label", "#canary-field"), ("color-contrast", "#canary-text")} <= flagged, flagged
+    finally:
+        ctx.close()
 
 
 def test_every_page_has_no_serious_or_critical_accessibility_violation(live, world, chromium):  # noqa: F811
