@@ -81,12 +81,18 @@ class FleetSettings(BaseSettings):
     alert_scanner_window_s: float = Field(default=600.0, gt=0, description="window of the scanner error count")
     alert_clock_grace_s: float = Field(default=120.0, ge=0, description="an online device whose clock is still unset "
                                        "this long after it said so alerts (clock_unset)")
-    alert_webhook_url: str | None = Field(default=None, description="JSON POST target for alert notifications; "
-                                          "unset: no notifications")
+    alert_webhook_url: str | None = Field(default=None, description="a webhook made the first notification target "
+                                          "of a fleet that has none (targets are kept in the database, "
+                                          "fleet/notify/)")
     alert_notify_grace_s: float = Field(default=120.0, ge=0, description="an alert open (and unacknowledged) this "
-                                        "long is notified; one resolved sooner never is")
+                                        "long is notified; one resolved sooner never is (until ops save the policy)")
     alert_notify_repeat_s: float = Field(default=3600.0, gt=0, description="repeat the notification of an alert "
-                                         "still open and unacknowledged this often")
+                                         "still open and unacknowledged this often (until ops save the policy)")
+    alert_notify_repeats: int = Field(default=2, ge=0, le=100, description="repeats to a notification target "
+                                      "before an alert still unacknowledged escalates to the next target (until ops "
+                                      "save the escalation policy from the dashboard)")
+    alert_notify_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often the notifier looks for "
+                                       "notifications due and sends waiting for their retry")
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0, le=120, description="timeout of one webhook POST")
     alert_webhook_retries: int = Field(default=4, ge=0, le=20, description="retries after a failed POST "
                                        "(exponential backoff with jitter) before it counts as failed")

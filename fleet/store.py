@@ -27,6 +27,7 @@ from fleet.leases import Leases
 from fleet.ledger.model import HISTORICAL_AFTER_MS
 from fleet.ledger.store import LedgerStore
 from fleet.machines.store import MachineTokenStore
+from fleet.notify.store import NotifyStore
 from fleet.registry.store import RegistryStore
 from fleet.retention.store import RetentionStore
 from fleet.retail.store import RetailStore
@@ -56,6 +57,7 @@ class Store:
         self.updates = UpdateStore(engine)  # releases, rollouts, device updates, kit holds (fleet/updates/)
         self.retail = RetailStore(engine)  # each kit's catalog, the tills' orders (fleet/retail/)
         self.machines = MachineTokenStore(engine)  # scoped API tokens for machines (fleet/machines/)
+        self.notify = NotifyStore(engine)  # notification targets, escalations, sends (fleet/notify/)
         self.ledger.event_hooks.append(self.retail.orders.record)  # orders held before their receipt goes out
         self.ledger.state_hooks.append(self.updates.states_reported)  # a device's A/B news moves its update
         self.ledger.event_hooks.append(self.updates.acks_reported)  # an agent's answer to an update command

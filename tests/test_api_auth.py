@@ -113,7 +113,8 @@ class World:
                     alert_id=str(self.alert[kit]), event_id="MINE-1" if mine else "THEIRS-1", venue_id=venue,
                     zone_id="z", scene_id="s", schedule_id="sch", override_id=self.override[venue],
                     name="crew-a" if mine else "ops-olga", release_id="scanner-9.9.9", rollout_id="1",
-                    sku="TEE-BLK-M", order_id=self.order[kit], token_id="1")
+                    sku="TEE-BLK-M", order_id=self.order[kit], token_id="1",
+                    target_id="1")
 
 
 @pytest.fixture
@@ -203,6 +204,11 @@ ID_ROUTES = {
     ("POST", "/api/v1/rollouts/{rollout_id}/abort"): "user",
     # Machine tokens (fleet/machines/): ops only, as the users routes.
     ("POST", "/api/v1/machine-tokens/{token_id}/revoke"): "user",
+    # Notification targets (fleet/notify/): ops only, as the users routes.
+    ("GET", "/api/v1/notify/targets/{target_id}"): "user",
+    ("PUT", "/api/v1/notify/targets/{target_id}"): "user",
+    ("DELETE", "/api/v1/notify/targets/{target_id}"): "user",
+    ("POST", "/api/v1/notify/targets/{target_id}/test"): "user",
 }
 # A body that passes validation, so what answers is the scope check and not a 422.
 BODIES = {

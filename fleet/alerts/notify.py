@@ -1,112 +1,69 @@
-"""Alert notifications by webhook: a JSON POST per alert, from a thread of its own.
+"""Alert notifications: escalation over ops' targets (fleet/notify/), from threads of their own.
 
-When (AlertStore.due_notifications):
+Each round (every ``poll_s``, and at once after an evaluation) the notifier:
 
-* an alert still ``open`` (not acknowledged) ``grace_s`` after it opened: ``event: "opened"``;
-  one that resolves within the grace period is never notified (a blip);
-* again every ``repeat_s`` while it stays open and unacknowledged: ``event: "reminder"``;
-* once when it resolves, if it was notified before: ``event: "resolved"``.
+1. plans: for each open, unacknowledged alert past the policy's grace period, the next step of its
+   escalation (fleet/notify/model.py next_step: the first target, its repeats, the next target...);
+   for each alert resolved after it was notified, ``resolved`` to every target told of it. A step
+   is queued as a send in the same transaction that advances the alert's escalation, so of several
+   fleet workers one plans it; an alert that resolves within the grace period is never notified;
+2. delivers: each target with sends due gets a thread that works through them oldest first
+   (fleet/notify/delivery.py: one attempt each, retried later with backoff), so a target that fails
+   or hangs holds up its own sends only, never another target's nor the next round's planning.
 
-Each send is claimed first (compare-and-set of ``last_notified_ms``), so of several fleet workers
-one sends. A POST that fails (connection error, timeout, HTTP 408/429/5xx) is retried with
-exponential backoff and jitter; after the last retry (or at once for any other 4xx) the failure is
-counted (``popkit_notifications_failed_total``) and written to the alert's history, and the next
-try is a repeat interval later. Nothing here runs on the ingest or evaluator threads, and nothing
-raises out of the thread: a webhook that hangs delays only further notifications.
+Nothing here runs on the ingest or evaluator threads, and nothing raises out of a thread.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fleet.metrics import ALERT_METRICS, AlertMetrics
+from fleet.notify.delivery import Delivery, DeliveryConfig
+from fleet.notify.model import Policy, chain, next_step, payload
 
 log = logging.getLogger("popkit.fleet.notify")
-
-USER_AGENT = "popkit-fleet-alerts/1"
 
 
 @dataclass(frozen=True)
 class NotifyConfig:
-    url: str
-    grace_s: float = 120.0
-    repeat_s: float = 3600.0
-    timeout_s: float = 5.0
-    retries: int = 4
-    backoff_s: float = 1.0
+    policy: Policy = Policy()  # until ops save one (fleet/notify/store.py)
+    delivery: DeliveryConfig = DeliveryConfig()
     poll_s: float = 1.0
 
     @classmethod
-    def from_settings(cls, s: Any) -> "NotifyConfig | None":
-        if not s.alert_webhook_url:
-            return None
-        return cls(url=s.alert_webhook_url, grace_s=s.alert_notify_grace_s, repeat_s=s.alert_notify_repeat_s,
-                   timeout_s=s.alert_webhook_timeout_s, retries=s.alert_webhook_retries,
-                   backoff_s=s.alert_webhook_backoff_s)
+    def from_settings(cls, s: Any) -> "NotifyConfig":
+        return cls(policy=Policy(grace_s=s.alert_notify_grace_s, repeat_s=s.alert_notify_repeat_s,
+                                 repeats=s.alert_notify_repeats),
+                   delivery=DeliveryConfig.from_settings(s), poll_s=s.alert_notify_poll_s)
 
 
-class PermanentFailure(Exception):
-    """The webhook refused the request in a way a retry cannot fix (a 4xx other than 408/429)."""
-
-
-def payload(alert: dict, event: str, now_ms: int) -> dict:
-    """The JSON body of one notification."""
-    path = f"/api/v1/alerts/{alert['id']}"
-    return dict(
-        event=event,  # opened | reminder | resolved
-        id=alert["id"], rule=alert["rule"], subject=alert["subject"], kit_id=alert["kit_id"],
-        severity=alert["severity"], state=alert["state"], message=alert["message"],
-        first_seen_ms=alert["first_seen_ms"], last_seen_ms=alert["last_seen_ms"], count=alert["count"],
-        resolved_ms=alert["resolved_ms"], resolved_by=alert["resolved_by"], details=alert["details"],
-        notification=alert["notify_count"] + 1, sent_ms=now_ms,
-        links=dict(alert=path, acknowledge=f"{path}/acknowledge", resolve=f"{path}/resolve"),
-    )
-
-
-def post_json(url: str, body: dict, timeout_s: float) -> int:
-    """POST ``body`` as JSON; the HTTP status if 2xx, else raises (PermanentFailure: do not retry)."""
-    data = json.dumps(body, separators=(",", ":")).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json", "User-Agent": USER_AGENT})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - URL from ops' settings
-            resp.read(65536)
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        if 400 <= exc.code < 500 and exc.code not in (408, 429):
-            raise PermanentFailure(f"HTTP {exc.code}") from exc
-        raise
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code}"
-    if isinstance(exc, urllib.error.URLError):
-        return f"{type(exc.reason).__name__}: {exc.reason}"
-    return f"{type(exc).__name__}: {exc}"
+def seed_target(store: Any, url: str | None) -> None:
+    """POPKIT_ALERT_WEBHOOK_URL, from before targets: the first target of a fleet that has none."""
+    if url and not store.notify.targets():
+        store.notify.add_target(dict(name="webhook", kind="webhook", url=url, audience="ops", kits=[], rules=[],
+                                     min_severity="warning", position=0, enabled=True, repeat_s=None, repeats=None))
+        log.info("notification target 'webhook' made from POPKIT_ALERT_WEBHOOK_URL")
 
 
 class Notifier:
-    def __init__(self, store: Any, cfg: NotifyConfig, metrics: AlertMetrics = ALERT_METRICS,
-                 send: Callable[[str, dict, float], int] = post_json, clock: Callable[[], int] | None = None):
-        self.store, self.cfg, self.metrics, self.send = store, cfg, metrics, send
+    def __init__(self, store: Any, cfg: NotifyConfig = NotifyConfig(), delivery: Delivery | None = None,
+                 clock: Callable[[], int] | None = None):
+        self.store, self.cfg = store, cfg
+        self.delivery = delivery or Delivery(store, cfg.delivery)
         self.clock = clock or (lambda: int(time.time() * 1000))
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._busy: dict[int, threading.Thread] = {}  # target id -> its delivery thread
         self._thread = threading.Thread(target=self._run, name="fleet-notify", daemon=True)
 
     @classmethod
-    def from_settings(cls, store: Any, settings: Any, **kwargs: Any) -> "Notifier | None":
-        cfg = NotifyConfig.from_settings(settings)
-        return cls(store, cfg, **kwargs) if cfg else None
+    def from_settings(cls, store: Any, settings: Any, **kwargs: Any) -> "Notifier":
+        seed_target(store, settings.alert_webhook_url)
+        return cls(store, NotifyConfig.from_settings(settings), **kwargs)
 
     def start(self) -> "Notifier":
         self._thread.start()
@@ -117,6 +74,8 @@ class Notifier:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        for th in list(self._busy.values()):
+            th.join(max(0.1, timeout / 2))
 
     def wake(self) -> None:
         self._wake.set()
@@ -124,52 +83,86 @@ class Notifier:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                self.plan()
+                self.deliver()
             except Exception:  # noqa: BLE001 - the database may be away; try again next round
                 log.exception("alert notification round failed")
             self._wake.wait(self.cfg.poll_s)
             self._wake.clear()
 
     def run_once(self, now_ms: int | None = None) -> int:
-        """Send every notification due now; returns how many were attempted."""
-        now = now_ms if now_ms is not None else self.clock()
-        due = self.store.alerts.due_notifications(now, int(self.cfg.grace_s * 1000), int(self.cfg.repeat_s * 1000))
-        tried = 0
-        for alert in due:
-            if self._stop.is_set():
-                break
-            if not self.store.alerts.claim_notification(alert, now):
-                continue  # another worker has it
-            if alert["state"] == "resolved":
-                event = "resolved"
-            else:
-                event = "reminder" if alert["notify_count"] else "opened"
-            tried += 1
-            ok, detail = self.deliver(payload(alert, event, now))
-            try:
-                self.store.alerts.record_notification(alert["id"], ok, f"{event}: {detail}", self.clock())
-            except Exception:  # noqa: BLE001
-                log.exception("could not record the notification of alert %s", alert["id"])
-        return tried
+        """Plan what is due at ``now_ms`` and deliver it before returning (tests, tools); the number
+        of sends planned."""
+        planned = self.plan(now_ms)
+        self.deliver(now_ms, wait=True)
+        return planned
 
-    def deliver(self, body: dict) -> tuple[bool, str]:
-        """POST with retries; (delivered?, what happened). Never raises."""
-        attempts = self.cfg.retries + 1
-        last = ""
-        for attempt in range(attempts):
-            try:
-                status = self.send(self.cfg.url, body, self.cfg.timeout_s)
-                self.metrics.notifications_sent += 1
-                return True, f"HTTP {status}" + (f" after {attempt} retries" if attempt else "")
-            except PermanentFailure as exc:
-                last = str(exc)
-                break
-            except Exception as exc:  # noqa: BLE001 - network, timeout, 5xx: retry
-                last = describe(exc)
-            if attempt < attempts - 1:
-                delay = self.cfg.backoff_s * (2 ** attempt) * random.uniform(0.5, 1.5)
-                if self._stop.wait(delay):
-                    break
-        self.metrics.notifications_failed += 1
-        log.warning("alert %s (%s) not delivered to the webhook: %s", body.get("id"), body.get("event"), last)
-        return False, f"gave up: {last}"
+    # ------------------------------------------------------------ planning
+
+    def plan(self, now_ms: int | None = None) -> int:
+        """Queue every send due now; returns how many this worker queued."""
+        now = now_ms if now_ms is not None else self.clock()
+        notify = self.store.notify
+        policy = notify.policy(self.cfg.policy)
+        targets = notify.targets()
+        planned = 0
+        for alert_id, esc in notify.due_open(now, int(policy.grace_s * 1000), limit=1000):
+            alert = self.store.alerts.get(alert_id, history=False)
+            if alert is None or alert["state"] != "open":
+                continue
+            step = next_step(esc, chain(targets, alert), policy, now)
+            if step is None:
+                continue
+            send = dict(target_id=step.target.id, target_name=step.target.name, alert_id=alert_id,
+                        kit_id=alert["kit_id"], event=step.event,
+                        body=payload(alert, step.event, step.target, now, step.after.step), created_ms=now)
+            planned += notify.plan(alert_id, esc, step.after, send)
+        by_id = {t.id: t for t in targets}
+        for alert_id in notify.due_resolved():
+            alert = self.store.alerts.get(alert_id, history=False)
+            if alert is None:
+                continue
+            told = [by_id[i] for i in notify.told(alert_id) if i in by_id]
+            esc = notify.escalation(alert_id)
+            step_no = (esc.step if esc else 0) + 1
+            sends = [dict(target_id=t.id, target_name=t.name, alert_id=alert_id, kit_id=alert["kit_id"],
+                          event="resolved", body=payload(alert, "resolved", t, now, step_no), created_ms=now)
+                     for t in told]
+            if notify.plan_resolved(alert_id, sends):
+                planned += len(sends)
+        return planned
+
+    # ------------------------------------------------------------ delivery
+
+    def deliver(self, now_ms: int | None = None, wait: bool = False) -> None:
+        """Start a thread for each target with sends waiting that has none running (``wait``: and
+        join them)."""
+        started = []
+        for target_id in self.store.notify.pending_targets():
+            running = self._busy.get(target_id)
+            if running is not None and running.is_alive():
+                continue
+            th = threading.Thread(target=self._drain, args=(target_id, now_ms), name=f"fleet-notify-{target_id}",
+                                  daemon=True)
+            self._busy[target_id] = th
+            th.start()
+            started.append(th)
+        if wait:
+            for th in started:
+                th.join()
+
+    def _drain(self, target_id: int, fixed_now: int | None) -> None:
+        """Send the target's due sends in order; stop at one not due yet (it waits for its retry)."""
+        try:
+            while not self._stop.is_set():
+                now = fixed_now if fixed_now is not None else self.clock()
+                send = self.store.notify.oldest_pending(target_id)
+                if send is None or send["next_try_ms"] > now:
+                    return
+                if not self.store.notify.claim(send, now, self.cfg.delivery.lease_ms):
+                    return  # another worker has it
+                target = self.store.notify.target(target_id)
+                if self.delivery.attempt(send, target, fixed_now) == "pending":
+                    return
+        except Exception:  # noqa: BLE001 - this target's round ends; the next round tries again
+            log.exception("delivering to notification target %s failed", target_id)

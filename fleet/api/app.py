@@ -14,6 +14,7 @@ from fleet.api.routes import (audit, commands, config, dead_letters, devices, ev
                                stream, users, venues)
 from fleet.api.routes import alerts as alert_routes
 from fleet.api.routes import labels as label_routes
+from fleet.api.routes import notify as notify_routes
 from fleet.api.routes import machines as machine_routes
 from fleet.api.routes import retail as retail_routes
 from fleet.api.routes import retail_orders
@@ -96,6 +97,7 @@ def create_app(store: Store, ingest: Ingest | None = None, publisher: Publisher 
     app.include_router(retail_orders.router)  # fleet/retail/: the tills' orders, sales and stock
     app.include_router(retail_orders.fleet_router)
     app.include_router(label_routes.router)  # labels from the dashboard, printed by the kit's agent
+    app.include_router(notify_routes.router)  # fleet/notify/: notification targets, escalation policy, sends
     app.include_router(machine_routes.router)  # fleet/machines/: scoped, long-lived tokens for machines
     check_routes(app.routes, PUBLIC)
     return app

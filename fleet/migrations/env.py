@@ -20,6 +20,7 @@ from fleet.updates import tables as _update_tables  # noqa: F401 - its tables jo
 from fleet.retail import tables as _retail_tables  # noqa: F401 - its tables join db.metadata
 from fleet.retail import order_tables as _order_tables  # noqa: F401 - its tables join db.metadata
 from fleet.machines import tables as _machine_tables  # noqa: F401 - its tables join db.metadata
+from fleet.notify import tables as _notify_tables  # noqa: F401 - its tables join db.metadata
 from fleet.migrations import locked
 
 log = logging.getLogger("popkit.fleet")

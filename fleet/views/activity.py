@@ -61,9 +61,9 @@ class ActivityViews:
     def audit(self, limit: int = 100, before_ms: int | None = None, kits: set[str] | None = None,
               venues: set[str] | None = None, me: str | None = None, by: str | None = None,
               action: str | None = None, kit: str | None = None, since_ms: int | None = None) -> list[dict]:
-        """Who did what to which device or alert, when, and how it ended: commands and alert
-        acknowledgements/resolutions by people, and every other change made through the API
-        (fleet/auth/audit.py), newest first (``before_ms``: the next page).
+        """Who did what to which device or alert, when, and how it ended: commands, alert
+        acknowledgements/resolutions by people, each notification sent (by "webhook"), and every
+        other change made through the API (fleet/auth/audit.py), newest first (``before_ms``: the next page).
         A crew or venue user's view: ``kits`` and ``venues`` they see (None: all), and ``me``, whose
         own changes they always see. Filters: ``by`` who, ``action`` words in what they did
         ("command", "alert acknowledged", "PUT /api/v1/users"; case-insensitive), ``kit`` the kit
@@ -72,7 +72,8 @@ class ActivityViews:
         cq = select(db.commands).order_by(c.ts_ms.desc()).limit(limit)
         eq = (select(e.ts_ms, e.what, e.by, e.detail, a.id, a.rule, a.subject)
               .select_from(db.alert_events.join(db.alerts, a.id == e.alert_id))
-              .where(e.what.in_(("acknowledged", "resolved")), e.by != "auto").order_by(e.ts_ms.desc()).limit(limit))
+              .where(e.what.in_(("acknowledged", "resolved", "notified", "notify_failed")), e.by != "auto")
+              .order_by(e.ts_ms.desc()).limit(limit))
         rq = select(db.api_audit).order_by(r.ts_ms.desc(), r.id.desc()).limit(limit)
         if before_ms is not None:
             cq, eq, rq = cq.where(c.ts_ms < before_ms), eq.where(e.ts_ms < before_ms), rq.where(r.ts_ms < before_ms)

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from fleet.api.deps import IngestDep, StoreDep
 from fleet.api.routes import bundle
+from fleet.notify.metrics import render_notify_metrics
 from fleet.retail.metrics import render_catalog_metrics, render_order_metrics
 from fleet.auth.deps import AUTH_RESPONSES, guard, optional_user
 from fleet.auth.users import User
@@ -38,13 +39,14 @@ def get_health(store: StoreDep, ingest: IngestDep, user: Annotated[User | None, 
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=guard("ops"), responses=_METRICS_REFUSALS)
 def get_metrics(request: Request, store: StoreDep, ingest: IngestDep):
     """Prometheus text: messages ingested, rejected by reason, duplicates, devices online, alerts
-    firing by rule and severity, webhook notifications failed, the kit views' recomputation, logins
+    firing by rule and severity, notifications sent and failed by target (and why), the kit views' recomputation, logins
     succeeded, failed and throttled. ops only."""
     online, total = store.devices.online_counts()
     metrics = ingest.metrics if ingest else IngestMetrics()
     depth = ingest.queue_depth if ingest else 0
     text = render_prometheus(metrics, online, total, depth)
     text += render_alert_metrics(store.alerts.open_counts(), RULES, SEVERITIES)
+    text += render_notify_metrics([t.name for t in store.notify.targets()])  # sends and failures by target
     text += render_view_metrics(request.app.state.views.stats)
     text += render_login_metrics(request.app.state.auth.metrics)
     text += bundle.render_metrics()  # the kits' bundle downloads refused, by reason
