@@ -21,6 +21,7 @@ Screenshots of each page go to test-artifacts/crew-<page>.png.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from fleet.alerts import AlertConfig, evaluate
 from fleet.auth.testing import token_as
 from kits.tickets import EventKey, issue
 from popkit.broker import free_port
+from simulators.pwm import PwmReceiver
 from simulators.scanner import ScannerSim
 from tests.conftest import start_fleet, wait_until
 from tests.device.firmware import Device, rom_images  # noqa: F401 - fixture
@@ -43,6 +45,10 @@ from tests.test_dashboard_updates import ARTIFACTS, chromium  # noqa: F401 - the
 KIT = "ck"
 EVENT = "CREW-NIGHT"
 DOORS = ("ck-door-a", "ck-door-b")
+LIGHTS = "ck-lights-1"
+L = 257  # linear duty_u16 per level (the controller runs with gamma null here)
+# The controller's timeline as the venue's compiler would push it: two scenes, dark by default.
+TIMELINE = {"format": 1, "scenes": {"dark": {"levels": {}}, "warm": {"levels": {"r": 90, "w": 40}}}, "default": "dark"}
 PHONE = dict(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
 MANIFEST = """
 id = "ck"
@@ -112,6 +118,19 @@ class Kit:
             dev.expect(r"READY", timeout=10)
             sim.wait_connected(1, timeout=10)
         self.agent: subprocess.Popen | None = None
+        self.pwm: PwmReceiver | None = None
+        self.rom = rom_images
+
+    def start_lights(self) -> None:
+        """The lighting controller switched on: the real firmware, its PWM on a simulated strip."""
+        self.pwm = PwmReceiver()
+        cfg = {"kit": KIT, "device": LIGHTS, "broker": ["127.0.0.1", self.broker.port], "dmx_slots": 0,
+               "state_dir": str(self.tmp / "lights-flash"), "pwm": ["127.0.0.1", self.pwm.port], "gamma": None,
+               "telemetry_s": 1, "keepalive": 5, "response_ms": 1500, "backoff_ms": 200, "backoff_max_ms": 500}
+        (self.tmp / "lights-flash").mkdir()
+        path = self.tmp / "lights.json"
+        path.write_text(json.dumps(cfg))
+        self.devs[LIGHTS] = Device.from_rom(self.rom["lighting"], path, budget=BUDGET)
 
     def start_agent(self) -> None:
         data = self.tmp / "agent-data"
@@ -131,6 +150,8 @@ class Kit:
             d.kill()
         for s in self.sims.values():
             s.close()
+        if self.pwm is not None:
+            self.pwm.close()
         self.server.should_exit = True
         self.thread.join(10)
         self.fleet.ingest.stop()
@@ -179,6 +200,9 @@ def test_a_crew_member_runs_the_doors_revokes_a_ticket_the_door_refuses_and_runs
     assert r.status_code == 200, r.text
     for p in r.json()["pushed"]:
         kit.devs[p["device_id"]].expect(rf"CONFIG {p['version']} ", timeout=10)
+    # The venue's lighting reached the kit's controller (still switched off): its timeline, retained.
+    timeline = fleet.api.put(f"/api/v1/devices/{LIGHTS}/config", json={"data": TIMELINE})
+    assert timeline.status_code == 200, timeline.text
 
     # Doors open before the kit's Pi is up (no hub): each door decides alone, so T1 gets in twice.
     a, b = kit.sims[DOORS[0]], kit.sims[DOORS[1]]
@@ -245,7 +269,10 @@ def test_a_crew_member_runs_the_doors_revokes_a_ticket_the_door_refuses_and_runs
         page.wait_for_selector('[data-testid="kitup-1"]', timeout=10_000)  # the new report on top of the first
         shot(page, "kitup")
 
-        # Controls: a test label and a custom label printed, the floodlight switched.
+        # Controls: a test label and a custom label printed, the floodlight switched, a scene run on the
+        # lighting controller, now switched on.
+        kit.start_lights()
+        kit.devs[LIGHTS].expect(rf"CONFIG {timeline.json()['version']} 1", timeout=15)
         page.click('[data-testid="crew-tab-controls"]')
         page.click('[data-testid="print-test-ck-printer"]')
         page.wait_for_selector('[data-testid="cmd-ck-printer"][data-status="ok"]', timeout=20_000)
@@ -257,6 +284,14 @@ def test_a_crew_member_runs_the_doors_revokes_a_ticket_the_door_refuses_and_runs
         page.wait_for_selector('[data-testid="cmd-ck-printer"][data-status="ok"]', timeout=20_000)
         page.click('[data-testid="light-off-ck-flood"]')
         page.wait_for_selector('[data-testid="cmd-ck-flood"][data-status="ok"]', timeout=20_000)
+        assert page.locator(f'[data-testid="scene-{LIGHTS}"] option').all_inner_texts() == ["dark", "warm"]
+        page.select_option(f'[data-testid="scene-{LIGHTS}"]', "warm")
+        page.fill(f'[data-testid="scene-fade-{LIGHTS}"]', "0.5")
+        page.click(f'[data-testid="scene-run-{LIGHTS}"]')
+        page.wait_for_selector(f'[data-testid="cmd-{LIGHTS}"][data-status="ok"]', timeout=20_000)
+        wait_until(lambda: kit.pwm.duties() == [90 * L, 0, 0, 40 * L], 5, what=f"the strip warm (have {kit.pwm.duties()})")
+        [scene] = fleet.api.get(f"/api/v1/devices/{LIGHTS}/commands").json()
+        assert (scene["action"], scene["args"], scene["requested_by"]) == ("scene", {"scene": "warm", "fade_ms": 500}, "crew-ck")
         printed = [c for c in fleet.api.get("/api/v1/devices/ck-printer/commands").json()]
         assert [(c["action"], c["status"], c["requested_by"]) for c in printed] == [
             ("print", "ok", "crew-ck"), ("identify", "ok", "crew-ck")]
