@@ -209,7 +209,7 @@ async function buildRevoke(body) {
   }
   body.innerHTML = `<form id="revoke-form" class="c-form" data-testid="revoke-form">
       ${eventPicker("revoke-event")}
-      <label>Ticket <input name="ticket" data-testid="revoke-ticket" required maxlength="40" autocomplete="off"
+      <label>Ticket <input name="ticket" data-testid="revoke-ticket" required maxlength="16" pattern="[A-Za-z0-9]{1,16}" title="up to 16 letters and digits" autocomplete="off"
         autocapitalize="characters" spellcheck="false" value="${esc(ctx.ticket ?? "")}"></label>
       <button type="submit" data-testid="revoke-submit">Revoke at every door</button>
       <button type="button" data-testid="revoke-check" id="revoke-check">Only check the doors</button>
