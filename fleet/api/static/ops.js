@@ -4,6 +4,7 @@
 //   kits          register (or update) a kit from its manifest
 //   audit         who did what, filtered by who, action, kit and time
 //   dead-letters  rejected messages counted per reason, and the latest of a reason
+//   machines      machine tokens (machines.js); notify: notification targets and escalation (notify.js)
 // For ops only: the API refuses these routes to crew and venue users, and the nav link stays hidden.
 //
 // A secret is shown once: a new password is in the one answer that made it (POST
@@ -12,6 +13,7 @@
 
 import { showLogin } from "./login.js";
 import { machinesPage } from "./machines.js";
+import { notifyPage } from "./notify.js";
 
 const API = "/api/v1";
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -21,7 +23,7 @@ const enc = encodeURIComponent;
 // The alert rules the fleet evaluates (fleet/alerts/rules.py RULES; the API refuses any other).
 const RULES = ["low_soc", "forecast_short", "device_offline", "paper_out", "bms_protection", "scanner_errors",
   "kit_not_ready", "config_not_applied", "clock_unset", "clock_drift", "orders_not_uploaded", "double_entry"];
-const PAGES = [["alerts", "Alerts"], ["users", "Users"], ["kits", "Kits"], ["audit", "Audit log"], ["dead-letters", "Dead letters"], ["machines", "Machine tokens"]];
+const PAGES = [["alerts", "Alerts"], ["users", "Users"], ["kits", "Kits"], ["audit", "Audit log"], ["dead-letters", "Dead letters"], ["machines", "Machine tokens"], ["notify", "Notifications"]];
 const AUDIT_PAGE = 100;
 
 // built: the sub-page on screen (built once per visit, so a stream's redraw never wipes a form).
@@ -94,7 +96,7 @@ export function renderOps(page) {
     `<a href="#/ops/${p}" data-testid="ops-nav-${p}"${p === r.page ? ' aria-current="page"' : ""}>${label}</a>`).join("")}</nav>
     <div id="ops-body"></div>`;
   const body = $("#ops-body", page);
-  ({ alerts: alertsPage, users: usersPage, kits: kitsPage, audit: auditPage, "dead-letters": deadLettersPage, machines: machinesPage })[r.page](body);
+  ({ alerts: alertsPage, users: usersPage, kits: kitsPage, audit: auditPage, "dead-letters": deadLettersPage, machines: machinesPage, notify: notifyPage })[r.page](body);
 }
 
 // ------------------------------------------------------------------ alerts
