@@ -76,7 +76,9 @@ def test_a_read_token_reads_everything_but_changes_nothing(app):
     assert r.status_code == 403 and "read-only" in r.json()["detail"]
     r = reader.post("/api/v1/machine-tokens", json={"name": "mine-now", "scope": "read"})
     assert r.status_code == 403
-    assert reader.get("/api/v1/machine-tokens").status_code == 403  # other machines' tokens are not its business
+    for hidden in ("/api/v1/machine-tokens", "/api/v1/notify/targets"):  # other machines; webhook URLs (secrets)
+        r = reader.get(hidden)
+        assert r.status_code == 403 and "not for machine tokens" in r.json()["detail"], (hidden, r.text)
     assert reader.get("/api/v1/auth/me").json()["name"] == "machine:exporter"
 
 

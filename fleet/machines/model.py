@@ -2,7 +2,8 @@
 
 Scopes:
 - ``metrics``: GET /metrics, nothing else (Prometheus);
-- ``read``: every GET route an ops user may use, but the machine tokens' own routes;
+- ``read``: every GET route an ops user may use, but the machine tokens' and notification targets'
+  routes (HIDDEN_FROM_MACHINES);
 - ``kit:<kit id>``: every GET route a crew user of that one kit may use.
 
 A machine never changes anything: every other method is refused whatever the scope. The token is
@@ -22,8 +23,9 @@ PREFIX = "pkm_"
 SHOWN_PREFIX = 10  # characters of the token kept to tell tokens apart in the list: "pkm_" and 6 random
 METRICS, READ, KIT = "metrics", "read", "kit:"
 METRICS_PATH = "/metrics"
-# A machine reading the API does not see which other machines may read it.
-HIDDEN_FROM_READ = "/api/v1/machine-tokens"
+# Never to a machine, whatever its scope: which other machines may read the fleet, and the
+# notification targets (a webhook URL is often a secret in itself: Slack's, Teams').
+HIDDEN_FROM_MACHINES = ("/api/v1/machine-tokens", "/api/v1/notify")
 
 
 class BadScope(ValueError):
@@ -63,8 +65,8 @@ def allows(scope: str, method: str, route_path: str) -> str | None:
         return "machine tokens are read-only"
     if scope == METRICS and route_path != METRICS_PATH:
         return "this machine token is for GET /metrics only (scope metrics)"
-    if route_path.startswith(HIDDEN_FROM_READ):
-        return "machine tokens cannot list machine tokens"
+    if route_path.startswith(HIDDEN_FROM_MACHINES):
+        return "not for machine tokens: machine tokens and notification targets are for ops users only"
     return None
 
 
