@@ -25,7 +25,9 @@ def _window(w: list, tz: ZoneInfo) -> dict[str, Any]:
 
 
 def timeline_diff(before: dict | None, after: dict | None, tz: str) -> dict[str, Any]:
-    """``{changed, windows_added, windows_removed, scenes_changed, floor_changed}`` of one controller."""
+    """``{changed, new, gone, windows_added, windows_removed, scenes_changed, floor_changed}`` of one
+    controller; ``new``: it gets this venue's timeline for the first time, ``gone``: no zone uses it now.
+    Only what the timelines hold is compared: the horizon each controller is given (48 h)."""
     zone = ZoneInfo(tz)
     old_w = {tuple(w) for w in (before or {}).get("windows", [])}
     new_w = {tuple(w) for w in (after or {}).get("windows", [])}
@@ -37,6 +39,9 @@ def timeline_diff(before: dict | None, after: dict | None, tz: str) -> dict[str,
         "windows_removed": [_window(list(w), zone) for w in sorted(old_w - new_w)],
         "scenes_changed": scenes_changed,
         "floor_changed": (before or {}).get("floor") != (after or {}).get("floor"),
+        "new": before is None and after is not None,
+        "gone": after is None and before is not None,
     }
-    out["changed"] = bool(out["windows_added"] or out["windows_removed"] or scenes_changed or out["floor_changed"])
+    out["changed"] = any(bool(out[k]) for k in ("windows_added", "windows_removed", "scenes_changed", "floor_changed",
+                                                 "new", "gone"))
     return out

@@ -32,8 +32,9 @@ class VenueDocs:
     overrides: list[Override] = field(default_factory=list)  # oldest first: later ones win
 
     def controllers(self) -> list[str]:
-        """Every controller (or agent light) a zone of this venue has an output on."""
-        return sorted({o.controller for z in self.zones for o in z.outputs})
+        """Every controller (or agent light) ops gave the venue or a zone of it has an output on: each
+        gets the venue's timeline, an empty one when no zone uses it (so it goes dark, not stale)."""
+        return sorted({o.controller for z in self.zones for o in z.outputs} | set(self.venue.controllers))
 
     def args(self) -> tuple:
         """(venue, zones, scenes, schedules, overrides): what compile_timeline and preview take first."""

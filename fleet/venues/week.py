@@ -10,16 +10,27 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from typing import Any, Sequence
 
-from fleet.venues.compiler import local_to_utc, occurrences  # one expansion rule for both
+from fleet.venues.compiler import local_to_utc, occurrences, schedule_windows  # one expansion rule for all
 from fleet.venues.model import Venue
+
+
+def _span(venue: Venue, first_day: date, days: int) -> tuple[datetime, datetime]:
+    tz = venue.zone
+    return (local_to_utc(datetime.combine(first_day, time()), tz),
+            local_to_utc(datetime.combine(first_day + timedelta(days=days), time()), tz))
+
+
+def check_days(venue: Venue, schedules: Sequence, first_day: date, days: int = 7) -> None:
+    """Raise the compiler's ``ScheduleConflict`` for equal-priority windows overlapping in these days:
+    a controller's timeline only reaches 48 h ahead, a planned week (or a one-off next month) further."""
+    schedule_windows(venue, schedules, *_span(venue, first_day, days))
 
 
 def week_windows(venue: Venue, schedules: Sequence, first_day: date, days: int = 7) -> list[dict[str, Any]]:
     """Every window touching the local days ``first_day`` .. +``days``, oldest first, with local
     start and end (``YYYY-MM-DDTHH:MM``) and UTC ms."""
     tz = venue.zone
-    lo = local_to_utc(datetime.combine(first_day, time()), tz)
-    hi = local_to_utc(datetime.combine(first_day + timedelta(days=days), time()), tz)
+    lo, hi = _span(venue, first_day, days)
     out = []
     for s in schedules:
         for a, b in occurrences(venue, s, lo, hi):

@@ -33,7 +33,7 @@ from fleet.commands import PublishFailed
 from fleet.venues.compiler import CompileError, levels_object, preview
 from fleet.venues.delivery import LIGHT_ROLES, VenueLighting
 from fleet.venues.diff import timeline_diff
-from fleet.venues.week import week_windows
+from fleet.venues.week import check_days, week_windows
 from fleet.venues.model import Override, Scene, Schedule, Venue, Zone, ZoneLevel
 from fleet.venues.store import VenueDocs
 from kits.contract import Id
@@ -152,6 +152,8 @@ class ControllerDiff(BaseModel):
     windows_removed: list[dict[str, Any]]
     scenes_changed: list[str] = Field(description="scenes shown in both whose levels differ on this controller")
     floor_changed: bool
+    new: bool = Field(description="the controller gets this venue's timeline for the first time")
+    gone: bool = Field(description="no zone uses the controller any more: it keeps its last timeline")
 
 
 class DraftOut(BaseModel):
@@ -159,7 +161,8 @@ class DraftOut(BaseModel):
                                 "both schedules and the overlap in local time")
     conflict: list[str] | None = Field(description="the two schedules of a conflict")
     windows: list[dict[str, Any]] = Field(description="the week's windows, local and UTC, conflicts included")
-    diff: list[ControllerDiff] = Field(description="per controller, what a publish would change (empty on a problem)")
+    diff: list[ControllerDiff] = Field(description="per controller, what a publish would change in the timeline it "
+                                       "is given (the next 48 h); empty on a problem")
 
 
 class PublishOut(WriteOut):
@@ -520,6 +523,12 @@ def _diff(lit: VenueLighting, current: VenueDocs | None, draft: VenueDocs, now: 
     return out
 
 
+def _check_ahead(docs: VenueDocs) -> None:
+    """The next 8 days free of equal-priority overlaps: every weekly conflict shows within them, not
+    only those inside the 48 h a controller is given."""
+    check_days(docs.venue, docs.schedules, datetime.now(docs.venue.zone).date(), 8)
+
+
 def _week_start(value: str | None, tz) -> date:
     if value is None:
         today = datetime.now(tz).date()
@@ -540,9 +549,12 @@ def check_draft(venue_id: str, body: VenueSet, request: Request,
     now = now_ms()
     current, draft = _proposed(lit, venue_id, body, now)
     _check_set(request, venue_id, body, current)
-    windows = week_windows(body.venue, body.schedules, _week_start(week, body.venue.zone))
+    first = _week_start(week, body.venue.zone)
+    windows = week_windows(body.venue, body.schedules, first)
     try:
+        check_days(body.venue, body.schedules, first)  # the week on screen first: the planner outlines it
         lit.check(draft, now)
+        _check_ahead(draft)
         return DraftOut(problem=None, conflict=None, windows=windows, diff=_diff(lit, current, draft, now))
     except CompileError as exc:
         return DraftOut(problem=str(exc), conflict=list(getattr(exc, "schedules", ())) or None, windows=windows,
@@ -558,6 +570,10 @@ def publish_draft(venue_id: str, body: VenueSet, request: Request):
     current, draft = _proposed(lit, venue_id, body, now)
     _check_set(request, venue_id, body, current)
     _compile_or_refuse(lit, draft)
+    try:
+        _check_ahead(draft)
+    except CompileError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
     diff = _diff(lit, current, draft, now)
     lit.docs.replace_set(venue_id, body.model_dump(mode="json"), now, by=_who(request))
     return PublishOut(pushed=_push(lit, venue_id).pushed, diff=diff)
