@@ -43,9 +43,12 @@ PAGES = [
     ("releases", "ops", "/#/releases", '[data-testid="updates-page"] h2', DESKTOP),
     ("retail", "ops", "/#/retail", '[data-testid="retail-list"] table, [data-testid="retail-list"] p', DESKTOP),
     ("retail-kit", "crew", f"/#/retail/{KIT}", '[data-testid="retail-kit"]', PHONE),
+    ("crew-doors", "crew", f"/#/crew/{KIT}/doors", '[data-testid="crew-doors"] p, [data-testid="crew-doubles"]', PHONE),
+    ("crew-revoke", "crew", f"/#/crew/{KIT}/revoke", '[data-testid="crew-revoke"] p, [data-testid="revoke-form"]', PHONE),
+    ("crew-kitup", "crew", f"/#/crew/{KIT}/kitup", '[data-testid="kitup-history"], [data-testid="kitup-none"]', PHONE),
+    ("crew-controls", "crew", f"/#/crew/{KIT}/controls", '[data-testid="crew-controls"] .card', PHONE),
+    ("crew-audit", "crew", f"/#/crew/{KIT}/audit", '[data-testid="crew-audit-rows"], [data-testid="crew-audit-none"]', PHONE),
     ("crew-kits", "crew", "/#/crew", '[data-testid="crew-kits"]', PHONE),
-    *((f"crew-{p}", "crew", f"/#/crew/{KIT}/{p}", f'[data-testid="crew-{p}"]', PHONE)
-      for p in ("doors", "revoke", "kitup", "controls", "audit")),
     *((f"ops-{p}", "ops", f"/#/ops/{p}", f'[data-testid="ops-{p}"]', DESKTOP)
       for p in ("alerts", "users", "kits", "audit", "dead-letters")),
     ("ops-machines", "ops", "/#/ops/machines", '[data-testid="machines"]', DESKTOP),
