@@ -1,16 +1,29 @@
 """The ``double_entry`` alert (fleet/alerts/rules.py): a ticket two doors both let in is raised on the
 kit, with both scans, counted up when another comes, and back to normal once the night's window has
-passed. Check-ins arrive through the real ingest (tests/test_alerts.py's simulated kit); the
-evaluator runs with a chosen "now"."""
+passed. Check-ins arrive through the real ingest (tests/test_alerts.py's simulated kit) into the
+fleet on SQLite and on PostgreSQL; the evaluator runs with a chosen "now"."""
 
 from __future__ import annotations
 
+import pytest
+
 from fleet.alerts import AlertConfig, evaluate
 from fleet.auth.testing import client_as
+from tests.conftest import start_fleet
 from tests.test_alerts import alerts, now_ms, sim  # noqa: F401 - the fixture
 
 CFG = AlertConfig(double_entry_window_s=3600)
 HOUR = 3_600_000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fleet(request, broker, tmp_path):
+    """The fleet on SQLite and on PostgreSQL: the double-entry query runs on both."""
+    url = f"sqlite:///{tmp_path / 'fleet.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    f = start_fleet(broker.url, url)
+    yield f
+    f.ingest.stop()
+    f.store.close()
 
 
 def admitted(sim, device: str, ticket: str, ts: int, hub_checked: bool = False) -> None:  # noqa: F811
