@@ -18,6 +18,7 @@ from fleet.notify.delivery import DeliveryConfig
 from tests import test_dashboard as dash
 from tests.conftest import wait_until
 from tests.test_dashboard import ARTIFACTS, DOOMED, KIT, bring_up, start_doomed_device
+from tests.test_dashboard_a11y import BLOCKING, describe, run_axe
 from tests.test_notify_targets import Receiver
 
 # The dashboard suite's fixtures: the fleet under uvicorn with an ops user, and Chromium signed in as them.
@@ -147,6 +148,8 @@ def test_ops_set_up_two_targets_and_an_offline_devices_alert_escalates_from_the_
             page.locator(f'[data-testid^="notify-send-"][data-alert="{alert["id"]}"][data-event="resolved"]'
                          f'[data-target="{target}"][data-state="sent"]').wait_for(timeout=WAIT_MS)
         page.screenshot(path=str(ARTIFACTS / "notify-resolved.png"), full_page=True)
+        blocking = [v for v in run_axe(page) if v["impact"] in BLOCKING]  # the page with its data drawn
+        assert not blocking, describe(blocking)
 
         # Every send is in the audit log, by "webhook".
         sent = [e for e in live.get("/api/v1/audit").json() if e["what"] == "alert notified" and e["ref"] == str(alert["id"])]
