@@ -52,6 +52,7 @@ PAGES = [
     *((f"ops-{p}", "ops", f"/#/ops/{p}", f'[data-testid="ops-{p}"]', DESKTOP)
       for p in ("alerts", "users", "kits", "audit", "dead-letters")),
     ("ops-machines", "ops", "/#/ops/machines", '[data-testid="machines"]', DESKTOP),
+    ("ops-notify", "ops", "/#/ops/notify", '[data-testid="notify"]', DESKTOP),
 ]
 
 BLOCKING = {"serious", "critical"}
