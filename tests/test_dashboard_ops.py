@@ -130,6 +130,34 @@ def test_ops_change_a_users_scope(live, browser):
     assert not errors, errors
 
 
+def test_ops_enable_a_user_and_give_them_a_new_password_with_the_keyboard_alone(live, browser):
+    old = new_password()
+    live.app.state.auth.users.put("crew-kai", "crew", kits=[KIT], password_hash=hash_password(old), disabled=True)
+    assert sign_in(live, "crew-kai", old).status_code == 401
+    page, errors = ops_page(browser, live, "users")
+    page.get_by_role("button", name="enable crew-kai").focus()
+    page.keyboard.press("Enter")
+    page.locator('[data-testid="ops-user-crew-kai"][data-disabled="false"]').wait_for(timeout=WAIT_MS)
+    assert sign_in(live, "crew-kai", old).status_code == 200  # enabled with the password they had
+
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+    page.get_by_role("button", name="new password for crew-kai").focus()
+    page.keyboard.press("Enter")
+    secret = page.locator('[data-testid="ops-secret-value"]')
+    secret.wait_for(timeout=WAIT_MS)
+    assert asked and "crew-kai" in asked[0]
+    # The box takes the focus, so "done" is one Enter away.
+    assert page.evaluate("document.activeElement.dataset.testid") == "ops-secret-done"
+    fresh = secret.inner_text().strip()
+    assert sign_in(live, "crew-kai", old).status_code == 401
+    assert sign_in(live, "crew-kai", fresh).status_code == 200
+    page.keyboard.press("Enter")
+    page.locator('[data-testid="ops-secret"]').wait_for(state="hidden", timeout=WAIT_MS)
+    assert fresh not in page.content()
+    assert not errors, errors
+
+
 # ---------------------------------------------------------------- alerts
 
 def raise_alerts(live, broker) -> list[dict]:
