@@ -274,7 +274,8 @@ def test_the_audit_log_filters_by_who_action_kit_and_time(live):
     assert what(kit="listening-room") == [("ops-two", "PUT /api/v1/kits/{kit_id}")]
     assert what(since=middle) == [("ops-two", "PUT /api/v1/kits/{kit_id}")]
     assert what(before=middle) == [(live.user, "PUT /api/v1/users/{name}")]
-    assert httpx.get(f"{live.base}/api/v1/audit", headers=ops, params={"by": ""}).status_code == 422
+    for bad in ({"by": ""}, {"action": "a\x00b"}, {"kit": "demo\n"}):
+        assert httpx.get(f"{live.base}/api/v1/audit", headers=ops, params=bad).status_code == 422, bad
 
 
 # ---------------------------------------------------------------- kits
