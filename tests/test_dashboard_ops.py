@@ -22,8 +22,9 @@ import pytest
 from fleet.alerts import AlertConfig, evaluate
 from fleet.auth.passwords import hash_password, new_password
 from fleet.auth.testing import token_as
-from kits.contract import PrinterTelemetry, encode, topic
-from tests.conftest import REPO, wait_until
+from kits.contract import Command, PrinterTelemetry, encode, topic
+from kits.manifest import load_manifest
+from tests.conftest import DEMO_KIT, REPO, wait_until
 from tests import test_dashboard as dash
 from tests.test_dashboard import ARTIFACTS, KIT, bring_up, now_ms
 
@@ -276,6 +277,46 @@ def test_the_audit_log_filters_by_who_action_kit_and_time(live):
     assert what(before=middle) == [(live.user, "PUT /api/v1/users/{name}")]
     for bad in ({"by": ""}, {"action": "a\x00b"}, {"kit": "demo\n"}):
         assert httpx.get(f"{live.base}/api/v1/audit", headers=ops, params=bad).status_code == 422, bad
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    from fleet.store import Store
+
+    url = f"sqlite:///{tmp_path / 'fleet.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store.open(url)
+    s.registry.register_kit(load_manifest(DEMO_KIT))
+    yield s
+    s.close()
+
+
+def test_audit_filters_and_dead_letter_reasons_hold_on_sqlite_and_postgresql(store):
+    """The filters are SQL (LIKE with its escape, concatenation, subqueries): the same answers on both."""
+    from fleet.auth.audit import ApiAudit
+    from fleet.ledger import Batch, RejectedMessage
+
+    audit = ApiAudit(store.engine)
+    audit.record("olga", "PUT", "/api/v1/users/{name}", "/api/v1/users/a_b", 200, ts_ms=1000)
+    audit.record("olga", "PUT", "/api/v1/kits/{kit_id}", f"/api/v1/kits/{KIT}", 200, kit_id=KIT, ts_ms=2000)
+    audit.record("ivan", "DELETE", "/api/v1/users/{name}", "/api/v1/users/x", 204, ts_ms=3000)
+    store.commands.add("demo-scanner-1", Command(id="c0ffee01", ts=2500, expires=now_ms() + 60_000, action="identify"),
+                       requested_by="ivan")
+    what = lambda **kw: [(a["by"], a["what"]) for a in store.activity.audit(100, **kw)]  # noqa: E731
+    assert what(action="USERS") == [("ivan", "DELETE /api/v1/users/{name}"), ("olga", "PUT /api/v1/users/{name}")]
+    assert what(action="command ident") == [("ivan", "command identify")]
+    assert what(action="us_rs") == [] and what(action="%") == []  # wildcards are characters
+    assert what(by="olga", kit=KIT) == [("olga", "PUT /api/v1/kits/{kit_id}")]
+    assert what(kit=KIT) == [("ivan", "command identify"), ("olga", "PUT /api/v1/kits/{kit_id}")]
+    assert what(since_ms=2000, before_ms=3000) == [("ivan", "command identify"), ("olga", "PUT /api/v1/kits/{kit_id}")]
+
+    store.ledger.write_batch(Batch(rejected=[
+        RejectedMessage("popkit/v1/demo/demo-agent/telemetry", b"{no", "bad_json", "Expecting value"),
+        RejectedMessage("popkit/v1/demo/ghost/state", b"{}", "unknown_device", "no device 'ghost'"),
+        RejectedMessage("popkit/v1/demo/demo-agent/state", b"{no", "bad_json", "Expecting value")]))
+    reasons = store.ledger.dead_letter_reasons()
+    assert [(r["reason"], r["count"]) for r in reasons] == [("bad_json", 2), ("unknown_device", 1)]
+    newest = store.ledger.dead_letters(1, reason="bad_json")[0]
+    assert reasons[0]["last_id"] == newest["id"] and reasons[0]["last_ms"] == newest["received_ms"]
 
 
 # ---------------------------------------------------------------- kits
