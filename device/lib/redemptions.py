@@ -61,7 +61,6 @@ class Redemptions:
         self.count = 0  # records indexed
         self._pad = bytearray(_ID)
         self._rec = bytearray(_REC)
-        self._chunk = bytearray(_REC * _CHUNK_RECS)
         self._table = None
         size = self._repair()
         self._slots = _slots_for(max(capacity, size // _REC))
@@ -149,12 +148,12 @@ class Redemptions:
         return size
 
     def _records(self):
-        """Yield (chunk, offset) for each valid record in the file."""
+        """Yield (a view of the chunk read, offset) for each valid record in the file."""
         try:
             f = open(self.path, "rb")
         except OSError:
             return
-        chunk = self._chunk
+        chunk = bytearray(_REC * _CHUNK_RECS)  # for this pass only: nothing of 448 B resident between scans
         mv = memoryview(chunk)
         try:
             while True:
@@ -163,7 +162,7 @@ class Redemptions:
                     return
                 for off in range(0, n - _REC + 1, _REC):
                     if _valid_record(chunk, off):
-                        yield chunk, off
+                        yield mv, off
         finally:
             f.close()
 
@@ -172,8 +171,7 @@ class Redemptions:
         gc.collect()
         self._table = [bytearray(2 << _PAGE_BITS) for _ in range(self._slots >> _PAGE_BITS)]
         self.count = 0
-        mv = memoryview(self._chunk)
-        for _, off in self._records():
+        for mv, off in self._records():
             self._insert(mv[off:off + _ID])
 
     def _find(self, padded):
@@ -182,7 +180,7 @@ class Redemptions:
             f = open(self.path, "rb")
         except OSError:
             return None
-        chunk = self._chunk
+        chunk = bytearray(_REC * _CHUNK_RECS)  # (a ticket seen before: rare, and a refusal can afford it)
         mv = memoryview(chunk)
         try:
             while True:
