@@ -23,7 +23,7 @@ const ctx = {
   kit: null,                           // the kit's view (GET /kits/<id>)
   event: null, events: [],             // the event shown, and the events the kit's doors hold or scanned
   ticket: null,                        // the ticket the revoke page follows
-  timer: null, busy: false,
+  timer: null, busy: false, again: false,
 };
 window.addEventListener("hashchange", () => { ctx.built = null; });
 
@@ -121,12 +121,17 @@ async function renderKitList(root) {
 }
 
 // Redraw the live part of the page on screen; at most one at a time (a slow fleet never piles them up).
+// A change that comes meanwhile is drawn right after, not dropped.
 async function refresh() {
-  const r = crewRoute();
-  if (!r?.kit || ctx.busy || ctx.built !== `${r.kit}/${r.page}`) return;
+  if (ctx.busy) { ctx.again = true; return; }
   ctx.busy = true;
   try {
-    await LIVE[r.page]?.();
+    do {
+      ctx.again = false;
+      const r = crewRoute();
+      if (!r?.kit || ctx.built !== `${r.kit}/${r.page}`) return;
+      await LIVE[r.page]?.();
+    } while (ctx.again);
   } finally {
     ctx.busy = false;
   }
@@ -184,7 +189,7 @@ async function liveDoors() {
   const doubles = a.double_entries.filter(x => x.scans.some(s => mine.has(s.device_id)));
   const alert = alerts.ok ? alerts.body.items[0] : null;
   box.innerHTML = `<section class="card c-sec"><h3>Attendance</h3>
-      <p class="c-big"><strong data-testid="crew-admitted">${per.reduce((n, [, c]) => n + c.admitted, 0)}</strong> admitted at this kit's doors</p>
+      <p class="c-big"><strong data-testid="crew-admitted">${per.reduce((n, [, c]) => n + c.admitted, 0)}</strong> let in through this kit's doors</p>
       <ul class="c-list">${per.map(([d, c]) => `<li data-testid="door-${esc(d)}" data-admitted="${c.admitted}" data-refused="${c.refused}">
         <strong>${esc(d)}</strong> <span>${c.admitted} in</span> · <span>${c.refused} refused</span></li>`).join("")}</ul>
       ${Object.keys(a.by_verdict).length ? `<p class="small muted">${Object.entries(a.by_verdict).map(([v, n]) => `${esc(v.replaceAll("_", " "))}: ${n}`).join(" · ")}</p>` : ""}
