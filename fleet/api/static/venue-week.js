@@ -53,9 +53,9 @@ function plannerHTML() {
       const editable = st.draft.schedules.find(s => s.id === w.schedule)?.kind !== "sun";
       return `<button type="button" class="vw-block${conflict.has(w.schedule) ? " conflict" : ""}${sel.id === w.schedule ? " selected" : ""}"
         data-vw="select" data-id="${esc(w.schedule)}" data-testid="window-${esc(w.schedule)}-${i}"
-        style="top:${p.from / 60 * HOUR_PX}px;height:${Math.max(8, (p.to - p.from) / 60 * HOUR_PX)}px"
-        aria-label="${esc(w.schedule)}: ${esc(w.scene)}, priority ${w.priority}, ${esc(w.start_local.replace("T", " "))} to ${esc(w.end_local.replace("T", " "))}">
+        style="top:${p.from / 60 * HOUR_PX}px;height:${Math.max(8, (p.to - p.from) / 60 * HOUR_PX)}px">
         <span>${esc(w.schedule)}</span> <span class="vw-meta">${esc(w.scene)} · p${w.priority}</span>
+        <span class="sr-only">(priority ${w.priority}), ${esc(w.start_local.replace("T", " "))} to ${esc(w.end_local.replace("T", " "))}</span>
         ${p.last && editable ? `<span class="vw-resize" data-vw="resize" data-id="${esc(w.schedule)}" data-day="${i}" aria-hidden="true"></span>` : ""}</button>`;
     })).join("");
     return `<div class="vw-col" data-day="${i}" data-date="${date}" data-testid="day-${d}"><div class="vw-head">${d} ${date.slice(5)}</div>
@@ -78,7 +78,7 @@ function scheduleForm() {
   const edge = e => e && typeof e === "object" ? e : { event: "sunset", offset_min: 0 };
   const sStart = edge(s.kind === "sun" ? s.start : null), sEnd = s.kind === "sun" ? s.end : "23:00";
   const edgeSel = (name, e) => `<select name="${name}" aria-label="${name.replace("_", " ")}">${["sunrise", "sunset"].map(x => `<option ${e.event === x ? "selected" : ""}>${x}</option>`).join("")}</select>`;
-  return `<form data-testid="schedule-form" class="ve-form">
+  return `<form data-testid="schedule-form" class="ve-form" data-kind="${esc(s.kind)}">
     <label>Schedule id <input name="id" value="${esc(s.id)}" required pattern="[a-z0-9][a-z0-9_\\-]*" ${st.draft.schedules.some(x => x.id === s.id) ? "readonly" : ""}></label>
     <label>Kind <select name="kind">${kinds}</select></label>
     <label>Scene <select name="scene" required>${scenes}</select></label>
@@ -157,6 +157,12 @@ export async function onWeekClick(b, redraw, reload) {
   else return false;
   return true;
 }
+
+// The schedule form shows the fields of its kind only.
+document.addEventListener("change", ev => {
+  const f = ev.target.form;
+  if (f?.dataset.testid === "schedule-form" && ev.target.name === "kind") f.dataset.kind = ev.target.value;
+});
 
 export async function onWeekSubmit(f, redraw) {
   if (f.dataset.testid !== "schedule-form") return false;
