@@ -140,13 +140,14 @@ def test_a_second_active_token_of_one_name_is_409_and_only_ops_manage_tokens(app
     assert crew.post("/api/v1/machine-tokens", json={"name": "x", "scope": "kit:demo"}).status_code == 403
 
 
-def test_every_create_and_revoke_is_in_the_audit_log(app):
+def test_every_create_and_revoke_is_in_the_audit_log_naming_the_token(app):
     ops = ops_client(app, "ops-olga")
+    assert ops.post("/api/v1/machine-tokens", json={"name": "p", "scope": "admin"}).status_code == 422
     made = make(ops, "prometheus", "metrics", expires_in_days=30)
     assert made["expires_ms"] > now_ms() + 29 * 86_400_000
     ops.post(f"/api/v1/machine-tokens/{made['id']}/revoke")
     log = ops.get("/api/v1/audit", params={"action": "machine-tokens"}).json()
     assert [(e["by"], e["what"], e["target"]) for e in log] == [
         ("ops-olga", "POST /api/v1/machine-tokens/{token_id}/revoke", f"/api/v1/machine-tokens/{made['id']}/revoke"),
-        ("ops-olga", "POST /api/v1/machine-tokens", "/api/v1/machine-tokens"),
+        ("ops-olga", "POST /api/v1/machine-tokens", f"/api/v1/machine-tokens/{made['id']}"),
     ]

@@ -23,9 +23,11 @@ log = logging.getLogger("popkit.fleet.audit")
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Not changes to the fleet: signing in and out.
 NOT_AUDITED = frozenset({"/api/v1/auth/token", "/api/v1/auth/logout"})
-# These write their own audit records (commands.requested_by, alert_events.by): one entry each, not two.
+# These write their own audit records (commands.requested_by, alert_events.by; a machine token's
+# creation names the new token's id, which its path cannot): one entry each, not two.
 OWN_RECORDS = frozenset({"/api/v1/devices/{device_id}/commands", "/api/v1/alerts/{alert_id}/acknowledge",
-                         "/api/v1/alerts/{alert_id}/resolve", "/api/v1/alerts/acknowledge"})
+                         "/api/v1/alerts/{alert_id}/resolve", "/api/v1/alerts/acknowledge",
+                         "/api/v1/machine-tokens"})
 
 
 class ApiAudit:

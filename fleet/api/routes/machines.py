@@ -1,7 +1,7 @@
 """Machine tokens, for ops (fleet/machines/): list, create (the token is in that answer only), revoke.
 
-Every create and revoke is in the audit log (fleet/auth/audit.py records the POSTs); the token and
-its hash never leave the database but in the create's answer.
+Every create and revoke is in the audit log, naming the token's id (fleet/auth/audit.py records the
+revokes; a create records itself); the token is in the create's answer only, its hash nowhere.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlalchemy import select
 from fleet import db
 from fleet.api.deps import StoreDep
 from fleet.api.schemas import BAD_BODY, refusals
+from fleet.auth.audit import ApiAudit
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
 from fleet.auth.users import NAME_PATTERN
 from fleet.db import now_ms
@@ -77,6 +78,8 @@ def create_machine_token(body: MachineTokenIn, store: StoreDep, me: UserDep, res
                                                     "first, or pick another name")
     expires = now_ms() + body.expires_in_days * DAY_MS if body.expires_in_days else None
     made, token = store.machines.create(body.name, body.scope, me.name, expires)
+    # Recorded here, not by the audit middleware (OWN_RECORDS): the entry names the token made.
+    ApiAudit(store.engine).record(me.name, "POST", "/api/v1/machine-tokens", f"/api/v1/machine-tokens/{made.id}", 201)
     response.headers["Cache-Control"] = "no-store"  # the token must not sit in a cache
     return MachineTokenCreated(**made.public(now_ms()), token=token)
 
