@@ -12,7 +12,8 @@ What the crew member sees, doing each job as the crew does it:
   firmware's own verdict, ``revoked``), and that refusal on the page;
 - the kit-up history, each problem with its fix;
 - a test label and a custom label printed (the agent acks each), a light switched;
-- the audit of their kit naming them; and another crew's member finding no such kit.
+- the audit of their kit naming them; ops reaching the same pages at a desk; and another crew's
+  member finding no such kit.
 
 Each page fits the phone's width and axe-core finds no serious or critical violation on it.
 
@@ -306,6 +307,17 @@ def test_a_crew_member_runs_the_doors_revokes_a_ticket_the_door_refuses_and_runs
         assert any("command print" in r and "ck-printer" in r for r in rows), rows
         assert any("command set" in r and "ck-flood" in r for r in rows), rows
         shot(page, "audit")
+        assert not errors, errors
+    finally:
+        page.context.close()
+
+    # Ops, at a desk: the same pages for any kit, from the crew list; the desktop fits too.
+    page, errors = signed_in(chromium, kit, token_as(kit.app, "ops-desk", "ops"), viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(f"{kit.base}/#/crew")
+        page.click(f'[data-testid="crew-kit-{KIT}"]')
+        page.wait_for_selector('[data-testid="double-T1"]', timeout=10_000)
+        fits(page)
         assert not errors, errors
     finally:
         page.context.close()
