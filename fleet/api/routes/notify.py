@@ -28,7 +28,7 @@ NOT_FOUND = refusals({404: "no such target"})
 
 
 class TargetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not a count of repeats
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[^\x00-\x1f]+$", description="what ops call it")
     kind: Literal["webhook"] = "webhook"
@@ -60,7 +60,7 @@ class TargetOut(TargetIn):
 
 
 class PolicyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not a count of repeats
 
     grace_s: float = Field(ge=0, le=86_400, description="an alert open and unacknowledged this long goes to the "
                            "first target; one resolved sooner is never sent")
