@@ -107,7 +107,7 @@ async def take(lk, o):
                 while b0 < 0:
                     if n >= chunk:
                         raise update.Refused("update server: response head over %d bytes" % chunk)
-                    r = await asyncio.wait_for_ms(st.readinto(mv[n:]), t)  # type: int
+                    r = await st.readinto(mv[n:], t)  # type: int
                     if not r:
                         raise OSError("closed in the response head")
                     for i in range(n, n + r):
@@ -147,7 +147,7 @@ async def take(lk, o):
                     with open(tmp, "wb") as f:  # through the buffer to flash: never whole in RAM
                         f.write(mv[b0:b1])
                         while n < length:
-                            k = await asyncio.wait_for_ms(st.readinto(mv[:min(chunk, length - n)]), t)
+                            k = await st.readinto(mv[:min(chunk, length - n)], t)
                             if not k:
                                 raise OSError("manifest cut short")
                             f.write(mv[:k])
@@ -170,7 +170,7 @@ async def take(lk, o):
                 while left:
                     want = min(chunk, left)
                     while n < want:
-                        k = await asyncio.wait_for_ms(st.readinto(mv[n:want]), t)
+                        k = await st.readinto(mv[n:want], t)
                         if not k:
                             break
                         n += k

@@ -3,6 +3,7 @@
 # pkmqtt and the download read and write it through.
 
 import socket
+from time import ticks_diff, ticks_ms
 from asyncio import core  # type: ignore[attr-defined]  # (MicroPython's scheduler: its stubs have no core)
 from errno import EINPROGRESS
 
@@ -66,9 +67,21 @@ class Stream:
         self.s = s
         self.out_buf = b""  # what the socket did not take yet
 
-    def readinto(self, buf):
-        yield core._io_queue.queue_read(self.s)
-        return self.s.readinto(buf)
+    def readinto(self, buf, ms=0):
+        """Bytes read into buf (0: the peer closed). ``ms``: at most that long, then asyncio.TimeoutError,
+        looking every 5 ms: no timer task and runner task beside the read, as asyncio.wait_for_ms takes
+        (~0.6 KB of heap for as long as the read waits, which is most of a download)."""
+        if not ms:
+            yield core._io_queue.queue_read(self.s)
+            return self.s.readinto(buf)
+        t0 = ticks_ms()
+        while True:
+            n = self.s.readinto(buf)
+            if n is not None:
+                return n
+            if ticks_diff(ticks_ms(), t0) >= ms:
+                raise core.TimeoutError
+            yield from core.sleep_ms(5)
 
     def write(self, buf):
         if not self.out_buf:  # straight to the socket; only what it does not take is queued
