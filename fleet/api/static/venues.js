@@ -213,6 +213,7 @@ export function wireVenueEvents(rerender) {
     if (b.dataset.span) { view.span = +b.dataset.span; rerender(); }
     if (b.dataset.endOverride) {
       await fetch(`${API}/${enc(r.venue)}/overrides/${enc(b.dataset.endOverride)}`, { method: "DELETE" });
+      b.blur();  // the override list is redrawn only while nothing in it has the focus
       rerender();
     }
   });
