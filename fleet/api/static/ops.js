@@ -27,7 +27,10 @@ const PAGES = [["alerts", "Alerts"], ["users", "Users"], ["kits", "Kits"], ["aud
 const AUDIT_PAGE = 100;
 
 // built: the sub-page on screen (built once per visit, so a stream's redraw never wipes a form).
-const ctx = { me: null, page: null, built: null, users: new Map(), alertsCursor: null, auditLast: null };
+// asked: a count per list of the requests made, so only the latest one's answer is drawn (two filter
+// changes in a row send two requests, whose answers may come back in either order).
+const ctx = { me: null, page: null, built: null, users: new Map(), alertsCursor: null, auditLast: null,
+  asked: { alerts: 0, audit: 0 } };
 // Any navigation builds the next visit afresh, and takes any password left on screen with it.
 // (This module is evaluated before app.js: its listener runs before app.js's draws.)
 window.addEventListener("hashchange", () => { ctx.built = null; });
@@ -145,7 +148,9 @@ function alertQuery(body, more) {
 
 async function loadAlerts(body, more) {
   const status = $("#o-alert-status", body), rows = $("#o-alert-rows", body);
+  const n = ++ctx.asked.alerts;
   const r = await call(`/alerts?${alertQuery(body, more)}`);
+  if (n !== ctx.asked.alerts) return;  // a newer request's answer draws the list
   if (!r.ok) { say(status, why(r), false); return; }
   const html = r.body.items.map(a => `<tr data-testid="ops-alert-${a.id}" data-state="${esc(a.state)}" data-rule="${esc(a.rule)}">
     <td><input type="checkbox" data-alert-id="${a.id}" aria-label="select alert ${a.id}: ${esc(a.subject)} ${esc(a.rule)}"${a.state === "resolved" ? " disabled" : ""}></td>
@@ -387,7 +392,9 @@ async function loadAudit(body, more) {
   if (since != null) p.set("since", String(since));
   const before = more ? ctx.auditLast : until;
   if (before != null) p.set("before", String(before));
+  const n = ++ctx.asked.audit;
   const r = await call(`/audit?${p}`);
+  if (n !== ctx.asked.audit) return;  // a newer request's answer draws the list
   if (!r.ok) { say(status, why(r), false); return; }
   const html = r.body.map(a => `<tr data-testid="ops-audit-row" data-by="${esc(a.by)}"><td>${esc(when(a.ts))}</td><td>${esc(a.by ?? "")}</td>
     <td>${esc(a.what)}</td><td>${esc(a.target)}</td><td>${esc(a.result)}</td></tr>`).join("");
