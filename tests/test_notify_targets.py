@@ -86,12 +86,14 @@ def receivers():
         r.close()
 
 
-@pytest.fixture
-def store(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The fleet's store with the demo kit, on each backend (the claims are compare-and-sets on both)."""
     from kits.manifest import load_manifest
     from tests.conftest import DEMO_KIT
 
-    s = Store.open(f"sqlite:///{tmp_path / 'fleet.db'}")
+    url = f"sqlite:///{tmp_path / 'fleet.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store.open(url)
     s.registry.register_kit(load_manifest(DEMO_KIT))
     yield s
     s.close()

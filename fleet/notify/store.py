@@ -138,11 +138,14 @@ class NotifyStore:
                       next_ms=after.next_ms, resolved_told=False)
         with self.engine.begin() as conn:
             if prev is None:
-                stmt = (self._insert(t.notify_escalations).values(alert_id=alert_id, **values)
-                        .on_conflict_do_nothing(index_elements=["alert_id"]))
+                # RETURNING, not rowcount: PostgreSQL's driver gives -1 for an INSERT ... ON CONFLICT DO NOTHING.
+                taken = conn.execute(self._insert(t.notify_escalations).values(alert_id=alert_id, **values)
+                                     .on_conflict_do_nothing(index_elements=["alert_id"])
+                                     .returning(e.alert_id)).first() is not None
             else:
-                stmt = update(t.notify_escalations).where(e.alert_id == alert_id, e.step == prev.step).values(**values)
-            if not conn.execute(stmt).rowcount:
+                taken = bool(conn.execute(update(t.notify_escalations)
+                                          .where(e.alert_id == alert_id, e.step == prev.step).values(**values)).rowcount)
+            if not taken:
                 return False
             conn.execute(t.notify_sends.insert().values(**self._new_send(send)))
         return True
