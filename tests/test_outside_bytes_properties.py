@@ -88,6 +88,15 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 
 # ---------------------------------------------------------------- 1. MQTT contract payloads
 
+_ORDER = contract.Order(
+    id="5f0c2a9e-1b7d-4c3a-8e21-9d4f6a7b8c90", kit="stall", event="NM26", till="main", n=1, ts=1, currency="EUR",
+    net=2291, tax=459, gross=2750, by="sam", payment="cash", oversold=["TEE-BLK-M"],
+    lines=[contract.OrderLine(sku="TEE-BLK-M", qty=2, unit=1250, price_version=1, tax_bp=2000, net=2083, tax=417,
+                              gross=2500),
+           contract.OrderLine(sku="0400000000015", qty=1, unit=250, price_version=2, tax_bp=2000, net=208, tax=42,
+                              gross=250)])
+
+
 def _contract_examples() -> dict[str, list[dict]]:
     """Valid payloads, as JSON objects, for every channel (every telemetry kind, typed event data)."""
     env = {"boot": "ab12cd34", "seq": 7, "ts": 1_750_000_000_000}
@@ -115,6 +124,12 @@ def _contract_examples() -> dict[str, list[dict]]:
                                                              labels_printed=3, energy_wh={"pack": 120.5}
                                                              ).model_dump(exclude_none=True)),
             c.Event(**env, kind="fault", data={"what": "printer not answering"}),
+            c.Event(**env, kind="order", data=_ORDER.model_dump(exclude_none=True)),
+            c.Event(**env, kind="refund", data=c.Refund(
+                id="0b8e5a52-3c1d-4f7e-9a60-6f1d2b3c4d5e", order=_ORDER.id, kind="refund", kit="stall", event="NM26",
+                till="main", n=2, ts=2, currency="EUR", net=1042, tax=208, gross=1250, by="sam",
+                lines=[c.RefundLine(sku="TEE-BLK-M", qty=1, net=1042, tax=208, gross=1250)], reason="wrong size",
+            ).model_dump(exclude_none=True)),
         ],
         "cmd": [c.Command(id="c-1", ts=1, expires=2, action="flash", args={"times": 2})],
         "ack": [c.Ack(**env, cmd_id="c-1", status="error", detail="no such light")],
@@ -127,6 +142,9 @@ def _contract_examples() -> dict[str, list[dict]]:
                                  port=8468, ts=1),
                    c.UpdateOffer(id="r8-door-a", release="scanner-0.3.1", fw="scanner-0.3.1", host="10.42.0.1",
                                  port=8468, rollback=True, ts=2)],
+        "till": [c.TillScan(id=3, code="0400000000015", till="main", ts=1), c.TillScan(id=4, code="TEE-BLK-M", ts=2)],
+        "tilled": [c.TillAnswer(id=3, ok=True, sku="0400000000015", qty=2),
+                   c.TillAnswer(id=4, ok=False, reason="unknown_sku")],
     }
     return {ch: [json.loads(c.encode(m)) for m in ms] for ch, ms in models.items()}
 
