@@ -93,7 +93,17 @@ class FleetSettings(BaseSettings):
                                       "save the escalation policy from the dashboard)")
     alert_notify_poll_s: float = Field(default=1.0, gt=0, le=60, description="how often the notifier looks for "
                                        "notifications due and sends waiting for their retry")
-    alert_webhook_timeout_s: float = Field(default=5.0, gt=0, le=120, description="timeout of one webhook POST")
+    # Email notification targets (fleet/notify/email.py) go through this SMTP server.
+    notify_smtp_host: str | None = Field(default=None, description="SMTP server for email notification targets; "
+                                         "unset: email targets fail (and say so)")
+    notify_smtp_port: int = Field(default=587, ge=1, le=65535)
+    notify_smtp_from: str = Field(default="popkit-fleet@localhost", description="From: of notification emails")
+    notify_smtp_user: str | None = Field(default=None, description="SMTP login, if the server wants one")
+    notify_smtp_password: SecretStr | None = Field(default=None, description="its password")
+    notify_smtp_tls: Literal["starttls", "tls", "none"] = Field(default="starttls", description="starttls (port "
+                                                                 "587), tls (port 465) or none (a local relay)")
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0, le=120, description="timeout of one webhook POST "
+                                           "or SMTP exchange")
     alert_webhook_retries: int = Field(default=4, ge=0, le=20, description="retries after a failed POST "
                                        "(exponential backoff with jitter) before it counts as failed")
     alert_webhook_backoff_s: float = Field(default=1.0, ge=0, le=300, description="first retry delay, doubled each retry")

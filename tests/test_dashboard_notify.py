@@ -55,7 +55,7 @@ def offline_alerts(receiver: Receiver) -> list[dict]:
 def add_target(page, name: str, url: str, position: int, audience: str, kits: str = "", rules=(), severity="warning"):
     form = page.locator('[data-testid="notify-target-form"]')
     form.get_by_label("Name", exact=True).fill(name)
-    form.get_by_label("Webhook URL", exact=True).fill(url)
+    form.get_by_label("Address", exact=True).fill(url)
     form.get_by_label("Order", exact=True).fill(str(position))
     form.get_by_label("Audience").select_option(audience)
     form.get_by_label("Kits", exact=True).fill(kits)
@@ -95,7 +95,7 @@ def test_ops_set_up_two_targets_and_an_offline_devices_alert_escalates_from_the_
         # A crew target without its kits is refused with the fleet's reason, as text.
         add = page.locator('[data-testid="notify-target-form"]')
         add.get_by_label("Name", exact=True).fill("crew-phone")
-        add.get_by_label("Webhook URL", exact=True).fill(crew_hook.url)
+        add.get_by_label("Address", exact=True).fill(crew_hook.url)
         add.get_by_label("Audience").select_option("crew")
         add.locator('[data-testid="notify-target-save"]').click()
         wait_until(lambda: "a crew target names the kits it hears of" in status.inner_text(), 5,

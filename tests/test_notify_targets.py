@@ -431,3 +431,94 @@ def test_each_send_is_in_the_audit_log_and_failures_in_metrics(store, receivers)
     metrics = api.get("/metrics").text
     assert 'popkit_notification_sends_total{target="ops",outcome="sent"}' in metrics
     assert 'popkit_notification_failures_total{target="nobody",reason="connection"}' in metrics
+
+
+# ------------------------------------------------------------ email, through a local SMTP server
+
+
+class Mailbox:
+    """An SMTP server on 127.0.0.1 (aiosmtpd) keeping each message; refuses mail to ``refuse@...`` (550)."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        box = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd's name
+                if address.startswith("refuse@"):
+                    return "550 5.1.1 no such mailbox"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802
+                from email import message_from_bytes, policy
+
+                box.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def close(self):
+        self.controller.stop()
+
+
+@pytest.fixture
+def mailbox():
+    box = Mailbox()
+    yield box
+    box.close()
+
+
+def email_notifier(store, box: Mailbox) -> Notifier:
+    from fleet.notify.email import SmtpConfig
+
+    smtp = SmtpConfig(host="127.0.0.1", port=box.port, sender="fleet@popkit.test", tls="none")
+    cfg = NotifyConfig(policy=POLICY, delivery=DeliveryConfig(timeout_s=5, retries=1, backoff_s=1.0, smtp=smtp))
+    return Notifier(store, cfg, Delivery(store, cfg.delivery, metrics=NotifyMetrics()))
+
+
+def test_an_email_target_gets_the_alert_and_its_end_by_mail(store, mailbox, receivers):
+    target(store, "crew-mail", "mailto:crew@popkit.test", 0, kind="email", repeats=0)
+    hook = receivers()
+    target(store, "ops-pager", hook.url, 1)
+    n = email_notifier(store, mailbox)
+    t = now_ms()
+    alert = fire(store, t)
+    n.run_once(t + 121 * S)
+    [msg] = mailbox.messages
+    assert (msg["To"], msg["From"]) == ("crew@popkit.test", "fleet@popkit.test")
+    assert msg["Subject"] == "[PopKit] opened: critical paper_out: demo-printer: paper_out"
+    text = msg.get_content()
+    assert f"/api/v1/alerts/{alert}/acknowledge" in text and '"target": "crew-mail"' in text
+    n.run_once(t + 721 * S)  # no repeats here: on to the webhook
+    assert hook.events() == [("escalated", alert)] and len(mailbox.messages) == 1
+    calm(store, t + 800 * S)
+    n.run_once(t + 801 * S)
+    assert mailbox.messages[-1]["Subject"].startswith("[PopKit] resolved: ")
+    assert [s["outcome"] for s in store.notify.sends(target_id=store.notify.targets()[0].id)] == ["SMTP 250", "SMTP 250"]
+
+
+def test_a_refused_mailbox_fails_at_once_and_is_counted(store, mailbox):
+    target(store, "nobody", "mailto:refuse@popkit.test", 0, kind="email")
+    n = email_notifier(store, mailbox)
+    t = now_ms()
+    fire(store, t)
+    n.run_once(t + 121 * S)
+    [send] = store.notify.sends()
+    assert (send["state"], send["reason"], send["attempts"]) == ("failed", "smtp_5xx", 1)
+    assert send["outcome"].startswith("gave up: SMTP 550 5.1.1 no such mailbox")
+    assert n.delivery.metrics.failures[("nobody", "smtp_5xx")] == 1 and mailbox.messages == []
+
+
+def test_an_email_target_needs_a_mailto_address_and_the_fleet_an_smtp_server(store):
+    api = ops_client(create_app(store))
+    bad = api.post("/api/v1/notify/targets", json=target_body("https://hooks.example.com/x", kind="email"))
+    assert bad.status_code == 422 and "mailto:name@example.com" in bad.text
+    made = api.post("/api/v1/notify/targets", json=target_body("mailto:ops@popkit.test", kind="email"))
+    assert made.status_code == 201, made.text
+    sent = api.post(f"/api/v1/notify/targets/{made.json()['id']}/test").json()  # this fleet has no SMTP server set
+    assert (sent["state"], sent["outcome"]) == ("failed", "gave up: no SMTP server set (POPKIT_NOTIFY_SMTP_HOST)")

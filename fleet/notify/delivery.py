@@ -1,4 +1,5 @@
-"""How a notification reaches its target: a JSON POST to a webhook, one attempt at a time.
+"""How a notification reaches its target: a JSON POST to a webhook (or an email, fleet/notify/email.py),
+one attempt at a time.
 
 An attempt that fails for a reason a retry may fix (no connection, a timeout, HTTP 408/429/5xx) is
 tried again after a backoff that doubles each time (with jitter), ``retries`` times; then, or at
@@ -65,11 +66,14 @@ class DeliveryConfig:
     timeout_s: float = 5.0
     retries: int = 4
     backoff_s: float = 1.0
+    smtp: Any = None  # fleet.notify.email.SmtpConfig: the server email targets go through; None: none set
 
     @classmethod
     def from_settings(cls, s: Any) -> "DeliveryConfig":
+        from fleet.notify.email import SmtpConfig
+
         return cls(timeout_s=s.alert_webhook_timeout_s, retries=s.alert_webhook_retries,
-                   backoff_s=s.alert_webhook_backoff_s)
+                   backoff_s=s.alert_webhook_backoff_s, smtp=SmtpConfig.from_settings(s))
 
     @property
     def lease_ms(self) -> int:
@@ -92,18 +96,26 @@ class Delivery:
         try:
             if target is None:
                 raise DeliveryError("the target was deleted", "other", False)
-            status = self.send(target.url, send["body"], self.cfg.timeout_s)
+            said = self._deliver(target, send["body"])
         except Exception as exc:  # noqa: BLE001 - whatever went wrong is this target's, counted and recorded
             err = exc if isinstance(exc, DeliveryError) else DeliveryError(f"{type(exc).__name__}: {exc}", "other", True)
             return self._failed(send, name, err, now if now is not None else self.clock())
         now = now if now is not None else self.clock()
         tries = send["attempts"]
-        outcome = f"HTTP {status}" + (f" after {tries} retries" if tries else "")
+        outcome = said + (f" after {tries} retries" if tries else "")
         self.store.notify.finish(send["id"], "sent", outcome, None, now)
         self.metrics.delivered(name)
         self.totals.notifications_sent += 1
         self._history(send, name, True, outcome)
         return "sent"
+
+    def _deliver(self, target: Target, body: dict) -> str:
+        """One try at the target, by its kind; what the other end said ("HTTP 200", "SMTP 250")."""
+        if target.kind == "email":
+            from fleet.notify.email import send_email  # here: email.py builds on this module
+
+            return send_email(self.cfg.smtp, target.url, body, self.cfg.timeout_s)
+        return f"HTTP {self.send(target.url, body, self.cfg.timeout_s)}"
 
     def _failed(self, send: dict, name: str, err: DeliveryError, now: int) -> str:
         tries = send["attempts"] + 1  # this attempt included

@@ -18,13 +18,14 @@ set on a target win over the policy's for that target.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-KINDS = ("webhook",)
+KINDS = ("webhook", "email")
 AUDIENCES = ("ops", "crew", "venue")
 SEVERITY_RANK = {"warning": 0, "critical": 1}
 EVENTS = ("opened", "reminder", "escalated", "resolved", "test")
-FAILURE_REASONS = ("timeout", "connection", "http_4xx", "http_5xx", "other")
+FAILURE_REASONS = ("timeout", "connection", "http_4xx", "http_5xx", "smtp_4xx", "smtp_5xx", "other")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Policy:
 class Target:
     id: int
     name: str
-    url: str
+    url: str  # webhook: its http(s) URL; email: mailto:address
     kind: str = "webhook"
     audience: str = "ops"
     kits: tuple[str, ...] = ()
@@ -62,6 +63,18 @@ class Target:
 
     def repeat_count(self, policy: Policy) -> int:
         return self.repeats if self.repeats is not None else policy.repeats
+
+
+MAILTO = re.compile(r"^mailto:[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
+
+
+def address_problem(kind: str, url: str) -> str | None:
+    """Why ``url`` is no address for a target of ``kind``, or None."""
+    if kind == "email":
+        return None if MAILTO.match(url) else "an email target's address is mailto:name@example.com"
+    if not url.startswith(("http://", "https://")) or len(url) < 10 or any(c.isspace() for c in url):
+        return "a webhook URL is http:// or https://, with no spaces"
+    return None
 
 
 def scope_problem(audience: str, kits: list[str] | tuple[str, ...]) -> str | None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from fleet.alerts.notify import NotifyConfig
 from fleet.api.routes.alerts import Rule, Severity
@@ -16,7 +16,7 @@ from fleet.api.schemas import BAD_BODY, DB_INT_MAX, refusals
 from fleet.auth.deps import AUTH_RESPONSES, UserDep, guard
 from fleet.db import now_ms
 from fleet.notify.delivery import Delivery, DeliveryConfig
-from fleet.notify.model import Policy, Target, scope_problem, trial_payload
+from fleet.notify.model import Policy, Target, address_problem, scope_problem, trial_payload
 from fleet.notify.store import TargetConflict
 from kits.contract import Id
 
@@ -31,8 +31,9 @@ class TargetIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # strict: true is not a count of repeats
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[^\x00-\x1f]+$", description="what ops call it")
-    kind: Literal["webhook"] = "webhook"
-    url: str = Field(max_length=500, description="http(s) URL the alert is POSTed to as JSON")
+    kind: Literal["webhook", "email"] = "webhook"
+    url: str = Field(max_length=500, description="webhook: the http(s) URL the alert is POSTed to as JSON; "
+                     "email: mailto:name@example.com (sent through POPKIT_NOTIFY_SMTP_HOST)")
     audience: Literal["ops", "crew", "venue"] = Field(default="ops", description="who reads it; crew and venue "
                                                       "targets name their kits")
     kits: list[Id] = Field(default_factory=list, max_length=1000, description="only these kits' alerts; [] every kit")
@@ -47,9 +48,10 @@ class TargetIn(BaseModel):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")) or len(v) < 10 or any(c.isspace() for c in v):
-            raise ValueError("a webhook URL is http:// or https://, with no spaces")
+    def _address(cls, v: str, info: ValidationInfo) -> str:
+        problem = address_problem(info.data.get("kind", "webhook"), v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -84,8 +86,8 @@ class SendOut(BaseModel):
     created_ms: int
     done_ms: int | None
     next_try_ms: int | None = Field(description="pending: when it is tried (again)")
-    outcome: str | None = Field(description='"HTTP 200", or the last error')
-    reason: Literal["timeout", "connection", "http_4xx", "http_5xx", "other"] | None
+    outcome: str | None = Field(description='"HTTP 200", "SMTP 250", or the last error')
+    reason: Literal["timeout", "connection", "http_4xx", "http_5xx", "smtp_4xx", "smtp_5xx", "other"] | None
 
 
 class SendPage(BaseModel):

@@ -1,5 +1,5 @@
-// Notifications (ops, #/ops/notify; docs/alerts.md "Notifications"): where alerts are sent and how
-// they escalate. The escalation policy (grace period, repeat interval, repeats before the next
+// Notifications (ops, #/ops/notify; docs/alerts.md "Notifications"): where alerts are sent (webhooks,
+// emails) and how they escalate. The escalation policy (grace period, repeat interval, repeats before the next
 // target); the targets in escalation order, each with its filters (kits, rules, least severity),
 // its audience and its own repeat settings if any: add, edit, send a test, delete; and the recent
 // sends with their outcome, refreshed every few seconds while the page is open (the fleet's
@@ -65,7 +65,7 @@ export function notifyPage(body) {
     <p id="n-policy-status" class="small" role="status" data-testid="notify-policy-status"></p>
     <h3>Targets, in escalation order</h3>
     <div class="o-scroll"><table data-testid="notify-targets"><thead><tr>
-      <th>order</th><th>name</th><th>webhook</th><th>audience</th><th>kits</th><th>rules</th><th>least severity</th>
+      <th>order</th><th>name</th><th>address</th><th>audience</th><th>kits</th><th>rules</th><th>least severity</th>
       <th>repeats</th><th>state</th><th><span class="o-sr">actions</span></th></tr></thead>
       <tbody id="n-rows"></tbody></table></div>
     <p id="n-status" class="small" role="status" data-testid="notify-status"></p>
@@ -79,8 +79,12 @@ export function notifyPage(body) {
           <option value="ops">ops</option><option value="crew">crew (names its kits)</option>
           <option value="venue">venue (names its kits)</option></select></label>
       </div>
-      <label>Webhook URL <input name="url" type="url" required maxlength="500" autocomplete="off"
-        placeholder="https://hooks.example.com/popkit"></label>
+      <div class="o-row">
+        <label>Kind <select name="kind"><option value="webhook">webhook (a JSON POST)</option>
+          <option value="email">email (through the fleet's SMTP server)</option></select></label>
+        <label class="n-wide">Address <input name="url" type="url" required maxlength="500" autocomplete="off"
+          placeholder="https://hooks.example.com/popkit or mailto:ops@example.com"></label>
+      </div>
       <div class="o-row">
         <label>Kits <input name="kits" autocomplete="off" placeholder="every kit" title="kit ids, separated by commas"></label>
         <label>Rules <select name="rules" multiple size="4" title="none selected: every rule">
@@ -147,7 +151,7 @@ async function loadTargets(body) {
   if (!r.ok) { say($("#n-status", body), why(r), false); return; }
   ctx.targets = r.body;
   rows.innerHTML = r.body.length ? r.body.map(t => `<tr data-testid="notify-target-${esc(t.name)}" data-id="${t.id}">
-    <td>${t.position}</td><td>${esc(t.name)}</td><td><code>${esc(t.url)}</code></td><td>${esc(t.audience)}</td>
+    <td>${t.position}</td><td>${esc(t.name)}</td><td>${t.kind === "email" ? "email " : ""}<code>${esc(t.url)}</code></td><td>${esc(t.audience)}</td>
     <td>${t.kits.length ? esc(t.kits.join(", ")) : "every kit"}</td>
     <td>${t.rules.length ? esc(t.rules.join(", ")) : "every rule"}</td><td>${esc(t.min_severity)}</td>
     <td>${t.repeats ?? "policy"}${t.repeat_s ? `, every ${seconds(t.repeat_s)}` : ""}</td>
@@ -162,7 +166,7 @@ async function loadTargets(body) {
 function formBody(form) {
   const num = v => v === "" ? null : +v;
   return {
-    name: form.name.value.trim(), url: form.url.value.trim(), audience: form.audience.value, kind: "webhook",
+    name: form.name.value.trim(), url: form.url.value.trim(), audience: form.audience.value, kind: form.kind.value,
     kits: list(form.kits.value), rules: [...form.rules.selectedOptions].map(o => o.value),
     min_severity: form.min_severity.value, position: +form.position.value, enabled: form.enabled.checked,
     repeat_s: num(form.repeat_s.value), repeats: num(form.repeats.value),
@@ -177,7 +181,7 @@ function editTarget(body, t) {
   $("#n-cancel", body).hidden = !t;
   form.reset();
   if (!t) return;
-  for (const k of ["name", "url", "audience", "min_severity", "position"]) form[k].value = t[k];
+  for (const k of ["name", "kind", "url", "audience", "min_severity", "position"]) form[k].value = t[k];
   form.kits.value = t.kits.join(", ");
   for (const o of form.rules.options) o.selected = t.rules.includes(o.value);
   form.repeat_s.value = t.repeat_s ?? "";
