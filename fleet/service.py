@@ -68,7 +68,7 @@ def serve(settings: FleetSettings) -> None:
     app = create_app(store, ingest)
     # Alerts: evaluated every alert_eval_interval_s and soon after ingest commits (the evaluator
     # watches ingest's batch counter, never ingest itself), on the kit views the API keeps (one
-    # computation of the fleet for both); webhook notifications if a URL is set.
+    # computation of the fleet for both); notifications to ops' targets, escalated (fleet/alerts/notify.py).
     notifier = Notifier.from_settings(store, settings)
     evaluator = Evaluator.from_settings(store, settings, changes=lambda: ingest.metrics.batches,
                                         on_done=(lambda _r: notifier.wake()) if notifier else None,
