@@ -190,6 +190,10 @@ def test_ops_signs_in_opens_a_kit_and_identifies_a_device_with_the_keyboard_alon
         tab_to(page, lambda f: f["tag"] == "A" and f["text"] == "Demo listening room")
         page.keyboard.press("Enter")
         page.wait_for_selector('[data-testid="battery-chart"] canvas', timeout=5000)
+        # The chart is a canvas: its figures are in its label (bring_up's readings go 89.5 % to 75 %).
+        label = page.locator('[data-testid="battery-plot"]').get_attribute("aria-label")
+        assert page.locator('[data-testid="battery-plot"]').get_attribute("role") == "img"
+        assert "state of charge" in label and "from 89.5 % to 75 %" in label, label
         tab_to(page, lambda f: f["testid"] == f"identify-{ACKER}")
         page.keyboard.press("Enter")
         page.wait_for_selector(f'[data-testid="cmd-{ACKER}"][data-status="pending"]', timeout=5000)
