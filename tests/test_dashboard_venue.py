@@ -300,6 +300,11 @@ def test_a_venue_user_builds_a_week_resolves_a_conflict_publishes_and_the_contro
         # The controllers table's headers stay on one line each.
         heights = page.eval_on_selector_all('[data-testid="controllers"] th', "ths => ths.map(t => t.offsetHeight)")
         assert max(heights) < 40, heights
+        # A desktop page, yet on a phone nothing runs off the side (the planner scrolls in its own box).
+        page.set_viewport_size({"width": 390, "height": 844})
+        width = page.evaluate("document.documentElement.scrollWidth")
+        shot(page, "8-phone")
+        assert width <= 390, width
         assert not errors, errors
     finally:
         ctx.close()
