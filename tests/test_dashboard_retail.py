@@ -14,6 +14,7 @@ device telemetry, published as the agent's link publishes them. Screenshots go t
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -148,6 +149,10 @@ def test_ops_sees_a_kits_sales_stock_refunds_conflicts_and_late_uploads_and_prin
         tee = page.locator('[data-testid="sales-TEE-BLK-M"]').inner_text()
         assert "Tee" in tee and "−1" in tee and "20.00" in tee
         assert "37.50" in page.locator('[data-testid="sales-0400000000015"]').inner_text()
+        # The bar chart (a canvas) says its bars in words, best seller first: the totes kept 37.50, the tee 20.00.
+        chart = page.locator('[data-testid="sales-chart"][role="img"]')
+        assert chart.locator("canvas").count() == 1
+        assert re.search(r"Tote \S*37\.50, Tee \S*20\.00", chart.get_attribute("aria-label")), chart.get_attribute("aria-label")
         assert "45.00" in page.locator('[data-testid="payment-cash"]').inner_text()  # 2 tees - 1 refunded + 2 totes
         assert "12.50" in page.locator('[data-testid="payment-card_terminal"]').inner_text()
 
