@@ -149,3 +149,25 @@ def test_a_revocation_a_scanner_could_not_take_is_413_and_stores_nothing(fleet):
     assert fleet.api.get("/api/v1/events/FEST25/revocations").json() == []
     assert "revoked" not in fleet.store.config.desired(SCANNER)["data"]
     assert fleet.api.post("/api/v1/events/FEST25/revocations", json={"tickets": many[:50]}).status_code == 200
+
+
+def test_a_scanners_config_never_shows_its_keys_and_a_get_change_put_keeps_them(fleet):
+    """An event's key forges that event's tickets anywhere: the API shows a scanner's config with its keys
+    hidden, and the usual GET, change, PUT (a scanner's mode for the till) keeps the key the door holds."""
+    r = fleet.api.put("/api/v1/events/FEST25/key", json=key_body(int(time.time()) + 3600))
+    assert r.status_code == 200, r.text
+    secret = fleet.store.config.desired(SCANNER)["data"]["keys"][0]["key"]
+    shown = fleet.api.get(f"/api/v1/devices/{SCANNER}/config").json()
+    assert shown["data"]["keys"][0]["key"] == "(hidden)" and secret not in json.dumps(shown)
+
+    put = fleet.api.put(f"/api/v1/devices/{SCANNER}/config", json={"data": {**shown["data"], "mode": "till"}})
+    assert put.status_code == 200, put.text
+    assert secret not in put.text and put.json()["data"]["keys"][0]["key"] == "(hidden)"
+    held = fleet.store.config.desired(SCANNER)["data"]
+    assert held["mode"] == "till" and held["keys"][0]["key"] == secret
+
+    # a hidden key for an event the door holds no key of has nothing to keep: refused, nothing stored
+    bad = {**shown["data"], "keys": [{**shown["data"]["keys"][0], "event": "OTHER1"}]}
+    r = fleet.api.put(f"/api/v1/devices/{SCANNER}/config", json={"data": bad})
+    assert r.status_code == 422 and "data.keys[0]" in r.json()["detail"] and "OTHER1" in r.json()["detail"], r.text
+    assert fleet.store.config.desired(SCANNER)["data"] == held

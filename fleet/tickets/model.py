@@ -85,3 +85,36 @@ def scanner_data(old: dict | None, kit_id: str, keys: list[KeySpec], revoked: di
     if held or "keys" in data:
         data["keys"] = held
     return data
+
+
+# An event's key lets whoever holds it forge that event's tickets, at any kit: it goes to the scanners
+# (their retained config) and is never shown back. The API shows a scanner's config with each key
+# replaced by this, and a PUT that sends this back keeps the key the device already holds, so the
+# usual GET, change, PUT of a config (a scanner's mode, its till station) leaves its keys as they were.
+HIDDEN_KEY = "(hidden)"
+
+
+def hide_keys(data: dict | None) -> dict | None:
+    """``data`` as the API shows it: every ``keys[].key`` replaced by :data:`HIDDEN_KEY`."""
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        return data
+    return {**data, "keys": [{**k, "key": HIDDEN_KEY} if isinstance(k, dict) and "key" in k else k
+                             for k in data["keys"]]}
+
+
+def restore_keys(data: dict, held: dict | None) -> dict:
+    """``data`` from a PUT with each hidden key put back from ``held`` (the desired config stored now),
+    matched by event. A hidden key of an event the device holds no key for is refused: say so."""
+    keys = data.get("keys")
+    if not isinstance(keys, list) or not any(isinstance(k, dict) and k.get("key") == HIDDEN_KEY for k in keys):
+        return data
+    stored = {k.get("event"): k.get("key") for k in ((held or {}).get("keys") or []) if isinstance(k, dict)}
+    out = []
+    for i, k in enumerate(keys):
+        if isinstance(k, dict) and k.get("key") == HIDDEN_KEY:
+            if not isinstance(stored.get(k.get("event")), str):
+                raise ConfigConflict(f"data.keys[{i}]: the key of event {k.get('event')!r} is hidden and this device "
+                                     "holds none to keep; set it with PUT /api/v1/events/{event_id}/key")
+            k = {**k, "key": stored[k["event"]]}
+        out.append(k)
+    return {**data, "keys": out}
