@@ -304,7 +304,9 @@ def test_a_venue_user_builds_a_week_resolves_a_conflict_publishes_and_the_contro
         page.set_viewport_size({"width": 390, "height": 844})
         width = page.evaluate("document.documentElement.scrollWidth")
         shot(page, "8-phone")
-        assert width <= 390, width
+        wide = page.evaluate("""[...document.querySelectorAll('#venue-page *')].filter(e => e.getBoundingClientRect().right > 390
+            && !e.closest('.vw-grid')).slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + (e.name || e.dataset.testid || ''))""")
+        assert width <= 390, (width, wide)
         assert not errors, errors
     finally:
         ctx.close()

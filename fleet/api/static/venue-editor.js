@@ -78,7 +78,7 @@ export function zonesSection() {
       <span><button type="button" data-ve="zone-edit" data-id="${esc(x.id)}">edit</button> <button type="button" data-ve="zone-remove" data-id="${esc(x.id)}">remove</button></span></li>`).join("")
     || `<li class="muted small">No zone yet.</li>`}</ul>
     <form data-testid="zone-form" class="ve-form">
-      <label>Zone id <input name="id" value="${esc(z.id)}" required pattern="[a-z0-9][a-z0-9_\\-]*" ${z.id ? "readonly" : ""}></label>
+      <label>Zone id <input name="id" value="${esc(z.id)}" required maxlength="63" pattern="[a-z0-9][a-z0-9_\\-]*" ${z.id ? "readonly" : ""}></label>
       <label>Name <input name="name" value="${esc(z.name)}" required maxlength="120"></label>
       <label class="ve-inline"><input type="checkbox" name="safety" ${z.safety ? "checked" : ""}> safety zone (ingress/egress)</label>
       <label>Floor while open (0–255) <input type="number" name="floor" min="0" max="255" value="${z.floor_level ?? ""}" class="ve-num"></label>
@@ -122,7 +122,7 @@ export function scenesSection() {
       <span><button type="button" data-ve="scene-edit" data-id="${esc(x.id)}">edit</button> <button type="button" data-ve="scene-remove" data-id="${esc(x.id)}">remove</button></span></li>`).join("")
     || `<li class="muted small">No scene yet.</li>`}</ul>
     <form data-testid="scene-form" class="ve-form">
-      <label>Scene id <input name="id" value="${esc(s.id)}" required pattern="[a-z0-9][a-z0-9_\\-]*" ${s.id ? "readonly" : ""}></label>
+      <label>Scene id <input name="id" value="${esc(s.id)}" required maxlength="63" pattern="[a-z0-9][a-z0-9_\\-]*" ${s.id ? "readonly" : ""}></label>
       <label>Fade (seconds) <input type="number" name="fade" min="0" max="3600" step="0.1" value="${s.fade_ms / 1000}" class="ve-num"></label>
       ${rows || `<p class="muted small">Add a zone first.</p>`}
       <p class="controls"><button type="submit">save scene to draft</button>

@@ -79,7 +79,7 @@ function scheduleForm() {
   const sStart = edge(s.kind === "sun" ? s.start : null), sEnd = s.kind === "sun" ? s.end : "23:00";
   const edgeSel = (name, e) => `<select name="${name}" aria-label="${name.replace("_", " ")}">${["sunrise", "sunset"].map(x => `<option ${e.event === x ? "selected" : ""}>${x}</option>`).join("")}</select>`;
   return `<form data-testid="schedule-form" class="ve-form" data-kind="${esc(s.kind)}">
-    <label>Schedule id <input name="id" value="${esc(s.id)}" required pattern="[a-z0-9][a-z0-9_\\-]*" ${st.draft.schedules.some(x => x.id === s.id) ? "readonly" : ""}></label>
+    <label>Schedule id <input name="id" value="${esc(s.id)}" required maxlength="63" pattern="[a-z0-9][a-z0-9_\\-]*" ${st.draft.schedules.some(x => x.id === s.id) ? "readonly" : ""}></label>
     <label>Kind <select name="kind">${kinds}</select></label>
     <label>Scene <select name="scene" required>${scenes}</select></label>
     <label>Priority (0–254, higher wins) <input type="number" name="priority" min="0" max="254" value="${s.priority}" class="ve-num"></label>

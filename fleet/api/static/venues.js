@@ -146,13 +146,13 @@ async function renderNow(page, id) {
       ?? `<p class="small ve-status" data-testid="zone-override-status" role="status"></p>`;
     live.innerHTML = overrideForms(v, status, zoneStatus) + overridesList(v);
   }
-  put("#ve-controllers", controllersTable(v.controllers));
+  put("#ve-controllers", `<div class="ve-scroll">${controllersTable(v.controllers)}</div>`);
 }
 
 export async function renderVenue(page, id) {
   if (isDragging()) return;
   if (st.id !== id || page.dataset.venue !== id || !page.querySelector("#ve-week")) {
-    await load(id);
+    if (st.id !== id || !st.dirty) await load(id);  // back from another page: an unpublished draft stays
     page.dataset.venue = id;
     page.innerHTML = `<p><a href="#/venues">← venues</a></p>
       <article class="card" data-testid="venue-${esc(st.stored.venue.id)}">
@@ -187,8 +187,8 @@ async function previewAt(f, id) {
   const at = new Date(f.at.value);
   const r = await call("GET", `/${enc(id)}/preview?at=${enc(at.toISOString())}`);
   if (!r.ok) { out.textContent = `refused: ${r.text}`; return; }
-  out.innerHTML = `<table class="ve-table"><tr><th scope="col">zone</th><th scope="col">level</th><th scope="col">scene</th><th scope="col">from</th></tr>${
-    Object.entries(r.data.zones).map(([z, p]) => `<tr data-testid="preview-${esc(z)}"><td>${esc(z)}</td><td>${p.level}${p.rgb ? ` rgb(${p.rgb.join(",")})` : ""}</td><td>${esc(p.scene ?? "")}</td><td>${esc(p.layer)}</td></tr>`).join("")}</table>`;
+  out.innerHTML = `<div class="ve-scroll"><table class="ve-table"><tr><th scope="col">zone</th><th scope="col">level</th><th scope="col">scene</th><th scope="col">from</th></tr>${
+    Object.entries(r.data.zones).map(([z, p]) => `<tr data-testid="preview-${esc(z)}"><td>${esc(z)}</td><td>${p.level}${p.rgb ? ` rgb(${p.rgb.join(",")})` : ""}</td><td>${esc(p.scene ?? "")}</td><td>${esc(p.layer)}</td></tr>`).join("")}</table></div>`;
 }
 
 async function zoneOverride(f, id) {
