@@ -313,6 +313,35 @@ def test_a_venue_user_builds_a_week_resolves_a_conflict_publishes_and_the_contro
         dev.kill()
 
 
+def test_ops_create_a_venue_with_its_controller_and_its_outputs_are_there_to_pick(venue_fleet, chromium):  # noqa: F811
+    fleet = venue_fleet
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 900})
+    ctx.add_cookies([{"name": "popkit_token", "value": token_as(fleet.app, "dash-ops", "ops"), "url": fleet.base,
+                      "httpOnly": True, "sameSite": "Strict"}])
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(fleet.base + "/#/venues")
+        f = page.locator('[data-testid="venue-create"]')
+        f.locator('[name="id"]').fill("arena")
+        f.locator('[name="name"]').fill("The Arena")
+        f.locator('[name="tz"]').fill(TZ)
+        f.locator('[name="controllers"]').fill(f"{LIGHTS}, no-such-lights")
+        save(f)
+        status = page.wait_for_selector('[data-testid="venue-create-status"]:has-text("refused")')
+        assert "no-such-lights" in status.inner_text() and "[object Object]" not in status.inner_text()
+        f.locator('[name="controllers"]').fill(LIGHTS)
+        save(f)
+        page.wait_for_selector(f'[data-testid="zone-form"] [data-controller="{LIGHTS}"]')
+        assert page.locator('[data-testid="venue-form"] [name="controllers"]').input_value() == LIGHTS  # ops may change it
+        shot(page, "ops-create")
+        assert ok(fleet.api.get("/api/v1/venues/arena"))["venue"]["controllers"] == [LIGHTS]
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
 # ---------------------------------------------------------------- the API under the page
 
 def venue_set(**more) -> dict:

@@ -605,16 +605,13 @@ def undo_change(venue_id: str, request: Request):
 
 @router.get("/{venue_id}/outputs", response_model=list[OutputsOut], responses=refusals(_NO_VENUE))
 def list_outputs(venue_id: str, request: Request):
-    """The controllers a zone may use, with their outputs and which a zone has already: for a venue
-    user, those ops gave the venue and those its zones use; for ops, every lighting controller and light."""
+    """The controllers a zone of the venue may use (those ops gave it and those its zones use), with
+    their outputs and which a zone has already. Ops add one to the venue's ``controllers`` first."""
     lit = lighting(request)
     store = request.app.state.store
     docs = _docs(lit, venue_id)
     refs = store.registry.device_refs()
-    if request.state.user.role == "ops":
-        ids = {d for d, r in refs.items() if r.role in LIGHT_ROLES}
-    else:
-        ids = (set(docs.controllers()) | set(docs.venue.controllers)) & set(refs)
+    ids = set(docs.controllers()) & set(refs)
     out = []
     for device_id in sorted(ids):
         ref = refs[device_id]

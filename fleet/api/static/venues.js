@@ -102,6 +102,7 @@ export async function renderVenues(page) {
       <label>Time zone (IANA) <input name="tz" required value="${esc(Intl.DateTimeFormat().resolvedOptions().timeZone)}"></label>
       <label>Latitude <input name="latitude" type="number" step="any" min="-90" max="90" value="0" required></label>
       <label>Longitude <input name="longitude" type="number" step="any" min="-180" max="180" value="0" required></label>
+      ${me.role === "ops" ? `<label>Controllers (comma-separated) <input name="controllers"></label>` : ""}
       <p class="controls"><button type="submit">create</button></p>
       <p class="small ve-status" data-testid="venue-create-status" role="status"></p>
     </form></section>` : "";
@@ -222,7 +223,8 @@ export function wireVenueEvents(rerender) {
     const r = venueRoute();
     if (r?.list && f.dataset.testid === "venue-create") {
       ev.preventDefault();
-      const body = { id: f.id.value, name: f.name.value, tz: f.tz.value, latitude: +f.latitude.value, longitude: +f.longitude.value };
+      const body = { id: f.id.value, name: f.name.value, tz: f.tz.value, latitude: +f.latitude.value, longitude: +f.longitude.value,
+        controllers: (f.controllers?.value ?? "").split(",").map(x => x.trim()).filter(Boolean) };
       const res = await call("PUT", `/${enc(body.id)}`, body);
       if (res.ok) location.hash = `#/venue/${enc(body.id)}`;
       else f.querySelector("[data-testid=venue-create-status]").textContent = `refused: ${res.text}`;
