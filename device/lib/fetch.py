@@ -99,7 +99,7 @@ async def take(lk, o):
                     "GET /updates/%s/%s%s HTTP/1.1\r\nHost: %s\r\nX-Popkit-Device: %s\r\n%sConnection: close\r\n\r\n" % (
                         o[1], "files/" if stage else "", path, o[3], dev,
                         "Range: bytes=%d-%d\r\n" % (off, end) if stage else "")).encode()
-                await asyncio.wait_for_ms(st.drain(), t)
+                await st.drain(t)
                 # the head, into the buffer (the agent's are under 200 bytes), up to its "\r\n\r\n"
                 n = 0
                 b0 = -1

@@ -2,6 +2,7 @@
 # (pkmqtt waits for the connect to finish, so nothing blocks the app's loop), and the Stream that
 # pkmqtt and the download read and write it through.
 
+import select
 import socket
 from time import ticks_diff, ticks_ms
 from asyncio import core  # type: ignore[attr-defined]  # (MicroPython's scheduler: its stubs have no core)
@@ -92,13 +93,28 @@ class Stream:
                 buf = buf[n:]
         self.out_buf += buf
 
-    def drain(self):
+    def drain(self, ms=0):
+        """Until the socket took all that is queued. ``ms``: at most that long, then asyncio.TimeoutError,
+        looking every 5 ms through a poll of its own for writing (a write is not sure to wait for a
+        connect under way), as readinto() does: no asyncio.wait_for_ms, whose module a door then never
+        loads (~0.8 KB)."""
         if not self.out_buf:  # always yields: a loop of write and drain cannot starve the others
             return (yield from core.sleep_ms(0))
         mv = memoryview(self.out_buf)
         off = 0
+        p = None
+        if ms:
+            t0 = ticks_ms()
+            p = select.poll()
+            p.register(self.s, select.POLLOUT)
         while off < len(mv):
-            yield core._io_queue.queue_write(self.s)
+            if p is None:
+                yield core._io_queue.queue_write(self.s)
+            else:
+                while not p.poll(0):
+                    if ticks_diff(ticks_ms(), t0) >= ms:
+                        raise core.TimeoutError
+                    yield from core.sleep_ms(5)
             n = self.s.write(mv[off:])
             if n is not None:
                 off += n
