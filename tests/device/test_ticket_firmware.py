@@ -399,7 +399,9 @@ print(json.dumps({{'boot_ms': boot_ms, 'p50': times[n // 2], 'p99': times[n * 99
                f"already_admitted p50 {got['p50'] / 1000:.1f} ms, p99 {got['p99'] / 1000:.1f} ms (one scan of the log)")
 
 
-def test_decide_timing_in_the_unix_port(tmp_path, capsys):
+def test_decide_verdicts_and_their_timing_in_the_unix_port(tmp_path, capsys):
+    """The verdicts of 600 tickets decided back to back in the unix port, with their timings reported (a
+    timing is bench.firmware's to judge: on a shared CI box it says nothing of the ESP32)."""
     key = EventKey.generate("FEST25")
     payloads = [issue(key, "FEST25", f"TT{i:04d}", "GA", T0, T1) for i in range(600)]
     (tmp_path / "config.json").write_text(json.dumps(gate_config(key, capacity=1000)))
@@ -413,13 +415,16 @@ gate = verdict.Gate(cfg, '.')
 key = HMAC256(unhexlify(cfg['events'][0]['key']))
 def timed(n, fn):
     us = []
+    got = {{}}
     for _ in range(n):
         p = scans.readline()[:-1]
         t = time.ticks_us()
-        fn(p)
+        r = fn(p)
         us.append(time.ticks_diff(time.ticks_us(), t))
+        v = r[0] if isinstance(r, tuple) else 'digest'
+        got[v] = got.get(v, 0) + 1
     us.sort()
-    return [us[n // 2], us[n * 99 // 100]]
+    return [us[n // 2], us[n * 99 // 100], got]
 scans = open('scans.txt', 'rb')
 out = {{'hmac': timed(500, lambda p: key.digest(memoryview(p)[:len(p) - 17]))}}
 scans.seek(0)
@@ -433,4 +438,7 @@ print(json.dumps(out))
         report("unix port, us p50/p99: " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in got.items())
                + " (hmac = bare HMAC-SHA256 of one ticket; admit = decide incl. flash flush; again = already"
                " admitted, 500-record log; bad = bad signature)")
-    assert got["admit"][1] < 20_000  # loose: a shared CI box, not the ESP32
+    assert got["hmac"][2] == {"digest": 500}
+    assert got["admit"][2] == {"admitted": 500}
+    assert got["bad"][2] == {"bad_signature": 100}
+    assert got["again"][2] == {"already_admitted": 100}
