@@ -9,11 +9,9 @@
 // see every kit. Forms are drawn once per visit, and only the live parts below them are redrawn (on
 // the stream's changes and every few seconds), so nothing typed is lost to a refresh.
 
-import { showLogin } from "./login.js";
+import { $, esc, request, why } from "./http.js";
 
 const API = "/api/v1";
-const $ = (sel, root = document) => root.querySelector(sel);
-const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
 const PAGES = [["doors", "Doors"], ["revoke", "Revoke"], ["kitup", "Kit-up"], ["controls", "Controls"], ["audit", "Audit"]];
 const LIVE_MS = 3000;  // the live pages look again this often, besides the stream's changes
@@ -48,26 +46,8 @@ export function crewChanged(c) {
 
 // ------------------------------------------------------------------ API
 
-// Never throws: a fleet out of reach answers like a refusal (status 0).
-async function call(path, method = "GET", body) {
-  const opts = { method };
-  if (body !== undefined) Object.assign(opts, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  let r;
-  try {
-    r = await fetch(API + path, opts);
-  } catch (e) {
-    return { ok: false, status: 0, body: { detail: `fleet unreachable: ${e.message || e}` } };
-  }
-  if (r.status === 401) showLogin("your session ended: sign in again");
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
+const call = (path, method, body) => request(API + path, method, body);
 
-// A refusal as words: FastAPI's 422 detail is a list of {loc, msg}.
-function why(r) {
-  const d = r.body?.detail;
-  if (Array.isArray(d)) return d.map(x => `${(x.loc ?? []).slice(1).join(".")}: ${x.msg}`).join("; ");
-  return d ? String(d) : `HTTP ${r.status}`;
-}
 
 const time = ms => ms == null ? "—" : new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const when = ms => ms == null ? "—" : new Date(ms).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });

@@ -4,39 +4,13 @@
 // The token is in the one answer that made it (POST /api/v1/machine-tokens): it stays on screen,
 // with a copy button, until ops press "done" or leave the page, and is never stored by the page.
 
-import { showLogin } from "./login.js";
+import { $, esc, request, say, why } from "./http.js";
 
 const API = "/api/v1/machine-tokens";
-const $ = (sel, root = document) => root.querySelector(sel);
-const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const when = ms => ms == null ? "" : new Date(ms).toLocaleString();
 
-// Never throws: a fleet out of reach answers like a refusal (status 0).
-async function call(path, method = "GET", body) {
-  const opts = { method };
-  if (body !== undefined) Object.assign(opts, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  let r;
-  try {
-    r = await fetch(API + path, opts);
-  } catch (e) {
-    return { ok: false, status: 0, body: { detail: `fleet unreachable: ${e.message || e}` } };
-  }
-  if (r.status === 401) showLogin("your session ended: sign in again");
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
+const call = (path, method, body) => request(API + path, method, body);
 
-// A refusal as a sentence: FastAPI's detail is a string, or a list of {loc, msg} for a 422.
-function why(r) {
-  const d = r.body?.detail;
-  if (typeof d === "string") return d;
-  if (Array.isArray(d)) return d.map(e => `${(e.loc ?? []).filter(x => x !== "body").join(".")}: ${e.msg}`).join("; ");
-  return r.status ? `refused (${r.status})` : "fleet unreachable";
-}
-
-function say(el, text, ok) {
-  el.textContent = text;
-  el.dataset.ok = String(ok);
-}
 
 export function machinesPage(body) {
   body.innerHTML = `<section class="card" data-testid="machines"><h2>Machine tokens</h2>

@@ -5,12 +5,10 @@
 // sends with their outcome, refreshed every few seconds while the page is open (the fleet's
 // notifier sends on its own clock, which the live stream does not announce).
 
-import { showLogin } from "./login.js";
+import { $, esc, request, say, why } from "./http.js";
 
 const API = "/api/v1/notify";
 const POLL_MS = 3000;
-const $ = (sel, root = document) => root.querySelector(sel);
-const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const when = ms => ms == null ? "" : new Date(ms).toLocaleString();
 const list = s => s.split(/[\s,]+/).map(x => x.trim()).filter(Boolean);
 const seconds = s => s == null ? "" : s >= 3600 && s % 3600 === 0 ? `${s / 3600} h` : s >= 60 && s % 60 === 0 ? `${s / 60} min` : `${s} s`;
@@ -21,32 +19,8 @@ const RULES = ["low_soc", "forecast_short", "device_offline", "paper_out", "bms_
 
 const ctx = { targets: [], editing: null, timer: null };
 
-// Never throws: a fleet out of reach answers like a refusal (status 0).
-async function call(path, method = "GET", body) {
-  const opts = { method };
-  if (body !== undefined) Object.assign(opts, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  let r;
-  try {
-    r = await fetch(API + path, opts);
-  } catch (e) {
-    return { ok: false, status: 0, body: { detail: `fleet unreachable: ${e.message || e}` } };
-  }
-  if (r.status === 401) showLogin("your session ended: sign in again");
-  return { ok: r.ok, status: r.status, body: r.status === 204 ? null : await r.json().catch(() => null) };
-}
+const call = (path, method, body) => request(API + path, method, body);
 
-// A refusal as a sentence: FastAPI's detail is a string, or a list of {loc, msg} for a 422.
-function why(r) {
-  const d = r.body?.detail;
-  if (typeof d === "string") return d;
-  if (Array.isArray(d)) return d.map(e => `${(e.loc ?? []).filter(x => x !== "body").join(".")}: ${e.msg}`).join("; ");
-  return r.status ? `refused (${r.status})` : "fleet unreachable";
-}
-
-function say(el, text, ok) {
-  el.textContent = text;
-  el.dataset.ok = String(ok);
-}
 
 // ------------------------------------------------------------------ the page
 

@@ -11,13 +11,11 @@
 // /api/v1/users/<name>/password) and on screen until ops press "done"; it is never stored by the
 // page, and nothing lists it again. Plain DOM, as app.js; every answer's refusal shown as text.
 
-import { showLogin } from "./login.js";
+import { $, esc, request, say, why } from "./http.js";
 import { machinesPage } from "./machines.js";
 import { notifyPage } from "./notify.js";
 
 const API = "/api/v1";
-const $ = (sel, root = document) => root.querySelector(sel);
-const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
 
 // The alert rules the fleet evaluates (fleet/alerts/rules.py RULES; the API refuses any other).
@@ -50,33 +48,8 @@ export function initOps(me) {
 
 // ------------------------------------------------------------------ API
 
-// Never throws: a fleet out of reach answers like a refusal (status 0).
-async function call(path, method = "GET", body) {
-  const opts = { method };
-  if (typeof body === "string") Object.assign(opts, { headers: { "content-type": "text/plain" }, body });
-  else if (body !== undefined) Object.assign(opts, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  let r;
-  try {
-    r = await fetch(API + path, opts);
-  } catch (e) {
-    return { ok: false, status: 0, body: { detail: `fleet unreachable: ${e.message || e}` } };
-  }
-  if (r.status === 401) showLogin("your session ended: sign in again");
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
+const call = (path, method, body) => request(API + path, method, body);
 
-// A refusal as a sentence: FastAPI's detail is a string, or a list of {loc, msg} for a 422.
-function why(r) {
-  const d = r.body?.detail;
-  if (typeof d === "string") return d;
-  if (Array.isArray(d)) return d.map(e => `${(e.loc ?? []).filter(x => x !== "body").join(".")}: ${e.msg}`).join("; ");
-  return r.status ? `refused (${r.status})` : "fleet unreachable";
-}
-
-function say(el, text, ok) {
-  el.textContent = text;
-  el.dataset.ok = String(ok);
-}
 
 const when = ms => ms == null ? "" : new Date(ms).toLocaleString();
 const list = s => s.split(/[\s,]+/).map(x => x.trim()).filter(Boolean);

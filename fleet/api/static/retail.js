@@ -7,13 +7,11 @@
 // The page is built once per kit and event, so the labels form keeps what is being typed; its data
 // parts are redrawn when the live stream says the kit changed (its orders arrive through ingest).
 
-import { showLogin } from "./login.js";
+import { $, esc, request } from "./http.js";
 import { reasonText } from "./updates.js";
 import { bars } from "./charts.js";
 
 const API = "/api/v1";
-const $ = (sel, root = document) => root.querySelector(sel);
-const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
 // The fleet's built-in label templates (kits/retail/labels.py); a name it does not know is refused with the list.
 const TEMPLATES = ["shelf-40x30", "price-50x25", "tag-62"];
@@ -37,19 +35,7 @@ export function initRetail(me) {
 
 // ------------------------------------------------------------------ API and formatting
 
-// Never throws: a fleet out of reach is an answer like a refusal (status 0).
-async function call(path, method = "GET", body) {
-  const opts = { method };
-  if (body !== undefined) Object.assign(opts, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  let r;
-  try {
-    r = await fetch(API + path, opts);
-  } catch (e) {
-    return { ok: false, status: 0, body: { detail: `fleet unreachable: ${e.message || e}` } };
-  }
-  if (r.status === 401) showLogin("your session ended: sign in again");
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
+const call = (path, method, body) => request(API + path, method, body);
 
 async function get(path) {
   const r = await call(path);

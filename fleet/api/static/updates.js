@@ -7,12 +7,10 @@
 // tab is visible, because the fleet's worker moves rollouts on its own clock (offers, an error
 // threshold's pause), which the stream does not announce.
 
-import { showLogin } from "./login.js";
+import { $, esc, request } from "./http.js";
 
 const API = "/api/v1";
 const POLL_MS = 4000;
-const $ = (sel, root = document) => root.querySelector(sel);
-const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const enc = encodeURIComponent;
 
 const ctx = { me: null, kit: null, rolloutKits: new Set(), busy: false, again: false, soon: null };
@@ -26,19 +24,7 @@ export const updatesRoute = () => {
 
 // ------------------------------------------------------------------ API and formatting
 
-// Never throws: a fleet out of reach is an answer like a refusal (status 0), said where the answer goes.
-async function call(path, method = "GET", body) {
-  const opts = { method };
-  if (body !== undefined) Object.assign(opts, { headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-  let r;
-  try {
-    r = await fetch(API + path, opts);
-  } catch (e) {
-    return { ok: false, status: 0, body: { detail: `fleet unreachable: ${e.message || e}` } };
-  }
-  if (r.status === 401) showLogin("your session ended: sign in again");
-  return { ok: r.ok, status: r.status, body: await r.json().catch(() => null) };
-}
+const call = (path, method, body) => request(API + path, method, body);
 
 // The API's refusal as a sentence: a string detail as it is; FastAPI's list of validation errors
 // ({loc, msg}) as "field: message" each, never "[object Object]".
