@@ -21,11 +21,11 @@ import pytest
 
 from fleet.auth.passwords import hash_password, new_password
 from fleet.auth.testing import token_as
+from tests.axe import BLOCKING, describe, run_axe
 from tests.conftest import wait_until
 from tests.test_dashboard import ACKER, KIT, bring_up, live  # noqa: F401 - the fleet fixture
 from tests.test_dashboard_updates import ARTIFACTS, chromium  # noqa: F401 - the browser fixture
 
-AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
 VENUE = "hall"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}  # crew pages are phone-first
@@ -55,7 +55,6 @@ PAGES = [
     ("ops-notify", "ops", "/#/ops/notify", '[data-testid="notify"]', DESKTOP),
 ]
 
-BLOCKING = {"serious", "critical"}
 
 
 def set_up_venue(fleet) -> None:
@@ -101,19 +100,6 @@ def open_page(chromium, live, token: str | None, viewport: dict):  # noqa: F811
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     return ctx, page, errors
-
-
-def run_axe(page) -> list[dict]:
-    """axe's violations on the page as it is now (every rule axe runs by default)."""
-    page.add_script_tag(path=str(AXE))
-    result = page.evaluate("async () => await axe.run(document, { resultTypes: ['violations'] })")
-    return result["violations"]
-
-
-def describe(violations: list[dict]) -> str:
-    return "\n".join(f"  {v['impact']}: {v['id']} ({v['help']}): "
-                     + "; ".join(" ".join(n["target"]) if isinstance(n["target"], list) else str(n["target"])
-                                 for n in v["nodes"][:5]) for v in violations)
 
 
 def test_axe_finds_an_unlabelled_field_and_faint_text_on_a_dashboard_page(live, world, chromium):  # noqa: F811

@@ -40,7 +40,7 @@ from simulators.scanner import ScannerSim
 from tests.conftest import start_fleet, wait_until
 from tests.device.firmware import Device, rom_images  # noqa: F401 - fixture
 from tests.device.test_scanner_app import BUDGET, door, write_config
-from tests.test_dashboard_a11y import BLOCKING, describe, run_axe
+from tests.axe import BLOCKING, describe, run_axe
 from tests.test_dashboard_updates import ARTIFACTS, chromium  # noqa: F401 - the browser fixture
 
 KIT = "ck"

@@ -28,6 +28,7 @@ from fleet.auth.testing import token_as
 from kits.contract import State, UpdateReport, encode, topic
 from kits.release import new_private_key, public_key_of, write_bundle
 from popkit.broker import free_port
+from tests.axe import assert_no_serious_violation
 from tests.conftest import publisher, wait_until
 from tests.test_updates_api import kit_toml, upload_body
 
@@ -211,6 +212,8 @@ def test_ops_starts_a_rollout_from_the_form_watches_it_move_and_pauses_resumes_a
         assert page.locator('[data-testid="group-2"] [data-testid="progress-bar"]').get_attribute("aria-label") == (
             "0 of 5 committed, 1 failed or rolled back, 2 in flight")
         page.screenshot(path=str(ARTIFACTS / "dashboard-rollout.png"), full_page=True)
+        # the rollout's page as drawn with real groups and devices (test_dashboard_a11y's list has no rollout)
+        assert_no_serious_violation(page)
 
         # Pause with a reason, resume; abort asks first (dismissed: nothing happens), then is final.
         page.fill('[data-testid="pause-reason-input"]', "checking the canary")

@@ -25,6 +25,7 @@ from agent.till.service import Till
 from agent.till.web import serve_till
 from kits.retail.catalog import parse_catalog_csv
 from simulators.printer import PrinterSimulator
+from tests.axe import assert_no_serious_violation
 from tests.conftest import wait_until
 from tests.test_dashboard import ARTIFACTS, CHROMIUM
 from tests.test_till_web import CATALOG, KIT, STICKERS, TEE
@@ -164,6 +165,7 @@ def test_a_crew_member_sells_refunds_and_watches_stock_on_a_phone(stall, phone):
     assert page.locator(tid("cart-total")).inner_text() == "79.00 EUR"  # 2 x 25.00 + 4.00 + 25.00
     fits_the_screen(page)
     page.screenshot(path=str(ARTIFACTS / "till-phone-order.png"), full_page=True)
+    assert_no_serious_violation(page)
 
     # Paid in cash with the printer out of paper: the order stands, its receipt waits, then prints.
     printer.paper_out()
@@ -199,6 +201,7 @@ def test_a_crew_member_sells_refunds_and_watches_stock_on_a_phone(stall, phone):
     wait_until(lambda: printer.roll.cuts == 2, what="the refund slip printed")
     fits_the_screen(page)
     page.screenshot(path=str(ARTIFACTS / "till-phone-orders.png"), full_page=True)
+    assert_no_serious_violation(page)
     page.locator(tid("tab-stock")).tap()
     page.wait_for_selector(f'{tid(f"stock-{TEE}")}[data-left="11"]', timeout=WAIT_MS)
 
