@@ -224,6 +224,18 @@ def test_csv_exports_sum_to_the_sales(world):
     assert sum(int(x["gross"]) for x in sales[:-1]) == int(sales[-1]["gross"])
 
 
+def test_a_product_name_a_spreadsheet_would_run_is_exported_as_text(world):
+    catalog = CATALOG.replace("Mug,9.00", "=HYPERLINK(1)+Mug,9.00").replace("Tote bag", "@Tote")
+    r = world.api.post(f"/api/v1/kits/{KIT}/catalog", content=catalog, headers={"Content-Type": "text/csv"})
+    assert r.status_code == 200, r.text
+    o = order_data([(MUG, 1), (TOTE, 1)])
+    world.till.wait_receipted(world.till.send("order", o), world.till.send("refund", refund_data(o, [(MUG, 1)])))
+    sales = {x["sku"]: x for x in csv.DictReader(io.StringIO(world.api.get(f"/api/v1/kits/{KIT}/sales.csv").text))}
+    assert sales[MUG]["name"] == "'=HYPERLINK(1)+Mug" and sales[TOTE]["name"] == "'@Tote"
+    rows = list(csv.DictReader(io.StringIO(world.api.get(f"/api/v1/kits/{KIT}/orders.csv").text)))
+    assert [int(x["gross"]) < 0 for x in rows if x["record"] == "refund"] == [True]  # amounts stay numbers
+
+
 def test_a_malformed_order_is_refused_with_the_contracts_reason_and_counted(world):
     bad = order_data([(TEE, 1)])
     bad["lines"][0]["gross"] += 1  # does not add up

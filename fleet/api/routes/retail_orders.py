@@ -52,11 +52,21 @@ def _names(store, kit: str, event: str | None) -> dict[tuple[str, str], str]:
     return {(p.event, p.sku): p.name for p in store.retail.catalog(kit, event, removed=True)}
 
 
+# A text cell a spreadsheet would run as a formula (a product named "=HYPERLINK(...)" by whoever wrote
+# the catalog) is written with a leading apostrophe, as OWASP advises for CSV meant for spreadsheets.
+# Numbers (refunds are negative) are written as numbers.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value):
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def _csv(rows: list[list], header: list[str], name: str) -> Response:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
-    w.writerows(rows)
+    w.writerows([_cell(v) for v in row] for row in rows)
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
