@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -64,12 +65,16 @@ pins = { button = 27, red = 5, green = 6, blue = 13 }
 """
 
 
-@pytest.fixture
-def kit(broker, tmp_path):
+@contextmanager
+def running_kit(broker, tmp_path, before=None):
+    """The fleet and the agent of KIT running in this process (hardware simulated), past the agent's
+    power-up self-test; ``before(fleet)`` runs once the fleet is up and before the agent starts."""
     path = tmp_path / "kit.toml"
     path.write_text(KIT)
     manifest = load_manifest(path)
     fleet = start_fleet(broker.url, f"sqlite:///{tmp_path / 'fleet.db'}", kits=(path,))
+    if before is not None:
+        before(fleet)
     hosted = {s.id: s.role for s in manifest.devices if s.hosted}
     link = FleetLink(manifest.id, manifest.agent, "agent", broker.url, tmp_path / "outbox.db", hosted=hosted).start()
     watch = StateWatch(manifest.id, broker.url).start()
@@ -86,13 +91,21 @@ def kit(broker, tmp_path):
     t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     t.start()
     wait_until(lambda: agent.last_report is not None, 15, what="the power-up self-test at start")
-    yield fleet, agent, hw
-    loop.call_soon_threadsafe(agent.stop)
-    t.join(15)
-    watch.stop()
-    link.stop(flush_s=1)
-    fleet.ingest.stop()
-    fleet.store.close()
+    try:
+        yield fleet, agent, hw
+    finally:
+        loop.call_soon_threadsafe(agent.stop)
+        t.join(15)
+        watch.stop()
+        link.stop(flush_s=1)
+        fleet.ingest.stop()
+        fleet.store.close()
+
+
+@pytest.fixture
+def kit(broker, tmp_path):
+    with running_kit(broker, tmp_path) as parts:
+        yield parts
 
 
 def command(fleet, device: str, action: str, **args) -> dict:

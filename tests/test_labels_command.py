@@ -8,31 +8,24 @@ fleet, the broker and the printer's wire are real."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 from collections import Counter
 from dataclasses import dataclass
 
 import pytest
 import zxingcpp
 
-from agent.backends import open_hardware
 from agent.daemon import Agent
 from agent.labels_cmd import label_jobs, run_labels
-from agent.link import FleetLink
 from agent.printing import PrintQueue
-from agent.statewatch import StateWatch
 from agent.till.service import Till
 from fleet.auth.testing import client_as
 from kits.contract import MAX_DEVICE_PAYLOAD, decode
-from kits.manifest import load_manifest
 from kits.retail.catalog import parse_catalog_csv
 from kits.retail.labelcmd import LabelsArgs
-from simulators.kit import SimulatedKit
 from tests.conftest import Collector, start_fleet, wait_until
-from tests.test_agent_daemon import KIT
+from tests.test_agent_daemon import KIT, running_kit
 
 EVENT = "FEST25"
 CATALOG = (
@@ -63,37 +56,12 @@ class LabelKit:
 
 def start_label_kit(broker, tmp_path, catalog: str = CATALOG):
     """Yields a LabelKit; the agent, its link and the fleet stopped after."""
-    path = tmp_path / "kit.toml"
-    path.write_text(KIT)
-    manifest = load_manifest(path)
-    fleet = start_fleet(broker.url, f"sqlite:///{tmp_path / 'fleet.db'}", kits=(path,))
-    r = fleet.api.post("/api/v1/kits/dk/catalog", content=catalog, headers={"Content-Type": "text/csv"})
-    assert r.status_code == 200, r.text
-    hosted = {s.id: s.role for s in manifest.devices if s.hosted}
-    link = FleetLink(manifest.id, manifest.agent, "agent", broker.url, tmp_path / "outbox.db", hosted=hosted).start()
-    watch = StateWatch(manifest.id, broker.url).start()
-    hw = open_hardware(manifest, SimulatedKit())
-    agent = Agent(manifest, link, hw, watch, tmp_path, simulate=True)
-    loop = asyncio.new_event_loop()
+    def import_catalog(fleet) -> None:
+        r = fleet.api.post("/api/v1/kits/dk/catalog", content=catalog, headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
 
-    async def main():
-        try:
-            await agent.run()
-        finally:
-            await hw.close()
-
-    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    t.start()
-    wait_until(lambda: agent.last_report is not None, 15, what="the power-up self-test at start")
-    try:
+    with running_kit(broker, tmp_path, before=import_catalog) as (fleet, agent, hw):
         yield LabelKit(fleet, agent, hw)
-    finally:
-        loop.call_soon_threadsafe(agent.stop)
-        t.join(15)
-        watch.stop()
-        link.stop(flush_s=1)
-        fleet.ingest.stop()
-        fleet.store.close()
 
 
 @pytest.fixture
