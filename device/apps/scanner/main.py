@@ -46,7 +46,7 @@ import gc
 import json
 import os
 import sys
-from time import ticks_diff, ticks_ms
+from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
@@ -339,39 +339,41 @@ class Scanner:
                 pass
         return ("rejected", "unknown action")
 
-    async def telemetry_loop(self):
-        every = self._every
-        while True:
-            await asyncio.sleep_ms(every)
-            now = _trusted_s()  # a key whose window ended while up leaves now, with its log
-            if now is not None:
-                for name in self.gate.drop_expired(now):
-                    print("KEY expired", name)
-            gc.collect()
-            lk = self.link
-            try:
-                lk.emit("telemetry", "device", {"uptime_s": ticks_diff(ticks_ms(), self.t0) // 1000,
-                                                "heap_free": gc.mem_free(), "outbox": lk.outbox.count,
-                                                "dropped": lk.outbox.dropped, "scans": self.scans,
-                                                "clock_refused": lk.clock_refused})
-            except Exception as e:
-                print("TELEMETRY failed", repr(e))
-
     async def monitor_loop(self):
+        """One task (each costs ~0.5 KB of heap with its frame) for what runs on a clock: every 200 ms
+        the outbox count when it changed, every 2 s the live heap after a collection and its
+        high-water mark, every telemetry_s the device's telemetry."""
+        every = self._every
+        due = ticks_add(ticks_ms(), every)
         shown = -1
         peak = 0
         i = 0
         while True:
-            n = self.link.outbox.count
+            lk = self.link
+            n = lk.outbox.count
             if n != shown:
                 shown = n
                 print("OUTBOX", n)
             i += 1
-            if i % 10 == 1:  # every 2 s: the live heap after a collection, and its high-water mark
+            if i % 10 == 1:
                 gc.collect()
                 a = gc.mem_alloc()
                 peak = max(peak, a)
                 print("MEM", a, peak, gc.mem_free())
+            if ticks_diff(ticks_ms(), due) >= 0:
+                due = ticks_add(due, every)
+                now = _trusted_s()  # a key whose window ended while up leaves now, with its log
+                if now is not None:
+                    for name in self.gate.drop_expired(now):
+                        print("KEY expired", name)
+                gc.collect()
+                try:
+                    lk.emit("telemetry", "device", {"uptime_s": ticks_diff(ticks_ms(), self.t0) // 1000,
+                                                    "heap_free": gc.mem_free(), "outbox": lk.outbox.count,
+                                                    "dropped": lk.outbox.dropped, "scans": self.scans,
+                                                    "clock_refused": lk.clock_refused})
+                except Exception as e:
+                    print("TELEMETRY failed", repr(e))
             await asyncio.sleep_ms(200)
 
     def _healthy(self):
@@ -405,7 +407,6 @@ class Scanner:
         print("BOOT", lk.boot.decode(), lk.started, lk.outbox.count, clock.state(board), lk.reset_cause)
         print("CODE", _CODE)
         lk.start()
-        asyncio.create_task(self.telemetry_loop())
         asyncio.create_task(self.monitor_loop())
         asyncio.create_task(self.settle())
         print("READY")
