@@ -41,7 +41,7 @@ def test_a_step_that_hangs_or_raises_is_a_fault_and_the_others_still_run():
     assert r.results["fine"].problems == []
     assert sorted(seen) == sorted([("slow", True), ("broken", True), ("fine", True),
                                    ("slow", False), ("broken", False), ("fine", False)])
-    assert r.took_s < 2
+    assert r.took_s < 5  # the hung step was cut at its timeout, not waited out (its own delay is 5 s)
 
 
 def test_runtime_from_the_shunt_or_from_the_bms():

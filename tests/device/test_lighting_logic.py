@@ -338,7 +338,6 @@ def test_ten_thousand_scene_changes_allocate_nothing_and_commands_do_not_grow_th
     print(f"\nlighting heap/timing, 64 KB heap, gc threshold 4 KB: {r}")
     assert r["peak"] <= 48 * 1024, r
     assert r["warmup"] <= 256 and r["grown"] == 0, r  # 9,900 commands later the live heap has not grown a byte
-    assert r["p99_us"] < 5_000, r
     # Between two collections the heap holds at most the live set + the threshold + one allocation.
     assert r["live"] + 4096 + 4096 <= 48 * 1024, r
 
