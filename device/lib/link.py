@@ -166,9 +166,8 @@ class Link:
         self.outbox = FlashLog(flash_dir, cap=cap, seg_records=seg_records, buf_size=outbox_buf)
         mqtt.setdefault("clean", False)  # the broker keeps cmds and receipts for us while we are away
         mqtt.setdefault("max_inflight", 4)  # a scanner emits a few messages a second: 4 cover a slow link
-        mqtt.setdefault("queue_len", 6)
         self.mqtt = Client(connect, "%s-%s" % (kit, device),
-                           will=(self._t_state, self._state(False, "lwt"), 1, True), **mqtt)
+                           will=(self._t_state, self._state(False, "lwt"), 1, True), on_msg=self._on_msg, **mqtt)
         self._kick = asyncio.Event()
         self.mqtt.on_tick = self._kick.set  # the sender looks for overdue receipts at every keepalive tick
         self._restate = False
@@ -182,13 +181,13 @@ class Link:
         self._msgs = [None] * _BATCH
         self._recent = [None] * _RECENT_CMDS if dedup else None
         self._recent_i = 0
-        self._tasks = ()
+        self._task = None
 
     # ------------------------------------------------------------ public
 
     def start(self):
         self.mqtt.start()
-        self._tasks = (asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()))
+        self._task = asyncio.create_task(self._send_loop())
         return self
 
     def emit(self, channel, kind, fields, ts=None):
@@ -272,8 +271,8 @@ class Link:
             t0 = ticks_ms()
             while c.inflight() and ticks_diff(ticks_ms(), t0) < 2000:
                 await asyncio.sleep_ms(20)
-        for t in self._tasks:
-            t.cancel()
+        if self._task is not None:
+            self._task.cancel()
         await c.disconnect()
         self.outbox.close()
 
@@ -375,56 +374,51 @@ class Link:
 
     # ------------------------------------------------------------ receiving
 
-    async def _recv_loop(self):
-        c = self.mqtt
+    def _on_msg(self, t, m, retained):
+        """Each incoming message, called by pkmqtt's reader (no task of the link's waits for them)."""
         t_receipt, t_cmd, t_config = self._t_in
-        while True:
-            # The last message and what was parsed from it are let go before waiting for the next:
-            # held across the wait, a timeline's payload would stay on the heap until then.
-            t = m = r = cfg = want = None
-            t, m, retained = await c.recv()
-            try:
-                if t == t_receipt:
-                    r = json.loads(m)
-                    self.outbox.confirm(r["boot"], r["seqs"])
-                    want = r.get("missing")
-                    if want:  # a newer request replaces one not acted on yet: the fleet asks until it has them
-                        self._wanted = (r["boot"].encode(), want[:_MAX_WANTED])
-                    self.receipts += 1
-                    self.overdue_ms = self._resend_ms  # the fleet answers: the link is through
-                    self._kick.set()
-                elif t == t_cmd:
-                    if retained:  # commands are never retained; one that is must never run (again)
-                        log(_WARN, "link", "ignored a retained command")
-                    else:
-                        self._cmd(json.loads(m))
-                elif t == self._t_claimed and self._answered is not None:
-                    r = json.loads(m)
-                    if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
-                        self._answer = r
-                        self._answered.set()
-                elif t == t_config:
-                    if self._raw_config:
-                        if self._on_config is not None:
-                            v = self._on_config(m)
-                            if v is not None and v != self.config_version:
-                                self.set_config_version(v)
-                        continue
-                    cfg = json.loads(m)
-                    v = cfg["version"]
-                    if v != self.config_version and self._on_config is not None and self._on_config(cfg):
-                        self.set_config_version(v)
-                elif t == self._t_time:
-                    self._on_time(m, retained)
-                elif t == self._t_update:
-                    self._offer(m, retained)
+        try:
+            if t == t_receipt:
+                r = json.loads(m)
+                self.outbox.confirm(r["boot"], r["seqs"])
+                want = r.get("missing")
+                if want:  # a newer request replaces one not acted on yet: the fleet asks until it has them
+                    self._wanted = (r["boot"].encode(), want[:_MAX_WANTED])
+                self.receipts += 1
+                self.overdue_ms = self._resend_ms  # the fleet answers: the link is through
+                self._kick.set()
+            elif t == t_cmd:
+                if retained:  # commands are never retained; one that is must never run (again)
+                    log(_WARN, "link", "ignored a retained command")
                 else:
-                    for kt, _q, h in self._kit_subs:
-                        if t == kt:
-                            h(m, retained)
-            except Exception as e:  # a malformed message must not stop the link
-                self.bad += 1
-                log(_WARN, "link", "ignored a message on %s: %r", t, e)
+                    self._cmd(json.loads(m))
+            elif t == self._t_claimed and self._answered is not None:
+                r = json.loads(m)
+                if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
+                    self._answer = r
+                    self._answered.set()
+            elif t == t_config:
+                if self._raw_config:
+                    if self._on_config is not None:
+                        v = self._on_config(m)
+                        if v is not None and v != self.config_version:
+                            self.set_config_version(v)
+                    return
+                cfg = json.loads(m)
+                v = cfg["version"]
+                if v != self.config_version and self._on_config is not None and self._on_config(cfg):
+                    self.set_config_version(v)
+            elif t == self._t_time:
+                self._on_time(m, retained)
+            elif t == self._t_update:
+                self._offer(m, retained)
+            else:
+                for kt, _q, h in self._kit_subs:
+                    if t == kt:
+                        h(m, retained)
+        except Exception as e:  # a malformed message must not stop the link
+            self.bad += 1
+            log(_WARN, "link", "ignored a message on %s: %r", t, e)
 
     def _cmd(self, cmd):
         cid = cmd["id"]
