@@ -77,10 +77,9 @@ class Link:
     # "rolled_back"|"safe_mode"|"failed", "why": ...}), set by the app or safe mode; setting it
     # publishes the state again. A class attribute until set: no heap for a device with nothing to say.
     _update = None  # type: dict | None
-    # Field updates, class attributes until a device takes them (no heap otherwise): the update
-    # topic, (device, config path, connect_tcp, reset, flash dir, download buffer), the offer id
+    # Field updates, class attributes until a device takes them (no heap otherwise):
+    # (device, config path, connect_tcp, reset, flash dir, download buffer), the offer id
     # being fetched, an offer (bytes) waiting for a trial's outcome.
-    _t_update = None
     _upd = None
     _fetching = None
     _later = None
@@ -141,27 +140,22 @@ class Link:
         self.asked = 0  # entries sent again because a gap request named them
         self.bad = 0  # malformed incoming messages ignored
 
-        pre = "popkit/v1/%s/%s/" % (kit, device)
-        self._t_state = (pre + "state").encode()
-        self._t_in = ((pre + "receipt").encode(), (pre + "cmd").encode(), (pre + "config").encode())
-        self._t_claim = (pre + "claim").encode() if hub else None
-        self._t_claimed = (pre + "claimed").encode() if hub else None
+        # Topics are made from this prefix when used, not kept (~0.8 KB): a publish's lives while it
+        # is in flight; the state topic stays (the Will's, and till.py takes the prefix from it).
+        self._pre = ("popkit/v1/%s/%s/" % (kit, device)).encode()
+        self._nk = len(kit) + 11  # len(b"popkit/v1/<kit>/"): the kit-level topics' prefix
+        self._t_state = self._pre + b"state"
         self._time = time_sync
         self.reset_cause = reset_cause
         self.clock_refused = 0  # kit time messages refused since boot (telemetry)
-        self._t_time = ("popkit/v1/%s/time" % kit).encode() if time_sync is not None else None
         self._kit_subs = tuple([(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs])
         self._claim_id = 0
         self._answer = None
         self._answered = asyncio.Event() if hub else None  # a controller never asks: no Event on its heap
         self._hub_miss = None  # ticks of the last unanswered claim
         if updates is not None:
-            self._t_update = (pre + "update").encode()
             n = updates[4]
             self._upd = (device, updates[0], updates[1], updates[2], updates[3], bytearray(n) if n > 0 else n)
-        self._t_out = [None]  # by flashlog channel code
-        for c in CHANNELS[1:]:
-            self._t_out.append((pre + c).encode())
 
         self.outbox = FlashLog(flash_dir, cap=cap, seg_records=seg_records, buf_size=outbox_buf)
         mqtt.setdefault("clean", False)  # the broker keeps cmds and receipts for us while we are away
@@ -223,7 +217,7 @@ class Link:
         # asked at once or not at all (a link busy flushing counts as no answer), then the answer looked
         # for every 2 ms: no asyncio.wait_for_ms, whose module and tasks a door would hold for it
         t0 = ticks_ms()
-        if c.publish_now(self._t_claim, msg):
+        if c.publish_now(self._pre + b"claim", msg):
             while not ev.is_set() and ticks_diff(ticks_ms(), t0) < timeout_ms:
                 await asyncio.sleep_ms(2)
         if not ev.is_set():
@@ -289,17 +283,22 @@ class Link:
                     await c.up.wait()
                 if c.conns != seen:  # a new session: subscribe, be born, send all unreceipted
                     seen = c.conns
-                    for t in self._t_in + ((self._t_claimed,) if self._t_claimed else ()) + (
-                            (self._t_update,) if self._t_update else ()):
-                        try:
-                            await c.subscribe(t, 0 if t is self._t_claimed else 1)
-                        except MQTTError as e:
-                            log(_ERROR, "link", "subscription refused: %s", e)
-                    for t, q, _h in self._kit_subs + ((self._t_time, 0, None),) if self._t_time else self._kit_subs:
+                    pre = self._pre
+                    subs = [(pre + b"receipt", 1), (pre + b"cmd", 1), (pre + b"config", 1)]
+                    if self._answered is not None:
+                        subs.append((pre + b"claimed", 0))
+                    if self._upd is not None:
+                        subs.append((pre + b"update", 1))
+                    for t, q, _h in self._kit_subs:
+                        subs.append((t, q))
+                    if self._time is not None:
+                        subs.append((pre[:self._nk] + b"time", 0))
+                    for t, q in subs:
                         try:
                             await c.subscribe(t, q)
                         except MQTTError as e:
                             log(_ERROR, "link", "subscription refused: %s", e)
+                    pre = subs = t = None
                     self._restate = True
                     self.overdue_ms = self._resend_ms
                     self._restart()
@@ -314,7 +313,7 @@ class Link:
                 self._check_overdue()
                 n = self.outbox.read(self._cur, chans, msgs)
                 for i in range(n):
-                    await c.publish(self._t_out[chans[i]], msgs[i], False, 1, False)
+                    await c.publish(self._pre + CHANNELS[chans[i]].encode(), msgs[i], False, 1, False)
                     msgs[i] = None
                 self.sent += n
                 if not n:
@@ -367,7 +366,7 @@ class Link:
                 seq = _seq_of(m, boot)
                 for r in ranges:
                     if seq and r[0] <= seq <= r[1]:
-                        await self.mqtt.publish(self._t_out[chans[i]], m, False, 1, False)
+                        await self.mqtt.publish(self._pre + CHANNELS[chans[i]].encode(), m, False, 1, False)
                         self.asked += 1
                         left -= 1
                         break
@@ -376,9 +375,10 @@ class Link:
 
     def _on_msg(self, t, m, retained):
         """Each incoming message, called by pkmqtt's reader (no task of the link's waits for them)."""
-        t_receipt, t_cmd, t_config = self._t_in
+        pre = self._pre
+        ch = t[len(pre):] if t.startswith(pre) else None  # this device's channel, or a kit-level topic
         try:
-            if t == t_receipt:
+            if ch == b"receipt":
                 r = json.loads(m)
                 self.outbox.confirm(r["boot"], r["seqs"])
                 want = r.get("missing")
@@ -387,17 +387,17 @@ class Link:
                 self.receipts += 1
                 self.overdue_ms = self._resend_ms  # the fleet answers: the link is through
                 self._kick.set()
-            elif t == t_cmd:
+            elif ch == b"cmd":
                 if retained:  # commands are never retained; one that is must never run (again)
                     log(_WARN, "link", "ignored a retained command")
                 else:
                     self._cmd(json.loads(m))
-            elif t == self._t_claimed and self._answered is not None:
+            elif ch == b"claimed" and self._answered is not None:
                 r = json.loads(m)
                 if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
                     self._answer = r
                     self._answered.set()
-            elif t == t_config:
+            elif ch == b"config":
                 if self._raw_config:
                     if self._on_config is not None:
                         v = self._on_config(m)
@@ -408,9 +408,9 @@ class Link:
                 v = cfg["version"]
                 if v != self.config_version and self._on_config is not None and self._on_config(cfg):
                     self.set_config_version(v)
-            elif t == self._t_time:
+            elif self._time is not None and t[self._nk:] == b"time" and t[:self._nk] == pre[:self._nk]:
                 self._on_time(m, retained)
-            elif t == self._t_update:
+            elif ch == b"update" and self._upd is not None:
                 self._offer(m, retained)
             else:
                 for kt, _q, h in self._kit_subs:
