@@ -143,15 +143,13 @@ class Link:
         # Topics are made from this prefix when used, not kept (~0.8 KB): a publish's lives while it
         # is in flight; the state topic stays (the Will's, and till.py takes the prefix from it).
         self._pre = ("popkit/v1/%s/%s/" % (kit, device)).encode()
-        self._nk = len(kit) + 11  # len(b"popkit/v1/<kit>/"): the kit-level topics' prefix
         self._t_state = self._pre + b"state"
         self._time = time_sync
         self.reset_cause = reset_cause
         self.clock_refused = 0  # kit time messages refused since boot (telemetry)
         self._kit_subs = tuple([(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs])
-        self._claim_id = 0
-        self._answer = None
-        self._answered = asyncio.Event() if hub else None  # a controller never asks: no Event on its heap
+        self._claim_id = 0 if hub else None  # None: a controller, which never asks
+        self._answer = None  # the hub's answer to the claim _claim_id (ask_hub looks for it)
         self._hub_miss = None  # ticks of the last unanswered claim
         if updates is not None:
             n = updates[4]
@@ -165,17 +163,11 @@ class Link:
         self._kick = asyncio.Event()
         self.mqtt.on_tick = self._kick.set  # the sender looks for overdue receipts at every keepalive tick
         self._restate = False
-        self._cur = [0, 0, 0]  # the sender's place in the outbox
-        self._first = -1  # the oldest unreceipted entry, and since when it is
-        self._first_t = 0
-        self._checked = 0
         self._wanted = None  # (boot bytes, [[first, last], ...]) of the last gap request, until sent
-        self._wcur = [0, 0, 0]  # where the look-up of a gap request's entries stands in the outbox
-        self._chans = bytearray(_BATCH)
-        self._msgs = [None] * _BATCH
-        self._recent = [None] * _RECENT_CMDS if dedup else None
-        self._recent_i = 0
+        self._recent = [None] * _RECENT_CMDS if dedup else None  # oldest first
         self._task = None
+        # The sender's state is its own locals (_send_loop): each attribute here is a slot of the
+        # instance dict, which steps up from 37 to 47 entries.
 
     # ------------------------------------------------------------ public
 
@@ -205,22 +197,20 @@ class Link:
         """The hub's answer to this scanner's claim on a ticket ({"admit": bool, "first": ...}), or None
         when there is none within timeout_ms (no link, no hub, or the hub was silent just now)."""
         c = self.mqtt
-        ev = self._answered
-        if ev is None or not c.up.is_set():  # None: not a device that asks (hub=False)
+        if self._claim_id is None or not c.up.is_set():  # None: not a device that asks (hub=False)
             return None
         if self._hub_miss is not None and ticks_diff(ticks_ms(), self._hub_miss) < _HUB_QUIET_MS:
             return None
         self._claim_id = (self._claim_id + 1) & 0x7FFFFFFF
         self._answer = None
-        ev.clear()
         msg = ('{"id":%d,"event":"%s","ticket":"%s","ts":%d}' % (self._claim_id, event, ticket, ts)).encode()
         # asked at once or not at all (a link busy flushing counts as no answer), then the answer looked
         # for every 2 ms: no asyncio.wait_for_ms, whose module and tasks a door would hold for it
         t0 = ticks_ms()
         if c.publish_now(self._pre + b"claim", msg):
-            while not ev.is_set() and ticks_diff(ticks_ms(), t0) < timeout_ms:
+            while self._answer is None and ticks_diff(ticks_ms(), t0) < timeout_ms:
                 await asyncio.sleep_ms(2)
-        if not ev.is_set():
+        if self._answer is None:
             self._hub_miss = ticks_ms()
             log(_WARN, "link", "no answer from the hub in %d ms", timeout_ms)
             return None
@@ -274,9 +264,13 @@ class Link:
 
     async def _send_loop(self):
         c = self.mqtt
+        ob = self.outbox
         seen = 0
-        chans = self._chans
-        msgs = self._msgs
+        chans = bytearray(_BATCH)  # the payloads read from flash, at most _BATCH (lent to _send_wanted)
+        msgs = [None] * _BATCH
+        cur = [0, 0, 0]  # the sender's place in the outbox
+        first = -1  # the oldest unreceipted entry, since when it is, when that was last looked at
+        first_t = checked = 0
         while True:
             try:
                 if not c.up.is_set():
@@ -285,14 +279,14 @@ class Link:
                     seen = c.conns
                     pre = self._pre
                     subs = [(pre + b"receipt", 1), (pre + b"cmd", 1), (pre + b"config", 1)]
-                    if self._answered is not None:
+                    if self._claim_id is not None:
                         subs.append((pre + b"claimed", 0))
                     if self._upd is not None:
                         subs.append((pre + b"update", 1))
                     for t, q, _h in self._kit_subs:
                         subs.append((t, q))
                     if self._time is not None:
-                        subs.append((pre[:self._nk] + b"time", 0))
+                        subs.append((pre[:pre.find(b"/", 10) + 1] + b"time", 0))  # kit-level
                     for t, q in subs:
                         try:
                             await c.subscribe(t, q)
@@ -301,17 +295,35 @@ class Link:
                     pre = subs = t = None
                     self._restate = True
                     self.overdue_ms = self._resend_ms
-                    self._restart()
-                    log(_INFO, "link", "session %d, boot %s: %d unreceipted", seen, self.boot, self.outbox.count)
+                    cur[0] = cur[1] = cur[2] = 0  # everything unreceipted again, from the oldest entry on
+                    first = ob.first()
+                    first_t = ticks_ms()
+                    self.rounds += 1
+                    log(_INFO, "link", "session %d, boot %s: %d unreceipted", seen, self.boot, ob.count)
                     continue  # the link may have dropped meanwhile: look again
                 if self._restate:
                     self._restate = False
                     await c.publish(self._t_state, self._state(True, "birth"), True, 1, False)
                 if self._wanted is not None:
                     wanted, self._wanted = self._wanted, None
-                    await self._send_wanted(wanted[0], wanted[1])
-                self._check_overdue()
-                n = self.outbox.read(self._cur, chans, msgs)
+                    await self._send_wanted(wanted[0], wanted[1], chans, msgs)
+                    wanted = None
+                now = ticks_ms()
+                if ticks_diff(now, checked) >= _CHECK_MS:
+                    # the oldest entry waited overdue_ms since it was (last) sent: everything again
+                    checked = now
+                    f = ob.first()
+                    if f != first:
+                        first = f
+                        first_t = now
+                    elif f >= 0 and ticks_diff(now, first_t) >= self.overdue_ms \
+                            and cur[0] * 256 + cur[1] > f:  # it was sent: its receipt is overdue
+                        log(_INFO, "link", "receipts overdue: sending %d again", ob.count)
+                        cur[0] = cur[1] = cur[2] = 0
+                        first_t = now
+                        self.rounds += 1
+                        self.overdue_ms = min(self.overdue_ms * 2, _RESEND_MAX_MS)  # a receipt resets it
+                n = ob.read(cur, chans, msgs)
                 for i in range(n):
                     await c.publish(self._pre + CHANNELS[chans[i]].encode(), msgs[i], False, 1, False)
                     msgs[i] = None
@@ -323,39 +335,13 @@ class Link:
                 log(_ERROR, "link", "sender: %r", e)
                 await asyncio.sleep_ms(_CHECK_MS)
 
-    def _restart(self):
-        """Send everything unreceipted again, from the oldest entry on."""
-        self._cur[0] = self._cur[1] = self._cur[2] = 0
-        self._first = self.outbox.first()
-        self._first_t = ticks_ms()
-        self.rounds += 1
-
-    def _check_overdue(self):
-        """When the oldest unreceipted entry has waited resend_ms since it was (last) sent: restart."""
-        now = ticks_ms()
-        if ticks_diff(now, self._checked) < _CHECK_MS:
-            return
-        self._checked = now
-        first = self.outbox.first()
-        if first != self._first:
-            self._first = first
-            self._first_t = now
-        elif first >= 0 and ticks_diff(now, self._first_t) >= self.overdue_ms \
-                and self._cur[0] * 256 + self._cur[1] > first:  # it was sent: its receipt is overdue
-            log(_INFO, "link", "receipts overdue: sending %d again", self.outbox.count)
-            self._restart()
-            self.overdue_ms = min(self.overdue_ms * 2, _RESEND_MAX_MS)  # a receipt resets it
-
-    async def _send_wanted(self, boot, ranges):
+    async def _send_wanted(self, boot, ranges, chans, msgs):
         """Publish again the entries of `boot` a gap request names: one pass over the outbox,
         _BATCH records at a time through the sender's own buffers, ending once all were found."""
         left = 0
         for r in ranges:
             left += r[1] - r[0] + 1
-        cur = self._wcur
-        cur[0] = cur[1] = cur[2] = 0
-        chans = self._chans
-        msgs = self._msgs
+        cur = [0, 0, 0]  # where the look-up stands in the outbox
         while left > 0:
             n = self.outbox.read(cur, chans, msgs)
             if not n:
@@ -392,11 +378,10 @@ class Link:
                     log(_WARN, "link", "ignored a retained command")
                 else:
                     self._cmd(json.loads(m))
-            elif ch == b"claimed" and self._answered is not None:
+            elif ch == b"claimed" and self._claim_id is not None:
                 r = json.loads(m)
                 if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
                     self._answer = r
-                    self._answered.set()
             elif ch == b"config":
                 if self._raw_config:
                     if self._on_config is not None:
@@ -408,7 +393,7 @@ class Link:
                 v = cfg["version"]
                 if v != self.config_version and self._on_config is not None and self._on_config(cfg):
                     self.set_config_version(v)
-            elif self._time is not None and t[self._nk:] == b"time" and t[:self._nk] == pre[:self._nk]:
+            elif self._time is not None and t == pre[:pre.find(b"/", 10) + 1] + b"time":  # kit-level
                 self._on_time(m, retained)
             elif ch == b"update" and self._upd is not None:
                 self._offer(m, retained)
@@ -426,8 +411,8 @@ class Link:
         if rec is not None:
             if cid in rec:  # redelivered (QoS 1 is at least once): answered already
                 return
-            rec[self._recent_i] = cid
-            self._recent_i = (self._recent_i + 1) % _RECENT_CMDS
+            rec.pop(0)  # in place: the list keeps its length, no allocation
+            rec.append(cid)
         if self._time is not None and clock.state(self._time) == clock.UNSET:
             self.ack(cid, "rejected", "clock not set: cannot check expires")
         elif cmd["expires"] <= self._clock():
