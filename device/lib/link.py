@@ -100,7 +100,7 @@ class Link:
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
                  hub=False, kit_subs=(), time_sync=None, reset_cause=None, dedup=True, outbox_buf=512,
-                 updates=None, **mqtt):
+                 updates=None, max_inflight=4, rx_buf=256, **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
@@ -147,7 +147,8 @@ class Link:
         self._time = time_sync
         self.reset_cause = reset_cause
         self.clock_refused = 0  # kit time messages refused since boot (telemetry)
-        self._kit_subs = tuple([(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs])
+        kp = self._pre[:self._pre.find(b"/", 10) + 1]  # popkit/v1/<kit>/ (no second long format string)
+        self._kit_subs = tuple([(kp + n.encode(), q, h) for n, q, h in kit_subs])
         self._claim_id = 0 if hub else None  # None: a controller, which never asks
         self._answer = None  # the hub's answer to the claim _claim_id (ask_hub looks for it)
         self._hub_miss = None  # ticks of the last unanswered claim
@@ -157,9 +158,11 @@ class Link:
 
         self.outbox = FlashLog(flash_dir, cap=cap, seg_records=seg_records, buf_size=outbox_buf)
         mqtt.setdefault("clean", False)  # the broker keeps cmds and receipts for us while we are away
-        mqtt.setdefault("max_inflight", 4)  # a scanner emits a few messages a second: 4 cover a slow link
-        self.mqtt = Client(connect, "%s-%s" % (kit, device),
-                           will=(self._t_state, self._state(False, "lwt"), 1, True), on_msg=self._on_msg, **mqtt)
+        # max_inflight: a scanner emits a few messages a second, 4 cover a slow link (a parameter: as a
+        # string key it would be a heap object). rx_buf: receipts, commands, time and claims fit 256 B;
+        # a config or kit list over it is read into a buffer of its own size (pkmqtt), as it was.
+        self.mqtt = Client(connect, "%s-%s" % (kit, device), will=(self._t_state, self._state(False, "lwt"), 1, True),
+                           on_msg=self._on_msg, max_inflight=max_inflight, rx_buf=rx_buf, **mqtt)
         self._kick = asyncio.Event()
         self.mqtt.on_tick = self._kick.set  # the sender looks for overdue receipts at every keepalive tick
         self._restate = False
@@ -454,7 +457,9 @@ class Link:
             last = None
         if last and last[0] == o[0]:  # refused, or rolled back (abboot wrote it at boot): said again, not fetched
             last = last[1] if len(last) > 1 else ""
-            s = "rolled_back" if last.startswith("rolled_back") else "failed"
+            s = "rolled_back"  # one string constant, not two (each long one is a heap object)
+            if not last.startswith(s):
+                s = "failed"
             if not u or u["state"] != s:
                 self.update = {"state": s, "why": last, "fw": fw}
             return
