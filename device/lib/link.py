@@ -77,10 +77,9 @@ class Link:
     # "rolled_back"|"safe_mode"|"failed", "why": ...}), set by the app or safe mode; setting it
     # publishes the state again. A class attribute until set: no heap for a device with nothing to say.
     _update = None  # type: dict | None
-    # Field updates, class attributes until a device takes them (no heap otherwise): the update
-    # topic, (device, config path, connect_tcp, reset, flash dir, download buffer), the offer id
+    # Field updates, class attributes until a device takes them (no heap otherwise):
+    # (device, config path, connect_tcp, reset, flash dir, download buffer), the offer id
     # being fetched, an offer (bytes) waiting for a trial's outcome.
-    _t_update = None
     _upd = None
     _fetching = None
     _later = None
@@ -101,7 +100,7 @@ class Link:
     def __init__(self, kit, device, role, connect, clock, flash_dir, fw=None, config_version=None,
                  on_cmd=None, on_config=None, raw_config=False, resend_ms=15000, cap=2000, seg_records=32,
                  hub=False, kit_subs=(), time_sync=None, reset_cause=None, dedup=True, outbox_buf=512,
-                 updates=None, **mqtt):
+                 updates=None, max_inflight=4, rx_buf=256, **mqtt):
         """connect: the board's socket factory (see pkmqtt); clock: epoch ms; flash_dir: the outbox.
         on_cmd(cmd dict) -> "ok" | (status, detail) | None (the app calls ack() itself later).
         on_config(config dict) -> true when applied (its version is then reported in state).
@@ -141,54 +140,43 @@ class Link:
         self.asked = 0  # entries sent again because a gap request named them
         self.bad = 0  # malformed incoming messages ignored
 
-        pre = "popkit/v1/%s/%s/" % (kit, device)
-        self._t_state = (pre + "state").encode()
-        self._t_in = ((pre + "receipt").encode(), (pre + "cmd").encode(), (pre + "config").encode())
-        self._t_claim = (pre + "claim").encode() if hub else None
-        self._t_claimed = (pre + "claimed").encode() if hub else None
+        # Topics are made from this prefix when used, not kept (~0.8 KB): a publish's lives while it
+        # is in flight; the state topic stays (the Will's, and till.py takes the prefix from it).
+        self._pre = ("popkit/v1/%s/%s/" % (kit, device)).encode()
+        self._t_state = self._pre + b"state"
         self._time = time_sync
         self.reset_cause = reset_cause
         self.clock_refused = 0  # kit time messages refused since boot (telemetry)
-        self._t_time = ("popkit/v1/%s/time" % kit).encode() if time_sync is not None else None
-        self._kit_subs = tuple([(("popkit/v1/%s/%s" % (kit, n)).encode(), q, h) for n, q, h in kit_subs])
-        self._claim_id = 0
-        self._answer = None
-        self._answered = asyncio.Event() if hub else None  # a controller never asks: no Event on its heap
+        kp = self._pre[:self._pre.find(b"/", 10) + 1]  # popkit/v1/<kit>/ (no second long format string)
+        self._kit_subs = tuple([(kp + n.encode(), q, h) for n, q, h in kit_subs])
+        self._claim_id = 0 if hub else None  # None: a controller, which never asks
+        self._answer = None  # the hub's answer to the claim _claim_id (ask_hub looks for it)
         self._hub_miss = None  # ticks of the last unanswered claim
         if updates is not None:
-            self._t_update = (pre + "update").encode()
             n = updates[4]
             self._upd = (device, updates[0], updates[1], updates[2], updates[3], bytearray(n) if n > 0 else n)
-        self._t_out = [None]  # by flashlog channel code
-        for c in CHANNELS[1:]:
-            self._t_out.append((pre + c).encode())
 
         self.outbox = FlashLog(flash_dir, cap=cap, seg_records=seg_records, buf_size=outbox_buf)
         mqtt.setdefault("clean", False)  # the broker keeps cmds and receipts for us while we are away
-        mqtt.setdefault("max_inflight", 4)  # a scanner emits a few messages a second: 4 cover a slow link
-        mqtt.setdefault("queue_len", 6)
-        self.mqtt = Client(connect, "%s-%s" % (kit, device),
-                           will=(self._t_state, self._state(False, "lwt"), 1, True), **mqtt)
+        # max_inflight: a scanner emits a few messages a second, 4 cover a slow link (a parameter: as a
+        # string key it would be a heap object). rx_buf: receipts, commands, time and claims fit 256 B;
+        # a config or kit list over it is read into a buffer of its own size (pkmqtt), as it was.
+        self.mqtt = Client(connect, "%s-%s" % (kit, device), will=(self._t_state, self._state(False, "lwt"), 1, True),
+                           on_msg=self._on_msg, max_inflight=max_inflight, rx_buf=rx_buf, **mqtt)
         self._kick = asyncio.Event()
         self.mqtt.on_tick = self._kick.set  # the sender looks for overdue receipts at every keepalive tick
         self._restate = False
-        self._cur = [0, 0, 0]  # the sender's place in the outbox
-        self._first = -1  # the oldest unreceipted entry, and since when it is
-        self._first_t = 0
-        self._checked = 0
         self._wanted = None  # (boot bytes, [[first, last], ...]) of the last gap request, until sent
-        self._wcur = [0, 0, 0]  # where the look-up of a gap request's entries stands in the outbox
-        self._chans = bytearray(_BATCH)
-        self._msgs = [None] * _BATCH
-        self._recent = [None] * _RECENT_CMDS if dedup else None
-        self._recent_i = 0
-        self._tasks = ()
+        self._recent = [None] * _RECENT_CMDS if dedup else None  # oldest first
+        self._task = None
+        # The sender's state is its own locals (_send_loop): each attribute here is a slot of the
+        # instance dict, which steps up from 37 to 47 entries.
 
     # ------------------------------------------------------------ public
 
     def start(self):
         self.mqtt.start()
-        self._tasks = (asyncio.create_task(self._send_loop()), asyncio.create_task(self._recv_loop()))
+        self._task = asyncio.create_task(self._send_loop())
         return self
 
     def emit(self, channel, kind, fields, ts=None):
@@ -212,22 +200,20 @@ class Link:
         """The hub's answer to this scanner's claim on a ticket ({"admit": bool, "first": ...}), or None
         when there is none within timeout_ms (no link, no hub, or the hub was silent just now)."""
         c = self.mqtt
-        ev = self._answered
-        if ev is None or not c.up.is_set():  # None: not a device that asks (hub=False)
+        if self._claim_id is None or not c.up.is_set():  # None: not a device that asks (hub=False)
             return None
         if self._hub_miss is not None and ticks_diff(ticks_ms(), self._hub_miss) < _HUB_QUIET_MS:
             return None
         self._claim_id = (self._claim_id + 1) & 0x7FFFFFFF
         self._answer = None
-        ev.clear()
         msg = ('{"id":%d,"event":"%s","ticket":"%s","ts":%d}' % (self._claim_id, event, ticket, ts)).encode()
         # asked at once or not at all (a link busy flushing counts as no answer), then the answer looked
         # for every 2 ms: no asyncio.wait_for_ms, whose module and tasks a door would hold for it
         t0 = ticks_ms()
-        if c.publish_now(self._t_claim, msg):
-            while not ev.is_set() and ticks_diff(ticks_ms(), t0) < timeout_ms:
+        if c.publish_now(self._pre + b"claim", msg):
+            while self._answer is None and ticks_diff(ticks_ms(), t0) < timeout_ms:
                 await asyncio.sleep_ms(2)
-        if not ev.is_set():
+        if self._answer is None:
             self._hub_miss = ticks_ms()
             log(_WARN, "link", "no answer from the hub in %d ms", timeout_ms)
             return None
@@ -272,8 +258,8 @@ class Link:
             t0 = ticks_ms()
             while c.inflight() and ticks_diff(ticks_ms(), t0) < 2000:
                 await asyncio.sleep_ms(20)
-        for t in self._tasks:
-            t.cancel()
+        if self._task is not None:
+            self._task.cancel()
         await c.disconnect()
         self.outbox.close()
 
@@ -281,41 +267,68 @@ class Link:
 
     async def _send_loop(self):
         c = self.mqtt
+        ob = self.outbox
         seen = 0
-        chans = self._chans
-        msgs = self._msgs
+        chans = bytearray(_BATCH)  # the payloads read from flash, at most _BATCH (lent to _send_wanted)
+        msgs = [None] * _BATCH
+        cur = [0, 0, 0]  # the sender's place in the outbox
+        first = -1  # the oldest unreceipted entry, since when it is, when that was last looked at
+        first_t = checked = 0
         while True:
             try:
                 if not c.up.is_set():
                     await c.up.wait()
                 if c.conns != seen:  # a new session: subscribe, be born, send all unreceipted
                     seen = c.conns
-                    for t in self._t_in + ((self._t_claimed,) if self._t_claimed else ()) + (
-                            (self._t_update,) if self._t_update else ()):
-                        try:
-                            await c.subscribe(t, 0 if t is self._t_claimed else 1)
-                        except MQTTError as e:
-                            log(_ERROR, "link", "subscription refused: %s", e)
-                    for t, q, _h in self._kit_subs + ((self._t_time, 0, None),) if self._t_time else self._kit_subs:
+                    pre = self._pre
+                    subs = [(pre + b"receipt", 1), (pre + b"cmd", 1), (pre + b"config", 1)]
+                    if self._claim_id is not None:
+                        subs.append((pre + b"claimed", 0))
+                    if self._upd is not None:
+                        subs.append((pre + b"update", 1))
+                    for t, q, _h in self._kit_subs:
+                        subs.append((t, q))
+                    if self._time is not None:
+                        subs.append((pre[:pre.find(b"/", 10) + 1] + b"time", 0))  # kit-level
+                    for t, q in subs:
                         try:
                             await c.subscribe(t, q)
                         except MQTTError as e:
                             log(_ERROR, "link", "subscription refused: %s", e)
+                    pre = subs = t = None
                     self._restate = True
                     self.overdue_ms = self._resend_ms
-                    self._restart()
-                    log(_INFO, "link", "session %d, boot %s: %d unreceipted", seen, self.boot, self.outbox.count)
+                    cur[0] = cur[1] = cur[2] = 0  # everything unreceipted again, from the oldest entry on
+                    first = ob.first()
+                    first_t = ticks_ms()
+                    self.rounds += 1
+                    log(_INFO, "link", "session %d, boot %s: %d unreceipted", seen, self.boot, ob.count)
                     continue  # the link may have dropped meanwhile: look again
                 if self._restate:
                     self._restate = False
                     await c.publish(self._t_state, self._state(True, "birth"), True, 1, False)
                 if self._wanted is not None:
                     wanted, self._wanted = self._wanted, None
-                    await self._send_wanted(wanted[0], wanted[1])
-                self._check_overdue()
-                n = self.outbox.read(self._cur, chans, msgs)
+                    await self._send_wanted(wanted[0], wanted[1], chans, msgs)
+                    wanted = None
+                now = ticks_ms()
+                if ticks_diff(now, checked) >= _CHECK_MS:
+                    # the oldest entry waited overdue_ms since it was (last) sent: everything again
+                    checked = now
+                    f = ob.first()
+                    if f != first:
+                        first = f
+                        first_t = now
+                    elif f >= 0 and ticks_diff(now, first_t) >= self.overdue_ms \
+                            and cur[0] * 256 + cur[1] > f:  # it was sent: its receipt is overdue
+                        log(_INFO, "link", "receipts overdue: sending %d again", ob.count)
+                        cur[0] = cur[1] = cur[2] = 0
+                        first_t = now
+                        self.rounds += 1
+                        self.overdue_ms = min(self.overdue_ms * 2, _RESEND_MAX_MS)  # a receipt resets it
+                n = ob.read(cur, chans, msgs)
                 for i in range(n):
-                    await c.publish(self._t_out[chans[i]], msgs[i], False, 1, False)
+                    await c.publish(self._pre + CHANNELS[chans[i]].encode(), msgs[i], False, 1, False)
                     msgs[i] = None
                 self.sent += n
                 if not n:
@@ -325,39 +338,13 @@ class Link:
                 log(_ERROR, "link", "sender: %r", e)
                 await asyncio.sleep_ms(_CHECK_MS)
 
-    def _restart(self):
-        """Send everything unreceipted again, from the oldest entry on."""
-        self._cur[0] = self._cur[1] = self._cur[2] = 0
-        self._first = self.outbox.first()
-        self._first_t = ticks_ms()
-        self.rounds += 1
-
-    def _check_overdue(self):
-        """When the oldest unreceipted entry has waited resend_ms since it was (last) sent: restart."""
-        now = ticks_ms()
-        if ticks_diff(now, self._checked) < _CHECK_MS:
-            return
-        self._checked = now
-        first = self.outbox.first()
-        if first != self._first:
-            self._first = first
-            self._first_t = now
-        elif first >= 0 and ticks_diff(now, self._first_t) >= self.overdue_ms \
-                and self._cur[0] * 256 + self._cur[1] > first:  # it was sent: its receipt is overdue
-            log(_INFO, "link", "receipts overdue: sending %d again", self.outbox.count)
-            self._restart()
-            self.overdue_ms = min(self.overdue_ms * 2, _RESEND_MAX_MS)  # a receipt resets it
-
-    async def _send_wanted(self, boot, ranges):
+    async def _send_wanted(self, boot, ranges, chans, msgs):
         """Publish again the entries of `boot` a gap request names: one pass over the outbox,
         _BATCH records at a time through the sender's own buffers, ending once all were found."""
         left = 0
         for r in ranges:
             left += r[1] - r[0] + 1
-        cur = self._wcur
-        cur[0] = cur[1] = cur[2] = 0
-        chans = self._chans
-        msgs = self._msgs
+        cur = [0, 0, 0]  # where the look-up stands in the outbox
         while left > 0:
             n = self.outbox.read(cur, chans, msgs)
             if not n:
@@ -368,63 +355,58 @@ class Link:
                 seq = _seq_of(m, boot)
                 for r in ranges:
                     if seq and r[0] <= seq <= r[1]:
-                        await self.mqtt.publish(self._t_out[chans[i]], m, False, 1, False)
+                        await self.mqtt.publish(self._pre + CHANNELS[chans[i]].encode(), m, False, 1, False)
                         self.asked += 1
                         left -= 1
                         break
 
     # ------------------------------------------------------------ receiving
 
-    async def _recv_loop(self):
-        c = self.mqtt
-        t_receipt, t_cmd, t_config = self._t_in
-        while True:
-            # The last message and what was parsed from it are let go before waiting for the next:
-            # held across the wait, a timeline's payload would stay on the heap until then.
-            t = m = r = cfg = want = None
-            t, m, retained = await c.recv()
-            try:
-                if t == t_receipt:
-                    r = json.loads(m)
-                    self.outbox.confirm(r["boot"], r["seqs"])
-                    want = r.get("missing")
-                    if want:  # a newer request replaces one not acted on yet: the fleet asks until it has them
-                        self._wanted = (r["boot"].encode(), want[:_MAX_WANTED])
-                    self.receipts += 1
-                    self.overdue_ms = self._resend_ms  # the fleet answers: the link is through
-                    self._kick.set()
-                elif t == t_cmd:
-                    if retained:  # commands are never retained; one that is must never run (again)
-                        log(_WARN, "link", "ignored a retained command")
-                    else:
-                        self._cmd(json.loads(m))
-                elif t == self._t_claimed and self._answered is not None:
-                    r = json.loads(m)
-                    if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
-                        self._answer = r
-                        self._answered.set()
-                elif t == t_config:
-                    if self._raw_config:
-                        if self._on_config is not None:
-                            v = self._on_config(m)
-                            if v is not None and v != self.config_version:
-                                self.set_config_version(v)
-                        continue
-                    cfg = json.loads(m)
-                    v = cfg["version"]
-                    if v != self.config_version and self._on_config is not None and self._on_config(cfg):
-                        self.set_config_version(v)
-                elif t == self._t_time:
-                    self._on_time(m, retained)
-                elif t == self._t_update:
-                    self._offer(m, retained)
+    def _on_msg(self, t, m, retained):
+        """Each incoming message, called by pkmqtt's reader (no task of the link's waits for them)."""
+        pre = self._pre
+        ch = t[len(pre):] if t.startswith(pre) else None  # this device's channel, or a kit-level topic
+        try:
+            if ch == b"receipt":
+                r = json.loads(m)
+                self.outbox.confirm(r["boot"], r["seqs"])
+                want = r.get("missing")
+                if want:  # a newer request replaces one not acted on yet: the fleet asks until it has them
+                    self._wanted = (r["boot"].encode(), want[:_MAX_WANTED])
+                self.receipts += 1
+                self.overdue_ms = self._resend_ms  # the fleet answers: the link is through
+                self._kick.set()
+            elif ch == b"cmd":
+                if retained:  # commands are never retained; one that is must never run (again)
+                    log(_WARN, "link", "ignored a retained command")
                 else:
-                    for kt, _q, h in self._kit_subs:
-                        if t == kt:
-                            h(m, retained)
-            except Exception as e:  # a malformed message must not stop the link
-                self.bad += 1
-                log(_WARN, "link", "ignored a message on %s: %r", t, e)
+                    self._cmd(json.loads(m))
+            elif ch == b"claimed" and self._claim_id is not None:
+                r = json.loads(m)
+                if r["id"] == self._claim_id:  # an answer to an earlier, timed-out claim is stale
+                    self._answer = r
+            elif ch == b"config":
+                if self._raw_config:
+                    if self._on_config is not None:
+                        v = self._on_config(m)
+                        if v is not None and v != self.config_version:
+                            self.set_config_version(v)
+                    return
+                cfg = json.loads(m)
+                v = cfg["version"]
+                if v != self.config_version and self._on_config is not None and self._on_config(cfg):
+                    self.set_config_version(v)
+            elif self._time is not None and t == pre[:pre.find(b"/", 10) + 1] + b"time":  # kit-level
+                self._on_time(m, retained)
+            elif ch == b"update" and self._upd is not None:
+                self._offer(m, retained)
+            else:
+                for kt, _q, h in self._kit_subs:
+                    if t == kt:
+                        h(m, retained)
+        except Exception as e:  # a malformed message must not stop the link
+            self.bad += 1
+            log(_WARN, "link", "ignored a message on %s: %r", t, e)
 
     def _cmd(self, cmd):
         cid = cmd["id"]
@@ -432,8 +414,8 @@ class Link:
         if rec is not None:
             if cid in rec:  # redelivered (QoS 1 is at least once): answered already
                 return
-            rec[self._recent_i] = cid
-            self._recent_i = (self._recent_i + 1) % _RECENT_CMDS
+            rec.pop(0)  # in place: the list keeps its length, no allocation
+            rec.append(cid)
         if self._time is not None and clock.state(self._time) == clock.UNSET:
             self.ack(cid, "rejected", "clock not set: cannot check expires")
         elif cmd["expires"] <= self._clock():
@@ -475,7 +457,9 @@ class Link:
             last = None
         if last and last[0] == o[0]:  # refused, or rolled back (abboot wrote it at boot): said again, not fetched
             last = last[1] if len(last) > 1 else ""
-            s = "rolled_back" if last.startswith("rolled_back") else "failed"
+            s = "rolled_back"  # one string constant, not two (each long one is a heap object)
+            if not last.startswith(s):
+                s = "failed"
             if not u or u["state"] != s:
                 self.update = {"state": s, "why": last, "fw": fw}
             return

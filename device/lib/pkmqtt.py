@@ -15,12 +15,14 @@
 #
 # Two tasks while started: the keeper (connects with backoff and jitter, then
 # pings, retransmits and watches for missed ping responses) and, per
-# connection, the reader. Everything else runs in the callers' tasks.
+# connection, the reader. Everything else runs in the callers' tasks. With
+# `on_msg` the reader hands each message to it at once, no ring and no task
+# of the caller's waiting on recv() (link.py: ~0.5 KB of heap less a door).
 #
 # Bounded memory: one receive buffer (rx_buf + 64 bytes) and one send scratch
 # buffer, allocated once; at most `max_inflight` QoS 1 publishes await their
 # PUBACK (each keeps its topic and payload for retransmission); the incoming
-# ring holds `queue_len` messages. A PUBLISH whose payload does not fit the
+# ring (none with on_msg) holds `queue_len` messages. A PUBLISH whose payload does not fit the
 # receive buffer but is within `max_msg` (a lighting timeline) is read straight
 # into one buffer of its exact size, the payload the app is handed: no standing
 # buffer the size of the largest message. Over `max_msg` it is read through,
@@ -86,12 +88,14 @@ def _put_str(buf, i, s):
 class Client:
     def __init__(self, connect, client_id, keepalive=60, clean=True, will=None, user=None, password=None,
                  max_inflight=8, queue_len=8, max_msg=1024, response_ms=5000, ping_ms=0,
-                 backoff_ms=500, backoff_max_ms=30000, rx_buf=_RX_BUF):
+                 backoff_ms=500, backoff_max_ms=30000, rx_buf=_RX_BUF, on_msg=None):
         """`connect`: zero-argument function giving a socket (see the module notes).
         `will`: (topic, payload[, qos[, retain]]); qos defaults to 1, retain to True.
         `keepalive` in seconds; a PINGREQ every `ping_ms` (default keepalive / 4).
         `response_ms`: how long CONNACK and SUBACK may take, and a PUBACK before the
-        PUBLISH is sent again. Reconnects wait uniform(backoff/2, min(max, backoff * 2**n)) ms."""
+        PUBLISH is sent again. Reconnects wait uniform(backoff/2, min(max, backoff * 2**n)) ms.
+        `on_msg(topic, payload, retained)`: called by the reader for each message, before its PUBACK,
+        instead of the ring that recv() reads; it must not raise, and must not wait."""
         self._connect_fn = connect
         # CONNECT, built once: client id, then Will topic and payload, user and password as flagged
         flags = 0x02 if clean else 0
@@ -120,7 +124,6 @@ class Client:
         self._cpkt = bytes(pkt[:i])
         self._resp_ms = response_ms
         self._ping_ms = ping_ms or (keepalive * 250 if keepalive else 15000)
-        self._tick_ms = max(50, min(self._ping_ms, response_ms) // 4)
         self._backoff = backoff_ms
         self._backoff_max = backoff_max_ms
 
@@ -130,21 +133,18 @@ class Client:
         self.down.set()
         self.conns = 0  # connections made so far: a change tells a caller its session is new
         # Counters for the device's health telemetry and for tests.
-        self.drops = 0  # incoming messages dropped oldest-first from the full ring
         self.oversize = 0  # incoming PUBLISHes larger than max_msg, acknowledged and discarded
         self.retransmits = 0  # QoS 1 PUBLISHes sent again (DUP) for want of a PUBACK
         self.dead = 0  # links given up for missed ping responses
         self.on_tick = None  # called (no arguments) every keepalive tick while connected
 
-        self._sock = None
-        self._st = None  # the asyncio Stream while connected
+        self._st = None  # the Stream while connected (it closes the socket)
         self._keeper = None
         self._reader = None
         self._draining = False
         self._pid = 0
         self._pings = 0
-        self._subbusy = False
-        self._subpid = 0
+        self._subpid = 0  # the SUBACK awaited; -1: a subscribe under way has none yet
         self._subrc = 0
         self._ev = asyncio.Event()  # something arrived: a PUBACK, a SUBACK, a message (waiters look again)
 
@@ -156,12 +156,16 @@ class Client:
         self._fflag = bytearray(n)  # bit 0 retain, bit 1 sent before (so DUP from now on)
         self._fsent = [0] * n  # ticks_ms of the last send on this link; 0 = not sent on it yet
 
-        # The incoming ring: parallel fixed lists, oldest at _qi.
-        self._qt = [None] * queue_len
-        self._qm = [None] * queue_len
-        self._qr = bytearray(queue_len)
-        self._qi = 0
-        self._qn = 0
+        # The incoming ring: parallel fixed lists, oldest at _qi (attributes only a ring's: an instance
+        # dict steps up at 37 entries).
+        self._on_msg = on_msg
+        if on_msg is None:
+            self._qt = [None] * queue_len
+            self._qm = [None] * queue_len
+            self._qr = bytearray(queue_len)
+            self._qi = 0
+            self._qn = 0
+            self.drops = 0  # incoming messages dropped oldest-first from the full ring
 
         self._max_msg = max_msg
         self._big = None  # the payload of a PUBLISH read past the receive buffer (see _read_packet)
@@ -171,7 +175,6 @@ class Client:
         self._re = 0
         self._sb = bytearray(_SCRATCH)
         self._smv = memoryview(self._sb)
-        self._ab = bytearray(b"\x40\x02\x00\x00")  # PUBACK, written by the reader only
 
     # ------------------------------------------------------------ public
 
@@ -239,9 +242,9 @@ class Client:
         n = 2 + 2 + len(topic) + 1
         if n > 127:
             raise ValueError("topic too long")  # one remaining-length byte below
-        while self._subbusy:
+        while self._subpid:
             await asyncio.sleep_ms(_POLL_MS)
-        self._subbusy = True
+        self._subpid = -1
         try:
             while True:
                 if not self.up.is_set():
@@ -268,7 +271,6 @@ class Client:
                     raise MQTTError(topic)
                 return self._subrc
         finally:
-            self._subbusy = False
             self._subpid = 0
 
     async def recv(self):
@@ -304,6 +306,7 @@ class Client:
     async def _keep(self):
         attempt = 0
         last_ping = 0
+        tick = max(50, min(self._ping_ms, self._resp_ms) // 4)
         while True:
             if self._reader is None:  # no link and no attempt under way: start one
                 self._reader = asyncio.create_task(self._read_loop())
@@ -338,7 +341,7 @@ class Client:
                 continue
             if self.on_tick is not None:
                 self.on_tick()
-            await asyncio.sleep_ms(self._tick_ms)
+            await asyncio.sleep_ms(tick)
 
     def _lost(self, why):
         """Drop the link (once); the keeper brings it back."""
@@ -347,13 +350,13 @@ class Client:
         r = self._reader
         if r is not None and r is not asyncio.current_task():
             r.cancel()
+        st = self._st
         self._reader = self._st = None
-        if self._sock is not None:
+        if st is not None:
             try:
-                self._sock.close()
+                st.close()
             except OSError:
                 pass
-            self._sock = None
         self.up.clear()
         self.down.set()
         self._ev.set()  # waiters look again (in-flight slots stay: they go out after the reconnect)
@@ -523,7 +526,6 @@ class Client:
             s = self._connect_fn()
             if isinstance(s, _GEN):
                 s = await s
-            self._sock = s
             st = self._st = Stream(s)
             # CONNECT goes in the Stream's queue and drains once the socket is writable: connected.
             st.out_buf = self._cpkt
@@ -550,22 +552,25 @@ class Client:
                     if op & 6:
                         pid = (rb[j] << 8) | rb[j + 1]
                         j += 2
-                    # into the ring; when it is full the oldest goes
-                    size = len(self._qt)
-                    if self._qn == size:
-                        self._qi = (self._qi + 1) % size
-                        self._qn -= 1
-                        self.drops += 1
-                    q = (self._qi + self._qn) % size
-                    self._qt[q] = topic
-                    if self._big is not None:
-                        self._qm[q] = self._big
-                        self._big = None
-                    else:
-                        self._qm[q] = bytes(mv[j:i + n])
-                    self._qr[q] = op & 1
-                    self._qn += 1
-                    self._ev.set()
+                    m = self._big
+                    if m is None:
+                        m = bytes(mv[j:i + n])
+                    self._big = None
+                    if self._on_msg is not None:
+                        self._on_msg(topic, m, bool(op & 1))
+                    else:  # into the ring; when it is full the oldest goes
+                        size = len(self._qt)
+                        if self._qn == size:
+                            self._qi = (self._qi + 1) % size
+                            self._qn -= 1
+                            self.drops += 1
+                        q = (self._qi + self._qn) % size
+                        self._qt[q] = topic
+                        self._qm[q] = m
+                        self._qr[q] = op & 1
+                        self._qn += 1
+                        self._ev.set()
+                    topic = m = None  # not held while the next packet is awaited (a timeline's payload)
                 elif t == _PUBACK:
                     p = (rb[i] << 8) | rb[i + 1]
                     fp = self._fpid
@@ -584,10 +589,12 @@ class Client:
                     pid = i
                 if pid:
                     await self._ready()
-                    ab = self._ab
-                    ab[2] = pid >> 8
-                    ab[3] = pid & 0xFF
-                    self._st.write(ab)
+                    sb = self._sb  # the PUBACK in the send scratch: built and written with no await between
+                    sb[0] = _PUBACK
+                    sb[1] = 2
+                    sb[2] = pid >> 8
+                    sb[3] = pid & 0xFF
+                    self._st.write(self._smv[:4])
                     await self._flush()
         except Exception as e:  # OSError, MQTTError, a malformed packet: drop the link, start afresh
             self._lost(e)
