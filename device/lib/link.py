@@ -58,7 +58,7 @@ from micropython import const
 import clock
 from flashlog import FlashLog, CHANNELS
 from log import log
-from pkmqtt import Client, MQTTError
+from pkmqtt import Client, Flag, MQTTError
 
 _BATCH = const(4)  # records read from flash per step: the most payloads the sender holds
 _CHECK_MS = const(1000)  # how often the sender looks for an overdue receipt
@@ -163,7 +163,7 @@ class Link:
         # a config or kit list over it is read into a buffer of its own size (pkmqtt), as it was.
         self.mqtt = Client(connect, "%s-%s" % (kit, device), will=(self._t_state, self._state(False, "lwt"), 1, True),
                            on_msg=self._on_msg, max_inflight=max_inflight, rx_buf=rx_buf, **mqtt)
-        self._kick = asyncio.Event()
+        self._kick = Flag()
         self.mqtt.on_tick = self._kick.set  # the sender looks for overdue receipts at every keepalive tick
         self._restate = False
         self._wanted = None  # (boot bytes, [[first, last], ...]) of the last gap request, until sent

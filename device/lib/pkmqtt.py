@@ -2,7 +2,7 @@
 #
 # Resilience after peterhinch's mqtt_as: every public call waits for the link,
 # tries, and on OSError schedules a reconnect; a dead broker is found by missed
-# ping responses; the link state is a pair of asyncio Events (`up`, `down`);
+# ping responses; the link state is a pair of Flags (`up`, `down`);
 # incoming messages land in a fixed ring that drops the oldest and counts it.
 # After micropython-lib's umqtt: the client is handed its socket (a `connect`
 # function from the board layer), so a test hands it any socket it likes.
@@ -61,6 +61,33 @@ _INFO = const(3)
 _WARN = const(2)
 
 _GEN = type((lambda: (yield))())  # what calling an `async def` returns in MicroPython
+
+
+class Flag:
+    """asyncio.Event's set, clear, is_set and wait, without asyncio/event.py: its Event and
+    ThreadSafeFlag classes take ~1.2 KB of a door's heap, and each Event ~120 B. A waiter looks
+    every 5 ms, and wakes when the flag is set or was set at any time since it began to wait (as
+    Event.set() wakes every waiter, even one that another clears the flag before it runs)."""
+
+    def __init__(self):
+        self.v = False
+        self.n = 0  # times set: a waiter that slept through a set and a clear still wakes
+
+    def set(self):
+        self.v = True
+        self.n += 1
+
+    def clear(self):
+        self.v = False
+
+    def is_set(self):
+        return self.v
+
+    async def wait(self):
+        n = self.n
+        while not self.v and self.n == n:
+            await asyncio.sleep_ms(_POLL_MS)
+        return True
 
 
 class MQTTError(Exception):
@@ -128,8 +155,8 @@ class Client:
         self._backoff_max = backoff_max_ms
 
         # Link state: `up` is set while connected, `down` while not; wait on either.
-        self.up = asyncio.Event()
-        self.down = asyncio.Event()
+        self.up = Flag()
+        self.down = Flag()
         self.down.set()
         self.conns = 0  # connections made so far: a change tells a caller its session is new
         # Counters for the device's health telemetry and for tests.
@@ -146,7 +173,7 @@ class Client:
         self._pings = 0
         self._subpid = 0  # the SUBACK awaited; -1: a subscribe under way has none yet
         self._subrc = 0
-        self._ev = asyncio.Event()  # something arrived: a PUBACK, a SUBACK, a message (waiters look again)
+        self._ev = Flag()  # something arrived: a PUBACK, a SUBACK, a message (waiters look again)
 
         # In-flight QoS 1 publishes, one slot each: free when its pid is 0.
         n = max_inflight

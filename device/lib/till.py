@@ -69,7 +69,9 @@ class Till:
         self._s = scanner
         self.station = b"main"
         self._buf = bytearray(_BUF)
-        self._ev = asyncio.Event()
+        from pkmqtt import Flag  # (the app's, loaded already: here, so till.py alone imports light)
+
+        self._ev = Flag()
         self._id = 0
         self._ans = None
         self._sub = None  # the link's kit-level entry for .../tilled, once added
