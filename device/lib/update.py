@@ -10,6 +10,8 @@
 # Heap: no table of files is kept. The manifest sits in the slot on flash and is read back an entry at
 # a time whenever one is needed (entries(), next(), check()); only the file being received is held:
 # its path, size, digest and hash context. Few functions: in a ROMFS run each one is a heap object.
+# The checks before the slot is opened (tag, role, ABI, version, room) are admit.py's, imported by
+# Stage() and dropped again: none of their code or text is on the heap while the files arrive.
 # Imported only while an update is under way; the app drops it after (none of it stays resident).
 import json
 import os
@@ -40,21 +42,6 @@ def _hash(path, h, buf):
             if not n:
                 return h
             h.update(memoryview(buf)[:n])
-
-
-def _wipe(d):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        os.mkdir(d)
-        return
-    for n in names:
-        p = d + "/" + n
-        try:
-            os.remove(p)
-        except OSError:  # a folder
-            _wipe(p)
-            os.rmdir(p)
 
 
 def entries(path, top=False):
@@ -108,86 +95,14 @@ class Stage:
         ``manifest``: manifest.json's bytes, or the name of a file holding them (the downloader's:
         hashed and parsed from flash, never whole in RAM; renamed into the slot). ``buf``: a buffer
         to read files through (the downloader lends its own: one buffer, not two)."""
-        import abboot  # the boot stage's, at the flash's root (not in a ROMFS or frozen run)
-        from hmac256 import HMAC256, compare_digest
+        import admit  # the checks (admit.py): off the heap again before the first chunk arrives
 
-        if "abboot" in sys.modules:  # dropped again at once (heap: a download holds the rest); switch() takes it back
-            del sys.modules["abboot"]
         self._buf = buf = buf or bytearray(_BUF)
-        key = cfg.get("update_key")
-        if not key:
-            raise Refused("no update_key in the device config (popkit kit provision)")
-        if isinstance(tag, str):
-            tag = unhexlify(tag)
-        hm = HMAC256(unhexlify(key))
-        named = isinstance(manifest, str)
-        if named:  # HMAC-SHA256 (RFC 2104) over the file, through HMAC256's pads
-            h = _hash(manifest, sha256(hm._ipad), buf)
-            h2 = sha256(hm._opad)
-            h2.update(h.digest())
-            mac = h2.digest()
-            size = _size(manifest)
-            del h, h2
-        else:
-            mac = hm.digest(manifest)
-            size = len(manifest)
-        del hm
-        if not compare_digest(mac, tag):
-            raise Refused("bad tag: the manifest is not what the kit's agent vouched for")
-        # checked an entry at a time, none kept (the slot's manifest.json is the table)
-        m = e = {}  # type: dict
-        for e in entries(manifest, True) if named else json.loads(manifest)["files"] + [json.loads(manifest)]:
-            if isinstance(e, dict):
-                if "format" in e:  # the manifest's own fields, after its files
-                    m = e
-                    continue
-                e = (e["path"], e["size"], e["sha256"])  # type: ignore[assignment]  # (a manifest given as bytes: an entry as parsed)
-            if ".." in e[0] or e[0].startswith("/") or len(e[2]) != 64:
-                raise Refused("bad entry " + e[0])
-        del e
-        role = running.split("-")[0]
-        if m.get("role") != role:
-            raise Refused("wrong role: %s, this device is a %s" % (m.get("role"), role))
-        if m.get("mpy_abi") != sys.implementation._mpy:
-            raise Refused("mpy ABI %s, this firmware runs %d" % (m.get("mpy_abi"), sys.implementation._mpy))
-        v = [tuple(int(x) for x in r.split("-")[-1].split(".")) for r in (m["version"], running)]
-        if v[0] <= v[1] and not rollback:
-            raise Refused("version %s is not newer than the running %s" % (m["version"], running))
-        t = abboot.trial()
-        if t and t[0] == abboot.current():
-            raise Refused("a trial is under way: the spare slot holds the last good app")
-        self.slot = abboot.other(abboot.current())
-        self.fw = m.get("fw")
-        total = m["total_size"]
-        del m, v
-        mine = self._man = self.slot + "/manifest.json"
-        resume = _size(mine) == size
-        if resume:
-            if named:
-                resume = _hash(mine, sha256(), buf).digest() == _hash(manifest, sha256(), buf).digest()
-            else:
-                with open(mine, "rb") as f:
-                    resume = f.read() == manifest
         self._cur = None  # [path, size, digest, sha256 context] of the file being received
-        if not resume:
-            _wipe(self.slot)
-            if named:
-                os.rename(manifest, mine)
-            else:
-                with open(mine, "wb") as f:
-                    f.write(manifest)
-        elif named:
-            os.remove(manifest)
-        have = 0
-        for p, n, _s in entries(self._man):
-            have += min(self.have(p), n)
         try:
-            f = os.statvfs("/" if sys.platform == "esp32" else ".")
-            f = f[0] * f[4]
-        except (OSError, AttributeError):
-            f = 1 << 30
-        if total - have + 4096 > f:
-            raise Refused("too big: %d bytes, %d free on flash" % (total - have, f))
+            admit.admit(self, manifest, tag, cfg, running, rollback, buf)
+        finally:
+            del sys.modules["admit"]
 
     def have(self, path):
         """Bytes of ``path`` already in the slot: where its download goes on from."""
