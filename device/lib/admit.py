@@ -79,7 +79,6 @@ def admit(st, manifest, tag, cfg, running, rollback, buf):
     if t and t[0] == abboot.current():
         raise Refused("a trial is under way: the spare slot holds the last good app")
     st.slot = abboot.other(abboot.current())
-    st.fw = m.get("fw")
     total = m["total_size"]
     del m, v
     mine = st._man = st.slot + "/manifest.json"

@@ -19,7 +19,18 @@ import sys
 from binascii import unhexlify
 from hashlib import sha256
 
+from micropython import const
+
 _BUF = 512  # the read buffer for hashing a file on flash
+# The refusals of a file, one string split at use (_WHY.split("|")[_AT]): in a ROMFS run each string
+# constant over 10 characters is a heap object for as long as the module is loaded.
+_WHY = ("not in the manifest: %s|chunk of %s at %d, the file holds %d: %s chunk|%s longer than its %d bytes|"
+        "hash mismatch: %s|%s: %d of %d bytes")
+_UNKNOWN = const(0)
+_AT = const(1)
+_OVER = const(2)
+_HASH = const(3)
+_SIZE = const(4)
 
 
 class Refused(Exception):
@@ -135,7 +146,7 @@ class Stage:
                     g.close()
                     break
             else:
-                raise Refused("not in the manifest: " + path)
+                raise Refused(_WHY.split("|")[_UNKNOWN] % path)
         full = self.slot + "/" + path
         self._cur = [path, size, unhexlify(sum), _hash(full, sha256(), self._buf) if _size(full) > 0 else sha256()]
 
@@ -158,11 +169,10 @@ class Stage:
                 except OSError:
                     pass
         if offset != size:
-            raise Refused("chunk of %s at %d, the file holds %d: %s chunk" % (
-                path, offset, size, "repeated" if offset < size else "missing a"))
+            raise Refused(_WHY.split("|")[_AT] % (path, offset, size, "repeated" if offset < size else "missing a"))
         if size + len(data) > e:
             os.remove(full)
-            raise Refused("%s longer than its %d bytes" % (path, e))
+            raise Refused(_WHY.split("|")[_OVER] % (path, e))
         with open(full, "ab") as f:
             f.write(data)
         c[3].update(data)  # after the write: a write that failed leaves the hash as the file is
@@ -171,7 +181,7 @@ class Stage:
         self._cur = None
         if c[3].digest() != c[2]:
             os.remove(full)
-            raise Refused("hash mismatch: " + path)
+            raise Refused(_WHY.split("|")[_HASH] % path)
         return True
 
     def check(self, p, size=-1, sum=None):
@@ -184,13 +194,13 @@ class Stage:
                     g.close()
                     break
             else:
-                raise Refused("not in the manifest: " + p)
+                raise Refused(_WHY.split("|")[_UNKNOWN] % p)
         full = self.slot + "/" + p
         if _size(full) != size:
-            raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), size))
+            raise Refused(_WHY.split("|")[_SIZE] % (p, max(_size(full), 0), size))
         if _hash(full, sha256(), self._buf).digest() != unhexlify(sum):
             os.remove(full)
-            raise Refused("hash mismatch: " + p)
+            raise Refused(_WHY.split("|")[_HASH] % p)
 
     def switch(self, checked=False, tried=None):
         """Verified (``checked``: the caller just ran check() on every file, yielding between them),
