@@ -99,7 +99,7 @@ def admit(st, manifest, tag, cfg, running, rollback, buf):
     elif named:
         os.remove(manifest)
     have = 0
-    for p, n, _s in entries(mine):
+    for p, n, _s in entries(mine, False):
         have += min(st.have(p), n)
     try:
         f = os.statvfs("/" if sys.platform == "esp32" else ".")

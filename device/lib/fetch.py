@@ -227,7 +227,7 @@ async def take(lk, o):
                 if st is not None:
                     st.close()
                     st = None
-        for p, n, h in update.entries(stage._man):  # read back from flash, a file at a time, the app's turn between files
+        for p, n, h in update.entries(stage._man, False):  # read back from flash, a file at a time, the app's turn between files
             stage.check(p, n, h)
             await asyncio.sleep_ms(0)
         stage.switch(True, (flash + _TEXT.split("|")[_FAILED], o[0]))  # the offer's id: a rollback fails it (abboot)

@@ -9,7 +9,8 @@
 # then points the boot stage (abboot.py) at the slot, on trial.
 # Heap: no table of files is kept. The manifest sits in the slot on flash and is read back an entry at
 # a time whenever one is needed (entries(), next(), check()); only the file being received is held:
-# its path, size, digest and hash context. Few functions: in a ROMFS run each one is a heap object.
+# its path, size, digest and hash context. Few functions: in a ROMFS run each one is a heap object
+# (and no default arguments: a function with some is a bigger object, beside a tuple of them).
 # The checks before the slot is opened (tag, role, ABI, version, room) are admit.py's, imported by
 # Stage() and dropped again: none of their code or text is on the heap while the files arrive.
 # Imported only while an update is under way; the app drops it after (none of it stays resident).
@@ -55,7 +56,7 @@ def _hash(path, h, buf):
             h.update(memoryview(buf)[:n])
 
 
-def entries(path, top=False):
+def entries(path, top):
     """(path, size, sha256 hex) of each entry of a manifest's "files" list, parsed alone, then
     (``top``) the manifest's other fields as a dict (its "files" left empty): read from flash through
     a small buffer of its own (the caller's may be busy hashing meanwhile). Parsed whole, a role's
@@ -100,12 +101,12 @@ def entries(path, top=False):
 
 
 class Stage:
-    def __init__(self, manifest, tag, cfg, running, rollback=False, buf=None):
+    def __init__(self, manifest, tag, cfg, running, rollback, buf):
         """Check the release (tag, role, ABI, version, room) and open the spare slot for it: a slot
         already holding this very manifest is resumed, anything else there is cleared.
         ``manifest``: manifest.json's bytes, or the name of a file holding them (the downloader's:
         hashed and parsed from flash, never whole in RAM; renamed into the slot). ``buf``: a buffer
-        to read files through (the downloader lends its own: one buffer, not two)."""
+        to read files through (the downloader lends its own: one buffer, not two), or None."""
         import admit  # the checks (admit.py): off the heap again before the first chunk arrives
 
         self._buf = buf = buf or bytearray(_BUF)
@@ -122,7 +123,7 @@ class Stage:
     def next(self):
         """(path, bytes in the slot, size) of the first file not whole, made the one being received
         (begin), or None when every file is there."""
-        g = entries(self._man)
+        g = entries(self._man, False)
         for p, n, s in g:
             k = self.have(p)
             if k < n:
@@ -131,15 +132,15 @@ class Stage:
                 return p, k, n
         return None
 
-    def begin(self, path, size=-1, sum=None):
+    def begin(self, path, size, sum):
         """Make ``path`` the file being received: its size and digest (looked up in the manifest when
-        not given), its hash, a resumed file's bytes on flash hashed here, through the buffer. The
+        ``sum`` is None), its hash, a resumed file's bytes on flash hashed here, through the buffer. The
         downloader calls it while the buffer it lent is free (the chunk it writes then sits in it)."""
         c = self._cur
         if c is not None and c[0] == path:
             return
         if sum is None:
-            g = entries(self._man)
+            g = entries(self._man, False)
             for p, n, s in g:
                 if p == path:
                     size, sum = n, s
@@ -154,7 +155,7 @@ class Stage:
         """Append a chunk at ``offset`` of ``path``; True when that file is complete (and its hash
         matched). Refused: an unknown file, a chunk not at the file's end, a file over its size or
         with another hash (the bad file is removed, to be fetched again)."""
-        self.begin(path)
+        self.begin(path, -1, None)
         c = self._cur  # type: list  # type: ignore[assignment]
         e = c[1]
         full = self.slot + "/" + path
@@ -184,17 +185,9 @@ class Stage:
             raise Refused(_WHY.split("|")[_HASH] % path)
         return True
 
-    def check(self, p, size=-1, sum=None):
-        """File ``p`` there, at its size, with its hash, read back from flash (size and digest looked
-        up in the manifest when not given)."""
-        if sum is None:
-            g = entries(self._man)
-            for q, size, sum in g:
-                if q == p:
-                    g.close()
-                    break
-            else:
-                raise Refused(_WHY.split("|")[_UNKNOWN] % p)
+    def check(self, p, size, sum):
+        """File ``p`` there, at its ``size``, with its hash (``sum``: hex, the manifest's), read back
+        from flash."""
         full = self.slot + "/" + p
         if _size(full) != size:
             raise Refused(_WHY.split("|")[_SIZE] % (p, max(_size(full), 0), size))
@@ -202,12 +195,12 @@ class Stage:
             os.remove(full)
             raise Refused(_WHY.split("|")[_HASH] % p)
 
-    def switch(self, checked=False, tried=None):
+    def switch(self, checked, tried):
         """Verified (``checked``: the caller just ran check() on every file, yielding between them),
         then the pointer moves (abboot.switch: atomic); the next boot is the trial. ``tried``:
         (update.failed's path, the offer's id), failed by the boot stage if this trial rolls back."""
         if not checked:
-            for p, n, s in entries(self._man):
+            for p, n, s in entries(self._man, False):
                 self.check(p, n, s)
         import abboot
 
