@@ -22,7 +22,7 @@ from hashlib import sha256
 
 from micropython import const
 
-_BUF = 512  # the read buffer for hashing a file on flash
+_BUF = const(512)  # the read buffer for hashing a file on flash
 # The refusals of a file, one string split at use (_WHY.split("|")[_AT]): in a ROMFS run each string
 # constant over 10 characters is a heap object for as long as the module is loaded.
 _WHY = ("not in the manifest: %s|chunk of %s at %d, the file holds %d: %s chunk|%s longer than its %d bytes|"
@@ -34,9 +34,10 @@ _HASH = const(3)
 _SIZE = const(4)
 
 
-class Refused(Exception):
-    """A release this device will not take; str() says why (reported to the fleet). The running
-    slot is never touched by a refusal."""
+# A release this device will not take; str() says why (reported to the fleet). The running slot is
+# never touched by a refusal. ValueError itself, not a class of its own: in a ROMFS run a class is a
+# type object and a dict on the heap for as long as the module is loaded.
+Refused = ValueError
 
 
 def _size(path):
