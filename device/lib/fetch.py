@@ -21,10 +21,11 @@
 # with o the offer as link.py passes it, a tuple (id, release, fw, host, port, rollback); a decoded
 # UpdateOffer dict is still taken (turned into that tuple).
 # Heap (the 48 KB budget, docs/updates.md): no table of files (update.Stage reads the manifest back
-# from flash), the offer as a tuple, one exception class (update.Refused: a download that cannot go
-# on), one coroutine (each function and frame costs heap in a ROMFS run; a request's head is read
-# in it, not in a helper of its own); the download waits for the boot's settle window, so the boot
-# stage's abboot and the download are never on the heap together.
+# from flash), the offer as a tuple, one exception (update.Refused, ValueError itself: a download that
+# cannot go on), the texts of its faults in one string (_TEXT), one coroutine (each function, frame
+# and long string constant costs heap in a ROMFS run; a request's head is read in it, not in a helper
+# of its own); the download waits for the boot's settle window, so the boot stage's abboot and the
+# download are never on the heap together.
 import asyncio
 import json
 
