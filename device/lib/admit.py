@@ -28,9 +28,9 @@ def _wipe(d):
             os.rmdir(p)
 
 
-def admit(st, manifest, tag, cfg, running, rollback, buf):
-    """Stage ``st`` opened on the release (see update.Stage): its tag, role, ABI, version and room
-    checked, the spare slot resumed (the same manifest there) or cleared."""
+def admit(manifest, tag, cfg, running, rollback, buf):
+    """(the spare slot, its manifest.json), opened on the release (see update.Stage): its tag, role,
+    ABI, version and room checked, the slot resumed (the same manifest there) or cleared."""
     import abboot  # the boot stage's, at the flash's root (not in a ROMFS or frozen run)
     from hmac256 import HMAC256, compare_digest
 
@@ -78,10 +78,10 @@ def admit(st, manifest, tag, cfg, running, rollback, buf):
     t = abboot.trial()
     if t and t[0] == abboot.current():
         raise Refused("a trial is under way: the spare slot holds the last good app")
-    st.slot = abboot.other(abboot.current())
+    slot = abboot.other(abboot.current())
     total = m["total_size"]
     del m, v
-    mine = st._man = st.slot + "/manifest.json"
+    mine = slot + "/manifest.json"
     resume = _size(mine) == size
     if resume:
         if named:
@@ -90,7 +90,7 @@ def admit(st, manifest, tag, cfg, running, rollback, buf):
             with open(mine, "rb") as f:
                 resume = f.read() == manifest
     if not resume:
-        _wipe(st.slot)
+        _wipe(slot)
         if named:
             os.rename(manifest, mine)
         else:
@@ -100,7 +100,7 @@ def admit(st, manifest, tag, cfg, running, rollback, buf):
         os.remove(manifest)
     have = 0
     for p, n, _s in entries(mine, False):
-        have += min(st.have(p), n)
+        have += min(max(_size(slot + "/" + p), 0), n)
     try:
         f = os.statvfs("/" if sys.platform == "esp32" else ".")
         f = f[0] * f[4]
@@ -108,3 +108,4 @@ def admit(st, manifest, tag, cfg, running, rollback, buf):
         f = 1 << 30
     if total - have + 4096 > f:
         raise Refused("too big: %d bytes, %d free on flash" % (total - have, f))
+    return slot, mine

@@ -113,7 +113,7 @@ class Stage:
         self._buf = buf = buf or bytearray(_BUF)
         self._cur = None  # [path, size, digest, sha256 context] of the file being received
         try:
-            admit.admit(self, manifest, tag, cfg, running, rollback, buf)
+            self.slot, self._man = admit.admit(manifest, tag, cfg, running, rollback, buf)
         finally:
             del sys.modules["admit"]
 
