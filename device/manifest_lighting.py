@@ -19,6 +19,7 @@ module("link.py", base_path="lib")
 module("tcp.py", base_path="lib")
 module("hmac256.py", base_path="lib")  # update.py checks a release's tag with it
 module("update.py", base_path="lib")  # staging a release in the spare A/B slot (imported only then)
+module("admit.py", base_path="lib")  # update.py's checks of a release (imported only to open the slot)
 module("fetch.py", base_path="lib")  # downloading a release from the kit's agent (the update mode's)
 module("upmode.py", base_path="lib")  # the update mode: the download after a reset, the lights held
 

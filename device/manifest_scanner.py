@@ -11,8 +11,8 @@
 
 VERSION = "scanner-0.3.1"
 
-LIBS = ("atomic", "clock", "fetch", "flashlog", "hmac256", "link", "log", "pkmqtt", "redemptions", "scanline", "tcp",
-        "ticket", "till", "update", "verdict")
+LIBS = ("admit", "atomic", "clock", "fetch", "flashlog", "hmac256", "link", "log", "pkmqtt", "redemptions", "scanline",
+        "tcp", "ticket", "till", "update", "verdict")
 BOARD = ("board", "scanner_hw")  # from device/boards/<port>/
 APP = "apps/scanner/main.py"
 

@@ -21,10 +21,11 @@
 # with o the offer as link.py passes it, a tuple (id, release, fw, host, port, rollback); a decoded
 # UpdateOffer dict is still taken (turned into that tuple).
 # Heap (the 48 KB budget, docs/updates.md): no table of files (update.Stage reads the manifest back
-# from flash), the offer as a tuple, one exception class (update.Refused: a download that cannot go
-# on), one coroutine (each function and frame costs heap in a ROMFS run; a request's head is read
-# in it, not in a helper of its own); the download waits for the boot's settle window, so the boot
-# stage's abboot and the download are never on the heap together.
+# from flash), the offer as a tuple, one exception (update.Refused, ValueError itself: a download that
+# cannot go on), the texts of its faults in one string (_TEXT), one coroutine (each function, frame
+# and long string constant costs heap in a ROMFS run; a request's head is read in it, not in a helper
+# of its own); the download waits for the boot's settle window, so the boot stage's abboot and the
+# download are never on the heap together.
 import asyncio
 import json
 
@@ -37,6 +38,34 @@ _MAX_MANIFEST = const(8192)  # a role's manifest is ~2 KB
 _BUF = const(512)  # the buffer when the app took none at boot
 _BACKOFF_MAX_MS = const(15000)
 _SETTLE_WAIT_MS = const(12000)  # the boot's settle window (abboot.FAST_S, 10 s), and a margin
+
+# The texts of a download's faults, refusals and ends, one string split at use (_TEXT.split("|")[_HEAD]):
+# in a ROMFS run each string constant over 10 characters is a heap object for as long as the module
+# is loaded, and these are needed only before or after the transfer, or on the way into a retry.
+_TEXT = ("update server: response head over %d bytes|closed in the response head|"
+         "update server: bad status line %r|update server busy (503)|update server: %s for %s|"
+         "403, this device is not one of the kit's (update keys)|update server: more bytes than Content-Length|"
+         "update server: manifest of %d bytes, tag %r|manifest cut short|"
+         "update server: %s for bytes %d-%d of %s (%d bytes)|%s cut at %d|"
+         "update server %s:%d unreachable after %d tries: %s|FETCH retry|no A/B slots here: %s|"
+         "/update.manifest|/update.failed|UPDATE switched")
+_HEAD = const(0)
+_CLOSED = const(1)
+_STATUS = const(2)
+_BUSY = const(3)
+_HTTP = const(4)
+_403 = const(5)
+_LONG = const(6)
+_MANIFEST = const(7)
+_MCUT = const(8)
+_RANGE = const(9)
+_CUT = const(10)
+_GONE = const(11)
+_RETRY = const(12)
+_NOAB = const(13)
+_TMP = const(14)
+_FAILED = const(15)
+_SWITCHED = const(16)
 
 
 async def take(lk, o):
@@ -78,7 +107,7 @@ async def take(lk, o):
             buf = bytearray(_BUF)
         mv = memoryview(buf)
         chunk = len(buf)
-        tmp = flash + "/update.manifest"
+        tmp = flash + _TEXT.split("|")[_TMP]
         got = asked = faults = fails = 0
         while True:
             path = "manifest.json"  # first the manifest, then the next span of the first file not whole
@@ -106,10 +135,10 @@ async def take(lk, o):
                 k = 0  # of the "\r\n\r\n" seen
                 while b0 < 0:
                     if n >= chunk:
-                        raise update.Refused("update server: response head over %d bytes" % chunk)
+                        raise update.Refused(_TEXT.split("|")[_HEAD] % chunk)
                     r = await st.readinto(mv[n:], t)  # type: int
                     if not r:
-                        raise OSError("closed in the response head")
+                        raise OSError(_TEXT.split("|")[_CLOSED])
                     for i in range(n, n + r):
                         k = k + 1 if buf[i] == (13 if k % 2 == 0 else 10) else (1 if buf[i] == 13 else 0)
                         if k == 4:
@@ -121,7 +150,7 @@ async def take(lk, o):
                 try:
                     status = int(lines[0].split(" ", 2)[1])
                 except (IndexError, ValueError):
-                    raise update.Refused("update server: bad status line %r" % lines[0][:40])
+                    raise update.Refused(_TEXT.split("|")[_STATUS] % lines[0][:40])
                 length = -1
                 val = None
                 for ln in lines[1:]:
@@ -134,22 +163,21 @@ async def take(lk, o):
                 lines = None  # type: ignore[assignment]
                 if status != (206 if stage else 200):
                     if status == 503:
-                        raise OSError("update server busy (503)")
-                    raise update.Refused("update server: %s for %s" % (
-                        "403, this device is not one of the kit's (update keys)" if status == 403 else
-                        "HTTP %d" % status, path))
+                        raise OSError(_TEXT.split("|")[_BUSY])
+                    raise update.Refused(_TEXT.split("|")[_HTTP] % (
+                        _TEXT.split("|")[_403] if status == 403 else "HTTP %d" % status, path))
                 if b1 - b0 > length:
-                    raise update.Refused("update server: more bytes than Content-Length")
+                    raise update.Refused(_TEXT.split("|")[_LONG])
                 if stage is None:
                     if not val or not 0 < length <= _MAX_MANIFEST:
-                        raise update.Refused("update server: manifest of %d bytes, tag %r" % (length, val))
+                        raise update.Refused(_TEXT.split("|")[_MANIFEST] % (length, val))
                     n = b1 - b0
                     with open(tmp, "wb") as f:  # through the buffer to flash: never whole in RAM
                         f.write(mv[b0:b1])
                         while n < length:
                             k = await st.readinto(mv[:min(chunk, length - n)], t)
                             if not k:
-                                raise OSError("manifest cut short")
+                                raise OSError(_TEXT.split("|")[_MCUT])
                             f.write(mv[:k])
                             n += k
                     got += n
@@ -160,8 +188,7 @@ async def take(lk, o):
                     print("FETCH", o[1], "to", stage.slot)
                     continue
                 if val != "bytes %d-%d/%d" % (off, end, size) or length != end - off + 1:
-                    raise update.Refused("update server: %s for bytes %d-%d of %s (%d bytes)" % (
-                        val, off, end, path, size))
+                    raise update.Refused(_TEXT.split("|")[_RANGE] % (val, off, end, path, size))
                 if not off:
                     print("FETCH", path)
                 mv[:b1 - b0] = mv[b0:b1]  # the body's first bytes, behind the head: to the buffer's front
@@ -181,7 +208,7 @@ async def take(lk, o):
                         got += n
                         moved = True
                     if n < want:
-                        raise OSError("%s cut at %d" % (path, off))
+                        raise OSError(_TEXT.split("|")[_CUT] % (path, off))
                     n = 0
                     await asyncio.sleep_ms(0)  # the app's turn between chunks
             except (OSError, asyncio.TimeoutError) as e:
@@ -193,22 +220,21 @@ async def take(lk, o):
                 fails += 1
                 e = "timed out" if isinstance(e, asyncio.TimeoutError) else repr(e)[:60]  # type: ignore[assignment]
                 if fails >= tries:
-                    raise update.Refused("update server %s:%d unreachable after %d tries: %s" % (
-                        o[3], o[4], fails, e))
-                print("FETCH retry", fails, e)
+                    raise update.Refused(_TEXT.split("|")[_GONE] % (o[3], o[4], fails, e))
+                print(_TEXT.split("|")[_RETRY], fails, e)
                 await asyncio.sleep_ms(wait)
                 wait = min(wait * 2, _BACKOFF_MAX_MS)
             finally:
                 if st is not None:
                     st.close()
                     st = None
-        for p, n, h in update.entries(stage._man):  # read back from flash, a file at a time, the app's turn between files
+        for p, n, h in update.entries(stage._man, False):  # read back from flash, a file at a time, the app's turn between files
             stage.check(p, n, h)
             await asyncio.sleep_ms(0)
-        stage.switch(True, (flash + "/update.failed", o[0]))  # the offer's id: a rollback fails it (abboot)
+        stage.switch(True, (flash + _TEXT.split("|")[_FAILED], o[0]))  # the offer's id: a rollback fails it (abboot)
         print("FETCHED", got, asked, faults)
     except ImportError as e:  # a ROMFS or frozen run has no A/B boot stage (abboot)
-        why = "no A/B slots here: %s" % e
+        why = _TEXT.split("|")[_NOAB] % e
     except Exception as e:  # update.Refused: its text is the reason
         why = str(e) or repr(e)
     if ob is not None:
@@ -217,7 +243,7 @@ async def take(lk, o):
     for n in drop:  # type: ignore[assignment]  # (an int above) none of it stays on the heap
         sys.modules.pop(n, None)  # type: ignore[call-overload]
     if why is None:
-        print("UPDATE switched", o[2])
+        print(_TEXT.split("|")[_SWITCHED], o[2])
         await lk.stop(3000)  # the downloading state and the outbox out first, then the reset
         reset()
         return

@@ -9,7 +9,10 @@
 # then points the boot stage (abboot.py) at the slot, on trial.
 # Heap: no table of files is kept. The manifest sits in the slot on flash and is read back an entry at
 # a time whenever one is needed (entries(), next(), check()); only the file being received is held:
-# its path, size, digest and hash context. Few functions: in a ROMFS run each one is a heap object.
+# its path, size, digest and hash context. Few functions: in a ROMFS run each one is a heap object
+# (and no default arguments: a function with some is a bigger object, beside a tuple of them).
+# The checks before the slot is opened (tag, role, ABI, version, room) are admit.py's, imported by
+# Stage() and dropped again: none of their code or text is on the heap while the files arrive.
 # Imported only while an update is under way; the app drops it after (none of it stays resident).
 import json
 import os
@@ -17,12 +20,24 @@ import sys
 from binascii import unhexlify
 from hashlib import sha256
 
-_BUF = 512  # the read buffer for hashing a file on flash
+from micropython import const
+
+_BUF = const(512)  # the read buffer for hashing a file on flash
+# The refusals of a file, one string split at use (_WHY.split("|")[_AT]): in a ROMFS run each string
+# constant over 10 characters is a heap object for as long as the module is loaded.
+_WHY = ("not in the manifest: %s|chunk of %s at %d, the file holds %d: %s chunk|%s longer than its %d bytes|"
+        "hash mismatch: %s|%s: %d of %d bytes")
+_UNKNOWN = const(0)
+_AT = const(1)
+_OVER = const(2)
+_HASH = const(3)
+_SIZE = const(4)
 
 
-class Refused(Exception):
-    """A release this device will not take; str() says why (reported to the fleet). The running
-    slot is never touched by a refusal."""
+# A release this device will not take; str() says why (reported to the fleet). The running slot is
+# never touched by a refusal. ValueError itself, not a class of its own: in a ROMFS run a class is a
+# type object and a dict on the heap for as long as the module is loaded.
+Refused = ValueError
 
 
 def _size(path):
@@ -42,22 +57,7 @@ def _hash(path, h, buf):
             h.update(memoryview(buf)[:n])
 
 
-def _wipe(d):
-    try:
-        names = os.listdir(d)
-    except OSError:
-        os.mkdir(d)
-        return
-    for n in names:
-        p = d + "/" + n
-        try:
-            os.remove(p)
-        except OSError:  # a folder
-            _wipe(p)
-            os.rmdir(p)
-
-
-def entries(path, top=False):
+def entries(path, top):
     """(path, size, sha256 hex) of each entry of a manifest's "files" list, parsed alone, then
     (``top``) the manifest's other fields as a dict (its "files" left empty): read from flash through
     a small buffer of its own (the caller's may be busy hashing meanwhile). Parsed whole, a role's
@@ -102,92 +102,20 @@ def entries(path, top=False):
 
 
 class Stage:
-    def __init__(self, manifest, tag, cfg, running, rollback=False, buf=None):
+    def __init__(self, manifest, tag, cfg, running, rollback, buf):
         """Check the release (tag, role, ABI, version, room) and open the spare slot for it: a slot
         already holding this very manifest is resumed, anything else there is cleared.
         ``manifest``: manifest.json's bytes, or the name of a file holding them (the downloader's:
         hashed and parsed from flash, never whole in RAM; renamed into the slot). ``buf``: a buffer
-        to read files through (the downloader lends its own: one buffer, not two)."""
-        import abboot  # the boot stage's, at the flash's root (not in a ROMFS or frozen run)
-        from hmac256 import HMAC256, compare_digest
+        to read files through (the downloader lends its own: one buffer, not two), or None."""
+        import admit  # the checks (admit.py): off the heap again before the first chunk arrives
 
-        if "abboot" in sys.modules:  # dropped again at once (heap: a download holds the rest); switch() takes it back
-            del sys.modules["abboot"]
         self._buf = buf = buf or bytearray(_BUF)
-        key = cfg.get("update_key")
-        if not key:
-            raise Refused("no update_key in the device config (popkit kit provision)")
-        if isinstance(tag, str):
-            tag = unhexlify(tag)
-        hm = HMAC256(unhexlify(key))
-        named = isinstance(manifest, str)
-        if named:  # HMAC-SHA256 (RFC 2104) over the file, through HMAC256's pads
-            h = _hash(manifest, sha256(hm._ipad), buf)
-            h2 = sha256(hm._opad)
-            h2.update(h.digest())
-            mac = h2.digest()
-            size = _size(manifest)
-            del h, h2
-        else:
-            mac = hm.digest(manifest)
-            size = len(manifest)
-        del hm
-        if not compare_digest(mac, tag):
-            raise Refused("bad tag: the manifest is not what the kit's agent vouched for")
-        # checked an entry at a time, none kept (the slot's manifest.json is the table)
-        m = e = {}  # type: dict
-        for e in entries(manifest, True) if named else json.loads(manifest)["files"] + [json.loads(manifest)]:
-            if isinstance(e, dict):
-                if "format" in e:  # the manifest's own fields, after its files
-                    m = e
-                    continue
-                e = (e["path"], e["size"], e["sha256"])  # type: ignore[assignment]  # (a manifest given as bytes: an entry as parsed)
-            if ".." in e[0] or e[0].startswith("/") or len(e[2]) != 64:
-                raise Refused("bad entry " + e[0])
-        del e
-        role = running.split("-")[0]
-        if m.get("role") != role:
-            raise Refused("wrong role: %s, this device is a %s" % (m.get("role"), role))
-        if m.get("mpy_abi") != sys.implementation._mpy:
-            raise Refused("mpy ABI %s, this firmware runs %d" % (m.get("mpy_abi"), sys.implementation._mpy))
-        v = [tuple(int(x) for x in r.split("-")[-1].split(".")) for r in (m["version"], running)]
-        if v[0] <= v[1] and not rollback:
-            raise Refused("version %s is not newer than the running %s" % (m["version"], running))
-        t = abboot.trial()
-        if t and t[0] == abboot.current():
-            raise Refused("a trial is under way: the spare slot holds the last good app")
-        self.slot = abboot.other(abboot.current())
-        self.fw = m.get("fw")
-        total = m["total_size"]
-        del m, v
-        mine = self._man = self.slot + "/manifest.json"
-        resume = _size(mine) == size
-        if resume:
-            if named:
-                resume = _hash(mine, sha256(), buf).digest() == _hash(manifest, sha256(), buf).digest()
-            else:
-                with open(mine, "rb") as f:
-                    resume = f.read() == manifest
         self._cur = None  # [path, size, digest, sha256 context] of the file being received
-        if not resume:
-            _wipe(self.slot)
-            if named:
-                os.rename(manifest, mine)
-            else:
-                with open(mine, "wb") as f:
-                    f.write(manifest)
-        elif named:
-            os.remove(manifest)
-        have = 0
-        for p, n, _s in entries(self._man):
-            have += min(self.have(p), n)
         try:
-            f = os.statvfs("/" if sys.platform == "esp32" else ".")
-            f = f[0] * f[4]
-        except (OSError, AttributeError):
-            f = 1 << 30
-        if total - have + 4096 > f:
-            raise Refused("too big: %d bytes, %d free on flash" % (total - have, f))
+            self.slot, self._man = admit.admit(manifest, tag, cfg, running, rollback, buf)
+        finally:
+            del sys.modules["admit"]
 
     def have(self, path):
         """Bytes of ``path`` already in the slot: where its download goes on from."""
@@ -196,7 +124,7 @@ class Stage:
     def next(self):
         """(path, bytes in the slot, size) of the first file not whole, made the one being received
         (begin), or None when every file is there."""
-        g = entries(self._man)
+        g = entries(self._man, False)
         for p, n, s in g:
             k = self.have(p)
             if k < n:
@@ -205,22 +133,22 @@ class Stage:
                 return p, k, n
         return None
 
-    def begin(self, path, size=-1, sum=None):
+    def begin(self, path, size, sum):
         """Make ``path`` the file being received: its size and digest (looked up in the manifest when
-        not given), its hash, a resumed file's bytes on flash hashed here, through the buffer. The
+        ``sum`` is None), its hash, a resumed file's bytes on flash hashed here, through the buffer. The
         downloader calls it while the buffer it lent is free (the chunk it writes then sits in it)."""
         c = self._cur
         if c is not None and c[0] == path:
             return
         if sum is None:
-            g = entries(self._man)
+            g = entries(self._man, False)
             for p, n, s in g:
                 if p == path:
                     size, sum = n, s
                     g.close()
                     break
             else:
-                raise Refused("not in the manifest: " + path)
+                raise Refused(_WHY.split("|")[_UNKNOWN] % path)
         full = self.slot + "/" + path
         self._cur = [path, size, unhexlify(sum), _hash(full, sha256(), self._buf) if _size(full) > 0 else sha256()]
 
@@ -228,7 +156,7 @@ class Stage:
         """Append a chunk at ``offset`` of ``path``; True when that file is complete (and its hash
         matched). Refused: an unknown file, a chunk not at the file's end, a file over its size or
         with another hash (the bad file is removed, to be fetched again)."""
-        self.begin(path)
+        self.begin(path, -1, None)
         c = self._cur  # type: list  # type: ignore[assignment]
         e = c[1]
         full = self.slot + "/" + path
@@ -243,11 +171,10 @@ class Stage:
                 except OSError:
                     pass
         if offset != size:
-            raise Refused("chunk of %s at %d, the file holds %d: %s chunk" % (
-                path, offset, size, "repeated" if offset < size else "missing a"))
+            raise Refused(_WHY.split("|")[_AT] % (path, offset, size, "repeated" if offset < size else "missing a"))
         if size + len(data) > e:
             os.remove(full)
-            raise Refused("%s longer than its %d bytes" % (path, e))
+            raise Refused(_WHY.split("|")[_OVER] % (path, e))
         with open(full, "ab") as f:
             f.write(data)
         c[3].update(data)  # after the write: a write that failed leaves the hash as the file is
@@ -256,33 +183,25 @@ class Stage:
         self._cur = None
         if c[3].digest() != c[2]:
             os.remove(full)
-            raise Refused("hash mismatch: " + path)
+            raise Refused(_WHY.split("|")[_HASH] % path)
         return True
 
-    def check(self, p, size=-1, sum=None):
-        """File ``p`` there, at its size, with its hash, read back from flash (size and digest looked
-        up in the manifest when not given)."""
-        if sum is None:
-            g = entries(self._man)
-            for q, size, sum in g:
-                if q == p:
-                    g.close()
-                    break
-            else:
-                raise Refused("not in the manifest: " + p)
+    def check(self, p, size, sum):
+        """File ``p`` there, at its ``size``, with its hash (``sum``: hex, the manifest's), read back
+        from flash."""
         full = self.slot + "/" + p
         if _size(full) != size:
-            raise Refused("%s: %d of %d bytes" % (p, max(_size(full), 0), size))
+            raise Refused(_WHY.split("|")[_SIZE] % (p, max(_size(full), 0), size))
         if _hash(full, sha256(), self._buf).digest() != unhexlify(sum):
             os.remove(full)
-            raise Refused("hash mismatch: " + p)
+            raise Refused(_WHY.split("|")[_HASH] % p)
 
-    def switch(self, checked=False, tried=None):
+    def switch(self, checked, tried):
         """Verified (``checked``: the caller just ran check() on every file, yielding between them),
         then the pointer moves (abboot.switch: atomic); the next boot is the trial. ``tried``:
         (update.failed's path, the offer's id), failed by the boot stage if this trial rolls back."""
         if not checked:
-            for p, n, s in entries(self._man):
+            for p, n, s in entries(self._man, False):
                 self.check(p, n, s)
         import abboot
 

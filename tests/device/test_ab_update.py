@@ -38,7 +38,7 @@ RUNNING = "0.3.1"
 KEY = bytes(range(32))  # this device's update_key (provisioned; hex in scanner.json)
 HEAP = "128k"  # the slots' .mpy load into the heap here (no ROMFS), code included
 LINK_LIBS = ("atomic", "clock", "flashlog", "link", "log", "pkmqtt", "tcp")  # what safe mode imports
-UPDATE_LIBS = ("hmac256", "update")
+UPDATE_LIBS = ("admit", "hmac256", "update")
 # What staging may hold live, its code aside (printed: loaded into the heap from a slot, in flash from
 # a ROMFS or frozen build). The scanner runs ~47.8 KB of the 49,152 B limit: the delivery's download
 # (next) has to keep the sum there, so this is watched from the start.

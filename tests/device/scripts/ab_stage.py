@@ -50,11 +50,11 @@ with open(bundle + "/manifest.json", "rb") as f:
 with open(bundle + "/tag") as f:
     tag = f.read().strip()
 try:
-    st = update.Stage(mj, tag, cfg, running, rollback)
+    st = update.Stage(mj, tag, cfg, running, rollback, None)
     step("opened")
     sent = 0
     peak = 0
-    for path, size, _h in update.entries(st._man):
+    for path, size, _h in update.entries(st._man, False):
         off = st.have(path)
         print("RESUME", path, off)
         with open(bundle + "/files/" + path, "rb") as f:
@@ -81,7 +81,7 @@ try:
     step("files")
     tried = ("data/update.failed", "ab-offer")  # as fetch.py names the offer that installs the slot
     if stop == "midswitch":
-        for p, n, h in update.entries(st._man):  # switch()'s check, without its switch
+        for p, n, h in update.entries(st._man, False):  # switch()'s check, without its switch
             st.check(p, n, h)
         abboot._put("tried", "%s\n%s\n%s" % (st.slot, tried[0], tried[1]))
         abboot._put("trial", st.slot + " 0")
