@@ -30,6 +30,7 @@
 
 import asyncio
 import random
+from asyncio import core
 from time import ticks_ms, ticks_diff
 
 from micropython import const
@@ -64,18 +65,19 @@ _GEN = type((lambda: (yield))())  # what calling an `async def` returns in Micro
 
 
 class Flag:
-    """asyncio.Event's set, clear, is_set and wait, without asyncio/event.py: its Event and
-    ThreadSafeFlag classes take ~1.2 KB of a door's heap, and each Event ~120 B. A waiter looks
-    every 5 ms, and wakes when the flag is set or was set at any time since it began to wait (as
-    Event.set() wakes every waiter, even one that another clears the flag before it runs)."""
+    """asyncio.Event's set, clear, is_set and wait, made as asyncio/event.py makes them (a queue of
+    the tasks waiting, pushed back onto the loop's run queue by set()), without that module: its
+    Event and ThreadSafeFlag classes take ~1.2 KB of a door's heap, and an Event more than a Flag."""
 
     def __init__(self):
         self.v = False
-        self.n = 0  # times set: a waiter that slept through a set and a clear still wakes
+        self._w = core.TaskQueue()
 
     def set(self):
         self.v = True
-        self.n += 1
+        w = self._w
+        while w.peek():
+            core._task_queue.push(w.pop())
 
     def clear(self):
         self.v = False
@@ -83,10 +85,12 @@ class Flag:
     def is_set(self):
         return self.v
 
-    async def wait(self):
-        n = self.n
-        while not self.v and self.n == n:
-            await asyncio.sleep_ms(_POLL_MS)
+    def wait(self):  # a generator, as Event.wait: awaited, its task waits off the run queue until set()
+        if not self.v:
+            t = core.cur_task
+            self._w.push(t)
+            t.data = self._w  # where a cancel (wait_for_ms's timeout) takes it from
+            yield
         return True
 
 
