@@ -6,8 +6,8 @@ publishes it (kits/contract.py UpdateOffer). tests/device/updaterig.py builds th
 
 What a crew would see: a door offered a release downloads it while it keeps scanning (every guest
 answered), switches, boots the release on trial and commits it, and the
-fleet reads downloading, trial, committed from its state (it downloads within its real 64 KB heap; the
-48 KB budget on its live peak is held by a strict xfail until it fits); a download cut by a power cut or by the
+fleet reads downloading, trial, committed from its state (it downloads within its real 64 KB heap, its
+live peak within the 48 KB budget); a download cut by a power cut or by the
 agent going away goes on from what is on flash; a release the door must refuse is reported failed
 with why and the door scans on, and is not fetched again at the next boot; a door stuck in a boot
 loop takes, from safe mode, the update that fixes it.
@@ -372,9 +372,6 @@ def test_a_door_downloading_in_its_real_64_kb_heap_keeps_scanning_and_switches_o
         kit.close()
 
 
-@pytest.mark.xfail(strict=True, reason="not yet within budget: a door provisioned for updates idles at ~45 KB "
-                   "in this kit and peaks at ~51.6 KB while it downloads, 3.6 KB over "
-                   "(bench.update_device; docs/updates.md, 'The ESP32's download')")
 def test_a_door_downloading_while_scanning_stays_within_its_heap_budget(tmp_path, broker, pub, sim):
     """The heap as the scanner's heap test counts it (ROMFS image; less the image and the names a frozen
     build keeps in flash), while it downloads and scans, in the firmware's real 64 KB heap (where the
