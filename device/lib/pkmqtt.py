@@ -125,7 +125,7 @@ class Client:
         `keepalive` in seconds; a PINGREQ every `ping_ms` (default keepalive / 4).
         `response_ms`: how long CONNACK and SUBACK may take, and a PUBACK before the
         PUBLISH is sent again. Reconnects wait uniform(backoff/2, min(max, backoff * 2**n)) ms.
-        `on_msg(topic, payload, retained)`: called by the reader for each message, before its PUBACK,
+        `on_msg(topic, payload, retained)`: called by the reader for each message, after its PUBACK,
         instead of the ring that recv() reads; it must not raise, and must not wait."""
         self._connect_fn = connect
         # CONNECT, built once: client id, then Will topic and payload, user and password as flagged
@@ -577,6 +577,7 @@ class Client:
                 op, i, n = await self._read_packet()
                 t = op & 0xF0
                 pid = 0
+                m = None  # a message for on_msg
                 if t == _PUBLISH:
                     j = i + 2 + ((rb[i] << 8) | rb[i + 1])
                     topic = bytes(mv[i + 2:j])
@@ -587,9 +588,7 @@ class Client:
                     if m is None:
                         m = bytes(mv[j:i + n])
                     self._big = None
-                    if self._on_msg is not None:
-                        self._on_msg(topic, m, bool(op & 1))
-                    else:  # into the ring; when it is full the oldest goes
+                    if self._on_msg is None:  # into the ring; when it is full the oldest goes
                         size = len(self._qt)
                         if self._qn == size:
                             self._qi = (self._qi + 1) % size
@@ -601,7 +600,7 @@ class Client:
                         self._qr[q] = op & 1
                         self._qn += 1
                         self._ev.set()
-                    topic = m = None  # not held while the next packet is awaited (a timeline's payload)
+                        topic = m = None  # not held while the next packet is awaited (a timeline's payload)
                 elif t == _PUBACK:
                     p = (rb[i] << 8) | rb[i + 1]
                     fp = self._fpid
@@ -618,14 +617,24 @@ class Client:
                         self._ev.set()
                 elif not op:  # an oversize PUBLISH, skipped: acknowledge it all the same
                     pid = i
-                if pid:
-                    await self._ready()
-                    sb = self._sb  # the PUBACK in the send scratch: built and written with no await between
-                    sb[0] = _PUBACK
-                    sb[1] = 2
-                    sb[2] = pid >> 8
-                    sb[3] = pid & 0xFF
-                    self._st.write(self._smv[:4])
-                    await self._flush()
+                try:
+                    if pid:
+                        await self._ready()
+                        sb = self._sb  # the PUBACK in the send scratch: built and written with no await between
+                        sb[0] = _PUBACK
+                        sb[1] = 2
+                        sb[2] = pid >> 8
+                        sb[3] = pid & 0xFF
+                        self._st.write(self._smv[:4])
+                        await self._flush()
+                finally:
+                    if m is not None:
+                        # handed on after its PUBACK (and even if the PUBACK failed: the message is
+                        # here), as the ring's reader took it: a handler that never returns (a hung
+                        # loop the watchdog resets) must not have the broker redeliver it to the next
+                        # boot; a repeat is the handler's to drop (link.py: its recent ids)
+                        h, m = m, None
+                        self._on_msg(topic, h, bool(op & 1))
+                        topic = h = None
         except Exception as e:  # OSError, MQTTError, a malformed packet: drop the link, start afresh
             self._lost(e)
