@@ -58,7 +58,6 @@ class Demo:
         self.base = f"http://127.0.0.1:{self.port}"
         self.data = data
         self.session: FleetSession | None = None  # signed in as the demo's ops user, once it made one
-        self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "popkit.cli", "demo", "--http", f"127.0.0.1:{self.port}",
                                       "--data", str(data)], env=dict(os.environ, **env), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
@@ -126,8 +125,7 @@ def test_demo_runs_the_firmware_check_ins_reach_the_fleet_and_ctrl_c_stops_it_al
     demo = Demo(data, POPKIT_DEMO_BROKER=broker_kind)
     kids: list[int] = []
     try:
-        kit = demo.wait_up()
-        assert time.monotonic() - demo.started < 15, "the kit took too long to come up"
+        kit = demo.wait_up()  # within its 30 s bound: how fast is no test's to assert (a loaded CI machine)
         assert kit["id"] == "demo" and kit["devices_total"] == 5
         assert 0 < kit["battery"]["soc"] <= 100 and 11 < kit["battery"]["v"] < 14
         page = urllib.request.urlopen(f"{demo.base}/", timeout=2).read().decode()
