@@ -273,6 +273,7 @@ class FleetLink:
         if self.own_config:
             subs.append((topic(self.kit, self.device, "config"), 1))
         client.subscribe(subs)
+        born = self.clock
         client.publish(topic(self.kit, self.device, "state"), encode(self._state(self.device, self.role, True)), qos=1, retain=True)
         for device, role in self.hosted.items():
             client.publish(topic(self.kit, device, "state"), encode(self._state(device, role, True)), qos=1, retain=True)
@@ -280,6 +281,9 @@ class FleetLink:
         self.outbox.mark_unsent()
         self._answered()
         self.connected.set()
+        if self.clock != born:  # set_clock ran meanwhile and, the link not up yet, left it to this birth
+            client.publish(topic(self.kit, self.device, "state"), encode(self._state(self.device, self.role, True)),
+                           qos=1, retain=True)
         self._kick.set()
         log.info("%s connected to %s (boot %s, outbox %d)", self.device, self.mqtt_url, self.boot, len(self.outbox))
 
